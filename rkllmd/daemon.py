@@ -1,0 +1,323 @@
+"""Wires the parts together: bus → ingress → inference loop → dispatcher → bus.
+
+Threads:
+- *main*: ``run`` connects, starts the others, waits for a stop signal, shuts down in order.
+- *ingress*: parses and validates every incoming message and queues jobs or answers errors.
+- *dispatcher*: turns loop events into stream chunks, final replies and stats.
+"""
+
+from __future__ import annotations
+
+import queue
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+import structlog
+
+from rkllmd import __version__, protocol
+from rkllmd.bus import Bus
+from rkllmd.errors import ConfigError, NotFound, RequestError, RkllmdError, ShuttingDown, UnknownCommand
+from rkllmd.loop import DoneEvent, ErrorEvent, Event, InferenceLoop, Job, Limits, StatsEvent, TokenEvent
+from rkllmd.protocol import Envelope, Incoming, ReplyTo, Topics
+from rkllmd.runtime.factory import build_registry
+from rkllmd.settings import Settings
+
+log = structlog.get_logger("rkllmd")
+
+
+@dataclass
+class Context:
+    """The one object the parts share instead of module globals."""
+
+    settings: Settings
+    topics: Topics
+    loop: InferenceLoop
+    bus: Bus
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = Topics(settings.mqtt.base_topic)
+        lim = settings.limits
+        self.loop = InferenceLoop(
+            build_registry(settings),
+            settings.default,
+            Limits(lim.queue_size, lim.first_token_timeout_s, lim.total_timeout_s),
+        )
+        self._inbox: queue.Queue[Incoming | None] = queue.Queue()
+        self.bus = Bus(
+            settings.mqtt,
+            will_topic=self.topics.state,
+            will_payload=b'{"state":"offline"}',
+            on_incoming=self._inbox.put,
+        )
+        self.ctx = Context(settings, self.topics, self.loop, self.bus)
+        self._stop = threading.Event()
+        self._stopping = False
+        self._inflight: dict[str, Job] = {}
+        self._inflight_lock = threading.Lock()
+        self._loaded_runtime: dict[str, Any] = {}
+        self._ingress = threading.Thread(target=self._ingress_main, name="ingress", daemon=True)
+        self._dispatcher = threading.Thread(target=self._dispatch_main, name="dispatcher", daemon=True)
+
+    # --- main thread ---------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT; returns the process exit code."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._on_signal)
+        self.loop.start()
+        self._dispatcher.start()
+        self._ingress.start()
+        self.bus.connect()
+        self.bus.subscribe(self.topics.request_wildcard)
+        self.bus.publish_json(self.topics.state, {"state": "online"}, retain=True)
+        self._publish_info()
+        self.bus.publish_json(self.topics.stats, self.loop.snapshot(), retain=True)
+        if self.settings.preload:
+            self.loop.submit(Job(kind="load", id="startup", model=self.settings.default, context=None))
+        log.info(
+            "rkllmd ready",
+            version=__version__,
+            base_topic=self.topics.base,
+            default_model=self.settings.default,
+            broker=f"{self.settings.mqtt.host}:{self.settings.mqtt.port}",
+        )
+        while not self._stop.wait(0.5):
+            pass
+        self.shutdown()
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("stop requested", signal=signal.Signals(signum).name)
+        self._stop.set()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        """Stop taking requests, end the current one within the grace period, say ``stopped``."""
+        self._stopping = True
+        grace = self.settings.limits.shutdown_grace_s
+        self.loop.stop(grace)
+        self._inbox.put(None)
+        self._ingress.join(timeout=5)
+        self.loop.events.put(StatsEvent(self.loop.snapshot()))
+        self.loop.events.put(_END)  # type: ignore[arg-type]
+        self._dispatcher.join(timeout=10)
+        self.bus.publish_json(self.topics.state, {"state": "stopped"}, retain=True)
+        self.bus.wait_published(5)
+        self.bus.disconnect()
+        log.info("rkllmd stopped")
+
+    # --- ingress thread ------------------------------------------------------------------------
+
+    def _ingress_main(self) -> None:
+        while True:
+            msg = self._inbox.get()
+            if msg is None:
+                # Anything that arrived after the stop still gets an answer.
+                while True:
+                    try:
+                        late = self._inbox.get_nowait()
+                    except queue.Empty:
+                        return
+                    if late is not None:
+                        self._handle_safely(late)
+            self._handle_safely(msg)
+
+    def _handle_safely(self, msg: Incoming) -> None:
+        reply = ReplyTo(topic=msg.response_topic or self.topics.response("error"))
+        reply.correlation_data = msg.correlation_data
+        try:
+            self._handle(msg, reply)
+        except RkllmdError as exc:
+            log.info("request refused", topic=msg.topic, code=exc.code, error=exc.message,
+                     request_id=reply.request_id)
+            self._reply(reply, protocol.error(exc))
+        except Exception as exc:  # the daemon never dies on input
+            log.exception("request handling failed", topic=msg.topic)
+            self._reply(reply, protocol.error(RkllmdError(f"internal error: {exc}")))
+
+    def _handle(self, msg: Incoming, reply: ReplyTo) -> None:
+        try:
+            command, topic_model = self.topics.parse_request_topic(msg.topic)
+        except UnknownCommand:
+            if msg.response_topic is None:
+                reply.topic = self.topics.response("error")
+            raise
+        if msg.response_topic is None:
+            reply.topic = self.topics.response(command)
+        obj = protocol.decode_payload(msg.payload, command, self.settings.limits.max_payload_bytes)
+        _address_from(obj, reply, msg.response_topic is not None)
+        req = protocol.validate(command, obj)
+        if self._stopping:
+            raise ShuttingDown("rkllmd is shutting down; request not accepted")
+        if isinstance(req, protocol.GenerateRequest):
+            self._generate(req, topic_model, reply)
+        elif command == "cancel":
+            self._cancel(req, reply)
+        elif command == "models":
+            self._reply(reply, protocol.ok(self._models()))
+        else:
+            model = getattr(req, "model", None)
+            if model is not None:
+                self.loop.registry.check(model)
+            if command == "load" and model is None:
+                model = self.settings.default
+            job_id = req.id or protocol.new_request_id()
+            reply.request_id = job_id
+            self.loop.submit(Job(kind=command, id=job_id, model=model, context=reply))  # type: ignore[arg-type]
+
+    def _generate(self, req: protocol.GenerateRequest, topic_model: str | None, reply: ReplyTo) -> None:
+        model = req.model or topic_model or self.settings.default
+        self.loop.registry.check(model)
+        cfg = self.settings.models[model]
+        lim = self.settings.limits
+        max_tokens = req.max_tokens or cfg.max_new_tokens or lim.max_tokens
+        if max_tokens > lim.max_tokens_cap:
+            raise RequestError(f"max_tokens {max_tokens} is over the limit of {lim.max_tokens_cap}")
+        job_id = req.id or protocol.new_request_id()
+        reply.request_id = job_id
+        job = Job(kind="generate", id=job_id, model=model, inp=req.to_input(max_tokens),
+                  stream=req.stream, context=reply)
+        with self._inflight_lock:
+            if job_id in self._inflight:
+                raise RequestError(f"a request with id {job_id!r} is already queued or running")
+            self._inflight[job_id] = job
+        try:
+            self.loop.submit(job)
+        except RkllmdError:
+            with self._inflight_lock:
+                self._inflight.pop(job_id, None)
+            raise
+        log.info("request queued", request_id=job_id, model=model, queue_depth=self.loop.queue_depth())
+
+    def _cancel(self, req: protocol._Req, reply: ReplyTo) -> None:
+        if req.id is None:
+            raise RequestError("cancel needs the id of the request to cancel")
+        reply.request_id = req.id
+        try:
+            where = self.loop.cancel(req.id)
+        except NotFound:
+            raise
+        log.info("cancel", request_id=req.id, was=where)
+        self._reply(reply, protocol.ok({"cancelled": req.id, "was": where}))
+
+    def _models(self) -> dict[str, Any]:
+        loaded = self.loop.loaded_model
+        out = []
+        for name, cfg in self.settings.models.items():
+            out.append({
+                "name": name,
+                "runtime": cfg.runtime,
+                "description": cfg.description,
+                "context_length": cfg.max_context_len,
+                "loaded": name == loaded,
+                "default": name == self.settings.default,
+            })
+        return {"models": out, "loaded": loaded, "default": self.settings.default}
+
+    # --- dispatcher thread ---------------------------------------------------------------------
+
+    def _dispatch_main(self) -> None:
+        while True:
+            ev = self.loop.events.get()
+            if ev is _END:
+                return
+            try:
+                self._dispatch(ev)
+            except Exception:  # a failed publish must not stop the replies that follow
+                log.exception("dispatch failed")
+
+    def _dispatch(self, ev: Event) -> None:
+        if isinstance(ev, TokenEvent):
+            if ev.job.stream:
+                self.bus.publish(self.topics.stream(ev.job.id), protocol.stream_chunk(ev.job.id, ev.seq, ev.delta))
+                self.bus.publish(self.topics.stream_text(ev.job.id), ev.delta.encode())
+            return
+        if isinstance(ev, StatsEvent):
+            self.bus.publish_json(self.topics.stats, ev.stats, retain=True)
+            return
+        job = ev.job
+        reply: ReplyTo | None = job.context
+        if isinstance(ev, DoneEvent):
+            env = protocol.ok(ev.data)
+            finish = str(ev.data.get("finish_reason", "stop"))
+            log.info("request done", request_id=job.id, kind=job.kind, finish_reason=ev.data.get("finish_reason"),
+                     tokens=ev.data.get("usage", {}).get("completion_tokens"),
+                     ttft_ms=ev.data.get("timings", {}).get("ttft_ms"))
+        else:
+            assert isinstance(ev, ErrorEvent)
+            env = protocol.error(ev.error, ev.data)
+            finish = "error"
+            log.warning("request failed", request_id=job.id, kind=job.kind, code=ev.error.code,
+                        error=ev.error.message)
+        if job.kind == "generate":
+            with self._inflight_lock:
+                self._inflight.pop(job.id, None)
+            if job.stream:
+                self.bus.publish(self.topics.stream(job.id),
+                                 protocol.stream_end(job.id, job.seq, finish, env.status))
+                self.bus.publish(self.topics.stream_text(job.id), b"\n")
+        if job.kind in ("load", "unload"):
+            self._publish_info()
+        if reply is not None:
+            self._reply(reply, env)
+
+    def _reply(self, reply: ReplyTo, env: Envelope) -> None:
+        self.bus.publish(reply.topic, env.to_payload(reply), correlation_data=reply.correlation_data,
+                         content_type="application/json")
+
+    def _publish_info(self) -> None:
+        info = {
+            "version": __version__,
+            "protocol": 1,
+            "base_topic": self.topics.base,
+            "default_model": self.settings.default,
+            "loaded_model": self.loop.loaded_model,
+            "runtime": self.loop.runtime_info(),
+            "models": [
+                {"name": n, "runtime": c.runtime, "description": c.description}
+                for n, c in self.settings.models.items()
+            ],
+        }
+        self.bus.publish_json(self.topics.info, info, retain=True)
+
+
+_END = object()
+
+
+def _address_from(obj: dict[str, Any], reply: ReplyTo, has_v5_topic: bool) -> None:
+    """Best effort: take reply_to, id and transaction from a request even before it validates,
+    so that a request with a wrong field still gets its error where the sender listens."""
+    if "transaction" in obj:
+        reply.transaction = obj["transaction"]
+        reply.has_transaction = True
+    rid = obj.get("id")
+    if isinstance(rid, str) and protocol.ID_RE.match(rid):
+        reply.request_id = rid
+    rt = obj.get("reply_to")
+    if not has_v5_topic and isinstance(rt, str):
+        try:
+            protocol.check_publish_topic(rt, "reply_to")
+        except ValueError:
+            return
+        reply.topic = rt
+
+
+def serve(settings: Settings) -> int:
+    """Run the daemon in the foreground; returns the exit code."""
+    try:
+        daemon = Daemon(settings)
+    except ConfigError:
+        raise
+    started = time.monotonic()
+    code = daemon.run()
+    log.debug("uptime", seconds=round(time.monotonic() - started, 1))
+    return code

@@ -1,0 +1,446 @@
+"""The inference loop: one thread owns the runtime; a bounded queue in front of it.
+
+Threads:
+- the *inference thread* (``InferenceLoop._run``) runs every job in order: load, unload,
+  generate, clear-cache. It alone calls the runtime, except ``abort``.
+- the *watchdog thread* ends generations that overrun their first-token or total time limit
+  by calling ``abort``, the one runtime call allowed from another thread.
+- any thread may call ``submit`` and ``cancel``.
+
+The loop never publishes: it emits events into ``events`` (a queue.Queue) for the
+dispatcher thread of the daemon, so MQTT and plugin code never runs on the inference thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+
+from rkllmd.errors import (
+    Busy,
+    ContextExceeded,
+    GenerationTimeout,
+    NotFound,
+    RkllmdError,
+    RuntimeFailure,
+    ShuttingDown,
+    UnknownModel,
+)
+from rkllmd.runtime.base import GenerateInput, GenerateResult, Runtime
+
+log = structlog.get_logger("rkllmd.loop")
+
+JobKind = Literal["generate", "load", "unload", "clear_cache", "models"]
+AbortReason = Literal["cancelled", "timeout", "first_token_timeout", "shutdown"]
+
+
+@dataclass
+class Job:
+    """One unit of work for the inference thread, and the state it gathers while it runs."""
+
+    kind: JobKind
+    id: str
+    model: str | None = None
+    inp: GenerateInput | None = None
+    stream: bool = True
+    context: Any = None  # opaque to the loop: the daemon's reply address
+    enqueued_at: float = field(default_factory=time.monotonic)
+    # set while running (inference thread) / by cancel and watchdog (other threads)
+    started_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    abort_reason: AbortReason | None = None
+    pieces: list[str] = field(default_factory=list)
+    seq: int = 0
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    job: Job
+    seq: int
+    delta: str
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    """A job ended well; ``data`` is the reply body."""
+
+    job: Job
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    """A job ended with an error; ``data`` holds what was produced before it (partial text)."""
+
+    job: Job
+    error: RkllmdError
+    data: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StatsEvent:
+    stats: dict[str, Any]
+
+
+Event = TokenEvent | DoneEvent | ErrorEvent | StatsEvent
+
+
+@dataclass(frozen=True)
+class Limits:
+    queue_size: int
+    first_token_timeout_s: float
+    total_timeout_s: float
+
+
+class ModelRegistry:
+    """Configured models by name and how to build a runtime for each (no loading here)."""
+
+    def __init__(self, factories: dict[str, Callable[[], Runtime]], describe: dict[str, dict[str, Any]]):
+        self._factories = factories
+        self._describe = describe
+
+    def names(self) -> list[str]:
+        return list(self._factories)
+
+    def create(self, name: str) -> Runtime:
+        if name not in self._factories:
+            raise UnknownModel(f"unknown model {name!r}; configured: {', '.join(self._factories)}")
+        return self._factories[name]()
+
+    def check(self, name: str) -> None:
+        if name not in self._factories:
+            raise UnknownModel(f"unknown model {name!r}; configured: {', '.join(self._factories)}")
+
+    def describe(self, name: str) -> dict[str, Any]:
+        return dict(self._describe.get(name, {}))
+
+
+class InferenceLoop:
+    """Runs jobs one at a time on its own thread; see the module docstring for the thread rules."""
+
+    def __init__(self, registry: ModelRegistry, default_model: str, limits: Limits) -> None:
+        self.registry = registry
+        self.default_model = default_model
+        self.limits = limits
+        self.events: queue.Queue[Event] = queue.Queue()
+        self._cond = threading.Condition()
+        self._pending: collections.deque[Job] = collections.deque()
+        self._current: Job | None = None
+        self._runtime: Runtime | None = None
+        self._loaded: str | None = None
+        self._accepting = True
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
+        self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+        self._stats: dict[str, Any] = {"requests": 0, "errors": 0, "completion_tokens": 0}
+
+    # --- any thread --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+        self._watchdog.start()
+
+    @property
+    def loaded_model(self) -> str | None:
+        return self._loaded
+
+    def runtime_info(self) -> dict[str, Any] | None:
+        rt = self._runtime
+        return rt.describe() if rt is not None else None
+
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._pending)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job or raise Busy / ShuttingDown at once; never blocks."""
+        with self._cond:
+            if not self._accepting:
+                raise ShuttingDown("rkllmd is shutting down; request not accepted")
+            # Control jobs (load/unload/clear) may wait too but count against the same bound,
+            # so a flood of anything cannot grow memory without limit.
+            if len(self._pending) >= self.limits.queue_size:
+                raise Busy(
+                    f"queue full ({self.limits.queue_size} waiting); try again later",
+                    queue_depth=len(self._pending),
+                )
+            job.enqueued_at = time.monotonic()
+            self._pending.append(job)
+            self._cond.notify_all()
+
+    def cancel(self, request_id: str) -> Literal["queued", "running"]:
+        """Cancel a queued job (answered at once) or abort the running one; raise NotFound."""
+        with self._cond:
+            for job in self._pending:
+                if job.id == request_id and job.kind == "generate":
+                    self._pending.remove(job)
+                    job.abort_reason = "cancelled"
+                    self.events.put(DoneEvent(job, self._final_data(job, "cancelled")))
+                    self._emit_stats_locked()
+                    return "queued"
+            cur = self._current
+            if cur is not None and cur.id == request_id and cur.kind == "generate":
+                if cur.abort_reason is None:
+                    cur.abort_reason = "cancelled"
+                self._abort_runtime()
+                return "running"
+        raise NotFound(f"no queued or running request with id {request_id!r}")
+
+    def stop(self, grace_s: float) -> None:
+        """Stop taking jobs, answer the queued ones, give the running one ``grace_s``, then abort."""
+        with self._cond:
+            self._accepting = False
+            dropped = list(self._pending)
+            self._pending.clear()
+            self._cond.notify_all()
+        for job in dropped:
+            self.events.put(ErrorEvent(job, ShuttingDown("rkllmd stopped before this request ran"), {}))
+        deadline = time.monotonic() + grace_s
+        while self._current is not None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        with self._cond:
+            cur = self._current
+            if cur is not None and cur.abort_reason is None:
+                cur.abort_reason = "shutdown"
+                self._abort_runtime()
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=max(5.0, grace_s))
+        self._watchdog.join(timeout=2.0)
+
+    def _abort_runtime(self) -> None:
+        rt = self._runtime
+        if rt is not None:
+            try:
+                rt.abort()
+            except Exception as exc:  # an abort that fails must not take the caller down
+                log.warning("abort failed", error=str(exc))
+
+    # --- inference thread ----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._pending and not self._stop.is_set():
+                    self._cond.wait()
+                if not self._pending:  # stopping and nothing left
+                    break
+                job = self._pending.popleft()
+                self._current = job
+            try:
+                self._do(job)
+            except RkllmdError as exc:
+                self._stats["errors"] += 1
+                self.events.put(ErrorEvent(job, exc, self._partial(job)))
+            except Exception as exc:  # a bug must cost one request, never the loop
+                log.exception("job failed unexpectedly", request_id=job.id)
+                self._stats["errors"] += 1
+                self.events.put(ErrorEvent(job, RuntimeFailure(f"internal error: {exc}"), self._partial(job)))
+            finally:
+                with self._cond:
+                    self._current = None
+                    self._emit_stats_locked()
+        self._unload()
+
+    def _do(self, job: Job) -> None:
+        if job.kind == "load":
+            self._ensure_loaded(job.model or self.default_model)
+            self.events.put(DoneEvent(job, {"model": self._loaded, "loaded": True}))
+        elif job.kind == "unload":
+            name = job.model or self._loaded
+            if name is not None:
+                self.registry.check(name)
+            if name is not None and name == self._loaded:
+                self._unload()
+            self.events.put(DoneEvent(job, {"model": name, "loaded": False}))
+        elif job.kind == "clear_cache":
+            if self._runtime is not None and (job.model is None or job.model == self._loaded):
+                self._runtime.clear_cache(keep_system_prompt=True)
+            self.events.put(DoneEvent(job, {"model": self._loaded, "cleared": True}))
+        elif job.kind == "generate":
+            self._generate(job)
+        else:
+            raise RkllmdError(f"unknown job kind {job.kind}")
+
+    def _ensure_loaded(self, name: str) -> Runtime:
+        self.registry.check(name)
+        if self._loaded == name and self._runtime is not None:
+            return self._runtime
+        self._unload()
+        log.info("loading model", model=name)
+        t0 = time.monotonic()
+        rt = self.registry.create(name)
+        try:
+            rt.open()
+        except BaseException:
+            rt.close()
+            raise
+        self._runtime, self._loaded = rt, name
+        log.info("model loaded", model=name, seconds=round(time.monotonic() - t0, 2))
+        return rt
+
+    def _unload(self) -> None:
+        rt, name = self._runtime, self._loaded
+        self._runtime, self._loaded = None, None
+        if rt is not None:
+            log.info("unloading model", model=name)
+            rt.close()
+
+    def _generate(self, job: Job) -> None:
+        assert job.inp is not None
+        rt = self._ensure_loaded(job.model or self.default_model)
+        job.model = self._loaded
+        n_prompt = rt.prompt_tokens(job.inp)
+        ctx = rt.context_length
+        if n_prompt is not None and ctx is not None and n_prompt >= ctx:
+            raise ContextExceeded(
+                f"prompt is {n_prompt} tokens but model {job.model!r} has a context of {ctx}: "
+                f"{n_prompt - ctx + 1} token(s) too many",
+                prompt_tokens=n_prompt,
+                context_length=ctx,
+            )
+        if job.abort_reason is not None:  # cancelled between dequeue and start
+            self.events.put(DoneEvent(job, self._final_data(job, "cancelled")))
+            return
+        job.started_at = time.monotonic()
+        self._stats["requests"] += 1
+
+        # Runs on whatever thread the runtime delivers tokens on: copy, count, enqueue.
+        def sink(delta: str, token_id: int | None) -> None:
+            if not delta:
+                return
+            now = time.monotonic()
+            if job.first_token_at is None:
+                job.first_token_at = now
+            job.last_token_at = now
+            job.pieces.append(delta)
+            self.events.put(TokenEvent(job, job.seq, delta))
+            job.seq += 1
+            if job.abort_reason is not None:
+                # A cancel that raced the start of the run may have found nothing to abort.
+                rt.abort()
+
+        result = rt.generate(job.inp, sink)
+        self._finish(job, result, n_prompt)
+
+    def _finish(self, job: Job, result: GenerateResult, n_prompt: int | None) -> None:
+        reason = result.finish_reason
+        if reason == "aborted":
+            why = job.abort_reason or "cancelled"
+            if why == "cancelled":
+                self.events.put(DoneEvent(job, self._final_data(job, "cancelled", result, n_prompt)))
+                return
+            data = self._final_data(job, why, result, n_prompt)
+            if why == "shutdown":
+                err: RkllmdError = ShuttingDown("generation interrupted by shutdown")
+            elif why == "first_token_timeout":
+                err = GenerationTimeout(
+                    f"no first token within {self.limits.first_token_timeout_s:g} s", limit="first_token"
+                )
+            else:
+                err = GenerationTimeout(f"generation exceeded {self.limits.total_timeout_s:g} s", limit="total")
+            self._stats["errors"] += 1
+            self.events.put(ErrorEvent(job, err, data))
+            return
+        data = self._final_data(job, reason, result, n_prompt)
+        timings = data["timings"]
+        self._stats["completion_tokens"] += data["usage"]["completion_tokens"]
+        self._stats["last_ttft_ms"] = timings.get("ttft_ms")
+        self._stats["last_decode_tokens_per_s"] = timings.get("decode_tokens_per_s")
+        self._stats["last_model"] = job.model
+        self.events.put(DoneEvent(job, data))
+
+    def _partial(self, job: Job) -> dict[str, Any]:
+        if job.kind != "generate":
+            return {"model": job.model}
+        return {"model": job.model, "text": job.text, "completion_tokens": job.seq}
+
+    def _final_data(
+        self, job: Job, finish_reason: str, result: GenerateResult | None = None, n_prompt: int | None = None
+    ) -> dict[str, Any]:
+        now = time.monotonic()
+        perf = result.perf if result is not None else None
+        prompt_tokens = perf.prompt_tokens if perf and perf.prompt_tokens is not None else n_prompt
+        completion = perf.completion_tokens if perf and perf.completion_tokens else job.seq
+        timings: dict[str, Any] = {"queue_ms": _ms((job.started_at or now) - job.enqueued_at)}
+        if job.started_at is not None:
+            timings["total_ms"] = _ms(now - job.started_at)
+            if job.first_token_at is not None:
+                timings["ttft_ms"] = _ms(job.first_token_at - job.started_at)
+        if perf is not None:
+            if perf.prefill_ms is not None:
+                timings["prefill_ms"] = round(perf.prefill_ms, 2)
+                if prompt_tokens and perf.prefill_ms > 0:
+                    timings["prefill_tokens_per_s"] = round(prompt_tokens * 1000 / perf.prefill_ms, 2)
+            decode_ms = perf.decode_ms
+            if decode_ms is None and job.first_token_at and job.last_token_at:
+                decode_ms = (job.last_token_at - job.first_token_at) * 1000
+            if decode_ms is not None:
+                timings["decode_ms"] = round(decode_ms, 2)
+                if completion and decode_ms > 0:
+                    timings["decode_tokens_per_s"] = round(completion * 1000 / decode_ms, 2)
+            if perf.memory_mb is not None:
+                timings["memory_mb"] = round(perf.memory_mb, 1)
+        return {
+            "model": job.model,
+            "text": job.text,
+            "finish_reason": finish_reason,
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion,
+                "total_tokens": (prompt_tokens or 0) + completion,
+            },
+            "timings": timings,
+        }
+
+    def _emit_stats_locked(self) -> None:
+        self.events.put(StatsEvent(self.snapshot_locked()))
+
+    def snapshot_locked(self) -> dict[str, Any]:
+        cur = self._current
+        return {
+            **self._stats,
+            "queue_depth": len(self._pending),
+            "busy": cur is not None,
+            "running": cur.id if cur is not None else None,
+            "loaded_model": self._loaded,
+        }
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._cond:
+            return self.snapshot_locked()
+
+    # --- watchdog thread -----------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.05):
+            job = self._current
+            if job is None or job.kind != "generate" or job.started_at is None or job.abort_reason:
+                continue
+            now = time.monotonic()
+            reason: AbortReason | None = None
+            if job.first_token_at is None and now - job.started_at > self.limits.first_token_timeout_s:
+                reason = "first_token_timeout"
+            elif now - job.started_at > self.limits.total_timeout_s:
+                reason = "timeout"
+            if reason is not None:
+                log.warning("aborting generation", request_id=job.id, reason=reason)
+                job.abort_reason = reason
+                self._abort_runtime()
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 2)

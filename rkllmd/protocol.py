@@ -1,0 +1,347 @@
+"""The MQTT protocol: topic names, request parsing into typed requests, reply envelopes.
+
+Pure functions and data only: no network, no threads. docs/PROTOCOL.md describes the same
+thing for users; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+
+from rkllmd.errors import (
+    BadJson,
+    EmptyPrompt,
+    PayloadTooLarge,
+    RequestError,
+    RkllmdError,
+    UnknownCommand,
+    WrongType,
+)
+from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling
+
+COMMANDS = ("generate", "cancel", "models", "load", "unload", "clear_cache")
+ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
+MAX_JSON_DEPTH = 32
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Every topic rkllmd publishes or subscribes to, derived from the base topic."""
+
+    base: str
+
+    def request(self, command: str) -> str:
+        return f"{self.base}/request/{command}"
+
+    def response(self, command: str) -> str:
+        return f"{self.base}/response/{command}"
+
+    @property
+    def request_wildcard(self) -> str:
+        return f"{self.base}/request/#"
+
+    def stream(self, request_id: str) -> str:
+        return f"{self.base}/stream/{request_id}"
+
+    def stream_text(self, request_id: str) -> str:
+        return f"{self.base}/stream/{request_id}/text"
+
+    @property
+    def state(self) -> str:
+        return f"{self.base}/state"
+
+    @property
+    def info(self) -> str:
+        return f"{self.base}/info"
+
+    @property
+    def stats(self) -> str:
+        return f"{self.base}/stats"
+
+    def parse_request_topic(self, topic: str) -> tuple[str, str | None]:
+        """Split ``<base>/request/<command>[/<model>]`` into (command, model); raise UnknownCommand."""
+        prefix = f"{self.base}/request/"
+        rest = topic[len(prefix) :] if topic.startswith(prefix) else topic
+        parts = rest.split("/")
+        command = parts[0]
+        if command not in COMMANDS:
+            raise UnknownCommand(f"unknown command {command!r}; known: {', '.join(COMMANDS)}")
+        if len(parts) == 1:
+            return command, None
+        if command == "generate" and len(parts) == 2 and parts[1]:
+            return command, parts[1]
+        raise UnknownCommand(f"unknown request topic {topic!r}")
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One MQTT message, copied out of paho on its network thread."""
+
+    topic: str
+    payload: bytes
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    received_at: float = 0.0
+
+
+@dataclass
+class ReplyTo:
+    """Where a request's final reply goes, and what it echoes back."""
+
+    topic: str
+    correlation_data: bytes | None = None
+    request_id: str | None = None
+    transaction: Any = None
+    has_transaction: bool = False
+
+
+# --- request payload models -----------------------------------------------------------------
+
+
+class _Req(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str | None = None
+    transaction: Any = None
+    reply_to: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_ok(cls, v: str | None) -> str | None:
+        if v is not None and not ID_RE.match(v):
+            raise ValueError("id must be 1-64 characters of [A-Za-z0-9_.:-]")
+        return v
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to_ok(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_publish_topic(v, "reply_to")
+        return v
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class GenerateRequest(_Req):
+    prompt: str | None = None
+    messages: list[MessageIn] | None = Field(None, max_length=1000)
+    system: str | None = None
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=100_000)
+    repeat_penalty: float | None = Field(None, ge=0, le=10)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    stop: str | list[str] | None = None
+    stream: StrictBool = True
+
+    @field_validator("temperature", "top_p", "repeat_penalty", "frequency_penalty", "presence_penalty", mode="before")
+    @classmethod
+    def _int_is_float(cls, v: Any) -> Any:
+        # JSON has one number type; 0 and 1 are valid temperatures.
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> GenerateRequest:
+        if self.prompt is not None and self.messages is not None:
+            raise ValueError("give either prompt or messages, not both")
+        if self.prompt is None and self.messages is None:
+            raise EmptyPromptValue("a generate request needs a prompt or messages")
+        if self.prompt is not None and not self.prompt.strip():
+            raise EmptyPromptValue("the prompt is empty")
+        if self.messages is not None:
+            if not any(m.role in ("user", "tool") and m.content.strip() for m in self.messages):
+                raise EmptyPromptValue("messages contain no non-empty user message")
+        return self
+
+    def to_input(self, max_tokens: int) -> GenerateInput:
+        msgs: list[ChatMessage] = []
+        if self.system:
+            msgs.append(ChatMessage("system", self.system))
+        if self.messages is not None:
+            msgs.extend(ChatMessage(m.role, m.content) for m in self.messages)
+        else:
+            assert self.prompt is not None
+            msgs.append(ChatMessage("user", self.prompt))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return GenerateInput(
+            messages=tuple(msgs),
+            max_tokens=max_tokens,
+            sampling=Sampling(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                repeat_penalty=self.repeat_penalty,
+                frequency_penalty=self.frequency_penalty,
+                presence_penalty=self.presence_penalty,
+                seed=self.seed,
+                stop=stop,
+            ),
+        )
+
+
+class EmptyPromptValue(ValueError):
+    """Raised inside validation so the error maps to the empty_prompt code."""
+
+
+class CancelRequest(_Req):
+    # ``id`` here names the request to cancel.
+    pass
+
+
+class ModelRequest(_Req):
+    model: str | None = None
+
+
+class NoArgsRequest(_Req):
+    pass
+
+
+REQUEST_MODELS: dict[str, type[_Req]] = {
+    "generate": GenerateRequest,
+    "cancel": CancelRequest,
+    "models": NoArgsRequest,
+    "load": ModelRequest,
+    "unload": ModelRequest,
+    "clear_cache": ModelRequest,
+}
+
+# For a plain-text (non-JSON) payload: which field the text fills.
+PLAIN_FIELD = {"generate": "prompt", "cancel": "id", "load": "model", "unload": "model", "clear_cache": "model"}
+
+
+def check_publish_topic(topic: str, what: str) -> None:
+    """Reject topics rkllmd must never publish to (wildcards, empty, $-topics, NUL)."""
+    if not topic or len(topic.encode()) > 1024:
+        raise ValueError(f"{what} must be a non-empty topic under 1 KiB")
+    if "+" in topic or "#" in topic or "\x00" in topic:
+        raise ValueError(f"{what} must not contain +, # or NUL")
+    if topic.startswith("$"):
+        raise ValueError(f"{what} must not start with $")
+
+
+def _depth(obj: Any, limit: int) -> int:
+    """Nesting depth of a decoded JSON value, iterative so hostile input cannot blow the stack."""
+    stack = [(obj, 1)]
+    deepest = 0
+    while stack:
+        cur, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(cur, dict):
+            stack.extend((v, d + 1) for v in cur.values())
+        elif isinstance(cur, list):
+            stack.extend((v, d + 1) for v in cur)
+    return deepest
+
+
+def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, Any]:
+    """Turn raw bytes into a request dict: JSON object, or plain text for the command's main field."""
+    if len(payload) > max_bytes:
+        raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {max_bytes}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"payload is not valid UTF-8 (byte {exc.start})") from exc
+    stripped = text.strip()
+    if stripped.startswith("{") or stripped.startswith("["):
+        try:
+            obj = json.loads(stripped)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise BadJson(f"malformed JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise BadJson("the JSON payload must be an object")
+        if _depth(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+            raise BadJson(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        return obj
+    if "\x00" in text:
+        raise RequestError("plain-text payload contains NUL")
+    if not stripped:
+        if command == "generate":
+            raise EmptyPrompt("the prompt is empty")
+        return {}
+    field_name = PLAIN_FIELD.get(command)
+    if field_name is None:
+        return {}
+    return {field_name: text if command == "generate" else stripped}
+
+
+def validate(command: str, obj: dict[str, Any]) -> _Req:
+    """Validate a request dict into its typed model, mapping problems to error codes."""
+    model = REQUEST_MODELS[command]
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        problems = []
+        wrong_type = False
+        for err in exc.errors():
+            ctx_err = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, EmptyPromptValue):
+                raise EmptyPrompt(str(ctx_err)) from None
+            loc = ".".join(str(p) for p in err["loc"]) or "request"
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            wrong_type = wrong_type or err["type"].endswith("_type") or err["type"] == "literal_error"
+            problems.append(f"{loc}: {msg}")
+        cls = WrongType if wrong_type else RequestError
+        raise cls("invalid request: " + "; ".join(problems), problems=problems) from None
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+# --- replies --------------------------------------------------------------------------------
+
+
+@dataclass
+class Envelope:
+    """A reply in the one envelope every command uses."""
+
+    status: Literal["ok", "error"]
+    data: dict[str, Any] = field(default_factory=dict)
+    code: str | None = None
+    error: str | None = None
+
+    def to_payload(self, reply: ReplyTo) -> bytes:
+        out: dict[str, Any] = {"status": self.status}
+        if reply.request_id is not None:
+            out["id"] = reply.request_id
+        if reply.has_transaction:
+            out["transaction"] = reply.transaction
+        if self.status == "error":
+            out["code"] = self.code
+            out["error"] = self.error
+        out["data"] = self.data
+        return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def ok(data: dict[str, Any]) -> Envelope:
+    return Envelope("ok", data)
+
+
+def error(exc: RkllmdError, data: dict[str, Any] | None = None) -> Envelope:
+    return Envelope("error", data if data is not None else {}, code=exc.code, error=exc.message)
+
+
+def stream_chunk(request_id: str, seq: int, delta: str) -> bytes:
+    return json.dumps({"id": request_id, "seq": seq, "delta": delta}, ensure_ascii=False).encode()
+
+
+def stream_end(request_id: str, seq: int, finish_reason: str, status: str = "ok") -> bytes:
+    body = {"id": request_id, "seq": seq, "done": True, "finish_reason": finish_reason, "status": status}
+    return json.dumps(body).encode()

@@ -1,0 +1,129 @@
+"""The runtime interface the inference loop sees.
+
+A runtime owns one loaded model. Every method except ``abort`` is called on the inference
+thread only, one call at a time; ``abort`` may be called from any thread while ``generate``
+blocks. A runtime never touches MQTT: it hands text deltas to a sink and returns a result.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    """One turn of a conversation; ``role`` is system, user, assistant or tool."""
+
+    role: str
+    content: str
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Per-request sampling overrides; None means the model's configured default."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repeat_penalty: float | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerateInput:
+    """What one generation is asked to do; ``messages`` ends with the user's turn."""
+
+    messages: tuple[ChatMessage, ...]
+    max_tokens: int
+    sampling: Sampling = field(default_factory=Sampling)
+
+    @property
+    def system(self) -> str | None:
+        sys = [m.content for m in self.messages if m.role == "system"]
+        return "\n".join(sys) if sys else None
+
+    @property
+    def last_user(self) -> str:
+        for m in reversed(self.messages):
+            if m.role in ("user", "tool"):
+                return m.content
+        return ""
+
+
+@dataclass
+class Perf:
+    """Counts and timings of one generation as the runtime reports them (None when unknown)."""
+
+    prompt_tokens: int | None = None
+    completion_tokens: int = 0
+    prefill_ms: float | None = None
+    decode_ms: float | None = None
+    memory_mb: float | None = None
+
+
+FinishReason = Literal["stop", "length", "aborted"]
+
+
+@dataclass
+class GenerateResult:
+    """How a generation ended. ``aborted`` means abort() was called; the loop knows why."""
+
+    finish_reason: FinishReason
+    perf: Perf
+
+
+# Called for every decoded text delta, in order, with whole UTF-8 characters only.
+# It runs on whatever thread the runtime delivers tokens on and must return quickly.
+TokenSink = Callable[[str, int | None], None]
+
+
+class Runtime(abc.ABC):
+    """One loaded model behind one runtime."""
+
+    #: short name used in config (``runtime = "rkllm"``) and in the info topic
+    kind: str = "base"
+
+    @abc.abstractmethod
+    def open(self) -> None:
+        """Load the model; raises ModelLoadError / RuntimeNotInstalled / LibraryVersionError."""
+
+    @abc.abstractmethod
+    def generate(self, inp: GenerateInput, sink: TokenSink) -> GenerateResult:
+        """Run one generation to its end, feeding text deltas to ``sink``; raises RuntimeFailure."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Ask a running generate() to stop soon. Any thread; a no-op when idle."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the model and all native memory. Idempotent."""
+
+    def clear_cache(self, keep_system_prompt: bool = True) -> None:
+        """Drop conversation state (KV cache) kept between generations."""
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens ``text`` takes in this model, or None when no tokenizer is available."""
+        return None
+
+    def prompt_tokens(self, inp: GenerateInput) -> int | None:
+        """Tokens the whole rendered prompt of ``inp`` takes, or None when unknown."""
+        return None
+
+    @property
+    def context_length(self) -> int | None:
+        """The context window of the loaded model in tokens, or None when unknown."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the info topic: runtime kind, version, library path and the like."""
+        return {"runtime": self.kind}
+
+
+RuntimeFactory = Callable[[], Runtime]

@@ -1,0 +1,257 @@
+"""The one validated configuration: a TOML file, ``RKLLMD_*`` environment overrides, secret files.
+
+Every model here rejects unknown keys, so a typo is an error at ``check-config`` rather than a
+silently ignored setting. Precedence, highest first: environment, TOML file, defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from rkllmd.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/rkllmd/rkllmd.toml")
+EMBEDDED_MODEL_NAME = "smollm2"
+_TOPIC_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _read_secret(path: Path | None, inline: str | None, what: str) -> str | None:
+    if path is None:
+        return inline
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read {what} file {path}: {exc.strerror}") from exc
+
+
+class TlsSettings(Strict):
+    """Broker TLS; all paths are PEM files."""
+
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure: bool = Field(False, description="skip hostname verification (testing only)")
+
+
+class MqttSettings(Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str = "rkllmd"
+    base_topic: str = "rkllmd"
+    keepalive: int = Field(30, ge=5, le=3600)
+    username: str | None = None
+    password: str | None = Field(None, repr=False)
+    password_file: Path | None = None
+    qos: Literal[0, 1, 2] = 1
+    connect_retries: int = Field(10, ge=1, description="first-connect attempts before giving up")
+    tls: TlsSettings = TlsSettings()
+
+    @field_validator("base_topic")
+    @classmethod
+    def _base_topic_ok(cls, v: str) -> str:
+        v = v.strip("/")
+        if not v or any(c not in _TOPIC_SAFE for c in v):
+            raise ValueError("base_topic must be non-empty and use only [A-Za-z0-9_-./]")
+        return v
+
+    def resolved_password(self) -> str | None:
+        return _read_secret(self.password_file, self.password, "mqtt password")
+
+
+class LimitSettings(Strict):
+    queue_size: int = Field(8, ge=1, le=10_000, description="requests waiting behind the running one")
+    max_payload_bytes: int = Field(256 * 1024, ge=64)
+    max_tokens: int = Field(512, ge=1, description="default completion cap per request")
+    max_tokens_cap: int = Field(8192, ge=1, description="largest max_tokens a request may ask for")
+    first_token_timeout_s: float = Field(60.0, gt=0)
+    total_timeout_s: float = Field(600.0, gt=0)
+    shutdown_grace_s: float = Field(10.0, ge=0)
+
+
+class LogSettings(Strict):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "console", "json"] = "auto"
+
+
+class ChatTemplate(Strict):
+    """RKLLM's own three-part template (rkllm_set_chat_template); {system} is replaced."""
+
+    system: str = ""
+    prefix: str = ""
+    postfix: str = ""
+
+
+class ModelCommon(Strict):
+    description: str = ""
+    max_context_len: int = Field(4096, ge=32)
+    max_new_tokens: int | None = Field(None, ge=1, description="per-model cap; default limits.max_tokens")
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    top_k: int = Field(40, ge=0)
+    repeat_penalty: float = Field(1.1, ge=0)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    system_prompt: str | None = None
+
+
+class RkllmModelSettings(ModelCommon):
+    runtime: Literal["rkllm"]
+    path: Path
+    library: Path | None = Field(None, description="librkllmrt.so; default [rkllm].library, then the search path")
+    runtime_version: str = Field("auto", description="auto, or pin: 1.2.1, 1.2.2, 1.2.3, 1.3.0")
+    tokenizer: Path | None = Field(None, description="tokenizer.json for prompt token counts")
+    keep_history: bool = False
+    n_keep: int = -1
+    base_domain_id: int = 0
+    embed_flash: bool = True
+    enabled_cpus: list[int] = Field(default_factory=lambda: [4, 5, 6, 7])
+    skip_special_token: bool = True
+    chat_template: ChatTemplate | None = None
+
+
+class LlamaCppModelSettings(ModelCommon):
+    runtime: Literal["llamacpp"]
+    path: Path | None = Field(None, description=".gguf file; empty = the embedded SmolLM2 demo model")
+    n_threads: int | None = Field(None, ge=1)
+    seed: int = -1
+
+
+ModelSettings = Annotated[RkllmModelSettings | LlamaCppModelSettings, Field(discriminator="runtime")]
+
+
+class RkllmSettings(Strict):
+    library: Path | None = None
+    log_level: int | None = Field(None, ge=0, le=2, description="sets RKLLM_LOG_LEVEL for the runtime")
+
+
+class Settings(BaseSettings):
+    """Everything rkllmd reads at startup."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="RKLLMD_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    mqtt: MqttSettings = MqttSettings()
+    limits: LimitSettings = LimitSettings()
+    log: LogSettings = LogSettings()
+    rkllm: RkllmSettings = RkllmSettings()
+    default_model: str | None = None
+    preload: bool = Field(True, description="load the default model at startup")
+    models: dict[str, ModelSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = _TOML_PATH.get("path")
+        sources: list[PydanticBaseSettingsSource] = [env_settings, init_settings]
+        if toml is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml))
+        return tuple(sources)
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, Any]) -> dict[str, Any]:
+        for name in v:
+            if not name or any(c not in _TOPIC_SAFE.replace("/", "") for c in name):
+                raise ValueError(f"model name {name!r} must use only [A-Za-z0-9_-.]")
+        return v
+
+    @model_validator(mode="after")
+    def _embedded_default(self) -> Settings:
+        # With no models configured, serve the embedded demo model through llama.cpp.
+        if not self.models:
+            object.__setattr__(
+                self,
+                "models",
+                {EMBEDDED_MODEL_NAME: LlamaCppModelSettings(runtime="llamacpp", max_context_len=2048)},
+            )
+        if self.default_model is None:
+            object.__setattr__(self, "default_model", next(iter(self.models)))
+        elif self.default_model not in self.models:
+            raise ValueError(f"default_model {self.default_model!r} is not among the configured models")
+        if self.limits.max_tokens > self.limits.max_tokens_cap:
+            raise ValueError("limits.max_tokens must not exceed limits.max_tokens_cap")
+        return self
+
+    @property
+    def default(self) -> str:
+        assert self.default_model is not None
+        return self.default_model
+
+
+# The TOML path is handed to the source hook through this dict because pydantic-settings
+# builds sources from the class; load_settings() sets and clears it around construction.
+_TOML_PATH: dict[str, Path | None] = {}
+
+
+def load_settings(path: Path | None = None, *, env: dict[str, str] | None = None) -> Settings:
+    """Read and validate the configuration, or raise ConfigError listing every problem."""
+    explicit = path is not None
+    if path is None:
+        env_path = (env or os.environ).get("RKLLMD_CONFIG")
+        path = Path(env_path) if env_path else DEFAULT_CONFIG_PATH
+        explicit = bool(env_path)
+    if not path.exists():
+        if explicit:
+            raise ConfigError(f"config file {path} does not exist")
+        path = None
+    elif path.is_dir():
+        raise ConfigError(f"config path {path} is a directory, not a TOML file")
+    _TOML_PATH["path"] = path
+    try:
+        if path is not None:
+            import tomllib
+
+            try:
+                tomllib.loads(path.read_text(encoding="utf-8"))
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+            except OSError as exc:
+                raise ConfigError(f"cannot read {path}: {exc.strerror}") from exc
+        settings = Settings()
+        settings.mqtt.resolved_password()
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, path)) from exc
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    finally:
+        _TOML_PATH.clear()
+    return settings
+
+
+def format_validation_error(exc: ValidationError, path: Path | None) -> str:
+    """One line per problem: the dotted key, what is wrong, and the value given."""
+    where = str(path) if path else "settings"
+    lines = [f"{where}: {exc.error_count()} problem(s):"]
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        lines.append(f"  - {loc}: {msg}")
+    return "\n".join(lines)

@@ -1,0 +1,271 @@
+"""Test helpers: a real mosquitto on a free loopback port, an MQTT probe client, a daemon process."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+REPO = Path(__file__).resolve().parent.parent
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return int(s.getsockname()[1])
+
+
+def mosquitto_binary() -> str:
+    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if cand and os.path.exists(cand):
+            return cand
+    raise RuntimeError("mosquitto is not installed: run scripts/test.sh, which installs it")
+
+
+@dataclass
+class Broker:
+    host: str
+    port: int
+    proc: subprocess.Popen[bytes]
+    conf: Path
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
+
+
+def start_broker(workdir: Path, port: int | None = None, extra_conf: str = "") -> Broker:
+    """Start mosquitto on 127.0.0.1 only, anonymous, no persistence."""
+    port = port or free_port()
+    conf = workdir / f"mosquitto-{port}.conf"
+    conf.write_text(
+        f"listener {port} {LOOPBACK}\nallow_anonymous true\npersistence false\n"
+        f"log_dest stderr\nlog_type error\nlog_type warning\n{extra_conf}"
+    )
+    log = open(workdir / f"mosquitto-{port}.log", "wb")  # noqa: SIM115 - owned by the process
+    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(LOOPBACK, port)
+    except TimeoutError:
+        proc.kill()
+        raise
+    return Broker(LOOPBACK, port, proc, conf)
+
+
+@dataclass
+class Msg:
+    topic: str
+    payload: bytes
+    retain: bool
+    correlation_data: bytes | None
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+
+class Probe:
+    """An MQTT v5 client that records what arrives on its subscriptions, for assertions."""
+
+    def __init__(self, broker: Broker, protocol: int = mqtt.MQTTv5) -> None:
+        self.q: queue.Queue[Msg] = queue.Queue()
+        self.v5 = protocol == mqtt.MQTTv5
+        self.client = mqtt.Client(
+            callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
+            client_id="probe-" + uuid.uuid4().hex[:8],
+            protocol=protocol,
+        )
+        self._subacks: queue.Queue[int] = queue.Queue()
+        self.client.on_message = self._on_message
+        self.client.on_subscribe = lambda c, u, mid, rc, p: self._subacks.put(mid)
+        self.client.connect(broker.host, broker.port, keepalive=30)
+        self.client.loop_start()
+
+    def _on_message(self, c: Any, u: Any, m: mqtt.MQTTMessage) -> None:
+        props = getattr(m, "properties", None)
+        corr = getattr(props, "CorrelationData", None) if props is not None else None
+        self.q.put(Msg(m.topic, bytes(m.payload), bool(m.retain), corr))
+
+    def subscribe(self, *topics: str) -> None:
+        for t in topics:
+            _, mid = self.client.subscribe(t, qos=1)
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    if self._subacks.get(timeout=0.1) == mid:
+                        break
+                except queue.Empty:
+                    pass
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str | dict[str, Any],
+        *,
+        response_topic: str | None = None,
+        correlation_data: bytes | None = None,
+        qos: int = 1,
+    ) -> None:
+        if isinstance(payload, dict):
+            payload = json.dumps(payload)
+        props = None
+        if response_topic is not None or correlation_data is not None:
+            props = Properties(PacketTypes.PUBLISH)
+            if response_topic is not None:
+                props.ResponseTopic = response_topic
+            if correlation_data is not None:
+                props.CorrelationData = correlation_data
+        self.client.publish(topic, payload, qos=qos, properties=props).wait_for_publish(5)
+
+    def get(self, topic: str | None = None, timeout: float = 10.0) -> Msg:
+        """The next message (on ``topic`` if given, skipping others) or TimeoutError."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no message on {topic or 'any topic'} within {timeout} s")
+            try:
+                m = self.q.get(timeout=left)
+            except queue.Empty:
+                continue
+            if topic is None or mqtt.topic_matches_sub(topic, m.topic):
+                return m
+
+    def collect_until(self, topic: str, pred: Any, timeout: float = 20.0) -> list[Msg]:
+        """Messages on ``topic`` up to and including the first for which ``pred(msg)`` is true."""
+        out = []
+        deadline = time.monotonic() + timeout
+        while True:
+            m = self.get(topic, timeout=max(0.01, deadline - time.monotonic()))
+            out.append(m)
+            if pred(m):
+                return out
+
+    def drain(self) -> list[Msg]:
+        out = []
+        while True:
+            try:
+                out.append(self.q.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+class DaemonProc:
+    """rkllmd running as a real process with a config file, as systemd would run it."""
+
+    def __init__(self, config: Path, workdir: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = workdir / f"rkllmd-{uuid.uuid4().hex[:6]}.log"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the process
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "rkllmd", "run", "--config", str(config)],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=str(workdir),
+        )
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_log(self, needle: str, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.log_text():
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rkllmd exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{needle!r} not in rkllmd log after {timeout} s:\n{self.log_text()[-4000:]}")
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))
+
+
+def write_config(path: Path, sections: dict[str, Any]) -> Path:
+    """Write a small TOML file from nested dicts (enough for tests; no arrays of tables)."""
+    lines: list[str] = []
+
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+        if prefix and scalars:
+            lines.append(f"[{prefix}]")
+        for k, v in scalars.items():
+            lines.append(f"{k} = {toml_value(v)}")
+        for k, v in tables.items():
+            emit(f"{prefix}.{k}" if prefix else k, v)
+
+    top = {k: v for k, v in sections.items() if not isinstance(v, dict)}
+    for k, v in top.items():
+        lines.append(f"{k} = {toml_value(v)}")
+    emit("", {k: v for k, v in sections.items() if isinstance(v, dict)})
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextmanager
+def probe(broker: Broker) -> Iterator[Probe]:
+    p = Probe(broker)
+    try:
+        yield p
+    finally:
+        p.close()
