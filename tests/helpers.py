@@ -101,6 +101,7 @@ class Probe:
 
     def __init__(self, broker: Broker, protocol: int = mqtt.MQTTv5) -> None:
         self.q: queue.Queue[Msg] = queue.Queue()
+        self._held: list[Msg] = []
         self.v5 = protocol == mqtt.MQTTv5
         self.client = mqtt.Client(
             callback_api_version=mqtt.CallbackAPIVersion.VERSION2,
@@ -150,7 +151,10 @@ class Probe:
         self.client.publish(topic, payload, qos=qos, properties=props).wait_for_publish(5)
 
     def get(self, topic: str | None = None, timeout: float = 10.0) -> Msg:
-        """The next message (on ``topic`` if given, skipping others) or TimeoutError."""
+        """The next message (on ``topic`` if given) or TimeoutError; others are kept for later."""
+        for i, m in enumerate(self._held):
+            if topic is None or mqtt.topic_matches_sub(topic, m.topic):
+                return self._held.pop(i)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -162,6 +166,7 @@ class Probe:
                 continue
             if topic is None or mqtt.topic_matches_sub(topic, m.topic):
                 return m
+            self._held.append(m)
 
     def collect_until(self, topic: str, pred: Any, timeout: float = 20.0) -> list[Msg]:
         """Messages on ``topic`` up to and including the first for which ``pred(msg)`` is true."""
@@ -174,7 +179,7 @@ class Probe:
                 return out
 
     def drain(self) -> list[Msg]:
-        out = []
+        out, self._held = self._held, []
         while True:
             try:
                 out.append(self.q.get_nowait())

