@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -56,7 +57,7 @@ class Bus:
         self._connack_reason: Any = None
         self.connected = threading.Event()
         client_kw: dict[str, Any] = {
-            "callback_api_version": mqtt.CallbackAPIVersion.VERSION2,
+            "callback_api_version": CallbackAPIVersion.VERSION2,
             "client_id": cfg.client_id,
             "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
         }

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -49,7 +50,7 @@ def ask(opts: AskOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) ->
     connected: queue.Queue[Any] = queue.Queue()
 
     client = mqtt.Client(
-        callback_api_version=mqtt.CallbackAPIVersion.VERSION2, client_id=rid, protocol=mqtt.MQTTv5
+        callback_api_version=CallbackAPIVersion.VERSION2, client_id=rid, protocol=mqtt.MQTTv5
     )
     if opts.username:
         client.username_pw_set(opts.username, opts.password)

@@ -137,8 +137,13 @@ class Daemon:
         try:
             self._handle(msg, reply)
         except RkllmdError as exc:
-            log.info("request refused", topic=msg.topic, code=exc.code, error=exc.message,
-                     request_id=reply.request_id)
+            log.info(
+                "request refused",
+                topic=msg.topic,
+                code=exc.code,
+                error=exc.message,
+                request_id=reply.request_id,
+            )
             self._reply(reply, protocol.error(exc))
         except Exception as exc:  # the daemon never dies on input
             log.exception("request handling failed", topic=msg.topic)
@@ -184,8 +189,14 @@ class Daemon:
             raise RequestError(f"max_tokens {max_tokens} is over the limit of {lim.max_tokens_cap}")
         job_id = req.id or protocol.new_request_id()
         reply.request_id = job_id
-        job = Job(kind="generate", id=job_id, model=model, inp=req.to_input(max_tokens),
-                  stream=req.stream, context=reply)
+        job = Job(
+            kind="generate",
+            id=job_id,
+            model=model,
+            inp=req.to_input(max_tokens),
+            stream=req.stream,
+            context=reply,
+        )
         with self._inflight_lock:
             if job_id in self._inflight:
                 raise RequestError(f"a request with id {job_id!r} is already queued or running")
@@ -213,14 +224,16 @@ class Daemon:
         loaded = self.loop.loaded_model
         out = []
         for name, cfg in self.settings.models.items():
-            out.append({
-                "name": name,
-                "runtime": cfg.runtime,
-                "description": cfg.description,
-                "context_length": cfg.max_context_len,
-                "loaded": name == loaded,
-                "default": name == self.settings.default,
-            })
+            out.append(
+                {
+                    "name": name,
+                    "runtime": cfg.runtime,
+                    "description": cfg.description,
+                    "context_length": cfg.max_context_len,
+                    "loaded": name == loaded,
+                    "default": name == self.settings.default,
+                }
+            )
         return {"models": out, "loaded": loaded, "default": self.settings.default}
 
     # --- dispatcher thread ---------------------------------------------------------------------
@@ -238,7 +251,9 @@ class Daemon:
     def _dispatch(self, ev: Event) -> None:
         if isinstance(ev, TokenEvent):
             if ev.job.stream:
-                self.bus.publish(self.topics.stream(ev.job.id), protocol.stream_chunk(ev.job.id, ev.seq, ev.delta))
+                self.bus.publish(
+                    self.topics.stream(ev.job.id), protocol.stream_chunk(ev.job.id, ev.seq, ev.delta)
+                )
                 self.bus.publish(self.topics.stream_text(ev.job.id), ev.delta.encode())
             return
         if isinstance(ev, StatsEvent):
@@ -249,21 +264,28 @@ class Daemon:
         if isinstance(ev, DoneEvent):
             env = protocol.ok(ev.data)
             finish = str(ev.data.get("finish_reason", "stop"))
-            log.info("request done", request_id=job.id, kind=job.kind, finish_reason=ev.data.get("finish_reason"),
-                     tokens=ev.data.get("usage", {}).get("completion_tokens"),
-                     ttft_ms=ev.data.get("timings", {}).get("ttft_ms"))
+            log.info(
+                "request done",
+                request_id=job.id,
+                kind=job.kind,
+                finish_reason=ev.data.get("finish_reason"),
+                tokens=ev.data.get("usage", {}).get("completion_tokens"),
+                ttft_ms=ev.data.get("timings", {}).get("ttft_ms"),
+            )
         else:
             assert isinstance(ev, ErrorEvent)
             env = protocol.error(ev.error, ev.data)
             finish = "error"
-            log.warning("request failed", request_id=job.id, kind=job.kind, code=ev.error.code,
-                        error=ev.error.message)
+            log.warning(
+                "request failed", request_id=job.id, kind=job.kind, code=ev.error.code, error=ev.error.message
+            )
         if job.kind == "generate":
             with self._inflight_lock:
                 self._inflight.pop(job.id, None)
             if job.stream:
-                self.bus.publish(self.topics.stream(job.id),
-                                 protocol.stream_end(job.id, job.seq, finish, env.status))
+                self.bus.publish(
+                    self.topics.stream(job.id), protocol.stream_end(job.id, job.seq, finish, env.status)
+                )
                 self.bus.publish(self.topics.stream_text(job.id), b"\n")
         if job.kind in ("load", "unload"):
             self._publish_info()
@@ -271,8 +293,12 @@ class Daemon:
             self._reply(reply, env)
 
     def _reply(self, reply: ReplyTo, env: Envelope) -> None:
-        self.bus.publish(reply.topic, env.to_payload(reply), correlation_data=reply.correlation_data,
-                         content_type="application/json")
+        self.bus.publish(
+            reply.topic,
+            env.to_payload(reply),
+            correlation_data=reply.correlation_data,
+            content_type="application/json",
+        )
 
     def _publish_info(self) -> None:
         info = {

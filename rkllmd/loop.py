@@ -351,7 +351,9 @@ class InferenceLoop:
                     f"no first token within {self.limits.first_token_timeout_s:g} s", limit="first_token"
                 )
             else:
-                err = GenerationTimeout(f"generation exceeded {self.limits.total_timeout_s:g} s", limit="total")
+                err = GenerationTimeout(
+                    f"generation exceeded {self.limits.total_timeout_s:g} s", limit="total"
+                )
             self._stats["errors"] += 1
             self.events.put(ErrorEvent(job, err, data))
             return

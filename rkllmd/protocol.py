@@ -12,7 +12,15 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from rkllmd.errors import (
     BadJson,
@@ -149,7 +157,9 @@ class GenerateRequest(_Req):
     stop: str | list[str] | None = None
     stream: StrictBool = True
 
-    @field_validator("temperature", "top_p", "repeat_penalty", "frequency_penalty", "presence_penalty", mode="before")
+    @field_validator(
+        "temperature", "top_p", "repeat_penalty", "frequency_penalty", "presence_penalty", mode="before"
+    )
     @classmethod
     def _int_is_float(cls, v: Any) -> Any:
         # JSON has one number type; 0 and 1 are valid temperatures.
@@ -163,9 +173,10 @@ class GenerateRequest(_Req):
             raise EmptyPromptValue("a generate request needs a prompt or messages")
         if self.prompt is not None and not self.prompt.strip():
             raise EmptyPromptValue("the prompt is empty")
-        if self.messages is not None:
-            if not any(m.role in ("user", "tool") and m.content.strip() for m in self.messages):
-                raise EmptyPromptValue("messages contain no non-empty user message")
+        if self.messages is not None and not any(
+            m.role in ("user", "tool") and m.content.strip() for m in self.messages
+        ):
+            raise EmptyPromptValue("messages contain no non-empty user message")
         return self
 
     def to_input(self, max_tokens: int) -> GenerateInput:
@@ -221,7 +232,13 @@ REQUEST_MODELS: dict[str, type[_Req]] = {
 }
 
 # For a plain-text (non-JSON) payload: which field the text fills.
-PLAIN_FIELD = {"generate": "prompt", "cancel": "id", "load": "model", "unload": "model", "clear_cache": "model"}
+PLAIN_FIELD = {
+    "generate": "prompt",
+    "cancel": "id",
+    "load": "model",
+    "unload": "model",
+    "clear_cache": "model",
+}
 
 
 def check_publish_topic(topic: str, what: str) -> None:

@@ -113,7 +113,9 @@ class ModelCommon(Strict):
 class RkllmModelSettings(ModelCommon):
     runtime: Literal["rkllm"]
     path: Path
-    library: Path | None = Field(None, description="librkllmrt.so; default [rkllm].library, then the search path")
+    library: Path | None = Field(
+        None, description="librkllmrt.so; default [rkllm].library, then the search path"
+    )
     runtime_version: str = Field("auto", description="auto, or pin: 1.2.1, 1.2.2, 1.2.3, 1.3.0")
     tokenizer: Path | None = Field(None, description="tokenizer.json for prompt token counts")
     keep_history: bool = False
@@ -188,7 +190,14 @@ class Settings(BaseSettings):
             object.__setattr__(
                 self,
                 "models",
-                {EMBEDDED_MODEL_NAME: LlamaCppModelSettings(runtime="llamacpp", max_context_len=2048)},
+                {
+                    EMBEDDED_MODEL_NAME: LlamaCppModelSettings(
+                        runtime="llamacpp",
+                        description="SmolLM2-135M-Instruct on the CPU (embedded demo model)",
+                        max_context_len=2048,
+                        temperature=0.2,
+                    )
+                },
             )
         if self.default_model is None:
             object.__setattr__(self, "default_model", next(iter(self.models)))

@@ -105,8 +105,8 @@ class Runtime(abc.ABC):
     def close(self) -> None:
         """Release the model and all native memory. Idempotent."""
 
-    def clear_cache(self, keep_system_prompt: bool = True) -> None:
-        """Drop conversation state (KV cache) kept between generations."""
+    def clear_cache(self, keep_system_prompt: bool = True) -> None:  # noqa: B027 - optional hook
+        """Drop conversation state (KV cache) kept between generations; a no-op by default."""
 
     def count_tokens(self, text: str) -> int | None:
         """Tokens ``text`` takes in this model, or None when no tokenizer is available."""

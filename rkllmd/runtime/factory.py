@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+from collections.abc import Callable
 from typing import Any
 
 from rkllmd.errors import RuntimeNotInstalled
@@ -23,11 +25,12 @@ def make_runtime(name: str, cfg: RkllmModelSettings | LlamaCppModelSettings, set
 
 
 def build_registry(settings: Settings) -> ModelRegistry:
-    factories = {
-        name: (lambda n=name, c=cfg: make_runtime(n, c, settings)) for name, cfg in settings.models.items()
+    factories: dict[str, Callable[[], Runtime]] = {
+        name: functools.partial(make_runtime, name, cfg, settings) for name, cfg in settings.models.items()
     }
     describe: dict[str, dict[str, Any]] = {
-        name: {"runtime": cfg.runtime, "description": cfg.description} for name, cfg in settings.models.items()
+        name: {"runtime": cfg.runtime, "description": cfg.description}
+        for name, cfg in settings.models.items()
     }
     return ModelRegistry(factories, describe)
 

@@ -1,0 +1,83 @@
+"""Configuration: the example file, unknown keys, environment overrides, check-config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from rkllmd.errors import ConfigError
+from rkllmd.settings import load_settings
+from tests.helpers import REPO
+
+
+def test_example_config_is_valid_and_complete() -> None:
+    """config/rkllmd.example.toml validates and sets every top-level section the code knows."""
+    s = load_settings(REPO / "config" / "rkllmd.example.toml")
+    assert s.default == "qwen"
+    assert set(s.models) == {"qwen", "smollm2"}
+    text = (REPO / "config" / "rkllmd.example.toml").read_text()
+    for section, model in (("mqtt", s.mqtt), ("limits", s.limits), ("log", s.log)):
+        for key in type(model).model_fields:
+            documented = f"{key} =" in text or f"[{section}.{key}]" in text
+            assert documented, f"{section}.{key} undocumented"
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
+    """A typo in a key is reported with its dotted path instead of being ignored."""
+    p = tmp_path / "c.toml"
+    p.write_text("[mqtt]\nhots = 'x'\n[limits]\nqueue_size = 0\n")
+    with pytest.raises(ConfigError) as ei:
+        load_settings(p)
+    assert "mqtt.hots: unknown key" in ei.value.message
+    assert "limits.queue_size" in ei.value.message
+
+
+def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RKLLMD_SECTION__KEY beats the TOML file."""
+    p = tmp_path / "c.toml"
+    p.write_text("[mqtt]\nport = 1000\nhost = 'a'\n")
+    monkeypatch.setenv("RKLLMD_MQTT__PORT", "2000")
+    s = load_settings(p)
+    assert s.mqtt.port == 2000 and s.mqtt.host == "a"
+
+
+def test_no_config_serves_embedded_model() -> None:
+    """With no file at all the embedded SmolLM2 model through llama.cpp is the default."""
+    s = load_settings(None, env={})
+    assert s.default == "smollm2" and s.models["smollm2"].runtime == "llamacpp"
+
+
+def test_password_file_is_read_and_never_shown(tmp_path: Path) -> None:
+    """The broker password comes from its file and does not appear in the settings' repr."""
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret-value\n")
+    p = tmp_path / "c.toml"
+    p.write_text(f"[mqtt]\nusername = 'u'\npassword_file = '{pw}'\n")
+    s = load_settings(p)
+    assert s.mqtt.resolved_password() == "s3cret-value"
+    assert "s3cret" not in repr(s)
+
+
+def test_check_config_lists_every_problem(tmp_path: Path) -> None:
+    """`rkllmd check-config` names each missing model file and exits non-zero."""
+    p = tmp_path / "c.toml"
+    p.write_text(
+        "[models.a]\nruntime = 'rkllm'\npath = '/nonexistent/a.rkllm'\n"
+        "[models.b]\nruntime = 'llamacpp'\npath = '/nonexistent/b.gguf'\n"
+    )
+    out = subprocess.run([sys.executable, "-m", "rkllmd", "check-config", "--config", str(p)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert "models.a.path: /nonexistent/a.rkllm does not exist" in out.stderr
+    assert "models.b.path: /nonexistent/b.gguf does not exist" in out.stderr
+
+
+def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
+    """An explicitly named config file that does not exist stops startup with a clear message."""
+    out = subprocess.run([sys.executable, "-m", "rkllmd", "run", "--config", str(tmp_path / "no.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "does not exist" in out.stderr
