@@ -240,6 +240,9 @@ class InferenceLoop:
                     break
                 job = self._pending.popleft()
                 self._current = job
+            # Every log line written on this thread while the job runs (runtime included)
+            # carries its request id.
+            structlog.contextvars.bind_contextvars(request_id=job.id)
             try:
                 self._do(job)
             except RkllmdError as exc:
@@ -250,6 +253,7 @@ class InferenceLoop:
                 self._stats["errors"] += 1
                 self.events.put(ErrorEvent(job, RuntimeFailure(f"internal error: {exc}"), self._partial(job)))
             finally:
+                structlog.contextvars.unbind_contextvars("request_id")
                 with self._cond:
                     self._current = None
                     self._emit_stats_locked()
