@@ -8,6 +8,7 @@ they only copy data and hand it on (``on_incoming`` must just enqueue). ``publis
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 import threading
 import time
@@ -29,6 +30,21 @@ log = structlog.get_logger("rkllmd.bus")
 
 # CONNACK reasons that retrying cannot fix: wrong credentials, not authorised, banned, bad id.
 _FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
+
+
+def set_nodelay(client: mqtt.Client) -> None:
+    """Turn off Nagle on the client's socket.
+
+    paho writes a packet in more than one send(); with Nagle on, the tail of a small
+    PUBLISH waits for the broker's delayed ACK, which added ~40 ms to every request and
+    every reply here (measured: 88 ms -> a few ms round trip on loopback).
+    """
+    sock = client.socket()
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (OSError, AttributeError):  # not TCP (e.g. a unix socket): nothing to do
+            pass
 
 
 class BrokerUnavailable(RkllmdError):
@@ -190,6 +206,7 @@ class Bus:
     # --- paho network thread -------------------------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        set_nodelay(client)
         self._connack_reason = reason
         self._connack.set()
         if getattr(reason, "is_failure", False):

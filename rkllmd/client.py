@@ -18,6 +18,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from rkllmd.bus import set_nodelay
 from rkllmd.protocol import Topics
 
 
@@ -54,7 +55,11 @@ def ask(opts: AskOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) ->
     )
     if opts.username:
         client.username_pw_set(opts.username, opts.password)
-    client.on_connect = lambda c, u, f, rc, p: connected.put(rc)
+    def on_connect(c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
+        set_nodelay(c)
+        connected.put(rc)
+
+    client.on_connect = on_connect
     client.on_message = lambda c, u, m: inbox.put((m.topic, bytes(m.payload)))
     try:
         client.connect(opts.host, opts.port, keepalive=30)

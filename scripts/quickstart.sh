@@ -32,7 +32,7 @@ PY
 then
     MOSQ="$(command -v mosquitto || echo /usr/sbin/mosquitto)"
     conf="$(mktemp -t rkllmd-mosquitto.XXXXXX.conf)"
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$PORT" > "$conf"
+    printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n' "$PORT" > "$conf"
     echo "[quickstart] no broker on $HOST:$PORT; starting mosquitto on 127.0.0.1:$PORT" >&2
     "$MOSQ" -c "$conf" &
     broker_pid=$!

@@ -22,6 +22,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from rkllmd.bus import set_nodelay
+
 REPO = Path(__file__).resolve().parent.parent
 LOOPBACK = "127.0.0.1"
 
@@ -72,7 +74,7 @@ def start_broker(workdir: Path, port: int | None = None, extra_conf: str = "") -
     port = port or free_port()
     conf = workdir / f"mosquitto-{port}.conf"
     conf.write_text(
-        f"listener {port} {LOOPBACK}\nallow_anonymous true\npersistence false\n"
+        f"listener {port} {LOOPBACK}\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
         f"log_dest stderr\nlog_type error\nlog_type warning\n{extra_conf}"
     )
     log = open(workdir / f"mosquitto-{port}.log", "wb")  # noqa: SIM115 - owned by the process
@@ -110,6 +112,7 @@ class Probe:
         )
         self._subacks: queue.Queue[int] = queue.Queue()
         self.client.on_message = self._on_message
+        self.client.on_connect = lambda c, u, f, rc, p: set_nodelay(c)
         self.client.on_subscribe = lambda c, u, mid, rc, p: self._subacks.put(mid)
         self.client.connect(broker.host, broker.port, keepalive=30)
         self.client.loop_start()
