@@ -7,6 +7,7 @@ they only copy data and hand it on (``on_incoming`` must just enqueue). ``publis
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import ssl
@@ -16,8 +17,8 @@ from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 import structlog
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -41,10 +42,9 @@ def set_nodelay(client: mqtt.Client) -> None:
     """
     sock = client.socket()
     if sock is not None:
-        try:
+        # not TCP (e.g. a unix socket): nothing to do
+        with contextlib.suppress(OSError, AttributeError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except (OSError, AttributeError):  # not TCP (e.g. a unix socket): nothing to do
-            pass
 
 
 class BrokerUnavailable(RkllmdError):
