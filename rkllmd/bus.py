@@ -41,9 +41,9 @@ def set_nodelay(client: mqtt.Client) -> None:
     every reply here (measured: 88 ms -> a few ms round trip on loopback).
     """
     sock = client.socket()
-    if sock is not None:
+    if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
         # not TCP (e.g. a unix socket): nothing to do
-        with contextlib.suppress(OSError, AttributeError):
+        with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
