@@ -116,7 +116,9 @@ def test_split_utf8_character_arrives_whole(start_daemon: Start, mqtt_probe: Pro
     """A multi-byte character split across two runtime callbacks reaches the stream whole."""
     _d, base = start_daemon()
     mqtt_probe.subscribe(f"{base}/stream/#", f"{base}/response/generate")
-    mqtt_probe.publish(f"{base}/request/generate", {"id": "u1", "prompt": "[[split_utf8]] café price"})
+    mqtt_probe.publish(
+        f"{base}/request/generate", {"id": "u1", "prompt": "[[split_utf8]] café price list for today"}
+    )
     chunks = stream_of(mqtt_probe, base, "u1")
     reply = final_of(mqtt_probe, f"{base}/response/generate")
     text = reply["data"]["text"]

@@ -1,0 +1,329 @@
+"""Find librkllmrt.so, tell which release it is without calling into it, and load it.
+
+The RKLLM runtime has no version API, and each ABI family silently mis-reads the structs of the
+others, so the version must be known before any struct is touched. In order of trust:
+
+1. the git blob id of the file (``sha1(b"blob <len>\\0" + bytes)``), looked up in the table of
+   every release build committed to airockchip/rknn-llm (all platforms);
+2. a ``rkllm-runtime version: X`` string found in the file's bytes (the runtime prints it);
+3. the ``runtime_version`` pin from the config: it wins over 1 and 2 (with a warning when they
+   disagree), but a pin naming an unsupported release is an error.
+
+After ``dlopen`` the exported symbols are checked against the family (a 1.2.1+ detection on a
+library without ``rkllm_set_function_tools`` is refused). Nothing here runs at import.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import hashlib
+import importlib
+import mmap
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import structlog
+
+from rkllmd.errors import LibraryVersionError, RuntimeNotInstalled
+from rkllmd.runtime.rkllm._abi_common import FUNCTION_SINCE, AbiSpec
+
+log = structlog.get_logger(__name__)
+
+LIB_NAME = "librkllmrt.so"
+SEARCH_DIRS: tuple[Path, ...] = (
+    Path("/usr/lib"),
+    Path("/usr/local/lib"),
+    Path("/usr/lib/aarch64-linux-gnu"),
+    Path("/usr/lib64"),
+    Path("/opt/rkllm/lib"),
+)
+
+# Every release, oldest first (1.2.1b1 is the beta before 1.2.1).
+RELEASES: tuple[str, ...] = (
+    "1.0.0", "1.0.1", "1.0.2", "1.1.0", "1.1.1", "1.1.2", "1.1.3", "1.1.4",
+    "1.2.0", "1.2.1b1", "1.2.1", "1.2.2", "1.2.3", "1.3.0",
+)  # fmt: skip
+
+# Supported release -> (ABI module, attribute holding its AbiSpec).
+SUPPORTED: dict[str, tuple[str, str]] = {
+    "1.2.0": ("_abi_1_2_0", "SPEC_1_2_0"),
+    "1.2.1b1": ("_abi_1_2_0", "SPEC_1_2_1B1"),
+    "1.2.1": ("_abi_1_2", "SPEC"),
+    "1.2.2": ("_abi_1_2", "SPEC"),
+    "1.2.3": ("_abi_1_2", "SPEC"),
+    "1.3.0": ("_abi_1_3", "SPEC"),
+}
+
+# Git blob ids of librkllmrt.so in airockchip/rknn-llm -> (release, platform). 1.0.0 and 1.0.2 are
+# the untagged commits b81deb2 and 92fce84. Only files taken unchanged from that repo match.
+BLOB_IDS: dict[str, tuple[str, str]] = {
+    "53e00993ebbc7797df09673f806479e8642db946": ("1.0.0", "linux_aarch64"),
+    "0b93495ab81d86d61dfbbb6a6481d7881cc5a557": ("1.0.0", "android_arm64-v8a"),
+    "a026cbe60905af0ad6c07dfa2fcc339dd4b9fa10": ("1.0.1", "linux_aarch64"),
+    "ba8f0763753069586541993e4ed66a68f9596ce4": ("1.0.1", "android_arm64-v8a"),
+    "c913ab1569dfed48916c05fcd898f8d3f9dafe04": ("1.0.2", "linux_aarch64"),
+    "2f7e7e97447cf9515d92e94f456ae7ec5795dda8": ("1.0.2", "android_arm64-v8a"),
+    "66dfdc7c25cdca9ccf9930798118e17abf7592ff": ("1.1.0", "linux_aarch64"),
+    "9b5ff7f87f5f49655428de4f3dbef613d5a6b6c5": ("1.1.0", "android_arm64-v8a"),
+    "bfca051375287d0f5aa754a7b8681b4ede52e259": ("1.1.1", "linux_aarch64"),
+    "9cb37c73de4f51650f61ad3427bdf11c558ae499": ("1.1.1", "android_arm64-v8a"),
+    "e8f4afc38c7394beeff83003dbc772412f649a44": ("1.1.2", "linux_aarch64"),
+    "87b6735ebb37a88616e559c81ce7700ae26d440b": ("1.1.2", "android_arm64-v8a"),
+    "68e79327e82f675413956be615f48c62ccd0f16e": ("1.1.3", "linux_aarch64"),
+    "ecc05306766660bd79a708200948f3d009efe4ba": ("1.1.3", "android_arm64-v8a"),
+    "3bb8cb6172c4c06e1c622c8f8c579888378784f4": ("1.1.4", "linux_aarch64"),
+    "3f173bdf016d346690d2ccad52480efc53234b3e": ("1.1.4", "android_arm64-v8a"),
+    "d45ee9b8dcb9ef27d7dd875ce3be3d5e6dfb654d": ("1.2.0", "linux_aarch64"),
+    "d61b58e295a1e88f3c690df316bfd83eec4bd16d": ("1.2.0", "android_arm64-v8a"),
+    "db041c01bba5e0e8f624bb2ff50d48825dde1bfc": ("1.2.1b1", "linux_aarch64"),
+    "08dc9db1a201c0a87f596c7667d5dc98ca16a7d9": ("1.2.1b1", "android_arm64-v8a"),
+    "6b9439d59f2fe4bb8ef5ee2b09c102f1bf993da9": ("1.2.1", "linux_aarch64"),
+    "7025f35825e04ad75d839d10392e3c02cc88e57a": ("1.2.1", "linux_armhf"),
+    "4464ccb4f167d72dbd61fe1c92b44976ed45dda5": ("1.2.1", "android_arm64-v8a"),
+    "232dc7a18d14dd0c47fd9f6f3b8581e07cdddc92": ("1.2.1", "android_armeabi-v7a"),
+    "8ed9cca16f8d5ad8f7cdd7d393de6561182b3395": ("1.2.2", "linux_aarch64"),
+    "d5953fdad6e60521f1dc696f6d638425c93ba08d": ("1.2.2", "linux_armhf"),
+    "471639b60c2c7fdcb2c8dffd553acc8548d10c2e": ("1.2.2", "android_arm64-v8a"),
+    "b7310ed2a1c1c054adf82c8883d9b339b5e7d1a0": ("1.2.2", "android_armeabi-v7a"),
+    "0084abc34ab43359cfa9fd5d4c92ece34127dbd0": ("1.2.3", "linux_aarch64"),
+    "fe1ca6849603a770c54f82d26b826a120c79a01a": ("1.2.3", "linux_armhf"),
+    "348986e7a8170ddb2c3b43e99257d2e64d9699f6": ("1.2.3", "android_arm64-v8a"),
+    "d53acaf083edd95a1bac3513cc5c5241c1cc272c": ("1.2.3", "android_armeabi-v7a"),
+    "34167b32f99cb7ab19e21fb579fb750d96b878f1": ("1.3.0", "linux_aarch64"),
+    "17c9063b46168c4e7d093d6fedb097874f92d076": ("1.3.0", "linux_armhf"),
+    "5f0bd5f39bd05263a59786733687d29e66982aa6": ("1.3.0", "android_arm64-v8a"),
+    "f96c82ba91731e14905d95bda44555b191dbe996": ("1.3.0", "android_armeabi-v7a"),
+}
+_32BIT_PLATFORMS = frozenset({"linux_armhf", "android_armeabi-v7a"})
+
+_VERSION_RE = re.compile(rb"rkllm-runtime version:? ?v?(\d+\.\d+\.\d+(?:b\d+)?)")
+
+Method = Literal["hash", "string", "pin"]
+
+
+def supported_versions() -> str:
+    return ", ".join(SUPPORTED)
+
+
+def version_key(version: str) -> tuple[int, int, int, int, int]:
+    """Orders releases; a beta (1.2.1b1) sorts before its release (1.2.1)."""
+    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:b(\d+))?", version)
+    if not m:
+        raise ValueError(f"not a release number: {version!r}")
+    beta = m.group(4)
+    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if beta else 1, int(beta or 0))
+
+
+def git_blob_id(path: Path) -> str:
+    """The id ``git hash-object`` would give the file: sha1 of ``b"blob <len>\\0"`` + contents."""
+    h = hashlib.sha1(usedforsecurity=False)
+    h.update(b"blob %d\0" % path.stat().st_size)
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def elf_class(path: Path) -> int | None:
+    """1 for a 32-bit ELF file, 2 for 64-bit, None when the file is not ELF at all."""
+    with path.open("rb") as f:
+        head = f.read(5)
+    if len(head) < 5 or head[:4] != b"\x7fELF":
+        return None
+    return head[4]
+
+
+def scan_version_string(path: Path) -> str | None:
+    """The X of the first ``rkllm-runtime version: X`` literal in the file, or None."""
+    with path.open("rb") as f:
+        if os.fstat(f.fileno()).st_size == 0:
+            return None
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+            m = _VERSION_RE.search(mm)
+            return m.group(1).decode() if m else None
+
+
+def find_library(*configured: Path | None, search_dirs: tuple[Path, ...] = SEARCH_DIRS) -> Path:
+    """The first configured path (model, then [rkllm]); else the linker's and the usual places."""
+    for cand in configured:
+        if cand is None:
+            continue
+        if cand.is_file():
+            return cand
+        raise RuntimeNotInstalled(f"the configured RKLLM library {cand} does not exist", library=str(cand))
+    tried: list[str] = []
+    dirs = [Path(d) for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d] + list(search_dirs)
+    found = ctypes.util.find_library("rkllmrt")
+    if found:
+        if os.path.isabs(found) and os.path.isfile(found):
+            return Path(found)
+        for d in dirs:
+            if (d / found).is_file():
+                return d / found
+        tried.append(f"find_library -> {found}")
+    for d in dirs:
+        p = d / LIB_NAME
+        tried.append(str(p))
+        if p.is_file():
+            return p
+    raise RuntimeNotInstalled(
+        f"{LIB_NAME} not found (tried {', '.join(tried) or 'nothing'}); install the RKLLM runtime or set "
+        'library = "/path/to/librkllmrt.so" under [rkllm] or in the model\'s section',
+    )
+
+
+@dataclass(frozen=True)
+class Detection:
+    """Which release a library file is, and how that was decided."""
+
+    path: Path
+    version: str
+    method: Method
+    blob_id: str
+    platform: str | None = None  # from the blob table, when the hash matched
+
+
+def detect_version(
+    path: Path, pin: str = "auto", extra_blob_ids: Mapping[str, tuple[str, str]] | None = None
+) -> Detection:
+    """Identify the release of ``path`` without loading it (hash, then version string, then pin).
+
+    ``extra_blob_ids`` adds ``{blob_id: (release, platform)}`` entries to the built-in table
+    (tests use it; a site with a repackaged runtime could too). Raises LibraryVersionError for
+    32-bit builds, unsupported releases and libraries it cannot place.
+    """
+    table = {**BLOB_IDS, **(extra_blob_ids or {})}
+    cls = elf_class(path)
+    if cls == 1:
+        raise LibraryVersionError(f"{path} is a 32-bit build; rkllmd binds the 64-bit (LP64) layouts only")
+    blob = git_blob_id(path)
+    by_hash = table.get(blob)
+    if by_hash and by_hash[1] in _32BIT_PLATFORMS:
+        raise LibraryVersionError(
+            f"{path} is the {by_hash[1]} build of RKLLM {by_hash[0]} (32-bit); rkllmd binds the "
+            "64-bit (LP64) layouts only"
+        )
+    found: tuple[str, Method] | None = None
+    if by_hash:
+        found = (by_hash[0], "hash")
+    else:
+        s = scan_version_string(path)
+        if s:
+            found = (s, "string")
+    if pin and pin != "auto":
+        if pin not in SUPPORTED:
+            known = "a known but unsupported" if pin in RELEASES else "an unknown"
+            raise LibraryVersionError(
+                f"runtime_version = {pin!r} pins {known} RKLLM release; supported: {supported_versions()}"
+            )
+        if found and found[0] != pin:
+            log.warning(
+                "rkllm_version_pin_disagrees", pin=pin, detected=found[0], by=found[1], library=str(path)
+            )
+        return Detection(path, pin, "pin", blob, by_hash[1] if by_hash else None)
+    if found is None:
+        raise LibraryVersionError(
+            f"cannot tell which RKLLM runtime {path} is: its git blob id {blob} is not a known release build "
+            "and no 'rkllm-runtime version: X' string was found in it. If you know the release, pin it "
+            f'with runtime_version = "X" in the model\'s config (supported: {supported_versions()})',
+            library=str(path),
+            blob_id=blob,
+        )
+    version, method = found
+    if version not in SUPPORTED:
+        raise LibraryVersionError(
+            f"{path} is RKLLM runtime {version} (by {method}), which rkllmd does not support; "
+            f"supported: {supported_versions()}",
+            library=str(path),
+            version=version,
+        )
+    if cls is None:
+        raise LibraryVersionError(f"{path} is not an ELF shared library")
+    return Detection(path, version, method, blob, by_hash[1] if by_hash else None)
+
+
+def spec_for(version: str) -> AbiSpec:
+    """The ctypes layout of a supported release (imports its ABI module on first use)."""
+    mod_name, attr = SUPPORTED[version]
+    mod = importlib.import_module(f"rkllmd.runtime.rkllm.{mod_name}")
+    spec: AbiSpec = getattr(mod, attr)
+    return spec
+
+
+# Symbols whose presence or absence tells the families apart (checked after dlopen, no call).
+_MARKERS_1_2_1 = ("rkllm_set_function_tools", "rkllm_get_kv_cache_size", "rkllm_set_cross_attn_params")
+
+
+def _symbols_guess(cdll: ctypes.CDLL) -> str:
+    # Oldest first: the first missing symbol names the newest release family that lacks it.
+    for symbol, guess in (
+        ("rkllm_abort", "1.0.0"),
+        ("rkllm_load_lora", "1.0.x"),
+        ("rkllm_set_chat_template", "1.1.x"),
+        ("rkllm_set_function_tools", "1.2.0 or 1.2.1b1"),
+    ):
+        if not hasattr(cdll, symbol):
+            return guess
+    return "1.2.1 … 1.3.0"
+
+
+class RkllmLibrary:
+    """A loaded librkllmrt.so with argtypes/restype declared for its release."""
+
+    def __init__(self, detection: Detection, cdll: ctypes.CDLL, spec: AbiSpec) -> None:
+        self.detection = detection
+        self.cdll = cdll
+        self.spec = spec
+
+    @property
+    def version(self) -> str:
+        return self.detection.version
+
+    @property
+    def path(self) -> Path:
+        return self.detection.path
+
+    @classmethod
+    def open(
+        cls, path: Path, pin: str = "auto", extra_blob_ids: Mapping[str, tuple[str, str]] | None = None
+    ) -> RkllmLibrary:
+        """Detect, dlopen, check the symbols and declare every function of the detected release."""
+        det = detect_version(path, pin, extra_blob_ids)
+        spec = spec_for(det.version)
+        try:
+            cdll = ctypes.CDLL(str(path))
+        except OSError as exc:
+            raise RuntimeNotInstalled(f"cannot load {path}: {exc}", library=str(path)) from exc
+        missing = [name for name in spec.functions if not hasattr(cdll, name)]
+        unexpected = [] if spec.family != "D" else [n for n in _MARKERS_1_2_1 if hasattr(cdll, n)]
+        if missing or unexpected:
+            what = f"lacks {', '.join(missing)}" if missing else f"exports {', '.join(unexpected)}"
+            raise LibraryVersionError(
+                f"{path} was identified as RKLLM {det.version} (by {det.method}) but {what}; its symbols "
+                f"look like {_symbols_guess(cdll)}. Refusing to guess the struct layouts; supported: "
+                f"{supported_versions()}",
+                library=str(path),
+            )
+        for name, (restype, argtypes) in spec.functions.items():
+            fn = getattr(cdll, name)
+            fn.restype = restype
+            fn.argtypes = argtypes
+        log.info("rkllm_library_loaded", library=str(path), version=det.version, by=det.method)
+        return cls(det, cdll, spec)
+
+    def has(self, name: str) -> bool:
+        return name in self.spec.functions
+
+    def fn(self, name: str) -> Any:
+        """The declared C function ``name``; LibraryVersionError when this release lacks it."""
+        if name not in self.spec.functions:
+            since = FUNCTION_SINCE.get(name, "?")
+            raise LibraryVersionError(
+                f"{name} requires runtime ≥ {since}, loaded {self.version}", function=name
+            )
+        return getattr(self.cdll, name)

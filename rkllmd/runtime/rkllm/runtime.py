@@ -1,0 +1,414 @@
+"""RkllmRuntime: one .rkllm model on the Rockchip NPU through librkllmrt.so (ctypes).
+
+Threads: open/generate/clear_cache/close run on the inference loop's thread, one at a time;
+rkllm_run blocks that thread and the runtime delivers its result callback on it too, so the
+sink is called there. abort() may come from any thread.
+"""
+
+from __future__ import annotations
+
+import codecs
+import os
+import resource
+from ctypes import Structure, pointer
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from rkllmd.errors import ModelLoadError, RuntimeCallError, RuntimeFailure
+from rkllmd.runtime.base import GenerateInput, GenerateResult, Perf, Runtime, TokenSink
+from rkllmd.runtime.rkllm import _abi_common as c
+from rkllmd.runtime.rkllm._capture import fd1_capture
+from rkllmd.runtime.rkllm._handle import RkllmHandle
+from rkllmd.runtime.rkllm._lib import RkllmLibrary, find_library
+from rkllmd.settings import ChatTemplate, RkllmModelSettings, RkllmSettings
+
+log = structlog.get_logger(__name__)
+
+# Used when a system prompt is wanted but the model config has no chat_template: ChatML, the
+# format of the Qwen family that most RKLLM models are. Set chat_template for other families.
+CHATML = ChatTemplate(
+    system="<|im_start|>system\n{system}<|im_end|>\n",
+    prefix="<|im_start|>user\n",
+    postfix="<|im_end|>\n<|im_start|>assistant\n",
+)
+NOFILE_WANTED = 102400  # what the vendor demos set before rkllm_init (one fd per NPU buffer)
+
+
+@dataclass
+class _Run:
+    """State of one generate(), written by the callback (run thread), read after rkllm_run returns."""
+
+    sink: TokenSink
+    limit: int
+    decoder: codecs.IncrementalDecoder = field(
+        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
+    )
+    tokens: int = 0  # tokens accepted (NORMAL + WAITING callbacks up to the limit)
+    stopped: bool = False  # no more text goes to the sink (limit, abort or sink failure)
+    hit_limit: bool = False
+    finished: bool = False
+    error: bool = False
+    sink_error: BaseException | None = None
+    perf: tuple[float, int, float, int, float] | None = None
+
+
+def _raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft >= NOFILE_WANTED:
+        return
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_WANTED, max(hard, NOFILE_WANTED)))
+    except (ValueError, OSError):
+        try:  # no privilege to raise the hard limit: go as far as it allows
+            cap = NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, NOFILE_WANTED)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, cap), hard))
+        except (ValueError, OSError) as exc:
+            log.warning("rkllm_nofile_not_raised", soft=soft, hard=hard, error=str(exc))
+
+
+class RkllmRuntime(Runtime):
+    """One model behind librkllmrt.so. The library is found and loaded in open(), not before."""
+
+    kind = "rkllm"
+
+    def __init__(
+        self,
+        name: str,
+        cfg: RkllmModelSettings,
+        rk: RkllmSettings,
+        *,
+        capture_stdout: bool = True,
+        extra_blob_ids: dict[str, tuple[str, str]] | None = None,
+    ) -> None:
+        """``capture_stdout`` drains the runtime's fd-1 output into the "rkllm" logger while open;
+        ``extra_blob_ids`` extends the table of known library hashes ({blob_id: (release, platform)})."""
+        self.name = name
+        self.cfg = cfg
+        self.rk = rk
+        self._capture_stdout = capture_stdout
+        self._extra_blob_ids = extra_blob_ids
+        self.lib: RkllmLibrary | None = None
+        self.handle: RkllmHandle | None = None
+        self._captured = False
+        self._run: _Run | None = None
+        self._abort_requested = False
+        self._generating = False
+        self._last_template: tuple[str, str, str] | None = None
+        self._tokenizer: Any = None
+
+    # ---- open / close --------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Find and load the library, fill RKLLMParam from the config and rkllm_init the model."""
+        if self.handle is not None:
+            return
+        path = find_library(self.cfg.library, self.rk.library)
+        lib = RkllmLibrary.open(path, self.cfg.runtime_version, self._extra_blob_ids)
+        if not self.cfg.path.is_file():
+            raise ModelLoadError(f"model file {self.cfg.path} does not exist", model=self.name)
+        param = self._make_param(lib)
+        _raise_nofile()
+        if self.rk.log_level is not None:
+            os.environ["RKLLM_LOG_LEVEL"] = str(self.rk.log_level)  # read by the runtime at init
+        if self._capture_stdout and not self._captured:
+            fd1_capture().acquire()
+            self._captured = True
+        handle = RkllmHandle(lib, self._on_result)
+        try:
+            handle.init(param)
+        except RuntimeCallError as exc:
+            self._release_capture()
+            raise ModelLoadError(
+                f"rkllm_init failed for {self.cfg.path} (returned {exc.rc}); see the rkllm log lines above "
+                "(wrong path, model/runtime version mismatch, max_context_len above the model's limit, "
+                "too few CPUs or NPU memory)",
+                function="rkllm_init",
+                rc=exc.rc,
+                model=self.name,
+            ) from exc
+        self.lib, self.handle = lib, handle
+        self._last_template = None
+        log.info("rkllm_model_open", model=self.name, version=lib.version, by=lib.detection.method)
+
+    def _make_param(self, lib: RkllmLibrary) -> Structure:
+        cfg = self.cfg
+        mask = 0
+        for cpu in cfg.enabled_cpus:
+            if not 0 <= cpu < 32:
+                raise ModelLoadError(f"enabled_cpus: CPU {cpu} is out of range 0..31", model=self.name)
+            mask |= 1 << cpu
+        if mask == 0:
+            raise ModelLoadError("enabled_cpus must name at least one CPU", model=self.name)
+        p = lib.spec.Param()  # ctypes zero-fills: every reserved byte and padding is 0
+        p.model_path = str(cfg.path).encode()
+        p.max_context_len = cfg.max_context_len
+        p.max_new_tokens = cfg.max_new_tokens or -1
+        p.top_k = cfg.top_k
+        p.n_keep = cfg.n_keep
+        p.top_p = cfg.top_p
+        p.temperature = cfg.temperature
+        p.repeat_penalty = cfg.repeat_penalty
+        p.frequency_penalty = cfg.frequency_penalty
+        p.presence_penalty = cfg.presence_penalty
+        p.mirostat, p.mirostat_tau, p.mirostat_eta = 0, 5.0, 0.1
+        p.skip_special_token = cfg.skip_special_token
+        p.is_async = False
+        fields = {f[0] for f in lib.spec.Param._fields_}
+        if "img_start" in fields:  # 1.2.x: non-NULL empty tags, as the runtime's own defaults
+            p.img_start = p.img_end = p.img_content = b""
+        x = p.extend_param
+        x.base_domain_id = cfg.base_domain_id
+        x.embed_flash = int(cfg.embed_flash)
+        x.enabled_cpus_num = len(set(cfg.enabled_cpus))
+        x.enabled_cpus_mask = mask
+        if "n_batch" in {f[0] for f in lib.spec.ExtendParam._fields_}:
+            x.n_batch = 1  # a zeroed struct would ask for 0 batches
+            x.use_cross_attn = 0
+        return p
+
+    def close(self) -> None:
+        """rkllm_destroy once and NULL the handle; idempotent. Waits for a running generate()."""
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            if handle.running:
+                handle.abort()
+            handle.destroy()
+        self._release_capture()
+
+    def _release_capture(self) -> None:
+        if self._captured:
+            self._captured = False
+            fd1_capture().release()
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    def generate(self, inp: GenerateInput, sink: TokenSink) -> GenerateResult:
+        """One rkllm_run on the calling thread; the sink is called on this thread too."""
+        handle, lib = self.handle, self.lib
+        if handle is None or lib is None:
+            raise RuntimeFailure("the RKLLM model is not open", model=self.name)
+        self._abort_requested = False
+        self._generating = True
+        try:
+            return self._generate(handle, lib.spec, inp, sink)
+        finally:
+            self._generating = False
+
+    def _generate(
+        self, handle: RkllmHandle, spec: c.AbiSpec, inp: GenerateInput, sink: TokenSink
+    ) -> GenerateResult:
+        self._apply_template(inp)
+        if self._abort_requested:  # abort() arrived before the run started
+            return GenerateResult(finish_reason="aborted", perf=Perf(completion_tokens=0))
+        limit = max(1, inp.max_tokens)
+        if self.cfg.max_new_tokens:
+            limit = min(limit, self.cfg.max_new_tokens)
+        last_role = next((m.role for m in reversed(inp.messages) if m.role in ("user", "tool")), "user")
+        prompt = inp.last_user.encode()
+        rin = spec.Input()
+        if spec.has_role:
+            rin.role = last_role.encode()
+            rin.enable_thinking = False
+        rin.input_type = c.RKLLM_INPUT_PROMPT
+        rin.prompt_input = prompt
+        infer = spec.InferParam()
+        infer.mode = c.RKLLM_INFER_GENERATE
+        infer.keep_history = int(self.cfg.keep_history)
+        sampling = None
+        if spec.per_run_limits and spec.SamplingParam is not None:
+            infer.max_new_tokens = limit
+            sampling = self._sampling(spec.SamplingParam, inp)
+            infer.sampling_params = pointer(sampling)
+        run = _Run(sink=sink, limit=limit)
+        self._run = run
+        try:
+            rc = handle.run(rin, infer)
+        finally:
+            self._run = None
+        del prompt, sampling  # kept alive until here on purpose: the runtime reads them during the run
+        if run.sink_error is not None:
+            raise run.sink_error
+        if run.error or rc != 0:
+            detail = f"the runtime reported RKLLM_RUN_ERROR after {run.tokens} tokens" if run.error else ""
+            raise RuntimeCallError("rkllm_run", rc if rc != 0 else -1, detail)
+        if self._abort_requested:
+            reason: Any = "aborted"
+        elif run.hit_limit:
+            reason = "length"
+        else:
+            if not run.finished:
+                log.warning("rkllm_run_returned_without_finish", model=self.name)
+            reason = "stop"
+        return GenerateResult(finish_reason=reason, perf=self._perf(run, inp))
+
+    def _sampling(self, cls: type[Structure], inp: GenerateInput) -> Structure:
+        s, cfg = inp.sampling, self.cfg
+        sp = cls()
+        sp.top_k = cfg.top_k if s.top_k is None else s.top_k
+        sp.top_p = cfg.top_p if s.top_p is None else s.top_p
+        sp.temperature = cfg.temperature if s.temperature is None else s.temperature
+        sp.repeat_penalty = cfg.repeat_penalty if s.repeat_penalty is None else s.repeat_penalty
+        sp.frequency_penalty = cfg.frequency_penalty if s.frequency_penalty is None else s.frequency_penalty
+        sp.presence_penalty = cfg.presence_penalty if s.presence_penalty is None else s.presence_penalty
+        sp.mirostat, sp.mirostat_tau, sp.mirostat_eta = 0, 5.0, 0.1
+        return sp
+
+    def _perf(self, run: _Run, inp: GenerateInput) -> Perf:
+        if run.perf is None:
+            return Perf(prompt_tokens=self.prompt_tokens(inp), completion_tokens=run.tokens)
+        prefill_ms, prefill_tokens, gen_ms, _gen_tokens, mem = run.perf
+        return Perf(
+            prompt_tokens=prefill_tokens,
+            completion_tokens=run.tokens,
+            prefill_ms=prefill_ms,
+            decode_ms=gen_ms,
+            memory_mb=mem,
+        )
+
+    def _on_result(self, state: int, result: Any) -> None:
+        """The result callback's body; runs on the thread blocked in rkllm_run. Only copies data."""
+        run = self._run
+        if run is None:
+            return
+        if state in (c.RKLLM_RUN_NORMAL, c.RKLLM_RUN_WAITING):
+            if run.stopped:
+                return  # past the limit or aborted: the runtime may emit a few more before it stops
+            run.tokens += 1
+            raw = result.text if result is not None else None
+            text = run.decoder.decode(raw or b"")
+            if text:
+                self._to_sink(run, text, int(result.token_id) if result is not None else None)
+            if run.tokens >= run.limit and not run.stopped:
+                run.stopped = run.hit_limit = True
+                if self.lib is not None and not self.lib.spec.per_run_limits:
+                    self._native_abort()  # before 1.3 max_new_tokens is fixed at init
+            if self._abort_requested and not run.stopped:
+                run.stopped = True
+                self._native_abort()  # abort() may have raced with the start of rkllm_run
+        elif state == c.RKLLM_RUN_FINISH:
+            run.finished = True
+            tail = run.decoder.decode(b"", final=True)
+            if tail and not run.stopped:
+                self._to_sink(run, tail, None)
+            if result is not None and self.lib is not None and self.lib.spec.has_perf:
+                pf = result.perf
+                run.perf = (
+                    float(pf.prefill_time_ms),
+                    int(pf.prefill_tokens),
+                    float(pf.generate_time_ms),
+                    int(pf.generate_tokens),
+                    float(pf.memory_usage_mb),
+                )
+        elif state == c.RKLLM_RUN_ERROR:
+            run.error = True
+
+    def _to_sink(self, run: _Run, text: str, token_id: int | None) -> None:
+        try:
+            run.sink(text, token_id)
+        except BaseException as exc:
+            run.sink_error = exc
+            run.stopped = True
+            self._native_abort()
+
+    def _native_abort(self) -> None:
+        handle = self.handle
+        if handle is not None:
+            handle.abort()
+
+    def abort(self) -> None:
+        """Ask a running generate() to stop soon. Any thread; a no-op when idle.
+
+        The flag is also checked by the callback at every token, which covers an abort() that
+        lands between the start of generate() and the runtime entering rkllm_run.
+        """
+        if not self._generating:
+            return
+        self._abort_requested = True
+        handle = self.handle
+        if handle is not None and handle.running:
+            handle.abort()
+
+    # ---- chat template -----------------------------------------------------------------------------
+
+    def _wanted_template(self, inp: GenerateInput) -> tuple[str, str, str] | None:
+        system = inp.system or self.cfg.system_prompt
+        tpl = self.cfg.chat_template
+        if tpl is None and system is None:
+            return None
+        return self._render(tpl or CHATML, system or "")
+
+    @staticmethod
+    def _render(tpl: ChatTemplate, system: str) -> tuple[str, str, str]:
+        sys_text = tpl.system.replace("{system}", system) if system or tpl is not CHATML else ""
+        return (sys_text, tpl.prefix, tpl.postfix)
+
+    def _apply_template(self, inp: GenerateInput) -> None:
+        wanted = self._wanted_template(inp)
+        if wanted is None and self._last_template is not None:
+            # No API restores the model's own template; fall back to the configured one without system.
+            wanted = self._render(self.cfg.chat_template or CHATML, "")
+        if wanted is None or wanted == self._last_template:
+            return
+        assert self.handle is not None
+        self.handle.set_chat_template(*wanted)
+        self._last_template = wanted
+
+    # ---- the rest of the interface -----------------------------------------------------------------
+
+    def clear_cache(self, keep_system_prompt: bool = True) -> None:
+        """rkllm_clear_kv_cache(h, keep, NULL, NULL); a no-op when no model is open."""
+        if self.handle is not None:
+            self.handle.clear_kv_cache(keep_system_prompt)
+
+    def kv_cache_size(self) -> int:
+        """Current KV-cache length (1.2.1+; LibraryVersionError on older runtimes)."""
+        if self.handle is None:
+            raise RuntimeFailure("the RKLLM model is not open", model=self.name)
+        return self.handle.get_kv_cache_size(1)[0]
+
+    def _tok(self) -> Any:
+        if self._tokenizer is None and self.cfg.tokenizer is not None:
+            from tokenizers import Tokenizer
+
+            self._tokenizer = Tokenizer.from_file(str(self.cfg.tokenizer))
+        return self._tokenizer
+
+    def count_tokens(self, text: str) -> int | None:
+        tok = self._tok()
+        if tok is None:
+            return None
+        return len(tok.encode(text, add_special_tokens=False).ids)
+
+    def prompt_tokens(self, inp: GenerateInput) -> int | None:
+        """Tokens of what one run sends: the template strings, the system prompt and the last user turn.
+
+        An estimate: the runtime renders the model's own template, which we cannot see.
+        """
+        if self._tok() is None:
+            return None
+        tpl = self._wanted_template(inp)
+        parts = [*(tpl or ()), inp.last_user]
+        return sum(self.count_tokens(p) or 0 for p in parts if p)
+
+    @property
+    def context_length(self) -> int | None:
+        return self.cfg.max_context_len
+
+    @property
+    def library_path(self) -> Path | None:
+        return self.lib.path if self.lib is not None else None
+
+    def describe(self) -> dict[str, Any]:
+        det = self.lib.detection if self.lib is not None else None
+        return {
+            "runtime": self.kind,
+            "model": self.name,
+            "version": det.version if det else None,
+            "version_source": det.method if det else None,
+            "abi_family": self.lib.spec.family if self.lib is not None else None,
+            "library": str(det.path) if det else None,
+            "context_length": self.context_length,
+        }

@@ -1,0 +1,565 @@
+/*
+ * fake_rkllm.c -- a test double of the RKLLM runtime (librkllmrt.so). Tests only: rkllmd never
+ * loads it unless told to. It implements the C interface of rkllm_double.h for the ABI chosen
+ * with -DRKLLM_ABI and "generates" deterministic text from the prompt:
+ *
+ *   token i (0-based) = (i ? " " : "") + WORD[i % n_words], WORD = prompt word in ASCII upper case;
+ *   a natural FINISH comes after n_words tokens (or [[len=N]] / FAKE_RKLLM_LEN), capped by
+ *   max_new_tokens (init value, or in ABI 13 the per-run value when > 0).
+ *
+ * Directives inside the prompt (removed before the words are taken), each also settable as a
+ * default through the environment at rkllm_init:
+ *   [[delay_ms=N]]  FAKE_RKLLM_DELAY_MS  sleep N ms before each token
+ *   [[len=N]]       FAKE_RKLLM_LEN       tokens before a natural FINISH
+ *   [[fail_at=N]]   FAKE_RKLLM_FAIL_AT   ERROR state at token N (1-based); rkllm_run returns -1
+ *   [[split_utf8]]  FAKE_RKLLM_SPLIT_UTF8  tokens 2 and 3 become " €" split in two callbacks:
+ *                                        WAITING " \xE2\x82", then NORMAL "\xAC"
+ * FAKE_RKLLM_FAIL_INIT=1 or a model path containing "fail-init" makes rkllm_init return -1.
+ * Introspection for tests: fake_rkllm_stat(name), fake_rkllm_str(name), fake_rkllm_reset_stats().
+ */
+#define _GNU_SOURCE
+#include "rkllm_double.h"
+
+#include <ctype.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef FAKE_RKLLM_VERSION
+#define FAKE_RKLLM_VERSION "0.0.0"
+#endif
+
+/* The vendor runtime prints a line like this at init; rkllmd's version sniffing looks for it. */
+static const char version_banner[] = "rkllm-runtime version: " FAKE_RKLLM_VERSION;
+
+#define FAKE_MAGIC 0x524b4c4du
+
+typedef struct {
+    uint32_t magic;
+    char *model_path;
+    RKLLMParam param;
+#if RKLLM_ABI == 13
+    RKLLMCallback cb;
+#else
+    LLMResultCallback cb;
+#endif
+    atomic_int abort_flag;
+    atomic_int running;
+    int kv_size;
+    int system_tokens;
+    int turns;
+    int loras;
+    int has_prompt_cache;
+    int env_delay_ms, env_len, env_fail_at, env_split;
+    pthread_t async_thread;
+    int async_active;
+} Fake;
+
+/* ---- introspection counters (process-wide) --------------------------------------------- */
+
+enum {
+    S_INIT, S_RUN, S_DESTROY, S_ABORT, S_CHAT_TEMPLATE, S_PAUSES, S_NONZERO_RC, S_LAST_RC,
+    S_LAST_LIMIT, S_LAST_TOP_K, S_LAST_TEMP_MILLI, S_LAST_KEEP_HISTORY, S_LAST_N_BATCH,
+    S_LAST_CPUS_MASK, S_LAST_CPUS_NUM, S_LIVE, S_CLEAR_KV, S_TOOLS, S_CROSS_ATTN, S_LORA,
+    S_CALLBACK_TID_MATCH, S_COUNT
+};
+static const char *stat_names[S_COUNT] = {
+    "init", "run", "destroy", "abort", "set_chat_template", "pauses", "nonzero_cb_rc", "last_cb_rc",
+    "last_limit", "last_top_k", "last_temperature_milli", "last_keep_history", "last_n_batch",
+    "last_cpus_mask", "last_cpus_num", "live", "clear_kv_cache", "set_function_tools",
+    "set_cross_attn_params", "load_lora", "callback_on_caller_thread",
+};
+static atomic_int stats[S_COUNT];
+static pthread_mutex_t str_lock = PTHREAD_MUTEX_INITIALIZER;
+static char last_system[1024], last_role[64], last_prompt[1024], last_tools[1024];
+
+int fake_rkllm_stat(const char *name) {
+    for (int i = 0; name && i < S_COUNT; i++)
+        if (strcmp(stat_names[i], name) == 0) return atomic_load(&stats[i]);
+    return -12345;
+}
+
+const char *fake_rkllm_str(const char *name) {
+    if (!name) return "";
+    if (strcmp(name, "system_prompt") == 0) return last_system;
+    if (strcmp(name, "role") == 0) return last_role;
+    if (strcmp(name, "prompt") == 0) return last_prompt;
+    if (strcmp(name, "tools") == 0) return last_tools;
+    if (strcmp(name, "version") == 0) return FAKE_RKLLM_VERSION;
+    return "";
+}
+
+void fake_rkllm_reset_stats(void) {
+    for (int i = 0; i < S_COUNT; i++)
+        if (i != S_LIVE) atomic_store(&stats[i], 0);
+}
+
+static void copy_str(char *dst, size_t cap, const char *src) {
+    pthread_mutex_lock(&str_lock);
+    snprintf(dst, cap, "%s", src ? src : "");
+    pthread_mutex_unlock(&str_lock);
+}
+
+/* ---- helpers ------------------------------------------------------------------------------ */
+
+static Fake *as_fake(LLMHandle h) {
+    Fake *f = (Fake *)h;
+    return (f && f->magic == FAKE_MAGIC) ? f : NULL;
+}
+
+static int env_int(const char *name, int dflt) {
+    const char *v = getenv(name);
+    return (v && *v) ? atoi(v) : dflt;
+}
+
+static void sleep_ms(int ms) {
+    if (ms <= 0) return;
+    struct timespec ts = {ms / 1000, (long)(ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
+
+static double now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec * 1000.0 + ts.tv_nsec / 1e6;
+}
+
+static int count_words(const char *s) {
+    int n = 0, in = 0;
+    for (; s && *s; s++) {
+        if (isspace((unsigned char)*s)) in = 0;
+        else if (!in) { in = 1; n++; }
+    }
+    return n;
+}
+
+typedef struct {
+    int delay_ms, len, fail_at, split;
+    char *buf;    /* prompt copy with directives blanked out, words upper-cased */
+    char **words; /* pointers into buf */
+    int n_words;
+} Plan;
+
+/* Reads [[key=value]] / [[key]] directives, blanks them out and splits the rest into words. */
+static void plan_parse(Plan *p, const char *prompt) {
+    p->buf = strdup(prompt ? prompt : "");
+    char *s = p->buf;
+    for (char *open = strstr(s, "[["); open; open = strstr(open, "[[")) {
+        char *close = strstr(open, "]]");
+        if (!close) break;
+        *close = '\0';
+        char *key = open + 2, *val = strchr(key, '=');
+        if (val) *val++ = '\0';
+        if (strcmp(key, "delay_ms") == 0 && val) p->delay_ms = atoi(val);
+        else if (strcmp(key, "len") == 0 && val) p->len = atoi(val);
+        else if (strcmp(key, "fail_at") == 0 && val) p->fail_at = atoi(val);
+        else if (strcmp(key, "split_utf8") == 0) p->split = 1;
+        memset(open, ' ', (size_t)(close + 2 - open));
+        open = close + 2;
+    }
+    p->words = calloc(strlen(p->buf) / 2 + 2, sizeof(char *));
+    char *save = NULL;
+    for (char *w = strtok_r(p->buf, " \t\r\n", &save); w; w = strtok_r(NULL, " \t\r\n", &save)) {
+        for (char *c = w; *c; c++) *c = (char)toupper((unsigned char)*c);
+        p->words[p->n_words++] = w;
+    }
+    if (p->n_words == 0) p->words[p->n_words++] = "EMPTY";
+}
+
+static void plan_free(Plan *p) {
+    free(p->words);
+    free(p->buf);
+}
+
+/* Calls the user's callback; returns its int (0 for a void callback). */
+static int deliver(Fake *f, RKLLMResult *r, void *userdata, LLMCallState st) {
+#if RKLLM_ABI == 120
+    f->cb(r, userdata, st);
+    return 0;
+#elif RKLLM_ABI == 12
+    return f->cb(r, userdata, st);
+#else
+    return f->cb.result_callback(r, userdata ? userdata : f->cb.result_userdata, st);
+#endif
+}
+
+/* ---- the run ------------------------------------------------------------------------------ */
+
+typedef struct {
+    char *prompt;
+    char role[32];
+    int keep_history;
+    int run_limit;
+    void *userdata;
+    pthread_t caller;
+} RunArgs;
+
+static int do_run(Fake *f, RunArgs *a) {
+    Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, NULL, NULL, 0};
+    plan_parse(&p, a->prompt);
+    int total = p.len > 0 ? p.len : p.n_words;
+    int limit = a->run_limit > 0 ? a->run_limit : f->param.max_new_tokens;
+    int n = (limit > 0 && limit < total) ? limit : total;
+    atomic_store(&stats[S_LAST_LIMIT], limit);
+    atomic_store(&stats[S_LAST_KEEP_HISTORY], a->keep_history);
+    atomic_store(&stats[S_CALLBACK_TID_MATCH], pthread_equal(a->caller, pthread_self()) ? 1 : 0);
+    int prefill = count_words(a->prompt);
+    double t0 = now_ms();
+    (void)t0; /* only ABI >= 12 reports timings */
+    int emitted = 0, rc = 0, paused = 0;
+    char text[256];
+    RKLLMResult r;
+    for (int i = 0; i < n; i++) {
+        sleep_ms(p.delay_ms);
+        if (atomic_load(&f->abort_flag)) break;
+        memset(&r, 0, sizeof r);
+        if (p.fail_at > 0 && i + 1 == p.fail_at) {
+            printf("E rkllm: fake failure at token %d\n", i + 1);
+            fflush(stdout);
+            deliver(f, &r, a->userdata, RKLLM_RUN_ERROR);
+            rc = -1;
+            goto out;
+        }
+        LLMCallState st = RKLLM_RUN_NORMAL;
+        if (p.split && i == 1) {
+            snprintf(text, sizeof text, " \xE2\x82");
+            st = RKLLM_RUN_WAITING;
+        } else if (p.split && i == 2) {
+            snprintf(text, sizeof text, "\xAC");
+        } else {
+            snprintf(text, sizeof text, "%s%s", i ? " " : "", p.words[i % p.n_words]);
+        }
+        r.text = text;
+        r.token_id = 100 + i;
+        int cb = deliver(f, &r, a->userdata, st);
+        emitted++;
+        atomic_store(&stats[S_LAST_RC], cb);
+        if (cb != 0) atomic_fetch_add(&stats[S_NONZERO_RC], 1);
+        /* 1 pauses; 2 (ABI 13) only releases buffers; anything else is undefined, and a real
+         * runtime may well read it as a pause, so the double does too. */
+        if (cb != 0 && !(RKLLM_ABI == 13 && cb == 2)) {
+            atomic_fetch_add(&stats[S_PAUSES], 1);
+            paused = 1;
+            break;
+        }
+    }
+    if (!paused) {
+        memset(&r, 0, sizeof r);
+#if RKLLM_ABI != 120
+        r.perf.prefill_tokens = prefill;
+        r.perf.prefill_time_ms = 1.5f * (float)prefill;
+        r.perf.generate_tokens = emitted;
+        r.perf.generate_time_ms = (float)(now_ms() - t0);
+        r.perf.memory_usage_mb = 123.5f;
+#endif
+        r.token_id = -1;
+        deliver(f, &r, a->userdata, RKLLM_RUN_FINISH);
+    }
+    if (a->keep_history) {
+        f->kv_size += prefill + emitted;
+        f->turns++;
+    } else {
+        f->kv_size = f->system_tokens;
+    }
+    if (env_int("RKLLM_LOG_LEVEL", 0) >= 1) {
+        printf("I rkllm: fake perf: prefill %d tokens, generate %d tokens\n", prefill, emitted);
+        fflush(stdout);
+    }
+out:
+    plan_free(&p);
+    return rc;
+}
+
+static int prepare(Fake *f, RKLLMInput *in, RKLLMInferParam *ip, void *userdata, RunArgs *a) {
+    if (!f || !in || !ip) return -1;
+    if (in->input_type != RKLLM_INPUT_PROMPT || !in->prompt_input) return -1;
+    if (ip->mode != RKLLM_INFER_GENERATE) return -1;
+    memset(a, 0, sizeof *a);
+#if RKLLM_ABI != 120
+    if (in->role && strcmp(in->role, "user") != 0 && strcmp(in->role, "tool") != 0) return -1;
+    snprintf(a->role, sizeof a->role, "%s", in->role ? in->role : "");
+#endif
+    a->keep_history = ip->keep_history;
+#if RKLLM_ABI == 13
+    a->run_limit = ip->max_new_tokens;
+    const RKLLMSamplingParam *sp = ip->sampling_params;
+    if (sp) {
+        if (sp->top_p <= 0.0f || sp->top_p > 1.0f || sp->temperature < 0.0f || sp->top_k < 0) return -1;
+        atomic_store(&stats[S_LAST_TOP_K], sp->top_k);
+        atomic_store(&stats[S_LAST_TEMP_MILLI], (int)(sp->temperature * 1000.0f + 0.5f));
+    } else {
+        atomic_store(&stats[S_LAST_TOP_K], f->param.top_k);
+        atomic_store(&stats[S_LAST_TEMP_MILLI], (int)(f->param.temperature * 1000.0f + 0.5f));
+    }
+#else
+    atomic_store(&stats[S_LAST_TOP_K], f->param.top_k);
+    atomic_store(&stats[S_LAST_TEMP_MILLI], (int)(f->param.temperature * 1000.0f + 0.5f));
+#endif
+    a->prompt = strdup(in->prompt_input);
+    a->userdata = userdata;
+    a->caller = pthread_self();
+    copy_str(last_role, sizeof last_role, a->role);
+    copy_str(last_prompt, sizeof last_prompt, a->prompt);
+    return 0;
+}
+
+int rkllm_run(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *userdata) {
+    Fake *f = as_fake(handle);
+    RunArgs a;
+    if (!f || prepare(f, in, ip, userdata, &a) != 0) return -1;
+    int idle = 0;
+    if (!atomic_compare_exchange_strong(&f->running, &idle, 1)) {
+        free(a.prompt);
+        return -1; /* one run per instance at a time */
+    }
+    atomic_fetch_add(&stats[S_RUN], 1);
+    atomic_store(&f->abort_flag, 0);
+    int rc = do_run(f, &a);
+    free(a.prompt);
+    atomic_store(&f->running, 0);
+    return rc;
+}
+
+typedef struct {
+    Fake *f;
+    RunArgs a;
+} AsyncJob;
+
+static void *async_main(void *arg) {
+    AsyncJob *j = arg;
+    do_run(j->f, &j->a);
+    free(j->a.prompt);
+    atomic_store(&j->f->running, 0);
+    free(j);
+    return NULL;
+}
+
+int rkllm_run_async(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *userdata) {
+    Fake *f = as_fake(handle);
+    if (!f) return -1;
+    if (!f->param.is_async) return rkllm_run(handle, in, ip, userdata);
+    AsyncJob *j = calloc(1, sizeof *j);
+    if (prepare(f, in, ip, userdata, &j->a) != 0) {
+        free(j);
+        return -1;
+    }
+    int idle = 0;
+    if (!atomic_compare_exchange_strong(&f->running, &idle, 1)) {
+        free(j->a.prompt);
+        free(j);
+        return -1;
+    }
+    if (f->async_active) pthread_join(f->async_thread, NULL);
+    atomic_fetch_add(&stats[S_RUN], 1);
+    atomic_store(&f->abort_flag, 0);
+    j->f = f;
+    f->async_active = 1;
+    pthread_create(&f->async_thread, NULL, async_main, j);
+    return 0;
+}
+
+/* ---- lifecycle ---------------------------------------------------------------------------- */
+
+RKLLMParam rkllm_createDefaultParam(void) {
+    RKLLMParam p;
+    memset(&p, 0, sizeof p);
+    p.max_context_len = 512;
+    p.max_new_tokens = -1;
+    p.top_k = 40;
+    p.n_keep = -1;
+    p.top_p = 0.9f;
+    p.temperature = 0.8f;
+    p.repeat_penalty = 1.1f;
+    p.mirostat_tau = 5.0f;
+    p.mirostat_eta = 0.1f;
+    p.skip_special_token = true;
+#if RKLLM_ABI != 13
+    p.img_start = p.img_end = p.img_content = "";
+#endif
+    p.extend_param.embed_flash = 1;
+    p.extend_param.enabled_cpus_num = 4;
+    p.extend_param.enabled_cpus_mask = 0xF0;
+#if RKLLM_ABI != 120
+    p.extend_param.n_batch = 1;
+#endif
+    return p;
+}
+
+int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLM_INIT_CALLBACK_T callback) {
+    atomic_fetch_add(&stats[S_INIT], 1);
+    printf("I rkllm: %s, rknpu driver version: 0.0.0-fake, platform: FAKE\n", version_banner);
+    fflush(stdout);
+    if (!handle || !param || !callback) return -1;
+#if RKLLM_ABI == 13
+    if (!callback->result_callback) return -1;
+#endif
+    const char *fail = getenv("FAKE_RKLLM_FAIL_INIT");
+    if ((fail && strcmp(fail, "1") == 0) || (param->model_path && strstr(param->model_path, "fail-init"))) {
+        printf("E rkllm: fake init failure requested\n");
+        fflush(stdout);
+        return -1;
+    }
+    struct stat sb;
+    if (!param->model_path || stat(param->model_path, &sb) != 0) {
+        printf("E rkllm: failed to open model file %s\n", param->model_path ? param->model_path : "(null)");
+        fflush(stdout);
+        return -1;
+    }
+    const RKLLMExtendParam *x = &param->extend_param;
+    atomic_store(&stats[S_LAST_CPUS_MASK], (int)x->enabled_cpus_mask);
+    atomic_store(&stats[S_LAST_CPUS_NUM], x->enabled_cpus_num);
+#if RKLLM_ABI != 120
+    atomic_store(&stats[S_LAST_N_BATCH], x->n_batch);
+    if (x->n_batch < 1 || x->n_batch > 8) return -1; /* a zeroed struct gives 0: refuse like a real misuse */
+#endif
+    if (param->max_context_len <= 0 || x->enabled_cpus_num < 1 || x->enabled_cpus_mask == 0) return -1;
+    Fake *f = calloc(1, sizeof *f);
+    f->magic = FAKE_MAGIC;
+    f->model_path = strdup(param->model_path);
+    f->param = *param;
+    f->param.model_path = f->model_path;
+#if RKLLM_ABI == 13
+    f->cb = *callback;
+#else
+    f->cb = callback;
+#endif
+    f->env_delay_ms = env_int("FAKE_RKLLM_DELAY_MS", 0);
+    f->env_len = env_int("FAKE_RKLLM_LEN", 0);
+    f->env_fail_at = env_int("FAKE_RKLLM_FAIL_AT", 0);
+    f->env_split = env_int("FAKE_RKLLM_SPLIT_UTF8", 0);
+    printf("I rkllm: Enabled cpus num: %d\n", x->enabled_cpus_num);
+    fflush(stdout);
+    atomic_fetch_add(&stats[S_LIVE], 1);
+    *handle = f;
+    return 0;
+}
+
+int rkllm_destroy(LLMHandle handle) {
+    Fake *f = as_fake(handle);
+    if (!f) return -1;
+    atomic_store(&f->abort_flag, 1);
+    if (f->async_active) pthread_join(f->async_thread, NULL);
+    f->magic = 0;
+    free(f->model_path);
+    free(f);
+    atomic_fetch_add(&stats[S_DESTROY], 1);
+    atomic_fetch_sub(&stats[S_LIVE], 1);
+    return 0;
+}
+
+int rkllm_abort(LLMHandle handle) {
+    Fake *f = as_fake(handle);
+    if (!f) return -1;
+    atomic_fetch_add(&stats[S_ABORT], 1);
+    atomic_store(&f->abort_flag, 1); /* seen before the next token */
+    return 0;
+}
+
+int rkllm_is_running(LLMHandle handle) {
+    Fake *f = as_fake(handle);
+    if (!f) return -1;
+    int running = atomic_load(&f->running);
+#if RKLLM_ABI == 13
+    return running ? 1 : 0; /* 1.3.0 header: 1 while a task runs */
+#else
+    return running ? 0 : 1; /* older headers: 0 while a task runs */
+#endif
+}
+
+/* ---- cache, templates, adapters ------------------------------------------------------------ */
+
+#if RKLLM_ABI == 120
+int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt) {
+    Fake *f = as_fake(handle);
+    if (!f || atomic_load(&f->running)) return -1;
+    atomic_fetch_add(&stats[S_CLEAR_KV], 1);
+    f->kv_size = keep_system_prompt ? f->system_tokens : 0;
+    f->turns = 0;
+    return 0;
+}
+#else
+int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int *start_pos, int *end_pos) {
+    Fake *f = as_fake(handle);
+    if (!f) return -1;
+    if ((start_pos == NULL) != (end_pos == NULL)) return -1;
+    atomic_fetch_add(&stats[S_CLEAR_KV], 1);
+    if (start_pos) {
+        if (start_pos[0] < 0 || start_pos[0] >= end_pos[0] || end_pos[0] > f->kv_size) return -1;
+        f->kv_size -= end_pos[0] - start_pos[0];
+        return 0;
+    }
+    if (atomic_load(&f->running)) return -1;
+    f->kv_size = keep_system_prompt ? f->system_tokens : 0;
+    f->turns = 0;
+    return 0;
+}
+
+int rkllm_get_kv_cache_size(LLMHandle handle, int *cache_sizes) {
+    Fake *f = as_fake(handle);
+    if (!f || !cache_sizes) return -1;
+    for (int b = 0; b < (f->param.extend_param.n_batch ? f->param.extend_param.n_batch : 1); b++)
+        cache_sizes[b] = f->kv_size;
+    return 0;
+}
+
+int rkllm_set_function_tools(LLMHandle handle, const char *system_prompt, const char *tools,
+                             const char *tool_response_str) {
+    Fake *f = as_fake(handle);
+    if (!f || !system_prompt || !tools || !tool_response_str) return -1;
+    const char *t = tools;
+    while (isspace((unsigned char)*t)) t++;
+    if (*t != '[') return -1; /* the tools must be a JSON array */
+    atomic_fetch_add(&stats[S_TOOLS], 1);
+    copy_str(last_tools, sizeof last_tools, tools);
+    return 0;
+}
+
+int rkllm_set_cross_attn_params(LLMHandle handle, RKLLMCrossAttnParam *p) {
+    Fake *f = as_fake(handle);
+    if (!f || !p || !p->encoder_k_cache || !p->encoder_v_cache || p->num_tokens <= 0) return -1;
+    atomic_fetch_add(&stats[S_CROSS_ATTN], 1);
+    return 0;
+}
+#endif
+
+int rkllm_set_chat_template(LLMHandle handle, const char *system_prompt, const char *prompt_prefix,
+                            const char *prompt_postfix) {
+    Fake *f = as_fake(handle);
+    if (!f || !system_prompt || !prompt_prefix || !prompt_postfix) return -1;
+    atomic_fetch_add(&stats[S_CHAT_TEMPLATE], 1);
+    f->system_tokens = count_words(system_prompt);
+    copy_str(last_system, sizeof last_system, system_prompt);
+    return 0;
+}
+
+static int file_exists(const char *path) {
+    struct stat sb;
+    return path && stat(path, &sb) == 0;
+}
+
+int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter *a) {
+    Fake *f = as_fake(handle);
+    if (!f || !a || !a->lora_adapter_name || !file_exists(a->lora_adapter_path)) return -1;
+    f->loras++;
+    atomic_fetch_add(&stats[S_LORA], 1);
+    return 0;
+}
+
+int rkllm_load_prompt_cache(LLMHandle handle, const char *path) {
+    Fake *f = as_fake(handle);
+    if (!f || !file_exists(path)) return -1;
+    f->has_prompt_cache = 1;
+    return 0;
+}
+
+int rkllm_release_prompt_cache(LLMHandle handle) {
+    Fake *f = as_fake(handle);
+    if (!f) return -1;
+    f->has_prompt_cache = 0;
+    return 0;
+}
