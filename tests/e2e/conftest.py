@@ -45,6 +45,7 @@ def rkllm_config(
     limits: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
     mqtt: dict[str, Any] | None = None,
+    extra_models: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     model_file = tmp / "fake-model.rkllm"
     model_file.write_bytes(b"RKLLM fake model for tests\n")
@@ -75,6 +76,7 @@ def rkllm_config(
                 **(model or {}),
             },
             "other": {"runtime": "rkllm", "path": str(model_file), "library": str(lib)},
+            **(extra_models or {}),
         },
     }
     return write_config(tmp / f"{base}.toml", cfg)

@@ -347,3 +347,29 @@ def test_reconnects_resubscribes_and_republishes_after_broker_restart(
     finally:
         assert d.stop() == 0
         b.stop()
+
+
+def test_model_that_fails_to_load_gets_an_error_and_the_daemon_goes_on(
+    start_daemon: Start, mqtt_probe: Probe, tmp_path: Path, fake_libs: dict[str, Path]
+) -> None:
+    """A failing rkllm_init and an unplaceable library are error replies; the good model still serves."""
+    broken = tmp_path / "fail-init.rkllm"
+    broken.write_bytes(b"x")
+    not_a_lib = tmp_path / "librkllmrt.so"
+    not_a_lib.write_bytes(b"\x7fELF this is not the runtime")
+    _d, base = start_daemon(
+        extra_models={
+            "broken": {"runtime": "rkllm", "path": str(broken), "library": str(fake_libs["1.3"])},
+            "mystery": {"runtime": "rkllm", "path": str(broken), "library": str(not_a_lib)},
+        }
+    )
+    mqtt_probe.subscribe(f"{base}/response/#")
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "b1", "prompt": "hi", "model": "broken"})
+    r = final_of(mqtt_probe, f"{base}/response/generate")
+    assert r["id"] == "b1" and r["code"] == "model_load_failed" and "rkllm_init" in r["error"]
+    mqtt_probe.publish(f"{base}/request/load", "mystery")
+    r = final_of(mqtt_probe, f"{base}/response/load")
+    assert r["code"] == "runtime_version" and "pin" in r["error"]
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "b2", "prompt": "back to normal"})
+    r = final_of(mqtt_probe, f"{base}/response/generate")
+    assert r["status"] == "ok" and r["data"]["model"] == "fake"
