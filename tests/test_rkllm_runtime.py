@@ -485,3 +485,38 @@ def test_run_async_without_is_async_runs_synchronously(make_rt: Any) -> None:
     h._on_result = on_result
     assert h.run(*_raw_inputs(rt, "a b"), use_async=True) == 0
     assert done.is_set() and {t for _, t in got} == {threading.get_ident()}
+
+
+def test_earlier_chat_turns_reach_the_runtime_without_keep_history(make_rt: Any) -> None:
+    """Without keep_history, earlier turns of a chat are sent in front of the last one, not dropped."""
+    from rkllmd.runtime.base import ChatMessage, GenerateInput
+
+    r: RkllmRuntime = make_rt("13")
+    r.open()
+    chat = GenerateInput(
+        messages=(
+            ChatMessage("system", "be brief"),
+            ChatMessage("user", "alpha"),
+            ChatMessage("assistant", "beta"),
+            ChatMessage("user", "gamma"),
+        ),
+        max_tokens=64,
+    )
+    sink = Sink()
+    r.generate(chat, sink)
+    words = "".join(sink.deltas).split()
+    assert {"ALPHA", "BETA", "GAMMA"} <= set(words)
+    assert "BE" not in words  # the system prompt goes through the chat template, not the prompt
+
+
+def test_only_the_last_turn_is_sent_with_keep_history(make_rt: Any) -> None:
+    """With keep_history the runtime holds the conversation, so only the newest turn is sent."""
+    from rkllmd.runtime.base import ChatMessage, GenerateInput
+
+    r: RkllmRuntime = make_rt("13", keep_history=True)
+    r.open()
+    chat = GenerateInput(messages=(ChatMessage("user", "alpha"), ChatMessage("assistant", "beta"),
+                                   ChatMessage("user", "gamma")), max_tokens=64)
+    sink = Sink()
+    r.generate(chat, sink)
+    assert "".join(sink.deltas).split() == ["GAMMA"]

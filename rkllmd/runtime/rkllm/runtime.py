@@ -207,7 +207,7 @@ class RkllmRuntime(Runtime):
         if self.cfg.max_new_tokens:
             limit = min(limit, self.cfg.max_new_tokens)
         last_role = next((m.role for m in reversed(inp.messages) if m.role in ("user", "tool")), "user")
-        prompt = inp.last_user.encode()
+        prompt = self.prompt_text(inp).encode()
         rin = spec.Input()
         if spec.has_role:
             rin.role = last_role.encode()
@@ -356,6 +356,21 @@ class RkllmRuntime(Runtime):
         self.handle.set_chat_template(*wanted)
         self._last_template = wanted
 
+    def prompt_text(self, inp: GenerateInput) -> str:
+        """The text one run sends as ``prompt_input``.
+
+        The runtime wraps it in the model's own template as one user turn. With keep_history
+        the runtime remembers earlier turns itself, so only the last one is sent; without it,
+        earlier turns of a chat would be lost, so they go in front as a plain transcript (the
+        runtime offers no way to send a multi-turn template of ours).
+        """
+        turns = [m for m in inp.messages if m.role != "system"]
+        if self.cfg.keep_history or len(turns) <= 1:
+            return inp.last_user
+        names = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
+        lines = [f"{names.get(m.role, m.role)}: {m.content}" for m in turns[:-1]]
+        return "Conversation so far:\n" + "\n".join(lines) + "\n\n" + turns[-1].content
+
     # ---- the rest of the interface -----------------------------------------------------------------
 
     def clear_cache(self, keep_system_prompt: bool = True) -> None:
@@ -390,7 +405,7 @@ class RkllmRuntime(Runtime):
         if self._tok() is None:
             return None
         tpl = self._wanted_template(inp)
-        parts = [*(tpl or ()), inp.last_user]
+        parts = [*(tpl or ()), self.prompt_text(inp)]
         return sum(self.count_tokens(p) or 0 for p in parts if p)
 
     @property
