@@ -47,7 +47,15 @@ class Daemon:
         self.loop = InferenceLoop(
             build_registry(settings),
             settings.default,
-            Limits(lim.queue_size, lim.first_token_timeout_s, lim.total_timeout_s),
+            Limits(
+                lim.queue_size,
+                lim.first_token_timeout_s,
+                lim.total_timeout_s,
+                lim.stall_timeout_s,
+                lim.abort_grace_s,
+                lim.restart_budget,
+                lim.restart_window_s,
+            ),
         )
         self._inbox: queue.Queue[Incoming | None] = queue.Queue()
         self.bus = Bus(

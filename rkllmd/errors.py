@@ -94,6 +94,12 @@ class RuntimeNotInstalled(RuntimeFailure):
     code = "runtime_not_installed"
 
 
+class RuntimeCrashed(RuntimeFailure):
+    """The runtime's worker process died (segfault, abort) or was killed as wedged."""
+
+    code = "runtime_crashed"
+
+
 class ModelLoadError(RuntimeFailure):
     code = "model_load_failed"
 

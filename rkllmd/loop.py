@@ -27,8 +27,10 @@ from rkllmd.errors import (
     Busy,
     ContextExceeded,
     GenerationTimeout,
+    ModelLoadError,
     NotFound,
     RkllmdError,
+    RuntimeCrashed,
     RuntimeFailure,
     ShuttingDown,
     UnknownModel,
@@ -38,7 +40,7 @@ from rkllmd.runtime.base import GenerateInput, GenerateResult, Runtime
 log = structlog.get_logger("rkllmd.loop")
 
 JobKind = Literal["generate", "load", "unload", "clear_cache", "models"]
-AbortReason = Literal["cancelled", "timeout", "first_token_timeout", "shutdown"]
+AbortReason = Literal["cancelled", "timeout", "first_token_timeout", "stalled", "shutdown"]
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Job:
     first_token_at: float | None = None
     last_token_at: float | None = None
     abort_reason: AbortReason | None = None
+    aborted_at: float | None = None
     pieces: list[str] = field(default_factory=list)
     seq: int = 0
 
@@ -102,6 +105,10 @@ class Limits:
     queue_size: int
     first_token_timeout_s: float
     total_timeout_s: float
+    stall_timeout_s: float = 60.0
+    abort_grace_s: float = 15.0
+    restart_budget: int = 3
+    restart_window_s: float = 600.0
 
 
 class ModelRegistry:
@@ -144,7 +151,9 @@ class InferenceLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
-        self._stats: dict[str, Any] = {"requests": 0, "errors": 0, "completion_tokens": 0}
+        self._stats: dict[str, Any] = {"requests": 0, "errors": 0, "completion_tokens": 0, "crashes": 0}
+        self._crashes: dict[str, collections.deque[float]] = {}
+        self._reload_after_crash: str | None = None
 
     # --- any thread --------------------------------------------------------------------------
 
@@ -194,6 +203,7 @@ class InferenceLoop:
             if cur is not None and cur.id == request_id and cur.kind == "generate":
                 if cur.abort_reason is None:
                     cur.abort_reason = "cancelled"
+                    cur.aborted_at = time.monotonic()
                 self._abort_runtime()
                 return "running"
         raise NotFound(f"no queued or running request with id {request_id!r}")
@@ -214,6 +224,7 @@ class InferenceLoop:
             cur = self._current
             if cur is not None and cur.abort_reason is None:
                 cur.abort_reason = "shutdown"
+                cur.aborted_at = time.monotonic()
                 self._abort_runtime()
         self._stop.set()
         with self._cond:
@@ -257,6 +268,7 @@ class InferenceLoop:
                 with self._cond:
                     self._current = None
                     self._emit_stats_locked()
+            self._reload_crashed()
         self._unload()
 
     def _do(self, job: Job) -> None:
@@ -283,6 +295,7 @@ class InferenceLoop:
         self.registry.check(name)
         if self._loaded == name and self._runtime is not None:
             return self._runtime
+        self._check_restart_budget(name)
         self._unload()
         log.info("loading model", model=name)
         t0 = time.monotonic()
@@ -295,6 +308,40 @@ class InferenceLoop:
         self._runtime, self._loaded = rt, name
         log.info("model loaded", model=name, seconds=round(time.monotonic() - t0, 2))
         return rt
+
+    def _check_restart_budget(self, name: str) -> None:
+        recent = self._crashes.get(name)
+        if not recent:
+            return
+        now = time.monotonic()
+        while recent and now - recent[0] > self.limits.restart_window_s:
+            recent.popleft()
+        if len(recent) > self.limits.restart_budget:
+            wait = self.limits.restart_window_s - (now - recent[0])
+            raise ModelLoadError(
+                f"model {name!r} crashed {len(recent)} times in {self.limits.restart_window_s:g} s; "
+                f"not restarting it for another {wait:.0f} s",
+                crashes=len(recent),
+            )
+
+    def _crashed(self, name: str) -> None:
+        """The worker of ``name`` died: forget the runtime and schedule a reload (inference thread)."""
+        self._stats["crashes"] += 1
+        self._crashes.setdefault(name, collections.deque()).append(time.monotonic())
+        rt = self._runtime
+        self._runtime, self._loaded = None, None
+        if rt is not None:
+            rt.close()
+        self._reload_after_crash = name
+
+    def _reload_crashed(self) -> None:
+        name, self._reload_after_crash = self._reload_after_crash, None
+        if name is None or self._stop.is_set() or self._loaded is not None:
+            return
+        try:
+            self._ensure_loaded(name)
+        except RkllmdError as exc:
+            log.error("reload after crash failed", model=name, code=exc.code, error=exc.message)
 
     def _unload(self) -> None:
         rt, name = self._runtime, self._loaded
@@ -337,7 +384,14 @@ class InferenceLoop:
                 # A cancel that raced the start of the run may have found nothing to abort.
                 rt.abort()
 
-        result = rt.generate(job.inp, sink)
+        try:
+            result = rt.generate(job.inp, sink)
+        except RuntimeCrashed as exc:
+            self._crashed(job.model or self.default_model)
+            why = job.abort_reason
+            if why is not None and why in ("timeout", "first_token_timeout", "stalled"):
+                raise self._timeout_error(why, "; the wedged runtime was killed") from exc
+            raise
         self._finish(job, result, n_prompt)
 
     def _finish(self, job: Job, result: GenerateResult, n_prompt: int | None) -> None:
@@ -348,16 +402,11 @@ class InferenceLoop:
                 self.events.put(DoneEvent(job, self._final_data(job, "cancelled", result, n_prompt)))
                 return
             data = self._final_data(job, why, result, n_prompt)
-            if why == "shutdown":
-                err: RkllmdError = ShuttingDown("generation interrupted by shutdown")
-            elif why == "first_token_timeout":
-                err = GenerationTimeout(
-                    f"no first token within {self.limits.first_token_timeout_s:g} s", limit="first_token"
-                )
-            else:
-                err = GenerationTimeout(
-                    f"generation exceeded {self.limits.total_timeout_s:g} s", limit="total"
-                )
+            err: RkllmdError = (
+                ShuttingDown("generation interrupted by shutdown")
+                if why == "shutdown"
+                else self._timeout_error(why)
+            )
             self._stats["errors"] += 1
             self.events.put(ErrorEvent(job, err, data))
             return
@@ -368,6 +417,16 @@ class InferenceLoop:
         self._stats["last_decode_tokens_per_s"] = timings.get("decode_tokens_per_s")
         self._stats["last_model"] = job.model
         self.events.put(DoneEvent(job, data))
+
+    def _timeout_error(self, why: str, extra: str = "") -> GenerationTimeout:
+        lim = self.limits
+        if why == "first_token_timeout":
+            return GenerationTimeout(
+                f"no first token within {lim.first_token_timeout_s:g} s{extra}", limit="first_token"
+            )
+        if why == "stalled":
+            return GenerationTimeout(f"no new token for {lim.stall_timeout_s:g} s{extra}", limit="stall")
+        return GenerationTimeout(f"generation exceeded {lim.total_timeout_s:g} s{extra}", limit="total")
 
     def _partial(self, job: Job) -> dict[str, Any]:
         if job.kind != "generate":
@@ -432,19 +491,33 @@ class InferenceLoop:
     # --- watchdog thread -----------------------------------------------------------------------
 
     def _watch(self) -> None:
+        lim = self.limits
         while not self._stop.wait(0.05):
             job = self._current
-            if job is None or job.kind != "generate" or job.started_at is None or job.abort_reason:
+            if job is None or job.kind != "generate" or job.started_at is None:
                 continue
             now = time.monotonic()
+            if job.abort_reason is not None:
+                # Abort asked for but the run goes on: a wedged native runtime. Only a worker
+                # process can be ended from outside; a thread-mode runtime has to be waited for.
+                if job.aborted_at is not None and now - job.aborted_at > lim.abort_grace_s:
+                    kill = getattr(self._runtime, "kill", None)
+                    if kill is not None:
+                        log.error("runtime ignores abort; killing its worker", request_id=job.id)
+                        kill()
+                        job.aborted_at = None
+                continue
             reason: AbortReason | None = None
-            if job.first_token_at is None and now - job.started_at > self.limits.first_token_timeout_s:
+            if job.first_token_at is None and now - job.started_at > lim.first_token_timeout_s:
                 reason = "first_token_timeout"
-            elif now - job.started_at > self.limits.total_timeout_s:
+            elif now - job.started_at > lim.total_timeout_s:
                 reason = "timeout"
+            elif job.last_token_at is not None and now - job.last_token_at > lim.stall_timeout_s:
+                reason = "stalled"
             if reason is not None:
                 log.warning("aborting generation", request_id=job.id, reason=reason)
                 job.abort_reason = reason
+                job.aborted_at = now
                 self._abort_runtime()
 
 

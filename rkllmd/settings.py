@@ -82,6 +82,10 @@ class LimitSettings(Strict):
     first_token_timeout_s: float = Field(60.0, gt=0)
     total_timeout_s: float = Field(600.0, gt=0)
     shutdown_grace_s: float = Field(10.0, ge=0)
+    stall_timeout_s: float = Field(60.0, gt=0, description="abort a generation with no new token for this long")
+    abort_grace_s: float = Field(15.0, gt=0, description="kill a worker that ignores abort for this long")
+    restart_budget: int = Field(3, ge=0, description="worker crashes allowed within restart_window_s")
+    restart_window_s: float = Field(600.0, gt=0)
 
 
 class LogSettings(Strict):
@@ -158,6 +162,9 @@ class Settings(BaseSettings):
     rkllm: RkllmSettings = RkllmSettings()
     default_model: str | None = None
     preload: bool = Field(True, description="load the default model at startup")
+    isolation: Literal["process", "thread"] = Field(
+        "process", description="run each runtime in a worker process, so a native crash costs one request"
+    )
     models: dict[str, ModelSettings] = Field(default_factory=dict)
 
     @classmethod

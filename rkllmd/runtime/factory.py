@@ -13,8 +13,17 @@ from rkllmd.runtime.base import Runtime
 from rkllmd.settings import LlamaCppModelSettings, RkllmModelSettings, Settings
 
 
-def make_runtime(name: str, cfg: RkllmModelSettings | LlamaCppModelSettings, settings: Settings) -> Runtime:
-    """A closed runtime for model ``name``; open() loads it (on the inference thread)."""
+def make_runtime(
+    name: str, cfg: RkllmModelSettings | LlamaCppModelSettings, settings: Settings, *, isolate: bool = True
+) -> Runtime:
+    """A closed runtime for model ``name``; open() loads it (on the inference thread).
+
+    With ``isolation = "process"`` (the default) the real runtime runs in a worker process.
+    """
+    if isolate and settings.isolation == "process":
+        from rkllmd.runtime.worker import WorkerRuntime
+
+        return WorkerRuntime(name, cfg, settings)
     if isinstance(cfg, RkllmModelSettings):
         from rkllmd.runtime.rkllm.runtime import RkllmRuntime
 

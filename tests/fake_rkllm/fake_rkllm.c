@@ -12,6 +12,8 @@
  *   [[delay_ms=N]]  FAKE_RKLLM_DELAY_MS  sleep N ms before each token
  *   [[len=N]]       FAKE_RKLLM_LEN       tokens before a natural FINISH
  *   [[fail_at=N]]   FAKE_RKLLM_FAIL_AT   ERROR state at token N (1-based); rkllm_run returns -1
+ *   [[crash_at=N]]  (prompt only)        SIGSEGV at token N, like a native runtime bug
+ *   [[hang_at=N]]   (prompt only)        stop producing tokens at token N, ignoring abort
  *   [[split_utf8]]  FAKE_RKLLM_SPLIT_UTF8  tokens 2 and 3 become " €" split in two callbacks:
  *                                        WAITING " \xE2\x82", then NORMAL "\xAC"
  * FAKE_RKLLM_FAIL_INIT=1 or a model path containing "fail-init" makes rkllm_init return -1.
@@ -23,6 +25,7 @@
 #include <ctype.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,7 +142,7 @@ static int count_words(const char *s) {
 }
 
 typedef struct {
-    int delay_ms, len, fail_at, split;
+    int delay_ms, len, fail_at, split, crash_at, hang_at;
     char *buf;    /* prompt copy with directives blanked out, words upper-cased */
     char **words; /* pointers into buf */
     int n_words;
@@ -159,6 +162,8 @@ static void plan_parse(Plan *p, const char *prompt) {
         else if (strcmp(key, "len") == 0 && val) p->len = atoi(val);
         else if (strcmp(key, "fail_at") == 0 && val) p->fail_at = atoi(val);
         else if (strcmp(key, "split_utf8") == 0) p->split = 1;
+        else if (strcmp(key, "crash_at") == 0 && val) p->crash_at = atoi(val);
+        else if (strcmp(key, "hang_at") == 0 && val) p->hang_at = atoi(val);
         memset(open, ' ', (size_t)(close + 2 - open));
         open = close + 2;
     }
@@ -200,7 +205,7 @@ typedef struct {
 } RunArgs;
 
 static int do_run(Fake *f, RunArgs *a) {
-    Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, NULL, NULL, 0};
+    Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, 0, 0, NULL, NULL, 0};
     plan_parse(&p, a->prompt);
     int total = p.len > 0 ? p.len : p.n_words;
     int limit = a->run_limit > 0 ? a->run_limit : f->param.max_new_tokens;
@@ -218,6 +223,14 @@ static int do_run(Fake *f, RunArgs *a) {
         sleep_ms(p.delay_ms);
         if (atomic_load(&f->abort_flag)) break;
         memset(&r, 0, sizeof r);
+        if (p.crash_at > 0 && i + 1 == p.crash_at) {
+            printf("E rkllm: fake crash at token %d\n", i + 1);
+            fflush(stdout);
+            raise(SIGSEGV);
+        }
+        if (p.hang_at > 0 && i + 1 == p.hang_at) {
+            for (;;) sleep_ms(1000); /* a wedged runtime: abort has no effect */
+        }
         if (p.fail_at > 0 && i + 1 == p.fail_at) {
             printf("E rkllm: fake failure at token %d\n", i + 1);
             fflush(stdout);

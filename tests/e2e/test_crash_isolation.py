@@ -1,0 +1,77 @@
+"""Crash isolation: a native crash or a wedged runtime costs one request, never the daemon."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tests.e2e.conftest import Start, final_of
+from tests.helpers import Probe
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is gone for our purposes once reaped or defunct
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_segfault_costs_one_request_and_the_model_is_reloaded(start_daemon: Start, mqtt_probe: Probe) -> None:
+    """A SIGSEGV in the runtime answers the in-flight request with runtime_crashed; the next one works."""
+    d, base = start_daemon()
+    mqtt_probe.subscribe(f"{base}/response/generate", f"{base}/stats")
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "boom", "prompt": "[[crash_at=3]] a b c d e"})
+    r = final_of(mqtt_probe, f"{base}/response/generate")
+    assert r["id"] == "boom" and r["code"] == "runtime_crashed" and "SIGSEGV" in r["error"]
+    assert r["data"]["text"]  # the tokens before the crash are kept
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "after", "prompt": "are you back"})
+    r = final_of(mqtt_probe, f"{base}/response/generate")
+    assert r["status"] == "ok" and r["id"] == "after"
+    assert d.proc.poll() is None
+    stats = [m.json() for m in mqtt_probe.drain() if m.topic.endswith("/stats")]
+    assert stats and stats[-1]["crashes"] == 1
+
+
+def test_wedged_runtime_is_killed_after_abort_grace(start_daemon: Start, mqtt_probe: Probe) -> None:
+    """A runtime that stops producing tokens and ignores abort is killed; the reply is a timeout."""
+    d, base = start_daemon(limits={"stall_timeout_s": 0.5, "abort_grace_s": 0.5})
+    mqtt_probe.subscribe(f"{base}/response/generate")
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "stuck", "prompt": "[[hang_at=3]] a b c d e"})
+    r = final_of(mqtt_probe, f"{base}/response/generate", timeout=30)
+    assert r["id"] == "stuck" and r["code"] == "timeout"
+    assert "no new token" in r["error"] and "killed" in r["error"]
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "next", "prompt": "hello again"})
+    assert final_of(mqtt_probe, f"{base}/response/generate")["status"] == "ok"
+
+
+def test_restart_budget_stops_a_crash_loop(start_daemon: Start, mqtt_probe: Probe) -> None:
+    """Beyond the restart budget the model is not reloaded and requests get model_load_failed."""
+    d, base = start_daemon(limits={"restart_budget": 0})
+    mqtt_probe.subscribe(f"{base}/response/generate")
+    mqtt_probe.publish(f"{base}/request/generate", {"prompt": "[[crash_at=1]] x"})
+    assert final_of(mqtt_probe, f"{base}/response/generate")["code"] == "runtime_crashed"
+    mqtt_probe.publish(f"{base}/request/generate", {"prompt": "again"})
+    r = final_of(mqtt_probe, f"{base}/response/generate")
+    assert r["code"] == "model_load_failed" and "crashed 1 times" in r["error"]
+    assert d.proc.poll() is None
+
+
+def test_unload_ends_the_worker_process(start_daemon: Start, mqtt_probe: Probe) -> None:
+    """Unloading a model ends its worker process, which returns all of its native memory."""
+    d, base = start_daemon()
+    mqtt_probe.subscribe(f"{base}/info", f"{base}/response/unload")
+    info = mqtt_probe.collect_until(f"{base}/info", lambda m: m.json()["runtime"] is not None)[-1].json()
+    pid = info["runtime"]["pid"]
+    assert info["runtime"]["isolation"] == "process" and _pid_alive(pid)
+    mqtt_probe.publish(f"{base}/request/unload", "")
+    assert final_of(mqtt_probe, f"{base}/response/unload")["status"] == "ok"
+    deadline = time.monotonic() + 10
+    while _pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _pid_alive(pid)
