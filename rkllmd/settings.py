@@ -82,7 +82,7 @@ class LimitSettings(Strict):
     first_token_timeout_s: float = Field(60.0, gt=0)
     total_timeout_s: float = Field(600.0, gt=0)
     shutdown_grace_s: float = Field(10.0, ge=0)
-    stall_timeout_s: float = Field(60.0, gt=0, description="abort a generation with no new token for this long")
+    stall_timeout_s: float = Field(60.0, gt=0, description="abort a generation with no new token this long")
     abort_grace_s: float = Field(15.0, gt=0, description="kill a worker that ignores abort for this long")
     restart_budget: int = Field(3, ge=0, description="worker crashes allowed within restart_window_s")
     restart_window_s: float = Field(600.0, gt=0)

@@ -40,7 +40,7 @@ def test_segfault_costs_one_request_and_the_model_is_reloaded(start_daemon: Star
 
 def test_wedged_runtime_is_killed_after_abort_grace(start_daemon: Start, mqtt_probe: Probe) -> None:
     """A runtime that stops producing tokens and ignores abort is killed; the reply is a timeout."""
-    d, base = start_daemon(limits={"stall_timeout_s": 0.5, "abort_grace_s": 0.5})
+    _d, base = start_daemon(limits={"stall_timeout_s": 0.5, "abort_grace_s": 0.5})
     mqtt_probe.subscribe(f"{base}/response/generate")
     mqtt_probe.publish(f"{base}/request/generate", {"id": "stuck", "prompt": "[[hang_at=3]] a b c d e"})
     r = final_of(mqtt_probe, f"{base}/response/generate", timeout=30)
@@ -64,7 +64,7 @@ def test_restart_budget_stops_a_crash_loop(start_daemon: Start, mqtt_probe: Prob
 
 def test_unload_ends_the_worker_process(start_daemon: Start, mqtt_probe: Probe) -> None:
     """Unloading a model ends its worker process, which returns all of its native memory."""
-    d, base = start_daemon()
+    _d, base = start_daemon()
     mqtt_probe.subscribe(f"{base}/info", f"{base}/response/unload")
     info = mqtt_probe.collect_until(f"{base}/info", lambda m: m.json()["runtime"] is not None)[-1].json()
     pid = info["runtime"]["pid"]
