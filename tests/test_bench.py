@@ -1,0 +1,119 @@
+"""`rkllmd bench` end to end: SmolLM2 through both paths, and the C double for Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rkllmd.bench.report import cell, response_html
+from tests.fake_rkllm.build import build_fake
+from tests.helpers import Broker, write_config
+
+
+def bench(args: list[str], **kw: Any) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RKLLMD_")}
+    return subprocess.Popen(
+        [sys.executable, "-m", "rkllmd", "bench", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **kw,
+    )
+
+
+def only_report(out: Path) -> tuple[dict[str, Any], str]:
+    (js,) = out.glob("*.json")
+    return json.loads(js.read_text()), js.with_suffix(".md").read_text()
+
+
+@pytest.mark.model
+def test_small_real_run_writes_consistent_report(broker: Broker, tmp_path: Path) -> None:
+    """One SmolLM2 case on both paths yields a report with the prompt, every response and sane figures."""
+    cfg = write_config(tmp_path / "empty.toml", {"log": {"level": "warning"}})
+    out = tmp_path / "results"
+    proc = bench(
+        [
+            *("-c", str(cfg), "--case", "capital", "--runs", "1", "--warmup", "0", "--max-tokens", "8"),
+            *("--host", broker.host, "--port", str(broker.port), "--out", str(out)),
+        ]
+    )
+    _, stderr = proc.communicate(timeout=240)
+    assert proc.returncode == 0, stderr
+    report, md = only_report(out)
+
+    assert report["format"] == "rkllmd-bench/1" and not report["interrupted"] and not report["errors"]
+    assert report["machine"]["cores"] >= 1 and report["versions"]["llama-cpp-python"]
+    (case,) = report["cases"]
+    assert case["prompt"] in md
+    assert {(e["path"], len(e["samples"])) for e in report["runs"]} == {("direct", 1), ("mqtt", 1)}
+    for e in report["runs"]:
+        s = e["samples"][0]
+        assert s["text"].strip() and response_html(s["text"]) in md
+        assert 0 < s["completion_tokens"] <= 8 and s["prompt_tokens"] > 0
+        assert 0 < s["ttft_ms"] <= s["total_ms"]
+        assert s["prefill_tps"] > 0 and s["decode_tps"] > 0
+        # The figures agree with each other: rate x time = count.
+        assert s["decode_tps"] * s["decode_ms"] / 1000 == pytest.approx(s["completion_tokens"], rel=0.01)
+        assert s["prefill_tps"] * s["prefill_ms"] / 1000 == pytest.approx(s["prompt_tokens"], rel=0.01)
+        # JSON and markdown agree: the table row holds the JSON's medians as printed.
+        row = next(line for line in md.splitlines() if line.startswith(f"| capital | {e['path']} |"))
+        for metric, decimals in (("ttft_ms", 1), ("decode_tps", 1), ("completion_tokens", 0)):
+            assert f" {cell(e['summary'][metric], decimals)} |" in row
+    assert e["samples"][0]["daemon_ttft_ms"] > 0  # the mqtt entry carries the daemon's own TTFT
+    assert all(m["peak_rss_mb"] > 0 for m in report["memory"])
+    (over,) = report["overhead"]
+    assert over["stream_tps_ratio"] is None or over["stream_tps_ratio"] > 0
+    for name in report["charts"]:
+        assert (out / name).read_bytes()[:4] == b"\x89PNG" and f"]({name})" in md
+
+
+def fake_setup(tmp: Path, delay_ms: int, tokens: int) -> tuple[Path, Path]:
+    """A config serving the C double as model 'fake', and a one-case prompt suite for it."""
+    lib = build_fake("1.3", tmp)
+    model = tmp / "fake.rkllm"
+    model.write_bytes(b"RKLLM stand-in\n")
+    cfg = write_config(
+        tmp / "fake.toml",
+        {"models": {"fake": {"runtime": "rkllm", "path": str(model), "library": str(lib)}}},
+    )
+    suite = tmp / "suite"
+    suite.mkdir()
+    (suite / "echo.toml").write_text(
+        f'[[case]]\nid = "echo"\nprompt = "[[delay_ms={delay_ms}]] [[len={tokens}]] one two three"\n'
+        f"max_tokens = {tokens}\n"
+    )
+    return cfg, suite
+
+
+def test_ctrl_c_writes_what_was_measured(broker: Broker, tmp_path: Path) -> None:
+    """SIGINT mid-run ends the benchmark with exit 130 and a report marked interrupted, samples kept."""
+    cfg, suite = fake_setup(tmp_path, delay_ms=20, tokens=10)
+    out = tmp_path / "results"
+    proc = bench(
+        [
+            *("-c", str(cfg), "--suite", str(suite), "--runs", "200", "--warmup", "0", "--no-charts"),
+            *("--host", broker.host, "--port", str(broker.port), "--out", str(out)),
+        ]
+    )
+    deadline = time.monotonic() + 60
+    assert proc.stderr is not None
+    while "echo" not in proc.stderr.readline():  # the progress bar names the case once a run is done
+        assert time.monotonic() < deadline and proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    report, md = only_report(out)
+    assert report["interrupted"] and "Interrupted" in md
+    samples = [s for e in report["runs"] for s in e["samples"]]
+    assert 1 <= len(samples) < 400
+    # a run cut short by the Ctrl-C is dropped, so every kept one is complete
+    assert all(s["finish_reason"] in ("stop", "length") and s["completion_tokens"] == 10 for s in samples)

@@ -1,0 +1,38 @@
+"""The relay benchmark with the C double: a tiny run prints sane figures (no speed is asserted)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rkllmd.bench.relay import RelayOptions, run_relay
+from rkllmd.bench.relayprint import relay_text
+from tests.fake_rkllm.build import build_fake
+from tests.helpers import Broker
+
+
+def test_tiny_relay_run(broker: Broker, tmp_path: Path) -> None:
+    """Throttled and unthrottled rates, a burst and a short soak give positive, plausible figures."""
+    opts = RelayOptions(
+        library=build_fake("1.3", tmp_path),
+        rates=[100.0, 0.0],
+        tokens=10,
+        per_rate=2,
+        burst_tokens=200,
+        requests=20,
+        host=broker.host,
+        port=broker.port,
+    )
+    r = run_relay(opts)
+    throttled, unthrottled = r["rates"]
+    assert throttled["delay_ms"] == 10 and unthrottled["rate"] == "unthrottled"
+    for row in r["rates"]:
+        assert row["requests"] == 2 and row["runtime_tps"] > 0 and row["received_tps"] > 0
+        assert row["ratio"] > 0 and row["ttft_added_p50_ms"] <= row["ttft_added_p99_ms"]
+    # A subscriber cannot receive tokens faster than the double made them (small timing slack).
+    assert throttled["received_tps"] < throttled["runtime_tps"] * 1.5
+    assert r["burst"]["complete"] and r["burst"]["received_tps_max"] > 0
+    soak = r["soak"]
+    assert soak["requests"] == 20 and len(soak["rss_curve"]) >= 2 and soak["rss_end_mb"] > 0
+    assert 0 < soak["ttft_p50_ms"] <= soak["ttft_p99_ms"] <= soak["ttft_max_ms"]
+    text = relay_text(r)
+    assert "unthrottled" in text and "TTFT added" in text and "RSS" in text
