@@ -1,8 +1,14 @@
 """The paho-mqtt wrapper: connect with backoff, Will, re-subscribe and re-publish retained state.
 
-Threads: paho's *network thread* runs ``_on_connect``, ``_on_disconnect`` and ``_on_message``;
-they only copy data and hand it on (``on_incoming`` must just enqueue). ``publish`` and
-``subscribe`` may be called from any thread (paho serialises them internally).
+Threads: paho's *network thread* runs ``_on_connect``, ``_on_disconnect``, ``_on_subscribe`` and
+``_on_message``; they only copy data and hand it on (``on_incoming`` must just enqueue). ``publish``
+and ``subscribe`` may be called from any thread (paho serialises them internally).
+
+Nothing rkllmd owes a client is dropped while the broker is away: paho keeps every QoS>=1
+publish made while disconnected and sends it after the reconnect (its queue is unbounded here).
+Only stream chunks (``droppable``) are skipped once more than ``STREAM_BACKLOG`` messages wait,
+so a long generation during a long outage cannot grow memory without bound; the final reply
+still carries the whole text.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ log = structlog.get_logger("rkllmd.bus")
 
 # CONNACK reasons that retrying cannot fix: wrong credentials, not authorised, banned, bad id.
 _FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
+
+# Stream chunks are skipped (final replies never) once this many publishes wait in paho's queue.
+STREAM_BACKLOG = 1000
 
 
 def set_nodelay(client: mqtt.Client) -> None:
@@ -71,19 +80,25 @@ class Bus:
         self._lock = threading.Lock()
         self._connack = threading.Event()
         self._connack_reason: Any = None
+        self._connecting = False
         self.connected = threading.Event()
+        # SUBSCRIBE mids sent -> topic, and the SUBACK reason codes received for them.
+        self._sub_cond = threading.Condition()
+        self._sub_sent: dict[int, str] = {}
+        self._sub_refused: list[str] = []
         client_kw: dict[str, Any] = {
             "callback_api_version": CallbackAPIVersion.VERSION2,
             "client_id": cfg.client_id,
             "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
         }
         if not self.v5:
-            client_kw["clean_session"] = True
+            client_kw["clean_session"] = cfg.clean_start
         self._client = mqtt.Client(**client_kw)
         self._client.enable_logger(None)  # paho's own logger stays quiet; we log events ourselves
         self._client.will_set(will_topic, will_payload, qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.max_queued_messages_set(10_000)
+        # Unbounded: a final reply must never be refused by a full queue (see the module docstring).
+        self._client.max_queued_messages_set(0)
         if cfg.username is not None:
             self._client.username_pw_set(cfg.username, cfg.resolved_password())
         if cfg.tls.enabled:
@@ -99,6 +114,7 @@ class Bus:
             self._client.tls_insecure_set(cfg.tls.insecure)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
+        self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
 
     # --- lifecycle (main thread) ---------------------------------------------------------------
@@ -109,15 +125,30 @@ class Bus:
 
         def attempt() -> None:
             self._connack.clear()
+            self._connack_reason = None
             kw: dict[str, Any] = {"keepalive": cfg.keepalive}
             if self.v5:
-                kw["clean_start"] = True
-            self._client.connect(cfg.host, cfg.port, **kw)
+                kw["clean_start"] = cfg.clean_start
+                if not cfg.clean_start:
+                    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                    props.SessionExpiryInterval = cfg.session_expiry_s
+                    kw["properties"] = props
+            self._connecting = True
+            try:
+                self._client.connect(cfg.host, cfg.port, **kw)
+            except ssl.SSLCertVerificationError as exc:
+                msg = f"TLS: the broker's certificate did not verify: {exc.verify_message}"
+                raise ConnectionError(msg) from exc
+            except ssl.SSLError as exc:
+                raise ConnectionError(f"TLS handshake failed: {exc.reason or exc}") from exc
             self._client.loop_start()
             if not self._connack.wait(timeout=10):
                 self._client.loop_stop()
                 raise ConnectionError("no CONNACK within 10 s")
             reason = self._connack_reason
+            if isinstance(reason, str):  # the connection closed before a CONNACK came
+                self._client.loop_stop()
+                raise ConnectionError(reason)
             if reason is not None and getattr(reason, "is_failure", False):
                 self._client.loop_stop()
                 if str(reason) in _FATAL_CONNACK or getattr(reason, "value", 0) in (4, 5, 134, 135, 138):
@@ -140,11 +171,35 @@ class Bus:
         try:
             retrying(attempt)
         except RetryError as exc:
+            self._connecting = False
             last = exc.last_attempt.exception()
             raise BrokerUnavailable(
                 f"cannot reach the MQTT broker at {cfg.host}:{cfg.port} after {cfg.connect_retries} "
                 f"attempts: {last}"
             ) from None
+        except BaseException:
+            self._connecting = False
+            raise
+        self._connecting = False
+
+    def wait_subscribed(self, timeout: float = 10.0) -> None:
+        """Wait for the SUBACK of every subscription sent so far; raise ConfigError if one was refused
+        (e.g. the broker's ACL does not let rkllmd read its request topics), BrokerUnavailable if none came.
+        """
+        deadline = time.monotonic() + timeout
+        self.connected.wait(timeout)  # set once _on_connect has sent the subscriptions it knew of
+        with self._sub_cond:
+            while self._sub_sent and not self._sub_refused:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    waiting = ", ".join(self._sub_sent.values())
+                    raise BrokerUnavailable(f"no SUBACK for {waiting} within {timeout:g} s")
+                self._sub_cond.wait(left)
+            if self._sub_refused:
+                raise ConfigError(
+                    f"the broker at {self.cfg.host}:{self.cfg.port} refused rkllmd's subscription to "
+                    f"{'; '.join(self._sub_refused)} (check the broker's ACL for user {self.cfg.username!r})"
+                )
 
     def disconnect(self) -> None:
         try:
@@ -159,8 +214,9 @@ class Bus:
         q = self.cfg.qos if qos is None else qos
         with self._lock:
             self._subs[topic] = q
-        if self.connected.is_set():
-            self._client.subscribe(topic, qos=q)
+            now = self.connected.is_set()  # see _on_connect
+        if now:
+            self._send_subscribe(topic, q)
 
         def unsubscribe() -> None:
             with self._lock:
@@ -178,8 +234,13 @@ class Bus:
         retain: bool = False,
         correlation_data: bytes | None = None,
         content_type: str | None = None,
+        droppable: bool = False,
     ) -> None:
+        """Publish now, or queue it in paho until the broker is back; ``droppable`` (stream chunks)
+        is skipped instead when more than ``STREAM_BACKLOG`` messages already wait."""
         q = self.cfg.qos if qos is None else qos
+        if droppable and not self.connected.is_set() and len(self._client._out_messages) >= STREAM_BACKLOG:
+            return
         props = None
         if self.v5 and (correlation_data is not None or content_type is not None):
             props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -190,7 +251,9 @@ class Bus:
         if retain:
             with self._lock:
                 self._retained[topic] = (payload.encode() if isinstance(payload, str) else payload, q)
-        self._client.publish(topic, payload, qos=q, retain=retain, properties=props)
+        info = self._client.publish(topic, payload, qos=q, retain=retain, properties=props)
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued, sent later
+            log.error("publish failed", topic=topic, error=mqtt.error_string(info.rc))
 
     def publish_json(self, topic: str, obj: Any, *, retain: bool = False, qos: int | None = None) -> None:
         self.publish(topic, json.dumps(obj, ensure_ascii=False).encode(), retain=retain, qos=qos)
@@ -203,6 +266,12 @@ class Bus:
                 return
             time.sleep(0.02)
 
+    def _send_subscribe(self, topic: str, q: int) -> None:
+        with self._sub_cond:  # held across the call so the SUBACK cannot be handled before the mid is known
+            rc, mid = self._client.subscribe(topic, qos=q)
+            if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
+                self._sub_sent[mid] = topic
+
     # --- paho network thread -------------------------------------------------------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -212,22 +281,43 @@ class Bus:
         if getattr(reason, "is_failure", False):
             log.error("broker refused connection", reason=str(reason))
             return
-        log.info("connected to broker", host=self.cfg.host, port=self.cfg.port, protocol=self.cfg.protocol)
+        log.info(
+            "connected to broker",
+            host=self.cfg.host,
+            port=self.cfg.port,
+            protocol=self.cfg.protocol,
+            session_present=bool(getattr(flags, "session_present", False)),
+        )
         with self._lock:
-            subs = list(self._subs.items())
+            # subscribe() reads `connected` under this lock: a topic added before this block is
+            # sent here, one added after it is sent by subscribe() itself
+            for topic, q in self._subs.items():
+                self._send_subscribe(topic, q)
             retained = list(self._retained.items())
-        for topic, q in subs:
-            client.subscribe(topic, qos=q)
+            self.connected.set()
         for topic, (payload, q) in retained:
             client.publish(topic, payload, qos=q, retain=True)
-        self.connected.set()
         if self._on_connected is not None:
             self._on_connected()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connected.clear()
+        if self._connecting and not self._connack.is_set():
+            # closed during the first connect, before any CONNACK: fail this attempt now
+            self._connack_reason = f"the broker closed the connection before CONNACK ({reason})"
+            self._connack.set()
+            return
         if getattr(reason, "value", 0) != 0:
             log.warning("disconnected from broker; paho reconnects with backoff", reason=str(reason))
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        with self._sub_cond:
+            topic = self._sub_sent.pop(mid, None)
+            for rc in reasons or ():
+                if getattr(rc, "is_failure", False):
+                    log.error("broker refused subscription", topic=topic, reason=str(rc))
+                    self._sub_refused.append(f"{topic}: {rc}")
+            self._sub_cond.notify_all()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)

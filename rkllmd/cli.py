@@ -128,6 +128,12 @@ def _check_config(settings: object) -> int:
     for name, cfg in settings.models.items():
         mark = " (default)" if name == settings.default else ""
         print(f"  model {name}{mark}: runtime {cfg.runtime}, path {cfg.path or 'embedded SmolLM2-135M'}")
+    # Plugin config problems were reported by load_settings already (with plugins.<name>.<key>).
+    from rkllmd.plugins import load_plugin
+
+    for i, name in enumerate(settings.plugins.enabled, 1):
+        plugin = load_plugin(name)
+        print(f"  plugin {i}. {name} {plugin.version} (plugin API {plugin.api_version})")
     return 0
 
 

@@ -2,28 +2,33 @@
 
 Threads:
 - *main*: ``run`` connects, starts the others, waits for a stop signal, shuts down in order.
-- *ingress*: parses and validates every incoming message and queues jobs or answers errors.
-- *dispatcher*: turns loop events into stream chunks, final replies and stats.
+- *ingress*: parses and validates every incoming message and queues jobs or answers errors;
+  runs plugin preprocessors and the handlers of plugin topics.
+- *dispatcher*: turns loop events into stream chunks, final replies and stats; runs plugin routers.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import queue
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
 import structlog
 
-from rkllmd import __version__, protocol
+from rkllmd import __version__, plugins, protocol
 from rkllmd.bus import Bus
 from rkllmd.errors import ConfigError, NotFound, RequestError, RkllmdError, ShuttingDown, UnknownCommand
 from rkllmd.loop import DoneEvent, ErrorEvent, Event, InferenceLoop, Job, Limits, StatsEvent, TokenEvent
 from rkllmd.protocol import Envelope, Incoming, ReplyTo, Topics
 from rkllmd.runtime.factory import build_registry
+from rkllmd.sdnotify import Notifier
 from rkllmd.settings import Settings
 
 log = structlog.get_logger("rkllmd")
@@ -37,6 +42,51 @@ class Context:
     topics: Topics
     loop: InferenceLoop
     bus: Bus
+
+
+@dataclass
+class _Reply(ReplyTo):
+    """A reply address that also carries the request as plugins see it."""
+
+    request: plugins.Request = field(default_factory=lambda: plugins.Request(command="", topic=""))
+
+
+@dataclass(frozen=True)
+class _RouteFinal:
+    """A final reply sent from the ingress thread, queued so routers run on the dispatcher."""
+
+    final: plugins.Final
+
+
+class _PluginServices:
+    """What the daemon lends to plugins (rkllmd.plugins.Services)."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._d = daemon
+        self.settings = daemon.settings
+        self.topics = daemon.topics
+        self._tokens = plugins.TokenCounter(daemon.settings)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int | None, retain: bool) -> None:
+        self._d.bus.publish(topic, payload, qos=qos, retain=retain)
+
+    def subscribe(self, topic: str, qos: int | None) -> Callable[[], None]:
+        return self._d.bus.subscribe(topic, qos)
+
+    def stats(self) -> dict[str, Any]:
+        return self._d.loop.snapshot()
+
+    def refresh_stats(self) -> None:
+        self._d.loop.events.put(StatsEvent(self._d.loop.snapshot()))
+
+    def cancel(self, request_id: str) -> str:
+        return self._d.loop.cancel(request_id)
+
+    def inject(self, msg: Incoming) -> None:
+        self._d._inbox.put(msg)
+
+    def count_tokens(self, model: str, text: str) -> int | None:
+        return self._tokens.count(model, text)
 
 
 class Daemon:
@@ -66,12 +116,16 @@ class Daemon:
         )
         self.ctx = Context(settings, self.topics, self.loop, self.bus)
         self._stop = threading.Event()
+        self.notifier = Notifier()  # systemd Type=notify; a no-op outside systemd
+        self._live: tuple[Any, ...] = ()
+        self._live_since = time.monotonic()
         self._stopping = False
         self._inflight: dict[str, Job] = {}
         self._inflight_lock = threading.Lock()
         self._loaded_runtime: dict[str, Any] = {}
         self._ingress = threading.Thread(target=self._ingress_main, name="ingress", daemon=True)
         self._dispatcher = threading.Thread(target=self._dispatch_main, name="dispatcher", daemon=True)
+        self.plugins = plugins.PluginHost.from_settings(_PluginServices(self))
 
     # --- main thread ---------------------------------------------------------------------------
 
@@ -83,10 +137,12 @@ class Daemon:
         self._dispatcher.start()
         self._ingress.start()
         self.bus.connect()
+        self.plugins.start()  # before requests arrive, so every request meets the preprocessors
         self.bus.subscribe(self.topics.request_wildcard)
+        self.bus.wait_subscribed()  # a subscription refused by the broker's ACL ends startup here
         self.bus.publish_json(self.topics.state, {"state": "online"}, retain=True)
         self._publish_info()
-        self.bus.publish_json(self.topics.stats, self.loop.snapshot(), retain=True)
+        self.bus.publish_json(self.topics.stats, self._stats(self.loop.snapshot()), retain=True)
         if self.settings.preload:
             self.loop.submit(Job(kind="load", id="startup", model=self.settings.default, context=None))
         log.info(
@@ -96,6 +152,8 @@ class Daemon:
             default_model=self.settings.default,
             broker=f"{self.settings.mqtt.host}:{self.settings.mqtt.port}",
         )
+        self.notifier.ready(f"serving {self.topics.base}/request/# on {self.settings.mqtt.host}")
+        self.notifier.start_watchdog(self._liveness)
         while not self._stop.wait(0.5):
             pass
         self.shutdown()
@@ -110,6 +168,7 @@ class Daemon:
 
     def shutdown(self) -> None:
         """Stop taking requests, end the current one within the grace period, say ``stopped``."""
+        self.notifier.stopping()
         self._stopping = True
         grace = self.settings.limits.shutdown_grace_s
         self.loop.stop(grace)
@@ -118,10 +177,32 @@ class Daemon:
         self.loop.events.put(StatsEvent(self.loop.snapshot()))
         self.loop.events.put(_END)  # type: ignore[arg-type]
         self._dispatcher.join(timeout=10)
+        self.plugins.stop()
         self.bus.publish_json(self.topics.state, {"state": "stopped"}, retain=True)
         self.bus.wait_published(5)
         self.bus.disconnect()
+        self.notifier.close()
         log.info("rkllmd stopped")
+
+    def _liveness(self) -> str | None:
+        """For the systemd watchdog (sd-watchdog thread): None while alive, else what is wrong.
+
+        Wedged means a thread of ours died, the loop's lock cannot be taken (then this blocks and
+        the pings stop with it), or one job has run far past every limit the loop itself enforces.
+        """
+        for t in (self._ingress, self._dispatcher):
+            if not t.is_alive():
+                return f"the {t.name} thread died"
+        snap = self.loop.snapshot()
+        key = (snap.get("running"), snap.get("requests"), snap.get("errors"))
+        now = time.monotonic()
+        if key != self._live:
+            self._live, self._live_since = key, now
+        lim = self.settings.limits
+        wedged_after = lim.total_timeout_s + lim.abort_grace_s + max(5.0, lim.shutdown_grace_s)
+        if snap.get("running") is not None and now - self._live_since > wedged_after:
+            return f"job {snap.get('running')} has run {now - self._live_since:.0f} s, past every limit"
+        return None
 
     # --- ingress thread ------------------------------------------------------------------------
 
@@ -136,13 +217,31 @@ class Daemon:
                     except queue.Empty:
                         return
                     if late is not None:
-                        self._handle_safely(late)
+                        self._handle_guarded(late)
+            self._handle_guarded(msg)
+
+    def _handle_guarded(self, msg: Incoming) -> None:
+        """Nothing a message does may end the ingress thread: every later request depends on it."""
+        try:
             self._handle_safely(msg)
+        except Exception:
+            log.exception("ingress failed on a message", topic=msg.topic)
 
     def _handle_safely(self, msg: Incoming) -> None:
-        reply = ReplyTo(topic=msg.response_topic or self.topics.response("error"))
+        if self.plugins.handles(msg.topic):
+            self.plugins.deliver(msg)
+            return
+        bad_response_topic = _check_response_topic(msg.response_topic)
+        if bad_response_topic is not None:
+            msg = dataclasses.replace(msg, response_topic=None)
+        reply = _Reply(topic=msg.response_topic or self.topics.response("error"))
+        reply.request = plugins.Request(command="", topic=msg.topic)
         reply.correlation_data = msg.correlation_data
         try:
+            if bad_response_topic is not None:
+                with contextlib.suppress(UnknownCommand):
+                    reply.topic = self.topics.response(self.topics.parse_request_topic(msg.topic)[0])
+                raise RequestError(bad_response_topic)
             self._handle(msg, reply)
         except RkllmdError as exc:
             log.info(
@@ -157,7 +256,7 @@ class Daemon:
             log.exception("request handling failed", topic=msg.topic)
             self._reply(reply, protocol.error(RkllmdError(f"internal error: {exc}")))
 
-    def _handle(self, msg: Incoming, reply: ReplyTo) -> None:
+    def _handle(self, msg: Incoming, reply: _Reply) -> None:
         try:
             command, topic_model = self.topics.parse_request_topic(msg.topic)
         except UnknownCommand:
@@ -168,7 +267,14 @@ class Daemon:
             reply.topic = self.topics.response(command)
         obj = protocol.decode_payload(msg.payload, command, self.settings.limits.max_payload_bytes)
         _address_from(obj, reply, msg.response_topic is not None)
+        preq = reply.request
+        preq.command, preq.topic_model, preq.payload, preq.original = command, topic_model, obj, dict(obj)
+        preq.id = reply.request_id
+        preq = reply.request = self.plugins.preprocess(preq)
+        obj = preq.payload
+        _address_from(obj, reply, msg.response_topic is not None)
         req = protocol.validate(command, obj)
+        preq.id = req.id
         if self._stopping:
             raise ShuttingDown("rkllmd is shutting down; request not accepted")
         if isinstance(req, protocol.GenerateRequest):
@@ -185,9 +291,10 @@ class Daemon:
                 model = self.settings.default
             job_id = req.id or protocol.new_request_id()
             reply.request_id = job_id
+            reply.request.id, reply.request.model = job_id, model
             self.loop.submit(Job(kind=command, id=job_id, model=model, context=reply))  # type: ignore[arg-type]
 
-    def _generate(self, req: protocol.GenerateRequest, topic_model: str | None, reply: ReplyTo) -> None:
+    def _generate(self, req: protocol.GenerateRequest, topic_model: str | None, reply: _Reply) -> None:
         model = req.model or topic_model or self.settings.default
         self.loop.registry.check(model)
         cfg = self.settings.models[model]
@@ -197,6 +304,7 @@ class Daemon:
             raise RequestError(f"max_tokens {max_tokens} is over the limit of {lim.max_tokens_cap}")
         job_id = req.id or protocol.new_request_id()
         reply.request_id = job_id
+        reply.request.id, reply.request.model = job_id, model
         job = Job(
             kind="generate",
             id=job_id,
@@ -256,16 +364,23 @@ class Daemon:
             except Exception:  # a failed publish must not stop the replies that follow
                 log.exception("dispatch failed")
 
-    def _dispatch(self, ev: Event) -> None:
+    def _dispatch(self, ev: Event | _RouteFinal) -> None:
+        if isinstance(ev, _RouteFinal):
+            self.plugins.route(ev.final)
+            return
         if isinstance(ev, TokenEvent):
             if ev.job.stream:
                 self.bus.publish(
-                    self.topics.stream(ev.job.id), protocol.stream_chunk(ev.job.id, ev.seq, ev.delta)
+                    self.topics.stream(ev.job.id),
+                    protocol.stream_chunk(ev.job.id, ev.seq, ev.delta),
+                    droppable=True,
                 )
-                self.bus.publish(self.topics.stream_text(ev.job.id), ev.delta.encode())
+                self.bus.publish(self.topics.stream_text(ev.job.id), ev.delta.encode(), droppable=True)
+            if isinstance(ev.job.context, _Reply) and self.plugins.has_routers:
+                self.plugins.route(plugins.Token(ev.job.context.request, ev.seq, ev.delta))
             return
         if isinstance(ev, StatsEvent):
-            self.bus.publish_json(self.topics.stats, ev.stats, retain=True)
+            self.bus.publish_json(self.topics.stats, self._stats(ev.stats), retain=True)
             return
         job = ev.job
         reply: ReplyTo | None = job.context
@@ -307,6 +422,19 @@ class Daemon:
             correlation_data=reply.correlation_data,
             content_type="application/json",
         )
+        if isinstance(reply, _Reply) and self.plugins.has_routers:
+            preq = reply.request
+            preq.id = preq.id or reply.request_id
+            final = plugins.Final(preq, env.status, env.data, env.code, env.error)
+            if threading.current_thread() is self._dispatcher:
+                self.plugins.route(final)
+            else:  # routers run on the dispatcher thread only
+                self.loop.events.put(_RouteFinal(final))  # type: ignore[arg-type]
+
+    def _stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """The stats topic: the loop's counters, plus what plugins contribute under ``plugins``."""
+        extra = self.plugins.stats()
+        return {**stats, "plugins": extra} if extra else stats
 
     def _publish_info(self) -> None:
         info = {
@@ -325,6 +453,17 @@ class Daemon:
 
 
 _END = object()
+
+
+def _check_response_topic(topic: str | None) -> str | None:
+    """Why a v5 Response Topic must not be used (brokers pass on wildcards and $-topics), or None."""
+    if topic is None:
+        return None
+    try:
+        protocol.check_publish_topic(topic, "the Response Topic")
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _address_from(obj: dict[str, Any], reply: ReplyTo, has_v5_topic: bool) -> None:

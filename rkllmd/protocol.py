@@ -7,6 +7,7 @@ thing for users; keep the two in step.
 from __future__ import annotations
 
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -241,14 +242,30 @@ PLAIN_FIELD = {
 }
 
 
+def _broker_refuses(ch: str) -> bool:
+    """Characters a broker may treat as malformed UTF-8 and answer by closing the connection
+    (mosquitto does): controls, surrogates, non-characters. Publishing a reply to such a topic
+    would disconnect rkllmd, and paho would resend it after every reconnect."""
+    cp = ord(ch)
+    return (
+        cp <= 0x1F
+        or 0x7F <= cp <= 0x9F
+        or 0xD800 <= cp <= 0xDFFF
+        or 0xFDD0 <= cp <= 0xFDEF
+        or (cp & 0xFFFE) == 0xFFFE
+    )
+
+
 def check_publish_topic(topic: str, what: str) -> None:
-    """Reject topics rkllmd must never publish to (wildcards, empty, $-topics, NUL)."""
-    if not topic or len(topic.encode()) > 1024:
+    """Reject topics rkllmd must never publish to (wildcards, empty, $-topics, control characters)."""
+    if not topic or len(topic.encode("utf-8", "surrogatepass")) > 1024:
         raise ValueError(f"{what} must be a non-empty topic under 1 KiB")
-    if "+" in topic or "#" in topic or "\x00" in topic:
-        raise ValueError(f"{what} must not contain +, # or NUL")
+    if "+" in topic or "#" in topic:
+        raise ValueError(f"{what} must not contain + or #")
     if topic.startswith("$"):
         raise ValueError(f"{what} must not start with $")
+    if any(_broker_refuses(ch) for ch in topic):
+        raise ValueError(f"{what} must not contain control characters, surrogates or non-characters")
 
 
 def _depth(obj: Any, limit: int) -> int:
@@ -267,6 +284,17 @@ def _depth(obj: Any, limit: int) -> int:
     return deepest
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:24]} is out of range")
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, Any]:
     """Turn raw bytes into a request dict: JSON object, or plain text for the command's main field."""
     if len(payload) > max_bytes:
@@ -278,13 +306,17 @@ def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, An
     stripped = text.strip()
     if stripped.startswith("{") or stripped.startswith("["):
         try:
-            obj = json.loads(stripped)
-        except (json.JSONDecodeError, RecursionError) as exc:
+            obj = json.loads(stripped, parse_float=_finite_float, parse_constant=_not_json)
+        except (ValueError, RecursionError) as exc:  # ValueError: also ints over 4300 digits, NaN
             raise BadJson(f"malformed JSON: {exc}") from exc
         if not isinstance(obj, dict):
             raise BadJson("the JSON payload must be an object")
         if _depth(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
             raise BadJson(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        try:  # a \ud800 escape decodes to a lone surrogate, which no reply could echo back
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RequestError("the JSON payload contains an unpaired surrogate escape") from exc
         return obj
     if "\x00" in text:
         raise RequestError("plain-text payload contains NUL")

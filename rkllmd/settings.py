@@ -60,7 +60,21 @@ class MqttSettings(Strict):
     password_file: Path | None = None
     qos: Literal[0, 1, 2] = 1
     connect_retries: int = Field(10, ge=1, description="first-connect attempts before giving up")
+    clean_start: bool = Field(
+        True, description="false: a persistent session, so the broker holds requests while rkllmd is away"
+    )
+    session_expiry_s: int = Field(
+        300, ge=0, le=0xFFFFFFFF, description="MQTT 5: how long the broker keeps it (clean_start false)"
+    )
     tls: TlsSettings = TlsSettings()
+
+    @model_validator(mode="after")
+    def _session_ok(self) -> MqttSettings:
+        if not self.clean_start and not self.client_id:
+            raise ValueError("mqtt.clean_start = false needs a fixed, non-empty mqtt.client_id")
+        if not self.clean_start and self.protocol == "5" and self.session_expiry_s == 0:
+            raise ValueError("mqtt.clean_start = false needs mqtt.session_expiry_s > 0 with MQTT 5")
+        return self
 
     @field_validator("base_topic")
     @classmethod
@@ -146,6 +160,34 @@ class RkllmSettings(Strict):
     log_level: int | None = Field(None, ge=0, le=2, description="sets RKLLM_LOG_LEVEL for the runtime")
 
 
+class PluginConfigProblems(ValueError):
+    """Raised while validating [plugins]; each problem names its dotted key (plugins.<name>.<key>)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+class PluginsSettings(BaseModel):
+    """``enabled``: plugin names in the order they run; ``[plugins.<name>]``: each one's config."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    enabled: list[str] = Field(default_factory=list)
+
+    def tables(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _plugin_configs(self) -> PluginsSettings:
+        from rkllmd.plugins import check_plugin_settings
+
+        problems = check_plugin_settings(self.enabled, self.tables())
+        if problems:
+            raise PluginConfigProblems(problems)
+        return self
+
+
 class Settings(BaseSettings):
     """Everything rkllmd reads at startup."""
 
@@ -166,6 +208,7 @@ class Settings(BaseSettings):
         "process", description="run each runtime in a worker process, so a native crash costs one request"
     )
     models: dict[str, ModelSettings] = Field(default_factory=dict)
+    plugins: PluginsSettings = Field(default_factory=PluginsSettings)
 
     @classmethod
     def settings_customise_sources(
@@ -263,11 +306,15 @@ def load_settings(path: Path | None = None, *, env: dict[str, str] | None = None
 def format_validation_error(exc: ValidationError, path: Path | None) -> str:
     """One line per problem: the dotted key, what is wrong, and the value given."""
     where = str(path) if path else "settings"
-    lines = [f"{where}: {exc.error_count()} problem(s):"]
+    lines: list[str] = []
     for err in exc.errors():
+        plugin_problems = (err.get("ctx") or {}).get("error")
+        if isinstance(plugin_problems, PluginConfigProblems):
+            lines.extend(f"  - {p}" for p in plugin_problems.problems)
+            continue
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         lines.append(f"  - {loc}: {msg}")
-    return "\n".join(lines)
+    return "\n".join([f"{where}: {len(lines)} problem(s):", *lines])

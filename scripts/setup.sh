@@ -24,6 +24,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mos
 command -v mosquitto_rr >/dev/null 2>&1 || need+=(mosquitto-clients)
 command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
+# the TLS tests make their certificates with the openssl CLI
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then

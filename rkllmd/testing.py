@@ -1,0 +1,267 @@
+"""A kit to test a plugin without a broker or a model.
+
+    from rkllmd.testing import PluginHarness
+
+    def test_greets() -> None:
+        with PluginHarness("example", {"greeting": "Hi"}) as h:
+            req = h.preprocess({"name": "Ada", "prompt": "hello"})
+            assert req.payload["prompt"].startswith("Hi")
+            h.finish(req, "Hello Ada!")
+            assert h.published("rkllmd/plugins/example/last")[-1].json()["text"] == "Hello Ada!"
+
+The harness runs the real :class:`rkllmd.plugins.PluginHost` (the same chains, status topics
+and error wrapping as the daemon) against :class:`FakeServices`, which records what a plugin
+publishes and lets a test play the daemon: send messages to plugin topics, finish requests,
+set the stats the plugin sees. Everything runs on the calling thread.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal
+
+import paho.mqtt.client as mqtt
+from pydantic import BaseModel
+
+from rkllmd import protocol
+from rkllmd.errors import NotFound
+from rkllmd.plugins import Final, Message, Plugin, PluginHost, Request, Token, load_plugin
+from rkllmd.protocol import Topics
+from rkllmd.runtime.base import GenerateInput
+from rkllmd.settings import Settings
+
+
+@dataclass(frozen=True)
+class Published:
+    """One message a plugin published."""
+
+    topic: str
+    payload: bytes
+    qos: int | None
+    retain: bool
+
+    def json(self) -> Any:
+        return json.loads(self.payload)
+
+    @property
+    def text(self) -> str:
+        return self.payload.decode()
+
+
+def word_count(text: str) -> int:
+    """The kit's default tokenizer: one token per word or punctuation mark."""
+    return len(re.findall(r"\w+|[^\w\s]", text))
+
+
+@dataclass
+class FakeServices:
+    """The daemon as a plugin sees it, recording every call (implements plugins.Services)."""
+
+    settings: Settings
+    topics: Topics
+    count: Callable[[str, str], int | None] = lambda model, text: word_count(text)
+    published: list[Published] = field(default_factory=list)
+    retained: dict[str, bytes] = field(default_factory=dict)
+    subscriptions: dict[str, int] = field(default_factory=dict)
+    current_stats: dict[str, Any] = field(default_factory=dict)
+    stats_refreshes: int = 0
+    cancelled: list[str] = field(default_factory=list)
+    injected: list[Message] = field(default_factory=list)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int | None, retain: bool) -> None:
+        protocol.check_publish_topic(topic, "topic")
+        self.published.append(Published(topic, payload, qos, retain))
+        if retain:
+            if payload:
+                self.retained[topic] = payload
+            else:
+                self.retained.pop(topic, None)
+
+    def subscribe(self, topic: str, qos: int | None) -> Callable[[], None]:
+        self.subscriptions[topic] = self.subscriptions.get(topic, 0) + 1
+
+        def unsubscribe() -> None:
+            self.subscriptions.pop(topic, None)
+
+        return unsubscribe
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "requests": 0,
+            "errors": 0,
+            "completion_tokens": 0,
+            "queue_depth": 0,
+            "busy": False,
+            "running": None,
+            "loaded_model": self.settings.default,
+            **self.current_stats,
+        }
+
+    def refresh_stats(self) -> None:
+        self.stats_refreshes += 1
+
+    def cancel(self, request_id: str) -> str:
+        if self.stats().get("running") != request_id:
+            raise NotFound(f"no queued or running request with id {request_id!r}")
+        self.cancelled.append(request_id)
+        return "running"
+
+    def inject(self, msg: Message) -> None:
+        self.injected.append(msg)
+
+    def count_tokens(self, model: str, text: str) -> int | None:
+        return self.count(model, text)
+
+
+class PluginHarness:
+    """One plugin (by name or as a :class:`Plugin`) set up on fake services."""
+
+    def __init__(
+        self,
+        plugin: str | Plugin,
+        config: dict[str, Any] | BaseModel | None = None,
+        *,
+        settings: Settings | None = None,
+        count_tokens: Callable[[str, str], int | None] | None = None,
+    ) -> None:
+        self.plugin = load_plugin(plugin) if isinstance(plugin, str) else plugin
+        if isinstance(config, BaseModel):
+            self.config = config
+        else:
+            self.config = self.plugin.config.model_validate(config or {})
+        self.settings = settings or Settings()
+        self.topics = Topics(self.settings.mqtt.base_topic)
+        self.services = FakeServices(self.settings, self.topics)
+        if count_tokens is not None:
+            self.services.count = count_tokens
+        self.host = PluginHost(self.services, [(self.plugin, self.config)], remove_disabled=False)
+        self.host.retry_initial_s = 0.01
+        self._ids = 0
+
+    # lifecycle
+
+    def start(self) -> PluginHarness:
+        self.host.start()
+        return self
+
+    def stop(self) -> None:
+        self.host.stop()
+
+    def __enter__(self) -> PluginHarness:
+        return self.start()
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    @property
+    def state(self) -> str:
+        return self.host.status()[self.plugin.name]
+
+    def status(self) -> dict[str, Any]:
+        """The plugin's retained status message."""
+        raw = self.services.retained.get(f"{self.topics.base}/plugins/{self.plugin.name}/status")
+        return json.loads(raw) if raw else {}
+
+    # requests
+
+    def request(
+        self, payload: dict[str, Any] | str, command: str = "generate", topic: str | None = None
+    ) -> Request:
+        """A Request as the daemon builds it from a payload (JSON object or plain text)."""
+        raw = payload if isinstance(payload, str) else json.dumps(payload)
+        topic = topic or self.topics.request(command)
+        command, topic_model = self.topics.parse_request_topic(topic)
+        obj = protocol.decode_payload(raw.encode(), command, self.settings.limits.max_payload_bytes)
+        return Request(command=command, topic=topic, payload=obj, topic_model=topic_model, original=dict(obj))
+
+    def preprocess(
+        self, payload: dict[str, Any] | str | Request, command: str = "generate", topic: str | None = None
+    ) -> Request:
+        """Run the preprocessor chain; raises the RkllmdError the daemon would reply with."""
+        req = payload if isinstance(payload, Request) else self.request(payload, command, topic)
+        req = self.host.preprocess(req)
+        validated = protocol.validate(req.command, req.payload)
+        self._ids += 1
+        req.id = validated.id or f"req{self._ids}"
+        if isinstance(validated, protocol.GenerateRequest):
+            req.model = validated.model or req.topic_model or self.settings.default
+        return req
+
+    def generate_input(self, req: Request) -> GenerateInput:
+        """What the inference loop would be asked to run for a preprocessed generate request."""
+        validated = protocol.validate("generate", req.payload)
+        assert isinstance(validated, protocol.GenerateRequest)
+        return validated.to_input(validated.max_tokens or self.settings.limits.max_tokens)
+
+    def stream(self, req: Request, deltas: Iterable[str]) -> None:
+        for seq, delta in enumerate(deltas):
+            self.host.route(Token(req, seq, delta))
+
+    def finish(
+        self,
+        req: Request,
+        text: str = "",
+        *,
+        status: Literal["ok", "error"] = "ok",
+        code: str | None = None,
+        error: str | None = None,
+        finish_reason: str = "stop",
+        data: dict[str, Any] | None = None,
+    ) -> Final:
+        """Route the final reply of ``req`` through the routers, as the dispatcher would."""
+        if data is None:
+            data = (
+                {
+                    "model": req.model,
+                    "text": text,
+                    "finish_reason": finish_reason,
+                    "usage": {"prompt_tokens": None, "completion_tokens": word_count(text)},
+                    "timings": {},
+                }
+                if status == "ok"
+                else {"model": req.model, "text": text}
+            )
+        final = Final(req, status, data, code, error)
+        self.host.route(final)
+        return final
+
+    # messages and what was published
+
+    def message(
+        self, topic: str, payload: bytes | str | dict[str, Any] = b"", response_topic: str | None = None
+    ) -> None:
+        """Deliver a message to the plugin's subscriptions (as the ingress thread would)."""
+        if isinstance(payload, dict):
+            payload = json.dumps(payload)
+        data = payload.encode() if isinstance(payload, str) else payload
+        if not self.host.handles(topic):
+            raise AssertionError(f"no plugin subscription matches {topic!r}")
+        self.host.deliver(Message(topic, data, response_topic, None, time.monotonic()))
+
+    def published(self, topic_filter: str = "#") -> list[Published]:
+        return [p for p in self.services.published if mqtt.topic_matches_sub(topic_filter, p.topic)]
+
+    def stats(self) -> dict[str, Any]:
+        """The ``plugins`` part of the stats topic."""
+        return self.host.stats()
+
+    def wait(self, pred: Callable[[], bool], timeout: float = 2.0) -> bool:
+        """Poll ``pred`` (e.g. for a timer or retry to run) until true or ``timeout``."""
+        return wait_until(pred, timeout)
+
+
+def wait_until(pred: Callable[[], bool], timeout: float = 2.0) -> bool:
+    """Poll ``pred`` until it is true (True) or ``timeout`` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(0.005)
+    return bool(pred())

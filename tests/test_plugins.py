@@ -1,0 +1,312 @@
+"""The plugin contract: loader, config validation, lifecycle, chains, through the testing kit."""
+
+from __future__ import annotations
+
+import sys
+import textwrap
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rkllmd import cli, plugins
+from rkllmd.errors import ConfigError, EmptyPrompt, RequestError
+from rkllmd.plugins import (
+    Final,
+    NotReady,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    PluginError,
+    PluginHost,
+    Request,
+)
+from rkllmd.settings import load_settings
+from rkllmd.testing import FakeServices, PluginHarness, wait_until
+
+
+def make_plugin(name: str, setup: Any, **kw: Any) -> Plugin:
+    return Plugin(name=name, version="0.1", setup=setup, **kw)
+
+
+def host_of(*items: Plugin, services: FakeServices | None = None) -> tuple[PluginHost, FakeServices]:
+    h = PluginHarness(items[0])
+    svc = services or h.services
+    host = PluginHost(svc, [(p, PluginConfig()) for p in items], remove_disabled=False)
+    host.retry_initial_s = 0.01
+    return host, svc
+
+
+# --- the template plugin, through the kit ------------------------------------------------------
+
+
+def test_example_plugin_uses_every_hook() -> None:
+    """The template plugin rewrites a prompt, routes the answer, echoes its topic and adds stats."""
+    with PluginHarness("example", {"prefix": "Q: "}) as h:
+        req = h.preprocess({"prompt": "hello", "shout": True})
+        assert req.payload == {"prompt": "Q: HELLO"}
+        h.finish(req, "Hi!")
+        assert h.published("rkllmd/plugins/example/last")[-1].json() == {"id": req.id, "text": "Hi!"}
+        h.message("rkllmd/plugins/example/ping", "x")
+        assert h.published("rkllmd/plugins/example/pong")[-1].payload == b"x"
+        assert h.stats() == {"example": {"answers": 1}}
+        assert h.status()["state"] == "running"
+    assert h.services.subscriptions == {}
+    assert h.status()["state"] == "stopped"
+
+
+def test_example_plugin_waits_for_its_file(tmp_path: Path) -> None:
+    """NotReady from setup is retried with backoff until it succeeds; the status says so meanwhile."""
+    flag = tmp_path / "ready"
+    with PluginHarness("example", {"wait_for": str(flag)}) as h:
+        assert h.state == "not_ready"
+        assert h.status()["state"] == "not_ready" and h.status()["retry_in_s"] > 0
+        with pytest.raises(RequestError):  # its preprocessor is not in the chain yet
+            h.preprocess({"prompt": "x", "shout": True})
+        flag.touch()
+        assert h.wait(lambda: h.state == "running", timeout=5)
+        assert h.preprocess({"prompt": "x", "shout": True}).payload == {"prompt": "X"}
+
+
+# --- loader and config -------------------------------------------------------------------------
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_plugin_config_errors_name_plugin_and_key(tmp_path: Path) -> None:
+    """Bad plugin config is reported with core config problems, each with its dotted key."""
+    cfg = write(
+        tmp_path / "c.toml",
+        """
+        [limits]
+        queue_size = 0
+        [plugins]
+        enabled = ["sessions", "nosuch", "example"]
+        [plugins.sessions]
+        idle_timeout_s = -1
+        [plugins.example]
+        colour = "red"
+        """,
+    )
+    with pytest.raises(ConfigError) as ei:
+        load_settings(cfg)
+    msg = ei.value.message
+    assert "limits.queue_size" in msg
+    assert "plugins.sessions.idle_timeout_s: Input should be greater than 0" in msg
+    assert "plugins.example.colour: unknown key" in msg
+    assert "plugins.enabled.1: no plugin named 'nosuch'" in msg
+    assert "4 problem(s)" in msg
+
+
+def test_check_config_prints_plugin_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`rkllmd check-config` exits non-zero and prints the plugin's name and key."""
+    cfg = write(
+        tmp_path / "c.toml", '[plugins]\nenabled = ["transcript"]\n[plugins.transcript]\nmax_bytes = 1\n'
+    )
+    assert cli.main(["check-config", "--config", str(cfg)]) == 2
+    assert "plugins.transcript.max_bytes" in capsys.readouterr().err
+
+
+def test_valid_plugin_config_loads_in_order(tmp_path: Path) -> None:
+    """Enabled plugins keep their configured order and their tables reach the settings."""
+    cfg = write(
+        tmp_path / "c.toml",
+        '[plugins]\nenabled = ["sessions", "example"]\n[plugins.example]\nprefix = "> "\n',
+    )
+    s = load_settings(cfg)
+    assert s.plugins.enabled == ["sessions", "example"]
+    assert s.plugins.tables() == {"example": {"prefix": "> "}}
+
+
+def test_entry_point_plugins_are_found_and_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A distribution's `rkllmd.plugins` entry point is loaded; a wrong API version is refused."""
+    site = tmp_path / "site"
+    (site / "thirdparty-0.1.dist-info").mkdir(parents=True)
+    (site / "thirdparty-0.1.dist-info" / "METADATA").write_text("Name: thirdparty\nVersion: 0.1\n")
+    (site / "thirdparty-0.1.dist-info" / "entry_points.txt").write_text(
+        "[rkllmd.plugins]\nthird = thirdparty_plugin\nold = thirdparty_plugin:OLD\n"
+    )
+    (site / "thirdparty_plugin.py").write_text(
+        "from rkllmd.plugins import Plugin\n"
+        "PLUGIN = Plugin(name='third', version='2.0', setup=lambda ctx, cfg: None)\n"
+        "OLD = Plugin(name='old', version='0.1', setup=lambda ctx, cfg: None, api_version=0)\n"
+    )
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setattr(plugins, "_cache", {})
+    assert plugins.discover()["third"] == "entry point thirdparty_plugin"
+    assert plugins.load_plugin("third").version == "2.0"
+    with pytest.raises(plugins.PluginLoadError, match="targets plugin API 0"):
+        plugins.load_plugin("old")
+    sys.modules.pop("thirdparty_plugin", None)
+
+
+def test_config_model_must_reject_unknown_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plugin whose config model would ignore typos is refused at load time."""
+    from pydantic import BaseModel
+
+    class Loose(BaseModel):
+        x: int = 1
+
+    fake = make_plugin("loose", lambda c, k: None, config=Loose)
+    monkeypatch.setattr(plugins, "_cache", {})
+    monkeypatch.setattr(plugins.importlib, "import_module", lambda name: type("M", (), {"PLUGIN": fake}))
+    monkeypatch.setattr(plugins.importlib.util, "find_spec", lambda name: object())
+    with pytest.raises(plugins.PluginLoadError, match="reject unknown keys"):
+        plugins.load_plugin("loose")
+
+
+# --- lifecycle and chains ---------------------------------------------------------------------
+
+
+def test_setup_in_order_teardown_in_reverse() -> None:
+    """Plugins are set up in configured order and torn down in reverse; chains follow that order."""
+    calls: list[str] = []
+
+    def plugin(name: str) -> Plugin:
+        def setup(ctx: PluginContext, cfg: Any) -> None:
+            calls.append(f"setup {name}")
+
+            def pre(req: Request) -> Request:
+                req.payload["prompt"] += name
+                return req
+
+            ctx.add_preprocessor(pre)
+
+        return make_plugin(name, setup, teardown=lambda ctx: calls.append(f"teardown {name}"))
+
+    host, _ = host_of(plugin("a"), plugin("b"))
+    host.start()
+    assert host.preprocess(Request("generate", "t", {"prompt": ">"})).payload["prompt"] == ">ab"
+    host.stop()
+    assert calls == ["setup a", "setup b", "teardown b", "teardown a"]
+
+
+def test_fatal_setup_disables_only_that_plugin() -> None:
+    """A plugin whose setup raises is disabled with a retained failed status and its remove run."""
+    removed = threading.Event()
+
+    def bad(ctx: PluginContext, cfg: Any) -> None:
+        ctx.add_router(lambda e: None)
+        raise RuntimeError("no such device")
+
+    good = make_plugin("good", lambda ctx, cfg: ctx.add_stats(lambda: {"ok": 1}))
+    host, svc = host_of(make_plugin("bad", bad, remove=lambda ctx: removed.set()), good)
+    host.start()
+    assert host.status() == {"bad": "failed", "good": "running"}
+    status = svc.retained["rkllmd/plugins/bad/status"]
+    assert b'"failed"' in status and b"no such device" in status
+    assert removed.is_set()
+    assert not host.has_routers  # what bad registered before failing is gone
+    assert host.stats() == {"good": {"ok": 1}}
+
+
+def test_not_ready_backoff_grows() -> None:
+    """Each NotReady doubles the retry delay announced in the status topic."""
+    attempts: list[float] = []
+
+    def setup(ctx: PluginContext, cfg: Any) -> None:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise NotReady("broker of my own is down")
+
+    host, svc = host_of(make_plugin("slow", setup))
+    host.start()
+    assert wait_until(lambda: host.status()["slow"] == "running", 5)
+
+    def statuses() -> list[Any]:
+        return [p.json() for p in svc.published if p.topic.endswith("slow/status")]
+
+    # the running status is published just after the state flips: wait for it, not for the flip
+    assert wait_until(lambda: any(s["state"] == "running" for s in statuses()), 5)
+    delays = [s.get("retry_in_s") for s in statuses()]
+    assert delays[:2] == [0.01, 0.02] and delays[2] is None
+    host.stop()
+
+
+def test_raising_preprocessor_becomes_error_naming_plugin() -> None:
+    """A preprocessor bug is a plugin_error reply naming the plugin; a RequestError keeps its code."""
+
+    def setup(ctx: PluginContext, cfg: Any) -> None:
+        def pre(req: Request) -> Request:
+            if req.payload.get("prompt") == "boom":
+                raise KeyError("area")
+            if req.payload.get("prompt") == "empty":
+                raise EmptyPrompt("nothing to say")
+            return req
+
+        ctx.add_preprocessor(pre)
+
+    with PluginHarness(make_plugin("picky", setup)) as h:
+        with pytest.raises(PluginError, match="plugin 'picky' failed: KeyError") as ei:
+            h.preprocess({"prompt": "boom"})
+        assert ei.value.code == "plugin_error"
+        with pytest.raises(EmptyPrompt, match="plugin 'picky': nothing to say"):
+            h.preprocess({"prompt": "empty"})
+        assert h.preprocess({"prompt": "fine"}).payload == {"prompt": "fine"}
+
+
+def test_preprocessor_must_return_the_request() -> None:
+    """A preprocessor that forgets to return the request is an error naming it, not a silent None."""
+    forgetful = make_plugin("forgetful", lambda ctx, cfg: ctx.add_preprocessor(lambda r: None))
+    with PluginHarness(forgetful) as h, pytest.raises(PluginError, match=r"'forgetful'.*returned NoneType"):
+        h.preprocess({"prompt": "x"})
+
+
+def test_raising_router_does_not_stop_the_others() -> None:
+    """A router that raises is logged; the routers after it still see the event."""
+    seen: list[str] = []
+
+    def broken(ctx: PluginContext, cfg: Any) -> None:
+        ctx.add_router(lambda e: (_ for _ in ()).throw(ValueError("nope")))
+
+    def ok(ctx: PluginContext, cfg: Any) -> None:
+        ctx.add_router(lambda e: seen.append(e.text) if isinstance(e, Final) else None)
+
+    host, _ = host_of(make_plugin("broken", broken), make_plugin("ok", ok))
+    host.start()
+    host.route(Final(Request("generate", "t"), "ok", {"text": "hi"}))
+    assert seen == ["hi"]
+
+
+def test_subscriptions_are_shared_and_released() -> None:
+    """Two plugins on one topic share one broker subscription, released when the last goes."""
+    got: list[str] = []
+
+    def p(name: str) -> Plugin:
+        return make_plugin(name, lambda ctx, cfg: ctx.subscribe("x/#", lambda m: got.append(name)))
+
+    host, svc = host_of(p("a"), p("b"))
+    host.start()
+    assert svc.subscriptions == {"x/#": 1}
+    assert host.handles("x/y") and not host.handles("y")
+    from rkllmd.plugins import Message
+
+    host.deliver(Message("x/y", b""))
+    assert got == ["a", "b"]
+    host.stop()
+    assert svc.subscriptions == {}
+
+
+def test_plugins_may_not_subscribe_under_request_topics() -> None:
+    """A plugin cannot claim rkllmd's own request topics (that would steal requests)."""
+
+    def setup(ctx: PluginContext, cfg: Any) -> None:
+        ctx.subscribe(ctx.topics.request("generate"), lambda m: None)
+
+    with PluginHarness(make_plugin("thief", setup)) as h:
+        assert h.state == "failed"
+
+
+def test_stats_contributor_that_raises_is_left_out() -> None:
+    """Stats contributions are keyed by plugin; one that raises or returns None is left out."""
+
+    def setup(ctx: PluginContext, cfg: Any) -> None:
+        ctx.add_stats(lambda: 1 / 0)  # type: ignore[arg-type,return-value]
+        ctx.add_stats(lambda: None)
+
+    with PluginHarness(make_plugin("flaky", setup)) as h:
+        assert h.stats() == {}
