@@ -24,7 +24,7 @@ import structlog
 
 from rkllmd import __version__, plugins, protocol
 from rkllmd.bus import Bus
-from rkllmd.errors import ConfigError, NotFound, RequestError, RkllmdError, ShuttingDown, UnknownCommand
+from rkllmd.errors import ConfigError, RequestError, RkllmdError, ShuttingDown, UnknownCommand
 from rkllmd.loop import DoneEvent, ErrorEvent, Event, InferenceLoop, Job, Limits, StatsEvent, TokenEvent
 from rkllmd.protocol import Envelope, Incoming, ReplyTo, Topics
 from rkllmd.runtime.factory import build_registry
@@ -329,10 +329,7 @@ class Daemon:
         if req.id is None:
             raise RequestError("cancel needs the id of the request to cancel")
         reply.request_id = req.id
-        try:
-            where = self.loop.cancel(req.id)
-        except NotFound:
-            raise
+        where = self.loop.cancel(req.id)  # NotFound is answered like any refusal
         log.info("cancel", request_id=req.id, was=where)
         self._reply(reply, protocol.ok({"cancelled": req.id, "was": where}))
 
