@@ -31,32 +31,13 @@ from paho.mqtt.properties import Properties
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from rkllmd.bench.procfs import tree_rss_mb  # noqa: E402
 from tests.helpers import DaemonProc, start_broker, write_config  # noqa: E402
 
 
 def rss_kb(pid: int) -> int:
-    """VmRSS of ``pid`` plus all its descendants, in KiB (0 for processes that are gone)."""
-    parents: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                raw = (entry / "stat").read_text()
-                parents[int(entry.name)] = int(raw[raw.rindex(")") + 2 :].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-    tree, frontier = [pid], [pid]
-    while frontier:
-        frontier = [p for p, pp in parents.items() if pp in frontier]
-        tree += frontier
-    total = 0
-    for p in tree:
-        try:
-            for line in Path(f"/proc/{p}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-        except (OSError, ValueError):
-            continue
-    return total
+    """VmRSS of ``pid`` plus all its descendants (the runtime worker), in KiB."""
+    return int((tree_rss_mb(pid) or 0.0) * 1024)
 
 
 def config(work: Path, port: int, model: str, queue_size: int, max_tokens: int) -> Path:
