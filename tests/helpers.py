@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,17 +20,11 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from rkllmd.bench.broker import LOOPBACK, free_port, wait_port
+from rkllmd.bench.broker import LOOPBACK, free_port, mosquitto_binary, wait_port
+from rkllmd.bench.daemonproc import to_toml
 from rkllmd.bus import set_nodelay
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def mosquitto_binary() -> str:
-    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
-        if cand and os.path.exists(cand):
-            return cand
-    raise RuntimeError("mosquitto is not installed: run scripts/test.sh, which installs it")
 
 
 @dataclass
@@ -220,35 +213,9 @@ class DaemonProc:
         return self.proc.returncode
 
 
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))
-
-
 def write_config(path: Path, sections: dict[str, Any]) -> Path:
-    """Write a small TOML file from nested dicts (enough for tests; no arrays of tables)."""
-    lines: list[str] = []
-
-    def emit(prefix: str, table: dict[str, Any]) -> None:
-        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
-        tables = {k: v for k, v in table.items() if isinstance(v, dict)}
-        if prefix and scalars:
-            lines.append(f"[{prefix}]")
-        for k, v in scalars.items():
-            lines.append(f"{k} = {toml_value(v)}")
-        for k, v in tables.items():
-            emit(f"{prefix}.{k}" if prefix else k, v)
-
-    top = {k: v for k, v in sections.items() if not isinstance(v, dict)}
-    for k, v in top.items():
-        lines.append(f"{k} = {toml_value(v)}")
-    emit("", {k: v for k, v in sections.items() if isinstance(v, dict)})
-    path.write_text("\n".join(lines) + "\n")
+    """Write a TOML config from nested dicts (the same writer the benchmark uses)."""
+    path.write_text(to_toml(sections))
     return path
 
 

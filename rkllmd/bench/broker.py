@@ -29,15 +29,19 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
     raise TimeoutError(f"nothing listening on {host}:{port} after {timeout} s")
 
 
+def mosquitto_binary() -> str:
+    """The mosquitto executable; Debian puts it in /usr/sbin, often not on a user's PATH."""
+    for cand in (shutil.which("mosquitto"), "/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"):
+        if cand and os.path.exists(cand):
+            return cand
+    raise RuntimeError("mosquitto is not installed (apt-get install mosquitto, or run scripts/setup.sh)")
+
+
 class LocalBroker:
     """mosquitto on 127.0.0.1 only, anonymous, no persistence, Nagle off (as the README advises)."""
 
     def __init__(self, workdir: Path) -> None:
-        binary = shutil.which("mosquitto") or next(
-            (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
-        )
-        if binary is None:
-            raise RuntimeError("mosquitto is not installed (apt-get install mosquitto), or pass --host")
+        binary = mosquitto_binary()
         self.host, self.port = LOOPBACK, free_port()
         conf = workdir / "mosquitto.conf"
         conf.write_text(
