@@ -81,3 +81,16 @@ def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "does not exist" in out.stderr
+
+
+def test_check_config_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A llama.cpp model without llama-cpp-python installed is reported with the extra to install."""
+    import importlib.util
+
+    from rkllmd.runtime.factory import check_model
+    from rkllmd.settings import LlamaCppModelSettings
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a))
+    problems = check_model("m", LlamaCppModelSettings(runtime="llamacpp"))
+    assert any("pip install 'rkllmd[llamacpp]'" in p for p in problems)
