@@ -31,8 +31,9 @@ def config(
     return path
 
 
-def retained(probe: Probe, topic: str, timeout: float = 1.0) -> Any:
+def retained(probe: Probe, topic: str, timeout: float = 3.0) -> Any:
     """The retained JSON on ``topic`` (a fresh subscription gets it at once), or None."""
+    probe.drain()  # live updates left over from an earlier look would read as stale values
     probe.subscribe(topic)
     try:
         msg = probe.get(topic, timeout=timeout)
