@@ -49,6 +49,7 @@ class _Reply(ReplyTo):
     """A reply address that also carries the request as plugins see it."""
 
     request: plugins.Request = field(default_factory=lambda: plugins.Request(command="", topic=""))
+    publish: bool = True  # False for a plugins.LocalMessage: routers only, nothing over MQTT
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class _PluginServices:
         return self._d.bus.subscribe(topic, qos)
 
     def stats(self) -> dict[str, Any]:
-        return self._d.loop.snapshot()
+        return {**self._d.loop.snapshot(), "connected": self._d.bus.connected.is_set()}
 
     def refresh_stats(self) -> None:
         self._d.loop.events.put(StatsEvent(self._d.loop.snapshot()))
@@ -236,6 +237,7 @@ class Daemon:
             msg = dataclasses.replace(msg, response_topic=None)
         reply = _Reply(topic=msg.response_topic or self.topics.response("error"))
         reply.request = plugins.Request(command="", topic=msg.topic)
+        reply.publish = not isinstance(msg, plugins.LocalMessage)
         reply.correlation_data = msg.correlation_data
         try:
             if bad_response_topic is not None:
@@ -310,7 +312,7 @@ class Daemon:
             id=job_id,
             model=model,
             inp=req.to_input(max_tokens),
-            stream=req.stream,
+            stream=req.stream and reply.publish,
             context=reply,
         )
         with self._inflight_lock:
@@ -413,12 +415,13 @@ class Daemon:
             self._reply(reply, env)
 
     def _reply(self, reply: ReplyTo, env: Envelope) -> None:
-        self.bus.publish(
-            reply.topic,
-            env.to_payload(reply),
-            correlation_data=reply.correlation_data,
-            content_type="application/json",
-        )
+        if not isinstance(reply, _Reply) or reply.publish:
+            self.bus.publish(
+                reply.topic,
+                env.to_payload(reply),
+                correlation_data=reply.correlation_data,
+                content_type="application/json",
+            )
         if isinstance(reply, _Reply) and self.plugins.has_routers:
             preq = reply.request
             preq.id = preq.id or reply.request_id

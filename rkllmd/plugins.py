@@ -49,6 +49,15 @@ ENTRY_POINT_GROUP = "rkllmd.plugins"
 Message = Incoming
 
 
+@dataclass(frozen=True)
+class LocalMessage(Incoming):
+    """A request a plugin injects for its own transport (e.g. HTTP): handled like any message on
+    its topic, but nothing about it is published over MQTT (no stream chunks, no final reply);
+    routers still see its tokens and its final reply. So answers meant for another transport
+    neither reach the broker's subscribers nor pile up in the MQTT client while the broker is away.
+    """
+
+
 class PluginConfig(BaseModel):
     """Base of every plugin's config model: unknown keys are errors, values are frozen."""
 
@@ -275,7 +284,8 @@ class PluginContext:
         return self._host.services.cancel(request_id)
 
     def inject(self, msg: Message) -> None:
-        """Handle ``msg`` as if it had arrived on its topic (e.g. a ``<base>/request/...`` topic)."""
+        """Handle ``msg`` as if it had arrived on its topic (e.g. a ``<base>/request/...`` topic);
+        a :class:`LocalMessage` is answered to routers only."""
         self._host.services.inject(msg)
 
     def count_tokens(self, model: str, text: str) -> int | None:
@@ -762,6 +772,7 @@ class TokenCounter:
 __all__ = [
     "API_VERSION",
     "Final",
+    "LocalMessage",
     "Message",
     "NotReady",
     "Plugin",

@@ -26,6 +26,8 @@ command -v gcc >/dev/null 2>&1 || need+=(gcc)
 command -v g++ >/dev/null 2>&1 || need+=(g++)
 # the TLS tests make their certificates with the openssl CLI
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+# the http plugin's tests read raw server-sent events with curl -N
+command -v curl >/dev/null 2>&1 || need+=(curl)
 "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     if command -v apt-get >/dev/null 2>&1; then

@@ -1,0 +1,245 @@
+"""The endpoints. Every method here runs on an HTTP handler thread.
+
+A completion request is checked, turned into an rkllmd generate request and injected as a
+:class:`rkllmd.plugins.LocalMessage` on ``<base>/request/generate``: rkllmd's ingress thread takes
+it exactly like an MQTT request (plugin preprocessors, validation, the one bounded queue, in
+arrival order), and because it is local nothing about it is published over MQTT. The router
+(relay.Relay.route, dispatcher thread) copies its tokens and final reply to the waiting handler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import secrets
+import time
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from rkllmd.plugins import LocalMessage, PluginContext
+from rkllmd.runtime.factory import check_model
+
+from . import wire
+from .relay import ClientGone, Relay, Waiter
+from .server import Handler
+from .wire import ApiError, Ask, Outcome, Shape
+
+
+class Api:
+    """The OpenAI-compatible endpoints and ``/health``, over one rkllmd daemon."""
+
+    def __init__(
+        self,
+        ctx: PluginContext,
+        relay: Relay,
+        *,
+        key_digests: list[bytes],
+        aliases: dict[str, str],
+        max_body_bytes: int,
+        retry_after_s: int,
+    ) -> None:
+        self.ctx, self.relay, self.log = ctx, relay, ctx.log
+        self._keys = key_digests  # sha256 of each key: equal lengths for compare_digest
+        self._aliases = aliases
+        self._max_body = max_body_bytes
+        self._retry_after = retry_after_s
+        self._created = int(time.time())
+
+    def handle(self, h: Handler, method: str) -> None:
+        """Route one request; every failure becomes an OpenAI error object if nothing was sent yet."""
+        path = unquote(urlsplit(h.path).path).rstrip("/") or "/"
+        h.events_started = False
+        try:
+            try:
+                self._route(h, method, path)
+            except ApiError as err:
+                if h.events_started:  # a 200 stream is under way: the error becomes its last event
+                    h.send_event(err.body())
+                else:
+                    h.send_api_error(err)
+            except ClientGone:
+                h.close_connection = True
+            except Exception as exc:
+                if isinstance(exc, OSError):
+                    raise
+                self.log.exception("http request failed", path=path)
+                h.close_connection = True
+                if not h.events_started:
+                    bug = ApiError(500, f"internal error: {exc}", type="server_error", code="internal_error")
+                    h.send_api_error(bug)
+        except OSError:  # the client went away while we wrote, even an error: nothing left to tell it
+            h.close_connection = True
+
+    def _route(self, h: Handler, method: str, path: str) -> None:
+        if path == "/health":
+            self._only(method, "GET", path)
+            return self._health(h)
+        if not path.startswith("/v1/") and path != "/v1":
+            raise ApiError(404, f"Invalid URL ({method} {path})", code="unknown_url")
+        self._authorize(h)
+        if path == "/v1/models":
+            self._only(method, "GET", path)
+            return h.send_json(200, wire.models(list(self.ctx.settings.models), self._created))
+        if path.startswith("/v1/models/"):
+            self._only(method, "GET", path)
+            name = path.removeprefix("/v1/models/")
+            if name not in self.ctx.settings.models:
+                raise _no_model(name)
+            return h.send_json(200, wire.model(name, self._created))
+        if path == "/v1/chat/completions":
+            self._only(method, "POST", path)
+            return self._generate(h, "chat")
+        if path == "/v1/completions":
+            self._only(method, "POST", path)
+            return self._generate(h, "text")
+        raise ApiError(404, f"Invalid URL ({method} {path})", code="unknown_url")
+
+    @staticmethod
+    def _only(method: str, allowed: str, path: str) -> None:
+        if method != allowed:
+            raise ApiError(
+                405, f"Method {method} is not allowed on {path}; use {allowed}.", code="method_not_allowed"
+            )
+
+    def _authorize(self, h: Handler) -> None:
+        """Bearer-token auth when keys are configured; every key is compared, in constant time."""
+        if not self._keys:
+            return
+        scheme, _, token = (h.headers.get("Authorization") or "").partition(" ")
+        token = token.strip()
+        if scheme.lower() != "bearer" or not token:
+            h.close_connection = True  # the body (if any) is not read
+            raise ApiError(
+                401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
+            )
+        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+        ok = False
+        for key in self._keys:  # no early exit: the time taken does not depend on which key matched
+            ok |= hmac.compare_digest(digest, key)
+        if not ok:
+            h.close_connection = True
+            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+
+    # --- GET /health -------------------------------------------------------------------------
+
+    def _health(self, h: Handler) -> None:
+        """200 when rkllmd is connected to its broker and a model is loaded or loadable, else 503."""
+        stats = self.ctx.stats()
+        settings = self.ctx.settings
+        # A host that does not report its connection (the testing kit) counts as connected.
+        connected = stats.get("connected") is not False
+        loaded = stats.get("loaded_model")
+        problems = [] if loaded else check_model(settings.default, settings.models[settings.default])
+        healthy = connected and not problems
+        body = {
+            "status": "ok" if healthy else "unavailable",
+            "mqtt_connected": connected,
+            "loaded_model": loaded,
+            "default_model": settings.default,
+            "model_loadable": not problems,
+            "problems": problems,
+            "queue_depth": stats.get("queue_depth"),
+            "busy": stats.get("busy"),
+        }
+        h.send_json(200 if healthy else 503, body, {"Cache-Control": "no-store"})
+
+    # --- POST /v1/chat/completions, /v1/completions ------------------------------------------
+
+    def _generate(self, h: Handler, kind: wire.Kind) -> None:
+        ask = wire.parse(kind, wire.decode_body(h.read_body(self._max_body)))
+        model = self._model(ask.model)
+        hexid = secrets.token_hex(12)
+        rid, nonce = f"http-{hexid}", secrets.token_hex(8)
+        payload = {**ask.fields, "id": rid, "model": model, "stream": False, "transaction": nonce}
+        data = _encode(payload, self.ctx.settings.limits.max_payload_bytes)
+        shape = Shape(kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + hexid, int(time.time()), model)
+        with self.relay.track(rid, nonce) as items:
+            self.ctx.inject(
+                LocalMessage(self.ctx.topics.request("generate"), data, received_at=time.monotonic())
+            )
+            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.client_gone)
+            try:
+                if ask.stream:
+                    self._stream(h, waiter, ask, shape, rid)
+                else:
+                    self._complete(h, waiter, ask, shape, rid)
+            except ClientGone:
+                self.log.info("http client disconnected; generation cancelled", request_id=rid)
+                raise
+
+    def _model(self, asked: str | None) -> str:
+        """The configured model a request names (or an alias of one; ``*`` matches any name)."""
+        models = self.ctx.settings.models
+        if asked is None or asked == "":
+            return self.ctx.settings.default
+        if asked in models:
+            return asked
+        target = self._aliases.get(asked) or self._aliases.get("*")
+        if target is None:
+            raise _no_model(asked)
+        return target
+
+    def _complete(self, h: Handler, waiter: Waiter, ask: Ask, shape: Shape, rid: str) -> None:
+        item = waiter.next()
+        while not isinstance(item, Outcome):  # the deltas add up to the final text: skip them
+            item = waiter.next()
+        if item.status == "error":
+            raise self._error(item, ask)
+        text = ask.echo + str(item.data.get("text") or "")
+        h.send_json(200, shape.complete(text, item.data), {"X-Request-Id": rid})
+
+    def _stream(self, h: Handler, waiter: Waiter, ask: Ask, shape: Shape, rid: str) -> None:
+        """Server-sent events. The status line waits for the first token, so that a request
+        refused in the queue (busy, unknown model, context too long) still gets its status code."""
+        item = waiter.next()
+        if isinstance(item, Outcome) and item.status == "error":
+            raise self._error(item, ask)
+        h.start_events({"X-Request-Id": rid})
+        h.events_started = True
+        u = ask.include_usage
+        try:
+            if shape.kind == "chat":
+                h.send_event(shape.chunk(first=True, usage_null=u))
+            elif ask.echo:
+                h.send_event(shape.chunk(delta=ask.echo, usage_null=u))
+            while not isinstance(item, Outcome):
+                h.send_event(shape.chunk(delta=item, usage_null=u))
+                item = waiter.next()
+            if item.status == "error":  # failed part-way: OpenAI's clients raise on an error event
+                h.send_event(self._error(item, ask).body())
+                return
+            h.send_event(shape.chunk(finish=wire.finish_reason(item.data), usage_null=u))
+            if u:
+                h.send_event(shape.usage_chunk(item.data))
+            h.send_event("[DONE]")
+        except OSError:  # a write failed: the client is gone
+            if not isinstance(item, Outcome):
+                waiter.abandon()
+            raise ClientGone from None
+
+    def _error(self, outcome: Outcome, ask: Ask) -> ApiError:
+        return wire.api_error(outcome, retry_after_s=self._retry_after, param=ask.param)
+
+
+def _no_model(name: str) -> ApiError:
+    return ApiError(
+        404, f"The model '{name}' does not exist; see GET /v1/models.", param="model", code="model_not_found"
+    )
+
+
+def _encode(payload: dict[str, Any], limit: int) -> bytes:
+    """The generate request as rkllmd reads it; within rkllmd's own payload limit (413 otherwise)."""
+    try:
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # "\ud800" in the body: a lone surrogate nothing could echo back
+        raise ApiError(
+            400, "The request contains an unpaired surrogate escape.", code="invalid_value"
+        ) from None
+    if len(data) > limit:
+        raise ApiError(
+            413,
+            f"The request is {len(data)} bytes as rkllmd reads it; the limit is {limit}.",
+            code="payload_too_large",
+        )
+    return data

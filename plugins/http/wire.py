@@ -1,0 +1,318 @@
+"""OpenAI's wire format: request bodies in, response objects, stream chunks and errors out.
+
+Pure functions and data only (no threads, no sockets), so every shape is unit-testable. The shapes
+follow the official ``openai`` Python client's types (``ChatCompletion``, ``ChatCompletionChunk``,
+``Completion``, ``Model``) and OpenAI's error envelope ``{"error": {message, type, param, code}}``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["chat", "text"]
+
+# Request fields passed to rkllmd as they are (after a type check). Anything else a client sends
+# (tools, user, logprobs, response_format, ...) is ignored, as OpenAI-compatible servers do.
+_NUMBERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repeat_penalty")
+_INTEGERS = ("seed", "top_k")
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+_ROLES |= {"tool": "tool", "function": "tool"}
+
+
+class ApiError(Exception):
+    """An error answered as OpenAI does: a status code and ``{"error": {...}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Ask:
+    """A validated OpenAI request, as the rkllmd generate fields it becomes."""
+
+    kind: Kind
+    model: str | None  # as the client named it; None: the default model
+    fields: dict[str, Any]  # rkllmd generate fields: messages or prompt, sampling, max_tokens, stop
+    stream: bool = False
+    include_usage: bool = False
+    echo: str = ""  # /v1/completions with echo: the prompt, sent before the completion
+    param: str = "messages"  # the field a context error is about
+
+
+@dataclass
+class Outcome:
+    """A request's final reply as the dispatcher routed it (a copy, so nothing is shared)."""
+
+    status: Literal["ok", "error"]
+    data: dict[str, Any] = field(default_factory=dict)
+    code: str | None = None
+    error: str | None = None
+
+
+# --- parsing ------------------------------------------------------------------------------------
+
+
+def decode_body(raw: bytes) -> dict[str, Any]:
+    """The request body as a JSON object, or 400 as OpenAI answers an unparsable body."""
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError
+        raise ApiError(
+            400, f"We could not parse the JSON body of your request: {exc}", code="bad_json"
+        ) from None
+    if not isinstance(obj, dict):
+        raise ApiError(400, "The request body must be a JSON object.", code="bad_json")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse(kind: Kind, body: dict[str, Any]) -> Ask:
+    """Check the fields rkllmd uses; wrong types are 400 ``invalid_type`` naming the field."""
+    model = _opt(body, "model", str, "a string")
+    if kind == "chat":
+        ask = Ask(kind, model, {"messages": _messages(body)})
+    else:
+        prompt = _prompt(body)
+        ask = Ask(kind, model, {"prompt": prompt}, param="prompt")
+        if _opt(body, "echo", bool, "a boolean"):
+            ask.echo = prompt
+    fields = ask.fields
+    for name in _NUMBERS:
+        value = _opt(body, name, (int, float), "a number")
+        if value is not None:
+            fields[name] = value
+    for name in _INTEGERS:
+        value = _opt(body, name, int, "an integer")
+        if value is not None:
+            fields[name] = value
+    # max_completion_tokens replaced max_tokens for chat; either is honoured, the newer first.
+    limit = _opt(body, "max_completion_tokens", int, "an integer")
+    if limit is None:
+        limit = _opt(body, "max_tokens", int, "an integer")
+    if limit is not None:
+        fields["max_tokens"] = limit
+    stop = body.get("stop")
+    if isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
+        if stop:
+            fields["stop"] = stop
+    elif stop is not None:
+        raise _wrong_type("stop", "a string or an array of strings", stop)
+    n = _opt(body, "n", int, "an integer")
+    if n is not None and n != 1:
+        raise ApiError(
+            400, "Only n=1 is supported: rkllmd generates one choice.", param="n", code="invalid_value"
+        )
+    ask.stream = bool(_opt(body, "stream", bool, "a boolean"))
+    options = _opt(body, "stream_options", dict, "an object") or {}
+    ask.include_usage = bool(
+        _opt(options, "include_usage", bool, "a boolean", "stream_options.include_usage")
+    )
+    return ask
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+    msgs = body.get("messages")
+    if msgs is None:
+        raise ApiError(
+            400,
+            "Missing required parameter: 'messages'.",
+            param="messages",
+            code="missing_required_parameter",
+        )
+    if not isinstance(msgs, list):
+        raise _wrong_type("messages", "an array", msgs)
+    out = []
+    for i, m in enumerate(msgs):
+        where = f"messages[{i}]"
+        if not isinstance(m, dict):
+            raise _wrong_type(where, "an object", m)
+        role = m.get("role")
+        if not isinstance(role, str):
+            raise _wrong_type(f"{where}.role", "a string", role)
+        if role not in _ROLES:
+            raise ApiError(
+                400,
+                f"Invalid value for '{where}.role': {role!r}.",
+                param=f"{where}.role",
+                code="invalid_value",
+            )
+        out.append({"role": _ROLES[role], "content": _content(m.get("content"), f"{where}.content")})
+    return out
+
+
+def _content(content: Any, where: str) -> str:
+    """Message content: a string, null (an assistant turn that only called tools), or text parts."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if not isinstance(content, list):
+        raise _wrong_type(where, "a string or an array of content parts", content)
+    texts = []
+    for j, part in enumerate(content):
+        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
+            raise ApiError(
+                400,
+                f"Invalid content part '{where}[{j}]': rkllmd takes text parts only.",
+                param=f"{where}[{j}]",
+                code="invalid_value",
+            )
+        texts.append(part["text"])
+    return "\n".join(texts)
+
+
+def _prompt(body: dict[str, Any]) -> str:
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]  # a batch of one
+    if prompt is None:
+        raise ApiError(
+            400, "Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter"
+        )
+    if isinstance(prompt, list):
+        raise ApiError(400, "Only a single string prompt is supported.", param="prompt", code="invalid_value")
+    if not isinstance(prompt, str):
+        raise _wrong_type("prompt", "a string", prompt)
+    return prompt
+
+
+def _opt(obj: dict[str, Any], key: str, types: Any, what: str, where: str | None = None) -> Any:
+    """``obj[key]`` if present and not null, checked against ``types`` (a bool is no number)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) and bool not in (types if isinstance(types, tuple) else (types,)):
+        raise _wrong_type(where or key, what, value)
+    if not isinstance(value, types):
+        raise _wrong_type(where or key, what, value)
+    return value
+
+
+def _wrong_type(param: str, expected: str, got: Any) -> ApiError:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array"}
+    got_name = "null" if got is None else names.get(type(got), "an object")
+    return ApiError(
+        400,
+        f"Invalid type for '{param}': expected {expected}, but got {got_name} instead.",
+        param=param,
+        code="invalid_type",
+    )
+
+
+# --- rkllmd outcomes as OpenAI answers ------------------------------------------------------------
+
+# rkllmd error code -> (HTTP status, OpenAI error type, OpenAI error code)
+_ERRORS: dict[str, tuple[int, str, str]] = {
+    "bad_json": (400, "invalid_request_error", "bad_json"),
+    "wrong_type": (400, "invalid_request_error", "invalid_type"),
+    "bad_request": (400, "invalid_request_error", "invalid_value"),
+    "empty_prompt": (400, "invalid_request_error", "empty_prompt"),
+    "payload_too_large": (413, "invalid_request_error", "payload_too_large"),
+    "unknown_model": (404, "invalid_request_error", "model_not_found"),
+    "context_exceeded": (400, "invalid_request_error", "context_length_exceeded"),
+    "busy": (503, "server_error", "busy"),
+    "shutdown": (503, "server_error", "shutdown"),
+    "model_load_failed": (503, "server_error", "model_load_failed"),
+    "runtime_not_installed": (503, "server_error", "runtime_not_installed"),
+    "runtime_version": (503, "server_error", "runtime_version"),
+}
+
+
+def api_error(outcome: Outcome, *, retry_after_s: int, param: str) -> ApiError:
+    """The HTTP answer to an rkllmd error reply; anything unlisted is a 500 ``server_error``."""
+    code = outcome.code or "internal_error"
+    status, type_, oa_code = _ERRORS.get(code, (500, "server_error", code))
+    headers = {"Retry-After": str(retry_after_s)} if status == 503 and code in ("busy", "shutdown") else {}
+    where = {"unknown_model": "model", "context_exceeded": param}.get(code)
+    return ApiError(status, outcome.error or code, type=type_, param=where, code=oa_code, headers=headers)
+
+
+def finish_reason(data: dict[str, Any]) -> str:
+    """OpenAI knows stop, length, tool_calls, content_filter: a cancelled run ended on request,
+    which strict clients can only take as ``stop`` (the text so far is all there is)."""
+    return "length" if data.get("finish_reason") == "length" else "stop"
+
+
+def usage(data: dict[str, Any]) -> dict[str, int]:
+    """OpenAI's usage; a prompt count rkllmd could not make (no tokenizer) is 0, never null."""
+    u = data.get("usage") or {}
+    prompt = int(u.get("prompt_tokens") or 0)
+    completion = int(u.get("completion_tokens") or 0)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What every object of one response shares: ``id``, ``created``, ``model`` and its kind."""
+
+    kind: Kind
+    id: str
+    created: int
+    model: str
+
+    def _head(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+    def complete(self, text: str, data: dict[str, Any]) -> dict[str, Any]:
+        """The non-streaming response: ``chat.completion`` or ``text_completion``, with usage."""
+        reason = finish_reason(data)
+        if self.kind == "chat":
+            message = {"role": "assistant", "content": text, "refusal": None}
+            choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
+            return {**self._head("chat.completion"), "choices": [choice], "usage": usage(data)}
+        choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
+        return {**self._head("text_completion"), "choices": [choice], "usage": usage(data)}
+
+    def chunk(
+        self,
+        *,
+        delta: str | None = None,
+        first: bool = False,
+        finish: str | None = None,
+        usage_null: bool = False,
+    ) -> dict[str, Any]:
+        """One stream chunk. Chat: the first carries the role, the last an empty delta and the
+        finish reason. Completions: text pieces, the last with the finish reason."""
+        if self.kind == "chat":
+            d: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
+            if delta is not None:
+                d["content"] = delta
+            choice: dict[str, Any] = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
+            out = {**self._head("chat.completion.chunk"), "choices": [choice]}
+        else:
+            choice = {"index": 0, "text": delta or "", "logprobs": None, "finish_reason": finish}
+            out = {**self._head("text_completion"), "choices": [choice]}
+        if usage_null:  # with stream_options.include_usage every chunk has usage, null but the last
+            out["usage"] = None
+        return out
+
+    def usage_chunk(self, data: dict[str, Any]) -> dict[str, Any]:
+        """The extra last chunk of ``stream_options.include_usage``: no choices, the usage."""
+        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+        return {**self._head(obj), "choices": [], "usage": usage(data)}
+
+
+def models(names: list[str], created: int) -> dict[str, Any]:
+    """``GET /v1/models``: the configured models as OpenAI ``model`` objects."""
+    return {"object": "list", "data": [model(n, created) for n in names]}
+
+
+def model(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "rkllmd"}
