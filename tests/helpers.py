@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from rkllmd.bench.broker import LOOPBACK, free_port, mosquitto_binary, wait_port
+from rkllmd.bench.broker import LOOPBACK, free_port, mosquitto_binary, stop_process, wait_port
 from rkllmd.bench.daemonproc import to_toml
 from rkllmd.bus import set_nodelay
 
@@ -35,31 +35,33 @@ class Broker:
     conf: Path
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        stop_process(self.proc)
 
 
-def start_broker(workdir: Path, port: int | None = None, extra_conf: str = "") -> Broker:
-    """Start mosquitto on 127.0.0.1 only, anonymous, no persistence."""
-    port = port or free_port()
+def launch_broker(workdir: Path, port: int, body: str) -> Broker:
+    """Start mosquitto with ``body`` as its whole config; on failure the error carries its log."""
     conf = workdir / f"mosquitto-{port}.conf"
-    conf.write_text(
-        f"listener {port} {LOOPBACK}\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
-        f"log_dest stderr\nlog_type error\nlog_type warning\n{extra_conf}"
-    )
-    log = open(workdir / f"mosquitto-{port}.log", "wb")  # noqa: SIM115 - owned by the process
+    conf.write_text(body)
+    log_path = workdir / f"mosquitto-{port}.log"
+    log = open(log_path, "wb")  # noqa: SIM115 - owned by the process
     proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_port(LOOPBACK, port)
     except TimeoutError:
         proc.kill()
-        raise
+        raise RuntimeError(f"mosquitto did not start:\n{log_path.read_text()}") from None
     return Broker(LOOPBACK, port, proc, conf)
+
+
+def start_broker(workdir: Path, port: int | None = None, extra_conf: str = "") -> Broker:
+    """Start mosquitto on 127.0.0.1 only, anonymous, no persistence."""
+    port = port or free_port()
+    return launch_broker(
+        workdir,
+        port,
+        f"listener {port} {LOOPBACK}\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
+        f"log_dest stderr\nlog_type error\nlog_type warning\n{extra_conf}",
+    )
 
 
 @dataclass
@@ -202,15 +204,9 @@ class DaemonProc:
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+        code = stop_process(self.proc, timeout)
         self._log.close()
-        return self.proc.returncode
+        return code
 
 
 def write_config(path: Path, sections: dict[str, Any]) -> Path:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from rkllmd.bench.broker import stop_process
 
 
 def to_toml(data: dict[str, Any]) -> str:
@@ -71,11 +72,4 @@ class DaemonProcess:
             return ""
 
     def stop(self, timeout: float = 30.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        return int(self.proc.returncode)
+        return stop_process(self.proc, timeout)

@@ -18,7 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from rkllmd.bus import set_nodelay
-from tests.helpers import LOOPBACK, Broker, Probe, free_port, mosquitto_binary, wait_port
+from tests.helpers import Broker, Probe, free_port, launch_broker
 
 
 def run_as_root_line() -> str:
@@ -36,16 +36,7 @@ def persistence_conf(workdir: Path) -> str:
 def start_broker_conf(workdir: Path, body: str, port: int | None = None) -> Broker:
     """Start mosquitto with exactly ``body`` as its config (``{port}`` is replaced by a free port)."""
     port = port or free_port()
-    conf = workdir / f"mosquitto-{port}.conf"
-    conf.write_text(body.replace("{port}", str(port)) + "\n" + run_as_root_line())
-    log = open(workdir / f"mosquitto-{port}.log", "wb")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
-    try:
-        wait_port(LOOPBACK, port)
-    except TimeoutError:
-        proc.kill()
-        raise RuntimeError((workdir / f"mosquitto-{port}.log").read_text()) from None
-    return Broker(LOOPBACK, port, proc, conf)
+    return launch_broker(workdir, port, body.replace("{port}", str(port)) + "\n" + run_as_root_line())
 
 
 class Refused(Exception):
