@@ -134,7 +134,11 @@ class RkllmModelSettings(ModelCommon):
     library: Path | None = Field(
         None, description="librkllmrt.so; default [rkllm].library, then the search path"
     )
-    runtime_version: str = Field("auto", description="auto, or pin: 1.2.1, 1.2.2, 1.2.3, 1.3.0")
+    runtime_version: str = Field(
+        "auto",
+        description="auto (detect), or a pin that overrides detection at your own risk: "
+        "1.2.0, 1.2.1b1, 1.2.1, 1.2.2, 1.2.3, 1.3.0",
+    )
     tokenizer: Path | None = Field(None, description="tokenizer.json for prompt token counts")
     keep_history: bool = False
     n_keep: int = -1

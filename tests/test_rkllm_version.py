@@ -20,13 +20,14 @@ from rkllmd.runtime.rkllm._lib import (
     detect_version,
     find_library,
     git_blob_id,
-    scan_version_string,
+    scan_sdk_versions,
     version_key,
 )
+from tests.fake_rkllm.derive import make_elf, sdk_line
 from tests.rkllm_conftest_fixtures import BUILD_DIR, fake_library, layout_json
 
-ELF64 = b"\x7fELF\x02\x01\x01" + b"\0" * 57
-ELF32 = b"\x7fELF\x01\x01\x01" + b"\0" * 45
+ELF64 = make_elf()  # a 64-bit shared-object header for this host's architecture
+ELF32 = make_elf(bits=32, machine=40)
 
 
 def _blob(data: bytes) -> str:
@@ -70,7 +71,7 @@ def test_hash_match_identifies_the_release(elf_file: Path) -> None:
 def test_hash_wins_over_the_version_string(tmp_path: Path) -> None:
     """When both the hash and an embedded version string are present, the hash decides."""
     p = tmp_path / "lib.so"
-    p.write_bytes(ELF64 + b"rkllm-runtime version: 1.2.1\0")
+    p.write_bytes(ELF64 + sdk_line("1.2.1"))
     det = detect_version(p, extra_blob_ids={git_blob_id(p): ("1.3.0", "linux_aarch64")})
     assert (det.version, det.method) == ("1.3.0", "hash")
 
@@ -85,16 +86,16 @@ def test_32bit_builds_are_refused_by_hash(elf_file: Path) -> None:
 def test_32bit_elf_is_refused(tmp_path: Path) -> None:
     """A 32-bit ELF file is refused even when it carries a supported version string."""
     p = tmp_path / "lib.so"
-    p.write_bytes(ELF32 + b"rkllm-runtime version: 1.2.3\0")
+    p.write_bytes(ELF32 + sdk_line("1.2.3"))
     with pytest.raises(LibraryVersionError, match="32-bit"):
         detect_version(p)
 
 
 @pytest.mark.parametrize(("abi", "version"), [("120", "1.2.0"), ("12", "1.2.3"), ("13", "1.3.0")])
 def test_version_string_fallback_on_the_doubles(abi: str, version: str) -> None:
-    """The built doubles are identified by the version string the runtime prints."""
+    """The built doubles are identified by their RKLLM SDK line."""
     lib = fake_library(abi)
-    assert scan_version_string(lib) == version
+    assert scan_sdk_versions(lib) == (version,)
     det = detect_version(lib)
     assert (det.version, det.method) == (version, "string")
 

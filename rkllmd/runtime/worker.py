@@ -192,8 +192,31 @@ class WorkerRuntime(Runtime):
                 how = f"signal {-code}"
         if self._killed:
             how += ", killed by rkllmd's watchdog"
-        log.error("runtime worker died", model=self.name, how=how)
-        return RuntimeCrashed(f"runtime crashed ({how}); the model is reloaded", model=self.name, how=how)
+        hint = crash_hint(self.kind, code)
+        log.error("runtime worker died", model=self.name, how=how, **({"hint": hint} if hint else {}))
+        message = f"runtime crashed ({how}); the model is reloaded"
+        if hint:
+            message = f"runtime crashed ({how}): {hint}"
+            return RuntimeCrashed(message, model=self.name, how=how, hint=hint)
+        return RuntimeCrashed(message, model=self.name, how=how)
+
+
+def crash_hint(kind: str, exitcode: int | None) -> str | None:
+    """What a worker's death by this signal means for the user, or None when it says nothing."""
+    if exitcode != -signal.SIGILL:
+        return None
+    # An illegal instruction is a build for another CPU, never a bad prompt: retrying cannot help.
+    if kind == "rkllm":
+        return (
+            "SIGILL is an illegal instruction: this librkllmrt.so uses instructions this CPU lacks. "
+            "Use a librkllmrt.so release built for this board (some prebuilt releases need SVE, "
+            "which the RK3588's cores do not have)"
+        )
+    return (
+        "SIGILL is an illegal instruction: the llama.cpp build (llama-cpp-python) does not fit "
+        "this CPU, e.g. a wheel built on another machine. Rerun scripts/setup.sh, which probes this "
+        "CPU and rebuilds llama-cpp-python for it"
+    )
 
 
 def _rebuild(msg: tuple[Any, ...]) -> RkllmdError:

@@ -38,6 +38,19 @@ def test_segfault_costs_one_request_and_the_model_is_reloaded(start_daemon: Star
     assert stats and stats[-1]["crashes"] == 1
 
 
+def test_sigill_reply_says_the_build_does_not_fit_this_cpu(start_daemon: Start, mqtt_probe: Probe) -> None:
+    """A SIGILL in the runtime is answered with what it means and what to do, not just "crashed"."""
+    d, base = start_daemon()
+    mqtt_probe.subscribe(f"{base}/response/generate")
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "ill", "prompt": "[[sigill_at=2]] a b c"})
+    r = final_of(mqtt_probe, f"{base}/response/generate")
+    assert r["id"] == "ill" and r["code"] == "runtime_crashed"
+    assert "SIGILL" in r["error"] and "illegal instruction" in r["error"]
+    assert "built for this board" in r["error"]  # the fix for librkllmrt.so
+    d.wait_log("built for this board", timeout=10)  # and the log says the same
+    assert d.proc.poll() is None
+
+
 def test_wedged_runtime_is_killed_after_abort_grace(start_daemon: Start, mqtt_probe: Probe) -> None:
     """A runtime that stops producing tokens and ignores abort is killed; the reply is a timeout."""
     _d, base = start_daemon(limits={"stall_timeout_s": 0.5, "abort_grace_s": 0.5})

@@ -12,6 +12,7 @@ import hashlib
 import os
 import subprocess
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +179,11 @@ ENUMS = [
 ]
 
 
+# Functions a build of the double can leave out (-DFAKE_RKLLM_OMIT_<name>); the last two exist
+# only in ABIs "12" and "13".
+OMITTABLE = ("rkllm_load_lora", "rkllm_set_function_tools", "rkllm_set_cross_attn_params")
+
+
 def abi_macro(abi: str) -> str:
     """The RKLLM_ABI macro value ("120", "12" or "13") for an ABI selector such as "1.3"."""
     try:
@@ -201,17 +207,34 @@ def _compile(args: list[str], out: Path) -> None:
             os.unlink(tmp)
 
 
-def build_fake(abi: str, out_dir: Path, version: str | None = None) -> Path:
+def build_fake(
+    abi: str,
+    out_dir: Path,
+    version: str | None = None,
+    *,
+    omit: Sequence[str] = (),
+    sdk_line: bool = True,
+    android: bool = False,
+) -> Path:
     """Compile the double for ``abi`` ("120"/"1.2.0", "12"/"1.2", "13"/"1.3") and return the .so.
 
-    ``version`` is the release string embedded as ``rkllm-runtime version: X`` (default: the
-    newest release of that ABI family). Cached in ``out_dir`` by a hash of sources and options.
+    ``version`` is the release in the embedded ``RKLLM SDK (version: X | …)`` line, the vendor's
+    only literal form of it (default: the newest release of that ABI family); ``sdk_line=False``
+    leaves that line out. ``omit`` names functions the build does not export (one of
+    ``OMITTABLE``); ``android`` adds the NDK's Android ident note. Cached in ``out_dir`` by a hash
+    of sources and options.
     """
     macro = abi_macro(abi)
     version = _ABIS[abi][1] if version is None else version
     if not version or any(c in version for c in '"\\\n'):
         raise ValueError(f"bad version string {version!r}")
+    unknown = sorted(set(omit) - set(OMITTABLE))
+    if unknown:
+        raise ValueError(f"cannot omit {unknown}; omittable: {list(OMITTABLE)}")
     defines = [f"-DRKLLM_ABI={macro}", f'-DFAKE_RKLLM_VERSION="{version}"']
+    defines += [f"-DFAKE_RKLLM_OMIT_{name}" for name in sorted(set(omit))]
+    defines += [] if sdk_line else ["-DFAKE_RKLLM_NO_SDK_LINE"]
+    defines += ["-DFAKE_RKLLM_ANDROID"] if android else []
     h = hashlib.sha256()
     for part in (SOURCE.read_bytes(), HEADER.read_bytes(), " ".join(CFLAGS + defines).encode()):
         h.update(part)

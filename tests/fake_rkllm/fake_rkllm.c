@@ -14,9 +14,14 @@
  *   [[fail_at=N]]   FAKE_RKLLM_FAIL_AT   ERROR state at token N (1-based); rkllm_run returns -1
  *   [[crash_at=N]]  (prompt only)        SIGSEGV at token N, like a native runtime bug
  *   [[hang_at=N]]   (prompt only)        stop producing tokens at token N, ignoring abort
+ *   [[sigill_at=N]] (prompt only)        SIGILL at token N, like a build for another CPU
  *   [[split_utf8]]  FAKE_RKLLM_SPLIT_UTF8  tokens 2 and 3 become " €" split in two callbacks:
  *                                        WAITING " \xE2\x82", then NORMAL "\xAC"
  * FAKE_RKLLM_FAIL_INIT=1 or a model path containing "fail-init" makes rkllm_init return -1.
+ * Build options: -DFAKE_RKLLM_VERSION="X" (the release in the SDK line), -DFAKE_RKLLM_NO_SDK_LINE,
+ * -DFAKE_RKLLM_OMIT_<function> for rkllm_load_lora, rkllm_set_function_tools and
+ * rkllm_set_cross_attn_params (a build that does not export it), -DFAKE_RKLLM_ANDROID (an Android
+ * ident note, as the NDK's crtbegin_so.o adds).
  * Introspection for tests: fake_rkllm_stat(name), fake_rkllm_str(name), fake_rkllm_reset_stats().
  */
 #define _GNU_SOURCE
@@ -37,8 +42,35 @@
 #define FAKE_RKLLM_VERSION "0.0.0"
 #endif
 
-/* The vendor runtime prints a line like this at init; rkllmd's version sniffing looks for it. */
-static const char version_banner[] = "rkllm-runtime version: " FAKE_RKLLM_VERSION;
+/*
+ * The strings the vendor library holds, in the forms found in its string dump (1.2.1b1, aarch64).
+ * The release number is only in the SDK line; the "rkllm-runtime version" text is a printf format
+ * filled in at init; the rknn line is the bundled rknn runtime's own version (a decoy for
+ * anything matching a bare "version:"). `used` keeps every one in .rodata at any -O level.
+ * -DFAKE_RKLLM_NO_SDK_LINE leaves the SDK line out (a library that cannot be placed by string).
+ */
+#ifndef FAKE_RKLLM_NO_SDK_LINE
+__attribute__((used)) static const char sdk_line[] =
+    "RKLLM SDK (version: " FAKE_RKLLM_VERSION " | target: Linux | build: 0fa4e000 2026-01-01 00:00:00)";
+#endif
+__attribute__((used)) static const char version_format[] =
+    "I rkllm: rkllm-runtime version: %s, rknpu driver version: %s, platform: %s";
+__attribute__((used)) static const char rknn_lib_line[] = "rknn llm lib version: 2.3.3b0 (fake)";
+
+#ifdef FAKE_RKLLM_ANDROID
+/* The note every NDK-linked binary carries (bionic's crtbrand.S): name "Android", type 1, the API
+ * level as descriptor, in an allocated SHT_NOTE section, so it lands in a PT_NOTE segment. */
+__asm__(".pushsection .note.android.ident,\"a\",%note\n"
+        ".balign 4\n"
+        ".long 2f-1f\n"
+        ".long 4f-3f\n"
+        ".long 1\n"
+        "1: .ascii \"Android\\0\"\n"
+        "2: .balign 4\n"
+        "3: .long 30\n"
+        "4:\n"
+        ".popsection\n");
+#endif
 
 #define FAKE_MAGIC 0x524b4c4du
 
@@ -142,7 +174,7 @@ static int count_words(const char *s) {
 }
 
 typedef struct {
-    int delay_ms, len, fail_at, split, crash_at, hang_at;
+    int delay_ms, len, fail_at, split, crash_at, hang_at, sigill_at;
     char *buf;    /* prompt copy with directives blanked out, words upper-cased */
     char **words; /* pointers into buf */
     int n_words;
@@ -164,6 +196,7 @@ static void plan_parse(Plan *p, const char *prompt) {
         else if (strcmp(key, "split_utf8") == 0) p->split = 1;
         else if (strcmp(key, "crash_at") == 0 && val) p->crash_at = atoi(val);
         else if (strcmp(key, "hang_at") == 0 && val) p->hang_at = atoi(val);
+        else if (strcmp(key, "sigill_at") == 0 && val) p->sigill_at = atoi(val);
         memset(open, ' ', (size_t)(close + 2 - open));
         open = close + 2;
     }
@@ -205,7 +238,7 @@ typedef struct {
 } RunArgs;
 
 static int do_run(Fake *f, RunArgs *a) {
-    Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, 0, 0, NULL, NULL, 0};
+    Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, 0, 0, 0, NULL, NULL, 0};
     plan_parse(&p, a->prompt);
     int total = p.len > 0 ? p.len : p.n_words;
     int limit = a->run_limit > 0 ? a->run_limit : f->param.max_new_tokens;
@@ -227,6 +260,9 @@ static int do_run(Fake *f, RunArgs *a) {
             printf("E rkllm: fake crash at token %d\n", i + 1);
             fflush(stdout);
             raise(SIGSEGV);
+        }
+        if (p.sigill_at > 0 && i + 1 == p.sigill_at) {
+            raise(SIGILL); /* what an instruction this CPU lacks does */
         }
         if (p.hang_at > 0 && i + 1 == p.hang_at) {
             for (;;) sleep_ms(1000); /* a wedged runtime: abort has no effect */
@@ -405,7 +441,8 @@ RKLLMParam rkllm_createDefaultParam(void) {
 
 int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLM_INIT_CALLBACK_T callback) {
     atomic_fetch_add(&stats[S_INIT], 1);
-    printf("I rkllm: %s, rknpu driver version: 0.0.0-fake, platform: FAKE\n", version_banner);
+    printf(version_format, FAKE_RKLLM_VERSION, "0.0.0-fake", "FAKE");
+    printf("\n");
     fflush(stdout);
     if (!handle || !param || !callback) return -1;
 #if RKLLM_ABI == 13
@@ -520,6 +557,7 @@ int rkllm_get_kv_cache_size(LLMHandle handle, int *cache_sizes) {
     return 0;
 }
 
+#ifndef FAKE_RKLLM_OMIT_rkllm_set_function_tools
 int rkllm_set_function_tools(LLMHandle handle, const char *system_prompt, const char *tools,
                              const char *tool_response_str) {
     Fake *f = as_fake(handle);
@@ -531,13 +569,16 @@ int rkllm_set_function_tools(LLMHandle handle, const char *system_prompt, const 
     copy_str(last_tools, sizeof last_tools, tools);
     return 0;
 }
+#endif
 
+#ifndef FAKE_RKLLM_OMIT_rkllm_set_cross_attn_params
 int rkllm_set_cross_attn_params(LLMHandle handle, RKLLMCrossAttnParam *p) {
     Fake *f = as_fake(handle);
     if (!f || !p || !p->encoder_k_cache || !p->encoder_v_cache || p->num_tokens <= 0) return -1;
     atomic_fetch_add(&stats[S_CROSS_ATTN], 1);
     return 0;
 }
+#endif
 #endif
 
 int rkllm_set_chat_template(LLMHandle handle, const char *system_prompt, const char *prompt_prefix,
@@ -555,6 +596,7 @@ static int file_exists(const char *path) {
     return path && stat(path, &sb) == 0;
 }
 
+#ifndef FAKE_RKLLM_OMIT_rkllm_load_lora
 int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter *a) {
     Fake *f = as_fake(handle);
     if (!f || !a || !a->lora_adapter_name || !file_exists(a->lora_adapter_path)) return -1;
@@ -562,6 +604,7 @@ int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter *a) {
     atomic_fetch_add(&stats[S_LORA], 1);
     return 0;
 }
+#endif
 
 int rkllm_load_prompt_cache(LLMHandle handle, const char *path) {
     Fake *f = as_fake(handle);

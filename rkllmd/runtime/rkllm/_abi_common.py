@@ -223,6 +223,21 @@ FUNCTION_SINCE: dict[str, str] = {
     "rkllm_set_cross_attn_params": "1.2.1",
 }
 
+# Functions a library may lack and still be loaded: serving a model never calls them, and their
+# absence says nothing about the layout family. They are left undeclared, and calling one raises
+# LibraryVersionError. Every other function of a family is required (see RkllmLibrary.open).
+OPTIONAL_FUNCTIONS: frozenset[str] = frozenset(
+    {
+        "rkllm_createDefaultParam",
+        "rkllm_load_lora",
+        "rkllm_load_prompt_cache",
+        "rkllm_release_prompt_cache",
+        "rkllm_run_async",
+        "rkllm_is_running",
+        "rkllm_set_cross_attn_params",
+    }
+)
+
 
 @dataclass(frozen=True)
 class AbiSpec:
@@ -243,3 +258,9 @@ class AbiSpec:
     per_run_limits: bool  # RKLLMInferParam.sampling_params / max_new_tokens (1.3.0+)
     Callback: type[Structure] | None = None  # RKLLMCallback (1.3.0+): init takes a pointer to it
     SamplingParam: type[Structure] | None = None
+    optional: frozenset[str] = OPTIONAL_FUNCTIONS  # may be missing from a build (see above)
+
+    @property
+    def required(self) -> tuple[str, ...]:
+        """The functions a library of this family must export to be loaded at all."""
+        return tuple(name for name in self.functions if name not in self.optional)

@@ -1,16 +1,21 @@
 """Find librkllmrt.so, tell which release it is without calling into it, and load it.
 
 The RKLLM runtime has no version API, and each ABI family silently mis-reads the structs of the
-others, so the version must be known before any struct is touched. In order of trust:
+others, so the version must be known before any struct is touched. First the file itself is
+judged, from the blob table's platform and the ELF header: an Android, 32-bit, big-endian,
+non-Linux or foreign-architecture build is refused by name, pin or not. Then, in order of trust:
 
 1. the git blob id of the file (``sha1(b"blob <len>\\0" + bytes)``), looked up in the table of
    every release build committed to airockchip/rknn-llm (all platforms);
-2. a ``rkllm-runtime version: X`` string found in the file's bytes (the runtime prints it);
+2. the ``RKLLM SDK (version: X | …)`` line in the file's bytes, the only place the vendor library
+   holds its release number (its ``rkllm-runtime version: %s`` is a printf format, and its
+   ``rknn llm lib version`` is the bundled rknn runtime's). Several different X: ambiguous;
 3. the ``runtime_version`` pin from the config: it wins over 1 and 2 (with a warning when they
    disagree), but a pin naming an unsupported release is an error.
 
-After ``dlopen`` the exported symbols are checked against the family (a 1.2.1+ detection on a
-library without ``rkllm_set_function_tools`` is refused). Nothing here runs at import.
+A release the binding does not know (1.3.1, say) is refused unless pinned, at the user's risk.
+After ``dlopen`` the exported symbols are checked against the family: a missing required function
+is a refusal, a missing optional one is only undeclared. Nothing here runs at import.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import structlog
 
 from rkllmd.errors import LibraryVersionError, RuntimeNotInstalled
 from rkllmd.runtime.rkllm._abi_common import FUNCTION_SINCE, AbiSpec
+from rkllmd.runtime.rkllm._elf import LINUX_BUILD, check_loadable, read_elf
 
 log = structlog.get_logger(__name__)
 
@@ -43,10 +49,11 @@ SEARCH_DIRS: tuple[Path, ...] = (
     Path("/opt/rkllm/lib"),
 )
 
-# Every release, oldest first (1.2.1b1 is the beta before 1.2.1).
+# Every release known to exist, oldest first (1.2.1b1 is the beta before 1.2.1). 1.3.1 exists
+# upstream, but its header differs from 1.3.0's in ways unknown here, so it is not supported.
 RELEASES: tuple[str, ...] = (
     "1.0.0", "1.0.1", "1.0.2", "1.1.0", "1.1.1", "1.1.2", "1.1.3", "1.1.4",
-    "1.2.0", "1.2.1b1", "1.2.1", "1.2.2", "1.2.3", "1.3.0",
+    "1.2.0", "1.2.1b1", "1.2.1", "1.2.2", "1.2.3", "1.3.0", "1.3.1",
 )  # fmt: skip
 
 # Supported release -> (ABI module, attribute holding its AbiSpec).
@@ -101,13 +108,22 @@ BLOB_IDS: dict[str, tuple[str, str]] = {
 }
 _32BIT_PLATFORMS = frozenset({"linux_armhf", "android_armeabi-v7a"})
 
-_VERSION_RE = re.compile(rb"rkllm-runtime version:? ?v?(\d+\.\d+\.\d+(?:b\d+)?)")
+# The vendor's own release line, e.g. "RKLLM SDK (version: 1.2.1b1 | target: Linux | build: …)".
+# Anchored on the whole prefix: never a bare "version:" (the same file holds "rknn llm lib version:
+# 2.3.3b0", the bundled rknn runtime's). Any token is captured, so "1.3.0rc1" is named, not skipped.
+_SDK_RE = re.compile(rb"RKLLM SDK \(version: ([0-9A-Za-z][0-9A-Za-z.+_-]{0,31}) \|")
 
+# "string" = the RKLLM SDK line above.
 Method = Literal["hash", "string", "pin"]
+_BY = {"hash": "git blob id", "string": "its RKLLM SDK line", "pin": "pin"}
 
 
 def supported_versions() -> str:
     return ", ".join(SUPPORTED)
+
+
+def newest_supported() -> str:
+    return max(SUPPORTED, key=version_key)
 
 
 def version_key(version: str) -> tuple[int, int, int, int, int]:
@@ -129,23 +145,14 @@ def git_blob_id(path: Path) -> str:
     return h.hexdigest()
 
 
-def elf_class(path: Path) -> int | None:
-    """1 for a 32-bit ELF file, 2 for 64-bit, None when the file is not ELF at all."""
-    with path.open("rb") as f:
-        head = f.read(5)
-    if len(head) < 5 or head[:4] != b"\x7fELF":
-        return None
-    return head[4]
-
-
-def scan_version_string(path: Path) -> str | None:
-    """The X of the first ``rkllm-runtime version: X`` literal in the file, or None."""
+def scan_sdk_versions(path: Path) -> tuple[str, ...]:
+    """Every distinct X of ``RKLLM SDK (version: X | …)`` in the file, in order of appearance."""
     with path.open("rb") as f:
         if os.fstat(f.fileno()).st_size == 0:
-            return None
+            return ()
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            m = _VERSION_RE.search(mm)
-            return m.group(1).decode() if m else None
+            found = (m.group(1).decode("ascii") for m in _SDK_RE.finditer(mm))
+            return tuple(dict.fromkeys(found))
 
 
 def find_library(*configured: Path | None, search_dirs: tuple[Path, ...] = SEARCH_DIRS) -> Path:
@@ -191,30 +198,30 @@ class Detection:
 def detect_version(
     path: Path, pin: str = "auto", extra_blob_ids: Mapping[str, tuple[str, str]] | None = None
 ) -> Detection:
-    """Identify the release of ``path`` without loading it (hash, then version string, then pin).
+    """Identify the release of ``path`` without loading it (ELF header, hash, SDK line, then pin).
 
     ``extra_blob_ids`` adds ``{blob_id: (release, platform)}`` entries to the built-in table
     (tests use it; a site with a repackaged runtime could too). Raises LibraryVersionError for
-    32-bit builds, unsupported releases and libraries it cannot place.
+    Android, 32-bit and foreign builds, unsupported or unknown releases, and libraries it cannot
+    place.
     """
     table = {**BLOB_IDS, **(extra_blob_ids or {})}
-    cls = elf_class(path)
-    if cls == 1:
-        raise LibraryVersionError(f"{path} is a 32-bit build; rkllmd binds the 64-bit (LP64) layouts only")
     blob = git_blob_id(path)
     by_hash = table.get(blob)
-    if by_hash and by_hash[1] in _32BIT_PLATFORMS:
-        raise LibraryVersionError(
-            f"{path} is the {by_hash[1]} build of RKLLM {by_hash[0]} (32-bit); rkllmd binds the "
-            "64-bit (LP64) layouts only"
-        )
+    if by_hash:
+        _check_platform(path, *by_hash)
+    elf = read_elf(path)
+    if elf is not None:
+        check_loadable(path, elf)
     found: tuple[str, Method] | None = None
+    sdk: tuple[str, ...] = ()
     if by_hash:
         found = (by_hash[0], "hash")
     else:
-        s = scan_version_string(path)
-        if s:
-            found = (s, "string")
+        sdk = scan_sdk_versions(path)
+        if len(sdk) == 1:
+            found = (sdk[0], "string")
+    platform_name = by_hash[1] if by_hash else None
     if pin and pin != "auto":
         if pin not in SUPPORTED:
             known = "a known but unsupported" if pin in RELEASES else "an unknown"
@@ -222,29 +229,89 @@ def detect_version(
                 f"runtime_version = {pin!r} pins {known} RKLLM release; supported: {supported_versions()}"
             )
         if found and found[0] != pin:
+            event = "rkllm_version_pin_disagrees" if found[0] in SUPPORTED else "rkllm_version_pin_overrides"
             log.warning(
-                "rkllm_version_pin_disagrees", pin=pin, detected=found[0], by=found[1], library=str(path)
+                event,
+                pin=pin,
+                detected=found[0],
+                by=found[1],
+                library=str(path),
+                risk="the struct layouts of the pinned release are used as they are: a mismatch crashes",
             )
-        return Detection(path, pin, "pin", blob, by_hash[1] if by_hash else None)
+        elif len(sdk) > 1:
+            log.warning(
+                "rkllm_version_pin_overrides", pin=pin, detected=list(sdk), by="string", library=str(path)
+            )
+        return Detection(path, pin, "pin", blob, platform_name)
+    if len(sdk) > 1:
+        raise LibraryVersionError(
+            f"cannot tell which RKLLM runtime {path} is: it holds RKLLM SDK lines of several releases "
+            f"({', '.join(sdk)}). {_pin_advice()}",
+            library=str(path),
+            blob_id=blob,
+            versions=list(sdk),
+        )
     if found is None:
         raise LibraryVersionError(
             f"cannot tell which RKLLM runtime {path} is: its git blob id {blob} is not a known release build "
-            "and no 'rkllm-runtime version: X' string was found in it. If you know the release, pin it "
-            f'with runtime_version = "X" in the model\'s config (supported: {supported_versions()})',
+            f"and it holds no 'RKLLM SDK (version: X | …)' line. {_pin_advice()}",
             library=str(path),
             blob_id=blob,
         )
     version, method = found
     if version not in SUPPORTED:
-        raise LibraryVersionError(
-            f"{path} is RKLLM runtime {version} (by {method}), which rkllmd does not support; "
-            f"supported: {supported_versions()}",
-            library=str(path),
-            version=version,
+        raise _unsupported(path, version, method)
+    if elf is None:
+        raise LibraryVersionError(f"{path} is not an ELF shared library", library=str(path))
+    return Detection(path, version, method, blob, platform_name)
+
+
+def _pin_advice(lead: str = "If you know the release, pin it") -> str:
+    return (
+        f"{lead} in the model's config, at your own risk (a wrong layout typically lets rkllm_init "
+        f'succeed and then crashes in rkllm_run): runtime_version = "{newest_supported()}" '
+        f"(supported: {supported_versions()})"
+    )
+
+
+def _unsupported(path: Path, version: str, method: Method) -> LibraryVersionError:
+    """The refusal for a library placed as a release rkllmd has no layout for."""
+    newest = newest_supported()
+    try:
+        newer = version_key(version) > version_key(newest)
+    except ValueError:
+        newer = False
+    head = f"{path} is RKLLM runtime {version} (by {_BY[method]}), which rkllmd does not support"
+    if newer:
+        why = (
+            f"it is newer than {newest}, the newest release whose struct layouts this rkllmd knows, "
+            "and rkllmd does not guess a layout"
         )
-    if cls is None:
-        raise LibraryVersionError(f"{path} is not an ELF shared library")
-    return Detection(path, version, method, blob, by_hash[1] if by_hash else None)
+        tail = _pin_advice("To try it anyway, pin the supported release you believe it matches")
+    elif version in RELEASES:
+        why = "its struct layouts differ from every supported release"
+        tail = f"Install a supported runtime (supported: {supported_versions()})"
+    else:
+        why = "it is not a release rkllmd knows, and rkllmd does not guess a layout"
+        tail = _pin_advice("To try it anyway, pin the supported release you believe it matches")
+    return LibraryVersionError(f"{head}: {why}. {tail}", library=str(path), version=version)
+
+
+def _check_platform(path: Path, release: str, platform_name: str) -> None:
+    """Refuse a build the blob table places on a platform rkllmd does not run on."""
+    if platform_name.startswith("android"):
+        bits = " (32-bit)" if platform_name in _32BIT_PLATFORMS else ""
+        raise LibraryVersionError(
+            f"{path} is the {platform_name} build of RKLLM {release}{bits} (by git blob id): an Android "
+            f"build. rkllmd runs on Linux: use the Linux build of the same release ({LINUX_BUILD})",
+            library=str(path),
+        )
+    if platform_name in _32BIT_PLATFORMS:
+        raise LibraryVersionError(
+            f"{path} is the {platform_name} build of RKLLM {release} (32-bit ARM, by git blob id); rkllmd "
+            f"binds the 64-bit (LP64) layouts only: use the aarch64 build ({LINUX_BUILD})",
+            library=str(path),
+        )
 
 
 def spec_for(version: str) -> AbiSpec:
@@ -275,10 +342,14 @@ def _symbols_guess(cdll: ctypes.CDLL) -> str:
 class RkllmLibrary:
     """A loaded librkllmrt.so with argtypes/restype declared for its release."""
 
-    def __init__(self, detection: Detection, cdll: ctypes.CDLL, spec: AbiSpec) -> None:
+    def __init__(
+        self, detection: Detection, cdll: ctypes.CDLL, spec: AbiSpec, exported: frozenset[str] | None = None
+    ) -> None:
         self.detection = detection
         self.cdll = cdll
         self.spec = spec
+        # The functions of spec that the file exports (all required ones, maybe not every optional).
+        self.exported = frozenset(spec.functions) if exported is None else exported
 
     @property
     def version(self) -> str:
@@ -292,38 +363,52 @@ class RkllmLibrary:
     def open(
         cls, path: Path, pin: str = "auto", extra_blob_ids: Mapping[str, tuple[str, str]] | None = None
     ) -> RkllmLibrary:
-        """Detect, dlopen, check the symbols and declare every function of the detected release."""
+        """Detect, dlopen, check the symbols and declare every exported function of the release."""
         det = detect_version(path, pin, extra_blob_ids)
         spec = spec_for(det.version)
         try:
             cdll = ctypes.CDLL(str(path))
         except OSError as exc:
             raise RuntimeNotInstalled(f"cannot load {path}: {exc}", library=str(path)) from exc
-        missing = [name for name in spec.functions if not hasattr(cdll, name)]
+        missing = [name for name in spec.required if not hasattr(cdll, name)]
         unexpected = [] if spec.family != "D" else [n for n in _MARKERS_1_2_1 if hasattr(cdll, n)]
         if missing or unexpected:
             what = f"lacks {', '.join(missing)}" if missing else f"exports {', '.join(unexpected)}"
             raise LibraryVersionError(
-                f"{path} was identified as RKLLM {det.version} (by {det.method}) but {what}; its symbols "
-                f"look like {_symbols_guess(cdll)}. Refusing to guess the struct layouts; supported: "
+                f"{path} was identified as RKLLM {det.version} (by {_BY[det.method]}) but {what}; its "
+                f"symbols look like {_symbols_guess(cdll)}. Refusing to guess the struct layouts; supported: "
                 f"{supported_versions()}",
                 library=str(path),
             )
-        for name, (restype, argtypes) in spec.functions.items():
+        exported = frozenset(name for name in spec.functions if hasattr(cdll, name))
+        for name in exported:
+            restype, argtypes = spec.functions[name]
             fn = getattr(cdll, name)
             fn.restype = restype
             fn.argtypes = argtypes
+        absent = sorted(set(spec.functions) - exported)
+        if absent:
+            log.warning("rkllm_optional_functions_missing", library=str(path), functions=absent)
         log.info("rkllm_library_loaded", library=str(path), version=det.version, by=det.method)
-        return cls(det, cdll, spec)
+        return cls(det, cdll, spec, exported)
 
     def has(self, name: str) -> bool:
-        return name in self.spec.functions
+        """Whether ``name`` is part of this release's API and exported by the loaded file."""
+        return name in self.exported
 
     def fn(self, name: str) -> Any:
-        """The declared C function ``name``; LibraryVersionError when this release lacks it."""
+        """The declared C function ``name``; LibraryVersionError when this release or build lacks it."""
         if name not in self.spec.functions:
             since = FUNCTION_SINCE.get(name, "?")
             raise LibraryVersionError(
                 f"{name} requires runtime ≥ {since}, loaded {self.version}", function=name
+            )
+        if name not in self.exported:
+            added = FUNCTION_SINCE.get(name)
+            need = f"requires runtime ≥ {added} built with it" if added else "is optional"
+            raise LibraryVersionError(
+                f"{name} {need}: the loaded {self.version} library {self.path} does not export it",
+                function=name,
+                library=str(self.path),
             )
         return getattr(self.cdll, name)
