@@ -215,17 +215,22 @@ def conservative_level(machine: str) -> Level:
     return Level("generic", ("-DGGML_NATIVE=OFF",), conservative=True)
 
 
-def choose_level(machine: str, executed: set[str]) -> Level:
+def choose_level(machine: str, executed: set[str], *, avx512: bool = False) -> Level:
     """The fastest level whose instruction sets all executed here.
 
     AMX is never enabled: hypervisors advertise it (and the kernel grants the permission) on
     hosts where the first tile instruction still traps, and it only speeds up large batched
     int8/bf16 matrix products, not the decoding of a small model.
+
+    AVX-512 only when asked (``avx512``): measured here it decodes no faster than AVX2 (see
+    docs/BENCHMARKING.md), and its kernels round differently, so the same greedy prompt gives
+    other text on AVX-512 machines than on every other x86-64 one. AVX2 keeps answers the same
+    across the machines a fleet or CI lands on.
     """
     if machine == "x86_64":
         # each level needs all below it; stop at the first gap
         chain: list[str] = []
-        for s in ("sse42", "avx", "avx2", "avx512"):
+        for s in ("sse42", "avx", "avx2", "avx512") if avx512 else ("sse42", "avx", "avx2"):
             if s not in executed:
                 break
             chain.append(s)
@@ -393,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--constraints", type=Path, default=here.parent / "constraints.txt")
     ap.add_argument("--probe", action="store_true", help="print the probe and the chosen level, then exit")
     ap.add_argument("--level", help="force a level: a name --probe prints, 'native' or 'conservative'")
+    ap.add_argument(
+        "--avx512",
+        action="store_true",
+        default=os.environ.get("RKLLMD_LLAMA_AVX512") == "1",
+        help="also build AVX-512 in where it executes (env RKLLMD_LLAMA_AVX512=1)",
+    )
     ap.add_argument("--cc", default=os.environ.get("CC", "gcc"))
     args = ap.parse_args(argv)
 
@@ -400,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     with tempfile.TemporaryDirectory(prefix="rkllmd-cpuprobe-") as d:
         advertised, executed, _results = probe_cpu(machine, cpuinfo, lambda p: run_probe(p, args.cc, Path(d)))
-    chosen = choose_level(machine, executed)
+    chosen = choose_level(machine, executed, avx512=args.avx512)
     fallback = conservative_level(machine)
     if args.level == "native":
         chosen = native_level(machine)

@@ -30,19 +30,30 @@ XEON_AMX = "flags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2 avx512f avx512cd avx512
 
 
 def test_amx_is_never_built_even_when_it_executes(lb: ModuleType) -> None:
-    """A CPU that advertises (and runs) everything still gets AMX off and no -march=native."""
+    """A CPU that advertises (and runs) everything gets AVX2, AMX off and no -march=native."""
     _adv, executed, _ = lb.probe_cpu("x86_64", XEON_AMX, lambda p: True)
     level = lb.choose_level("x86_64", executed)
     args = set(level.cmake_args)
     assert {"-DGGML_AMX_TILE=OFF", "-DGGML_AMX_INT8=OFF", "-DGGML_AMX_BF16=OFF", "-DGGML_NATIVE=OFF"} <= args
-    assert "-DGGML_AVX512=ON" in args and level.name.startswith("avx512")
+    assert {"-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_AVX512=OFF"} <= args
+    assert level.name == "avx2"
+
+
+def test_avx512_only_when_asked_and_still_without_amx(lb: ModuleType) -> None:
+    """Asked for, AVX-512 and its extensions that execute are built in; AMX stays off."""
+    _adv, executed, _ = lb.probe_cpu("x86_64", XEON_AMX, lambda p: p.name != "avx512_bf16")
+    level = lb.choose_level("x86_64", executed, avx512=True)
+    args = set(level.cmake_args)
+    assert {"-DGGML_AVX512=ON", "-DGGML_AVX512_VNNI=ON", "-DGGML_AVX512_BF16=OFF"} <= args
+    assert "-DGGML_AMX_TILE=OFF" in args
+    assert level.name == "avx512-vbmi-vnni"
 
 
 def test_advertised_but_trapping_set_is_left_out(lb: ModuleType) -> None:
     """AVX-512 that /proc/cpuinfo lists but that does not execute drops the build to AVX2."""
     advertised, executed, _ = lb.probe_cpu("x86_64", XEON_AMX, lambda p: not p.name.startswith("avx512"))
     assert "avx512" in advertised and "avx512" not in executed
-    level = lb.choose_level("x86_64", executed)
+    level = lb.choose_level("x86_64", executed, avx512=True)
     assert level.name == "avx2"
     assert "-DGGML_AVX512=OFF" in level.cmake_args and "-DGGML_AVX2=ON" in level.cmake_args
 
