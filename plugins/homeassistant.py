@@ -21,6 +21,9 @@ last_answer        sensor           ``<base>/plugins/homeassistant/answer`` (ret
 answer             event            ``<base>/plugins/homeassistant/event``
 =================  ===============  ==========================================================
 
+The ``answer`` event has type ``answer`` or ``error``; every generate request that fails or is
+refused gets an ``error`` event, also one refused before its payload could be read (an empty
+prompt from the ``prompt`` text entity): the daemon names the command before it decodes.
 Availability comes from ``<base>/state``, whose payload is JSON, through a value template.
 A sensor's state holds at most 255 characters, so ``last_answer`` shows the first 250 and keeps
 the whole answer in its attributes (``text``), and the ``answer`` event carries it whole too.

@@ -5,6 +5,9 @@ Threads:
 - *ingress*: parses and validates every incoming message and queues jobs or answers errors;
   runs plugin preprocessors and the handlers of plugin topics.
 - *dispatcher*: turns loop events into stream chunks, final replies and stats; runs plugin routers.
+  It publishes ``<base>/stats`` on every change the loop reports, at most once per
+  ``STATS_MIN_INTERVAL_S`` (``StatsThrottle``: leading and trailing, so the last state always goes
+  out); a pending trailing publish is the only thing that gives its queue wait a timeout.
 """
 
 from __future__ import annotations
@@ -32,6 +35,10 @@ from rkllmd.sdnotify import Notifier
 from rkllmd.settings import Settings
 
 log = structlog.get_logger("rkllmd")
+
+# The stats topic is retained and read by dashboards (the Home Assistant sensors); a burst of
+# changes (a queue filling up, short jobs back to back) is folded into one publish per interval.
+STATS_MIN_INTERVAL_S = 0.25
 
 
 @dataclass
@@ -126,6 +133,7 @@ class Daemon:
         self._loaded_runtime: dict[str, Any] = {}
         self._ingress = threading.Thread(target=self._ingress_main, name="ingress", daemon=True)
         self._dispatcher = threading.Thread(target=self._dispatch_main, name="dispatcher", daemon=True)
+        self._stats_gate = StatsThrottle(STATS_MIN_INTERVAL_S)  # dispatcher thread only
         self.plugins = plugins.PluginHost.from_settings(_PluginServices(self))
 
     # --- main thread ---------------------------------------------------------------------------
@@ -242,7 +250,11 @@ class Daemon:
         try:
             if bad_response_topic is not None:
                 with contextlib.suppress(UnknownCommand):
-                    reply.topic = self.topics.response(self.topics.parse_request_topic(msg.topic)[0])
+                    command, topic_model = self.topics.parse_request_topic(msg.topic)
+                    reply.topic = self.topics.response(command)
+                    reply.request.command, reply.request.topic_model = command, topic_model
+                # the id and transaction are still echoed; a reply_to does not replace the bad topic
+                _address_from(self._address_of_refused(msg), reply, True)
                 raise RequestError(bad_response_topic)
             self._handle(msg, reply)
         except RkllmdError as exc:
@@ -264,13 +276,20 @@ class Daemon:
         except UnknownCommand:
             if msg.response_topic is None:
                 reply.topic = self.topics.response("error")
+            _address_from(self._address_of_refused(msg), reply, msg.response_topic is not None)
             raise
         if msg.response_topic is None:
             reply.topic = self.topics.response(command)
-        obj = protocol.decode_payload(msg.payload, command, self.settings.limits.max_payload_bytes)
-        _address_from(obj, reply, msg.response_topic is not None)
         preq = reply.request
-        preq.command, preq.topic_model, preq.payload, preq.original = command, topic_model, obj, dict(obj)
+        # Known before the payload is read, so routers see the command of a refused payload too.
+        preq.command, preq.topic_model = command, topic_model
+        try:
+            obj = protocol.decode_payload(msg.payload, command, self.settings.limits.max_payload_bytes)
+        except RkllmdError:
+            _address_from(self._address_of_refused(msg), reply, msg.response_topic is not None)
+            raise
+        _address_from(obj, reply, msg.response_topic is not None)
+        preq.payload, preq.original = obj, dict(obj)
         preq.id = reply.request_id
         preq = reply.request = self.plugins.preprocess(preq)
         obj = preq.payload
@@ -295,6 +314,10 @@ class Daemon:
             reply.request_id = job_id
             reply.request.id, reply.request.model = job_id, model
             self.loop.submit(Job(kind=command, id=job_id, model=model, context=reply))  # type: ignore[arg-type]
+
+    def _address_of_refused(self, msg: Incoming) -> dict[str, Any]:
+        """What a payload refused before validation says about where its reply goes (bounded)."""
+        return protocol.read_address(msg.payload, self.settings.limits.max_payload_bytes)
 
     def _generate(self, req: protocol.GenerateRequest, topic_model: str | None, reply: _Reply) -> None:
         model = req.model or topic_model or self.settings.default
@@ -354,12 +377,21 @@ class Daemon:
     # --- dispatcher thread ---------------------------------------------------------------------
 
     def _dispatch_main(self) -> None:
+        gate = self._stats_gate
         while True:
-            ev = self.loop.events.get()
+            # Blocks without a timeout unless a trailing stats publish is pending: no idle wakeups.
+            try:
+                ev = self.loop.events.get(timeout=gate.wait_s(time.monotonic()))
+            except queue.Empty:
+                ev = None
             if ev is _END:
+                with contextlib.suppress(Exception):
+                    self._publish_stats(gate.due(time.monotonic(), force=True))
                 return
             try:
-                self._dispatch(ev)
+                if ev is not None:
+                    self._dispatch(ev)
+                self._publish_stats(gate.due(time.monotonic()))
             except Exception:  # a failed publish must not stop the replies that follow
                 log.exception("dispatch failed")
 
@@ -379,7 +411,7 @@ class Daemon:
                 self.plugins.route(plugins.Token(ev.job.context.request, ev.seq, ev.delta))
             return
         if isinstance(ev, StatsEvent):
-            self.bus.publish_json(self.topics.stats, self._stats(ev.stats), retain=True)
+            self._publish_stats(self._stats_gate.offer(ev.stats, time.monotonic()))
             return
         job = ev.job
         reply: ReplyTo | None = job.context
@@ -431,6 +463,11 @@ class Daemon:
             else:  # routers run on the dispatcher thread only
                 self.loop.events.put(_RouteFinal(final))  # type: ignore[arg-type]
 
+    def _publish_stats(self, stats: dict[str, Any] | None) -> None:
+        """Publish a snapshot the throttle let through, retained (dispatcher thread); None: nothing."""
+        if stats is not None:
+            self.bus.publish_json(self.topics.stats, self._stats(stats), retain=True)
+
     def _stats(self, stats: dict[str, Any]) -> dict[str, Any]:
         """The stats topic: the loop's counters, plus what plugins contribute under ``plugins``."""
         extra = self.plugins.stats()
@@ -455,6 +492,44 @@ class Daemon:
 _END = object()
 
 
+class StatsThrottle:
+    """Leading and trailing rate limit for the stats topic; used on the dispatcher thread only.
+
+    A change after a quiet spell of ``interval_s`` goes out at once (leading). Changes that come
+    sooner are held, the newest replacing older ones, and go out when the interval has passed
+    (trailing), so the last state is never lost. ``wait_s`` is None while nothing is held: the
+    dispatcher then blocks on its queue with no timeout, and nothing wakes up while idle.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: float | None = None  # monotonic time of the last publish
+        self._held: dict[str, Any] | None = None
+
+    def offer(self, stats: dict[str, Any], now: float) -> dict[str, Any] | None:
+        """A new snapshot: returned if it may be published now, else held for the trailing publish."""
+        if self._last is None or now - self._last >= self.interval_s:
+            self._last, self._held = now, None
+            return stats
+        self._held = stats
+        return None
+
+    def wait_s(self, now: float) -> float | None:
+        """Seconds until the held snapshot is due, or None when nothing is held."""
+        if self._held is None or self._last is None:
+            return None
+        return max(0.0, self._last + self.interval_s - now)
+
+    def due(self, now: float, *, force: bool = False) -> dict[str, Any] | None:
+        """The held snapshot once its time has come (at once with ``force``), else None."""
+        if self._held is None or self._last is None:
+            return None
+        if not force and now - self._last < self.interval_s:
+            return None
+        stats, self._held, self._last = self._held, None, now
+        return stats
+
+
 def _check_response_topic(topic: str | None) -> str | None:
     """Why a v5 Response Topic must not be used (brokers pass on wildcards and $-topics), or None."""
     if topic is None:
@@ -468,8 +543,9 @@ def _check_response_topic(topic: str | None) -> str | None:
 
 def _address_from(obj: dict[str, Any], reply: ReplyTo, has_v5_topic: bool) -> None:
     """Best effort: take reply_to, id and transaction from a request even before it validates,
-    so that a request with a wrong field still gets its error where the sender listens."""
-    if "transaction" in obj:
+    so that a request with a wrong field still gets its error where the sender listens. Each is
+    taken only if it is valid on its own (a transaction only if a reply can carry it back)."""
+    if "transaction" in obj and protocol.echoable(obj["transaction"]):
         reply.transaction = obj["transaction"]
         reply.has_transaction = True
     rid = obj.get("id")

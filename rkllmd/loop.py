@@ -9,6 +9,9 @@ Threads:
 
 The loop never publishes: it emits events into ``events`` (a queue.Queue) for the
 dispatcher thread of the daemon, so MQTT and plugin code never runs on the inference thread.
+A ``StatsEvent`` follows every change of the queue or of the running job (queued, refused busy,
+started, finished, cancelled, dropped at shutdown), from whichever thread made the change; the
+dispatcher rate-limits what it publishes.
 """
 
 from __future__ import annotations
@@ -181,12 +184,14 @@ class InferenceLoop:
             # Control jobs (load/unload/clear) may wait too but count against the same bound,
             # so a flood of anything cannot grow memory without limit.
             if len(self._pending) >= self.limits.queue_size:
+                self._emit_stats_locked()  # a refusal re-states the full queue for late readers
                 raise Busy(
                     f"queue full ({self.limits.queue_size} waiting); try again later",
                     queue_depth=len(self._pending),
                 )
             job.enqueued_at = time.monotonic()
             self._pending.append(job)
+            self._emit_stats_locked()
             self._cond.notify_all()
 
     def cancel(self, request_id: str) -> Literal["queued", "running"]:
@@ -214,6 +219,8 @@ class InferenceLoop:
             self._accepting = False
             dropped = list(self._pending)
             self._pending.clear()
+            if dropped:
+                self._emit_stats_locked()
             self._cond.notify_all()
         for job in dropped:
             self.events.put(ErrorEvent(job, ShuttingDown("rkllmd stopped before this request ran"), {}))
@@ -251,6 +258,7 @@ class InferenceLoop:
                     break
                 job = self._pending.popleft()
                 self._current = job
+                self._emit_stats_locked()  # busy, running = job.id, one fewer queued
             # Every log line written on this thread while the job runs (runtime included)
             # carries its request id.
             structlog.contextvars.bind_contextvars(request_id=job.id)
@@ -472,6 +480,7 @@ class InferenceLoop:
         }
 
     def _emit_stats_locked(self) -> None:
+        """Queue a stats snapshot for the dispatcher (any thread, holding ``_cond``)."""
         self.events.put(StatsEvent(self.snapshot_locked()))
 
     def snapshot_locked(self) -> dict[str, Any]:

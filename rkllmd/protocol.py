@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from rkllmd.errors import (
     BadJson,
@@ -37,6 +38,11 @@ from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling
 COMMANDS = ("generate", "cancel", "models", "load", "unload", "clear_cache")
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_JSON_DEPTH = 32
+UTF8_BOM = b"\xef\xbb\xbf"
+# A payload refused before it validates (too large, a lone surrogate, invalid UTF-8, ...) is still
+# read for its reply address when it is at most this many times limits.max_payload_bytes.
+ADDRESS_READ_FACTOR = 4
+ADDRESS_FIELDS = ("id", "reply_to", "transaction")
 
 
 @dataclass(frozen=True)
@@ -135,11 +141,21 @@ class _Req(BaseModel):
         return v
 
 
+def _no_nul(v: Any) -> Any:
+    """Text for the runtime must not hold NUL: C reads a string only up to the first one."""
+    texts = [v] if isinstance(v, str) else v if isinstance(v, list) else []
+    if any("\x00" in t for t in texts if isinstance(t, str)):
+        raise PydanticCustomError("nul_character", "must not contain a NUL character (\\u0000)")
+    return v
+
+
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+
+    _content_ok = field_validator("content")(_no_nul)
 
 
 class GenerateRequest(_Req):
@@ -157,6 +173,8 @@ class GenerateRequest(_Req):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     stop: str | list[str] | None = None
     stream: StrictBool = True
+
+    _text_ok = field_validator("prompt", "system", "stop")(_no_nul)
 
     @field_validator(
         "temperature", "top_p", "repeat_penalty", "frequency_penalty", "presence_penalty", mode="before"
@@ -299,6 +317,7 @@ def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, An
     """Turn raw bytes into a request dict: JSON object, or plain text for the command's main field."""
     if len(payload) > max_bytes:
         raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {max_bytes}")
+    payload = payload.removeprefix(UTF8_BOM)  # Windows tools write one; it is not part of the text
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -316,7 +335,9 @@ def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, An
         try:  # a \ud800 escape decodes to a lone surrogate, which no reply could echo back
             json.dumps(obj, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError as exc:
-            raise RequestError("the JSON payload contains an unpaired surrogate escape") from exc
+            where = next((k for k, v in obj.items() if not echoable({k: v})), "")
+            where = f"{where}: " if echoable(where) else ""
+            raise RequestError(f"{where}the JSON payload contains an unpaired surrogate escape") from exc
         return obj
     if "\x00" in text:
         raise RequestError("plain-text payload contains NUL")
@@ -328,6 +349,44 @@ def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, An
     if field_name is None:
         return {}
     return {field_name: text if command == "generate" else stripped}
+
+
+def echoable(value: Any) -> bool:
+    """Whether a reply can carry ``value`` back as valid JSON in UTF-8 (no lone surrogate, NaN)."""
+    try:
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, TypeError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return False
+    return True
+
+
+def read_address(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    """The top-level ``id``, ``reply_to`` and ``transaction`` of a payload that decode_payload
+    refused, as far as the bytes allow, so that the refusal still goes where the request asked.
+
+    Bounded: a payload over ``ADDRESS_READ_FACTOR`` times the limit is not read at all (its refusal
+    goes to the default topic); otherwise it is parsed once as JSON, invalid UTF-8 read as lone
+    surrogates. Only a JSON object yields anything, and the values are not checked here: the
+    caller takes an id, a reply topic or a transaction only if it is valid on its own. A
+    transaction longer than the limit is left out, so a refusal is never larger than a request.
+    """
+    if len(payload) > ADDRESS_READ_FACTOR * max_bytes:
+        return {}
+    text = payload.removeprefix(UTF8_BOM).decode("utf-8", "surrogateescape").strip()
+    if not text.startswith("{"):
+        return {}
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return {}
+    if not isinstance(obj, dict):
+        return {}
+    out = {k: obj[k] for k in ADDRESS_FIELDS if k in obj}
+    if "transaction" in out and not (
+        echoable(out["transaction"]) and len(json.dumps(out["transaction"])) <= max_bytes
+    ):
+        del out["transaction"]
+    return out
 
 
 def validate(command: str, obj: dict[str, Any]) -> _Req:
@@ -342,12 +401,31 @@ def validate(command: str, obj: dict[str, Any]) -> _Req:
             ctx_err = (err.get("ctx") or {}).get("error")
             if isinstance(ctx_err, EmptyPromptValue):
                 raise EmptyPrompt(str(ctx_err)) from None
-            loc = ".".join(str(p) for p in err["loc"]) or "request"
+            loc = _loc(err["loc"])
             msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
-            wrong_type = wrong_type or err["type"].endswith("_type") or err["type"] == "literal_error"
+            if err["type"] == "literal_error":
+                # A string outside the allowed set is a wrong value; anything else a wrong type.
+                expected = (err.get("ctx") or {}).get("expected", "")
+                msg = f"must be one of {expected} (got {_short(err['input'])})"
+                wrong_type = wrong_type or not isinstance(err["input"], str)
+            else:
+                wrong_type = wrong_type or err["type"].endswith("_type")
             problems.append(f"{loc}: {msg}")
         cls = WrongType if wrong_type else RequestError
         raise cls("invalid request: " + "; ".join(problems), problems=problems) from None
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a field path: ``messages[0].role``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "request"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def new_request_id() -> str:
