@@ -10,12 +10,17 @@ from pathlib import Path
 from rkllmd import __version__
 
 
-def _add_config(p: argparse.ArgumentParser) -> None:
+def _add_config(p: argparse.ArgumentParser, *, top: bool = False) -> None:
+    """``--config`` on the top parser (``rkllmd --config F``, which runs) and on each subcommand.
+
+    A subcommand's default is SUPPRESS, so ``rkllmd --config F check-config`` keeps F instead of
+    the subparser writing its own default over it; after the subcommand, the later one wins.
+    """
     p.add_argument(
         "--config",
         "-c",
         type=Path,
-        default=None,
+        default=None if top else argparse.SUPPRESS,
         help="TOML config file (default: $RKLLMD_CONFIG, else /etc/rkllmd/rkllmd.toml if present, "
         "else built-in defaults with the embedded demo model)",
     )
@@ -24,6 +29,7 @@ def _add_config(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rkllmd", description="Local LLMs over MQTT")
     parser.add_argument("--version", action="version", version=f"rkllmd {__version__}")
+    _add_config(parser, top=True)
     sub = parser.add_subparsers(dest="command")
     run = sub.add_parser("run", help="run the daemon in the foreground (the default)")
     _add_config(run)

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # README command 1: set everything up, make sure a broker runs, and start rkllmd in the
-# foreground on its embedded default (SmolLM2-135M through llama.cpp). Ctrl-C stops both.
+# foreground on its embedded default (SmolLM2-135M through llama.cpp). Ctrl-C, SIGTERM (kill,
+# timeout) or SIGHUP (the terminal closed) stops rkllmd and then the broker it started.
 #   RKLLMD_MQTT__HOST / RKLLMD_MQTT__PORT  broker to use (default 127.0.0.1:1883);
 #   a local mosquitto is started on that port when nothing answers there.
 #   RKLLMD_CONFIG  a config file (default: none, the embedded default).
+#   RKLLMD_VENV  the virtualenv to run (default: .venv in the repository).
+#   RKLLMD_SKIP_SETUP=1  do not run scripts/setup.sh (the venv and the broker are there already).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$ROOT/scripts/setup.sh"
+[ "${RKLLMD_SKIP_SETUP:-}" = 1 ] || "$ROOT/scripts/setup.sh"
 VENV="${RKLLMD_VENV:-$ROOT/.venv}"
 HOST="${RKLLMD_MQTT__HOST:-127.0.0.1}"
 PORT="${RKLLMD_MQTT__PORT:-1883}"
@@ -14,13 +17,33 @@ export RKLLMD_MQTT__HOST="$HOST" RKLLMD_MQTT__PORT="$PORT"
 
 broker_pid=""
 daemon_pid=""
-cleanup() {
-    trap - INT TERM EXIT
-    [ -n "$daemon_pid" ] && kill -TERM "$daemon_pid" 2>/dev/null && wait "$daemon_pid" 2>/dev/null
-    [ -n "$broker_pid" ] && kill -TERM "$broker_pid" 2>/dev/null && wait "$broker_pid" 2>/dev/null
-    exit 0
+# stop_pid PID SECONDS: SIGTERM, up to SECONDS for it to end, then SIGKILL; reaps it.
+stop_pid() {
+    local pid=$1 left=$(( $2 * 10 ))
+    kill -TERM "$pid" 2>/dev/null || true
+    while [ "$left" -gt 0 ] && kill -0 "$pid" 2>/dev/null; do
+        sleep 0.1
+        left=$(( left - 1 ))
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
 }
-trap cleanup INT TERM EXIT
+# Whatever ends the script (a signal, an error, rkllmd exiting) stops rkllmd first, so it can
+# still say "stopped" on the broker, then the broker. A signal that interrupts `wait` below runs
+# its trap at once; further signals are ignored from then on, so that a second SIGTERM (timeout
+# signals the script and then its whole group) cannot cut the cleanup short.
+cleanup() {
+    local code=$1
+    trap '' INT TERM HUP
+    trap - EXIT
+    if [ -n "$daemon_pid" ]; then stop_pid "$daemon_pid" 30; fi  # > limits.shutdown_grace_s
+    if [ -n "$broker_pid" ]; then stop_pid "$broker_pid" 5; fi
+    exit "$code"
+}
+trap 'cleanup $?' EXIT
+trap 'cleanup 130' INT
+trap 'cleanup 143' TERM
+trap 'cleanup 129' HUP
 
 if ! "$VENV/bin/python" - "$HOST" "$PORT" <<'PY'
 import socket, sys
@@ -54,5 +77,7 @@ cat >&2 <<TRY
 TRY
 "$VENV/bin/rkllmd" run ${RKLLMD_CONFIG:+--config "$RKLLMD_CONFIG"} &
 daemon_pid=$!
-wait "$daemon_pid" || true
+status=0
+wait "$daemon_pid" || status=$?
 daemon_pid=""
+exit "$status"

@@ -1,4 +1,8 @@
-"""Test helpers: a real mosquitto on a free loopback port, an MQTT probe client, a daemon process."""
+"""Test helpers: a real mosquitto on a free loopback port, an MQTT probe client, a daemon process.
+
+Every long-lived process started here gets ``die_with_parent()``: it is sent SIGTERM when the test
+run ends without stopping it (pytest killed, a crash), instead of staying behind.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +24,15 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from rkllmd.bench.broker import LOOPBACK, free_port, mosquitto_binary, stop_process, wait_port
+from rkllmd.bench.broker import (
+    LOOPBACK,
+    die_with_parent,
+    free_port,
+    mosquitto_binary,
+    stay_root,
+    stop_process,
+    wait_port,
+)
 from rkllmd.bench.daemonproc import to_toml
 from rkllmd.bus import set_nodelay
 
@@ -41,10 +53,15 @@ class Broker:
 def launch_broker(workdir: Path, port: int, body: str) -> Broker:
     """Start mosquitto with ``body`` as its whole config; on failure the error carries its log."""
     conf = workdir / f"mosquitto-{port}.conf"
-    conf.write_text(body)
+    conf.write_text(stay_root(body))  # root stays root, or the parent-death signal is lost
     log_path = workdir / f"mosquitto-{port}.log"
     log = open(log_path, "wb")  # noqa: SIM115 - owned by the process
-    proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [mosquitto_binary(), "-c", str(conf)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        preexec_fn=die_with_parent(),
+    )
     try:
         wait_port(LOOPBACK, port)
     except TimeoutError:
@@ -185,6 +202,7 @@ class DaemonProc:
             stderr=subprocess.STDOUT,
             env=full_env,
             cwd=str(workdir),
+            preexec_fn=die_with_parent(),
         )
 
     def log_text(self) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from rkllmd.bench.broker import die_with_parent
 from rkllmd.bench.report import cell, response_html
 from tests.fake_rkllm.build import build_fake
 from tests.helpers import Broker, write_config
@@ -26,6 +27,7 @@ def bench(args: list[str], **kw: Any) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=die_with_parent(),
         **kw,
     )
 

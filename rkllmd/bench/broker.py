@@ -1,15 +1,73 @@
-"""A throwaway loopback mosquitto for a benchmark run when no broker is given."""
+"""A throwaway loopback mosquitto for a benchmark run when no broker is given, and the helpers
+the benchmarks and the tests share to start and stop the processes they own."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 LOOPBACK = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _find_prctl() -> Any:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+# Looked up once, here in the parent: between fork and exec the child only calls it.
+_PRCTL = _find_prctl()
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], None] | None:
+    """A ``preexec_fn`` for ``subprocess.Popen``: the child gets ``sig`` when its parent dies.
+
+    Every long-lived process a test or a benchmark starts (mosquitto, rkllmd, ``rkllmd bench``,
+    scripts) uses it, so a run that crashes or is killed (SIGKILL, SIGILL, OOM) leaves no broker
+    or daemon behind. Linux only (``prctl(PR_SET_PDEATHSIG)``); elsewhere it is None, which Popen
+    takes as no preexec function. The kernel sends the signal when the *thread* that forked the
+    child ends, not the whole process: spawn from the main thread (pytest runs tests and fixtures
+    there), or from a thread that lives as long as the child should. The setting survives
+    ``exec`` and is not inherited by the child's own children.
+    """
+    prctl = _PRCTL
+    if prctl is None:
+        return None
+    parent = os.getpid()
+
+    def preexec() -> None:  # runs in the child, between fork and exec
+        prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: no signal would come
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def stay_root(conf: str) -> str:
+    """``conf`` plus ``user root`` when we run as root and it names no user itself.
+
+    mosquitto started as root switches to the ``mosquitto`` user, and the kernel clears the
+    parent-death signal on a change of user: such a broker would outlive a killed test run.
+    """
+    if os.geteuid() != 0 or any(line.split()[:1] == ["user"] for line in conf.splitlines()):
+        return conf
+    return conf.rstrip("\n") + "\nuser root\n"
 
 
 def free_port() -> int:
@@ -57,13 +115,19 @@ class LocalBroker:
         self.host, self.port = LOOPBACK, free_port()
         conf = workdir / "mosquitto.conf"
         conf.write_text(
-            f"listener {self.port} {LOOPBACK}\nallow_anonymous true\npersistence false\n"
-            "set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            stay_root(
+                f"listener {self.port} {LOOPBACK}\nallow_anonymous true\npersistence false\n"
+                "set_tcp_nodelay true\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+            )
         )
         with open(workdir / "mosquitto.log", "wb") as log:
             # A session of its own: the terminal's Ctrl-C is for the benchmark, which stops us.
             self.proc = subprocess.Popen(
-                [binary, "-c", str(conf)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                [binary, "-c", str(conf)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
         try:
             wait_port(self.host, self.port)

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rkllmd.bench.broker import stop_process
+from rkllmd.bench.broker import die_with_parent, stop_process
 
 
 def to_toml(data: dict[str, Any]) -> str:
@@ -56,6 +56,7 @@ class DaemonProcess:
                 stderr=subprocess.STDOUT,
                 env={**base_env, "PYTHONUNBUFFERED": "1", **(env or {})},
                 start_new_session=True,
+                preexec_fn=die_with_parent(),  # a benchmark that dies takes its daemon along
             )
 
     @property

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, Broker, DaemonProc, Probe, free_port, wait_port, write_config
+from tests.helpers import REPO, Broker, DaemonProc, Probe, die_with_parent, free_port, wait_port, write_config
 
 pytestmark = pytest.mark.model
 BASE = "llm"
@@ -206,6 +206,7 @@ def test_quickstart_script_serves_a_question(tmp_path: Path) -> None:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
+            preexec_fn=die_with_parent(),
         )
     try:
         deadline = time.monotonic() + 300
