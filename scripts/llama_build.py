@@ -292,6 +292,7 @@ def build_wheel(python: Path, version: str, level: Level, out: Path) -> Path:
     if existing:
         say(f"using the {PACKAGE} {version} wheel built for '{level.name}' earlier ({out})")
         return existing[-1]
+    out.parent.mkdir(parents=True, exist_ok=True)  # a fresh machine has no cache yet
     tmp = Path(tempfile.mkdtemp(prefix="wheel-", dir=out.parent))
     env = {
         **os.environ,

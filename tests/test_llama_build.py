@@ -145,3 +145,24 @@ def test_constraints_pin_the_llama_build(lb: ModuleType) -> None:
     assert version.count(".") == 2
     text = (ROOT / "scripts" / "setup.sh").read_text()
     assert '-c "$CONSTRAINTS"' in text and "llama_build.py" in text
+
+
+def test_build_lands_in_a_fresh_cache_with_the_levels_options(lb: ModuleType, tmp_path: Path) -> None:
+    """On a machine with no cache yet, the wheel is built with the level's options into its own folder."""
+    # A stand-in for the venv's python: records its arguments and CMAKE_ARGS, writes a wheel to -w.
+    fake = tmp_path / "python"
+    fake.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" > {tmp_path}/argv; echo "$CMAKE_ARGS" > {tmp_path}/cmake\n'
+        'while [ "$1" != "-w" ]; do shift; done; touch "$2/llama_cpp_python-0.3.36-py3-none-any.whl"\n'
+    )
+    fake.chmod(0o755)
+    level = lb.choose_level("x86_64", {"sse42", "avx", "avx2"})
+    out = tmp_path / "never-made" / "cache" / level.key("0.3.36", "x86_64")
+    wheel = lb.build_wheel(fake, "0.3.36", level, out)
+    assert wheel.parent == out and wheel.is_file()
+    assert (tmp_path / "cmake").read_text().split() == list(level.cmake_args)
+    argv = (tmp_path / "argv").read_text()
+    assert "--no-cache-dir" in argv and "--no-binary llama-cpp-python" in argv
+    assert "llama-cpp-python==0.3.36" in argv
+    assert lb.build_wheel(fake, "0.3.36", level, out) == wheel  # the second time it is reused
