@@ -60,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     command = args.command or "run"
     config = getattr(args, "config", None)
 
+    from rkllmd.config import load_settings
     from rkllmd.errors import ConfigError
-    from rkllmd.settings import load_settings
 
     try:
         settings = load_settings(config)
@@ -135,10 +135,10 @@ def _check_config(settings: object) -> int:
         mark = " (default)" if name == settings.default else ""
         print(f"  model {name}{mark}: runtime {cfg.runtime}, path {cfg.path or 'embedded SmolLM2-135M'}")
     # Plugin config problems were reported by load_settings already (with plugins.<name>.<key>).
-    from rkllmd.plugins import load_plugin
+    from rkllmd.plugins.loader import load_plugin
 
     for i, name in enumerate(settings.plugins.enabled, 1):
-        plugin = load_plugin(name)
+        plugin = load_plugin(name, settings.plugins.folders)
         print(f"  plugin {i}. {name} {plugin.version} (plugin API {plugin.api_version})")
     return 0
 

@@ -7,9 +7,11 @@ Threads:
   by calling ``abort``, the one runtime call allowed from another thread.
 - any thread may call ``submit`` and ``cancel``.
 
-The loop never publishes: it emits events into ``events`` (a queue.Queue) for the
-dispatcher thread of the daemon, so MQTT and plugin code never runs on the inference thread.
-A ``StatsEvent`` follows every change of the queue or of the running job (queued, refused busy,
+The loop never publishes: it hands events (``Token``, ``Final``, ``Stats``) to ``emit``, which
+only enqueues them for the dispatcher thread (rkllmd/dispatch.py), so MQTT and plugin code never
+runs on the inference thread. A job is the request's own record, an ``Exchange``; the loop
+writes only its ``run`` state and its ``model``.
+A ``Stats`` event follows every change of the queue or of the running job (queued, refused busy,
 started, finished, cancelled, dropped at shutdown), from whichever thread made the change; the
 dispatcher rate-limits what it publishes.
 """
@@ -17,11 +19,10 @@ dispatcher rate-limits what it publishes.
 from __future__ import annotations
 
 import collections
-import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
@@ -32,75 +33,30 @@ from rkllmd.errors import (
     GenerationTimeout,
     ModelLoadError,
     NotFound,
+    RequestError,
     RkllmdError,
     RuntimeCrashed,
     RuntimeFailure,
     ShuttingDown,
     UnknownModel,
 )
-from rkllmd.runtime.base import GenerateInput, GenerateResult, Runtime
+from rkllmd.exchange import AbortReason, Exchange, Final, Token
+from rkllmd.protocol import control_data, generation_data, partial_data
+from rkllmd.runtime.base import GenerateResult, Runtime
 
 log = structlog.get_logger("rkllmd.loop")
 
-JobKind = Literal["generate", "load", "unload", "clear_cache", "models"]
-AbortReason = Literal["cancelled", "timeout", "first_token_timeout", "stalled", "shutdown"]
-
-
-@dataclass
-class Job:
-    """One unit of work for the inference thread, and the state it gathers while it runs."""
-
-    kind: JobKind
-    id: str
-    model: str | None = None
-    inp: GenerateInput | None = None
-    stream: bool = True
-    context: Any = None  # opaque to the loop: the daemon's reply address
-    enqueued_at: float = field(default_factory=time.monotonic)
-    # set while running (inference thread) / by cancel and watchdog (other threads)
-    started_at: float | None = None
-    first_token_at: float | None = None
-    last_token_at: float | None = None
-    abort_reason: AbortReason | None = None
-    aborted_at: float | None = None
-    pieces: list[str] = field(default_factory=list)
-    seq: int = 0
-
-    @property
-    def text(self) -> str:
-        return "".join(self.pieces)
+Job = Exchange  # what the loop runs: generate, load, unload or clear_cache
 
 
 @dataclass(frozen=True)
-class TokenEvent:
-    job: Job
-    seq: int
-    delta: str
+class Stats:
+    """A snapshot of the queue and counters, emitted on every change of the queue or running job."""
 
-
-@dataclass(frozen=True)
-class DoneEvent:
-    """A job ended well; ``data`` is the reply body."""
-
-    job: Job
-    data: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ErrorEvent:
-    """A job ended with an error; ``data`` holds what was produced before it (partial text)."""
-
-    job: Job
-    error: RkllmdError
-    data: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class StatsEvent:
     stats: dict[str, Any]
 
 
-Event = TokenEvent | DoneEvent | ErrorEvent | StatsEvent
+Event = Token | Final | Stats
 
 
 @dataclass(frozen=True)
@@ -117,9 +73,8 @@ class Limits:
 class ModelRegistry:
     """Configured models by name and how to build a runtime for each (no loading here)."""
 
-    def __init__(self, factories: dict[str, Callable[[], Runtime]], describe: dict[str, dict[str, Any]]):
+    def __init__(self, factories: dict[str, Callable[[], Runtime]]):
         self._factories = factories
-        self._describe = describe
 
     def names(self) -> list[str]:
         return list(self._factories)
@@ -133,18 +88,18 @@ class ModelRegistry:
         if name not in self._factories:
             raise UnknownModel(f"unknown model {name!r}; configured: {', '.join(self._factories)}")
 
-    def describe(self, name: str) -> dict[str, Any]:
-        return dict(self._describe.get(name, {}))
-
 
 class InferenceLoop:
     """Runs jobs one at a time on its own thread; see the module docstring for the thread rules."""
 
-    def __init__(self, registry: ModelRegistry, default_model: str, limits: Limits) -> None:
+    def __init__(
+        self, registry: ModelRegistry, default_model: str, limits: Limits, emit: Callable[[Event], None]
+    ) -> None:
+        """``emit`` receives every event, from whichever thread makes it: it must only enqueue."""
         self.registry = registry
         self.default_model = default_model
         self.limits = limits
-        self.events: queue.Queue[Event] = queue.Queue()
+        self.emit = emit
         self._cond = threading.Condition()
         self._pending: collections.deque[Job] = collections.deque()
         self._current: Job | None = None
@@ -177,10 +132,12 @@ class InferenceLoop:
             return len(self._pending)
 
     def submit(self, job: Job) -> None:
-        """Queue a job or raise Busy / ShuttingDown at once; never blocks."""
+        """Queue a job or raise Busy / ShuttingDown / RequestError (an id in use) at once; never blocks."""
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("rkllmd is shutting down; request not accepted")
+            if job.command == "generate" and self._in_use_locked(job.id):
+                raise RequestError(f"a request with id {job.id!r} is already queued or running")
             # Control jobs (load/unload/clear) may wait too but count against the same bound,
             # so a flood of anything cannot grow memory without limit.
             if len(self._pending) >= self.limits.queue_size:
@@ -189,26 +146,33 @@ class InferenceLoop:
                     f"queue full ({self.limits.queue_size} waiting); try again later",
                     queue_depth=len(self._pending),
                 )
-            job.enqueued_at = time.monotonic()
+            job.run.enqueued_at = time.monotonic()
             self._pending.append(job)
             self._emit_stats_locked()
             self._cond.notify_all()
+
+    def _in_use_locked(self, request_id: str | None) -> bool:
+        """Whether a generate job with this id is queued or running (holding ``_cond``)."""
+        cur = self._current
+        if cur is not None and cur.command == "generate" and cur.id == request_id:
+            return True
+        return any(j.id == request_id and j.command == "generate" for j in self._pending)
 
     def cancel(self, request_id: str) -> Literal["queued", "running"]:
         """Cancel a queued job (answered at once) or abort the running one; raise NotFound."""
         with self._cond:
             for job in self._pending:
-                if job.id == request_id and job.kind == "generate":
+                if job.id == request_id and job.command == "generate":
                     self._pending.remove(job)
-                    job.abort_reason = "cancelled"
-                    self.events.put(DoneEvent(job, self._final_data(job, "cancelled")))
+                    job.run.abort_reason = "cancelled"
+                    self.emit(Final(job, "ok", self._final_data(job, "cancelled")))
                     self._emit_stats_locked()
                     return "queued"
             cur = self._current
-            if cur is not None and cur.id == request_id and cur.kind == "generate":
-                if cur.abort_reason is None:
-                    cur.abort_reason = "cancelled"
-                    cur.aborted_at = time.monotonic()
+            if cur is not None and cur.id == request_id and cur.command == "generate":
+                if cur.run.abort_reason is None:
+                    cur.run.abort_reason = "cancelled"
+                    cur.run.aborted_at = time.monotonic()
                 self._abort_runtime()
                 return "running"
         raise NotFound(f"no queued or running request with id {request_id!r}")
@@ -223,15 +187,15 @@ class InferenceLoop:
                 self._emit_stats_locked()
             self._cond.notify_all()
         for job in dropped:
-            self.events.put(ErrorEvent(job, ShuttingDown("rkllmd stopped before this request ran"), {}))
+            self.emit(Final.failed(job, ShuttingDown("rkllmd stopped before this request ran")))
         deadline = time.monotonic() + grace_s
         while self._current is not None and time.monotonic() < deadline:
             time.sleep(0.02)
         with self._cond:
             cur = self._current
-            if cur is not None and cur.abort_reason is None:
-                cur.abort_reason = "shutdown"
-                cur.aborted_at = time.monotonic()
+            if cur is not None and cur.run.abort_reason is None:
+                cur.run.abort_reason = "shutdown"
+                cur.run.aborted_at = time.monotonic()
                 self._abort_runtime()
         self._stop.set()
         with self._cond:
@@ -266,11 +230,11 @@ class InferenceLoop:
                 self._do(job)
             except RkllmdError as exc:
                 self._stats["errors"] += 1
-                self.events.put(ErrorEvent(job, exc, self._partial(job)))
+                self.emit(Final.failed(job, exc, self._partial(job)))
             except Exception as exc:  # a bug must cost one request, never the loop
                 log.exception("job failed unexpectedly", request_id=job.id)
                 self._stats["errors"] += 1
-                self.events.put(ErrorEvent(job, RuntimeFailure(f"internal error: {exc}"), self._partial(job)))
+                self.emit(Final.failed(job, RuntimeFailure(f"internal error: {exc}"), self._partial(job)))
             finally:
                 structlog.contextvars.unbind_contextvars("request_id")
                 with self._cond:
@@ -280,24 +244,24 @@ class InferenceLoop:
         self._unload()
 
     def _do(self, job: Job) -> None:
-        if job.kind == "load":
+        if job.command == "load":
             self._ensure_loaded(job.model or self.default_model)
-            self.events.put(DoneEvent(job, {"model": self._loaded, "loaded": True}))
-        elif job.kind == "unload":
+            self.emit(Final(job, "ok", control_data("load", self._loaded)))
+        elif job.command == "unload":
             name = job.model or self._loaded
             if name is not None:
                 self.registry.check(name)
             if name is not None and name == self._loaded:
                 self._unload()
-            self.events.put(DoneEvent(job, {"model": name, "loaded": False}))
-        elif job.kind == "clear_cache":
+            self.emit(Final(job, "ok", control_data("unload", name)))
+        elif job.command == "clear_cache":
             if self._runtime is not None and (job.model is None or job.model == self._loaded):
                 self._runtime.clear_cache(keep_system_prompt=True)
-            self.events.put(DoneEvent(job, {"model": self._loaded, "cleared": True}))
-        elif job.kind == "generate":
+            self.emit(Final(job, "ok", control_data("clear_cache", self._loaded)))
+        elif job.command == "generate":
             self._generate(job)
         else:
-            raise RkllmdError(f"unknown job kind {job.kind}")
+            raise RkllmdError(f"unknown job kind {job.command}")
 
     def _ensure_loaded(self, name: str) -> Runtime:
         self.registry.check(name)
@@ -371,10 +335,10 @@ class InferenceLoop:
                 prompt_tokens=n_prompt,
                 context_length=ctx,
             )
-        if job.abort_reason is not None:  # cancelled between dequeue and start
-            self.events.put(DoneEvent(job, self._final_data(job, "cancelled")))
+        if job.run.abort_reason is not None:  # cancelled between dequeue and start
+            self.emit(Final(job, "ok", self._final_data(job, "cancelled")))
             return
-        job.started_at = time.monotonic()
+        job.run.started_at = time.monotonic()
         self._stats["requests"] += 1
 
         # Runs on whatever thread the runtime delivers tokens on: copy, count, enqueue.
@@ -382,13 +346,13 @@ class InferenceLoop:
             if not delta:
                 return
             now = time.monotonic()
-            if job.first_token_at is None:
-                job.first_token_at = now
-            job.last_token_at = now
-            job.pieces.append(delta)
-            self.events.put(TokenEvent(job, job.seq, delta))
-            job.seq += 1
-            if job.abort_reason is not None:
+            if job.run.first_token_at is None:
+                job.run.first_token_at = now
+            job.run.last_token_at = now
+            job.run.pieces.append(delta)
+            self.emit(Token(job, job.run.seq, delta))
+            job.run.seq += 1
+            if job.run.abort_reason is not None:
                 # A cancel that raced the start of the run may have found nothing to abort.
                 rt.abort()
 
@@ -396,7 +360,7 @@ class InferenceLoop:
             result = rt.generate(job.inp, sink)
         except RuntimeCrashed as exc:
             self._crashed(job.model or self.default_model)
-            why = job.abort_reason
+            why = job.run.abort_reason
             if why is not None and why in ("timeout", "first_token_timeout", "stalled"):
                 raise self._timeout_error(why, "; the wedged runtime was killed") from exc
             raise
@@ -405,9 +369,9 @@ class InferenceLoop:
     def _finish(self, job: Job, result: GenerateResult, n_prompt: int | None) -> None:
         reason = result.finish_reason
         if reason == "aborted":
-            why = job.abort_reason or "cancelled"
+            why = job.run.abort_reason or "cancelled"
             if why == "cancelled":
-                self.events.put(DoneEvent(job, self._final_data(job, "cancelled", result, n_prompt)))
+                self.emit(Final(job, "ok", self._final_data(job, "cancelled", result, n_prompt)))
                 return
             data = self._final_data(job, why, result, n_prompt)
             err: RkllmdError = (
@@ -416,7 +380,7 @@ class InferenceLoop:
                 else self._timeout_error(why)
             )
             self._stats["errors"] += 1
-            self.events.put(ErrorEvent(job, err, data))
+            self.emit(Final.failed(job, err, data))
             return
         data = self._final_data(job, reason, result, n_prompt)
         timings = data["timings"]
@@ -424,7 +388,7 @@ class InferenceLoop:
         self._stats["last_ttft_ms"] = timings.get("ttft_ms")
         self._stats["last_decode_tokens_per_s"] = timings.get("decode_tokens_per_s")
         self._stats["last_model"] = job.model
-        self.events.put(DoneEvent(job, data))
+        self.emit(Final(job, "ok", data))
 
     def _timeout_error(self, why: str, extra: str = "") -> GenerationTimeout:
         lim = self.limits
@@ -437,9 +401,7 @@ class InferenceLoop:
         return GenerationTimeout(f"generation exceeded {lim.total_timeout_s:g} s{extra}", limit="total")
 
     def _partial(self, job: Job) -> dict[str, Any]:
-        if job.kind != "generate":
-            return {"model": job.model}
-        return {"model": job.model, "text": job.text, "completion_tokens": job.seq}
+        return partial_data(job.command, job.model, job.run.text, job.run.seq)
 
     def _final_data(
         self, job: Job, finish_reason: str, result: GenerateResult | None = None, n_prompt: int | None = None
@@ -447,41 +409,33 @@ class InferenceLoop:
         now = time.monotonic()
         perf = result.perf if result is not None else None
         prompt_tokens = perf.prompt_tokens if perf and perf.prompt_tokens is not None else n_prompt
-        completion = perf.completion_tokens if perf and perf.completion_tokens else job.seq
-        timings: dict[str, Any] = {"queue_ms": _ms((job.started_at or now) - job.enqueued_at)}
-        if job.started_at is not None:
-            timings["total_ms"] = _ms(now - job.started_at)
-            if job.first_token_at is not None:
-                timings["ttft_ms"] = _ms(job.first_token_at - job.started_at)
+        completion = perf.completion_tokens if perf and perf.completion_tokens else job.run.seq
+        timings: dict[str, Any] = {
+            "queue_ms": _ms((job.run.started_at or now) - (job.run.enqueued_at or now))
+        }
+        if job.run.started_at is not None:
+            timings["total_ms"] = _ms(now - job.run.started_at)
+            if job.run.first_token_at is not None:
+                timings["ttft_ms"] = _ms(job.run.first_token_at - job.run.started_at)
         if perf is not None:
             if perf.prefill_ms is not None:
                 timings["prefill_ms"] = round(perf.prefill_ms, 2)
                 if prompt_tokens and perf.prefill_ms > 0:
                     timings["prefill_tokens_per_s"] = round(prompt_tokens * 1000 / perf.prefill_ms, 2)
             decode_ms = perf.decode_ms
-            if decode_ms is None and job.first_token_at and job.last_token_at:
-                decode_ms = (job.last_token_at - job.first_token_at) * 1000
+            if decode_ms is None and job.run.first_token_at and job.run.last_token_at:
+                decode_ms = (job.run.last_token_at - job.run.first_token_at) * 1000
             if decode_ms is not None:
                 timings["decode_ms"] = round(decode_ms, 2)
                 if completion and decode_ms > 0:
                     timings["decode_tokens_per_s"] = round(completion * 1000 / decode_ms, 2)
             if perf.memory_mb is not None:
                 timings["memory_mb"] = round(perf.memory_mb, 1)
-        return {
-            "model": job.model,
-            "text": job.text,
-            "finish_reason": finish_reason,
-            "usage": {
-                "prompt_tokens": prompt_tokens,
-                "completion_tokens": completion,
-                "total_tokens": (prompt_tokens or 0) + completion,
-            },
-            "timings": timings,
-        }
+        return generation_data(job.model, job.run.text, finish_reason, prompt_tokens, completion, timings)
 
     def _emit_stats_locked(self) -> None:
         """Queue a stats snapshot for the dispatcher (any thread, holding ``_cond``)."""
-        self.events.put(StatsEvent(self.snapshot_locked()))
+        self.emit(Stats(self.snapshot_locked()))
 
     def snapshot_locked(self) -> dict[str, Any]:
         cur = self._current
@@ -503,30 +457,30 @@ class InferenceLoop:
         lim = self.limits
         while not self._stop.wait(0.05):
             job = self._current
-            if job is None or job.kind != "generate" or job.started_at is None:
+            if job is None or job.command != "generate" or job.run.started_at is None:
                 continue
             now = time.monotonic()
-            if job.abort_reason is not None:
+            if job.run.abort_reason is not None:
                 # Abort asked for but the run goes on: a wedged native runtime. Only a worker
                 # process can be ended from outside; a thread-mode runtime has to be waited for.
-                if job.aborted_at is not None and now - job.aborted_at > lim.abort_grace_s:
+                if job.run.aborted_at is not None and now - job.run.aborted_at > lim.abort_grace_s:
                     kill = getattr(self._runtime, "kill", None)
                     if kill is not None:
                         log.error("runtime ignores abort; killing its worker", request_id=job.id)
                         kill()
-                        job.aborted_at = None
+                        job.run.aborted_at = None
                 continue
             reason: AbortReason | None = None
-            if job.first_token_at is None and now - job.started_at > lim.first_token_timeout_s:
+            if job.run.first_token_at is None and now - job.run.started_at > lim.first_token_timeout_s:
                 reason = "first_token_timeout"
-            elif now - job.started_at > lim.total_timeout_s:
+            elif now - job.run.started_at > lim.total_timeout_s:
                 reason = "timeout"
-            elif job.last_token_at is not None and now - job.last_token_at > lim.stall_timeout_s:
+            elif job.run.last_token_at is not None and now - job.run.last_token_at > lim.stall_timeout_s:
                 reason = "stalled"
             if reason is not None:
                 log.warning("aborting generation", request_id=job.id, reason=reason)
-                job.abort_reason = reason
-                job.aborted_at = now
+                job.run.abort_reason = reason
+                job.run.aborted_at = now
                 self._abort_runtime()
 
 

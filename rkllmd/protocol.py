@@ -1,4 +1,4 @@
-"""The MQTT protocol: topic names, request parsing into typed requests, reply envelopes.
+"""The MQTT protocol: topic names, the command table, request parsing, every reply body.
 
 Pure functions and data only: no network, no threads. docs/PROTOCOL.md describes the same
 thing for users; keep the two in step.
@@ -10,7 +10,7 @@ import json
 import math
 import re
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import (
@@ -29,13 +29,11 @@ from rkllmd.errors import (
     EmptyPrompt,
     PayloadTooLarge,
     RequestError,
-    RkllmdError,
     UnknownCommand,
     WrongType,
 )
 from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling
 
-COMMANDS = ("generate", "cancel", "models", "load", "unload", "clear_cache")
 ID_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 MAX_JSON_DEPTH = 32
 UTF8_BOM = b"\xef\xbb\xbf"
@@ -105,21 +103,31 @@ class Incoming:
     received_at: float = 0.0
 
 
+@dataclass(frozen=True)
+class LocalMessage(Incoming):
+    """A request a plugin injects for its own transport (e.g. HTTP): handled like any message on
+    its topic, but nothing about it is published over MQTT (no stream chunks, no final reply);
+    routers still see its tokens and its final reply. So answers meant for another transport
+    neither reach the broker's subscribers nor pile up in the MQTT client while the broker is away.
+    """
+
+
 @dataclass
-class ReplyTo:
-    """Where a request's final reply goes, and what it echoes back."""
+class Address:
+    """Where a request's final reply goes and what it echoes back: the one reply-address type."""
 
     topic: str
     correlation_data: bytes | None = None
-    request_id: str | None = None
+    request_id: str | None = None  # the id the reply carries
     transaction: Any = None
     has_transaction: bool = False
+    local: bool = False  # a plugin's LocalMessage: routers only, nothing published over MQTT
 
 
 # --- request payload models -----------------------------------------------------------------
 
 
-class _Req(BaseModel):
+class Req(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     id: str | None = None
@@ -158,7 +166,7 @@ class MessageIn(BaseModel):
     _content_ok = field_validator("content")(_no_nul)
 
 
-class GenerateRequest(_Req):
+class GenerateRequest(Req):
     prompt: str | None = None
     messages: list[MessageIn] | None = Field(None, max_length=1000)
     system: str | None = None
@@ -228,35 +236,45 @@ class EmptyPromptValue(ValueError):
     """Raised inside validation so the error maps to the empty_prompt code."""
 
 
-class CancelRequest(_Req):
+class CancelRequest(Req):
     # ``id`` here names the request to cancel.
     pass
 
 
-class ModelRequest(_Req):
+class ModelRequest(Req):
     model: str | None = None
 
 
-class NoArgsRequest(_Req):
+class NoArgsRequest(Req):
     pass
 
 
-REQUEST_MODELS: dict[str, type[_Req]] = {
-    "generate": GenerateRequest,
-    "cancel": CancelRequest,
-    "models": NoArgsRequest,
-    "load": ModelRequest,
-    "unload": ModelRequest,
-    "clear_cache": ModelRequest,
-}
+Serve = Literal["generate", "cancel", "models", "queue"]
 
-# For a plain-text (non-JSON) payload: which field the text fills.
-PLAIN_FIELD = {
-    "generate": "prompt",
-    "cancel": "id",
-    "load": "model",
-    "unload": "model",
-    "clear_cache": "model",
+
+@dataclass(frozen=True)
+class Command:
+    """One request topic ``<base>/request/<name>``: its payload model, the field a plain-text
+    payload fills, and how rkllmd serves it (rkllmd/ingress.py): ``queue`` goes through the
+    inference queue as a control job, ``models`` and ``cancel`` are answered at once."""
+
+    name: str
+    request: type[Req]
+    plain_field: str | None
+    serve: Serve
+
+
+# The one command table: topics, validation, plain-text payloads and serving all read it.
+COMMANDS: dict[str, Command] = {
+    c.name: c
+    for c in (
+        Command("generate", GenerateRequest, "prompt", "generate"),
+        Command("cancel", CancelRequest, "id", "cancel"),
+        Command("models", NoArgsRequest, None, "models"),
+        Command("load", ModelRequest, "model", "queue"),
+        Command("unload", ModelRequest, "model", "queue"),
+        Command("clear_cache", ModelRequest, "model", "queue"),
+    )
 }
 
 
@@ -345,7 +363,7 @@ def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, An
         if command == "generate":
             raise EmptyPrompt("the prompt is empty")
         return {}
-    field_name = PLAIN_FIELD.get(command)
+    field_name = COMMANDS[command].plain_field
     if field_name is None:
         return {}
     return {field_name: text if command == "generate" else stripped}
@@ -389,9 +407,9 @@ def read_address(payload: bytes, max_bytes: int) -> dict[str, Any]:
     return out
 
 
-def validate(command: str, obj: dict[str, Any]) -> _Req:
+def validate(command: str, obj: dict[str, Any]) -> Req:
     """Validate a request dict into its typed model, mapping problems to error codes."""
-    model = REQUEST_MODELS[command]
+    model = COMMANDS[command].request
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
@@ -432,37 +450,70 @@ def new_request_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-# --- replies --------------------------------------------------------------------------------
+# --- replies: every body rkllmd publishes for a request is laid out here --------------------
 
 
-@dataclass
-class Envelope:
-    """A reply in the one envelope every command uses."""
-
-    status: Literal["ok", "error"]
-    data: dict[str, Any] = field(default_factory=dict)
-    code: str | None = None
-    error: str | None = None
-
-    def to_payload(self, reply: ReplyTo) -> bytes:
-        out: dict[str, Any] = {"status": self.status}
-        if reply.request_id is not None:
-            out["id"] = reply.request_id
-        if reply.has_transaction:
-            out["transaction"] = reply.transaction
-        if self.status == "error":
-            out["code"] = self.code
-            out["error"] = self.error
-        out["data"] = self.data
-        return json.dumps(out, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-def ok(data: dict[str, Any]) -> Envelope:
-    return Envelope("ok", data)
+def reply_body(
+    status: Literal["ok", "error"],
+    data: dict[str, Any],
+    code: str | None,
+    error: str | None,
+    request_id: str | None,
+    address: Address | None = None,
+) -> dict[str, Any]:
+    """A final reply in the one envelope every command uses; the address adds the transaction."""
+    out: dict[str, Any] = {"status": status}
+    if request_id is not None:
+        out["id"] = request_id
+    if address is not None and address.has_transaction:
+        out["transaction"] = address.transaction
+    if status == "error":
+        out["code"] = code
+        out["error"] = error
+    out["data"] = data
+    return out
 
 
-def error(exc: RkllmdError, data: dict[str, Any] | None = None) -> Envelope:
-    return Envelope("error", data if data is not None else {}, code=exc.code, error=exc.message)
+def to_json(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def generation_data(
+    model: str | None,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int | None,
+    completion_tokens: int,
+    timings: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``data`` of a generate reply that ran (finished, cancelled, or timed out part-way)."""
+    return {
+        "model": model,
+        "text": text,
+        "finish_reason": finish_reason,
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": (prompt_tokens or 0) + completion_tokens,
+        },
+        "timings": timings,
+    }
+
+
+def partial_data(command: str, model: str | None, text: str, completion_tokens: int) -> dict[str, Any]:
+    """The ``data`` of an error reply: what a generation produced before it failed."""
+    if command != "generate":
+        return {"model": model}
+    return {"model": model, "text": text, "completion_tokens": completion_tokens}
+
+
+def control_data(command: str, model: str | None) -> dict[str, Any]:
+    """The ``data`` of a load, unload or clear_cache reply."""
+    if command == "load":
+        return {"model": model, "loaded": True}
+    if command == "unload":
+        return {"model": model, "loaded": False}
+    return {"model": model, "cleared": True}
 
 
 def stream_chunk(request_id: str, seq: int, delta: str) -> bytes:

@@ -7,6 +7,7 @@ silently ignored setting. Precedence, highest first: environment, TOML file, def
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -178,18 +179,26 @@ class PluginsSettings(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
 
     enabled: list[str] = Field(default_factory=list)
+    folders: list[Path] = Field(
+        default_factory=list, description="folders of your own plugin modules (a checkout's plugins/ too)"
+    )
 
     def tables(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
     @model_validator(mode="after")
     def _plugin_configs(self) -> PluginsSettings:
-        from rkllmd.plugins import check_plugin_settings
-
-        problems = check_plugin_settings(self.enabled, self.tables())
+        # The plugin loader is handed in by load_settings (rkllmd.config passes it), so that this
+        # module, which plugins import, imports no plugin code.
+        check = _CHECK_PLUGINS.get("check")
+        problems = check(self.enabled, self.tables(), self.folders) if check is not None else []
         if problems:
             raise PluginConfigProblems(problems)
         return self
+
+
+#: Validates the plugin tables: (enabled, tables, folders) -> problems, one line each.
+PluginCheck = Callable[[list[str], dict[str, Any], list[Path]], list[str]]
 
 
 class Settings(BaseSettings):
@@ -267,13 +276,20 @@ class Settings(BaseSettings):
         return self.default_model
 
 
-# The TOML path is handed to the source hook through this dict because pydantic-settings
-# builds sources from the class; load_settings() sets and clears it around construction.
+# The TOML path and the plugin check are handed to the validators through these dicts because
+# pydantic-settings builds sources from the class; load_settings() sets and clears them.
 _TOML_PATH: dict[str, Path | None] = {}
+_CHECK_PLUGINS: dict[str, PluginCheck] = {}
 
 
-def load_settings(path: Path | None = None, *, env: dict[str, str] | None = None) -> Settings:
-    """Read and validate the configuration, or raise ConfigError listing every problem."""
+def load_settings(
+    path: Path | None = None, *, env: dict[str, str] | None = None, check_plugins: PluginCheck | None = None
+) -> Settings:
+    """Read and validate the configuration, or raise ConfigError listing every problem.
+
+    ``check_plugins`` validates the plugin tables with the rest; rkllmd.config.load_settings
+    passes the plugin loader's check.
+    """
     explicit = path is not None
     if path is None:
         env_path = (env or os.environ).get("RKLLMD_CONFIG")
@@ -286,6 +302,8 @@ def load_settings(path: Path | None = None, *, env: dict[str, str] | None = None
     elif path.is_dir():
         raise ConfigError(f"config path {path} is a directory, not a TOML file")
     _TOML_PATH["path"] = path
+    if check_plugins is not None:
+        _CHECK_PLUGINS["check"] = check_plugins
     try:
         if path is not None:
             import tomllib
@@ -304,6 +322,7 @@ def load_settings(path: Path | None = None, *, env: dict[str, str] | None = None
         raise ConfigError(str(exc)) from exc
     finally:
         _TOML_PATH.clear()
+        _CHECK_PLUGINS.clear()
     return settings
 
 

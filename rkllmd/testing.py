@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from rkllmd import protocol
 from rkllmd.errors import NotFound
+from rkllmd.exchange import resolve
 from rkllmd.plugins import Final, Message, Plugin, PluginHost, Request, Token, load_plugin
 from rkllmd.protocol import Topics
 from rkllmd.runtime.base import GenerateInput
@@ -129,12 +130,13 @@ class PluginHarness:
         settings: Settings | None = None,
         count_tokens: Callable[[str, str], int | None] | None = None,
     ) -> None:
-        self.plugin = load_plugin(plugin) if isinstance(plugin, str) else plugin
+        self.settings = settings or Settings()
+        folders = self.settings.plugins.folders
+        self.plugin = load_plugin(plugin, folders) if isinstance(plugin, str) else plugin
         if isinstance(config, BaseModel):
             self.config = config
         else:
             self.config = self.plugin.config.model_validate(config or {})
-        self.settings = settings or Settings()
         self.topics = Topics(self.settings.mqtt.base_topic)
         self.services = FakeServices(self.settings, self.topics)
         if count_tokens is not None:
@@ -191,14 +193,15 @@ class PluginHarness:
         self._ids += 1
         req.id = validated.id or f"req{self._ids}"
         if isinstance(validated, protocol.GenerateRequest):
-            req.model = validated.model or req.topic_model or self.settings.default
+            req.model = resolve(self.settings, validated.model, req.topic_model, validated.max_tokens).model
         return req
 
     def generate_input(self, req: Request) -> GenerateInput:
         """What the inference loop would be asked to run for a preprocessed generate request."""
         validated = protocol.validate("generate", req.payload)
         assert isinstance(validated, protocol.GenerateRequest)
-        return validated.to_input(validated.max_tokens or self.settings.limits.max_tokens)
+        target = resolve(self.settings, validated.model, req.topic_model, validated.max_tokens)
+        return validated.to_input(target.max_tokens)
 
     def stream(self, req: Request, deltas: Iterable[str]) -> None:
         for seq, delta in enumerate(deltas):

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from plugins import homeassistant, npu, sessions
 from rkllmd.errors import RequestError
+from rkllmd.plugins.builtin import homeassistant, npu, sessions
 from rkllmd.protocol import Topics
 from rkllmd.settings import Settings
 from rkllmd.testing import PluginHarness

@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from rkllmd import cli, plugins
+from rkllmd import cli
+from rkllmd.config import load_settings
 from rkllmd.errors import ConfigError, EmptyPrompt, RequestError
 from rkllmd.plugins import (
     Final,
@@ -22,7 +23,7 @@ from rkllmd.plugins import (
     PluginHost,
     Request,
 )
-from rkllmd.settings import load_settings
+from rkllmd.plugins import loader as plugins
 from rkllmd.testing import FakeServices, PluginHarness, wait_until
 
 

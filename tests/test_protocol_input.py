@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from rkllmd import protocol
-from rkllmd.daemon import _address_from
 from rkllmd.errors import PayloadTooLarge, RequestError, RkllmdError, WrongType
-from rkllmd.protocol import ReplyTo
+from rkllmd.ingress import take_address as _address_from
+from rkllmd.protocol import Address as ReplyTo
 
 LIMIT = 4096
 

@@ -9,6 +9,7 @@ socket and cancels the generation when the client goes away.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import queue
 import threading
 import time
@@ -16,13 +17,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from rkllmd.errors import NotFound
+from rkllmd.exchange import Exchange
 from rkllmd.plugins import Final, Token
-
-from .wire import Outcome
 
 TICK_S = 0.2  # how often a waiting handler looks at its client's socket
 
-Item = str | Outcome  # a text delta, or the final reply
+Item = str | Final  # a text delta, or the final reply
 
 
 class ClientGone(Exception):
@@ -68,7 +68,7 @@ class Relay:
         if isinstance(event, Token):
             slot.items.put(event.delta)
         else:
-            slot.items.put(Outcome(event.status, dict(event.data), event.code, event.error))
+            slot.items.put(dataclasses.replace(event, data=dict(event.data)))  # a copy: nothing shared
 
     def close(self) -> None:
         """Teardown (main thread): answer every waiting handler; nothing more will be routed."""
@@ -79,7 +79,7 @@ class Relay:
             slot.items.put(_STOPPED)
 
 
-_STOPPED = Outcome("error", {}, "shutdown", "rkllmd is shutting down")
+_STOPPED = Final(Exchange("generate", ""), "error", {}, "shutdown", "rkllmd is shutting down")
 
 
 class Waiter:
@@ -122,5 +122,5 @@ class Waiter:
                 item = self._items.get(timeout=TICK_S)
             except queue.Empty:
                 continue
-            if isinstance(item, Outcome):
+            if isinstance(item, Final):
                 return

@@ -17,13 +17,13 @@ import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from rkllmd.exchange import Final
 from rkllmd.plugins import LocalMessage, PluginContext
-from rkllmd.runtime.factory import check_model
+from rkllmd.runtime.registry import check_model
 
-from . import wire
 from .relay import ClientGone, Relay, Waiter
 from .server import Handler
-from .wire import ApiError, Ask, Outcome, Shape
+from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
 
 
 class Api:
@@ -80,13 +80,13 @@ class Api:
         self._authorize(h)
         if path == "/v1/models":
             self._only(method, "GET", path)
-            return h.send_json(200, wire.models(list(self.ctx.settings.models), self._created))
+            return h.send_json(200, models(list(self.ctx.settings.models), self._created))
         if path.startswith("/v1/models/"):
             self._only(method, "GET", path)
             name = path.removeprefix("/v1/models/")
             if name not in self.ctx.settings.models:
                 raise _no_model(name)
-            return h.send_json(200, wire.model(name, self._created))
+            return h.send_json(200, model(name, self._created))
         if path == "/v1/chat/completions":
             self._only(method, "POST", path)
             return self._generate(h, "chat")
@@ -146,8 +146,8 @@ class Api:
 
     # --- POST /v1/chat/completions, /v1/completions ------------------------------------------
 
-    def _generate(self, h: Handler, kind: wire.Kind) -> None:
-        ask = wire.parse(kind, wire.decode_body(h.read_body(self._max_body)))
+    def _generate(self, h: Handler, kind: Kind) -> None:
+        ask = parse(kind, decode_body(h.read_body(self._max_body)))
         model = self._model(ask.model)
         hexid = secrets.token_hex(12)
         rid, nonce = f"http-{hexid}", secrets.token_hex(8)
@@ -182,7 +182,7 @@ class Api:
 
     def _complete(self, h: Handler, waiter: Waiter, ask: Ask, shape: Shape, rid: str) -> None:
         item = waiter.next()
-        while not isinstance(item, Outcome):  # the deltas add up to the final text: skip them
+        while not isinstance(item, Final):  # the deltas add up to the final text: skip them
             item = waiter.next()
         if item.status == "error":
             raise self._error(item, ask)
@@ -193,7 +193,7 @@ class Api:
         """Server-sent events. The status line waits for the first token, so that a request
         refused in the queue (busy, unknown model, context too long) still gets its status code."""
         item = waiter.next()
-        if isinstance(item, Outcome) and item.status == "error":
+        if isinstance(item, Final) and item.status == "error":
             raise self._error(item, ask)
         h.start_events({"X-Request-Id": rid})
         h.events_started = True
@@ -203,23 +203,23 @@ class Api:
                 h.send_event(shape.chunk(first=True, usage_null=u))
             elif ask.echo:
                 h.send_event(shape.chunk(delta=ask.echo, usage_null=u))
-            while not isinstance(item, Outcome):
+            while not isinstance(item, Final):
                 h.send_event(shape.chunk(delta=item, usage_null=u))
                 item = waiter.next()
             if item.status == "error":  # failed part-way: OpenAI's clients raise on an error event
                 h.send_event(self._error(item, ask).body())
                 return
-            h.send_event(shape.chunk(finish=wire.finish_reason(item.data), usage_null=u))
+            h.send_event(shape.chunk(finish=finish_reason(item.data), usage_null=u))
             if u:
                 h.send_event(shape.usage_chunk(item.data))
             h.send_event("[DONE]")
         except OSError:  # a write failed: the client is gone
-            if not isinstance(item, Outcome):
+            if not isinstance(item, Final):
                 waiter.abandon()
             raise ClientGone from None
 
-    def _error(self, outcome: Outcome, ask: Ask) -> ApiError:
-        return wire.api_error(outcome, retry_after_s=self._retry_after, param=ask.param)
+    def _error(self, outcome: Final, ask: Ask) -> ApiError:
+        return api_error(outcome, retry_after_s=self._retry_after, param=ask.param)
 
 
 def _no_model(name: str) -> ApiError:

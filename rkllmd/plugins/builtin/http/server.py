@@ -12,14 +12,12 @@ import json
 import select
 import socket
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .wire import ApiError
-
-if TYPE_CHECKING:
-    from .api import Api
 
 
 class Server(ThreadingHTTPServer):
@@ -27,10 +25,19 @@ class Server(ThreadingHTTPServer):
 
     daemon_threads = True  # a stuck client must never hold up rkllmd's exit
 
-    def __init__(self, host: str, port: int, api: Api, max_connections: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        handle: Callable[[Handler, str], None],
+        log: Any,
+        max_connections: int,
+        timeout_s: float,
+    ) -> None:
+        """``handle(handler, method)`` serves one request (api.Api.handle); ``log`` is the plugin's."""
         if ":" in host:
             self.address_family = socket.AF_INET6
-        self.api = api
+        self.respond, self.log = handle, log
         self._free = threading.BoundedSemaphore(max_connections)
         handler = type("BoundHandler", (Handler,), {"timeout": timeout_s})
         super().__init__((host, port), handler)
@@ -56,7 +63,7 @@ class Server(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         """Handler thread: a connection that failed outside api.Api.handle (e.g. a reset while
         reading headers) is logged, not printed to stderr as socketserver does."""
-        self.api.log.debug("http connection failed", client=str(client_address[0]), exc_info=True)
+        self.log.debug("http connection failed", client=str(client_address[0]), exc_info=True)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Handler thread: serve one connection (keep-alive included), then free its place."""
@@ -78,20 +85,20 @@ class Handler(BaseHTTPRequestHandler):
         return "rkllmd"  # no Python version in the Server header
 
     def do_GET(self) -> None:
-        self.server.api.handle(self, "GET")
+        self.server.respond(self, "GET")
 
     def do_POST(self) -> None:
-        self.server.api.handle(self, "POST")
+        self.server.respond(self, "POST")
 
     def do_PUT(self) -> None:
-        self.server.api.handle(self, "PUT")
+        self.server.respond(self, "PUT")
 
     def do_DELETE(self) -> None:
-        self.server.api.handle(self, "DELETE")
+        self.server.respond(self, "DELETE")
 
     def log_message(self, format: str, *args: Any) -> None:
         # The base class writes every line to stderr; rkllmd's log has one line per request already.
-        self.server.api.log.debug("http " + (format % args), client=self.client_address[0])
+        self.server.log.debug("http " + (format % args), client=self.client_address[0])
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """The base class's own errors (bad request line, header too long) as OpenAI errors."""

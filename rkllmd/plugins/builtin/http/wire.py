@@ -8,8 +8,10 @@ follow the official ``openai`` Python client's types (``ChatCompletion``, ``Chat
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from rkllmd.exchange import Final
 
 Kind = Literal["chat", "text"]
 
@@ -53,16 +55,6 @@ class Ask:
     include_usage: bool = False
     echo: str = ""  # /v1/completions with echo: the prompt, sent before the completion
     param: str = "messages"  # the field a context error is about
-
-
-@dataclass
-class Outcome:
-    """A request's final reply as the dispatcher routed it (a copy, so nothing is shared)."""
-
-    status: Literal["ok", "error"]
-    data: dict[str, Any] = field(default_factory=dict)
-    code: str | None = None
-    error: str | None = None
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -235,7 +227,7 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
 }
 
 
-def api_error(outcome: Outcome, *, retry_after_s: int, param: str) -> ApiError:
+def api_error(outcome: Final, *, retry_after_s: int, param: str) -> ApiError:
     """The HTTP answer to an rkllmd error reply; anything unlisted is a 500 ``server_error``."""
     code = outcome.code or "internal_error"
     status, type_, oa_code = _ERRORS.get(code, (500, "server_error", code))

@@ -19,7 +19,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from rkllmd.errors import RequestError, WrongType
+from rkllmd.errors import RequestError, UnknownModel, WrongType
+from rkllmd.exchange import resolve
 from rkllmd.plugins import Message, Plugin, PluginConfig, PluginContext, Request
 
 
@@ -99,8 +100,14 @@ def setup(ctx: PluginContext, config: Config) -> None:
                 raise RequestError(f"unknown template {name!r} (configured: {known})")
             _render(name, config.templates[name], req)
             return req
-        model = req.payload.get("model") or req.topic_model or ctx.settings.default
-        if isinstance(model, str) and model in config.models:
+        asked = req.payload.get("model")
+        if asked and not isinstance(asked, str):
+            return req  # let validation say what is wrong
+        try:
+            model = resolve(ctx.settings, asked or None, req.topic_model, None).model
+        except UnknownModel:
+            return req  # unknown_model comes from validation
+        if model in config.models:
             _render(f"models.{model}", config.models[model], req)
         return req
 

@@ -25,7 +25,8 @@ from typing import Any
 
 from pydantic import Field
 
-from rkllmd.errors import RequestError, WrongType
+from rkllmd.errors import RequestError, UnknownModel, WrongType
+from rkllmd.exchange import resolve
 from rkllmd.plugins import Final, Message, Plugin, PluginConfig, PluginContext, Request, Token
 
 SESSION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
@@ -112,7 +113,6 @@ def trim(
 
 def setup(ctx: PluginContext, config: Config) -> None:
     store = Store(config)
-    lim = ctx.settings.limits
 
     def counter(model: str) -> Any:
         def count(text: str) -> int:
@@ -143,12 +143,20 @@ def setup(ctx: PluginContext, config: Config) -> None:
             return req  # let validation say what is wrong
         if not all(isinstance(m.get("content"), str) and isinstance(m.get("role"), str) for m in new):
             return req
-        model = p.get("model") or req.topic_model or ctx.settings.default
-        if not isinstance(model, str) or model not in ctx.settings.models:
+        asked_model, asked_max = p.get("model"), p.get("max_tokens")
+        if asked_model and not isinstance(asked_model, str):
+            return req  # let validation say what is wrong
+        try:
+            target = resolve(
+                ctx.settings,
+                asked_model or None,
+                req.topic_model,
+                asked_max if isinstance(asked_max, int) else None,
+            )
+        except UnknownModel:
             return req  # unknown_model comes from validation
+        model, max_tokens = target.model, target.max_tokens
         mcfg = ctx.settings.models[model]
-        max_tokens = p.get("max_tokens") if isinstance(p.get("max_tokens"), int) else None
-        max_tokens = max_tokens or mcfg.max_new_tokens or lim.max_tokens
         count = counter(model)
         budget = ctx.context_length(model) - max_tokens - config.reserve_tokens
         system = p.get("system") if isinstance(p.get("system"), str) else mcfg.system_prompt

@@ -86,7 +86,9 @@ def setup(ctx: PluginContext, config: Config) -> None:
         retry_after_s=config.retry_after_s,
     )
     try:
-        server = Server(config.host, config.port, api, config.max_connections, config.read_timeout_s)
+        server = Server(
+            config.host, config.port, api.handle, ctx.log, config.max_connections, config.read_timeout_s
+        )
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:  # often an old process still closing: retried with backoff
             raise NotReady(f"{config.host}:{config.port} is in use") from exc

@@ -1,0 +1,205 @@
+"""The dispatcher: the one thread that publishes what happens to requests, and runs the routers.
+
+Threads: ``Dispatcher`` runs the *dispatcher* thread and owns its queue; ``put`` may be called
+from any thread (the inference loop's ``emit``, the ingress thread's answers, plugins' stats
+refresh) and only enqueues. Every event is a ``Token``, a ``Final`` or loop ``Stats``: tokens
+become stream chunks, each Final becomes the request's one reply (its body laid out by
+rkllmd.protocol), and both go to the plugin routers. ``<base>/stats`` is published on every change
+the loop reports, at most once per ``STATS_MIN_INTERVAL_S`` (``StatsThrottle``: leading and
+trailing, so the last state always goes out); a pending trailing publish is the only thing that
+gives the queue wait a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from rkllmd import protocol
+from rkllmd.bus import Bus
+from rkllmd.exchange import Final, Token
+from rkllmd.loop import Event, Stats
+from rkllmd.plugins.host import PluginHost
+from rkllmd.protocol import Topics
+
+log = structlog.get_logger("rkllmd")
+
+# The stats topic is retained and read by dashboards (the Home Assistant sensors); a burst of
+# changes (a queue filling up, short jobs back to back) is folded into one publish per interval.
+STATS_MIN_INTERVAL_S = 0.25
+
+_END = object()
+
+
+class Dispatcher:
+    """Publishes stream chunks, final replies, stats and info; routes tokens and replies."""
+
+    def __init__(self, bus: Bus, topics: Topics, plugins: PluginHost, info: Callable[[], dict[str, Any]]):
+        """``info`` builds the retained info topic, re-published after a load or an unload."""
+        self.bus, self.topics, self.plugins, self._info = bus, topics, plugins, info
+        self._events: queue.Queue[Event | object] = queue.Queue()
+        self._gate = StatsThrottle(STATS_MIN_INTERVAL_S)  # dispatcher thread only
+        self._thread = threading.Thread(target=self._main, name="dispatcher", daemon=True)
+
+    # --- any thread ------------------------------------------------------------------------
+
+    def put(self, event: Event) -> None:
+        """Queue an event for the dispatcher thread; never blocks."""
+        self._events.put(event)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Main thread: publish what is queued and the last held stats, then end the thread."""
+        self._events.put(_END)
+        self._thread.join(timeout=10)
+
+    def publish_stats_now(self, stats: dict[str, Any]) -> None:
+        """The first stats message at startup (main thread, before any request)."""
+        self.bus.publish_json(self.topics.stats, self._stats(stats), retain=True)
+
+    def publish_info(self) -> None:
+        self.bus.publish_json(self.topics.info, self._info(), retain=True)
+
+    # --- dispatcher thread -----------------------------------------------------------------
+
+    def _main(self) -> None:
+        gate = self._gate
+        while True:
+            # Blocks without a timeout unless a trailing stats publish is pending: no idle wakeups.
+            ev: Event | object | None
+            try:
+                ev = self._events.get(timeout=gate.wait_s(time.monotonic()))
+            except queue.Empty:
+                ev = None
+            if ev is _END:
+                with contextlib.suppress(Exception):
+                    self._publish_stats(gate.due(time.monotonic(), force=True))
+                return
+            try:
+                if isinstance(ev, (Token, Final, Stats)):
+                    self._dispatch(ev)
+                self._publish_stats(gate.due(time.monotonic()))
+            except Exception:  # a failed publish must not stop the replies that follow
+                log.exception("dispatch failed")
+
+    def _dispatch(self, ev: Event) -> None:
+        if isinstance(ev, Token):
+            job = ev.request
+            if job.stream and job.id is not None:
+                self.bus.publish(
+                    self.topics.stream(job.id),
+                    protocol.stream_chunk(job.id, ev.seq, ev.delta),
+                    droppable=True,
+                )
+                self.bus.publish(self.topics.stream_text(job.id), ev.delta.encode(), droppable=True)
+            if job.address is not None and self.plugins.has_routers:
+                self.plugins.route(ev)
+        elif isinstance(ev, Stats):
+            self._publish_stats(self._gate.offer(ev.stats, time.monotonic()))
+        else:
+            if ev.request.run.enqueued_at is not None:  # it went through the queue: a job's end
+                self._job_ended(ev)
+            self._reply(ev)
+
+    def _job_ended(self, final: Final) -> None:
+        job = final.request
+        if final.ok:
+            log.info(
+                "request done",
+                request_id=job.id,
+                kind=job.command,
+                finish_reason=final.data.get("finish_reason"),
+                tokens=final.data.get("usage", {}).get("completion_tokens"),
+                ttft_ms=final.data.get("timings", {}).get("ttft_ms"),
+            )
+        else:
+            log.warning(
+                "request failed", request_id=job.id, kind=job.command, code=final.code, error=final.error
+            )
+        if job.command == "generate" and job.stream and job.id is not None:
+            finish = str(final.data.get("finish_reason", "stop")) if final.ok else "error"
+            self.bus.publish(
+                self.topics.stream(job.id), protocol.stream_end(job.id, job.run.seq, finish, final.status)
+            )
+            self.bus.publish(self.topics.stream_text(job.id), b"\n")
+        if job.command in ("load", "unload"):
+            self.publish_info()
+
+    def _reply(self, final: Final) -> None:
+        """The request's one final reply, to its address, then to the routers."""
+        ex, address = final.request, final.request.address
+        if address is None:  # rkllmd's own job (the startup load): nobody to answer
+            return
+        if not address.local:
+            body = protocol.reply_body(
+                final.status, final.data, final.code, final.error, address.request_id, address
+            )
+            self.bus.publish(
+                address.topic,
+                protocol.to_json(body),
+                correlation_data=address.correlation_data,
+                content_type="application/json",
+            )
+        if self.plugins.has_routers:
+            ex.id = ex.id or address.request_id
+            self.plugins.route(final)
+
+    def _publish_stats(self, stats: dict[str, Any] | None) -> None:
+        """Publish a snapshot the throttle let through, retained; None: nothing."""
+        if stats is not None:
+            self.bus.publish_json(self.topics.stats, self._stats(stats), retain=True)
+
+    def _stats(self, stats: dict[str, Any]) -> dict[str, Any]:
+        """The stats topic: the loop's counters, plus what plugins contribute under ``plugins``."""
+        extra = self.plugins.stats()
+        return {**stats, "plugins": extra} if extra else stats
+
+
+class StatsThrottle:
+    """Leading and trailing rate limit for the stats topic; used on the dispatcher thread only.
+
+    A change after a quiet spell of ``interval_s`` goes out at once (leading). Changes that come
+    sooner are held, the newest replacing older ones, and go out when the interval has passed
+    (trailing), so the last state is never lost. ``wait_s`` is None while nothing is held: the
+    dispatcher then blocks on its queue with no timeout, and nothing wakes up while idle.
+    """
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last: float | None = None  # monotonic time of the last publish
+        self._held: dict[str, Any] | None = None
+
+    def offer(self, stats: dict[str, Any], now: float) -> dict[str, Any] | None:
+        """A new snapshot: returned if it may be published now, else held for the trailing publish."""
+        if self._last is None or now - self._last >= self.interval_s:
+            self._last, self._held = now, None
+            return stats
+        self._held = stats
+        return None
+
+    def wait_s(self, now: float) -> float | None:
+        """Seconds until the held snapshot is due, or None when nothing is held."""
+        if self._held is None or self._last is None:
+            return None
+        return max(0.0, self._last + self.interval_s - now)
+
+    def due(self, now: float, *, force: bool = False) -> dict[str, Any] | None:
+        """The held snapshot once its time has come (at once with ``force``), else None."""
+        if self._held is None or self._last is None:
+            return None
+        if not force and now - self._last < self.interval_s:
+            return None
+        stats, self._held, self._last = self._held, None, now
+        return stats

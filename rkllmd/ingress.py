@@ -1,0 +1,274 @@
+"""Ingress: each incoming message becomes an admitted Exchange, served by its command, or a refusal.
+
+Threads: ``Ingress`` runs the *ingress* thread, fed by ``put`` (paho's network thread and the
+plugins' ``inject`` only enqueue). Plugin topic handlers and preprocessors run here too.
+``admit`` is a pure function of one message and a ``Gate``: it reads the topic, the payload and
+the reply address, runs the preprocessors, validates and resolves the model, and neither queues
+nor publishes. ``Ingress`` then serves what was admitted (rkllmd.protocol.COMMANDS says how) and
+hands every answer it makes, refusals included, to the dispatcher, which publishes and routes it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from rkllmd import protocol
+from rkllmd.dispatch import Dispatcher
+from rkllmd.errors import RequestError, RkllmdError, ShuttingDown, UnknownCommand
+from rkllmd.exchange import Exchange, Final, check_model, resolve
+from rkllmd.loop import InferenceLoop
+from rkllmd.plugins.host import PluginHost
+from rkllmd.protocol import COMMANDS, Address, Incoming, LocalMessage, Topics
+from rkllmd.settings import Settings
+
+log = structlog.get_logger("rkllmd")
+
+
+@dataclass(frozen=True)
+class Gate:
+    """What admission reads: the configuration, the topics, the preprocessor chain, and whether
+    rkllmd is stopping (a stopping daemon refuses what it would otherwise accept)."""
+
+    settings: Settings
+    topics: Topics
+    preprocess: Callable[[Exchange], Exchange]
+    stopping: Callable[[], bool] = lambda: False
+
+
+def admit(msg: Incoming, gate: Gate) -> Exchange | Final:
+    """The exchange a request message asks for, ready to serve, or its refusal (ingress thread).
+
+    The refusal goes to the address the request asked for wherever its bytes allow reading it
+    (docs/PROTOCOL.md, "Where refusals go").
+    """
+    bad_response_topic = _check_response_topic(msg.response_topic)
+    if bad_response_topic is not None:
+        msg = dataclasses.replace(msg, response_topic=None)
+    address = Address(
+        topic=msg.response_topic or gate.topics.response("error"),
+        correlation_data=msg.correlation_data,
+        local=isinstance(msg, LocalMessage),
+    )
+    ex = Exchange(command="", topic=msg.topic, address=address)
+    try:
+        if bad_response_topic is not None:
+            with contextlib.suppress(UnknownCommand):
+                command, topic_model = gate.topics.parse_request_topic(msg.topic)
+                address.topic = gate.topics.response(command)
+                ex.command, ex.topic_model = command, topic_model
+            # the id and transaction are still echoed; a reply_to does not replace the bad topic
+            take_address(_address_of_refused(msg, gate), address, True)
+            raise RequestError(bad_response_topic)
+        return _admit(msg, ex, address, gate)
+    except Exception as exc:  # the daemon never dies on input
+        return refusal(ex, exc)
+
+
+def _admit(msg: Incoming, ex: Exchange, address: Address, gate: Gate) -> Exchange:
+    topics, settings = gate.topics, gate.settings
+    v5 = msg.response_topic is not None
+    try:
+        command, topic_model = topics.parse_request_topic(msg.topic)
+    except UnknownCommand:
+        if not v5:
+            address.topic = topics.response("error")
+        take_address(_address_of_refused(msg, gate), address, v5)
+        raise
+    if not v5:
+        address.topic = topics.response(command)
+    # Known before the payload is read, so routers see the command of a refused payload too.
+    ex.command, ex.topic_model = command, topic_model
+    try:
+        obj = protocol.decode_payload(msg.payload, command, settings.limits.max_payload_bytes)
+    except RkllmdError:
+        take_address(_address_of_refused(msg, gate), address, v5)
+        raise
+    # Read from the payload as it arrived (a preprocessor that refuses it is answered there),
+    # then from what the chain returns, where a preprocessor may have set reply_to or an id.
+    take_address(obj, address, v5)
+    ex.payload, ex.original, ex.id = obj, dict(obj), address.request_id
+    out = gate.preprocess(ex)
+    if out is not ex:  # a preprocessor returned a record of its own: it replaces ours, same address
+        ex, ex.address = out, address
+    take_address(ex.payload, address, v5)
+    req = protocol.validate(command, ex.payload)
+    ex.id = req.id
+    if gate.stopping():
+        raise ShuttingDown("rkllmd is shutting down; request not accepted")
+    serve = COMMANDS[command].serve
+    if isinstance(req, protocol.GenerateRequest):
+        target = resolve(settings, req.model, topic_model, req.max_tokens)
+        cap = settings.limits.max_tokens_cap
+        if target.max_tokens > cap:
+            raise RequestError(f"max_tokens {target.max_tokens} is over the limit of {cap}")
+        ex.model, ex.inp = target.model, req.to_input(target.max_tokens)
+        ex.stream = req.stream and not address.local
+    elif serve == "cancel":
+        if req.id is None:
+            raise RequestError("cancel needs the id of the request to cancel")
+        address.request_id = req.id
+        return ex
+    elif serve == "models":
+        return ex
+    else:
+        model: str | None = getattr(req, "model", None)
+        if model is not None:
+            check_model(settings, model)
+        ex.model = settings.default if command == "load" and model is None else model
+    ex.id = address.request_id = req.id or protocol.new_request_id()
+    return ex
+
+
+def refusal(ex: Exchange, exc: Exception) -> Final:
+    """The error reply of an exchange that was refused or failed before it was queued."""
+    rid = ex.address.request_id if ex.address is not None else None
+    if isinstance(exc, RkllmdError):
+        log.info("request refused", topic=ex.topic, code=exc.code, error=exc.message, request_id=rid)
+        err = exc
+    else:
+        log.error("request handling failed", topic=ex.topic, exc_info=exc)
+        err = RkllmdError(f"internal error: {exc}")
+    ex.id = ex.id or rid
+    return Final.failed(ex, err)
+
+
+def take_address(obj: dict[str, Any], address: Address, has_v5_topic: bool) -> None:
+    """Best effort: take reply_to, id and transaction from a request even before it validates,
+    so that a request with a wrong field still gets its error where the sender listens. Each is
+    taken only if it is valid on its own (a transaction only if a reply can carry it back)."""
+    if "transaction" in obj and protocol.echoable(obj["transaction"]):
+        address.transaction = obj["transaction"]
+        address.has_transaction = True
+    rid = obj.get("id")
+    if isinstance(rid, str) and protocol.ID_RE.match(rid):
+        address.request_id = rid
+    rt = obj.get("reply_to")
+    if not has_v5_topic and isinstance(rt, str):
+        try:
+            protocol.check_publish_topic(rt, "reply_to")
+        except ValueError:
+            return
+        address.topic = rt
+
+
+def _address_of_refused(msg: Incoming, gate: Gate) -> dict[str, Any]:
+    """What a payload refused before validation says about where its reply goes (bounded)."""
+    return protocol.read_address(msg.payload, gate.settings.limits.max_payload_bytes)
+
+
+def _check_response_topic(topic: str | None) -> str | None:
+    """Why a v5 Response Topic must not be used (brokers pass on wildcards and $-topics), or None."""
+    if topic is None:
+        return None
+    try:
+        protocol.check_publish_topic(topic, "the Response Topic")
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+class Ingress:
+    """The ingress thread: admit each message, serve it by its command, hand answers on."""
+
+    def __init__(
+        self, settings: Settings, topics: Topics, plugins: PluginHost, loop: InferenceLoop, out: Dispatcher
+    ) -> None:
+        self.settings, self.plugins, self.loop, self.out = settings, plugins, loop, out
+        self.stopping = False  # set by the main thread at shutdown
+        self.gate = Gate(settings, topics, plugins.preprocess, lambda: self.stopping)
+        self._inbox: queue.Queue[Incoming | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._main, name="ingress", daemon=True)
+        self._serve: dict[protocol.Serve, Callable[[Exchange], None]] = {
+            "generate": self._queue,
+            "queue": self._queue,
+            "cancel": self._cancel,
+            "models": self._models,
+        }
+
+    # --- any thread ------------------------------------------------------------------------
+
+    def put(self, msg: Incoming) -> None:
+        """Hand a message to the ingress thread (paho's network thread, plugins' inject)."""
+        self._inbox.put(msg)
+
+    @property
+    def thread(self) -> threading.Thread:
+        return self._thread
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Main thread: answer what is still in the inbox, then end the thread."""
+        self._inbox.put(None)
+        self._thread.join(timeout=5)
+
+    # --- ingress thread --------------------------------------------------------------------
+
+    def _main(self) -> None:
+        while True:
+            msg = self._inbox.get()
+            if msg is None:
+                # Anything that arrived after the stop still gets an answer.
+                while True:
+                    try:
+                        late = self._inbox.get_nowait()
+                    except queue.Empty:
+                        return
+                    if late is not None:
+                        self._handle_guarded(late)
+            self._handle_guarded(msg)
+
+    def _handle_guarded(self, msg: Incoming) -> None:
+        """Nothing a message does may end the ingress thread: every later request depends on it."""
+        try:
+            self.handle(msg)
+        except Exception:
+            log.exception("ingress failed on a message", topic=msg.topic)
+
+    def handle(self, msg: Incoming) -> None:
+        if self.plugins.handles(msg.topic):
+            self.plugins.deliver(msg)
+            return
+        admitted = admit(msg, self.gate)
+        if isinstance(admitted, Final):
+            self.out.put(admitted)
+            return
+        try:
+            self._serve[COMMANDS[admitted.command].serve](admitted)
+        except Exception as exc:
+            self.out.put(refusal(admitted, exc))
+
+    def _queue(self, ex: Exchange) -> None:
+        self.loop.submit(ex)
+        if ex.command == "generate":
+            log.info("request queued", request_id=ex.id, model=ex.model, queue_depth=self.loop.queue_depth())
+
+    def _cancel(self, ex: Exchange) -> None:
+        assert ex.id is not None  # admit refuses a cancel without one
+        where = self.loop.cancel(ex.id)  # NotFound is answered like any refusal
+        log.info("cancel", request_id=ex.id, was=where)
+        self.out.put(Final(ex, "ok", {"cancelled": ex.id, "was": where}))
+
+    def _models(self, ex: Exchange) -> None:
+        loaded, default = self.loop.loaded_model, self.settings.default
+        out = [
+            {
+                "name": name,
+                "runtime": cfg.runtime,
+                "description": cfg.description,
+                "context_length": cfg.max_context_len,
+                "loaded": name == loaded,
+                "default": name == default,
+            }
+            for name, cfg in self.settings.models.items()
+        ]
+        self.out.put(Final(ex, "ok", {"models": out, "loaded": loaded, "default": default}))

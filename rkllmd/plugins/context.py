@@ -1,0 +1,168 @@
+"""The context handed to a plugin's ``setup``: its handle on rkllmd.
+
+Threads: a context is made and closed on the main thread (setup, teardown; a setup retried after
+``NotReady`` runs on a timer thread); its methods may be called from any thread, and each says
+on which thread the hooks it registers run. Everything registered through it is undone at
+teardown, so a plugin keeps no global state of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from rkllmd.plugins.contract import (
+    Handler,
+    Message,
+    Plugin,
+    Preprocessor,
+    Router,
+    StatsContributor,
+)
+from rkllmd.plugins.hooks import Hooks
+from rkllmd.protocol import Topics, check_publish_topic
+
+if TYPE_CHECKING:
+    from rkllmd.settings import Settings
+
+
+class PluginContext:
+    """A plugin's handle on rkllmd; everything registered through it is undone at teardown."""
+
+    def __init__(self, hooks: Hooks, plugin: Plugin) -> None:
+        """``hooks``: the chains this plugin registers into (the daemon's PluginHost)."""
+        self.plugin = plugin
+        self.name = plugin.name
+        self._hooks, self._services = hooks, hooks.services
+        self.settings: Settings = hooks.services.settings
+        self.topics: Topics = hooks.services.topics
+        self.log = structlog.get_logger(f"rkllmd.plugin.{plugin.name}").bind(plugin=plugin.name)
+        self._undo: list[Callable[[], None]] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # topics and publishing (any thread)
+
+    def topic(self, *parts: str) -> str:
+        """A topic in this plugin's namespace: ``<base>/plugins/<name>/<parts...>``."""
+        return "/".join((self.topics.base, "plugins", self.name, *parts))
+
+    @property
+    def enabled_plugins(self) -> list[str]:
+        return list(self._hooks.enabled)
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes | str | dict[str, Any] | list[Any],
+        *,
+        retain: bool = False,
+        qos: int | None = None,
+    ) -> None:
+        """Publish bytes, text, or a JSON-serialisable object (any thread)."""
+        check_publish_topic(topic, f"plugin {self.name} topic")
+        if isinstance(payload, (dict, list)):
+            data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        elif isinstance(payload, str):
+            data = payload.encode()
+        else:
+            data = payload
+        self._services.publish(topic, data, qos=qos, retain=retain)
+
+    def subscribe(self, topic: str, handler: Handler, qos: int | None = None) -> Callable[[], None]:
+        """Call ``handler(message)`` on the ingress thread for each message matching ``topic``.
+
+        Returns the unsubscribe; teardown unsubscribes whatever is left.
+        """
+        if topic.startswith(self.topics.request("")):
+            raise ValueError(f"{topic!r} is under rkllmd's own request topics")
+        remove = self._hooks.add_subscription(topic, handler, qos)
+        return self._keep(remove)
+
+    def add_preprocessor(
+        self, fn: Preprocessor, commands: Iterable[str] = ("generate",)
+    ) -> Callable[[], None]:
+        """Add ``fn`` to the preprocessor chain for requests of ``commands`` (ingress thread)."""
+        return self._keep(self._hooks.add("pre", (self.name, fn, frozenset(commands))))
+
+    def add_router(self, fn: Router) -> Callable[[], None]:
+        """Add ``fn`` to the router chain: it sees Token and Final events (dispatcher thread)."""
+        return self._keep(self._hooks.add("route", (self.name, fn)))
+
+    def add_stats(self, fn: StatsContributor) -> Callable[[], None]:
+        """Contribute ``fn()`` to the stats topic as ``plugins.<name>``; None leaves it out."""
+        return self._keep(self._hooks.add("stats", (self.name, fn)))
+
+    def on_teardown(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` at teardown (after the plugin's own teardown, in reverse order of adding)."""
+        self._keep(fn)
+
+    def call_later(self, delay_s: float, fn: Callable[[], None]) -> Callable[[], None]:
+        """Run ``fn`` once after ``delay_s`` on a timer thread; cancelled at teardown."""
+
+        def run() -> None:
+            try:
+                fn()
+            except Exception:
+                self.log.exception("plugin timer failed")
+
+        timer = threading.Timer(delay_s, run)
+        timer.daemon = True
+        timer.name = f"plugin-{self.name}-timer"
+        timer.start()
+        return self._keep(timer.cancel)
+
+    # the daemon's state and actions
+
+    def stats(self) -> dict[str, Any]:
+        """The daemon's current stats (queue depth, busy, running id, loaded model, ...)."""
+        return self._services.stats()
+
+    def refresh_stats(self) -> None:
+        """Ask the daemon to publish its stats topic now."""
+        self._services.refresh_stats()
+
+    def cancel(self, request_id: str) -> str:
+        """Cancel a queued or running request; returns ``queued``/``running``; NotFound otherwise."""
+        return self._services.cancel(request_id)
+
+    def inject(self, msg: Message) -> None:
+        """Handle ``msg`` as if it had arrived on its topic (e.g. a ``<base>/request/...`` topic);
+        a :class:`LocalMessage` is answered to routers only."""
+        self._services.inject(msg)
+
+    def count_tokens(self, model: str, text: str) -> int | None:
+        """Tokens ``text`` takes with ``model``'s tokenizer, or None when it has none (any thread)."""
+        return self._services.count_tokens(model, text)
+
+    def context_length(self, model: str) -> int:
+        return int(self.settings.models[model].max_context_len)
+
+    # internals
+
+    def _keep(self, undo: Callable[[], None]) -> Callable[[], None]:
+        done = threading.Event()
+
+        def once() -> None:
+            if not done.is_set():
+                done.set()
+                undo()
+
+        with self._lock:
+            self._undo.append(once)
+        return once
+
+    def close(self) -> None:
+        """Undo everything registered through this context, newest first (main thread)."""
+        with self._lock:
+            undo, self._undo = self._undo, []
+            self._closed = True
+        for fn in reversed(undo):
+            try:
+                fn()
+            except Exception:
+                self.log.exception("plugin cleanup failed")

@@ -1,0 +1,100 @@
+"""The plugin contract (plugin API 1): what a plugin declares and the events its hooks receive.
+
+Data and types only, no threads. docs/PLUGINS.md is the guide for plugin authors; the names here
+are re-exported by ``rkllmd.plugins``, which is what plugins import.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from rkllmd.errors import RkllmdError
+
+# Token, Final and LocalMessage are the daemon's own types, re-exported for plugins.
+from rkllmd.exchange import Exchange
+from rkllmd.exchange import Final as Final
+from rkllmd.exchange import Token as Token
+from rkllmd.protocol import Incoming, Topics
+from rkllmd.protocol import LocalMessage as LocalMessage
+
+if TYPE_CHECKING:
+    from rkllmd.plugins.context import PluginContext
+    from rkllmd.settings import Settings
+
+#: The plugin API this rkllmd implements; a plugin declares the one it was written for.
+API_VERSION = 1
+SUPPORTED_API_VERSIONS = frozenset({1})
+
+#: An MQTT message as plugins see it (topic, payload bytes, v5 response topic, correlation data).
+Message = Incoming
+
+#: One incoming request as preprocessors and routers see it: the daemon's own record of it.
+Request = Exchange
+
+
+class PluginConfig(BaseModel):
+    """Base of every plugin's config model: unknown keys are errors, values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NotReady(Exception):
+    """Raised by ``setup`` when a dependency is not there yet: setup is retried with backoff."""
+
+
+class PluginError(RkllmdError):
+    """A plugin failed while handling a request; the reply names the plugin."""
+
+    code = "plugin_error"
+
+
+Preprocessor = Callable[[Request], Request]
+Router = Callable[[Token | Final], None]
+Handler = Callable[[Message], None]
+StatsContributor = Callable[[], dict[str, Any] | None]
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """What a plugin module declares as ``PLUGIN``.
+
+    ``setup(context, config)`` registers hooks through the context; it raises :class:`NotReady`
+    to be retried later, anything else to be disabled. ``teardown(context)`` releases what setup
+    took besides the hooks (those the context removes itself). ``remove(context)`` runs when the
+    plugin is installed but not enabled, or was disabled after a fatal error: it undoes what the
+    plugin left on the broker (retained messages) and must be cheap.
+    """
+
+    name: str
+    version: str
+    setup: Callable[[PluginContext, Any], None]
+    config: type[BaseModel] = PluginConfig
+    api_version: int = API_VERSION
+    teardown: Callable[[PluginContext], None] | None = None
+    remove: Callable[[PluginContext], None] | None = None
+    description: str = ""
+
+
+class Services(Protocol):
+    """What the daemon lends to plugins; the testing kit has its own implementation."""
+
+    settings: Settings
+    topics: Topics
+
+    def publish(self, topic: str, payload: bytes, *, qos: int | None, retain: bool) -> None: ...
+
+    def subscribe(self, topic: str, qos: int | None) -> Callable[[], None]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def refresh_stats(self) -> None: ...
+
+    def cancel(self, request_id: str) -> str: ...
+
+    def inject(self, msg: Message) -> None: ...
+
+    def count_tokens(self, model: str, text: str) -> int | None: ...
