@@ -69,12 +69,10 @@ class Bus:
         will_topic: str,
         will_payload: bytes,
         on_incoming: Callable[[Incoming], None],
-        on_connected: Callable[[], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.v5 = cfg.protocol == "5"
         self._on_incoming = on_incoming
-        self._on_connected = on_connected
         self._subs: dict[str, int] = {}
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._lock = threading.Lock()
@@ -297,8 +295,6 @@ class Bus:
             self.connected.set()
         for topic, (payload, q) in retained:
             client.publish(topic, payload, qos=q, retain=True)
-        if self._on_connected is not None:
-            self._on_connected()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         self.connected.clear()

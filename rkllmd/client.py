@@ -38,10 +38,6 @@ class AskOptions:
     password: str | None = None
 
 
-class NoAnswer(Exception):
-    pass
-
-
 def ask(opts: AskOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) -> int:
     """Run one request against a daemon; returns an exit code (0 ok, 1 error reply, 2 no answer)."""
     topics = Topics(opts.base_topic)
