@@ -117,7 +117,7 @@ def _run(settings: object) -> int:
 
 
 def _check_config(settings: object) -> int:
-    from rkllmd.runtime.factory import check_model
+    from rkllmd.runtime.registry import check_model
     from rkllmd.settings import Settings
 
     assert isinstance(settings, Settings)

@@ -19,15 +19,14 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from rkllmd.config_base import Strict
 from rkllmd.errors import ConfigError
+from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
+from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/rkllmd/rkllmd.toml")
 EMBEDDED_MODEL_NAME = "smollm2"
 _TOPIC_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./"
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _read_secret(path: Path | None, inline: str | None, what: str) -> str | None:
@@ -108,61 +107,8 @@ class LogSettings(Strict):
     format: Literal["auto", "console", "json"] = "auto"
 
 
-class ChatTemplate(Strict):
-    """RKLLM's own three-part template (rkllm_set_chat_template); {system} is replaced."""
-
-    system: str = ""
-    prefix: str = ""
-    postfix: str = ""
-
-
-class ModelCommon(Strict):
-    description: str = ""
-    max_context_len: int = Field(4096, ge=32)
-    max_new_tokens: int | None = Field(None, ge=1, description="per-model cap; default limits.max_tokens")
-    temperature: float = Field(0.8, ge=0)
-    top_p: float = Field(0.9, gt=0, le=1)
-    top_k: int = Field(40, ge=0)
-    repeat_penalty: float = Field(1.1, ge=0)
-    frequency_penalty: float = 0.0
-    presence_penalty: float = 0.0
-    system_prompt: str | None = None
-
-
-class RkllmModelSettings(ModelCommon):
-    runtime: Literal["rkllm"]
-    path: Path
-    library: Path | None = Field(
-        None, description="librkllmrt.so; default [rkllm].library, then the search path"
-    )
-    runtime_version: str = Field(
-        "auto",
-        description="auto (detect), or a pin that overrides detection at your own risk: "
-        "1.2.0, 1.2.1b1, 1.2.1, 1.2.2, 1.2.3, 1.3.0",
-    )
-    tokenizer: Path | None = Field(None, description="tokenizer.json for prompt token counts")
-    keep_history: bool = False
-    n_keep: int = -1
-    base_domain_id: int = 0
-    embed_flash: bool = True
-    enabled_cpus: list[int] = Field(default_factory=lambda: [4, 5, 6, 7])
-    skip_special_token: bool = True
-    chat_template: ChatTemplate | None = None
-
-
-class LlamaCppModelSettings(ModelCommon):
-    runtime: Literal["llamacpp"]
-    path: Path | None = Field(None, description=".gguf file; empty = the embedded SmolLM2 demo model")
-    n_threads: int | None = Field(None, ge=1)
-    seed: int = -1
-
-
+# A [models.X] table is the settings model of its runtime (rkllmd.runtime.registry.kinds()).
 ModelSettings = Annotated[RkllmModelSettings | LlamaCppModelSettings, Field(discriminator="runtime")]
-
-
-class RkllmSettings(Strict):
-    library: Path | None = None
-    log_level: int | None = Field(None, ge=0, le=2, description="sets RKLLM_LOG_LEVEL for the runtime")
 
 
 class PluginConfigProblems(ValueError):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling
-from rkllmd.settings import RkllmModelSettings
+from rkllmd.runtime.rkllm.settings import RkllmModelSettings
 from tests.fake_rkllm.build import build_fake
 
 # gcc output is cached here across sessions (file names carry a hash of the sources).

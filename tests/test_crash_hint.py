@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import signal
 
-from rkllmd.runtime.worker import crash_hint
+from rkllmd.runtime.registry import kinds
+
+
+def crash_hint(kind: str, exitcode: int | None) -> str | None:
+    return kinds()[kind].crash_hint(exitcode)
 
 
 def test_sigill_of_llamacpp_says_rerun_setup() -> None:

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 
 from rkllmd.errors import ModelLoadError, RuntimeFailure, RuntimeNotInstalled
-from rkllmd.runtime import llamacpp
 from rkllmd.runtime.base import ChatMessage, GenerateInput, GenerateResult, Sampling
-from rkllmd.runtime.llamacpp import LlamaCppRuntime, _split_stop, embedded_model_path
-from rkllmd.settings import LlamaCppModelSettings
+from rkllmd.runtime.llamacpp import embedded_model_path
+from rkllmd.runtime.llamacpp import runtime as llamacpp
+from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime, _split_stop
+from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 
 FRANCE = "What is the capital of France?"
 GREEDY = Sampling(temperature=0.0)

@@ -16,7 +16,7 @@ from rkllmd.runtime.rkllm._lib import (
     git_blob_id,
     scan_sdk_versions,
 )
-from rkllmd.settings import RkllmModelSettings
+from rkllmd.runtime.rkllm.settings import RkllmModelSettings
 from tests.fake_rkllm.build import build_fake
 from tests.fake_rkllm.derive import (
     make_elf,

@@ -17,7 +17,7 @@ import structlog
 from rkllmd.errors import LibraryVersionError, ModelLoadError, RuntimeCallError, RuntimeFailure
 from rkllmd.runtime.rkllm._handle import default_param
 from rkllmd.runtime.rkllm.runtime import CHATML, RkllmRuntime
-from rkllmd.settings import ChatTemplate, RkllmSettings
+from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmSettings
 from tests.rkllm_conftest_fixtures import (
     FakeIntrospect,
     ask,
@@ -345,7 +345,7 @@ def test_library_not_loaded_before_open(model: Path) -> None:
 import sys
 from pathlib import Path
 from rkllmd.runtime.rkllm.runtime import RkllmRuntime
-from rkllmd.settings import RkllmModelSettings, RkllmSettings
+from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
 def mapped():
     return {str(lib)!r} in open("/proc/self/maps").read()
 cfg = RkllmModelSettings(runtime="rkllm", path=Path({str(model)!r}), library=Path({str(lib)!r}))

@@ -87,8 +87,8 @@ def test_check_config_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -
     """A llama.cpp model without llama-cpp-python installed is reported with the extra to install."""
     import importlib.util
 
-    from rkllmd.runtime.factory import check_model
-    from rkllmd.settings import LlamaCppModelSettings
+    from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
+    from rkllmd.runtime.registry import check_model
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a))

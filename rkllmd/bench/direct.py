@@ -24,7 +24,7 @@ class DirectPath:
 
     def load(self, model: str) -> dict[str, Any]:
         """Open ``model`` (closing any other); returns the runtime's describe()."""
-        from rkllmd.runtime.factory import make_runtime
+        from rkllmd.runtime.registry import make_runtime
 
         self.unload()
         # isolate=False: the real runtime class in this process, not the daemon's worker process.

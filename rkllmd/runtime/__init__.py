@@ -1,1 +1,1 @@
-"""Runtimes behind one interface; each is imported only when a model that uses it is opened."""
+"""Runtimes behind one interface (``base``), one package per kind, found through ``registry``."""

@@ -1,16 +1,27 @@
-"""The runtime interface the inference loop sees.
+"""The runtime interface the inference loop sees, and what each kind of runtime declares.
 
 A runtime owns one loaded model. Every method except ``abort`` is called on the inference
 thread only, one call at a time; ``abort`` may be called from any thread while ``generate``
 blocks. A runtime never touches MQTT: it hands text deltas to a sink and returns a result.
+
+A :class:`TokenCounter` counts apart from the loaded runtime, on any thread. A
+:class:`RuntimeKind` is what a runtime package declares (``KIND``) for rkllmd.runtime.registry.
 """
 
 from __future__ import annotations
 
 import abc
+import signal
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
+
+import structlog
+
+from rkllmd.config_base import ModelCommon
+
+log = structlog.get_logger("rkllmd.runtime")
 
 
 @dataclass(frozen=True)
@@ -126,4 +137,59 @@ class Runtime(abc.ABC):
         return {"runtime": self.kind}
 
 
-RuntimeFactory = Callable[[], Runtime]
+class TokenCounter(Protocol):
+    """Counts tokens with one model's tokenizer, apart from its runtime; any thread."""
+
+    def count(self, text: str) -> int | None:
+        """Tokens ``text`` takes, or None when the tokenizer cannot be had."""
+        ...
+
+
+class LazyCounter:
+    """A TokenCounter that loads its tokenizer on the first count, once.
+
+    ``load`` returns the counting function, or None when there is nothing to count with; a load
+    that raises is logged and counts nothing from then on. ``source`` names it in that log line.
+    """
+
+    def __init__(self, load: Callable[[], Callable[[str], int] | None], source: str) -> None:
+        self._load: Callable[[], Callable[[str], int] | None] | None = load
+        self._fn: Callable[[str], int] | None = None
+        self._source = source
+        self._lock = threading.Lock()
+
+    def count(self, text: str) -> int | None:
+        with self._lock:
+            if self._load is not None:
+                load, self._load = self._load, None
+                try:
+                    self._fn = load()
+                except Exception as exc:
+                    log.warning("no tokenizer for token counting", tokenizer=self._source, error=str(exc))
+            fn = self._fn
+        return fn(text) if fn is not None else None
+
+
+@dataclass(frozen=True)
+class RuntimeKind:
+    """One kind of runtime, as its package declares it: what ``runtime = "<name>"`` stands for.
+
+    ``settings`` is the model of a ``[models.X]`` table of this kind; ``open_runtime(name, cfg,
+    settings)`` builds its runtime in this process, closed, from the model's table and the whole
+    configuration (rkllmd.settings.Settings, which no runtime imports); heavy imports happen
+    there, not at import. ``check(name, cfg)`` lists what would stop the model from loading,
+    without loading it; ``token_counter(cfg)`` gives a counter for the model, or None when it
+    cannot count. ``sigill_hint`` says what an illegal instruction in its native code means.
+    """
+
+    name: str
+    settings: type[ModelCommon]
+    open_runtime: Callable[[str, Any, Any], Runtime]
+    check: Callable[[str, Any], list[str]]
+    token_counter: Callable[[Any], TokenCounter | None]
+    sigill_hint: str | None = None
+
+    def crash_hint(self, exitcode: int | None) -> str | None:
+        """What a worker's death with ``exitcode`` means for the user, or None when it says nothing."""
+        # An illegal instruction is a build for another CPU, never a bad prompt: retrying cannot help.
+        return self.sigill_hint if exitcode == -signal.SIGILL else None

@@ -18,31 +18,43 @@ import contextlib
 import multiprocessing
 import signal
 import threading
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from rkllmd import errors
+from rkllmd.config_base import ModelCommon
 from rkllmd.errors import ModelLoadError, RkllmdError, RuntimeCrashed, RuntimeFailure
-from rkllmd.runtime.base import GenerateInput, GenerateResult, Runtime, TokenSink
-from rkllmd.settings import LlamaCppModelSettings, RkllmModelSettings, Settings
+from rkllmd.runtime.base import GenerateInput, GenerateResult, Runtime, RuntimeKind, TokenSink
+
+if TYPE_CHECKING:
+    from rkllmd.settings import Settings
 
 log = structlog.get_logger("rkllmd.worker")
 
-ModelCfg = RkllmModelSettings | LlamaCppModelSettings
 _SPAWN = multiprocessing.get_context("spawn")  # forking a process with threads is unsafe
 
 
 class WorkerRuntime(Runtime):
-    """Proxy to a real runtime living in a child process."""
+    """Proxy to a real runtime of ``runtime_kind`` living in a child process, which builds it
+    with ``runtime_kind.open_runtime`` from the pickled model settings and configuration."""
 
-    def __init__(self, name: str, cfg: ModelCfg, settings: Settings, load_timeout_s: float = 600.0) -> None:
+    def __init__(
+        self,
+        runtime_kind: RuntimeKind,
+        name: str,
+        cfg: ModelCommon,
+        settings: Settings,
+        load_timeout_s: float = 600.0,
+    ) -> None:
+        self.runtime_kind = runtime_kind
         self.name = name
         self.cfg = cfg
         self.settings = settings
-        self.kind = cfg.runtime
+        self.kind = runtime_kind.name
         self.load_timeout_s = load_timeout_s
         self._proc: BaseProcess | None = None
         self._cmd: Connection | None = None
@@ -57,9 +69,10 @@ class WorkerRuntime(Runtime):
         cmd_parent, cmd_child = _SPAWN.Pipe()
         ctl_parent, ctl_child = _SPAWN.Pipe()
         log_cfg = (self.settings.log.level, self.settings.log.format)
+        opener = self.runtime_kind.open_runtime  # pickled by reference: a module-level function
         proc = _SPAWN.Process(
             target=_child_main,
-            args=(cmd_child, ctl_child, self.name, self.cfg, self.settings, log_cfg),
+            args=(cmd_child, ctl_child, opener, self.name, self.cfg, self.settings, log_cfg),
             name=f"rkllmd-worker-{self.name}",
             daemon=True,
         )
@@ -192,31 +205,13 @@ class WorkerRuntime(Runtime):
                 how = f"signal {-code}"
         if self._killed:
             how += ", killed by rkllmd's watchdog"
-        hint = crash_hint(self.kind, code)
+        hint = self.runtime_kind.crash_hint(code)
         log.error("runtime worker died", model=self.name, how=how, **({"hint": hint} if hint else {}))
         message = f"runtime crashed ({how}); the model is reloaded"
         if hint:
             message = f"runtime crashed ({how}): {hint}"
             return RuntimeCrashed(message, model=self.name, how=how, hint=hint)
         return RuntimeCrashed(message, model=self.name, how=how)
-
-
-def crash_hint(kind: str, exitcode: int | None) -> str | None:
-    """What a worker's death by this signal means for the user, or None when it says nothing."""
-    if exitcode != -signal.SIGILL:
-        return None
-    # An illegal instruction is a build for another CPU, never a bad prompt: retrying cannot help.
-    if kind == "rkllm":
-        return (
-            "SIGILL is an illegal instruction: this librkllmrt.so uses instructions this CPU lacks. "
-            "Use a librkllmrt.so release built for this board (some prebuilt releases need SVE, "
-            "which the RK3588's cores do not have)"
-        )
-    return (
-        "SIGILL is an illegal instruction: the llama.cpp build (llama-cpp-python) does not fit "
-        "this CPU, e.g. a wheel built on another machine. Rerun scripts/setup.sh, which probes this "
-        "CPU and rebuilds llama-cpp-python for it"
-    )
 
 
 def _rebuild(msg: tuple[Any, ...]) -> RkllmdError:
@@ -246,14 +241,14 @@ def _error_msg(exc: BaseException) -> tuple[Any, ...]:
 def _child_main(
     cmd: Connection,
     ctl: Connection,
+    open_runtime: Callable[[str, Any, Settings], Runtime],
     name: str,
-    cfg: ModelCfg,
+    cfg: ModelCommon,
     settings: Settings,
     log_cfg: tuple[str, Any],
 ) -> None:
     """Entry point of the worker process: open the runtime, then serve commands until close."""
     from rkllmd import logs
-    from rkllmd.runtime.factory import make_runtime
 
     # The parent handles SIGINT/SIGTERM and tells us to close; a terminal's Ctrl-C reaches the
     # whole process group, so ignore it here instead of dying mid-request.
@@ -261,7 +256,7 @@ def _child_main(
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     logs.configure(*log_cfg)
     structlog.contextvars.bind_contextvars(worker=name)
-    rt = make_runtime(name, cfg, settings, isolate=False)
+    rt = open_runtime(name, cfg, settings)
     try:
         rt.open()
     except BaseException as exc:

@@ -23,7 +23,8 @@ from rkllmd.runtime.rkllm import _abi_common as c
 from rkllmd.runtime.rkllm._capture import fd1_capture
 from rkllmd.runtime.rkllm._handle import RkllmHandle
 from rkllmd.runtime.rkllm._lib import RkllmLibrary, find_library
-from rkllmd.settings import ChatTemplate, RkllmModelSettings, RkllmSettings
+from rkllmd.runtime.rkllm.counter import count_with, load_tokenizer
+from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmModelSettings, RkllmSettings
 
 log = structlog.get_logger(__name__)
 
@@ -386,16 +387,14 @@ class RkllmRuntime(Runtime):
 
     def _tok(self) -> Any:
         if self._tokenizer is None and self.cfg.tokenizer is not None:
-            from tokenizers import Tokenizer
-
-            self._tokenizer = Tokenizer.from_file(str(self.cfg.tokenizer))
+            self._tokenizer = load_tokenizer(self.cfg.tokenizer)
         return self._tokenizer
 
     def count_tokens(self, text: str) -> int | None:
         tok = self._tok()
         if tok is None:
             return None
-        return len(tok.encode(text, add_special_tokens=False).ids)
+        return count_with(tok, text)
 
     def prompt_tokens(self, inp: GenerateInput) -> int | None:
         """Tokens of what one run sends: the template strings, the system prompt and the last user turn.

