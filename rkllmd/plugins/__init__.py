@@ -5,8 +5,8 @@ where modules are found). Only plugins listed in ``[plugins] enabled`` run, in t
 config tables are validated with the rest of the configuration (rkllmd.config) before anything
 starts.
 
-- ``contract``: what a plugin declares and the events its hooks get (``Request``, ``Token``, ``Final``);
-- ``context``: the ``PluginContext`` handed to ``setup``;
+- ``contract``: the events hooks get (``Request``, ``Token``, ``Final``) and the daemon's services;
+- ``context``: what a plugin declares (``Plugin``) and the ``PluginContext`` handed to ``setup``;
 - ``loader``: finding, importing and checking plugins and their config;
 - ``hooks`` and ``host``: the chains and the lifecycle, for the daemon and the testing kit;
 - ``builtin``: the plugins that ship with rkllmd.
@@ -20,14 +20,13 @@ docs/PLUGINS.md is the guide for plugin authors; rkllmd.testing is the kit to te
 
 from __future__ import annotations
 
-from rkllmd.plugins.context import PluginContext
+from rkllmd.plugins.context import Plugin, PluginContext
 from rkllmd.plugins.contract import (
     API_VERSION,
     Final,
     LocalMessage,
     Message,
     NotReady,
-    Plugin,
     PluginConfig,
     PluginError,
     Request,

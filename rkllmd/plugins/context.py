@@ -1,4 +1,4 @@
-"""The context handed to a plugin's ``setup``: its handle on rkllmd.
+"""What a plugin declares (``Plugin``) and the context its ``setup`` gets: its handle on rkllmd.
 
 Threads: a context is made and closed on the main thread (setup, teardown; a setup retried after
 ``NotReady`` runs on a timer thread); its methods may be called from any thread, and each says
@@ -11,14 +11,17 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import BaseModel
 
 from rkllmd.plugins.contract import (
+    API_VERSION,
     Handler,
     Message,
-    Plugin,
+    PluginConfig,
     Preprocessor,
     Router,
     StatsContributor,
@@ -166,3 +169,24 @@ class PluginContext:
                 fn()
             except Exception:
                 self.log.exception("plugin cleanup failed")
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """What a plugin module declares as ``PLUGIN``.
+
+    ``setup(context, config)`` registers hooks through the context; it raises :class:`NotReady`
+    to be retried later, anything else to be disabled. ``teardown(context)`` releases what setup
+    took besides the hooks (those the context removes itself). ``remove(context)`` runs when the
+    plugin is installed but not enabled, or was disabled after a fatal error: it undoes what the
+    plugin left on the broker (retained messages) and must be cheap.
+    """
+
+    name: str
+    version: str
+    setup: Callable[[PluginContext, Any], None]
+    config: type[BaseModel] = PluginConfig
+    api_version: int = API_VERSION
+    teardown: Callable[[PluginContext], None] | None = None
+    remove: Callable[[PluginContext], None] | None = None
+    description: str = ""

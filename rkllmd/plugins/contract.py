@@ -1,4 +1,7 @@
-"""The plugin contract (plugin API 1): what a plugin declares and the events its hooks receive.
+"""The plugin contract (plugin API 1): the events hooks receive and what the daemon lends plugins.
+
+``Plugin``, what a plugin module declares, is beside the context its ``setup`` gets
+(rkllmd/plugins/context.py).
 
 Data and types only, no threads. docs/PLUGINS.md is the guide for plugin authors; the names here
 are re-exported by ``rkllmd.plugins``, which is what plugins import.
@@ -7,7 +10,6 @@ are re-exported by ``rkllmd.plugins``, which is what plugins import.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict
@@ -22,7 +24,6 @@ from rkllmd.protocol import Incoming, Topics
 from rkllmd.protocol import LocalMessage as LocalMessage
 
 if TYPE_CHECKING:
-    from rkllmd.plugins.context import PluginContext
     from rkllmd.settings import Settings
 
 #: The plugin API this rkllmd implements; a plugin declares the one it was written for.
@@ -56,27 +57,6 @@ Preprocessor = Callable[[Request], Request]
 Router = Callable[[Token | Final], None]
 Handler = Callable[[Message], None]
 StatsContributor = Callable[[], dict[str, Any] | None]
-
-
-@dataclass(frozen=True)
-class Plugin:
-    """What a plugin module declares as ``PLUGIN``.
-
-    ``setup(context, config)`` registers hooks through the context; it raises :class:`NotReady`
-    to be retried later, anything else to be disabled. ``teardown(context)`` releases what setup
-    took besides the hooks (those the context removes itself). ``remove(context)`` runs when the
-    plugin is installed but not enabled, or was disabled after a fatal error: it undoes what the
-    plugin left on the broker (retained messages) and must be cheap.
-    """
-
-    name: str
-    version: str
-    setup: Callable[[PluginContext, Any], None]
-    config: type[BaseModel] = PluginConfig
-    api_version: int = API_VERSION
-    teardown: Callable[[PluginContext], None] | None = None
-    remove: Callable[[PluginContext], None] | None = None
-    description: str = ""
 
 
 class Services(Protocol):

@@ -16,8 +16,8 @@ from typing import Any
 import structlog
 from pydantic import BaseModel
 
-from rkllmd.plugins.context import PluginContext
-from rkllmd.plugins.contract import NotReady, Plugin, Services
+from rkllmd.plugins.context import Plugin, PluginContext
+from rkllmd.plugins.contract import NotReady, Services
 from rkllmd.plugins.hooks import Hooks
 from rkllmd.plugins.loader import PluginLoadError, discover, load_plugin
 

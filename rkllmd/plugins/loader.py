@@ -24,7 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from rkllmd.plugins.contract import API_VERSION, SUPPORTED_API_VERSIONS, Plugin
+from rkllmd.plugins.context import Plugin
+from rkllmd.plugins.contract import API_VERSION, SUPPORTED_API_VERSIONS
 
 BUILTIN = "rkllmd.plugins.builtin"
 ENTRY_POINT_GROUP = "rkllmd.plugins"
