@@ -56,6 +56,10 @@ def set_nodelay(client: mqtt.Client) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
+class ConnectCancelled(RkllmdError):
+    """A stop was requested (SIGTERM) while the first connection was still being retried."""
+
+
 class BrokerUnavailable(RkllmdError):
     code = "broker_unavailable"
 
@@ -117,9 +121,14 @@ class Bus:
 
     # --- lifecycle (main thread) ---------------------------------------------------------------
 
-    def connect(self) -> None:
-        """Connect, retrying with exponential backoff; raise BrokerUnavailable or ConfigError."""
+    def connect(self, stop: threading.Event | None = None) -> None:
+        """Connect, retrying with exponential backoff; raise BrokerUnavailable or ConfigError.
+
+        ``stop`` (set by the main thread's signal handler) ends the backoff at once with
+        ConnectCancelled: a SIGTERM while the broker is away must not wait out a minute of retries.
+        """
         cfg = self.cfg
+        stop = stop if stop is not None else threading.Event()
 
         def attempt() -> None:
             self._connack.clear()
@@ -154,7 +163,8 @@ class Bus:
                 raise ConnectionError(f"broker refused the connection: {reason}")
 
         retrying = Retrying(
-            stop=stop_after_attempt(cfg.connect_retries),
+            stop=stop_after_attempt(cfg.connect_retries) | (lambda _rs: stop.is_set()),
+            sleep=stop.wait,  # a sleep that a stop request cuts short
             wait=wait_exponential(multiplier=0.5, max=15),
             retry=retry_if_exception_type((OSError, ConnectionError)),
             before_sleep=lambda rs: log.warning(
@@ -170,6 +180,8 @@ class Bus:
             retrying(attempt)
         except RetryError as exc:
             self._connecting = False
+            if stop.is_set():
+                raise ConnectCancelled("stop requested before the broker was reached") from None
             last = exc.last_attempt.exception()
             raise BrokerUnavailable(
                 f"cannot reach the MQTT broker at {cfg.host}:{cfg.port} after {cfg.connect_retries} "

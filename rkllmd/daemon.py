@@ -21,7 +21,7 @@ from typing import Any
 import structlog
 
 from rkllmd import __version__
-from rkllmd.bus import Bus
+from rkllmd.bus import Bus, ConnectCancelled
 from rkllmd.dispatch import Dispatcher
 from rkllmd.exchange import Exchange
 from rkllmd.ingress import Ingress
@@ -121,7 +121,12 @@ class Daemon:
         self.loop.start()
         self.dispatcher.start()
         self.ingress.start()
-        self.bus.connect()
+        try:
+            self.bus.connect(self._stop)
+        except ConnectCancelled:
+            log.info("rkllmd stopped before it reached the broker")
+            self.loop.stop(0)
+            return 0
         self.plugins.start()  # before requests arrive, so every request meets the preprocessors
         self.bus.subscribe(self.topics.request_wildcard)
         self.bus.wait_subscribed()  # a subscription refused by the broker's ACL ends startup here

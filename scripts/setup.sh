@@ -50,7 +50,11 @@ CONSTRAINTS="$ROOT/constraints.txt"
 [ -x "$VENV/bin/python" ] || { say "creating $VENV"; "$PY" -m venv "$VENV"; }
 stamp="$VENV/.rkllmd-setup"
 want="$(cat "$ROOT/pyproject.toml" "$CONSTRAINTS" "$ROOT/scripts/setup.sh" | sha256sum | cut -d' ' -f1)"
-if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c 'import rkllmd' 2>/dev/null; then
+# rkllmd must import from this checkout: a venv whose editable install points at another tree
+# (a copy, an older clone) would test and run that tree's code.
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ] || ! "$VENV/bin/python" -c \
+    'import os, sys, rkllmd; sys.exit(os.path.realpath(rkllmd.__file__).startswith(os.path.realpath(sys.argv[1]) + "/") is False)' \
+    "$ROOT" 2>/dev/null; then
     say "installing rkllmd with its test and bench extras, at the versions in constraints.txt"
     "$VENV/bin/pip" install -q -c "$CONSTRAINTS" pip
     "$VENV/bin/pip" install -q -c "$CONSTRAINTS" -e "$ROOT[test,bench]"
