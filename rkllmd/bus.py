@@ -27,7 +27,14 @@ import structlog
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from tenacity import RetryError, Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+from tenacity import (
+    RetryError,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_any,
+    wait_exponential,
+)
 
 from rkllmd.errors import ConfigError, RkllmdError
 from rkllmd.protocol import Incoming
@@ -162,9 +169,12 @@ class Bus:
                     raise ConfigError(f"the broker at {cfg.host}:{cfg.port} refused rkllmd: {reason}")
                 raise ConnectionError(f"broker refused the connection: {reason}")
 
+        def cut_short(seconds: float) -> None:
+            stop.wait(seconds)  # the backoff's sleep, ended early by a stop request
+
         retrying = Retrying(
-            stop=stop_after_attempt(cfg.connect_retries) | (lambda _rs: stop.is_set()),
-            sleep=stop.wait,  # a sleep that a stop request cuts short
+            stop=stop_any(stop_after_attempt(cfg.connect_retries), lambda _rs: stop.is_set()),
+            sleep=cut_short,
             wait=wait_exponential(multiplier=0.5, max=15),
             retry=retry_if_exception_type((OSError, ConnectionError)),
             before_sleep=lambda rs: log.warning(
