@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tenacity import (
+    RetryCallState,
     RetryError,
     Retrying,
     retry_if_exception_type,
@@ -35,6 +36,7 @@ from tenacity import (
     stop_any,
     wait_exponential,
 )
+from tenacity.stop import stop_base
 
 from rkllmd.errors import ConfigError, RkllmdError
 from rkllmd.protocol import Incoming
@@ -61,6 +63,16 @@ def set_nodelay(client: mqtt.Client) -> None:
         # not TCP (e.g. a unix socket): nothing to do
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+class _StopWhenSet(stop_base):
+    """Tenacity stop condition: a stop request ends the retries."""
+
+    def __init__(self, event: threading.Event) -> None:
+        self.event = event
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return self.event.is_set()
 
 
 class ConnectCancelled(RkllmdError):
@@ -173,7 +185,7 @@ class Bus:
             stop.wait(seconds)  # the backoff's sleep, ended early by a stop request
 
         retrying = Retrying(
-            stop=stop_any(stop_after_attempt(cfg.connect_retries), lambda _rs: stop.is_set()),
+            stop=stop_any(stop_after_attempt(cfg.connect_retries), _StopWhenSet(stop)),
             sleep=cut_short,
             wait=wait_exponential(multiplier=0.5, max=15),
             retry=retry_if_exception_type((OSError, ConnectionError)),
