@@ -79,6 +79,12 @@ class GenerationTimeout(RkllmdError):
     code = "timeout"
 
 
+class InvalidOutput(RkllmdError):
+    """The output does not match the asked ``format`` or ``tool_choice`` (a runtime without grammars)."""
+
+    code = "invalid_output"
+
+
 # --- runtime (native library or llama.cpp) ------------------------------------------------
 
 

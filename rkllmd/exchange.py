@@ -33,6 +33,7 @@ class Run:
     aborted_at: float | None = None
     pieces: list[str] = field(default_factory=list)
     seq: int = 0
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)  # in the reply's shape
 
     @property
     def text(self) -> str:

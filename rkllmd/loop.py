@@ -19,6 +19,7 @@ dispatcher rate-limits what it publishes.
 from __future__ import annotations
 
 import collections
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from rkllmd.errors import (
     Busy,
     ContextExceeded,
     GenerationTimeout,
+    InvalidOutput,
     ModelLoadError,
     NotFound,
     RequestError,
@@ -43,6 +45,7 @@ from rkllmd.errors import (
 from rkllmd.exchange import AbortReason, Exchange, Final, Token
 from rkllmd.protocol import control_data, generation_data, partial_data
 from rkllmd.runtime.base import GenerateResult, Runtime
+from rkllmd.toolcalls import HermesParser, format_schema, validate
 
 log = structlog.get_logger("rkllmd.loop")
 
@@ -341,17 +344,25 @@ class InferenceLoop:
         job.run.started_at = time.monotonic()
         self._stats["requests"] += 1
 
+        # With tools, the model's call markup is taken out of the text here, for every runtime:
+        # streamed deltas never carry it, the calls go into the final reply.
+        parser = HermesParser() if job.inp.active_tools else None
+
+        def text_out(text: str) -> None:
+            if text:
+                job.run.pieces.append(text)
+                self.emit(Token(job, job.run.seq, text))
+                job.run.seq += 1
+
         # Runs on whatever thread the runtime delivers tokens on: copy, count, enqueue.
         def sink(delta: str, token_id: int | None) -> None:
             if not delta:
                 return
-            now = time.monotonic()
+            now = time.monotonic()  # timing follows the model, even while markup is held back
             if job.run.first_token_at is None:
                 job.run.first_token_at = now
             job.run.last_token_at = now
-            job.run.pieces.append(delta)
-            self.emit(Token(job, job.run.seq, delta))
-            job.run.seq += 1
+            text_out(parser.feed(delta) if parser is not None else delta)
             if job.run.abort_reason is not None:
                 # A cancel that raced the start of the run may have found nothing to abort.
                 rt.abort()
@@ -364,7 +375,40 @@ class InferenceLoop:
             if why is not None and why in ("timeout", "first_token_timeout", "stalled"):
                 raise self._timeout_error(why, "; the wedged runtime was killed") from exc
             raise
+        finally:
+            if parser is not None:  # held-back text is never lost, whatever ended the run
+                text_out(parser.finish())
+                job.run.tool_calls = [
+                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                    for c in parser.calls
+                ]
+        if result.finish_reason != "aborted":
+            self._check_output(job)
         self._finish(job, result, n_prompt)
+
+    def _check_output(self, job: Job) -> None:
+        """Hold the output to ``format`` and ``tool_choice``; llama.cpp's grammars already do, a
+        runtime without grammars (RKLLM) is checked here. InvalidOutput says what did not match."""
+        inp = job.inp
+        assert inp is not None
+        calls = job.run.tool_calls
+        if inp.call_required:
+            wanted = inp.tool_name
+            if not calls or (wanted is not None and any(c["function"]["name"] != wanted for c in calls)):
+                what = f"a call to {wanted!r}" if wanted else "a tool call"
+                log.warning("output lacks the required tool call", tool=wanted, calls=len(calls))
+                raise InvalidOutput(f"tool_choice asked for {what}; the model's output has none")
+        if inp.format is None or calls:
+            return
+        try:
+            value = json.loads(job.run.text)
+        except ValueError as exc:
+            log.warning("output is not JSON", error=str(exc))
+            raise InvalidOutput(f"the output is not valid JSON ({exc}), as format asked") from None
+        problems = validate(value, format_schema(inp.format))
+        if problems:
+            log.warning("output does not match the schema", problems=problems[:5])
+            raise InvalidOutput("the output does not match the format schema: " + "; ".join(problems[:5]))
 
     def _finish(self, job: Job, result: GenerateResult, n_prompt: int | None) -> None:
         reason = result.finish_reason
@@ -431,7 +475,12 @@ class InferenceLoop:
                     timings["decode_tokens_per_s"] = round(completion * 1000 / decode_ms, 2)
             if perf.memory_mb is not None:
                 timings["memory_mb"] = round(perf.memory_mb, 1)
-        return generation_data(job.model, job.run.text, finish_reason, prompt_tokens, completion, timings)
+        data = generation_data(job.model, job.run.text, finish_reason, prompt_tokens, completion, timings)
+        if job.inp is not None and job.inp.active_tools:
+            data["tool_calls"] = list(job.run.tool_calls)
+            if job.run.tool_calls and finish_reason in ("stop", "length"):
+                data["finish_reason"] = "tool_calls"
+        return data
 
     def _emit_stats_locked(self) -> None:
         """Queue a stats snapshot for the dispatcher (any thread, holding ``_cond``)."""

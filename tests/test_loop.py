@@ -151,3 +151,45 @@ def test_stop_answers_queued_jobs_with_shutdown(
     assert waiting.code == "shutdown"
     _, running = final_of(events, "r")
     assert running.code == "shutdown" and running.data["text"] == "a "
+
+
+TOOLS = ({"type": "function", "function": {"name": "f"}},)
+
+
+def test_tool_calls_leave_the_text_and_reach_the_final(
+    rig: tuple[InferenceLoop, EchoRuntime, queue.Queue[Event]],
+) -> None:
+    """With tools, call markup never streams; the call is in the final data with finish_reason tool_calls."""
+    loop, _, events = rig
+    prompt = 'ok <tool_call> {"name": "f", "arguments": {"x": 1}} </tool_call> done'
+    j = job("t1", prompt, 50)
+    j.inp = GenerateInput(j.inp.messages, 50, tools=TOOLS)  # type: ignore[union-attr]
+    loop.submit(j)
+    deltas, final = final_of(events, "t1")
+    assert "tool_call" not in "".join(deltas) and final.text == "ok  done "
+    calls = final.data["tool_calls"]
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in calls] == [("f", {"x": 1})]
+    assert final.data["finish_reason"] == "tool_calls" and calls[0]["id"].startswith("call_")
+
+
+def test_output_not_matching_format_or_tool_choice_is_an_error(
+    rig: tuple[InferenceLoop, EchoRuntime, queue.Queue[Event]],
+) -> None:
+    """A runtime without grammars is checked: wrong JSON or a missing required call is invalid_output."""
+    loop, _, events = rig
+    j = job("f1", "not json")
+    j.inp = GenerateInput(j.inp.messages, 10, format={"type": "object"})  # type: ignore[union-attr]
+    loop.submit(j)
+    _, final = final_of(events, "f1")
+    assert final.code == "invalid_output" and "not valid JSON" in (final.error or "")
+    assert final.data["text"] == "not json "
+    j = job("f2", '{"a": 1}')
+    j.inp = GenerateInput(j.inp.messages, 10, format={"required": ["b"]})  # type: ignore[union-attr]
+    loop.submit(j)
+    _, final = final_of(events, "f2")
+    assert final.code == "invalid_output" and "'b'" in (final.error or "")
+    j = job("f3", "no call")
+    j.inp = GenerateInput(j.inp.messages, 10, tools=TOOLS, tool_choice="required")  # type: ignore[union-attr]
+    loop.submit(j)
+    _, final = final_of(events, "f3")
+    assert final.code == "invalid_output" and "tool call" in (final.error or "")

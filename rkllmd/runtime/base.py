@@ -25,11 +25,27 @@ log = structlog.get_logger("rkllmd.runtime")
 
 
 @dataclass(frozen=True)
+class ToolCall:
+    """A call the model made in an earlier assistant turn (or this one): ``arguments`` is a JSON object."""
+
+    id: str
+    name: str
+    arguments: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class ChatMessage:
-    """One turn of a conversation; ``role`` is system, user, assistant or tool."""
+    """One turn of a conversation; ``role`` is system, user, assistant or tool.
+
+    An assistant turn may carry the ``tool_calls`` it made; a tool turn the ``tool_call_id`` (and
+    function ``name``) it answers. Plain data: it crosses the worker pipe pickled.
+    """
 
     role: str
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,23 @@ class GenerateInput:
     messages: tuple[ChatMessage, ...]
     max_tokens: int
     sampling: Sampling = field(default_factory=Sampling)
+    #: OpenAI-shaped tool definitions ({"type": "function", "function": {...}}), checked at admission
+    tools: tuple[dict[str, Any], ...] = ()
+    #: "auto", "none", "required", or "function" (then ``tool_name`` is the one to call)
+    tool_choice: str = "auto"
+    tool_name: str | None = None
+    #: structured output: "json" or a JSON schema object (docs/TOOLS.md)
+    format: str | dict[str, Any] | None = None
+
+    @property
+    def active_tools(self) -> tuple[dict[str, Any], ...]:
+        """The tools the model is offered this run: none with ``tool_choice`` "none"."""
+        return () if self.tool_choice == "none" else self.tools
+
+    @property
+    def call_required(self) -> bool:
+        """Whether this run must end in a tool call (``required`` or a named function)."""
+        return bool(self.active_tools) and self.tool_choice in ("required", "function")
 
     @property
     def system(self) -> str | None:

@@ -1,0 +1,24 @@
+"""Tool calling and structured output: the Hermes call format, tool rendering, JSON-schema checks.
+
+Pure functions and data only (no threads): the parser runs wherever the token sink runs (the
+inference thread), rendering runs in the runtimes, schema checks at admission and after a run.
+docs/TOOLS.md describes the formats per model family.
+"""
+
+from rkllmd.toolcalls.parser import HermesParser, ParsedCall, new_call_id
+from rkllmd.toolcalls.render import call_block, hermes_system_block, response_block
+from rkllmd.toolcalls.schema import MAX_SCHEMA_BYTES, check_schema, format_schema, tool_call_schema, validate
+
+__all__ = [
+    "MAX_SCHEMA_BYTES",
+    "HermesParser",
+    "ParsedCall",
+    "call_block",
+    "check_schema",
+    "format_schema",
+    "hermes_system_block",
+    "new_call_id",
+    "response_block",
+    "tool_call_schema",
+    "validate",
+]

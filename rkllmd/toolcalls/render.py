@@ -1,0 +1,40 @@
+"""Tools and tool turns as text, in the Hermes format (Qwen2.5/Qwen3, NousHermes, RKLLM's own).
+
+Used where nothing renders tools for us: a chat template that ignores ``tools`` (llama.cpp), an
+RKLLM release without rkllm_set_function_tools, and the plain transcript of earlier turns.
+Pure functions.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+# Qwen2.5's own template wording, so a Qwen model reads what it was trained on.
+_HEAD = (
+    "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+)
+_TAIL = (
+    "\n</tools>\n\nFor each function call, return a json object with function name and arguments "
+    "within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+    '{"name": <function-name>, "arguments": <args-json-object>}\n</tool_call>'
+)
+
+
+def hermes_system_block(tools: Sequence[dict[str, Any]]) -> str:
+    """The system-prompt section that offers ``tools`` (OpenAI-shaped) to a Hermes-style model."""
+    lines = "".join("\n" + json.dumps(t, ensure_ascii=False) for t in tools)
+    return _HEAD + lines + _TAIL
+
+
+def call_block(name: str, arguments: dict[str, Any]) -> str:
+    """One call as the model writes it."""
+    body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
+    return f"<tool_call>\n{body}\n</tool_call>"
+
+
+def response_block(content: str) -> str:
+    """One tool result as a Hermes model reads it (in a user turn)."""
+    return f"<tool_response>\n{content}\n</tool_response>"
