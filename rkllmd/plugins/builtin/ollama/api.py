@@ -1,0 +1,285 @@
+"""The Ollama endpoints. Every method here runs on an HTTP handler thread (``ollama-handler``).
+
+A chat or generate request is checked, turned into an rkllmd generate request and injected as a
+:class:`rkllmd.plugins.LocalMessage` on ``<base>/request/generate``: rkllmd's ingress thread takes
+it exactly like an MQTT request (plugin preprocessors, validation, the one bounded queue, in
+arrival order), and nothing about it is published over MQTT. The router (the http plugin's
+Relay, on the dispatcher thread) copies its tokens and final reply to the waiting handler.
+Loading and unloading (an empty prompt, ``keep_alive: 0``) are rkllmd's own load and unload
+commands, injected the same way, so they too wait their turn in the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from rkllmd.plugins import Final, LocalMessage, PluginContext
+from rkllmd.plugins.builtin._httpbase import Handler, HttpError, Keys
+from rkllmd.plugins.builtin.http.relay import ClientGone, Item, Relay, Waiter
+from rkllmd.protocol import GenerateRequest
+
+from . import models, wire
+from .wire import Kind, Shape
+
+VERSION = "0.12.6"  # the Ollama API version answered: clients gate features on it (HOMEASSISTANT.md)
+_UNSUPPORTED = ("/api/create", "/api/copy", "/api/push", "/api/embed", "/api/embeddings", "/api/blobs")
+_NDJSON = "application/x-ndjson"
+
+
+class Api:
+    """Ollama's endpoints over one rkllmd daemon."""
+
+    def __init__(
+        self,
+        ctx: PluginContext,
+        relay: Relay,
+        *,
+        keys: Keys,
+        aliases: dict[str, str],
+        max_body_bytes: int,
+        retry_after_s: int,
+    ) -> None:
+        self.ctx, self.relay, self.log = ctx, relay, ctx.log
+        self._keys, self._aliases = keys, aliases
+        self._max_body, self._retry_after = max_body_bytes, retry_after_s
+
+    def handle(self, h: Handler, method: str) -> None:
+        """Route one request; every failure becomes ``{"error": ...}`` with its status, and a log line."""
+        path = unquote(urlsplit(h.path).path).rstrip("/") or "/"
+        h.streaming = False
+        try:
+            try:
+                self._route(h, method, path)
+            except HttpError as err:
+                self.log.info("ollama request refused", path=path, status=err.status, error=err.message)
+                if h.streaming:  # a 200 stream is under way: the error becomes its last line
+                    h.send_chunk(_line(wire.error_body(err.status, err.message)))
+                    h.end_chunked()
+                else:
+                    h.send_http_error(err)
+            except ClientGone:
+                h.close_connection = True
+            except Exception as exc:
+                if isinstance(exc, OSError):
+                    raise
+                self.log.exception("ollama request failed", path=path)
+                h.close_connection = True
+                if not h.streaming:
+                    h.send_http_error(HttpError(500, f"internal error: {exc}"))
+        except OSError:  # the client went away while we wrote: nothing left to tell it
+            h.close_connection = True
+
+    def _route(self, h: Handler, method: str, path: str) -> None:
+        if path == "/":  # Ollama's liveness probe, open like Ollama's
+            self._only(method, ("GET", "HEAD"))
+            return _text(h, "Ollama is running")
+        if not path.startswith("/api/"):
+            raise HttpError(404, "404 page not found")
+        why = self._keys.check(h.headers.get("Authorization"))
+        if why is not None:
+            h.close_connection = True  # the body (if any) is not read
+            raise HttpError(401, f"unauthorized: {why}")
+        settings = self.ctx.settings
+        if path == "/api/version":
+            self._only(method, ("GET",))
+            return h.send_json(200, {"version": VERSION})
+        if path == "/api/tags":
+            self._only(method, ("GET",))
+            return h.send_json(200, models.tags(settings))
+        if path == "/api/ps":
+            self._only(method, ("GET",))
+            return h.send_json(200, models.ps(settings, self.ctx.stats().get("loaded_model")))
+        if path == "/api/show":
+            self._only(method, ("POST",))
+            name = self._model(self._name(h))
+            return h.send_json(200, models.show(name, settings, _capabilities()))
+        if path in ("/api/chat", "/api/generate"):
+            self._only(method, ("POST",))
+            return self._generate(h, "chat" if path == "/api/chat" else "generate")
+        if path == "/api/pull":
+            self._only(method, ("POST",))
+            return self._pull(h)
+        if path == "/api/delete":
+            self._only(method, ("DELETE",))
+            asked = self._name(h)
+            self._model(asked, verb="delete")
+            raise HttpError(
+                400,
+                f"delete is not supported: rkllmd does not delete model files ('{asked}' stays configured)",
+            )
+        if path.startswith(_UNSUPPORTED):
+            raise HttpError(501, f"{path} is not supported by rkllmd")
+        raise HttpError(404, "404 page not found")
+
+    @staticmethod
+    def _only(method: str, allowed: tuple[str, ...]) -> None:
+        if method not in allowed:
+            raise HttpError(405, f"method {method} not allowed; use {' or '.join(allowed)}")
+
+    def _body(self, h: Handler) -> dict[str, Any]:
+        return wire.decode_body(h.read_body(self._max_body))
+
+    def _name(self, h: Handler) -> str:
+        """The model a show, pull or delete body names (``model``, or the older ``name``)."""
+        body = self._body(h)
+        name = body.get("model") or body.get("name")
+        if not isinstance(name, str) or not name:
+            raise HttpError(400, "model is required")
+        return name
+
+    def _model(self, asked: str | None, verb: str = "") -> str:
+        """The configured model a request names: the name itself, without ``:latest``, or an alias
+        (``*`` matches any name); none: the default model."""
+        configured = self.ctx.settings.models
+        if not asked:
+            return self.ctx.settings.default
+        for name in (asked, wire.untag(asked)):
+            if name in configured:
+                return name
+        target = self._aliases.get(asked) or self._aliases.get(wire.untag(asked)) or self._aliases.get("*")
+        if target is not None:
+            return target
+        known = ", ".join(wire.tag(n) for n in configured)
+        prefix = f"{verb} is not supported: " if verb else ""
+        raise HttpError(404, f"{prefix}model '{asked}' not found: it is not configured in rkllmd ({known})")
+
+    # --- POST /api/pull ----------------------------------------------------------------------
+
+    def _pull(self, h: Handler) -> None:
+        """Success for a configured model (it is already here); nothing is ever downloaded."""
+        body = self._body(h)
+        asked = body.get("model") or body.get("name")
+        if not isinstance(asked, str) or not asked:
+            raise HttpError(400, "model is required")
+        try:
+            self._model(asked)
+        except HttpError:
+            raise HttpError(
+                404, f"pull is not supported: model '{asked}' is not configured in rkllmd"
+            ) from None
+        if body.get("stream") is False:
+            return h.send_json(200, {"status": "success"})
+        h.start_chunked(_NDJSON, {})
+        h.send_chunk(_line({"status": "success"}))
+        h.end_chunked()
+
+    # --- POST /api/chat, /api/generate -------------------------------------------------------
+
+    def _generate(self, h: Handler, kind: Kind) -> None:
+        ask = wire.parse(kind, self._body(h))
+        name = self._model(ask.model)
+        shown = ask.model or wire.tag(name)
+        if ask.images:
+            raise HttpError(400, f"model '{shown}' does not support images")
+        limit = self.ctx.context_length(name)
+        if ask.num_ctx is not None and ask.num_ctx > limit:
+            raise HttpError(
+                400, f"num_ctx {ask.num_ctx} is above the context length of model '{shown}' ({limit})"
+            )
+        if ask.ignored or ask.think is not None:
+            self.log.debug("ollama fields accepted and ignored", options=ask.ignored, think=ask.think)
+        shape = Shape(kind, shown)
+        if ask.empty:  # Ollama's load / unload request
+            unload = ask.keep_alive_s == 0
+            self._control("unload" if unload else "load", name)
+            return h.send_json(200, shape.control("unload" if unload else "load"))
+        rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
+        payload = {**ask.fields, "id": rid, "model": name, "stream": False, "transaction": nonce}
+        with self.relay.track(rid, nonce) as items:
+            self._inject("generate", payload)
+            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.client_gone)
+            try:
+                if ask.stream:
+                    self._stream(h, waiter, shape, rid)
+                else:
+                    self._complete(h, waiter, shape, rid)
+            except ClientGone:
+                self.log.info("ollama client disconnected; generation cancelled", request_id=rid)
+                raise
+        if ask.keep_alive_s == 0:  # after the answer, in queue order, like Ollama's keep_alive 0
+            self._inject("unload", {"model": name})
+
+    def _complete(self, h: Handler, waiter: Waiter, shape: Shape, rid: str) -> None:
+        item = _final(waiter)
+        if item.status == "error":
+            raise wire.outcome_error(item, self._retry_after)
+        body = shape.done(item.text, item.data, wire.tool_calls(item.data) or None)
+        h.send_json(200, body, {"X-Request-Id": rid})
+
+    def _stream(self, h: Handler, waiter: Waiter, shape: Shape, rid: str) -> None:
+        """NDJSON. The status line waits for the first token, so that a request refused in the
+        queue (busy, context too long, a bad schema) still gets its status code."""
+        item: Item = waiter.next()
+        if not isinstance(item, str) and item.status == "error":
+            raise wire.outcome_error(item, self._retry_after)
+        h.start_chunked(_NDJSON, {"X-Request-Id": rid})
+        try:
+            while isinstance(item, str):
+                h.send_chunk(_line(shape.part(item)))
+                item = waiter.next()
+            if item.status == "error":  # failed part-way: the client raises on an error line
+                raise wire.outcome_error(item, self._retry_after)
+            calls = wire.tool_calls(item.data)
+            if calls:
+                h.send_chunk(_line(shape.part("", calls)))
+            h.send_chunk(_line(shape.done("", item.data)))
+            h.end_chunked()
+        except OSError:  # a write failed: the client is gone
+            if isinstance(item, str):
+                waiter.abandon()
+            raise ClientGone from None
+
+    def _control(self, command: str, model: str) -> None:
+        """Load or unload ``model`` through the queue and wait for rkllmd's answer."""
+        rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
+        with self.relay.track(rid, nonce) as items:
+            self._inject(command, {"id": rid, "model": model, "transaction": nonce})
+            outcome = _final(Waiter(items, lambda: self.ctx.cancel(rid), lambda: False))
+        if outcome.status == "error":
+            raise wire.outcome_error(outcome, self._retry_after)
+
+    def _inject(self, command: str, payload: dict[str, Any]) -> None:
+        limit = self.ctx.settings.limits.max_payload_bytes
+        try:
+            data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError:  # "\ud800" in the body: a lone surrogate nothing could echo back
+            raise HttpError(400, "the request contains an unpaired surrogate escape") from None
+        if len(data) > limit:
+            raise HttpError(
+                413,
+                f"the request is {len(data)} bytes as rkllmd reads it; the limit is {limit} "
+                "(limits.max_payload_bytes)",
+            )
+        topic = self.ctx.topics.request(command)
+        self.ctx.inject(LocalMessage(topic, data, received_at=time.monotonic()))
+
+
+def _final(waiter: Waiter) -> Final:
+    """The final reply; the deltas before it add up to its text."""
+    item = waiter.next()
+    while not isinstance(item, Final):
+        item = waiter.next()
+    return item
+
+
+def _capabilities() -> list[str]:
+    """What ``/api/show`` reports: tools once rkllmd's request protocol takes them."""
+    return ["completion", "tools"] if "tools" in GenerateRequest.model_fields else ["completion"]
+
+
+def _line(obj: Any) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+
+
+def _text(h: Handler, text: str) -> None:
+    body = text.encode()
+    h.send_response(200)
+    h.send_header("Content-Type", "text/plain; charset=utf-8")
+    h.send_header("Content-Length", str(len(body)))
+    h.end_headers()
+    if h.command != "HEAD":
+        h.wfile.write(body)

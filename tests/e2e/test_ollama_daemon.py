@@ -1,0 +1,251 @@
+"""The ollama plugin in rkllmd as a process, over real mosquitto, on the C runtime double, driven by
+the official ``ollama`` Python client (the one Home Assistant's integration uses).
+
+The double makes text from the prompt's words (upper-cased, cycled) and obeys ``[[len=N]]`` and
+``[[delay_ms=N]]`` in the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ollama
+import pytest
+
+from rkllmd.bench.broker import free_port
+from rkllmd.protocol import GenerateRequest
+from rkllmd.testing import wait_until
+from tests.e2e.conftest import rkllm_config
+from tests.helpers import Broker, DaemonProc
+
+BASE = "ollamaf"
+KEY = "ollama-test-key"
+TOOLS_READY = "tools" in GenerateRequest.model_fields and "format" in GenerateRequest.model_fields
+NO_TOOLS = "rkllmd's generate request has no tools/format fields yet (tool calling is not committed)"
+
+# Home Assistant's intent tool as its ollama integration formats it (probatio.to_openapi of HassTurnOn).
+HASS_TURN_ON = {
+    "type": "function",
+    "function": {
+        "name": "HassTurnOn",
+        "description": "Turns on/opens/presses a device or entity.",
+        "parameters": {
+            "type": "object",
+            "properties": {
+                "name": {"type": "string"},
+                "area": {"type": "string"},
+                "floor": {"type": "string"},
+                "domain": {"type": "array", "items": {"type": "string", "enum": ["light", "switch", "fan"]}},
+                "device_class": {"type": "array", "items": {"type": "string", "enum": ["outlet", "switch"]}},
+            },
+            "required": [],
+        },
+    },
+}
+HA_SYSTEM = (
+    "You are a voice assistant for Home Assistant. Answer questions about the world truthfully. "
+    "An overview of the areas and the devices in this smart home:\n"
+    "- names: Kitchen Light\n  domain: light\n  state: 'off'\n  areas: Kitchen\n"
+)
+
+
+class Served:
+    def __init__(self, proc: DaemonProc, port: int) -> None:
+        self.proc, self.port = proc, port
+        self.url = f"http://127.0.0.1:{port}"
+
+    def client(self, key: str = KEY) -> ollama.Client:
+        return ollama.Client(host=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=30)
+
+    def loaded(self) -> list[str]:
+        return [str(m.model) for m in self.client().ps().models]
+
+
+@pytest.fixture(scope="module")
+def served(
+    broker: Broker, fake_libs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("ollamaf")
+    port = free_port()
+    cfg = rkllm_config(tmp, broker, fake_libs["1.3"], BASE, limits={"max_payload_bytes": 65536})
+    with cfg.open("a") as f:
+        f.write(f'\n[plugins]\nenabled = ["ollama"]\n[plugins.ollama]\nport = {port}\napi_keys = ["{KEY}"]\n')
+    d = DaemonProc(cfg, tmp)
+    d.wait_log('"model loaded"', timeout=30)
+    d.wait_log("Ollama-compatible API listening")
+    yield Served(d, port)
+    assert d.stop() == 0
+
+
+def user(content: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": content}]
+
+
+def test_version_tags_ps_show(served: Served) -> None:
+    """The listing endpoints answer in the client's types, configured names carrying ``:latest``."""
+    c = served.client()
+    assert c.list().models[0].model == "fake:latest"
+    assert {m.model for m in c.list().models} == {"fake:latest", "other:latest"}
+    assert wait_until(lambda: served.loaded() == ["fake:latest"], 10)
+    shown = c.show("fake:latest")
+    assert shown.modelinfo is not None and shown.modelinfo["rkllm.context_length"] == 4096
+    assert c.show("fake").details is not None
+    req = urllib.request.Request(f"{served.url}/api/version", headers={"Authorization": f"Bearer {KEY}"})
+    with urllib.request.urlopen(req, timeout=5) as r:
+        assert json.loads(r.read())["version"]
+    with urllib.request.urlopen(served.url, timeout=5) as r:  # the root probe needs no key
+        assert r.read() == b"Ollama is running"
+
+
+def test_chat_streaming_and_not(served: Served) -> None:
+    """A chat streams NDJSON parts and a done line with Ollama's counts and durations, or answers whole."""
+    c = served.client()
+    parts = list(c.chat(model="fake:latest", messages=user("[[len=6]] aa1 aa2"), stream=True))
+    assert all(not p.done for p in parts[:-1]) and parts[-1].done
+    text = "".join(p.message.content or "" for p in parts)
+    assert "AA1" in text
+    last = parts[-1]
+    assert last.done_reason == "stop" and last.eval_count == 6
+    assert (last.total_duration or 0) > 0 and (last.eval_duration or 0) > 0
+    whole = c.chat(model="fake", messages=user("[[len=4]] bb1"), stream=False)
+    assert whole.done and whole.message.content == "BB1 BB1 BB1 BB1"
+    assert whole.eval_count == 4
+
+
+def test_generate_streaming_and_not(served: Served) -> None:
+    """/api/generate answers in ``response``, streamed or whole; num_predict caps it at length."""
+    c = served.client()
+    text = "".join(p.response for p in c.generate(model="fake", prompt="[[len=3]] cc1", stream=True))
+    assert text == "CC1 CC1 CC1"
+    capped = c.generate(model="fake", prompt="[[len=9]] dd1", options={"num_predict": 2})
+    assert capped.response == "DD1 DD1" and capped.done_reason == "length"
+
+
+def test_pull_and_delete(served: Served) -> None:
+    """Pull succeeds for a configured name without downloading; unknown names and delete are errors."""
+    c = served.client()
+    assert c.pull("fake:latest").status == "success"
+    assert [p.status for p in c.pull("fake", stream=True)] == ["success"]
+    with pytest.raises(ollama.ResponseError) as err:
+        c.pull("llama3.2:latest")
+    assert err.value.status_code == 404 and "not configured in rkllmd" in err.value.error
+    with pytest.raises(ollama.ResponseError) as err:
+        c.delete("fake")
+    assert err.value.status_code == 400 and "does not delete" in err.value.error
+    with pytest.raises(ollama.ResponseError) as err:
+        c.delete("nope")
+    assert err.value.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "words"),
+    [
+        ({"model": "llama3.2:latest"}, 404, "not found"),
+        (
+            {"messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]},
+            400,
+            "does not support images",
+        ),
+        ({"options": {"num_ctx": 8192}}, 400, "context length"),
+        ({"keep_alive": "soon"}, 400, "keep_alive"),
+    ],
+)
+def test_bad_input_is_an_ollama_error(
+    served: Served, kwargs: dict[str, Any], status: int, words: str
+) -> None:
+    """Unknown model, images, num_ctx over the context and a bad keep_alive are errors with a log line."""
+    request: dict[str, Any] = {"model": "fake", "messages": user("hello"), "stream": True, **kwargs}
+    with pytest.raises(ollama.ResponseError) as err:
+        list(served.client().chat(**request))
+    assert err.value.status_code == status and words in err.value.error
+    assert wait_until(lambda: words in served.proc.log_text(), 5)
+
+
+def test_wrong_key_is_401(served: Served) -> None:
+    """A wrong bearer key is 401, which Home Assistant takes as 'reauthenticate'."""
+    with pytest.raises(ollama.ResponseError) as err:
+        served.client("wrong").list()
+    assert err.value.status_code == 401
+
+
+def test_keep_alive_zero_unloads_after_the_answer(served: Served) -> None:
+    """keep_alive 0 answers, then unloads the model; the next request loads it again."""
+    c = served.client()
+    assert c.chat(model="fake", messages=user("[[len=2]] ee1"), keep_alive=0).message.content == "EE1 EE1"
+    assert wait_until(lambda: served.loaded() == [], 10)
+    assert c.chat(model="fake", messages=user("[[len=1]] ff1"), keep_alive=-1).message.content == "FF1"
+    assert served.loaded() == ["fake:latest"]
+    assert c.generate(model="fake", keep_alive=0).done_reason == "unload"
+    assert served.loaded() == []
+    assert c.generate(model="fake").done_reason == "load"
+    assert served.loaded() == ["fake:latest"]
+
+
+def test_home_assistant_shaped_chat_without_tools(served: Served) -> None:
+    """HA's request shape: a long system prompt, think, keep_alive -1 and num_ctx within the context."""
+    messages = [{"role": "system", "content": HA_SYSTEM}, *user("[[len=3]] gg1")]
+    parts = list(
+        served.client().chat(
+            model="fake:latest",
+            messages=messages,
+            stream=True,
+            keep_alive=-1,
+            options={"num_ctx": 4096},
+            think=True,
+        )
+    )
+    assert parts[-1].done and "GG1" in "".join(p.message.content or "" for p in parts)
+
+
+@pytest.mark.skipif(not TOOLS_READY, reason=NO_TOOLS)
+def test_home_assistant_shaped_chat_with_tools(served: Served) -> None:
+    """HA's intent tools, keep_alive "-1" and num_ctx reach rkllmd; a text answer streams as content."""
+    parts = list(
+        served.client().chat(
+            model="fake:latest",
+            messages=[{"role": "system", "content": HA_SYSTEM}, *user("[[len=3]] hh1")],
+            tools=[HASS_TURN_ON],
+            stream=True,
+            keep_alive="-1",
+            options={"num_ctx": 4096},
+        )
+    )
+    assert parts[-1].done and parts[-1].done_reason == "stop"
+    assert not any(p.message.tool_calls for p in parts)
+
+
+@pytest.mark.skipif(not TOOLS_READY, reason=NO_TOOLS)
+def test_format_schema_is_checked(served: Served) -> None:
+    """A format schema (HA's AI tasks): JSON output passes, other output is a clear error."""
+    schema = {"type": "object", "properties": {"ANSWER": {"type": "string"}}, "required": ["ANSWER"]}
+    c = served.client()
+    ok = c.chat(model="fake", messages=user('[[len=1]] {"answer":"x"}'), format=schema, stream=False)
+    assert json.loads(ok.message.content or "") == {"ANSWER": "X"}
+    with pytest.raises(ollama.ResponseError) as err:
+        list(c.chat(model="fake", messages=user("[[len=2]] not json"), format=schema, stream=True))
+    assert "not valid JSON" in err.value.error
+
+
+def test_tool_call_comes_back_as_message_tool_calls(served: Served) -> None:
+    """A streamed chat with tools returns the model's call as message.tool_calls."""
+    source = (Path(__file__).parents[1] / "fake_rkllm" / "fake_rkllm.c").read_text()
+    if not TOOLS_READY or "[[say=" not in source:
+        pytest.skip(
+            "needs tool calling in rkllmd's generate request and a C-double directive that emits exact text"
+        )
+    call = json.dumps({"name": "HassTurnOn", "arguments": {"name": "Kitchen Light"}})
+    parts = list(
+        served.client().chat(
+            model="fake",
+            messages=user(f"[[say=<tool_call>{call}</tool_call>]] turn on the kitchen light"),
+            tools=[HASS_TURN_ON],
+            stream=True,
+        )
+    )
+    calls = [tc for p in parts for tc in (p.message.tool_calls or [])]
+    assert calls and calls[0].function.name == "HassTurnOn"
+    assert calls[0].function.arguments == {"name": "Kitchen Light"}
