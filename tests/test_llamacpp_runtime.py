@@ -248,3 +248,68 @@ def test_describe_and_context_length(rt: LlamaCppRuntime) -> None:
     assert info["runtime"] == "llamacpp" and info["version"]
     assert info["model_path"].endswith(".gguf")
     assert info["n_ctx"] == rt.context_length == 1024
+
+
+WEATHER = (
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string", "enum": ["Paris", "Rome"]}},
+                "required": ["city"],
+            },
+        },
+    },
+)
+
+
+def test_tools_render_as_hermes_when_the_template_ignores_them(rt: LlamaCppRuntime) -> None:
+    """SmolLM2's template has no tools: the Hermes block goes into the system turn, results as text."""
+    from rkllmd.runtime.base import ToolCall
+
+    msgs = (
+        ChatMessage("user", "weather?"),
+        ChatMessage("assistant", "", (ToolCall("c1", "get_weather", {"city": "Paris"}),)),
+        ChatMessage("tool", "sunny", tool_call_id="c1"),
+    )
+    text = rt.render(GenerateInput(msgs, 10, tools=WEATHER))
+    assert "<tools>\n" in text and '"name": "get_weather"' in text
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    assert "<|im_start|>user\n<tool_response>\nsunny\n</tool_response>" in text
+
+
+@pytest.mark.model
+def test_grammar_forces_a_hermes_tool_call(rt: LlamaCppRuntime) -> None:
+    """tool_choice required: the grammar makes even SmolLM2-135M write one valid Hermes call."""
+    inp = GenerateInput(
+        (ChatMessage("user", "What is the weather in Rome?"),), 120, GREEDY, WEATHER, "required"
+    )
+    result, deltas = run(rt, inp)
+    from rkllmd.toolcalls import HermesParser
+
+    parser = HermesParser()
+    text = parser.feed("".join(deltas)) + parser.finish()
+    assert result.finish_reason == "stop" and text.strip() == ""
+    assert [c.name for c in parser.calls] == ["get_weather"]
+    assert parser.calls[0].arguments["city"] in ("Paris", "Rome")
+
+
+@pytest.mark.model
+def test_format_schema_gives_matching_json(rt: LlamaCppRuntime) -> None:
+    """A format schema is a grammar: the output parses and matches it."""
+    import json
+
+    from rkllmd.toolcalls import validate
+
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string", "maxLength": 16}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
+    inp = GenerateInput((ChatMessage("user", "A person as JSON"),), 100, GREEDY, format=schema)
+    result, deltas = run(rt, inp)
+    assert result.finish_reason == "stop"
+    assert validate(json.loads("".join(deltas)), schema) == []

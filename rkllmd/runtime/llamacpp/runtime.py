@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import importlib
+import json
 import os
 import threading
 import time
@@ -17,8 +19,16 @@ from typing import Any
 
 import structlog
 
-from rkllmd.errors import ContextExceeded, ModelLoadError, RuntimeFailure
-from rkllmd.runtime.base import FinishReason, GenerateInput, GenerateResult, Perf, Runtime, TokenSink
+from rkllmd.errors import ContextExceeded, ModelLoadError, RequestError, RuntimeFailure
+from rkllmd.runtime.base import (
+    ChatMessage,
+    FinishReason,
+    GenerateInput,
+    GenerateResult,
+    Perf,
+    Runtime,
+    TokenSink,
+)
 from rkllmd.runtime.llamacpp._lib import (
     INSTALL_EMBEDDED,
     demote_native_errors,
@@ -27,6 +37,13 @@ from rkllmd.runtime.llamacpp._lib import (
     route_native_logs,
 )
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
+from rkllmd.toolcalls import (
+    call_block,
+    format_schema,
+    hermes_system_block,
+    response_block,
+    tool_call_schema,
+)
 
 log = structlog.get_logger("llamacpp")
 
@@ -58,6 +75,7 @@ class LlamaCppRuntime(Runtime):
         self._lib: Any = None
         self._llm: Any = None
         self._formatter: Any = None
+        self._template_has_tools = False  # the GGUF's template renders ``tools`` itself
         self._abort = threading.Event()
         self._state_lock = threading.Lock()
         self._running = False
@@ -101,6 +119,7 @@ class LlamaCppRuntime(Runtime):
                 llm.close()
             raise ModelLoadError(f"llama.cpp could not load {path}: {exc}", path=str(path)) from exc
         self._lib, self._llm, self._formatter, self.model_path = lib, llm, formatter, path
+        self._template_has_tools = "tools" in str(llm.metadata.get("tokenizer.chat_template") or "")
         self._vocab = lib.llama_model_get_vocab(llm.model)
         self._abort_cb = lib.ggml_abort_callback(self._abort_requested)
         log.info("model loaded", model=self.name, path=str(path), n_ctx=llm.n_ctx(), threads=llm.n_threads)
@@ -136,13 +155,49 @@ class LlamaCppRuntime(Runtime):
     # --- tokens ---------------------------------------------------------------------------
 
     def render(self, inp: GenerateInput) -> str:
-        """The prompt text ``inp`` becomes through the model's own chat template."""
+        """The prompt text ``inp`` becomes through the model's own chat template.
+
+        Tools go to the template as ``tools=`` when it renders them (Qwen2.5/Qwen3 and other
+        Hermes-style templates); a template that ignores them (SmolLM2, plain ChatML) gets the
+        Hermes system block instead, and tool turns as Hermes text, so no call or result is lost.
+        """
         self._require()
         system = inp.system if inp.system is not None else self.cfg.system_prompt
-        messages = [{"role": m.role, "content": m.content} for m in inp.messages if m.role != "system"]
+        native = self._template_has_tools
+        tools = list(inp.active_tools)
+        if tools and not native:
+            block = hermes_system_block(tools)
+            system = f"{system}\n\n{block}" if system else block
+        messages = [_message(m, native) for m in inp.messages if m.role != "system"]
         if system is not None:
             messages.insert(0, {"role": "system", "content": system})
-        return str(self._formatter(messages=messages).prompt)
+        extra: dict[str, Any] = {"tools": tools} if tools and native else {}
+        return str(self._formatter(messages=messages, **extra).prompt)
+
+    def _grammar(self, inp: GenerateInput) -> Any:
+        """A llama.cpp grammar for a forced tool call or a ``format``, or None (free text).
+
+        A forced call is the Hermes block itself under grammar, so it streams and parses exactly
+        like a call the model chose to make.
+        """
+        if inp.call_required:
+            schema = tool_call_schema(inp.active_tools, inp.tool_name)
+            rules = self._gbnf(schema).replace("root ::=", "tool-call-body ::=", 1)
+            return _grammar_module().LlamaGrammar.from_string(
+                'root ::= "<tool_call>\\n" tool-call-body "\\n</tool_call>"\n' + rules, verbose=False
+            )
+        if inp.format is not None:
+            return _grammar_module().LlamaGrammar.from_string(
+                self._gbnf(format_schema(inp.format)), verbose=False
+            )
+        return None
+
+    def _gbnf(self, schema: dict[str, Any]) -> str:
+        try:
+            return str(_grammar_module().json_schema_to_gbnf(json.dumps(schema)))
+        except Exception as exc:  # the converter refuses what it cannot express
+            log.warning("schema not usable as a grammar", error=str(exc))
+            raise RequestError(f"the schema cannot be turned into a grammar: {exc}") from exc
 
     def _prompt_ids(self, inp: GenerateInput) -> list[int]:
         # The template writes any BOS itself, so tokenize special tokens and add none.
@@ -187,6 +242,7 @@ class LlamaCppRuntime(Runtime):
         stops = [x for x in s.stop if x]
         seed = s.seed if s.seed is not None else cfg.seed
         llm.set_seed(seed if seed >= 0 else lib.LLAMA_DEFAULT_SEED)
+        grammar = self._grammar(inp)
         tokens = llm.generate(
             prompt,
             temp=cfg.temperature if s.temperature is None else s.temperature,
@@ -196,6 +252,7 @@ class LlamaCppRuntime(Runtime):
             frequency_penalty=cfg.frequency_penalty if s.frequency_penalty is None else s.frequency_penalty,
             presence_penalty=cfg.presence_penalty if s.presence_penalty is None else s.presence_penalty,
             reset=True,
+            grammar=grammar,
         )
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         completion: list[int] = []
@@ -315,3 +372,31 @@ def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
                 hold = k
                 break
     return text[: len(text) - hold], text[len(text) - hold :], False
+
+
+def _message(m: ChatMessage, native: bool) -> dict[str, Any]:
+    """One turn for the chat template: tool calls and results as the template's own fields when it
+    renders tools (``native``), else as Hermes text in the content."""
+    if native:
+        out: dict[str, Any] = {"role": m.role, "content": m.content}
+        if m.tool_calls:
+            out["tool_calls"] = [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                for c in m.tool_calls
+            ]
+        if m.role == "tool":
+            out["tool_call_id"] = m.tool_call_id
+            if m.name:
+                out["name"] = m.name
+        return out
+    if m.role == "tool":
+        return {"role": "user", "content": response_block(m.content)}
+    if not m.tool_calls:
+        return {"role": m.role, "content": m.content}
+    blocks = [call_block(c.name, c.arguments) for c in m.tool_calls]
+    return {"role": m.role, "content": "\n".join([m.content, *blocks] if m.content else blocks)}
+
+
+def _grammar_module() -> Any:
+    # Only ever called after open() imported llama_cpp, so this import is a lookup.
+    return importlib.import_module("llama_cpp.llama_grammar")
