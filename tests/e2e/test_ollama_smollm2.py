@@ -1,0 +1,68 @@
+"""The official ``ollama`` client against rkllmd's ollama plugin, on real text from SmolLM2."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import ollama
+import pytest
+
+from rkllmd.bench.broker import free_port
+from tests.helpers import Broker, DaemonProc, write_config
+
+pytestmark = pytest.mark.model
+BASE = "ollamam"
+FRANCE = [{"role": "user", "content": "What is the capital of France?"}]
+GREEDY = {"temperature": 0, "seed": 1, "num_predict": 16}
+
+
+@pytest.fixture(scope="module")
+def client(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ollama.Client]:
+    """rkllmd on its embedded SmolLM2 with the ollama plugin (no auth) on a free loopback port."""
+    tmp = tmp_path_factory.mktemp("ollamam")
+    port = free_port()
+    cfg = write_config(
+        tmp / "ollamam.toml",
+        {
+            "mqtt": {"host": broker.host, "port": broker.port, "base_topic": BASE, "client_id": BASE},
+            "log": {"format": "json"},
+            "plugins": {"enabled": ["ollama"], "ollama": {"port": port}},
+        },
+    )
+    d = DaemonProc(cfg, tmp)
+    d.wait_log('"model loaded"', timeout=60)
+    yield ollama.Client(host=f"http://127.0.0.1:{port}", timeout=60)
+    assert d.stop() == 0
+
+
+def test_streamed_chat_names_paris_with_ollama_timings(client: ollama.Client) -> None:
+    """A streamed chat as Home Assistant sends it answers the question; the done line has the counts."""
+    parts = list(
+        client.chat(
+            model="smollm2:latest",
+            messages=FRANCE,
+            stream=True,
+            keep_alive=-1,
+            options={**GREEDY, "num_ctx": 2048},
+        )
+    )
+    assert "Paris" in "".join(p.message.content or "" for p in parts)
+    last = parts[-1]
+    assert last.done and last.done_reason in ("stop", "length")
+    assert (last.prompt_eval_count or 0) > 5 and 0 < (last.eval_count or 0) <= 16
+    assert (last.prompt_eval_duration or 0) > 0 and (last.eval_duration or 0) > 0
+
+
+def test_generate_and_show(client: ollama.Client) -> None:
+    """/api/generate answers whole; /api/show reports the model's context length."""
+    r = client.generate(model="smollm2", prompt="What is the capital of France?", options=GREEDY)
+    assert "Paris" in r.response and r.done
+    info = client.show("smollm2:latest").modelinfo or {}
+    assert info["llamacpp.context_length"] == 2048
+
+
+def test_num_ctx_over_the_model_is_refused(client: ollama.Client) -> None:
+    """Home Assistant's default num_ctx (8192) is above SmolLM2's 2048: a clear 400."""
+    with pytest.raises(ollama.ResponseError) as err:
+        list(client.chat(model="smollm2:latest", messages=FRANCE, stream=True, options={"num_ctx": 8192}))
+    assert err.value.status_code == 400 and "2048" in err.value.error
