@@ -7,6 +7,7 @@ The double makes text from the prompt's words (upper-cased, cycled) and obeys ``
 
 from __future__ import annotations
 
+import http.client
 import json
 import urllib.request
 from collections.abc import Iterator
@@ -163,6 +164,23 @@ def test_bad_input_is_an_ollama_error(
         list(served.client().chat(**request))
     assert err.value.status_code == status and words in err.value.error
     assert wait_until(lambda: words in served.proc.log_text(), 5)
+
+
+def test_client_gone_cancels_the_generation(served: Served) -> None:
+    """A client that closes a stream mid-way has its generation cancelled (rkllmd logs it)."""
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+    body = {"model": "fake", "messages": user("[[delay_ms=50]] [[len=200]] ii1")}
+    conn.request("POST", "/api/chat", json.dumps(body), {"Authorization": f"Bearer {KEY}"})
+    resp = conn.getresponse()
+    assert resp.status == 200 and json.loads(resp.readline())["message"]["content"] == "II1"
+    conn.close()
+    assert wait_until(lambda: "generation cancelled" in served.proc.log_text(), 10)
+    assert wait_until(
+        lambda: (
+            '"finish_reason": "cancelled"' in served.proc.log_text() or "cancelled" in served.proc.log_text()
+        ),
+        10,
+    )
 
 
 def test_wrong_key_is_401(served: Served) -> None:
