@@ -175,12 +175,6 @@ def test_client_gone_cancels_the_generation(served: Served) -> None:
     assert resp.status == 200 and json.loads(resp.readline())["message"]["content"] == "II1"
     conn.close()
     assert wait_until(lambda: "generation cancelled" in served.proc.log_text(), 10)
-    assert wait_until(
-        lambda: (
-            '"finish_reason": "cancelled"' in served.proc.log_text() or "cancelled" in served.proc.log_text()
-        ),
-        10,
-    )
 
 
 def test_wrong_key_is_401(served: Served) -> None:
