@@ -122,8 +122,8 @@ def test_streamed_chat_follows_openai_chunk_format(bg: Callable[..., Future[Any]
 def test_non_streaming_chat_passes_sampling_and_ignores_unknown_fields(
     bg: Callable[..., Future[Any]],
 ) -> None:
-    """stop, max_completion_tokens, temperature, top_p and seed reach rkllmd; tools and other
-    unknown fields are dropped; the answer is a chat.completion with usage."""
+    """stop, max_completion_tokens, temperature, top_p, seed and tools reach rkllmd; unknown
+    fields are dropped; the answer is a chat.completion with usage."""
     with served() as (h, port):
         fut = bg(
             client(port).chat.completions.create,
@@ -156,7 +156,8 @@ def test_non_streaming_chat_passes_sampling_and_ignores_unknown_fields(
     p = req.payload
     assert p["messages"] == [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "a\nb"}]
     assert (p["stop"], p["max_tokens"], p["temperature"], p["top_p"], p["seed"]) == (["\n"], 7, 0, 0.5, 3)
-    assert p["stream"] is False and not {"tools", "user", "frobnicate"} & set(p)
+    assert p["stream"] is False and not {"user", "frobnicate"} & set(p)
+    assert p["tools"] == [{"type": "function", "function": {"name": "f"}}]
     h.generate_input(req)  # rkllmd's own validation accepts what the plugin sends
     assert done.object == "chat.completion" and done.id.startswith("chatcmpl-")
     assert done.choices[0].message.content == "Paris." and done.choices[0].message.role == "assistant"
@@ -445,3 +446,133 @@ def test_a_port_in_use_is_retried_until_free() -> None:
         holder.close()
         assert h.wait(lambda: h.state == "running", 5)
         assert call(port, "GET", "/health")[0] == 200
+
+
+# --- tools and structured output -------------------------------------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}
+CALL_DATA = {
+    "model": "smollm2",
+    "text": "",
+    "finish_reason": "tool_calls",
+    "usage": {"prompt_tokens": 9, "completion_tokens": 12},
+    "tool_calls": [
+        {
+            "id": "call_ab12",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+        }
+    ],
+}
+
+
+def test_tool_call_with_the_openai_client(bg: Callable[..., Future[Any]]) -> None:
+    """tools and tool_choice reach rkllmd; a call comes back as message.tool_calls, arguments a string."""
+    with served() as (h, port):
+        fut = bg(
+            client(port).chat.completions.create,
+            model="smollm2",
+            messages=[{"role": "user", "content": "Weather in Paris?"}],
+            tools=[WEATHER_TOOL],
+            tool_choice="required",
+        )
+        req = injected(h)
+        h.finish(req, data=CALL_DATA)
+        done = fut.result(10)
+    assert req.payload["tools"] == [WEATHER_TOOL] and req.payload["tool_choice"] == "required"
+    inp = h.generate_input(req)
+    assert inp.call_required and inp.tools[0]["function"]["name"] == "get_weather"
+    choice = done.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    call = choice.message.tool_calls[0]
+    assert (call.id, call.type, call.function.name) == ("call_ab12", "function", "get_weather")
+    assert json.loads(call.function.arguments) == {"city": "Paris"}
+
+
+def test_streamed_tool_call_deltas_carry_index_and_id(bg: Callable[..., Future[Any]]) -> None:
+    """Streamed: text deltas, then per call a delta with index, id and name, then its arguments,
+    then finish_reason tool_calls, as Home Assistant's llama_cpp integration parses them."""
+    with served() as (h, port):
+        fut = bg(
+            lambda: list(
+                client(port).chat.completions.create(
+                    model="smollm2",
+                    messages=[{"role": "user", "content": "Weather in Paris?"}],
+                    tools=[WEATHER_TOOL],
+                    stream=True,
+                )
+            )
+        )
+        req = injected(h)
+        h.stream(req, ["Let me check."])
+        h.finish(req, data={**CALL_DATA, "text": "Let me check."})
+        chunks = fut.result(10)
+    deltas = [c.choices[0].delta for c in chunks]
+    assert deltas[0].role == "assistant" and deltas[1].content == "Let me check."
+    first, second = deltas[2].tool_calls[0], deltas[3].tool_calls[0]
+    assert (first.index, first.id, first.type, first.function.name) == (
+        0,
+        "call_ab12",
+        "function",
+        "get_weather",
+    )
+    assert first.function.arguments == ""
+    assert (
+        second.index == 0 and second.id is None and json.loads(second.function.arguments) == {"city": "Paris"}
+    )
+    assert [c.choices[0].finish_reason for c in chunks] == [None, None, None, None, "tool_calls"]
+
+
+def test_tool_results_and_response_format_reach_rkllmd(bg: Callable[..., Future[Any]]) -> None:
+    """Assistant tool_calls and tool results go back to rkllmd; json_schema becomes its format."""
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+    with served() as (h, port):
+        fut = bg(
+            client(port).chat.completions.create,
+            model="smollm2",
+            messages=[
+                {"role": "user", "content": "Weather in Paris?"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "c1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": "{}"},
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "c1", "content": "sunny"},
+            ],
+            tools=[WEATHER_TOOL],
+            response_format={
+                "type": "json_schema",
+                "json_schema": {"name": "a", "schema": schema, "strict": True},
+            },
+        )
+        req = injected(h)
+        h.finish(req, '{"answer": "sunny"}')
+        done = fut.result(10)
+    inp = h.generate_input(req)
+    assert inp.format == schema and inp.messages[1].tool_calls[0].id == "c1"
+    assert inp.messages[2].role == "tool" and inp.messages[2].tool_call_id == "c1"
+    assert done.choices[0].message.content == '{"answer": "sunny"}'
+
+
+def test_bad_tools_are_refused_in_openai_shape() -> None:
+    """Tools that are not functions fail rkllmd's own check; a bad response_format is a 400."""
+    messages = [{"role": "user", "content": "hi"}]
+    with served() as (h, port):
+        with pytest.raises(Exception, match=r"tools\[0\]"):
+            h.generate_input(h.request({"messages": messages, "tools": [{"type": "x"}]}))
+        body = {"messages": messages, "response_format": {"type": "yaml"}}
+        status, _, raw = call(port, "POST", "/v1/chat/completions", body)
+    assert status == 400 and error_of(raw)["param"] == "response_format.type"

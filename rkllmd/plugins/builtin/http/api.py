@@ -209,6 +209,9 @@ class Api:
             if item.status == "error":  # failed part-way: OpenAI's clients raise on an error event
                 h.send_event(self._error(item, ask).body())
                 return
+            if shape.kind == "chat":
+                for chunk in shape.tool_call_chunks(item.data, usage_null=u):
+                    h.send_event(chunk)
             h.send_event(shape.chunk(finish=finish_reason(item.data), usage_null=u))
             if u:
                 h.send_event(shape.usage_chunk(item.data))

@@ -15,8 +15,9 @@ from rkllmd.exchange import Final
 
 Kind = Literal["chat", "text"]
 
-# Request fields passed to rkllmd as they are (after a type check). Anything else a client sends
-# (tools, user, logprobs, response_format, ...) is ignored, as OpenAI-compatible servers do.
+# Request fields passed to rkllmd as they are (after a type check). ``tools``, ``tool_choice`` and
+# ``response_format`` are mapped onto rkllmd's fields (which rkllmd validates); anything else a
+# client sends (user, logprobs, ...) is ignored, as OpenAI-compatible servers do.
 _NUMBERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repeat_penalty")
 _INTEGERS = ("seed", "top_k")
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
@@ -113,6 +114,8 @@ def parse(kind: Kind, body: dict[str, Any]) -> Ask:
         raise ApiError(
             400, "Only n=1 is supported: rkllmd generates one choice.", param="n", code="invalid_value"
         )
+    if kind == "chat":
+        _tools(body, fields)
     ask.stream = bool(_opt(body, "stream", bool, "a boolean"))
     options = _opt(body, "stream_options", dict, "an object") or {}
     ask.include_usage = bool(
@@ -121,7 +124,33 @@ def parse(kind: Kind, body: dict[str, Any]) -> Ask:
     return ask
 
 
-def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
+def _tools(body: dict[str, Any], fields: dict[str, Any]) -> None:
+    """tools and tool_choice as they are; response_format as rkllmd's ``format``."""
+    if body.get("tools") is not None:
+        fields["tools"] = body["tools"]
+    if body.get("tool_choice") is not None:
+        fields["tool_choice"] = body["tool_choice"]
+    rf = _opt(body, "response_format", dict, "an object")
+    if rf is None or rf.get("type") == "text":
+        return
+    if rf.get("type") == "json_object":
+        fields["format"] = "json"
+        return
+    if rf.get("type") == "json_schema":
+        spec = _opt(rf, "json_schema", dict, "an object", "response_format.json_schema") or {}
+        schema = _opt(spec, "schema", dict, "an object", "response_format.json_schema.schema")
+        fields["format"] = schema if schema is not None else "json"
+        return
+    raise ApiError(
+        400,
+        f"Invalid value for 'response_format.type': {rf.get('type')!r}; "
+        "use 'text', 'json_object' or 'json_schema'.",
+        param="response_format.type",
+        code="invalid_value",
+    )
+
+
+def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     msgs = body.get("messages")
     if msgs is None:
         raise ApiError(
@@ -147,7 +176,17 @@ def _messages(body: dict[str, Any]) -> list[dict[str, str]]:
                 param=f"{where}.role",
                 code="invalid_value",
             )
-        out.append({"role": _ROLES[role], "content": _content(m.get("content"), f"{where}.content")})
+        msg: dict[str, Any] = {
+            "role": _ROLES[role],
+            "content": _content(m.get("content"), f"{where}.content"),
+        }
+        # Tool turns pass through; rkllmd checks them (shape, a result answering an earlier call).
+        for key in ("tool_calls", "tool_call_id"):
+            if m.get(key) is not None:
+                msg[key] = m[key]
+        if _ROLES[role] == "tool" and isinstance(m.get("name"), str):
+            msg["name"] = m["name"]
+        out.append(msg)
     return out
 
 
@@ -239,7 +278,23 @@ def api_error(outcome: Final, *, retry_after_s: int, param: str) -> ApiError:
 def finish_reason(data: dict[str, Any]) -> str:
     """OpenAI knows stop, length, tool_calls, content_filter: a cancelled run ended on request,
     which strict clients can only take as ``stop`` (the text so far is all there is)."""
-    return "length" if data.get("finish_reason") == "length" else "stop"
+    reason = data.get("finish_reason")
+    return reason if reason in ("length", "tool_calls") else "stop"
+
+
+def tool_calls(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reply's calls in OpenAI's shape: ``arguments`` a JSON string."""
+    return [
+        {
+            "id": c["id"],
+            "type": "function",
+            "function": {
+                "name": c["function"]["name"],
+                "arguments": json.dumps(c["function"]["arguments"], ensure_ascii=False),
+            },
+        }
+        for c in data.get("tool_calls") or []
+    ]
 
 
 def usage(data: dict[str, Any]) -> dict[str, int]:
@@ -266,7 +321,11 @@ class Shape:
         """The non-streaming response: ``chat.completion`` or ``text_completion``, with usage."""
         reason = finish_reason(data)
         if self.kind == "chat":
-            message = {"role": "assistant", "content": text, "refusal": None}
+            message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            calls = tool_calls(data)
+            if calls:
+                message["tool_calls"] = calls
+                message["content"] = text or None
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
             return {**self._head("chat.completion"), "choices": [choice], "usage": usage(data)}
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
@@ -293,6 +352,31 @@ class Shape:
             out = {**self._head("text_completion"), "choices": [choice]}
         if usage_null:  # with stream_options.include_usage every chunk has usage, null but the last
             out["usage"] = None
+        return out
+
+    def tool_call_chunks(self, data: dict[str, Any], *, usage_null: bool = False) -> list[dict[str, Any]]:
+        """The calls as OpenAI streams them: per call a delta with index, id, type, name and empty
+        arguments, then one with the arguments (Home Assistant's llama_cpp parser reads exactly this)."""
+        out = []
+        for i, call in enumerate(tool_calls(data)):
+            fn = call["function"]
+            head = {
+                "index": i,
+                "id": call["id"],
+                "type": "function",
+                "function": {"name": fn["name"], "arguments": ""},
+            }
+            for piece in (head, {"index": i, "function": {"arguments": fn["arguments"]}}):
+                choice = {
+                    "index": 0,
+                    "delta": {"tool_calls": [piece]},
+                    "logprobs": None,
+                    "finish_reason": None,
+                }
+                chunk: dict[str, Any] = {**self._head("chat.completion.chunk"), "choices": [choice]}
+                if usage_null:
+                    chunk["usage"] = None
+                out.append(chunk)
         return out
 
     def usage_chunk(self, data: dict[str, Any]) -> dict[str, Any]:
