@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import pytest
 import structlog
 
 from rkllmd.errors import LibraryVersionError, ModelLoadError, RuntimeCallError, RuntimeFailure
+from rkllmd.runtime.base import ChatMessage, GenerateInput
 from rkllmd.runtime.rkllm._handle import default_param
 from rkllmd.runtime.rkllm.runtime import CHATML, RkllmRuntime
 from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmSettings
@@ -515,8 +517,84 @@ def test_only_the_last_turn_is_sent_with_keep_history(make_rt: Any) -> None:
 
     r: RkllmRuntime = make_rt("13", keep_history=True)
     r.open()
-    chat = GenerateInput(messages=(ChatMessage("user", "alpha"), ChatMessage("assistant", "beta"),
-                                   ChatMessage("user", "gamma")), max_tokens=64)
+    chat = GenerateInput(
+        messages=(
+            ChatMessage("user", "alpha"),
+            ChatMessage("assistant", "beta"),
+            ChatMessage("user", "gamma"),
+        ),
+        max_tokens=64,
+    )
     sink = Sink()
     r.generate(chat, sink)
     assert "".join(sink.deltas).split() == ["GAMMA"]
+
+
+# --- tools --------------------------------------------------------------------------------------
+
+WEATHER = ({"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}},)
+
+
+def say(text: str, chunk: int = 3) -> str:
+    """The double's directive that makes it emit ``text`` verbatim, ``chunk`` bytes per token."""
+    import base64
+
+    return f"[[say={base64.b64encode(text.encode()).decode()}]] [[chunk={chunk}]]"
+
+
+def test_say_emits_exact_text_in_chunks(rt: RkllmRuntime) -> None:
+    """[[say=B64]] makes the double emit the decoded text verbatim, split every [[chunk]] bytes."""
+    sink = Sink()
+    rt.generate(ask(say("<tool_call>{}</tool_call>", 4)), sink)
+    assert sink.text == "<tool_call>{}</tool_call>"
+    assert sink.deltas[:3] == ["<too", "l_ca", "ll>{"]
+
+
+@pytest.mark.parametrize("abi_tools", ["12", "13"])
+def test_tools_go_to_set_function_tools_once(make_rt: Any, abi_tools: str) -> None:
+    """1.2.1+ gets the tools through rkllm_set_function_tools, again only when they change."""
+    rt = make_rt(abi_tools)
+    rt.open()
+    st = stats(abi_tools)
+    st.reset()
+    inp = GenerateInput((ChatMessage("user", "[[say_tools]]"),), 200, tools=WEATHER)
+    sink = Sink()
+    rt.generate(inp, sink)
+    rt.generate(inp, Sink())
+    assert st.stat("set_function_tools") == 1
+    assert json.loads(sink.text) == list(WEATHER) == json.loads(st.text("tools"))
+    rt.generate(ask("plain"), Sink())  # tools gone: an empty list, once
+    rt.generate(ask("plain"), Sink())
+    assert st.stat("set_function_tools") == 2 and st.text("tools") == "[]"
+
+
+def _tool_turns() -> tuple[ChatMessage, ...]:
+    from rkllmd.runtime.base import ToolCall
+
+    return (
+        ChatMessage("user", "weather in Paris?"),
+        ChatMessage("assistant", "", (ToolCall("c1", "get_weather", {"city": "Paris"}),)),
+        ChatMessage("tool", "sunny", tool_call_id="c1"),
+    )
+
+
+def test_tool_result_goes_back_with_role_tool(make_rt: Any) -> None:
+    """1.3: a tool result is the run's input with role "tool", earlier turns (the call) before it."""
+    rt = make_rt("13")
+    rt.open()
+    sink = Sink()
+    rt.generate(GenerateInput(_tool_turns(), 100, tools=WEATHER), sink)
+    st = stats("13")
+    assert st.text("role") == "tool" and st.text("prompt").endswith("\n\nsunny")
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}' in st.text("prompt")
+    assert sink.text.endswith("SUNNY")
+
+
+def test_tools_in_the_system_prompt_without_the_tool_api(make_rt: Any) -> None:
+    """1.2.0 has no rkllm_set_function_tools: the Hermes block is in the system prompt, results as text."""
+    rt = make_rt("120")
+    rt.open()
+    rt.generate(GenerateInput(_tool_turns(), 100, tools=WEATHER), Sink())
+    st = stats("120")
+    assert "<tools>" in st.text("system_prompt") and '"get_weather"' in st.text("system_prompt")
+    assert st.text("prompt").endswith("<tool_response>\nsunny\n</tool_response>")

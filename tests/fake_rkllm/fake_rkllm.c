@@ -17,6 +17,11 @@
  *   [[sigill_at=N]] (prompt only)        SIGILL at token N, like a build for another CPU
  *   [[split_utf8]]  FAKE_RKLLM_SPLIT_UTF8  tokens 2 and 3 become " €" split in two callbacks:
  *                                        WAITING " \xE2\x82", then NORMAL "\xAC"
+ *   [[say=B64]]     (prompt only)        emit the base64-decoded text verbatim instead of words, in
+ *                                        pieces of [[chunk=N]] bytes (default 3), so that markup
+ *                                        such as <tool_call> arrives split across tokens; ignored in
+ *                                        a run with role "tool" (a tool result gets the usual words)
+ *   [[say_tools]]   (prompt only)        emit the last rkllm_set_function_tools JSON verbatim
  * FAKE_RKLLM_FAIL_INIT=1 or a model path containing "fail-init" makes rkllm_init return -1.
  * Build options: -DFAKE_RKLLM_VERSION="X" (the release in the SDK line), -DFAKE_RKLLM_NO_SDK_LINE,
  * -DFAKE_RKLLM_OMIT_<function> for rkllm_load_lora, rkllm_set_function_tools and
@@ -111,7 +116,7 @@ static const char *stat_names[S_COUNT] = {
 };
 static atomic_int stats[S_COUNT];
 static pthread_mutex_t str_lock = PTHREAD_MUTEX_INITIALIZER;
-static char last_system[1024], last_role[64], last_prompt[1024], last_tools[1024];
+static char last_system[1024], last_role[64], last_prompt[1024], last_tools[8192];
 
 int fake_rkllm_stat(const char *name) {
     for (int i = 0; name && i < S_COUNT; i++)
@@ -175,12 +180,35 @@ static int count_words(const char *s) {
 
 typedef struct {
     int delay_ms, len, fail_at, split, crash_at, hang_at, sigill_at;
+    char *say;    /* exact text to emit ([[say=...]]), or NULL */
+    int chunk;    /* bytes per token of the exact text */
     char *buf;    /* prompt copy with directives blanked out, words upper-cased */
     char **words; /* pointers into buf */
     int n_words;
 } Plan;
 
 /* Reads [[key=value]] / [[key]] directives, blanks them out and splits the rest into words. */
+/* Standard base64 into a fresh NUL-terminated string (invalid characters are skipped). */
+static char *b64_decode(const char *in) {
+    size_t n = strlen(in);
+    char *out = calloc(n * 3 / 4 + 4, 1);
+    unsigned acc = 0;
+    int bits = 0;
+    size_t o = 0;
+    for (const char *c = in; *c && *c != '='; c++) {
+        const char *tab = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        const char *hit = strchr(tab, *c);
+        if (!hit) continue;
+        acc = (acc << 6) | (unsigned)(hit - tab);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (char)((acc >> bits) & 0xFF);
+        }
+    }
+    return out;
+}
+
 static void plan_parse(Plan *p, const char *prompt) {
     p->buf = strdup(prompt ? prompt : "");
     char *s = p->buf;
@@ -197,6 +225,16 @@ static void plan_parse(Plan *p, const char *prompt) {
         else if (strcmp(key, "crash_at") == 0 && val) p->crash_at = atoi(val);
         else if (strcmp(key, "hang_at") == 0 && val) p->hang_at = atoi(val);
         else if (strcmp(key, "sigill_at") == 0 && val) p->sigill_at = atoi(val);
+        else if (strcmp(key, "chunk") == 0 && val) p->chunk = atoi(val);
+        else if (strcmp(key, "say") == 0 && val) {
+            free(p->say);
+            p->say = b64_decode(val);
+        } else if (strcmp(key, "say_tools") == 0) {
+            free(p->say);
+            pthread_mutex_lock(&str_lock);
+            p->say = strdup(last_tools);
+            pthread_mutex_unlock(&str_lock);
+        }
         memset(open, ' ', (size_t)(close + 2 - open));
         open = close + 2;
     }
@@ -210,6 +248,7 @@ static void plan_parse(Plan *p, const char *prompt) {
 }
 
 static void plan_free(Plan *p) {
+    free(p->say);
     free(p->words);
     free(p->buf);
 }
@@ -238,9 +277,16 @@ typedef struct {
 } RunArgs;
 
 static int do_run(Fake *f, RunArgs *a) {
-    Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, 0, 0, 0, NULL, NULL, 0};
+    Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, 0, 0, 0, NULL, 3, NULL, NULL, 0};
     plan_parse(&p, a->prompt);
-    int total = p.len > 0 ? p.len : p.n_words;
+    if (p.say && strcmp(a->role, "tool") == 0) {
+        free(p.say);
+        p.say = NULL;
+    }
+    if (p.chunk < 1) p.chunk = 1;
+    if (p.chunk > 200) p.chunk = 200;
+    int say_len = p.say ? (int)strlen(p.say) : 0;
+    int total = p.say ? (say_len + p.chunk - 1) / p.chunk : p.len > 0 ? p.len : p.n_words;
     int limit = a->run_limit > 0 ? a->run_limit : f->param.max_new_tokens;
     int n = (limit > 0 && limit < total) ? limit : total;
     atomic_store(&stats[S_LAST_LIMIT], limit);
@@ -275,7 +321,10 @@ static int do_run(Fake *f, RunArgs *a) {
             goto out;
         }
         LLMCallState st = RKLLM_RUN_NORMAL;
-        if (p.split && i == 1) {
+        if (p.say) {
+            int off = i * p.chunk;
+            snprintf(text, sizeof text, "%.*s", p.chunk, p.say + off);
+        } else if (p.split && i == 1) {
             snprintf(text, sizeof text, " \xE2\x82");
             st = RKLLM_RUN_WAITING;
         } else if (p.split && i == 2) {

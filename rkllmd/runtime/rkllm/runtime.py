@@ -8,6 +8,7 @@ sink is called there. abort() may come from any thread.
 from __future__ import annotations
 
 import codecs
+import json
 import os
 import resource
 from ctypes import Structure, pointer
@@ -18,13 +19,14 @@ from typing import Any
 import structlog
 
 from rkllmd.errors import ModelLoadError, RuntimeCallError, RuntimeFailure
-from rkllmd.runtime.base import GenerateInput, GenerateResult, Perf, Runtime, TokenSink
+from rkllmd.runtime.base import ChatMessage, GenerateInput, GenerateResult, Perf, Runtime, TokenSink
 from rkllmd.runtime.rkllm import _abi_common as c
 from rkllmd.runtime.rkllm._capture import fd1_capture
 from rkllmd.runtime.rkllm._handle import RkllmHandle
 from rkllmd.runtime.rkllm._lib import RkllmLibrary, find_library
 from rkllmd.runtime.rkllm.counter import count_with, load_tokenizer
 from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmModelSettings, RkllmSettings
+from rkllmd.toolcalls import call_block, hermes_system_block, response_block
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +37,7 @@ CHATML = ChatTemplate(
     prefix="<|im_start|>user\n",
     postfix="<|im_end|>\n<|im_start|>assistant\n",
 )
+TOOL_RESPONSE = "tool_response"  # the tag the runtime wraps role="tool" input in (vendor demo)
 NOFILE_WANTED = 102400  # what the vendor demos set before rkllm_init (one fd per NPU buffer)
 
 
@@ -98,6 +101,7 @@ class RkllmRuntime(Runtime):
         self._abort_requested = False
         self._generating = False
         self._last_template: tuple[str, str, str] | None = None
+        self._last_tools: tuple[str, str] | None = None  # (system, tools JSON) last set natively
         self._tokenizer: Any = None
 
     # ---- open / close --------------------------------------------------------------------------
@@ -132,6 +136,7 @@ class RkllmRuntime(Runtime):
             ) from exc
         self.lib, self.handle = lib, handle
         self._last_template = None
+        self._last_tools = None
         log.info("rkllm_model_open", model=self.name, version=lib.version, by=lib.detection.method)
 
     def _make_param(self, lib: RkllmLibrary) -> Structure:
@@ -202,12 +207,15 @@ class RkllmRuntime(Runtime):
         self, handle: RkllmHandle, spec: c.AbiSpec, inp: GenerateInput, sink: TokenSink
     ) -> GenerateResult:
         self._apply_template(inp)
+        self._apply_tools(inp)
         if self._abort_requested:  # abort() arrived before the run started
             return GenerateResult(finish_reason="aborted", perf=Perf(completion_tokens=0))
         limit = max(1, inp.max_tokens)
         if self.cfg.max_new_tokens:
             limit = min(limit, self.cfg.max_new_tokens)
         last_role = next((m.role for m in reversed(inp.messages) if m.role in ("user", "tool")), "user")
+        if last_role == "tool" and not self._native_tools:
+            last_role = "user"  # the results go as Hermes text in a user turn (prompt_text)
         prompt = self.prompt_text(inp).encode()
         rin = spec.Input()
         if spec.has_role:
@@ -334,8 +342,32 @@ class RkllmRuntime(Runtime):
 
     # ---- chat template -----------------------------------------------------------------------------
 
+    @property
+    def _native_tools(self) -> bool:
+        """Whether the loaded release takes tools itself (rkllm_set_function_tools, 1.2.1+)."""
+        return self.lib is not None and self.lib.has("rkllm_set_function_tools")
+
+    def _apply_tools(self, inp: GenerateInput) -> None:
+        """Hand the tools to the runtime when they change (1.2.1+); it renders them in the model's
+        own format and makes the model write ``<tool_call>`` blocks. Tools gone: an empty list."""
+        last = self._last_tools
+        if not self._native_tools or (not inp.active_tools and (last is None or last[1] == "[]")):
+            return  # no tool API, or no tools now and none left set
+        system = inp.system or self.cfg.system_prompt or ""
+        wanted = (system, json.dumps(list(inp.active_tools), ensure_ascii=False))
+        if wanted == last:
+            return
+        assert self.handle is not None
+        self.handle.set_function_tools(wanted[0], wanted[1], TOOL_RESPONSE)
+        log.info("rkllm_tools_set", tools=len(inp.active_tools))
+        self._last_tools = wanted
+
     def _wanted_template(self, inp: GenerateInput) -> tuple[str, str, str] | None:
         system = inp.system or self.cfg.system_prompt
+        if inp.active_tools and not self._native_tools:
+            # 1.2.0 / 1.2.1b1: no tool API, so the Hermes block goes into the system prompt.
+            block = hermes_system_block(inp.active_tools)
+            system = f"{system}\n\n{block}" if system else block
         tpl = self.cfg.chat_template
         if tpl is None and system is None:
             return None
@@ -366,11 +398,25 @@ class RkllmRuntime(Runtime):
         runtime offers no way to send a multi-turn template of ours).
         """
         turns = [m for m in inp.messages if m.role != "system"]
-        if self.cfg.keep_history or len(turns) <= 1:
-            return inp.last_user
+        # Tool results at the end are one input: role "tool" (several as a JSON array, as the
+        # runtime asks), or Hermes <tool_response> text where the release has no tool API.
+        n_results = 0
+        while n_results < len(turns) and turns[len(turns) - 1 - n_results].role == "tool":
+            n_results += 1
+        last = self._last_input(turns[len(turns) - n_results :]) if n_results else inp.last_user
+        earlier = turns[: len(turns) - (n_results or 1)]
+        if self.cfg.keep_history or not earlier:
+            return last
         names = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
-        lines = [f"{names.get(m.role, m.role)}: {m.content}" for m in turns[:-1]]
-        return "Conversation so far:\n" + "\n".join(lines) + "\n\n" + turns[-1].content
+        lines = [f"{names.get(m.role, m.role)}: {_turn_text(m)}" for m in earlier]
+        return "Conversation so far:\n" + "\n".join(lines) + "\n\n" + last
+
+    def _last_input(self, results: list[ChatMessage]) -> str:
+        if not self._native_tools:
+            return "\n".join(response_block(m.content) for m in results)
+        if len(results) == 1:
+            return results[0].content
+        return json.dumps([m.content for m in results], ensure_ascii=False)
 
     # ---- the rest of the interface -----------------------------------------------------------------
 
@@ -426,3 +472,9 @@ class RkllmRuntime(Runtime):
             "library": str(det.path) if det else None,
             "context_length": self.context_length,
         }
+
+
+def _turn_text(m: ChatMessage) -> str:
+    """An earlier turn in the transcript: an assistant's calls as the Hermes blocks it wrote."""
+    blocks = [call_block(c.name, c.arguments) for c in m.tool_calls]
+    return "\n".join([m.content, *blocks] if m.content else blocks)
