@@ -7,6 +7,7 @@ The double makes text from the prompt's words (upper-cased, cycled) and obeys ``
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import urllib.request
@@ -18,15 +19,12 @@ import ollama
 import pytest
 
 from rkllmd.bench.broker import free_port
-from rkllmd.protocol import GenerateRequest
 from rkllmd.testing import wait_until
 from tests.e2e.conftest import rkllm_config
 from tests.helpers import Broker, DaemonProc
 
 BASE = "ollamaf"
 KEY = "ollama-test-key"
-TOOLS_READY = "tools" in GenerateRequest.model_fields and "format" in GenerateRequest.model_fields
-NO_TOOLS = "rkllmd's generate request has no tools/format fields yet (tool calling is not committed)"
 
 # Home Assistant's intent tool as its ollama integration formats it (probatio.to_openapi of HassTurnOn).
 HASS_TURN_ON = {
@@ -213,7 +211,6 @@ def test_home_assistant_shaped_chat_without_tools(served: Served) -> None:
     assert parts[-1].done and "GG1" in "".join(p.message.content or "" for p in parts)
 
 
-@pytest.mark.skipif(not TOOLS_READY, reason=NO_TOOLS)
 def test_home_assistant_shaped_chat_with_tools(served: Served) -> None:
     """HA's intent tools, keep_alive "-1" and num_ctx reach rkllmd; a text answer streams as content."""
     parts = list(
@@ -230,7 +227,6 @@ def test_home_assistant_shaped_chat_with_tools(served: Served) -> None:
     assert not any(p.message.tool_calls for p in parts)
 
 
-@pytest.mark.skipif(not TOOLS_READY, reason=NO_TOOLS)
 def test_format_schema_is_checked(served: Served) -> None:
     """A format schema (HA's AI tasks): JSON output passes, other output is a clear error."""
     schema = {"type": "object", "properties": {"ANSWER": {"type": "string"}}, "required": ["ANSWER"]}
@@ -243,21 +239,30 @@ def test_format_schema_is_checked(served: Served) -> None:
 
 
 def test_tool_call_comes_back_as_message_tool_calls(served: Served) -> None:
-    """A streamed chat with tools returns the model's call as message.tool_calls."""
-    source = (Path(__file__).parents[1] / "fake_rkllm" / "fake_rkllm.c").read_text()
-    if not TOOLS_READY or "[[say=" not in source:
-        pytest.skip(
-            "needs tool calling in rkllmd's generate request and a C-double directive that emits exact text"
-        )
-    call = json.dumps({"name": "HassTurnOn", "arguments": {"name": "Kitchen Light"}})
-    parts = list(
-        served.client().chat(
-            model="fake",
-            messages=user(f"[[say=<tool_call>{call}</tool_call>]] turn on the kitchen light"),
-            tools=[HASS_TURN_ON],
-            stream=True,
-        )
-    )
+    """A streamed chat with HA's tools returns the model's Hermes call as message.tool_calls, and the
+    call's result sent back as a tool turn gets a text answer."""
+    call = json.dumps({"name": "HassTurnOn", "arguments": {"name": "Kitchen Light", "domain": ["light"]}})
+    said = base64.b64encode(f"<tool_call>{call}</tool_call>".encode()).decode()
+    c = served.client()
+    messages = [{"role": "system", "content": HA_SYSTEM}, *user(f"[[say={said}]] turn on the kitchen light")]
+    parts = list(c.chat(model="fake:latest", messages=messages, tools=[HASS_TURN_ON], stream=True))
+    text = "".join(p.message.content or "" for p in parts)
     calls = [tc for p in parts for tc in (p.message.tool_calls or [])]
-    assert calls and calls[0].function.name == "HassTurnOn"
-    assert calls[0].function.arguments == {"name": "Kitchen Light"}
+    assert "tool_call" not in text and parts[-1].done and parts[-1].done_reason == "stop"
+    assert [(tc.function.name, dict(tc.function.arguments)) for tc in calls] == [
+        ("HassTurnOn", {"name": "Kitchen Light", "domain": ["light"]})
+    ]
+    # Home Assistant's next turn: the call as it sent it (no id) and its result as a tool message
+    # (the first turn without the directive: the double reads directives anywhere in the prompt).
+    messages = [messages[0], *user("turn on the kitchen light")]
+    messages += [
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"function": {"name": "HassTurnOn", "arguments": {"name": "Kitchen Light"}}}],
+        },
+        {"role": "tool", "content": '{"data": {"success": [{"name": "Kitchen Light"}]}, "error": null}'},
+        *user("[[len=2]] done1"),
+    ]
+    answer = c.chat(model="fake:latest", messages=messages, tools=[HASS_TURN_ON], stream=False)
+    assert answer.message.content and not answer.message.tool_calls
