@@ -151,12 +151,15 @@ def test_pull_and_delete(served: Served) -> None:
         ),
         ({"options": {"num_ctx": 8192}}, 400, "context length"),
         ({"keep_alive": "soon"}, 400, "keep_alive"),
+        ({"tools": [{"type": "function", "function": {"name": ""}}]}, 400, "tools[0].function.name"),
+        ({"format": {"type": 5}}, 400, "format.type"),
     ],
 )
 def test_bad_input_is_an_ollama_error(
     served: Served, kwargs: dict[str, Any], status: int, words: str
 ) -> None:
-    """Unknown model, images, num_ctx over the context and a bad keep_alive are errors with a log line."""
+    """Unknown model, images, num_ctx over the context, a bad keep_alive, tools or schema: an Ollama
+    error with its status, and a log line."""
     request: dict[str, Any] = {"model": "fake", "messages": user("hello"), "stream": True, **kwargs}
     with pytest.raises(ollama.ResponseError) as err:
         list(served.client().chat(**request))

@@ -20,7 +20,6 @@ from urllib.parse import unquote, urlsplit
 from rkllmd.plugins import Final, LocalMessage, PluginContext
 from rkllmd.plugins.builtin._httpbase import Handler, HttpError, Keys
 from rkllmd.plugins.builtin.http.relay import ClientGone, Item, Relay, Waiter
-from rkllmd.protocol import GenerateRequest
 
 from . import models, wire
 from .wire import Kind, Shape
@@ -267,8 +266,8 @@ def _final(waiter: Waiter) -> Final:
 
 
 def _capabilities() -> list[str]:
-    """What ``/api/show`` reports: tools once rkllmd's request protocol takes them."""
-    return ["completion", "tools"] if "tools" in GenerateRequest.model_fields else ["completion"]
+    """What ``/api/show`` reports: every rkllmd model takes tools (docs/PROTOCOL.md), none images."""
+    return ["completion", "tools"]
 
 
 def _line(obj: Any) -> bytes:
