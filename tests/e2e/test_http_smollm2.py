@@ -109,3 +109,80 @@ def test_http_and_mqtt_streams_at_once(api: openai.OpenAI, mqtt_probe: Probe) ->
     assert reply["status"] == "ok" and reply["data"]["text"]
     assert "".join(c.get("delta", "") for c in chunks) == reply["data"]["text"]
     assert "Paris" in got["text"]
+
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "enum": ["Paris", "Rome", "Oslo"]}},
+            "required": ["city"],
+        },
+    },
+}
+WEATHER_Q = [{"role": "user", "content": "What is the weather in Rome?"}]
+
+
+def test_grammar_forced_tool_call_end_to_end(api: openai.OpenAI) -> None:
+    """tool_choice required: a llama.cpp grammar makes SmolLM2 write a valid call, streamed or not."""
+    import json
+
+    r = api.chat.completions.create(
+        model="smollm2",
+        messages=WEATHER_Q,
+        tools=[WEATHER],
+        tool_choice="required",
+        temperature=0,
+        max_tokens=80,
+    )
+    choice = r.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    call = choice.message.tool_calls[0]
+    assert call.id.startswith("call_") and call.function.name == "get_weather"
+    assert json.loads(call.function.arguments)["city"] in ("Paris", "Rome", "Oslo")
+    chunks = list(
+        api.chat.completions.create(
+            model="smollm2",
+            messages=WEATHER_Q,
+            tools=[WEATHER],
+            tool_choice={"type": "function", "function": {"name": "get_weather"}},
+            temperature=0,
+            max_tokens=80,
+            stream=True,
+        )
+    )
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks).strip()
+    calls = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    assert calls[0].index == 0 and calls[0].id and calls[0].function.name == "get_weather"
+    assert json.loads("".join(tc.function.arguments or "" for tc in calls))["city"] in (
+        "Paris",
+        "Rome",
+        "Oslo",
+    )
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+def test_json_schema_response_format(api: openai.OpenAI) -> None:
+    """response_format json_schema is a grammar: the answer parses and has the required fields."""
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "capital": {"type": "string", "maxLength": 20},
+            "country": {"type": "string", "maxLength": 20},
+        },
+        "required": ["capital", "country"],
+    }
+    r = api.chat.completions.create(
+        model="smollm2",
+        messages=FRANCE,
+        temperature=0,
+        max_tokens=60,
+        response_format={"type": "json_schema", "json_schema": {"name": "answer", "schema": schema}},
+    )
+    value = json.loads(r.choices[0].message.content or "")
+    assert isinstance(value["capital"], str) and isinstance(value["country"], str)
