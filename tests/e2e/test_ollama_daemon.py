@@ -178,6 +178,21 @@ def test_client_gone_cancels_the_generation(served: Served) -> None:
     assert wait_until(lambda: "generation cancelled" in served.proc.log_text(), 10)
 
 
+def test_refused_request_with_an_unread_body_keeps_the_next_request_apart(served: Served) -> None:
+    """An endpoint refused before its body is read closes the connection; a new one is served."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+    conn.request("POST", "/api/embed", json.dumps({"model": "fake", "input": "x"}), auth)
+    resp = conn.getresponse()
+    assert resp.status == 501 and "not supported" in json.loads(resp.read())["error"]
+    assert resp.getheader("Connection") == "close"
+    conn.close()
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
+    conn.request("GET", "/api/tags", headers=auth)
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
 def test_wrong_key_is_401(served: Served) -> None:
     """A wrong bearer key is 401, which Home Assistant takes as 'reauthenticate'."""
     with pytest.raises(ollama.ResponseError) as err:

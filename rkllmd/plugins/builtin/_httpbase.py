@@ -98,6 +98,7 @@ class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the clients' connection pools expect
     server: Server
     streaming = False  # set once a 200 stream has begun: errors then go in the stream
+    body_read = False  # the request's body was consumed (else an error closes the connection)
 
     def version_string(self) -> str:
         return "rkllmd"  # no Python version in the Server header
@@ -137,6 +138,7 @@ class Handler(BaseHTTPRequestHandler):
             raise HttpError(411, "chunked request bodies are not accepted; send Content-Length")
         raw = self.headers.get("Content-Length")
         if raw is None:
+            self.body_read = True
             return b""
         try:
             length = int(raw)
@@ -148,6 +150,7 @@ class Handler(BaseHTTPRequestHandler):
         if length > limit:
             self.close_connection = True
             raise HttpError(413, f"the request body is {length} bytes; the limit is {limit}")
+        self.body_read = True
         return self.rfile.read(length)
 
     def client_gone(self) -> bool:
@@ -175,6 +178,8 @@ class Handler(BaseHTTPRequestHandler):
         headers = dict(err.headers)
         if err.status == 401:
             headers["WWW-Authenticate"] = 'Bearer realm="rkllmd"'
+        if not self.body_read and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+            self.close_connection = True  # its unread body would be taken for the next request
         if self.close_connection:
             headers["Connection"] = "close"
         self.send_json(err.status, self.server.error_body(err.status, err.message), headers)

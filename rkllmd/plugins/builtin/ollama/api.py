@@ -49,7 +49,7 @@ class Api:
     def handle(self, h: Handler, method: str) -> None:
         """Route one request; every failure becomes ``{"error": ...}`` with its status, and a log line."""
         path = unquote(urlsplit(h.path).path).rstrip("/") or "/"
-        h.streaming = False
+        h.streaming = h.body_read = False
         try:
             try:
                 self._route(h, method, path)
