@@ -301,3 +301,45 @@ def test_curl_streams_raw_server_sent_events(served: Served) -> None:
     )
     text, status = health.stdout.rsplit("\n", 1)
     assert status == "200" and json.loads(text)["mqtt_connected"] is True
+
+
+def test_openai_tool_use_over_two_turns_on_the_double(served: Served) -> None:
+    """The openai client: a streamed call split across tokens arrives as tool_calls deltas with index
+    and id; the result sent back as role tool is answered in text (non-streamed)."""
+    import base64
+    import json
+
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+    say = f"[[say={base64.b64encode(call.encode()).decode()}]] [[chunk=2]]"
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    chunks = list(
+        served.client().chat.completions.create(model="fake", messages=user(say), tools=[tool], stream=True)
+    )
+    assert not "".join(c.choices[0].delta.content or "" for c in chunks)
+    deltas = [tc for c in chunks for tc in (c.choices[0].delta.tool_calls or [])]
+    head = deltas[0]
+    assert head.index == 0 and head.id and head.id.startswith("call_") and head.function.name == "get_weather"
+    assert json.loads("".join(d.function.arguments or "" for d in deltas)) == {"city": "Oslo"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+    messages = [
+        *user("weather in Oslo?"),
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": head.id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": head.id, "content": "snow"},
+    ]
+    r = served.client().chat.completions.create(model="fake", messages=messages, tools=[tool])
+    assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls
+    assert (r.choices[0].message.content or "").endswith("SNOW")
+    bad = [*messages[:2], {"role": "tool", "tool_call_id": "nope", "content": "snow"}]
+    with pytest.raises(openai.BadRequestError, match="matches no earlier tool call"):
+        served.client().chat.completions.create(model="fake", messages=bad, tools=[tool])
