@@ -313,3 +313,37 @@ def test_format_schema_gives_matching_json(rt: LlamaCppRuntime) -> None:
     result, deltas = run(rt, inp)
     assert result.finish_reason == "stop"
     assert validate(json.loads("".join(deltas)), schema) == []
+
+
+# A cut-down Qwen2.5 template: tools in the system turn, calls and results in its own syntax.
+QWEN_TOOLS = (
+    "{% if tools %}<|im_start|>system\n{{ messages[0].content }}\n<tools>"
+    "{% for t in tools %}\n{{ t | tojson }}{% endfor %}\n</tools><|im_end|>\n{% endif %}"
+    "{% for m in messages[1:] %}{% if m.role == 'tool' %}<|im_start|>user\n<tool_response>\n"
+    "{{ m.content }}\n</tool_response><|im_end|>\n{% else %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% for c in m.tool_calls or [] %}<tool_call>\n"
+    '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}\n</tool_call>'
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}<|im_start|>assistant\n"
+)
+
+
+def test_a_template_that_renders_tools_gets_them_natively() -> None:
+    """A template that knows tools gets tools=, assistant tool_calls and tool_call_id as its own fields."""
+    lib = pytest.importorskip("llama_cpp")
+    from rkllmd.runtime.base import ToolCall
+
+    rt = LlamaCppRuntime("qwen", settings(system_prompt="Be brief."))
+    rt._llm = object()
+    rt._formatter = lib.llama_chat_format.Jinja2ChatFormatter(template=QWEN_TOOLS, eos_token="", bos_token="")
+    rt._template_has_tools = True
+    msgs = (
+        ChatMessage("user", "weather?"),
+        ChatMessage("assistant", "", (ToolCall("c1", "get_weather", {"city": "Paris"}),)),
+        ChatMessage("tool", "sunny", tool_call_id="c1"),
+    )
+    text = rt.render(GenerateInput(msgs, 10, tools=WEATHER))
+    assert (
+        text.startswith('<|im_start|>system\nBe brief.\n<tools>{"type": "function"') and "# Tools" not in text
+    )
+    assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>' in text
+    assert "<tool_response>\nsunny\n</tool_response>" in text
