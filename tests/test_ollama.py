@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from rkllmd.exchange import Exchange, Final
-from rkllmd.plugins.builtin._httpbase import HttpError, Keys
+from rkllmd.plugins.builtin._httpbase import HttpError, Keys, load_keys
 from rkllmd.plugins.builtin.ollama import models, wire
 from rkllmd.settings import Settings
 
@@ -216,3 +217,13 @@ def test_keys_compare_every_key() -> None:
     keys = Keys(["a1", "b2"])
     assert keys.check("Bearer b2") is None
     assert "missing" in str(keys.check(None)) and "invalid" in str(keys.check("Bearer nope"))
+
+
+def test_key_file_without_a_key_is_an_error(tmp_path: Path) -> None:
+    """A key file that holds only comments never leaves the API open."""
+    empty = tmp_path / "keys"
+    empty.write_text("# none yet\n\n")
+    with pytest.raises(ValueError, match="holds no key"):
+        load_keys([], empty)
+    empty.write_text("# one\nk1\n")
+    assert load_keys(["k0"], empty) == ["k0", "k1"]
