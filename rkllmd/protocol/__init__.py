@@ -1,0 +1,91 @@
+"""The MQTT protocol: topic names, the command table, request parsing, every reply body.
+
+Pure functions and data only: no network, no threads. docs/PROTOCOL.md describes the same
+thing for users; keep the two in step.
+
+The modules import one way only, each from those above it:
+
+    address.py    the reply Address, id and reply-topic checks, reading a refused payload's address
+    requests.py   the request models; tools, tool_choice, format and tool-turn checks
+    commands.py   the command table (COMMANDS)
+    topics.py     Topics and the messages that arrive on them (Incoming, LocalMessage)
+    payload.py    bytes to a request dict (decode_payload), then to its model (validate)
+    replies.py    every reply body and stream chunk
+
+Importers use ``rkllmd.protocol`` itself: the names below are the package's surface, so a
+module can move inside the package without any importer changing.
+"""
+
+from __future__ import annotations
+
+from rkllmd.protocol.address import (
+    ADDRESS_FIELDS,
+    ADDRESS_READ_FACTOR,
+    ID_RE,
+    UTF8_BOM,
+    Address,
+    check_publish_topic,
+    echoable,
+    new_request_id,
+    read_address,
+)
+from rkllmd.protocol.commands import COMMANDS, Command, Serve
+from rkllmd.protocol.payload import MAX_JSON_DEPTH, decode_payload, validate
+from rkllmd.protocol.replies import (
+    control_data,
+    generation_data,
+    partial_data,
+    reply_body,
+    stream_chunk,
+    stream_end,
+    to_json,
+)
+from rkllmd.protocol.requests import (
+    CancelRequest,
+    EmptyPromptValue,
+    FunctionCallIn,
+    GenerateRequest,
+    MessageIn,
+    ModelRequest,
+    NoArgsRequest,
+    Req,
+    ToolCallIn,
+)
+from rkllmd.protocol.topics import Incoming, LocalMessage, Topics
+
+__all__ = [
+    "ADDRESS_FIELDS",
+    "ADDRESS_READ_FACTOR",
+    "COMMANDS",
+    "ID_RE",
+    "MAX_JSON_DEPTH",
+    "UTF8_BOM",
+    "Address",
+    "CancelRequest",
+    "Command",
+    "EmptyPromptValue",
+    "FunctionCallIn",
+    "GenerateRequest",
+    "Incoming",
+    "LocalMessage",
+    "MessageIn",
+    "ModelRequest",
+    "NoArgsRequest",
+    "Req",
+    "Serve",
+    "ToolCallIn",
+    "Topics",
+    "check_publish_topic",
+    "control_data",
+    "decode_payload",
+    "echoable",
+    "generation_data",
+    "new_request_id",
+    "partial_data",
+    "read_address",
+    "reply_body",
+    "stream_chunk",
+    "stream_end",
+    "to_json",
+    "validate",
+]

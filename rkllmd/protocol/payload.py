@@ -1,0 +1,135 @@
+"""A payload's bytes to a validated request: decode (JSON object or plain text), then validate
+into the command's model, each problem mapped to its error code (rkllmd/errors.py).
+
+Pure functions and data only: no network, no threads. Hostile input is bounded here, before
+any model sees it: size, nesting depth, infinities, lone surrogates, NUL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from pydantic import ValidationError
+
+from rkllmd.errors import (
+    BadJson,
+    EmptyPrompt,
+    PayloadTooLarge,
+    RequestError,
+    WrongType,
+)
+from rkllmd.protocol.address import UTF8_BOM, echoable
+from rkllmd.protocol.commands import COMMANDS
+from rkllmd.protocol.requests import EmptyPromptValue, Req
+
+# Far deeper than any real request; a bound so the depth walk and pydantic stay cheap on hostile input.
+MAX_JSON_DEPTH = 32
+
+
+def _depth(obj: Any, limit: int) -> int:
+    """Nesting depth of a decoded JSON value, iterative so hostile input cannot blow the stack."""
+    stack = [(obj, 1)]
+    deepest = 0
+    while stack:
+        cur, d = stack.pop()
+        deepest = max(deepest, d)
+        if deepest > limit:
+            return deepest
+        if isinstance(cur, dict):
+            stack.extend((v, d + 1) for v in cur.values())
+        elif isinstance(cur, list):
+            stack.extend((v, d + 1) for v in cur)
+    return deepest
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:24]} is out of range")
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, Any]:
+    """Turn raw bytes into a request dict: JSON object, or plain text for the command's main field."""
+    if len(payload) > max_bytes:
+        raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {max_bytes}")
+    payload = payload.removeprefix(UTF8_BOM)  # Windows tools write one; it is not part of the text
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(f"payload is not valid UTF-8 (byte {exc.start})") from exc
+    stripped = text.strip()
+    if stripped.startswith("{") or stripped.startswith("["):
+        try:
+            obj = json.loads(stripped, parse_float=_finite_float, parse_constant=_not_json)
+        except (ValueError, RecursionError) as exc:  # ValueError: also ints over 4300 digits, NaN
+            raise BadJson(f"malformed JSON: {exc}") from exc
+        if not isinstance(obj, dict):
+            raise BadJson("the JSON payload must be an object")
+        if _depth(obj, MAX_JSON_DEPTH) > MAX_JSON_DEPTH:
+            raise BadJson(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        try:  # a \ud800 escape decodes to a lone surrogate, which no reply could echo back
+            json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            where = next((k for k, v in obj.items() if not echoable({k: v})), "")
+            where = f"{where}: " if echoable(where) else ""
+            raise RequestError(f"{where}the JSON payload contains an unpaired surrogate escape") from exc
+        return obj
+    if "\x00" in text:
+        raise RequestError("plain-text payload contains NUL")
+    if not stripped:
+        if command == "generate":
+            raise EmptyPrompt("the prompt is empty")
+        return {}
+    field_name = COMMANDS[command].plain_field
+    if field_name is None:
+        return {}
+    return {field_name: text if command == "generate" else stripped}
+
+
+def validate(command: str, obj: dict[str, Any]) -> Req:
+    """Validate a request dict into its typed model, mapping problems to error codes."""
+    model = COMMANDS[command].request
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        problems = []
+        wrong_type = False
+        for err in exc.errors():
+            ctx_err = (err.get("ctx") or {}).get("error")
+            if isinstance(ctx_err, EmptyPromptValue):
+                raise EmptyPrompt(str(ctx_err)) from None
+            loc = _loc(err["loc"])
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "located":  # the message names its own field
+                problems.append(msg)
+                continue
+            if err["type"] == "literal_error":
+                # A string outside the allowed set is a wrong value; anything else a wrong type.
+                expected = (err.get("ctx") or {}).get("expected", "")
+                msg = f"must be one of {expected} (got {_short(err['input'])})"
+                wrong_type = wrong_type or not isinstance(err["input"], str)
+            else:
+                wrong_type = wrong_type or err["type"].endswith("_type")
+            problems.append(f"{loc}: {msg}")
+        cls = WrongType if wrong_type else RequestError
+        raise cls("invalid request: " + "; ".join(problems), problems=problems) from None
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as a field path: ``messages[0].role``."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}" if out else str(part)
+    return out or "request"
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

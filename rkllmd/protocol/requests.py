@@ -1,0 +1,292 @@
+"""The request payload models: what each command accepts, and the checks on tools, tool_choice,
+format and tool turns that pydantic's field types cannot say on their own.
+
+Pure functions and data only: no network, no threads. Errors carry their field's path so that
+``rkllmd.protocol.payload.validate`` can report them as the client wrote them; the models know
+nothing of topics or of the command table, which builds on them (commands.py).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from rkllmd.protocol.address import ID_RE, check_publish_topic
+from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling, ToolCall
+from rkllmd.toolcalls import check_schema, new_call_id
+
+
+class Req(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str | None = None
+    transaction: Any = None
+    reply_to: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id_ok(cls, v: str | None) -> str | None:
+        if v is not None and not ID_RE.match(v):
+            raise ValueError("id must be 1-64 characters of [A-Za-z0-9_.:-]")
+        return v
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to_ok(cls, v: str | None) -> str | None:
+        if v is not None:
+            check_publish_topic(v, "reply_to")
+        return v
+
+
+def _no_nul(v: Any) -> Any:
+    """Text for the runtime must not hold NUL: C reads a string only up to the first one."""
+    texts = [v] if isinstance(v, str) else v if isinstance(v, list) else []
+    if any("\x00" in t for t in texts if isinstance(t, str)):
+        raise PydanticCustomError("nul_character", "must not contain a NUL character (\\u0000)")
+    return v
+
+
+def _located(message: str) -> PydanticCustomError:
+    """An error whose message already names its field (``tools[1]: ...``): reported as it is."""
+    return PydanticCustomError("located", message)
+
+
+class FunctionCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: str = Field(min_length=1)
+    # OpenAI sends a JSON string, Ollama an object; both become an object.
+    arguments: dict[str, Any] | str = Field(default_factory=dict)
+
+    @field_validator("arguments")
+    @classmethod
+    def _object(cls, v: dict[str, Any] | str) -> dict[str, Any] | str:
+        if isinstance(v, str):
+            try:
+                v = json.loads(v) if v.strip() else {}
+            except ValueError:
+                raise ValueError("must be a JSON object (or a string holding one)") from None
+            if not isinstance(v, dict):
+                raise ValueError("must be a JSON object (or a string holding one)")
+        return v
+
+
+class ToolCallIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+    index: int | None = None  # OpenAI clients echo the stream index back; not used
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str | None = None
+    tool_calls: list[ToolCallIn] | None = Field(None, max_length=64)
+    tool_call_id: str | None = None
+    name: str | None = None
+
+    _content_ok = field_validator("content")(_no_nul)
+
+    @model_validator(mode="after")
+    def _has_content(self) -> MessageIn:
+        # Only an assistant turn that called tools may come without text.
+        if self.content is None and not (self.role == "assistant" and self.tool_calls):
+            raise ValueError("content is required")
+        return self
+
+
+def _check_tools(v: Any) -> Any:
+    """tools: a list of OpenAI-shaped function definitions, with distinct names."""
+    if v is None:
+        return v
+    if not isinstance(v, list):
+        raise _located('tools: must be a list of {"type": "function", "function": {...}}')
+    if len(v) > 128:
+        raise _located("tools: at most 128 tools")
+    names: set[str] = set()
+    for i, t in enumerate(v):
+        fn = t.get("function") if isinstance(t, dict) else None
+        if not (isinstance(t, dict) and t.get("type", "function") == "function" and isinstance(fn, dict)):
+            raise _located(f'tools[{i}]: must be {{"type": "function", "function": {{...}}}}')
+        extra = set(t) - {"type", "function"}
+        if extra:
+            raise _located(f"tools[{i}]: unknown field {sorted(extra)[0]!r}")
+        name = fn.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", name):
+            raise _located(f"tools[{i}].function.name: must be 1-64 characters of [A-Za-z0-9_.:-]")
+        if name in names:
+            raise _located(f"tools[{i}].function.name: {name!r} is given twice")
+        names.add(name)
+        if not isinstance(fn.get("description", ""), str):
+            raise _located(f"tools[{i}].function.description: must be a string")
+        extra = set(fn) - {"name", "description", "parameters", "strict"}
+        if extra:
+            raise _located(f"tools[{i}].function: unknown field {sorted(extra)[0]!r}")
+        if fn.get("parameters") is not None:
+            try:
+                check_schema(fn["parameters"], f"tools[{i}].function.parameters")
+            except ValueError as exc:
+                raise _located(str(exc)) from None
+    return v
+
+
+def _check_tool_choice(v: Any) -> Any:
+    if v is None or v in ("auto", "none", "required"):
+        return v
+    fn = v.get("function") if isinstance(v, dict) else None
+    named = isinstance(fn, dict) and isinstance(fn.get("name"), str) and bool(fn["name"])
+    if isinstance(v, dict) and v.get("type") == "function" and named:
+        return v
+    raise _located(
+        'tool_choice: must be "auto", "none", "required" or {"type": "function", "function": {"name": ...}}'
+    )
+
+
+def _check_format(v: Any) -> Any:
+    if v is None or v == "json":
+        return v
+    if not isinstance(v, dict):
+        raise _located('format: must be "json" or a JSON schema object')
+    try:
+        check_schema(v, "format")
+    except ValueError as exc:
+        raise _located(str(exc)) from None
+    return v
+
+
+class GenerateRequest(Req):
+    prompt: str | None = None
+    messages: list[MessageIn] | None = Field(None, max_length=1000)
+    system: str | None = None
+    model: str | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0, le=5)
+    top_p: float | None = Field(None, gt=0, le=1)
+    top_k: int | None = Field(None, ge=0, le=100_000)
+    repeat_penalty: float | None = Field(None, ge=0, le=10)
+    frequency_penalty: float | None = Field(None, ge=-2, le=2)
+    presence_penalty: float | None = Field(None, ge=-2, le=2)
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    stop: str | list[str] | None = None
+    stream: StrictBool = True
+    tools: Any = None
+    tool_choice: Any = None
+    format: Any = None
+
+    _text_ok = field_validator("prompt", "system", "stop")(_no_nul)
+    _tools_ok = field_validator("tools")(_check_tools)
+    _tool_choice_ok = field_validator("tool_choice")(_check_tool_choice)
+    _format_ok = field_validator("format")(_check_format)
+
+    @field_validator(
+        "temperature", "top_p", "repeat_penalty", "frequency_penalty", "presence_penalty", mode="before"
+    )
+    @classmethod
+    def _int_is_float(cls, v: Any) -> Any:
+        # JSON has one number type; 0 and 1 are valid temperatures.
+        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> GenerateRequest:
+        if self.prompt is not None and self.messages is not None:
+            raise ValueError("give either prompt or messages, not both")
+        if self.prompt is None and self.messages is None:
+            raise EmptyPromptValue("a generate request needs a prompt or messages")
+        if self.prompt is not None and not self.prompt.strip():
+            raise EmptyPromptValue("the prompt is empty")
+        if self.messages is not None and not any(
+            m.role in ("user", "tool") and (m.content or "").strip() for m in self.messages
+        ):
+            raise EmptyPromptValue("messages contain no non-empty user message")
+        self._check_tool_turns()
+        names = [t["function"]["name"] for t in self.tools or []]
+        choice = self.tool_choice
+        if isinstance(choice, dict) and choice["function"]["name"] not in names:
+            raise _located(f"tool_choice: no tool named {choice['function']['name']!r} in tools")
+        if choice == "required" and not names:
+            raise _located('tool_choice: "required" needs tools')
+        return self
+
+    def _check_tool_turns(self) -> None:
+        """Every tool result answers a call an earlier assistant turn made."""
+        seen: set[str] = set()
+        any_call = False
+        for i, m in enumerate(self.messages or []):
+            if m.role == "assistant" and m.tool_calls:
+                any_call = True
+                seen.update(c.id for c in m.tool_calls if c.id)
+            if m.role != "tool":
+                continue
+            if m.tool_call_id is not None and m.tool_call_id not in seen:
+                raise _located(f"messages[{i}].tool_call_id {m.tool_call_id!r} matches no earlier tool call")
+            if m.tool_call_id is None and not any_call:
+                raise _located(f"messages[{i}]: a tool result, but no earlier assistant turn has tool_calls")
+
+    def to_input(self, max_tokens: int) -> GenerateInput:
+        msgs: list[ChatMessage] = []
+        if self.system:
+            msgs.append(ChatMessage("system", self.system))
+        if self.messages is not None:
+            msgs.extend(_chat_message(m) for m in self.messages)
+        else:
+            assert self.prompt is not None
+            msgs.append(ChatMessage("user", self.prompt))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        return GenerateInput(
+            messages=tuple(msgs),
+            max_tokens=max_tokens,
+            sampling=Sampling(
+                temperature=self.temperature,
+                top_p=self.top_p,
+                top_k=self.top_k,
+                repeat_penalty=self.repeat_penalty,
+                frequency_penalty=self.frequency_penalty,
+                presence_penalty=self.presence_penalty,
+                seed=self.seed,
+                stop=stop,
+            ),
+            tools=tuple(self.tools or ()),
+            tool_choice="function" if isinstance(self.tool_choice, dict) else self.tool_choice or "auto",
+            tool_name=self.tool_choice["function"]["name"] if isinstance(self.tool_choice, dict) else None,
+            format=self.format,
+        )
+
+
+def _chat_message(m: MessageIn) -> ChatMessage:
+    calls = tuple(
+        ToolCall(c.id or new_call_id(), c.function.name, dict(c.function.arguments))  # type: ignore[arg-type]
+        for c in m.tool_calls or ()
+    )
+    return ChatMessage(m.role, m.content or "", calls, m.tool_call_id, m.name)
+
+
+class EmptyPromptValue(ValueError):
+    """Raised inside validation so the error maps to the empty_prompt code."""
+
+
+class CancelRequest(Req):
+    # ``id`` here names the request to cancel.
+    pass
+
+
+class ModelRequest(Req):
+    model: str | None = None
+
+
+class NoArgsRequest(Req):
+    pass
