@@ -261,6 +261,51 @@ def test_request_errors_before_the_queue() -> None:
         assert h.services.injected == []
 
 
+def read_until_closed(s: socket.socket) -> bytes:
+    got = b""
+    while chunk := s.recv(4096):
+        got += chunk
+    return got
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("POST", "/v1/embeddings", 404, "unknown_url"),
+        ("PUT", "/v1/chat/completions", 405, "method_not_allowed"),
+        ("POST", "/health", 405, "method_not_allowed"),
+        ("POST", "/nowhere", 404, "unknown_url"),
+    ],
+)
+def test_refused_request_with_an_unread_body_closes_the_connection(
+    method: str, path: str, status: int, code: str
+) -> None:
+    """A request refused before its body is read is answered once, then its connection is closed,
+    so the unread body is never taken for a next request; a bodiless one keeps its connection."""
+    body = json.dumps(CHAT).encode()
+    second = b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n"
+    with served() as (h, port):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            head = f"{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            s.sendall(head.encode() + body + second)
+            got = read_until_closed(s)
+        assert got.count(b"HTTP/1.1 ") == 1, got
+        head_raw, _, raw = got.partition(b"\r\n\r\n")
+        assert head_raw.startswith(f"HTTP/1.1 {status} ".encode()) and b"Connection: close" in head_raw
+        assert error_of(raw)["code"] == code
+
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+        conn.request(method, path)  # Content-Length: 0
+        r = conn.getresponse()
+        assert r.status == status and not r.will_close
+        r.read()
+        conn.request("GET", "/v1/models")
+        r = conn.getresponse()
+        assert r.status == 200 and [m["id"] for m in json.loads(r.read())["data"]] == ["smollm2"]
+        conn.close()
+        assert h.services.injected == []
+
+
 @pytest.mark.parametrize(
     ("code", "status", "oa_code"),
     [

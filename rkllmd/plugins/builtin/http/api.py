@@ -1,16 +1,14 @@
-"""The endpoints. Every method here runs on an HTTP handler thread.
+"""The endpoints. Every method here runs on an HTTP handler thread (``http-handler``).
 
 A completion request is checked, turned into an rkllmd generate request and injected as a
 :class:`rkllmd.plugins.LocalMessage` on ``<base>/request/generate``: rkllmd's ingress thread takes
 it exactly like an MQTT request (plugin preprocessors, validation, the one bounded queue, in
 arrival order), and because it is local nothing about it is published over MQTT. The router
-(relay.Relay.route, dispatcher thread) copies its tokens and final reply to the waiting handler.
+(_relay.Relay.route, dispatcher thread) copies its tokens and final reply to the waiting handler.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import secrets
 import time
@@ -19,10 +17,10 @@ from urllib.parse import unquote, urlsplit
 
 from rkllmd.exchange import Final
 from rkllmd.plugins import LocalMessage, PluginContext
+from rkllmd.plugins.builtin._httpbase import Handler, HttpError, Keys, answer
+from rkllmd.plugins.builtin._relay import ClientGone, Relay, Waiter
 from rkllmd.runtime.registry import check_model
 
-from .relay import ClientGone, Relay, Waiter
-from .server import Handler
 from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
 
 
@@ -34,13 +32,13 @@ class Api:
         ctx: PluginContext,
         relay: Relay,
         *,
-        key_digests: list[bytes],
+        keys: Keys,
         aliases: dict[str, str],
         max_body_bytes: int,
         retry_after_s: int,
     ) -> None:
         self.ctx, self.relay, self.log = ctx, relay, ctx.log
-        self._keys = key_digests  # sha256 of each key: equal lengths for compare_digest
+        self._keys = keys
         self._aliases = aliases
         self._max_body = max_body_bytes
         self._retry_after = retry_after_s
@@ -49,27 +47,13 @@ class Api:
     def handle(self, h: Handler, method: str) -> None:
         """Route one request; every failure becomes an OpenAI error object if nothing was sent yet."""
         path = unquote(urlsplit(h.path).path).rstrip("/") or "/"
-        h.events_started = False
-        try:
-            try:
-                self._route(h, method, path)
-            except ApiError as err:
-                if h.events_started:  # a 200 stream is under way: the error becomes its last event
-                    h.send_event(err.body())
-                else:
-                    h.send_api_error(err)
-            except ClientGone:
-                h.close_connection = True
-            except Exception as exc:
-                if isinstance(exc, OSError):
-                    raise
-                self.log.exception("http request failed", path=path)
-                h.close_connection = True
-                if not h.events_started:
-                    bug = ApiError(500, f"internal error: {exc}", type="server_error", code="internal_error")
-                    h.send_api_error(bug)
-        except OSError:  # the client went away while we wrote, even an error: nothing left to tell it
-            h.close_connection = True
+
+        def in_stream(err: HttpError) -> None:  # the error becomes the stream's last event
+            h.send_event(err.body(h.server.error_body))
+
+        answer(
+            h, lambda: self._route(h, method, path), name="http", log=self.log, path=path, in_stream=in_stream
+        )
 
     def _route(self, h: Handler, method: str, path: str) -> None:
         if path == "/health":
@@ -104,22 +88,15 @@ class Api:
 
     def _authorize(self, h: Handler) -> None:
         """Bearer-token auth when keys are configured; every key is compared, in constant time."""
-        if not self._keys:
+        why = self._keys.check(h.headers.get("Authorization"))
+        if why is None:
             return
-        scheme, _, token = (h.headers.get("Authorization") or "").partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            h.close_connection = True  # the body (if any) is not read
+        h.close_connection = True  # the body (if any) is not read
+        if why == Keys.MISSING:
             raise ApiError(
                 401, "Missing API key: send 'Authorization: Bearer <key>'.", code="missing_api_key"
             )
-        digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-        ok = False
-        for key in self._keys:  # no early exit: the time taken does not depend on which key matched
-            ok |= hmac.compare_digest(digest, key)
-        if not ok:
-            h.close_connection = True
-            raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
+        raise ApiError(401, "Incorrect API key provided.", code="invalid_api_key")
 
     # --- GET /health -------------------------------------------------------------------------
 
@@ -196,7 +173,6 @@ class Api:
         if isinstance(item, Final) and item.status == "error":
             raise self._error(item, ask)
         h.start_events({"X-Request-Id": rid})
-        h.events_started = True
         u = ask.include_usage
         try:
             if shape.kind == "chat":

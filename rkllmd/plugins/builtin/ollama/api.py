@@ -3,8 +3,8 @@
 A chat or generate request is checked, turned into an rkllmd generate request and injected as a
 :class:`rkllmd.plugins.LocalMessage` on ``<base>/request/generate``: rkllmd's ingress thread takes
 it exactly like an MQTT request (plugin preprocessors, validation, the one bounded queue, in
-arrival order), and nothing about it is published over MQTT. The router (the http plugin's
-Relay, on the dispatcher thread) copies its tokens and final reply to the waiting handler.
+arrival order), and nothing about it is published over MQTT. The router (the shared
+_relay.Relay, on the dispatcher thread) copies its tokens and final reply to the waiting handler.
 Loading and unloading (an empty prompt, ``keep_alive: 0``) are rkllmd's own load and unload
 commands, injected the same way, so they too wait their turn in the queue.
 """
@@ -18,8 +18,8 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from rkllmd.plugins import Final, LocalMessage, PluginContext
-from rkllmd.plugins.builtin._httpbase import Handler, HttpError, Keys
-from rkllmd.plugins.builtin.http.relay import ClientGone, Item, Relay, Waiter
+from rkllmd.plugins.builtin._httpbase import Handler, HttpError, Keys, answer
+from rkllmd.plugins.builtin._relay import ClientGone, Item, Relay, Waiter
 
 from . import models, wire
 from .wire import Kind, Shape
@@ -49,28 +49,20 @@ class Api:
     def handle(self, h: Handler, method: str) -> None:
         """Route one request; every failure becomes ``{"error": ...}`` with its status, and a log line."""
         path = unquote(urlsplit(h.path).path).rstrip("/") or "/"
-        h.streaming = h.body_read = False
-        try:
-            try:
-                self._route(h, method, path)
-            except HttpError as err:
-                self.log.info("ollama request refused", path=path, status=err.status, error=err.message)
-                if h.streaming:  # a 200 stream is under way: the error becomes its last line
-                    h.send_chunk(_line(wire.error_body(err.status, err.message)))
-                    h.end_chunked()
-                else:
-                    h.send_http_error(err)
-            except ClientGone:
-                h.close_connection = True
-            except Exception as exc:
-                if isinstance(exc, OSError):
-                    raise
-                self.log.exception("ollama request failed", path=path)
-                h.close_connection = True
-                if not h.streaming:
-                    h.send_http_error(HttpError(500, f"internal error: {exc}"))
-        except OSError:  # the client went away while we wrote: nothing left to tell it
-            h.close_connection = True
+
+        def in_stream(err: HttpError) -> None:  # the error becomes the stream's last line
+            h.send_chunk(_line(wire.error_body(err.status, err.message)))
+            h.end_chunked()
+
+        answer(
+            h,
+            lambda: self._route(h, method, path),
+            name="ollama",
+            log=self.log,
+            path=path,
+            in_stream=in_stream,
+            log_refused=True,
+        )
 
     def _route(self, h: Handler, method: str, path: str) -> None:
         if path == "/":  # Ollama's liveness probe, open like Ollama's

@@ -1,5 +1,7 @@
 """From the dispatcher thread to the HTTP handler threads: one queue per request in flight.
 
+Shared by the HTTP interface plugins (``http``, ``ollama``): each has its own Relay.
+
 The router runs on rkllmd's dispatcher thread, which publishes every MQTT reply: it only looks up
 the request's queue and copies the event into it (never blocks, never touches a socket). Each HTTP
 handler thread reads its own queue through a :class:`Waiter`, which also watches the client's
