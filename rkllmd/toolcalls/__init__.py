@@ -6,19 +6,27 @@ docs/TOOLS.md describes the formats per model family.
 """
 
 from rkllmd.toolcalls.parser import HermesParser, ParsedCall, new_call_id
-from rkllmd.toolcalls.render import call_block, hermes_system_block, response_block
+from rkllmd.toolcalls.render import (
+    assistant_text,
+    call_block,
+    hermes_system_block,
+    response_block,
+    system_with_tools,
+)
 from rkllmd.toolcalls.schema import MAX_SCHEMA_BYTES, check_schema, format_schema, tool_call_schema, validate
 
 __all__ = [
     "MAX_SCHEMA_BYTES",
     "HermesParser",
     "ParsedCall",
+    "assistant_text",
     "call_block",
     "check_schema",
     "format_schema",
     "hermes_system_block",
     "new_call_id",
     "response_block",
+    "system_with_tools",
     "tool_call_schema",
     "validate",
 ]

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rkllmd.runtime.base import ToolCall
 
 # Qwen2.5's own template wording, so a Qwen model reads what it was trained on.
 _HEAD = (
@@ -29,10 +32,22 @@ def hermes_system_block(tools: Sequence[dict[str, Any]]) -> str:
     return _HEAD + lines + _TAIL
 
 
+def system_with_tools(system: str | None, tools: Sequence[dict[str, Any]]) -> str:
+    """``system`` with the Hermes block for ``tools`` after it, or the block alone without one."""
+    block = hermes_system_block(tools)
+    return f"{system}\n\n{block}" if system else block
+
+
 def call_block(name: str, arguments: dict[str, Any]) -> str:
     """One call as the model writes it."""
     body = json.dumps({"name": name, "arguments": arguments}, ensure_ascii=False)
     return f"<tool_call>\n{body}\n</tool_call>"
+
+
+def assistant_text(content: str, calls: Sequence[ToolCall]) -> str:
+    """An assistant turn as Hermes text: its content, then each call it made as the model wrote it."""
+    blocks = [call_block(c.name, c.arguments) for c in calls]
+    return "\n".join([content, *blocks] if content else blocks)
 
 
 def response_block(content: str) -> str:

@@ -38,10 +38,10 @@ from rkllmd.runtime.llamacpp._lib import (
 )
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 from rkllmd.toolcalls import (
-    call_block,
+    assistant_text,
     format_schema,
-    hermes_system_block,
     response_block,
+    system_with_tools,
     tool_call_schema,
 )
 
@@ -166,8 +166,7 @@ class LlamaCppRuntime(Runtime):
         native = self._template_has_tools
         tools = list(inp.active_tools)
         if tools and not native:
-            block = hermes_system_block(tools)
-            system = f"{system}\n\n{block}" if system else block
+            system = system_with_tools(system, tools)
         messages = [_message(m, native) for m in inp.messages if m.role != "system"]
         if system is not None:
             messages.insert(0, {"role": "system", "content": system})
@@ -393,8 +392,7 @@ def _message(m: ChatMessage, native: bool) -> dict[str, Any]:
         return {"role": "user", "content": response_block(m.content)}
     if not m.tool_calls:
         return {"role": m.role, "content": m.content}
-    blocks = [call_block(c.name, c.arguments) for c in m.tool_calls]
-    return {"role": m.role, "content": "\n".join([m.content, *blocks] if m.content else blocks)}
+    return {"role": m.role, "content": assistant_text(m.content, m.tool_calls)}
 
 
 def _grammar_module() -> Any:

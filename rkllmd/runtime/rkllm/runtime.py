@@ -26,7 +26,7 @@ from rkllmd.runtime.rkllm._handle import RkllmHandle
 from rkllmd.runtime.rkllm._lib import RkllmLibrary, find_library
 from rkllmd.runtime.rkllm.counter import count_with, load_tokenizer
 from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmModelSettings, RkllmSettings
-from rkllmd.toolcalls import call_block, hermes_system_block, response_block
+from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
 
 log = structlog.get_logger(__name__)
 
@@ -366,8 +366,7 @@ class RkllmRuntime(Runtime):
         system = inp.system or self.cfg.system_prompt
         if inp.active_tools and not self._native_tools:
             # 1.2.0 / 1.2.1b1: no tool API, so the Hermes block goes into the system prompt.
-            block = hermes_system_block(inp.active_tools)
-            system = f"{system}\n\n{block}" if system else block
+            system = system_with_tools(system, inp.active_tools)
         tpl = self.cfg.chat_template
         if tpl is None and system is None:
             return None
@@ -408,7 +407,7 @@ class RkllmRuntime(Runtime):
         if self.cfg.keep_history or not earlier:
             return last
         names = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
-        lines = [f"{names.get(m.role, m.role)}: {_turn_text(m)}" for m in earlier]
+        lines = [f"{names.get(m.role, m.role)}: {assistant_text(m.content, m.tool_calls)}" for m in earlier]
         return "Conversation so far:\n" + "\n".join(lines) + "\n\n" + last
 
     def _last_input(self, results: list[ChatMessage]) -> str:
@@ -472,9 +471,3 @@ class RkllmRuntime(Runtime):
             "library": str(det.path) if det else None,
             "context_length": self.context_length,
         }
-
-
-def _turn_text(m: ChatMessage) -> str:
-    """An earlier turn in the transcript: an assistant's calls as the Hermes blocks it wrote."""
-    blocks = [call_block(c.name, c.arguments) for c in m.tool_calls]
-    return "\n".join([m.content, *blocks] if m.content else blocks)
