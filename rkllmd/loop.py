@@ -378,10 +378,7 @@ class InferenceLoop:
         finally:
             if parser is not None:  # held-back text is never lost, whatever ended the run
                 text_out(parser.finish())
-                job.run.tool_calls = [
-                    {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                    for c in parser.calls
-                ]
+                job.run.tool_calls = [c.as_dict() for c in parser.calls]
         if result.finish_reason != "aborted":
             self._check_output(job)
         self._finish(job, result, n_prompt)

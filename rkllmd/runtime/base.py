@@ -32,6 +32,11 @@ class ToolCall:
     name: str
     arguments: dict[str, Any]
 
+    def as_dict(self) -> dict[str, Any]:
+        """OpenAI's shape with ``arguments`` an object: a reply's ``tool_calls``, a chat template's."""
+        fn = {"name": self.name, "arguments": self.arguments}
+        return {"id": self.id, "type": "function", "function": fn}
+
 
 @dataclass(frozen=True)
 class ChatMessage:

@@ -5,7 +5,7 @@ inference thread), rendering runs in the runtimes, schema checks at admission an
 docs/TOOLS.md describes the formats per model family.
 """
 
-from rkllmd.toolcalls.parser import HermesParser, ParsedCall, new_call_id
+from rkllmd.toolcalls.parser import HermesParser, new_call_id
 from rkllmd.toolcalls.render import (
     assistant_text,
     call_block,
@@ -18,7 +18,6 @@ from rkllmd.toolcalls.schema import MAX_SCHEMA_BYTES, check_schema, format_schem
 __all__ = [
     "MAX_SCHEMA_BYTES",
     "HermesParser",
-    "ParsedCall",
     "assistant_text",
     "call_block",
     "check_schema",

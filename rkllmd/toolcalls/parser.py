@@ -11,9 +11,10 @@ from __future__ import annotations
 import json
 import secrets
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
+
+from rkllmd.runtime.base import ToolCall
 
 log = structlog.get_logger("rkllmd.toolcalls")
 
@@ -26,15 +27,6 @@ def new_call_id() -> str:
     return "call_" + secrets.token_hex(12)
 
 
-@dataclass(frozen=True)
-class ParsedCall:
-    """One complete call the model made; ``arguments`` is a JSON object."""
-
-    id: str
-    name: str
-    arguments: dict[str, Any]
-
-
 def _held_suffix(text: str) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of OPEN (could still become it)."""
     for k in range(min(len(OPEN) - 1, len(text)), 0, -1):
@@ -43,7 +35,7 @@ def _held_suffix(text: str) -> int:
     return 0
 
 
-def parse_call(body: str) -> ParsedCall | None:
+def parse_call(body: str) -> ToolCall | None:
     """The call inside one block, or None when it is not ``{"name": str, "arguments": object}``."""
     try:
         obj = json.loads(body)
@@ -59,14 +51,14 @@ def parse_call(body: str) -> ParsedCall | None:
             return None
     if not isinstance(args, dict):
         return None
-    return ParsedCall(new_call_id(), obj["name"], args)
+    return ToolCall(new_call_id(), obj["name"], args)
 
 
 @dataclass
 class HermesParser:
     """Feed text deltas; get back the text outside calls, as early as it is safe to emit."""
 
-    calls: list[ParsedCall] = field(default_factory=list)
+    calls: list[ToolCall] = field(default_factory=list)
     malformed: int = 0
     _buf: str = ""
     _in_call: bool = False

@@ -379,10 +379,7 @@ def _message(m: ChatMessage, native: bool) -> dict[str, Any]:
     if native:
         out: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.tool_calls:
-            out["tool_calls"] = [
-                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
-                for c in m.tool_calls
-            ]
+            out["tool_calls"] = [c.as_dict() for c in m.tool_calls]
         if m.role == "tool":
             out["tool_call_id"] = m.tool_call_id
             if m.name:
