@@ -110,6 +110,13 @@ class Waiter:
             except queue.Empty:
                 pass
 
+    def final(self) -> Final:
+        """Block until the final reply, skipping the deltas before it (they add up to its text)."""
+        item = self.next()
+        while not isinstance(item, Final):
+            item = self.next()
+        return item
+
     def abandon(self) -> None:
         """Cancel the generation, once rkllmd has it. A request still on its way to the queue
         (injected, not yet taken by the ingress thread) is not found yet: try again each tick

@@ -158,9 +158,7 @@ class Api:
         return target
 
     def _complete(self, h: Handler, waiter: Waiter, ask: Ask, shape: Shape, rid: str) -> None:
-        item = waiter.next()
-        while not isinstance(item, Final):  # the deltas add up to the final text: skip them
-            item = waiter.next()
+        item = waiter.final()
         if item.status == "error":
             raise self._error(item, ask)
         text = ask.echo + str(item.data.get("text") or "")

@@ -17,7 +17,7 @@ import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from rkllmd.plugins import Final, LocalMessage, PluginContext
+from rkllmd.plugins import LocalMessage, PluginContext
 from rkllmd.plugins.builtin._httpbase import Handler, HttpError, Keys, answer
 from rkllmd.plugins.builtin._relay import ClientGone, Item, Relay, Waiter
 
@@ -195,7 +195,7 @@ class Api:
             self._inject("unload", {"model": name})
 
     def _complete(self, h: Handler, waiter: Waiter, shape: Shape, rid: str) -> None:
-        item = _final(waiter)
+        item = waiter.final()
         if item.status == "error":
             raise wire.outcome_error(item, self._retry_after)
         body = shape.done(item.text, item.data, wire.tool_calls(item.data) or None)
@@ -229,7 +229,7 @@ class Api:
         rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
         with self.relay.track(rid, nonce) as items:
             self._inject(command, {"id": rid, "model": model, "transaction": nonce})
-            outcome = _final(Waiter(items, lambda: self.ctx.cancel(rid), lambda: False))
+            outcome = Waiter(items, lambda: self.ctx.cancel(rid), lambda: False).final()
         if outcome.status == "error":
             raise wire.outcome_error(outcome, self._retry_after)
 
@@ -247,14 +247,6 @@ class Api:
             )
         topic = self.ctx.topics.request(command)
         self.ctx.inject(LocalMessage(topic, data, received_at=time.monotonic()))
-
-
-def _final(waiter: Waiter) -> Final:
-    """The final reply; the deltas before it add up to its text."""
-    item = waiter.next()
-    while not isinstance(item, Final):
-        item = waiter.next()
-    return item
 
 
 def _capabilities() -> list[str]:
