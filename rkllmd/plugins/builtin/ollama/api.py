@@ -115,12 +115,8 @@ class Api:
         return wire.decode_body(h.read_body(self._max_body))
 
     def _name(self, h: Handler) -> str:
-        """The model a show, pull or delete body names (``model``, or the older ``name``)."""
-        body = self._body(h)
-        name = body.get("model") or body.get("name")
-        if not isinstance(name, str) or not name:
-            raise HttpError(400, "model is required")
-        return name
+        """The model a show or delete body names (see :func:`_named`)."""
+        return _named(self._body(h))
 
     def _model(self, asked: str | None, verb: str = "") -> str:
         """The configured model a request names: the name itself, without ``:latest``, or an alias
@@ -143,9 +139,7 @@ class Api:
     def _pull(self, h: Handler) -> None:
         """Success for a configured model (it is already here); nothing is ever downloaded."""
         body = self._body(h)
-        asked = body.get("model") or body.get("name")
-        if not isinstance(asked, str) or not asked:
-            raise HttpError(400, "model is required")
+        asked = _named(body)
         try:
             self._model(asked)
         except HttpError:
@@ -247,6 +241,14 @@ class Api:
             )
         topic = self.ctx.topics.request(command)
         self.ctx.inject(LocalMessage(topic, data, received_at=time.monotonic()))
+
+
+def _named(body: dict[str, Any]) -> str:
+    """The model a show, pull or delete body names (``model``, or the older ``name``)."""
+    name = body.get("model") or body.get("name")
+    if not isinstance(name, str) or not name:
+        raise HttpError(400, "model is required")
+    return name
 
 
 def _capabilities() -> list[str]:
