@@ -28,15 +28,14 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tenacity import (
-    RetryCallState,
     RetryError,
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
     stop_any,
+    stop_when_event_set,
     wait_exponential,
 )
-from tenacity.stop import stop_base
 
 from rkllmd.errors import ConfigError, RkllmdError
 from rkllmd.protocol import Incoming
@@ -63,16 +62,6 @@ def set_nodelay(client: mqtt.Client) -> None:
         # not TCP (e.g. a unix socket): nothing to do
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _StopWhenSet(stop_base):
-    """Tenacity stop condition: a stop request ends the retries."""
-
-    def __init__(self, event: threading.Event) -> None:
-        self.event = event
-
-    def __call__(self, retry_state: RetryCallState) -> bool:
-        return self.event.is_set()
 
 
 class ConnectCancelled(RkllmdError):
@@ -185,7 +174,7 @@ class Bus:
             stop.wait(seconds)  # the backoff's sleep, ended early by a stop request
 
         retrying = Retrying(
-            stop=stop_any(stop_after_attempt(cfg.connect_retries), _StopWhenSet(stop)),
+            stop=stop_any(stop_after_attempt(cfg.connect_retries), stop_when_event_set(stop)),
             sleep=cut_short,
             wait=wait_exponential(multiplier=0.5, max=15),
             retry=retry_if_exception_type((OSError, ConnectionError)),
