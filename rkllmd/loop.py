@@ -139,7 +139,7 @@ class InferenceLoop:
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("rkllmd is shutting down; request not accepted")
-            if job.command == "generate" and self._in_use_locked(job.id):
+            if job.command == "generate" and (self._queued_locked(job.id) or self._running_locked(job.id)):
                 raise RequestError(f"a request with id {job.id!r} is already queued or running")
             # Control jobs (load/unload/clear) may wait too but count against the same bound,
             # so a flood of anything cannot grow memory without limit.
@@ -154,25 +154,27 @@ class InferenceLoop:
             self._emit_stats_locked()
             self._cond.notify_all()
 
-    def _in_use_locked(self, request_id: str | None) -> bool:
-        """Whether a generate job with this id is queued or running (holding ``_cond``)."""
+    def _queued_locked(self, request_id: str | None) -> Job | None:
+        """The queued generate job with this id, or None (holding ``_cond``)."""
+        return next((j for j in self._pending if j.id == request_id and j.command == "generate"), None)
+
+    def _running_locked(self, request_id: str | None) -> Job | None:
+        """The running job if it is the generate job with this id, else None (holding ``_cond``)."""
         cur = self._current
-        if cur is not None and cur.command == "generate" and cur.id == request_id:
-            return True
-        return any(j.id == request_id and j.command == "generate" for j in self._pending)
+        return cur if cur is not None and cur.id == request_id and cur.command == "generate" else None
 
     def cancel(self, request_id: str) -> Literal["queued", "running"]:
         """Cancel a queued job (answered at once) or abort the running one; raise NotFound."""
         with self._cond:
-            for job in self._pending:
-                if job.id == request_id and job.command == "generate":
-                    self._pending.remove(job)
-                    job.run.abort_reason = "cancelled"
-                    self.emit(Final(job, "ok", self._final_data(job, "cancelled")))
-                    self._emit_stats_locked()
-                    return "queued"
-            cur = self._current
-            if cur is not None and cur.id == request_id and cur.command == "generate":
+            job = self._queued_locked(request_id)
+            if job is not None:
+                self._pending.remove(job)
+                job.run.abort_reason = "cancelled"
+                self.emit(Final(job, "ok", self._final_data(job, "cancelled")))
+                self._emit_stats_locked()
+                return "queued"
+            cur = self._running_locked(request_id)
+            if cur is not None:
                 if cur.run.abort_reason is None:
                     cur.run.abort_reason = "cancelled"
                     cur.run.aborted_at = time.monotonic()
