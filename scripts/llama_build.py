@@ -300,7 +300,7 @@ def build_wheel(python: Path, version: str, level: Level, out: Path) -> Path:
         "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2),
     }
     say(f"building {PACKAGE} {version} for '{level.name}' ({' '.join(level.cmake_args)}); "
-        "about ten minutes on two cores")  # fmt: skip
+        "3 to 10 minutes on two cores")  # fmt: skip
     t0 = time.monotonic()
     cmd = [str(python), "-m", "pip", "wheel", "-q", "--no-deps", "--no-cache-dir",
            "--no-binary", PACKAGE, "-w", str(tmp), f"{PACKAGE}=={version}"]  # fmt: skip
