@@ -444,6 +444,59 @@ def serve(
     return server
 
 
+class ApiBase:
+    """What both plugins' endpoint classes hold: the plugin context, the relay, the bearer keys,
+    the model aliases, and the body and Retry-After limits of their config."""
+
+    def __init__(
+        self,
+        ctx: PluginContext,
+        relay: Relay,
+        *,
+        keys: Keys,
+        aliases: dict[str, str],
+        max_body_bytes: int,
+        retry_after_s: int,
+    ) -> None:
+        self.ctx, self.relay, self.log = ctx, relay, ctx.log
+        self._keys, self._aliases = keys, aliases
+        self._max_body, self._retry_after = max_body_bytes, retry_after_s
+
+    def handle(self, h: Handler, method: str) -> None:
+        """A handler thread: route one request."""
+        raise NotImplementedError
+
+
+def start(
+    ctx: PluginContext,
+    config: HttpConfig,
+    api_class: type[ApiBase],
+    *,
+    name: str,
+    api_name: str,
+    url_path: str = "",
+    error_body: ErrorBody,
+    errors: Errors | None = None,
+) -> None:
+    """Main thread: a plugin's whole setup: check the config, build its API over a new relay, serve
+    it, and log where, warning when it listens beyond loopback with no key."""
+    keys = configured_keys(ctx, config)
+    relay = Relay()
+    api = api_class(
+        ctx,
+        relay,
+        keys=Keys(keys),
+        aliases=dict(config.aliases),
+        max_body_bytes=config.max_body_bytes or ctx.settings.limits.max_payload_bytes,
+        retry_after_s=config.retry_after_s,
+    )
+    server = serve(ctx, config, relay, api.handle, name=name, error_body=error_body, errors=errors)
+    url = url_of(config.host, server) + url_path
+    ctx.log.info(f"{api_name}-compatible API listening", url=url, auth=bool(keys))
+    if not keys and not is_loopback(config.host):
+        ctx.log.warning(f"the {api_name} API listens beyond loopback without API keys", host=config.host)
+
+
 def url_of(host: str, server: Server) -> str:
     """``http://host:port`` as clients write it (an IPv6 host in brackets)."""
     return f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"

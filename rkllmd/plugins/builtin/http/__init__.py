@@ -21,8 +21,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from rkllmd.plugins import Plugin, PluginContext
-from rkllmd.plugins.builtin._httpbase import HttpConfig, Keys, configured_keys, is_loopback, serve, url_of
-from rkllmd.plugins.builtin._relay import Relay
+from rkllmd.plugins.builtin._httpbase import HttpConfig, start
 
 from .api import Api
 from .wire import OpenAIErrors, error_body
@@ -34,20 +33,8 @@ class Config(HttpConfig):
 
 def setup(ctx: PluginContext, config: Config) -> None:
     """Main thread: check the config against the models, bind the port, start serving."""
-    keys = configured_keys(ctx, config)
-    relay = Relay()
-    api = Api(
-        ctx,
-        relay,
-        keys=Keys(keys),
-        aliases=dict(config.aliases),
-        max_body_bytes=config.max_body_bytes or ctx.settings.limits.max_payload_bytes,
-        retry_after_s=config.retry_after_s,
-    )
-    server = serve(ctx, config, relay, api.handle, name="http", error_body=error_body, errors=OpenAIErrors())
-    ctx.log.info("OpenAI-compatible API listening", url=url_of(config.host, server) + "/v1", auth=bool(keys))
-    if not keys and not is_loopback(config.host):
-        ctx.log.warning("the HTTP API listens beyond loopback without API keys", host=config.host)
+    start(ctx, config, Api, name="http", api_name="OpenAI", url_path="/v1", error_body=error_body,
+          errors=OpenAIErrors())  # fmt: skip
 
 
 PLUGIN = Plugin(

@@ -16,32 +16,19 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from rkllmd.exchange import Final
-from rkllmd.plugins import LocalMessage, PluginContext
-from rkllmd.plugins.builtin._httpbase import Handler, HttpError, Keys, answer
-from rkllmd.plugins.builtin._relay import ClientGone, Relay, Waiter
+from rkllmd.plugins import LocalMessage
+from rkllmd.plugins.builtin._httpbase import ApiBase, Handler, HttpError, Keys, answer
+from rkllmd.plugins.builtin._relay import ClientGone, Waiter
 from rkllmd.runtime.registry import check_model
 
 from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
 
 
-class Api:
+class Api(ApiBase):
     """The OpenAI-compatible endpoints and ``/health``, over one rkllmd daemon."""
 
-    def __init__(
-        self,
-        ctx: PluginContext,
-        relay: Relay,
-        *,
-        keys: Keys,
-        aliases: dict[str, str],
-        max_body_bytes: int,
-        retry_after_s: int,
-    ) -> None:
-        self.ctx, self.relay, self.log = ctx, relay, ctx.log
-        self._keys = keys
-        self._aliases = aliases
-        self._max_body = max_body_bytes
-        self._retry_after = retry_after_s
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self._created = int(time.time())
 
     def handle(self, h: Handler, method: str) -> None:

@@ -22,8 +22,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from rkllmd.plugins import Plugin, PluginContext
-from rkllmd.plugins.builtin._httpbase import HttpConfig, Keys, configured_keys, is_loopback, serve, url_of
-from rkllmd.plugins.builtin._relay import Relay
+from rkllmd.plugins.builtin._httpbase import HttpConfig, start
 
 from .api import Api
 from .wire import error_body
@@ -35,21 +34,8 @@ class Config(HttpConfig):
 
 def setup(ctx: PluginContext, config: Config) -> None:
     """Main thread: check the config against the models, bind the port, start serving."""
-    keys = configured_keys(ctx, config)
-    relay = Relay()
-    api = Api(
-        ctx,
-        relay,
-        keys=Keys(keys),
-        aliases=dict(config.aliases),
-        max_body_bytes=config.max_body_bytes or ctx.settings.limits.max_payload_bytes,
-        retry_after_s=config.retry_after_s,
-    )
-    # A port in use is often an old process, or Ollama itself.
-    server = serve(ctx, config, relay, api.handle, name="ollama", error_body=error_body)
-    ctx.log.info("Ollama-compatible API listening", url=url_of(config.host, server), auth=bool(keys))
-    if not keys and not is_loopback(config.host):
-        ctx.log.warning("the Ollama API listens beyond loopback without API keys", host=config.host)
+    # A port in use is often an old process, or Ollama itself: NotReady, retried.
+    start(ctx, config, Api, name="ollama", api_name="Ollama", error_body=error_body)
 
 
 PLUGIN = Plugin(

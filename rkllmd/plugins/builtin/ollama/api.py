@@ -17,9 +17,9 @@ import time
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from rkllmd.plugins import LocalMessage, PluginContext
-from rkllmd.plugins.builtin._httpbase import Handler, HttpError, Keys, answer
-from rkllmd.plugins.builtin._relay import ClientGone, Item, Relay, Waiter
+from rkllmd.plugins import LocalMessage
+from rkllmd.plugins.builtin._httpbase import ApiBase, Handler, HttpError, answer
+from rkllmd.plugins.builtin._relay import ClientGone, Item, Waiter
 
 from . import models, wire
 from .wire import Kind, Shape
@@ -29,22 +29,8 @@ _UNSUPPORTED = ("/api/create", "/api/copy", "/api/push", "/api/embed", "/api/emb
 _NDJSON = "application/x-ndjson"
 
 
-class Api:
+class Api(ApiBase):
     """Ollama's endpoints over one rkllmd daemon."""
-
-    def __init__(
-        self,
-        ctx: PluginContext,
-        relay: Relay,
-        *,
-        keys: Keys,
-        aliases: dict[str, str],
-        max_body_bytes: int,
-        retry_after_s: int,
-    ) -> None:
-        self.ctx, self.relay, self.log = ctx, relay, ctx.log
-        self._keys, self._aliases = keys, aliases
-        self._max_body, self._retry_after = max_body_bytes, retry_after_s
 
     def handle(self, h: Handler, method: str) -> None:
         """Route one request; every failure becomes ``{"error": ...}`` with its status, and a log line."""
