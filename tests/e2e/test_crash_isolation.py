@@ -34,8 +34,10 @@ def test_segfault_costs_one_request_and_the_model_is_reloaded(start_daemon: Star
     r = final_of(mqtt_probe, f"{base}/response/generate")
     assert r["status"] == "ok" and r["id"] == "after"
     assert d.proc.poll() is None
-    stats = [m.json() for m in mqtt_probe.drain() if m.topic.endswith("/stats")]
-    assert stats and stats[-1]["crashes"] == 1
+    # stats are throttled (leading and trailing, 250 ms): the last state comes by the trailing publish
+    stats = mqtt_probe.collect_until(f"{base}/stats", lambda m: m.json()["crashes"] == 1, timeout=5)
+    later = [m.json() for m in mqtt_probe.drain() if m.topic.endswith("/stats")]
+    assert stats[-1].json()["crashes"] == 1 and all(s["crashes"] == 1 for s in later)
 
 
 def test_sigill_reply_says_the_build_does_not_fit_this_cpu(start_daemon: Start, mqtt_probe: Probe) -> None:
