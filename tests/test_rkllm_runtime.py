@@ -420,7 +420,8 @@ def test_handle_api(make_rt: Any, abi_h: str, tmp_path: Path) -> None:
     h.load_lora(lora, "style", 0.5)
     with pytest.raises(RuntimeCallError, match="rkllm_load_lora returned -1"):
         h.load_lora(tmp_path / "missing", "x")
-    h.load_prompt_cache(lora)
+    with pytest.raises(RuntimeCallError, match="rkllm_load_prompt_cache returned -1"):
+        h.load_prompt_cache(lora)  # not a prompt cache (tests/test_rkllm_prompt_cache.py loads real ones)
     h.release_prompt_cache()
     with pytest.raises(RuntimeCallError):
         h.load_prompt_cache(tmp_path / "missing")

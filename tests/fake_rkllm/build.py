@@ -181,7 +181,13 @@ ENUMS = [
 
 # Functions a build of the double can leave out (-DFAKE_RKLLM_OMIT_<name>); the last two exist
 # only in ABIs "12" and "13".
-OMITTABLE = ("rkllm_load_lora", "rkllm_set_function_tools", "rkllm_set_cross_attn_params")
+OMITTABLE = (
+    "rkllm_load_lora",
+    "rkllm_set_function_tools",
+    "rkllm_set_cross_attn_params",
+    "rkllm_load_prompt_cache",
+    "rkllm_release_prompt_cache",
+)
 
 
 def abi_macro(abi: str) -> str:

@@ -22,10 +22,25 @@
  *                                        such as <tool_call> arrives split across tokens; ignored in
  *                                        a run with role "tool" (a tool result gets the usual words)
  *   [[say_tools]]   (prompt only)        emit the last rkllm_set_function_tools JSON verbatim
+ *   [[prefill_us=N]] FAKE_RKLLM_PREFILL_US  prefill cost: sleep N microseconds per prompt token
+ *                                        that is not already in the KV cache, before token 1
+ *
+ * Prefill and prefix reuse (a model of the runtime's, tokens = whitespace-separated words):
+ * a run's prompt is the system prompt (rkllm_set_chat_template's, then the tools JSON of
+ * rkllm_set_function_tools), the template prefix, prompt_input and the postfix. The system
+ * prompt's KV stays in memory between runs once prefilled (the runtime's "system cache"), until
+ * the system prompt or tools change or rkllm_clear_kv_cache(keep_system_prompt=0); a loaded
+ * prompt cache covers the prompt's first words when they equal the words it was saved from.
+ * Only the remaining words cost prefill_us each. A run with prompt_cache_params->save_prompt_cache
+ * writes the cache file (default ./prompt_cache.bin) after its prefill: a header naming the
+ * runtime version, the model path and size, then the prompt's words. rkllm_load_prompt_cache
+ * refuses (-1, with an "E rkllm:" line) a file that is missing, not such a cache, or saved by
+ * another runtime version or for another model, and a second load without a release between.
  * FAKE_RKLLM_FAIL_INIT=1 or a model path containing "fail-init" makes rkllm_init return -1.
  * Build options: -DFAKE_RKLLM_VERSION="X" (the release in the SDK line), -DFAKE_RKLLM_NO_SDK_LINE,
- * -DFAKE_RKLLM_OMIT_<function> for rkllm_load_lora, rkllm_set_function_tools and
- * rkllm_set_cross_attn_params (a build that does not export it), -DFAKE_RKLLM_ANDROID (an Android
+ * -DFAKE_RKLLM_OMIT_<function> for rkllm_load_lora, rkllm_set_function_tools,
+ * rkllm_set_cross_attn_params, rkllm_load_prompt_cache and rkllm_release_prompt_cache (a build that
+ * does not export it), -DFAKE_RKLLM_ANDROID (an Android
  * ident note, as the NDK's crtbegin_so.o adds).
  * Introspection for tests: fake_rkllm_stat(name), fake_rkllm_str(name), fake_rkllm_reset_stats().
  */
@@ -94,8 +109,11 @@ typedef struct {
     int system_tokens;
     int turns;
     int loras;
-    int has_prompt_cache;
-    int env_delay_ms, env_len, env_fail_at, env_split;
+    char *tpl_system, *tpl_prefix, *tpl_postfix; /* rkllm_set_chat_template's strings */
+    char *tools;        /* rkllm_set_function_tools' JSON, or NULL */
+    int sys_cached;     /* the system prompt's KV is in memory (an earlier run prefilled it) */
+    char *pc_words;     /* the loaded prompt cache: the words it was saved from, or NULL */
+    int env_delay_ms, env_len, env_fail_at, env_split, env_prefill_us;
     pthread_t async_thread;
     int async_active;
 } Fake;
@@ -106,17 +124,21 @@ enum {
     S_INIT, S_RUN, S_DESTROY, S_ABORT, S_CHAT_TEMPLATE, S_PAUSES, S_NONZERO_RC, S_LAST_RC,
     S_LAST_LIMIT, S_LAST_TOP_K, S_LAST_TEMP_MILLI, S_LAST_KEEP_HISTORY, S_LAST_N_BATCH,
     S_LAST_CPUS_MASK, S_LAST_CPUS_NUM, S_LIVE, S_CLEAR_KV, S_TOOLS, S_CROSS_ATTN, S_LORA,
-    S_CALLBACK_TID_MATCH, S_COUNT
+    S_CALLBACK_TID_MATCH, S_PREFILL_COMPUTED, S_PREFILL_REUSED, S_PC_USED, S_PC_SAVES, S_PC_SAVE_FAILED,
+    S_PC_LOADS, S_PC_LOAD_FAILED, S_PC_RELEASES, S_PC_LOADED_TOKENS, S_COUNT
 };
 static const char *stat_names[S_COUNT] = {
     "init", "run", "destroy", "abort", "set_chat_template", "pauses", "nonzero_cb_rc", "last_cb_rc",
     "last_limit", "last_top_k", "last_temperature_milli", "last_keep_history", "last_n_batch",
     "last_cpus_mask", "last_cpus_num", "live", "clear_kv_cache", "set_function_tools",
     "set_cross_attn_params", "load_lora", "callback_on_caller_thread",
+    "last_prefill_computed", "last_prefill_reused", "last_prompt_cache_used", "prompt_cache_saves",
+    "prompt_cache_save_failed", "prompt_cache_loads", "prompt_cache_load_failed", "prompt_cache_releases",
+    "prompt_cache_loaded_tokens",
 };
 static atomic_int stats[S_COUNT];
 static pthread_mutex_t str_lock = PTHREAD_MUTEX_INITIALIZER;
-static char last_system[1024], last_role[64], last_prompt[1024], last_tools[8192];
+static char last_system[65536], last_role[64], last_prompt[65536], last_tools[65536], last_pc_error[512];
 
 int fake_rkllm_stat(const char *name) {
     for (int i = 0; name && i < S_COUNT; i++)
@@ -130,6 +152,7 @@ const char *fake_rkllm_str(const char *name) {
     if (strcmp(name, "role") == 0) return last_role;
     if (strcmp(name, "prompt") == 0) return last_prompt;
     if (strcmp(name, "tools") == 0) return last_tools;
+    if (strcmp(name, "prompt_cache_error") == 0) return last_pc_error;
     if (strcmp(name, "version") == 0) return FAKE_RKLLM_VERSION;
     return "";
 }
@@ -179,7 +202,7 @@ static int count_words(const char *s) {
 }
 
 typedef struct {
-    int delay_ms, len, fail_at, split, crash_at, hang_at, sigill_at;
+    int delay_ms, len, fail_at, split, crash_at, hang_at, sigill_at, prefill_us;
     char *say;    /* exact text to emit ([[say=...]]), or NULL */
     int chunk;    /* bytes per token of the exact text */
     char *buf;    /* prompt copy with directives blanked out, words upper-cased */
@@ -226,6 +249,7 @@ static void plan_parse(Plan *p, const char *prompt) {
         else if (strcmp(key, "hang_at") == 0 && val) p->hang_at = atoi(val);
         else if (strcmp(key, "sigill_at") == 0 && val) p->sigill_at = atoi(val);
         else if (strcmp(key, "chunk") == 0 && val) p->chunk = atoi(val);
+        else if (strcmp(key, "prefill_us") == 0 && val) p->prefill_us = atoi(val);
         else if (strcmp(key, "say") == 0 && val) {
             free(p->say);
             p->say = b64_decode(val);
@@ -265,11 +289,101 @@ static int deliver(Fake *f, RKLLMResult *r, void *userdata, LLMCallState st) {
 #endif
 }
 
+/* ---- prefill and prompt cache ------------------------------------------------------------ */
+
+#define PC_MAGIC "RKLLM-FAKE-PROMPT-CACHE 1"
+
+/* The words of `s` (a fresh copy in *buf that *words points into); returns how many. */
+static int split_words(const char *s, char **buf, char ***words) {
+    *buf = strdup(s ? s : "");
+    *words = calloc(strlen(*buf) / 2 + 2, sizeof(char *));
+    int n = 0;
+    char *save = NULL;
+    for (char *w = strtok_r(*buf, " \t\r\n", &save); w; w = strtok_r(NULL, " \t\r\n", &save))
+        (*words)[n++] = w;
+    return n;
+}
+
+/* How many leading words `a` and `b` share. */
+static int common_words(const char *a, const char *b) {
+    char *ba, *bb, **wa, **wb;
+    int na = split_words(a, &ba, &wa), nb = split_words(b, &bb, &wb), k = 0;
+    while (k < na && k < nb && strcmp(wa[k], wb[k]) == 0) k++;
+    free(wa), free(ba), free(wb), free(bb);
+    return k;
+}
+
+/* The system prompt as the runtime sees it: the template's, then the tools. */
+static char *system_text(const Fake *f) {
+    const char *sys = f->tpl_system ? f->tpl_system : "", *tools = f->tools ? f->tools : "";
+    char *out = malloc(strlen(sys) + strlen(tools) + 2);
+    sprintf(out, "%s%s%s", sys, *tools ? " " : "", tools);
+    return out;
+}
+
+/* Everything one run prefills: system prompt, template prefix, the input, template postfix. */
+static char *rendered_prompt(const Fake *f, const char *sys, const char *input) {
+    const char *pre = f->tpl_prefix ? f->tpl_prefix : "", *post = f->tpl_postfix ? f->tpl_postfix : "";
+    char *out = malloc(strlen(sys) + strlen(pre) + strlen(input) + strlen(post) + 4);
+    sprintf(out, "%s %s %s %s", sys, pre, input, post);
+    return out;
+}
+
+static long model_size(const char *path) {
+    struct stat sb;
+    return (path && stat(path, &sb) == 0) ? (long)sb.st_size : -1;
+}
+
+static void pc_error(const char *fmt, const char *arg) {
+    char msg[512];
+    snprintf(msg, sizeof msg, fmt, arg ? arg : "(null)");
+    copy_str(last_pc_error, sizeof last_pc_error, msg);
+    printf("E rkllm: %s\n", msg);
+    fflush(stdout);
+}
+
+/* Saves the words of `text` as a prompt cache of this model and runtime at `path`. */
+static int save_prompt_cache(const Fake *f, const char *path, const char *text) {
+    FILE *out = fopen(path, "wb");
+    if (!out) {
+        pc_error("failed to save the prompt cache to %s", path);
+        atomic_fetch_add(&stats[S_PC_SAVE_FAILED], 1);
+        return -1;
+    }
+    char *buf, **words;
+    int n = split_words(text, &buf, &words);
+    fprintf(out, "%s\nruntime %s\nmodel %s\nmodel_size %ld\ntokens %d\n\n", PC_MAGIC, FAKE_RKLLM_VERSION,
+            f->model_path, model_size(f->model_path), n);
+    for (int i = 0; i < n; i++) fprintf(out, "%s%s", i ? " " : "", words[i]);
+    free(words), free(buf);
+    int bad = ferror(out);
+    bad |= fclose(out);
+    if (bad) {
+        pc_error("failed to write the prompt cache %s", path);
+        atomic_fetch_add(&stats[S_PC_SAVE_FAILED], 1);
+        return -1;
+    }
+    atomic_fetch_add(&stats[S_PC_SAVES], 1);
+    return 0;
+}
+
+/* Sleeps `us` microseconds in slices, returning early once the run is aborted. */
+static void prefill_sleep(Fake *f, long us) {
+    while (us > 0 && !atomic_load(&f->abort_flag)) {
+        long step = us > 20000 ? 20000 : us;
+        struct timespec ts = {0, step * 1000L};
+        nanosleep(&ts, NULL);
+        us -= step;
+    }
+}
+
 /* ---- the run ------------------------------------------------------------------------------ */
 
 typedef struct {
     char *prompt;
     char role[32];
+    int save_cache;        /* prompt_cache_params->save_prompt_cache */
+    char cache_path[4096]; /* where to save it */
     int keep_history;
     int run_limit;
     void *userdata;
@@ -277,7 +391,8 @@ typedef struct {
 } RunArgs;
 
 static int do_run(Fake *f, RunArgs *a) {
-    Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, 0, 0, 0, NULL, 3, NULL, NULL, 0};
+    Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, 0, 0, 0, f->env_prefill_us,
+              NULL, 3, NULL, NULL, 0};
     plan_parse(&p, a->prompt);
     if (p.say && strcmp(a->role, "tool") == 0) {
         free(p.say);
@@ -292,9 +407,24 @@ static int do_run(Fake *f, RunArgs *a) {
     atomic_store(&stats[S_LAST_LIMIT], limit);
     atomic_store(&stats[S_LAST_KEEP_HISTORY], a->keep_history);
     atomic_store(&stats[S_CALLBACK_TID_MATCH], pthread_equal(a->caller, pthread_self()) ? 1 : 0);
-    int prefill = count_words(a->prompt);
+    int prefill = count_words(a->prompt); /* the input's own tokens: what a kept history grows by */
     double t0 = now_ms();
     (void)t0; /* only ABI >= 12 reports timings */
+    char *sys = system_text(f), *full = rendered_prompt(f, sys, a->prompt);
+    int prompt_total = count_words(full), reused = 0, pc_used = 0;
+    if (f->sys_cached || (a->keep_history && f->turns > 0)) reused = count_words(sys);
+    if (f->pc_words) pc_used = common_words(f->pc_words, full);
+    if (pc_used > reused) reused = pc_used;
+    int computed = prompt_total - reused;
+    atomic_store(&stats[S_PREFILL_COMPUTED], computed);
+    atomic_store(&stats[S_PREFILL_REUSED], reused);
+    atomic_store(&stats[S_PC_USED], pc_used);
+    prefill_sleep(f, (long)computed * p.prefill_us);
+    if (!atomic_load(&f->abort_flag)) {
+        f->sys_cached = 1;
+        if (a->save_cache) save_prompt_cache(f, a->cache_path, full);
+    }
+    free(full), free(sys);
     int emitted = 0, rc = 0, paused = 0;
     char text[256];
     RKLLMResult r;
@@ -349,8 +479,8 @@ static int do_run(Fake *f, RunArgs *a) {
     if (!paused) {
         memset(&r, 0, sizeof r);
 #if RKLLM_ABI != 120
-        r.perf.prefill_tokens = prefill;
-        r.perf.prefill_time_ms = 1.5f * (float)prefill;
+        r.perf.prefill_tokens = computed;
+        r.perf.prefill_time_ms = 1.5f * (float)computed + (float)computed * (float)p.prefill_us / 1000.0f;
         r.perf.generate_tokens = emitted;
         r.perf.generate_time_ms = (float)(now_ms() - t0);
         r.perf.memory_usage_mb = 123.5f;
@@ -365,7 +495,8 @@ static int do_run(Fake *f, RunArgs *a) {
         f->kv_size = f->system_tokens;
     }
     if (env_int("RKLLM_LOG_LEVEL", 0) >= 1) {
-        printf("I rkllm: fake perf: prefill %d tokens, generate %d tokens\n", prefill, emitted);
+        printf("I rkllm: fake perf: prefill %d tokens (%d reused), generate %d tokens\n", computed, reused,
+               emitted);
         fflush(stdout);
     }
 out:
@@ -383,6 +514,11 @@ static int prepare(Fake *f, RKLLMInput *in, RKLLMInferParam *ip, void *userdata,
     snprintf(a->role, sizeof a->role, "%s", in->role ? in->role : "");
 #endif
     a->keep_history = ip->keep_history;
+    if (ip->prompt_cache_params && ip->prompt_cache_params->save_prompt_cache) {
+        const char *path = ip->prompt_cache_params->prompt_cache_path;
+        a->save_cache = 1;
+        snprintf(a->cache_path, sizeof a->cache_path, "%s", path ? path : "./prompt_cache.bin");
+    }
 #if RKLLM_ABI == 13
     a->run_limit = ip->max_new_tokens;
     const RKLLMSamplingParam *sp = ip->sampling_params;
@@ -531,6 +667,7 @@ int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLM_INIT_CALLBACK_T callb
     f->env_len = env_int("FAKE_RKLLM_LEN", 0);
     f->env_fail_at = env_int("FAKE_RKLLM_FAIL_AT", 0);
     f->env_split = env_int("FAKE_RKLLM_SPLIT_UTF8", 0);
+    f->env_prefill_us = env_int("FAKE_RKLLM_PREFILL_US", 0);
     printf("I rkllm: Enabled cpus num: %d\n", x->enabled_cpus_num);
     fflush(stdout);
     atomic_fetch_add(&stats[S_LIVE], 1);
@@ -545,6 +682,7 @@ int rkllm_destroy(LLMHandle handle) {
     if (f->async_active) pthread_join(f->async_thread, NULL);
     f->magic = 0;
     free(f->model_path);
+    free(f->tpl_system), free(f->tpl_prefix), free(f->tpl_postfix), free(f->tools), free(f->pc_words);
     free(f);
     atomic_fetch_add(&stats[S_DESTROY], 1);
     atomic_fetch_sub(&stats[S_LIVE], 1);
@@ -578,6 +716,7 @@ int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt) {
     if (!f || atomic_load(&f->running)) return -1;
     atomic_fetch_add(&stats[S_CLEAR_KV], 1);
     f->kv_size = keep_system_prompt ? f->system_tokens : 0;
+    f->sys_cached = f->sys_cached && keep_system_prompt;
     f->turns = 0;
     return 0;
 }
@@ -594,6 +733,7 @@ int rkllm_clear_kv_cache(LLMHandle handle, int keep_system_prompt, int *start_po
     }
     if (atomic_load(&f->running)) return -1;
     f->kv_size = keep_system_prompt ? f->system_tokens : 0;
+    f->sys_cached = f->sys_cached && keep_system_prompt;
     f->turns = 0;
     return 0;
 }
@@ -616,6 +756,10 @@ int rkllm_set_function_tools(LLMHandle handle, const char *system_prompt, const 
     if (*t != '[') return -1; /* the tools must be a JSON array */
     atomic_fetch_add(&stats[S_TOOLS], 1);
     copy_str(last_tools, sizeof last_tools, tools);
+    const char *now = strcmp(t, "[]") == 0 ? "" : tools;
+    if (!f->tools || strcmp(f->tools, now) != 0) f->sys_cached = 0; /* the system prompt changed */
+    free(f->tools);
+    f->tools = strdup(now);
     return 0;
 }
 #endif
@@ -635,12 +779,17 @@ int rkllm_set_chat_template(LLMHandle handle, const char *system_prompt, const c
     Fake *f = as_fake(handle);
     if (!f || !system_prompt || !prompt_prefix || !prompt_postfix) return -1;
     atomic_fetch_add(&stats[S_CHAT_TEMPLATE], 1);
+    if (!f->tpl_system || strcmp(f->tpl_system, system_prompt) != 0) f->sys_cached = 0;
+    free(f->tpl_system), free(f->tpl_prefix), free(f->tpl_postfix);
+    f->tpl_system = strdup(system_prompt);
+    f->tpl_prefix = strdup(prompt_prefix);
+    f->tpl_postfix = strdup(prompt_postfix);
     f->system_tokens = count_words(system_prompt);
     copy_str(last_system, sizeof last_system, system_prompt);
     return 0;
 }
 
-static int file_exists(const char *path) {
+__attribute__((unused)) static int file_exists(const char *path) {
     struct stat sb;
     return path && stat(path, &sb) == 0;
 }
@@ -655,16 +804,75 @@ int rkllm_load_lora(LLMHandle handle, RKLLMLoraAdapter *a) {
 }
 #endif
 
+/* Reads one "key value" header line into `val` (cap bytes); 0 when the line is not `key`. */
+__attribute__((unused)) static int header_line(FILE *in, const char *key, char *val, size_t cap) {
+    char line[4200];
+    if (!fgets(line, sizeof line, in)) return 0;
+    line[strcspn(line, "\n")] = '\0';
+    size_t k = strlen(key);
+    if (strncmp(line, key, k) != 0 || line[k] != ' ') return 0;
+    snprintf(val, cap, "%s", line + k + 1);
+    return 1;
+}
+
+#ifndef FAKE_RKLLM_OMIT_rkllm_load_prompt_cache
 int rkllm_load_prompt_cache(LLMHandle handle, const char *path) {
     Fake *f = as_fake(handle);
-    if (!f || !file_exists(path)) return -1;
-    f->has_prompt_cache = 1;
+    if (!f) return -1;
+    if (f->pc_words) {
+        pc_error("a prompt cache is loaded already; release it before loading %s", path);
+        atomic_fetch_add(&stats[S_PC_LOAD_FAILED], 1);
+        return -1;
+    }
+    FILE *in = path ? fopen(path, "rb") : NULL;
+    if (!in) {
+        pc_error("failed to open the prompt cache %s", path);
+        atomic_fetch_add(&stats[S_PC_LOAD_FAILED], 1);
+        return -1;
+    }
+    char magic[64] = "", version[64], model[4096], size[32], tokens[32];
+    int ok = fgets(magic, sizeof magic, in) && strncmp(magic, PC_MAGIC "\n", sizeof PC_MAGIC) == 0 &&
+             header_line(in, "runtime", version, sizeof version) &&
+             header_line(in, "model", model, sizeof model) && header_line(in, "model_size", size, sizeof size) &&
+             header_line(in, "tokens", tokens, sizeof tokens) && fgetc(in) == '\n';
+    const char *why = !ok ? "%s is not a prompt cache file"
+                      : strcmp(version, FAKE_RKLLM_VERSION) != 0 ? "the prompt cache %s was saved by another runtime version"
+                      : strcmp(model, f->model_path) != 0 || atol(size) != model_size(f->model_path)
+                          ? "the prompt cache %s was saved for another model"
+                          : NULL;
+    char *text = NULL;
+    if (!why) {
+        long start = ftell(in);
+        fseek(in, 0, SEEK_END);
+        long len = ftell(in) - start;
+        fseek(in, start, SEEK_SET);
+        text = calloc((size_t)len + 1, 1);
+        if (len < 0 || fread(text, 1, (size_t)len, in) != (size_t)len || count_words(text) != atoi(tokens))
+            why = "the prompt cache %s is truncated or damaged";
+    }
+    fclose(in);
+    if (why) {
+        free(text);
+        pc_error(why, path);
+        atomic_fetch_add(&stats[S_PC_LOAD_FAILED], 1);
+        return -1;
+    }
+    f->pc_words = text;
+    atomic_fetch_add(&stats[S_PC_LOADS], 1);
+    atomic_store(&stats[S_PC_LOADED_TOKENS], count_words(text));
     return 0;
 }
 
+#endif
+
+#ifndef FAKE_RKLLM_OMIT_rkllm_release_prompt_cache
 int rkllm_release_prompt_cache(LLMHandle handle) {
     Fake *f = as_fake(handle);
     if (!f) return -1;
-    f->has_prompt_cache = 0;
+    free(f->pc_words);
+    f->pc_words = NULL;
+    atomic_fetch_add(&stats[S_PC_RELEASES], 1);
+    atomic_store(&stats[S_PC_LOADED_TOKENS], 0);
     return 0;
 }
+#endif

@@ -5,9 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rkllmd.config_base import ModelCommon, Strict
+
+DEFAULT_PROMPT_CACHE_DIR = Path("/var/cache/rkllmd/prompt-cache")
+
+
+def _absolute(v: Path | None) -> Path | None:
+    if v is not None and not v.is_absolute():
+        raise ValueError(f"prompt_cache_dir must be an absolute path, not {str(v)!r}")
+    return v
 
 
 class ChatTemplate(Strict):
@@ -37,8 +45,22 @@ class RkllmModelSettings(ModelCommon):
     enabled_cpus: list[int] = Field(default_factory=lambda: [4, 5, 6, 7])
     skip_special_token: bool = True
     chat_template: ChatTemplate | None = None
+    prompt_cache: bool = Field(
+        False,
+        description="save the prefill of the fixed prefix (system prompt, template, tools) to a file "
+        "on first use and load it when the model loads (docs/RKLLM.md#prompt-cache)",
+    )
+    prompt_cache_dir: Path | None = Field(None, description="default [rkllm].prompt_cache_dir")
+
+    _dir_absolute = field_validator("prompt_cache_dir")(_absolute)
 
 
 class RkllmSettings(Strict):
     library: Path | None = None
     log_level: int | None = Field(None, ge=0, le=2, description="sets RKLLM_LOG_LEVEL for the runtime")
+    prompt_cache_dir: Path = Field(
+        DEFAULT_PROMPT_CACHE_DIR, description="the only folder prompt-cache files are written to"
+    )
+    prompt_cache_keep: int = Field(4, ge=1, le=100, description="cache files kept per model (newest used)")
+
+    _dir_absolute = field_validator("prompt_cache_dir")(_absolute)
