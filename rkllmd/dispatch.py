@@ -7,7 +7,8 @@ become stream chunks, each Final becomes the request's one reply (its body laid 
 rkllmd.protocol), and both go to the plugin routers. ``<base>/stats`` is published on every change
 the loop reports, at most once per ``STATS_MIN_INTERVAL_S`` (``StatsThrottle``: leading and
 trailing, so the last state always goes out); a pending trailing publish is the only thing that
-gives the queue wait a timeout.
+gives the queue wait a timeout. A request with ``"sentences": true`` has its tokens cut into
+whole sentences here too (rkllmd.sentences, one chunker per request), never on the inference thread.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from rkllmd.exchange import Final, Token
 from rkllmd.loop import Event, Stats
 from rkllmd.plugins.host import PluginHost
 from rkllmd.protocol import Topics
+from rkllmd.sentences import Utterances
 
 log = structlog.get_logger("rkllmd")
 
@@ -45,6 +47,7 @@ class Dispatcher:
         self.bus, self.topics, self.plugins, self._info = bus, topics, plugins, info
         self._events: queue.Queue[Event | object] = queue.Queue()
         self._gate = StatsThrottle(STATS_MIN_INTERVAL_S)  # dispatcher thread only
+        self._speech: dict[str, Utterances] = {}  # request id -> its sentence chunker (dispatcher thread)
         self._thread = threading.Thread(target=self._main, name="dispatcher", daemon=True)
 
     # --- any thread ------------------------------------------------------------------------
@@ -104,6 +107,8 @@ class Dispatcher:
                     droppable=True,
                 )
                 self.bus.publish(self.topics.stream_text(job.id), ev.delta.encode(), droppable=True)
+            if job.sentences and job.id is not None:
+                self._say(job.id, self._speech.setdefault(job.id, Utterances()).feed(ev.delta))
             if job.address is not None and self.plugins.has_routers:
                 self.plugins.route(ev)
         elif isinstance(ev, Stats):
@@ -134,8 +139,24 @@ class Dispatcher:
                 self.topics.stream(job.id), protocol.stream_end(job.id, job.run.seq, finish, final.status)
             )
             self.bus.publish(self.topics.stream_text(job.id), b"\n")
+        if job.command == "generate" and job.sentences and job.id is not None:
+            self._end_sentences(job.id, final)
         if job.command in ("load", "unload"):
             self.publish_info()
+
+    def _say(self, request_id: str, sentences: list[str]) -> None:
+        """Each whole sentence as one plain-text message (docs/PROTOCOL.md, "Sentences")."""
+        topic = self.topics.stream_sentences(request_id)
+        for sentence in sentences:
+            self.bus.publish(topic, sentence.encode(), droppable=True)
+
+    def _end_sentences(self, request_id: str, final: Final) -> None:
+        """The answer's last sentence, unless it was cancelled or failed half-way, then the empty
+        message that ends the sentences."""
+        speech = self._speech.pop(request_id, None)
+        if speech is not None and final.ok and final.data.get("finish_reason") != "cancelled":
+            self._say(request_id, speech.finish())
+        self.bus.publish(self.topics.stream_sentences(request_id), b"")
 
     def _reply(self, final: Final) -> None:
         """The request's one final reply, to its address, then to the routers."""

@@ -63,6 +63,7 @@ class Exchange:
     address: Address | None = None
     inp: GenerateInput | None = None  # generate: what the runtime is asked to do
     stream: bool = True  # generate: publish stream chunks
+    sentences: bool = False  # generate: publish whole sentences to speak (rkllmd/sentences.py)
     run: Run = field(default_factory=Run)
 
     @property

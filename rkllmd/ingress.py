@@ -111,6 +111,7 @@ def _admit(msg: Incoming, ex: Exchange, address: Address, gate: Gate) -> Exchang
             raise RequestError(f"max_tokens {target.max_tokens} is over the limit of {cap}")
         ex.model, ex.inp = target.model, req.to_input(target.max_tokens)
         ex.stream = req.stream and not address.local
+        ex.sentences = req.sentences and not address.local
     elif serve == "cancel":
         if req.id is None:
             raise RequestError("cancel needs the id of the request to cancel")

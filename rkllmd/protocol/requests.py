@@ -184,6 +184,7 @@ class GenerateRequest(Req):
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     stop: str | list[str] | None = None
     stream: StrictBool = True
+    sentences: StrictBool = False  # whole sentences on <base>/stream/<id>/sentences (the dispatcher's)
     tools: Any = None
     tool_choice: Any = None
     format: Any = None

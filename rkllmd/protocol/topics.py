@@ -34,6 +34,10 @@ class Topics:
     def stream_text(self, request_id: str) -> str:
         return f"{self.base}/stream/{request_id}/text"
 
+    def stream_sentences(self, request_id: str) -> str:
+        """Whole sentences of request ``request_id``, as plain text to speak (``"sentences": true``)."""
+        return f"{self.base}/stream/{request_id}/sentences"
+
     @property
     def state(self) -> str:
         return f"{self.base}/state"
