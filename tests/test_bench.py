@@ -119,3 +119,59 @@ def test_ctrl_c_writes_what_was_measured(broker: Broker, tmp_path: Path) -> None
     assert 1 <= len(samples) < 400
     # a run cut short by the Ctrl-C is dropped, so every kept one is complete
     assert all(s["finish_reason"] in ("stop", "length") and s["completion_tokens"] == 10 for s in samples)
+
+
+def test_ha_turn_reports_cold_warm_and_reload_on_the_double(broker: Broker, tmp_path: Path) -> None:
+    """The HA-turn case on the double with a prompt cache: three phases per path, the cache saved
+    once per cold turn and loaded after the reload, and the time to the first sentence."""
+    lib = build_fake("1.3", tmp_path)
+    model = tmp_path / "fake.rkllm"
+    model.write_bytes(b"RKLLM stand-in\n")
+    folder = tmp_path / "pc"
+    cfg = write_config(
+        tmp_path / "fake.toml",
+        {
+            "rkllm": {"prompt_cache_dir": str(folder)},
+            "models": {
+                "fake": {
+                    "runtime": "rkllm",
+                    "path": str(model),
+                    "library": str(lib),
+                    "max_context_len": 8192,
+                    "prompt_cache": True,
+                }
+            },
+        },
+    )
+    out = tmp_path / "results"
+    proc = bench(
+        [
+            *("-c", str(cfg), "--case", "ha_turn", "--runs", "1", "--warmup", "0", "--no-charts"),
+            *("--host", broker.host, "--port", str(broker.port), "--out", str(out)),
+        ]
+    )
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    report, md = only_report(out)
+    assert [c["id"] for c in report["cases"]] == ["ha_turn:cold", "ha_turn:warm", "ha_turn:reload"]
+    assert report["cases"][0]["system"].startswith("You are a voice assistant for Home Assistant.")
+    by = {(e["case"], e["path"]): e["samples"][0] for e in report["runs"]}
+    assert len(by) == 6
+    for (case, _path), s in by.items():
+        question = report["cases"][[c["id"] for c in report["cases"]].index(case)]["prompt"]
+        assert s["text"] == question.upper() and s["ttfs_ms"] is not None
+        assert 0 < s["ttft_ms"] <= s["ttfs_ms"] <= s["total_ms"]
+    # One cache file (and its sidecar) per cold turn's system prompt, one per path.
+    assert len(list(folder.glob("*.cache"))) == 2 and len(list(folder.glob("*.json"))) == 2
+    assert "HA turn `ha_turn` (direct): TTFT cold" in md and "HA turn `ha_turn` (mqtt)" in md
+
+
+def test_first_sentence_time_is_when_the_chunker_returns_a_sentence() -> None:
+    """The first sentence is complete at the delta after its end; an answer without one at the end."""
+    from rkllmd.bench.haturn import first_sentence_ms
+
+    deltas = ["The kitchen", " light is off", ".", " The socket", " is on."]
+    times = [1.0, 1.1, 1.2, 1.3, 1.4]
+    assert first_sentence_ms(deltas, times, 0.5, 2.0) == pytest.approx(800.0)
+    assert first_sentence_ms(["no", " end"], [1.0, 1.1], 0.5, 2.0) == pytest.approx(1500.0)
+    assert first_sentence_ms([], [], 0.5, 2.0) is None

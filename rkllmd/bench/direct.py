@@ -6,6 +6,7 @@ import os
 import time
 from typing import Any
 
+from rkllmd.bench.haturn import first_sentence_ms
 from rkllmd.bench.stats import Sample, rate, stream_rate
 from rkllmd.protocol import GenerateRequest
 from rkllmd.runtime.base import Runtime
@@ -43,13 +44,14 @@ class DirectPath:
         if rt is not None:
             rt.close()
 
-    def run(self, request: dict[str, Any]) -> Sample:
-        """One generation of ``request`` (a generate payload) from an empty KV cache."""
+    def run(self, request: dict[str, Any], clear: bool = True) -> Sample:
+        """One generation of ``request`` (a generate payload), from an empty KV cache if ``clear``."""
         rt = self._rt
         assert rt is not None, "load() a model first"
         inp = GenerateRequest.model_validate(request).to_input(int(request["max_tokens"]))
         # Every run evaluates the whole prompt, as the MQTT path does after its clear_cache.
-        rt.clear_cache()
+        if clear:
+            rt.clear_cache()
         times: list[float] = []
         pieces: list[str] = []
 
@@ -74,6 +76,7 @@ class DirectPath:
             stream_tps=stream_rate(times),
             deltas=len(times),
             runtime_memory_mb=perf.memory_mb,
+            ttfs_ms=first_sentence_ms(pieces, times, t0, t_end),
             finish_reason=result.finish_reason,
             text="".join(pieces),
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from rkllmd.bench.broker import LocalBroker
 from rkllmd.bench.daemonproc import DaemonProcess, to_toml
+from rkllmd.bench.haturn import first_sentence_ms
 from rkllmd.bench.mqttclient import BenchClient
 from rkllmd.bench.stats import Sample, rate, stream_rate
 from rkllmd.settings import Settings
@@ -108,10 +109,12 @@ class MqttPath:
     def unload(self) -> None:
         self._command("unload", {})
 
-    def run(self, request: dict[str, Any]) -> Sample:
-        """One generation through the daemon, after a clear_cache so the whole prompt is evaluated."""
+    def run(self, request: dict[str, Any], clear: bool = True) -> Sample:
+        """One generation through the daemon, after a clear_cache (if ``clear``) so the whole
+        prompt is evaluated."""
         assert self.client is not None
-        self._command("clear_cache", {})
+        if clear:
+            self._command("clear_cache", {})
         ex = self.client.generate(request)
         if ex.reply.get("status") != "ok":
             raise DaemonError(f"generate failed: {ex.reply.get('code')}: {ex.reply.get('error')}")
@@ -134,6 +137,7 @@ class MqttPath:
             deltas=len(ex.deltas),
             daemon_ttft_ms=t.get("ttft_ms"),
             runtime_memory_mb=t.get("memory_mb"),
+            ttfs_ms=first_sentence_ms(ex.deltas, ex.delta_times, ex.t_publish, ex.t_reply),
             finish_reason=str(data.get("finish_reason", "")),
             text=str(data.get("text", "".join(ex.deltas))),
         )

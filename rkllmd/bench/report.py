@@ -14,6 +14,7 @@ from rkllmd.bench import charts
 # (metric, column title, decimals) of the per-model table
 COLUMNS = [
     ("ttft_ms", "TTFT ms", 1),
+    ("ttfs_ms", "first sentence ms", 1),
     ("prefill_tps", "prefill tok/s", 1),
     ("decode_tps", "decode tok/s", 1),
     ("stream_tps", "received tok/s", 1),
@@ -87,7 +88,8 @@ def markdown(report: dict[str, Any], with_charts: bool = True) -> str:
         "- **Paths:** *direct* = rkllmd's Runtime class called in the benchmark process; *mqtt* = a "
         f"real `rkllmd run` process (isolation {opts.get('daemon_isolation')}), timed by an MQTT "
         "client from publish to first stream chunk. "
-        "Every run starts from an empty KV cache.",
+        "Every run starts from an empty KV cache, except the turns of an HA turn case (cold: a "
+        "system prompt never seen; warm: the next turn; reload: that turn after reloading the model).",
         "- Cells are `median (min-max)` over the measured runs. TTFT, total and received tok/s are "
         "seen by the caller; prefill and decode tok/s come from the runtime's own counters.",
         "",
@@ -125,6 +127,7 @@ def _model_section(report: dict[str, Any], model: str, meta: dict[str, Any]) -> 
                 f"- Peak RSS ({mem['path']}, {who}, VmHWM): {mem['peak_rss_mb']:.0f} MB; "
                 f"RSS at the end {mem.get('rss_mb') or 0:.0f} MB"
             )
+    out += _ha_turn_lines(entries)
     rows = [o for o in report.get("overhead", []) if o["model"] == model]
     if rows:
         out += ["", "What the daemon adds (mqtt against direct, medians):", ""]
@@ -136,6 +139,25 @@ def _model_section(report: dict[str, Any], model: str, meta: dict[str, Any]) -> 
                 f"| {_num(o['ttft_added_ms'], 1)} |"
             )
     return [*out, ""]
+
+
+def _ha_turn_lines(entries: list[dict[str, Any]]) -> list[str]:
+    """warm and reload TTFT as a share of cold, per HA turn case and path (medians)."""
+    med = {(e["case"], e["path"]): (e["summary"].get("ttft_ms") or {}).get("median") for e in entries}
+    out = []
+    for (case, path), cold in sorted(med.items()):
+        if not case.endswith(":cold") or not cold:
+            continue
+        base = case.removesuffix(":cold")
+        parts = []
+        for phase in ("warm", "reload"):
+            v = med.get((f"{base}:{phase}", path))
+            if v is not None:
+                parts.append(f"{phase} {v:.0f} ms = {100 * v / cold:.1f} %")
+        if parts:
+            head = f"- HA turn `{base}` ({path}): TTFT cold {cold:.0f} ms; "
+            out.append(head + ", ".join(parts) + " of cold")
+    return ["", *out] if out else []
 
 
 def _num(v: float | None, decimals: int) -> str:

@@ -36,7 +36,7 @@ class BenchPath(Protocol):
 
     def unload(self) -> None: ...
 
-    def run(self, request: dict[str, Any]) -> Sample: ...
+    def run(self, request: dict[str, Any], clear: bool = True) -> Sample: ...
 
     def abort(self) -> None: ...
 
@@ -118,7 +118,7 @@ def new_report(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
             }
             for m in opts.models
         },
-        "cases": [c.to_json() for c in opts.cases],
+        "cases": _report_cases(opts.cases),
         "runs": [],
         "memory": [],
         "errors": [],
@@ -198,6 +198,10 @@ def _bench_model(
     report["memory"].append(mem)
     try:
         for case in opts.cases:
+            if case.kind == "ha_turn":
+                _bench_ha_turn(report, path, model, case, opts, progress, stop)
+                mem["peak_rss_mb"] = procfs.tree_peak_rss_mb(path.pid)
+                continue
             entry: dict[str, Any] = {"model": model, "path": path.name, "case": case.id, "samples": []}
             report["runs"].append(entry)
             request = case.request(opts.max_tokens, opts.temperature, opts.seed)
@@ -213,6 +217,61 @@ def _bench_model(
         mem["peak_rss_mb"] = procfs.tree_peak_rss_mb(path.pid)
         mem["rss_mb"] = procfs.tree_rss_mb(path.pid)
         path.unload()
+
+
+def _bench_ha_turn(
+    report: dict[str, Any],
+    path: BenchPath,
+    model: str,
+    case: Case,
+    opts: BenchOptions,
+    progress: Progress,
+    stop: StopOnInterrupt,
+) -> None:
+    """Cold, warm and reload turns of an HA-sized prompt (rkllmd.bench.haturn), no cache clearing."""
+    from rkllmd.bench import haturn
+
+    entries: dict[str, dict[str, Any]] = {}
+    for phase in haturn.PHASES:
+        entries[phase] = {"model": model, "path": path.name, "case": f"{case.id}:{phase}", "samples": []}
+        report["runs"].append(entries[phase])
+    max_tokens = opts.max_tokens or case.max_tokens
+    for i in range(opts.warmup + opts.runs):
+        system = haturn.session_system(i)
+        questions = {"cold": case.prompt, "warm": case.warm_prompt, "reload": case.warm_prompt}
+        for phase in haturn.PHASES:
+            if phase == "reload":
+                path.unload()
+                path.load(model)
+            req = haturn.request(system, questions[phase], max_tokens, opts.temperature, opts.seed)
+            sample = path.run(req, clear=False)
+            stop.check()
+            if i >= opts.warmup:
+                entries[phase]["samples"].append(sample.to_json())
+        progress.step(f"{model} {path.name} {case.id}")
+
+
+def _report_cases(cases: list[Case]) -> list[dict[str, Any]]:
+    return [x for c in cases for x in (ha_turn_cases(c) if c.kind == "ha_turn" else [c.to_json()])]
+
+
+def ha_turn_cases(case: Case) -> list[dict[str, Any]]:
+    """The report's case entries of an ha_turn case: one per phase, the system prompt on the first."""
+    from rkllmd.bench import haturn
+
+    system = haturn.system_prompt()
+    note = (
+        f"{case.note} An HA-sized turn: a system prompt of {len(system)} characters (after a session "
+        f"line that makes each run's first turn cold) and {len(haturn.tools())} tools."
+    ).strip()
+    out = []
+    for phase in haturn.PHASES:
+        prompt = case.prompt if phase == "cold" else case.warm_prompt
+        c = {**case.to_json(), "id": f"{case.id}:{phase}", "prompt": prompt, "system": None, "note": ""}
+        if phase == "cold":
+            c.update(system=system, note=note)
+        out.append(c)
+    return out
 
 
 def finish_report(report: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 #: Metrics summarised per (model, path, case); True where higher is better.
 METRICS: dict[str, bool] = {
     "ttft_ms": False,
+    "ttfs_ms": False,
     "prefill_tps": True,
     "decode_tps": True,
     "stream_tps": True,
@@ -41,6 +42,7 @@ class Sample:
     deltas: int = 0
     daemon_ttft_ms: float | None = None
     runtime_memory_mb: float | None = None
+    ttfs_ms: float | None = None  # to the first whole sentence (rkllmd.sentences), the caller's clock
     finish_reason: str = ""
     text: str = field(default="", repr=False)
 

@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-_KEYS = {"id", "prompt", "system", "max_tokens", "note"}
+_KEYS = {"id", "prompt", "system", "max_tokens", "note", "kind", "warm_prompt"}
+KINDS = ("single", "ha_turn")
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,8 @@ class Case:
     max_tokens: int
     system: str | None = None
     note: str = ""
+    kind: str = "single"  # or "ha_turn": cold, warm and reload turns (rkllmd.bench.haturn)
+    warm_prompt: str = ""  # ha_turn: the question of the warm and reload turns
 
     def request(self, max_tokens: int | None, temperature: float, seed: int) -> dict[str, Any]:
         """The generate payload both paths use, so direct and MQTT runs get the same input."""
@@ -52,6 +55,9 @@ def load_suite(folder: Path, only: list[str] | None = None) -> list[Case]:
             unknown = set(raw) - _KEYS
             if unknown or "id" not in raw or "prompt" not in raw:
                 raise ValueError(f"{path}: case {i}: needs id and prompt; unknown keys {sorted(unknown)}")
+            kind = str(raw.get("kind", "single"))
+            if kind not in KINDS:
+                raise ValueError(f"{path}: case {i}: kind must be one of {list(KINDS)}, not {kind!r}")
             cases.append(
                 Case(
                     id=str(raw["id"]),
@@ -60,6 +66,8 @@ def load_suite(folder: Path, only: list[str] | None = None) -> list[Case]:
                     max_tokens=int(raw.get("max_tokens", 128)),
                     system=raw.get("system"),
                     note=str(raw.get("note", "")),
+                    kind=kind,
+                    warm_prompt=str(raw.get("warm_prompt", raw["prompt"])).strip(),
                 )
             )
     ids = [c.id for c in cases]
