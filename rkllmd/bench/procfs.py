@@ -69,6 +69,48 @@ def tree_cpu_seconds(pid: int) -> float | None:
     return sum(known) if known else None
 
 
+def pss_mb(pid: int) -> float | None:
+    """Pss (the resident set with each shared page divided among its sharers) of ``pid`` in MiB."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return float(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def describe(pid: int) -> str:
+    """A short name of ``pid``: its command line, the interpreter's path left out."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return "?"
+    words = [a.decode(errors="replace") for a in args if a]
+    if words and "python" in Path(words[0]).name:
+        words = words[1:]
+    return " ".join(words)[:80] or "?"
+
+
+def thread_switches(pid: int) -> dict[int, int]:
+    """Context switches (voluntary + not) of each thread of ``pid`` so far: a wake-up count."""
+    out: dict[int, int] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            n = 0
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith(("voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:")):
+                    n += int(line.split()[1])
+            out[int(task.name)] = n
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def reset_peak_rss(pid: int) -> bool:
     """Reset VmHWM to the current RSS (``5`` to clear_refs, Linux >= 4.0), so a peak is per model.
 

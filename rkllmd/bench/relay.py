@@ -19,21 +19,28 @@ from rkllmd.bench import procfs
 from rkllmd.bench.broker import LocalBroker
 from rkllmd.bench.daemonproc import DaemonProcess, to_toml
 from rkllmd.bench.mqttclient import BenchClient, Exchange
-from rkllmd.bench.stats import percentile, stream_rate
+from rkllmd.bench.stats import percentile
 
 UNTHROTTLED = 0.0
+HEADLINE_RATE = 30.0  # the rate of the CPU-per-token and TTFT headline figures
+RATIO_RATE = 1000.0  # the rate of the headline ratio
 
 
 @dataclass
 class RelayOptions:
     library: Path
-    rates: list[float] = field(default_factory=lambda: [10.0, 30.0, 100.0, UNTHROTTLED])
+    rates: list[float] = field(default_factory=lambda: [10.0, 30.0, 100.0, 1000.0, UNTHROTTLED])
     tokens: int = 30  # per request at each rate
     per_rate: int = 5  # measured requests per rate, after one warm-up
     burst_tokens: int = 2000  # one long unthrottled answer: the most one subscriber receives
     requests: int = 2000  # short requests for RSS growth and the TTFT distribution
+    idle_s: float = 30.0  # an idle spell with the model loaded: CPU and wake-ups while nothing runs
     host: str | None = None
     port: int | None = None
+    #: extra tables for the daemon's config, e.g. {"stream": {"qos": 1}}
+    config: dict[str, Any] = field(default_factory=dict)
+    #: environment of the daemon under test, e.g. PYTHONPATH of another checkout to compare with
+    daemon_env: dict[str, str] = field(default_factory=dict)
 
 
 def _config(lib: Path, model_file: Path, host: str, port: int, base: str) -> dict[str, Any]:
@@ -57,19 +64,58 @@ def _generate(client: BenchClient, delay_ms: int, tokens: int) -> Exchange:
     return ex
 
 
+def _tokens(ex: Exchange) -> int:
+    """Tokens of the answer as the runtime counted them (a stream chunk may carry several)."""
+    return int(ex.reply["data"]["usage"]["completion_tokens"])
+
+
+def _intact(ex: Exchange) -> bool:
+    """The stream chunks join to exactly the final reply's text."""
+    return "".join(ex.deltas) == str(ex.reply["data"]["text"])
+
+
+def _received_tps(ex: Exchange) -> float | None:
+    """Tokens per second after the first, between the first and the last stream chunk."""
+    t = ex.delta_times
+    if len(t) < 2 or t[-1] <= t[0]:
+        return None
+    return (_tokens(ex) - 1) / (t[-1] - t[0])
+
+
 def _ttft_ms(ex: Exchange) -> float:
     return ((ex.delta_times[0] if ex.delta_times else ex.t_reply) - ex.t_publish) * 1e3
 
 
-def _rate_row(client: BenchClient, pid: int, rate: float, opts: RelayOptions) -> dict[str, Any]:
+class _Cpu:
+    """CPU seconds of rkllmd (its own process), its children (the runtime worker) and the broker."""
+
+    def __init__(self, pid: int, broker_pid: int | None) -> None:
+        self.pid, self.broker_pid = pid, broker_pid
+
+    def read(self) -> dict[str, float]:
+        tree = procfs.process_tree(self.pid)
+        daemon = procfs.cpu_seconds(self.pid) or 0.0
+        worker = sum(procfs.cpu_seconds(p) or 0.0 for p in tree if p != self.pid)
+        broker = procfs.cpu_seconds(self.broker_pid) if self.broker_pid else None
+        return {"daemon": daemon, "worker": worker, "broker": broker or 0.0}
+
+    @staticmethod
+    def per_token(before: dict[str, float], after: dict[str, float], tokens: int) -> dict[str, float | None]:
+        if not tokens:
+            return {k: None for k in ("daemon", "worker", "broker", "total")}
+        out: dict[str, float | None] = {k: (after[k] - before[k]) * 1e3 / tokens for k in before}
+        out["total"] = sum(v for v in out.values() if v is not None)
+        return out
+
+
+def _rate_row(client: BenchClient, cpu: _Cpu, rate: float, opts: RelayOptions) -> dict[str, Any]:
     delay = round(1000 / rate) if rate else 0
     _generate(client, delay, opts.tokens)  # warm-up
-    cpu0, runs = procfs.tree_cpu_seconds(pid) or 0.0, []
+    cpu0, runs = cpu.read(), []
     for _ in range(opts.per_rate):
         runs.append(_generate(client, delay, opts.tokens))
-    cpu = (procfs.tree_cpu_seconds(pid) or 0.0) - cpu0
-    tokens = sum(len(ex.deltas) for ex in runs)
-    received = [r for r in (stream_rate(ex.delta_times) for ex in runs) if r]
+    per = _Cpu.per_token(cpu0, cpu.read(), sum(_tokens(ex) for ex in runs))
+    received = [r for r in (_received_tps(ex) for ex in runs) if r]
     runtime = [float(ex.reply["data"]["timings"].get("decode_tokens_per_s") or 0) for ex in runs]
     # The double sleeps `delay` ms before its first token; everything beyond that is added.
     added = [_ttft_ms(ex) - delay for ex in runs]
@@ -83,39 +129,46 @@ def _rate_row(client: BenchClient, pid: int, rate: float, opts: RelayOptions) ->
         "ratio": med(received, 50) / med(runtime, 50) if runtime and med(runtime, 50) else None,
         "ttft_added_p50_ms": med(added, 50),
         "ttft_added_p99_ms": med(added, 99),
-        "cpu_ms_per_token": cpu * 1e3 / tokens if tokens else None,
+        # rkllmd and its worker, as before the broker was counted too
+        "cpu_ms_per_token": None if per["daemon"] is None else per["daemon"] + (per["worker"] or 0),
+        "cpu_ms_per_token_parts": per,
+        "chunks_per_request": med([float(len(ex.deltas)) for ex in runs], 50),
+        "intact": all(_intact(ex) for ex in runs),
     }
 
 
 def _burst(client: BenchClient, opts: RelayOptions) -> dict[str, Any]:
     runs = [_generate(client, 0, opts.burst_tokens) for _ in range(3)]
-    received = [stream_rate(ex.delta_times) or 0.0 for ex in runs]
+    # Tokens over the time from the request to the last chunk: a chunk may carry many tokens.
+    received = [_tokens(ex) / (ex.delta_times[-1] - ex.t_publish) if ex.delta_times else 0.0 for ex in runs]
     runtime = [float(ex.reply["data"]["timings"].get("decode_tokens_per_s") or 0) for ex in runs]
     return {
         "tokens": opts.burst_tokens,
         "received_tps_max": max(received),
         "received_tps_median": percentile(received, 50),
         "runtime_tps_median": percentile(runtime, 50),
-        "complete": all(len(ex.deltas) == opts.burst_tokens for ex in runs),
+        "chunks_median": percentile([float(len(ex.deltas)) for ex in runs], 50),
+        "complete": all(_tokens(ex) == opts.burst_tokens and _intact(ex) for ex in runs),
     }
 
 
-def _soak(client: BenchClient, pid: int, opts: RelayOptions) -> dict[str, Any]:
+def _soak(client: BenchClient, cpu: _Cpu, pid: int, opts: RelayOptions) -> dict[str, Any]:
     """Many short unthrottled requests one after another: RSS over time, TTFT spread, CPU/token."""
     warm = max(1, opts.requests // 10)
     for _ in range(warm):
         _generate(client, 0, 16)
-    rss0, cpu0, t0 = procfs.tree_rss_mb(pid) or 0.0, procfs.tree_cpu_seconds(pid) or 0.0, time.monotonic()
+    rss0, cpu0, t0 = procfs.tree_rss_mb(pid) or 0.0, cpu.read(), time.monotonic()
     ttft, tokens, curve = [], 0, [(0, rss0)]
     step = max(1, opts.requests // 10)
     for i in range(1, opts.requests + 1):
         ex = _generate(client, 0, 16)
         ttft.append(_ttft_ms(ex))
-        tokens += len(ex.deltas)
+        tokens += _tokens(ex)
         if i % step == 0 or i == opts.requests:
             curve.append((i, procfs.tree_rss_mb(pid) or 0.0))
     wall = time.monotonic() - t0
-    cpu = (procfs.tree_cpu_seconds(pid) or 0.0) - cpu0
+    cpu1 = cpu.read()
+    spent = (cpu1["daemon"] + cpu1["worker"]) - (cpu0["daemon"] + cpu0["worker"])
     rss1 = curve[-1][1]
     return {
         "requests": opts.requests,
@@ -124,12 +177,78 @@ def _soak(client: BenchClient, pid: int, opts: RelayOptions) -> dict[str, Any]:
         "ttft_p50_ms": percentile(ttft, 50),
         "ttft_p99_ms": percentile(ttft, 99),
         "ttft_max_ms": max(ttft) if ttft else None,
-        "cpu_ms_per_token": cpu * 1e3 / tokens if tokens else None,
-        "cpu_ms_per_request": cpu * 1e3 / opts.requests if opts.requests else None,
+        "cpu_ms_per_token": spent * 1e3 / tokens if tokens else None,
+        "cpu_ms_per_request": spent * 1e3 / opts.requests if opts.requests else None,
+        "broker_cpu_ms_per_token": (cpu1["broker"] - cpu0["broker"]) * 1e3 / tokens if tokens else None,
         "rss_start_mb": rss0,
         "rss_end_mb": rss1,
         "rss_growth_mb": rss1 - rss0,
         "rss_curve": curve,
+    }
+
+
+def _memory(pid: int) -> dict[str, Any]:
+    """Every process of rkllmd's tree with the model loaded: what it is, its RSS and its PSS."""
+    procs = [
+        {"pid": p, "what": procfs.describe(p), "rss_mb": procfs.rss_mb(p), "pss_mb": procfs.pss_mb(p)}
+        for p in procfs.process_tree(pid)
+    ]
+    return {
+        "processes": procs,
+        "count": len(procs),
+        "rss_mb": sum(p["rss_mb"] or 0.0 for p in procs),
+        "pss_mb": sum(p["pss_mb"] or 0.0 for p in procs),
+    }
+
+
+def _idle(cpu: _Cpu, pid: int, seconds: float) -> dict[str, Any]:
+    """Nothing to do for ``seconds``, the model loaded: CPU used and thread wake-ups meanwhile."""
+    tree = procfs.process_tree(pid)
+    sw0 = {p: procfs.thread_switches(p) for p in tree}
+    cpu0 = cpu.read()
+    time.sleep(seconds)
+    cpu1 = cpu.read()
+    wakeups = []
+    for p in tree:
+        after = procfs.thread_switches(p)
+        for tid, n in after.items():
+            woke = n - sw0[p].get(tid, n)
+            if woke:
+                wakeups.append({"pid": p, "tid": tid, "wakeups": woke})
+    spent = (cpu1["daemon"] + cpu1["worker"]) - (cpu0["daemon"] + cpu0["worker"])
+    return {
+        "seconds": seconds,
+        "cpu_s": spent,
+        "cpu_pct": spent / seconds * 100 if seconds else None,
+        "broker_cpu_s": cpu1["broker"] - cpu0["broker"],
+        "wakeups": sum(w["wakeups"] for w in wakeups),
+        "threads_woken": wakeups,
+        "threads": sum(len(procfs.thread_switches(p)) for p in tree),
+    }
+
+
+def _row_at(rows: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:
+    return next((r for r in rows if r["rate"] == rate), None)
+
+
+def headline(r: dict[str, Any]) -> dict[str, Any]:
+    """The figures of the comparison table: TTFT and CPU per token at 30 tok/s, the ceiling, the
+    ratio at 1000 tok/s, the tree's memory with the model loaded, idle CPU."""
+    rows = r.get("rates", [])
+    at30, at1000 = _row_at(rows, HEADLINE_RATE), _row_at(rows, RATIO_RATE)
+    mem, idle, burst = r.get("memory") or {}, r.get("idle") or {}, r.get("burst") or {}
+    return {
+        "ttft_added_p50_ms": at30["ttft_added_p50_ms"] if at30 else None,
+        "ttft_added_p99_ms": at30["ttft_added_p99_ms"] if at30 else None,
+        "cpu_ms_per_token_30": at30["cpu_ms_per_token_parts"] if at30 else None,
+        "ceiling_tps": burst.get("received_tps_median"),
+        "ratio_1000": at1000["ratio"] if at1000 else None,
+        "rss_mb": mem.get("rss_mb"),
+        "pss_mb": mem.get("pss_mb"),
+        "processes": mem.get("count"),
+        "idle_cpu_pct": idle.get("cpu_pct"),
+        "idle_wakeups_per_s": idle["wakeups"] / idle["seconds"] if idle.get("seconds") else None,
+        "intact": all(row.get("intact", True) for row in rows) and bool(burst.get("complete", True)),
     }
 
 
@@ -143,6 +262,8 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
             "per_rate": opts.per_rate,
             "burst_tokens": opts.burst_tokens,
             "requests": opts.requests,
+            "idle_s": opts.idle_s,
+            "config": opts.config,
         },
     }
     with tempfile.TemporaryDirectory(prefix="rkllmd-relay-") as tmp:
@@ -154,16 +275,21 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
         model_file.write_bytes(b"RKLLM model stand-in for the relay benchmark\n")
         base = f"relay{int(time.time())}"
         cfg = work / "relay.toml"
-        cfg.write_text(to_toml(_config(opts.library, model_file, host, port, base)))
-        daemon = DaemonProcess(cfg, work / "rkllmd.log")
+        cfg.write_text(to_toml({**_config(opts.library, model_file, host, port, base), **opts.config}))
+        daemon = DaemonProcess(cfg, work / "rkllmd.log", env=opts.daemon_env or None)
         client: BenchClient | None = None
+        cpu = _Cpu(daemon.pid, broker.proc.pid if broker is not None else None)
         try:
             client = BenchClient(host, port, base)
             client.wait_state("online", timeout=60)
             client.command("load", {"model": "fake"}, timeout=60)
-            result["rates"] = [_rate_row(client, daemon.pid, r, opts) for r in opts.rates]
+            _generate(client, 0, 16)  # one answer before the figures: every code path imported
+            result["memory"] = _memory(daemon.pid)
+            if opts.idle_s > 0:
+                result["idle"] = _idle(cpu, daemon.pid, opts.idle_s)
+            result["rates"] = [_rate_row(client, cpu, r, opts) for r in opts.rates]
             result["burst"] = _burst(client, opts)
-            result["soak"] = _soak(client, daemon.pid, opts)
+            result["soak"] = _soak(client, cpu, daemon.pid, opts)
             if broker is not None:
                 result["broker_cpu_s"] = procfs.cpu_seconds(broker.proc.pid)
         except Exception as exc:
@@ -174,4 +300,5 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
             daemon.stop()
             if broker is not None:
                 broker.stop()
+    result["headline"] = headline(result)
     return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 
@@ -49,4 +50,68 @@ def relay_text(r: dict[str, Any]) -> str:
         ]
     if r.get("broker_cpu_s") is not None:
         lines.append(f"mosquitto CPU over the whole run: {r['broker_cpu_s']:.2f} s")
+    mem = r.get("memory")
+    if mem:
+        lines += [
+            "",
+            f"memory with the model loaded: {mem['count']} processes, RSS {_f(mem['rss_mb'])} MB "
+            f"(PSS {_f(mem['pss_mb'])} MB)",
+            *(
+                f"  {p['pid']:>7} RSS {_f(p['rss_mb']):>6} MB  PSS {_f(p['pss_mb']):>6} MB  {p['what']}"
+                for p in mem["processes"]
+            ),
+        ]
+    idle = r.get("idle")
+    if idle:
+        lines.append(
+            f"idle {idle['seconds']:g} s, model loaded: CPU {idle['cpu_s'] * 1e3:.0f} ms "
+            f"({_f(idle['cpu_pct'], '.3f')} %), {idle['wakeups']} wake-ups in {len(idle['threads_woken'])} "
+            f"of {idle['threads']} threads"
+        )
+    h = r.get("headline")
+    if h:
+        lines += ["", *headline_table([h])]
     return "\n".join(lines) + "\n"
+
+
+def _cpu30(h: dict[str, Any]) -> str:
+    c = h.get("cpu_ms_per_token_30")
+    if not c or c.get("total") is None:
+        return "-"
+    return (
+        f"{c['total']:.2f} (daemon {_f(c['daemon'], '.2f')} + worker {_f(c['worker'], '.2f')} "
+        f"+ broker {_f(c['broker'], '.2f')})"
+    )
+
+
+def headline_table(rounds: list[dict[str, Any]], label: str = "rkllmd over MQTT") -> list[str]:
+    """The comparison table's row (docs/BENCHMARKING.md), medians over ``rounds`` headlines."""
+    h = median_headline(rounds)
+    return [
+        "| system | TTFT added p50 / p99 | CPU ms/token @30 | ceiling tok/s | ratio @1000 tok/s "
+        "| RSS, model loaded | idle CPU |",
+        "|---|---|---|---|---|---|---|",
+        f"| {label} | {_f(h['ttft_added_p50_ms'])} / {_f(h['ttft_added_p99_ms'])} ms | {_cpu30(h)} "
+        f"| {_f(h['ceiling_tps'], '.0f')} | {_f(h['ratio_1000'], '.3f')} "
+        f"| {_f(h['rss_mb'])} MB ({h['processes']} processes; PSS {_f(h['pss_mb'])} MB) "
+        f"| {_f(h['idle_cpu_pct'], '.3f')} %, {_f(h['idle_wakeups_per_s'], '.1f')} wake-ups/s |",
+    ]
+
+
+def median_headline(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each headline figure's median over the rounds (CPU parts each on their own)."""
+
+    def med(values: list[Any]) -> Any:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    out: dict[str, Any] = {}
+    for key in rounds[0]:
+        if key == "cpu_ms_per_token_30":
+            parts = [h[key] for h in rounds if h.get(key)]
+            out[key] = {k: med([p[k] for p in parts]) for k in parts[0]} if parts else None
+        elif key == "intact":
+            out[key] = all(h[key] for h in rounds)
+        else:
+            out[key] = med([h[key] for h in rounds])
+    return out

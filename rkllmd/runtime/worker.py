@@ -5,22 +5,30 @@ the whole daemon and every request in it. Here it kills only the worker: the req
 gets a ``runtime_crashed`` error, the loop reloads the model (within a restart budget), and the
 MQTT side never notices. Unloading a model ends its worker, which returns all native memory.
 
+The worker is ``python -m rkllmd.runtime._child`` started with three inherited pipes (no
+multiprocessing, so no resource-tracker process); that module describes the frames and what
+the worker imports. It receives the model's table and the tables of the configuration its
+runtime reads (:func:`runtime_settings`), not the whole configuration.
+
 Threads and processes:
-- parent, *inference thread*: every method except ``abort``/``kill``; it alone uses the command pipe.
-- parent, any thread: ``abort`` and ``kill`` use the control pipe (its own lock).
-- child, main thread: runs the real runtime, one command at a time (``_serve``).
-- child, control thread: turns control messages into ``abort()`` calls on the real runtime.
+- parent, *inference thread*: every method except ``abort``/``kill``; it alone uses the command
+  pipe and reads the event pipe. Tokens arrive in batches: every read of the pipe hands all the
+  tokens it brought to the sink as one delta.
+- parent, any thread: ``abort`` and ``kill`` use the control pipe (its own lock) and the process.
+- child: see rkllmd.runtime._child.
 """
 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
+import os
+import pickle
+import select
 import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
+import types
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -28,6 +36,7 @@ import structlog
 from rkllmd import errors
 from rkllmd.config_base import ModelCommon
 from rkllmd.errors import ModelLoadError, RkllmdError, RuntimeCrashed, RuntimeFailure
+from rkllmd.runtime._child import K_CMD, K_LOG, K_REPLY, K_TOKENS, FrameReader, parse_tokens, write_frame
 from rkllmd.runtime.base import GenerateInput, GenerateResult, Runtime, RuntimeKind, TokenSink
 
 if TYPE_CHECKING:
@@ -35,12 +44,16 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("rkllmd.worker")
 
-_SPAWN = multiprocessing.get_context("spawn")  # forking a process with threads is unsafe
+
+def runtime_settings(settings: Settings) -> Any:
+    """The tables of the whole configuration a runtime's ``open_runtime`` reads (``[rkllm]``),
+    as plain data: unpickling the whole Settings would import the configuration loader."""
+    return types.SimpleNamespace(rkllm=settings.rkllm)
 
 
 class WorkerRuntime(Runtime):
     """Proxy to a real runtime of ``runtime_kind`` living in a child process, which builds it
-    with ``runtime_kind.open_runtime`` from the pickled model settings and configuration."""
+    with ``runtime_kind.open_runtime`` from the pickled model settings."""
 
     def __init__(
         self,
@@ -56,34 +69,53 @@ class WorkerRuntime(Runtime):
         self.settings = settings
         self.kind = runtime_kind.name
         self.load_timeout_s = load_timeout_s
-        self._proc: BaseProcess | None = None
-        self._cmd: Connection | None = None
-        self._ctl: Connection | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._cmd: int | None = None  # write end of the command pipe
+        self._events: FrameReader | None = None  # read end of the event pipe
+        self._ctl: int | None = None  # write end of the control pipe
         self._ctl_lock = threading.Lock()
         self._facts: dict[str, Any] = {}
         self._killed = False
+        self._pending: list[tuple[bytes, bytes]] = []  # frames read but not yet handled
+        self._logs: dict[str, Any] = {}  # loggers of the worker's records, by name
 
     # --- inference thread ----------------------------------------------------------------------
 
     def open(self) -> None:
-        cmd_parent, cmd_child = _SPAWN.Pipe()
-        ctl_parent, ctl_child = _SPAWN.Pipe()
-        log_cfg = (self.settings.log.level, self.settings.log.format)
-        opener = self.runtime_kind.open_runtime  # pickled by reference: a module-level function
-        proc = _SPAWN.Process(
-            target=_child_main,
-            args=(cmd_child, ctl_child, opener, self.name, self.cfg, self.settings, log_cfg),
-            name=f"rkllmd-worker-{self.name}",
-            daemon=True,
+        cmd_r, cmd_w = os.pipe()
+        ev_r, ev_w = os.pipe()
+        ctl_r, ctl_w = os.pipe()
+        for fd in (cmd_w, ev_r, ctl_w):
+            os.set_inheritable(fd, False)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "rkllmd.runtime._child", str(cmd_r), str(ev_w), str(ctl_r)],
+                pass_fds=(cmd_r, ev_w, ctl_r),
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        except OSError as exc:
+            for fd in (cmd_r, cmd_w, ev_r, ev_w, ctl_r, ctl_w):
+                os.close(fd)
+            raise ModelLoadError(f"cannot start the worker of model {self.name!r}: {exc}") from exc
+        for fd in (cmd_r, ev_w, ctl_r):
+            os.close(fd)
+        self._proc, self._cmd, self._events, self._ctl = proc, cmd_w, FrameReader(ev_r), ctl_w
+        self._killed = False
+        self._pending = []
+        opening = (
+            self.runtime_kind.open_runtime,  # pickled by reference: a module-level function
+            self.name,
+            self.cfg,
+            runtime_settings(self.settings),
+            self.settings.log.level,
         )
-        proc.start()
-        cmd_child.close()
-        ctl_child.close()
-        self._proc, self._cmd, self._ctl = proc, cmd_parent, ctl_parent
-        if not cmd_parent.poll(self.load_timeout_s):
+        self._send(opening)
+        ready, _, _ = select.select([ev_r], [], [], self.load_timeout_s)
+        if not ready:
             self.close()
             raise ModelLoadError(f"model {self.name!r} did not load within {self.load_timeout_s:g} s")
-        reply = self._recv()
+        reply = self._reply()
         if reply[0] == "error":
             self.close()
             raise _rebuild(reply)
@@ -93,14 +125,25 @@ class WorkerRuntime(Runtime):
     def generate(self, inp: GenerateInput, sink: TokenSink) -> GenerateResult:
         self._send(("generate", inp))
         while True:
-            msg = self._recv()
-            if msg[0] == "token":
-                sink(msg[1], msg[2])
-            elif msg[0] == "done":
-                result: GenerateResult = msg[1]
-                return result
-            else:
-                raise _rebuild(msg)
+            frames = self._frames()
+            texts: list[str] = []
+            reply: tuple[Any, ...] | None = None
+            for i, (kind, payload) in enumerate(frames):
+                if kind == K_TOKENS:
+                    texts.append(parse_tokens(payload)[1])
+                elif kind == K_REPLY:
+                    reply = pickle.loads(payload)
+                    self._pending = frames[i + 1 :]
+                    break
+                elif kind == K_LOG:
+                    self._log(payload)
+            if texts:  # all the tokens this read brought, as one delta
+                sink("".join(texts), None)
+            if reply is not None:
+                if reply[0] == "done":
+                    result: GenerateResult = reply[1]
+                    return result
+                raise _rebuild(reply)
 
     def clear_cache(self, keep_system_prompt: bool = True) -> None:
         self._call("clear_cache", keep_system_prompt)
@@ -123,28 +166,31 @@ class WorkerRuntime(Runtime):
         return {**self._facts.get("describe", {}), "isolation": "process", "pid": proc.pid if proc else None}
 
     def close(self) -> None:
-        proc, cmd, ctl = self._proc, self._cmd, self._ctl
-        self._proc = self._cmd = self._ctl = None
+        proc, cmd, events = self._proc, self._cmd, self._events
+        with self._ctl_lock:
+            ctl, self._ctl = self._ctl, None
+        self._proc, self._cmd, self._events = None, None, None
         if proc is None:
             return
-        if proc.is_alive() and cmd is not None:
+        if proc.poll() is None and cmd is not None:
             try:
-                cmd.send(("close",))
-                proc.join(timeout=30)
-            except (OSError, EOFError, BrokenPipeError):
+                write_frame(cmd, K_CMD, pickle.dumps(("close",)))
+                proc.wait(timeout=30)
+            except (OSError, subprocess.TimeoutExpired):
                 pass
-        if proc.is_alive():
+        if proc.poll() is None:
             log.warning("worker did not exit; killing it", model=self.name, pid=proc.pid)
             proc.kill()
-            proc.join(timeout=10)
-        for conn in (cmd, ctl):
-            if conn is not None:
-                conn.close()
-        log.info("worker ended", model=self.name, pid=proc.pid, exitcode=proc.exitcode)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+        for fd in (cmd, ctl, events.fd if events is not None else None):
+            if fd is not None:
+                os.close(fd)
+        log.info("worker ended", model=self.name, pid=proc.pid, exitcode=proc.returncode)
 
     @property
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
+        return self._proc is not None and self._proc.poll() is None
 
     # --- any thread ----------------------------------------------------------------------------
 
@@ -153,14 +199,13 @@ class WorkerRuntime(Runtime):
             ctl = self._ctl
             if ctl is None:
                 return
-            # a dead worker cannot take the message; generate() reports the crash
-            with contextlib.suppress(OSError):
-                ctl.send("abort")
+            with contextlib.suppress(OSError):  # a dead worker cannot take it; generate() reports the crash
+                os.write(ctl, b"a")
 
     def kill(self) -> None:
         """End a wedged worker that ignores abort; generate() then raises RuntimeCrashed."""
         proc = self._proc
-        if proc is not None and proc.is_alive():
+        if proc is not None and proc.poll() is None:
             self._killed = True
             log.warning("killing wedged worker", model=self.name, pid=proc.pid)
             proc.kill()
@@ -169,7 +214,7 @@ class WorkerRuntime(Runtime):
 
     def _call(self, op: str, *args: Any) -> Any:
         self._send((op, *args))
-        msg = self._recv()
+        msg = self._reply()
         if msg[0] != "ok":
             raise _rebuild(msg)
         return msg[1]
@@ -178,25 +223,53 @@ class WorkerRuntime(Runtime):
         if self._cmd is None:
             raise RuntimeFailure(f"model {self.name!r} is not open")
         try:
-            self._cmd.send(msg)
-        except (OSError, BrokenPipeError):
+            write_frame(self._cmd, K_CMD, pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:
             raise self._crashed() from None
 
-    def _recv(self) -> tuple[Any, ...]:
-        if self._cmd is None:
+    def _frames(self) -> list[tuple[bytes, bytes]]:
+        """The frames read but not handled, else the next batch from the pipe (blocking)."""
+        if self._pending:
+            frames, self._pending = self._pending, []
+            return frames
+        if self._events is None:
             raise RuntimeFailure(f"model {self.name!r} is not open")
         try:
-            msg: tuple[Any, ...] = self._cmd.recv()
-        except (EOFError, OSError):
-            raise self._crashed() from None
-        return msg
+            frames = self._events.read()
+        except OSError:
+            frames = []
+        if not frames:
+            raise self._crashed()
+        return frames
+
+    def _reply(self) -> tuple[Any, ...]:
+        """The reply to the last command; log records before it are logged, tokens cannot come."""
+        while True:
+            frames = self._frames()
+            for i, (kind, payload) in enumerate(frames):
+                if kind == K_REPLY:
+                    self._pending = frames[i + 1 :]
+                    msg: tuple[Any, ...] = pickle.loads(payload)
+                    return msg
+                if kind == K_LOG:
+                    self._log(payload)
+
+    def _log(self, payload: bytes) -> None:
+        """A record the worker logged, through this process's logging (worker=<model> included)."""
+        level, name, event, kw = pickle.loads(payload)
+        logger = self._logs.get(name)
+        if logger is None:
+            logger = self._logs[name] = structlog.get_logger(name)
+        getattr(logger, level, logger.info)(event, **kw)
 
     def _crashed(self) -> RuntimeCrashed:
         proc = self._proc
         code = None
         if proc is not None:
-            proc.join(timeout=5)
-            code = proc.exitcode
+            try:
+                code = proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
         how = f"exit code {code}"
         if code is not None and code < 0:
             try:
@@ -226,81 +299,3 @@ def _rebuild(msg: tuple[Any, ...]) -> RkllmdError:
         if key in data:
             setattr(exc, key, data[key])
     return exc
-
-
-def _error_msg(exc: BaseException) -> tuple[Any, ...]:
-    if isinstance(exc, RkllmdError):
-        safe = {k: v for k, v in exc.data.items() if isinstance(v, (str, int, float, bool, type(None)))}
-        return ("error", type(exc).__name__, exc.message, safe)
-    return ("error", "RuntimeFailure", f"{type(exc).__name__}: {exc}", {})
-
-
-# --- child process ---------------------------------------------------------------------------------
-
-
-def _child_main(
-    cmd: Connection,
-    ctl: Connection,
-    open_runtime: Callable[[str, Any, Settings], Runtime],
-    name: str,
-    cfg: ModelCommon,
-    settings: Settings,
-    log_cfg: tuple[str, Any],
-) -> None:
-    """Entry point of the worker process: open the runtime, then serve commands until close."""
-    from rkllmd import logs
-
-    # The parent handles SIGINT/SIGTERM and tells us to close; a terminal's Ctrl-C reaches the
-    # whole process group, so ignore it here instead of dying mid-request.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logs.configure(*log_cfg)
-    structlog.contextvars.bind_contextvars(worker=name)
-    rt = open_runtime(name, cfg, settings)
-    try:
-        rt.open()
-    except BaseException as exc:
-        cmd.send(_error_msg(exc))
-        rt.close()
-        return
-    cmd.send(("opened", {"context_length": rt.context_length, "describe": rt.describe()}))
-
-    def control() -> None:
-        while True:
-            try:
-                ctl.recv()
-            except (EOFError, OSError):
-                return
-            rt.abort()
-
-    threading.Thread(target=control, name="worker-control", daemon=True).start()
-    try:
-        _serve(cmd, rt)
-    finally:
-        rt.close()
-
-
-def _serve(cmd: Connection, rt: Runtime) -> None:
-    while True:
-        try:
-            msg = cmd.recv()
-        except (EOFError, OSError):
-            return  # the parent is gone
-        op = msg[0]
-        if op == "close":
-            return
-        try:
-            if op == "generate":
-                result = rt.generate(msg[1], lambda text, tid: cmd.send(("token", text, tid)))
-                cmd.send(("done", result))
-            elif op == "clear_cache":
-                rt.clear_cache(msg[1])
-                cmd.send(("ok", None))
-            elif op == "count_tokens":
-                cmd.send(("ok", rt.count_tokens(msg[1])))
-            elif op == "prompt_tokens":
-                cmd.send(("ok", rt.prompt_tokens(msg[1])))
-            else:
-                cmd.send(("error", "RuntimeFailure", f"unknown worker command {op!r}", {}))
-        except Exception as exc:
-            cmd.send(_error_msg(exc))

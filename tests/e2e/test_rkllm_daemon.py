@@ -26,9 +26,10 @@ def test_stream_is_ordered_complete_and_matches_final_reply(
     """Tokens arrive in order with contiguous seq numbers and concatenate to the final text."""
     _d, base = start_daemon(abi)
     mqtt_probe.subscribe(f"{base}/stream/#", "reply/mine")
+    # 50 tok/s: the stream keeps up, so every token is a chunk of its own
     mqtt_probe.publish(
         f"{base}/request/generate",
-        {"id": "r1", "prompt": "alpha beta gamma delta", "transaction": {"n": 7}},
+        {"id": "r1", "prompt": "[[delay_ms=20]] alpha beta gamma delta", "transaction": {"n": 7}},
         response_topic="reply/mine",
         correlation_data=b"\x00corr\xff",
     )
@@ -43,8 +44,28 @@ def test_stream_is_ordered_complete_and_matches_final_reply(
     assert reply_msg.correlation_data == b"\x00corr\xff"
     assert "".join(c["delta"] for c in deltas) == reply["data"]["text"]
     assert reply["data"]["usage"]["completion_tokens"] == len(deltas)
+    assert chunks[-1]["seq"] == len(deltas)
     timings = reply["data"]["timings"]
     assert timings["ttft_ms"] > 0 and timings["decode_tokens_per_s"] > 0 and timings["prefill_ms"] > 0
+
+
+def test_a_stream_that_falls_behind_is_coalesced_without_changing_the_text(
+    start_daemon: Start, mqtt_probe: Probe
+) -> None:
+    """An unthrottled answer comes in fewer chunks than tokens, joined to the exact text, seq gap-free."""
+    _d, base = start_daemon()
+    mqtt_probe.subscribe(f"{base}/stream/#", f"{base}/response/generate")
+    mqtt_probe.publish(
+        f"{base}/request/generate",
+        {"id": "fast", "prompt": "[[len=2000]] [[split_utf8]] a b c", "max_tokens": 2000},
+    )
+    chunks = stream_of(mqtt_probe, base, "fast", timeout=60)
+    reply = final_of(mqtt_probe, f"{base}/response/generate")
+    deltas = [c for c in chunks if "delta" in c]
+    assert reply["status"] == "ok" and reply["data"]["usage"]["completion_tokens"] == 2000
+    assert "".join(c["delta"] for c in deltas) == reply["data"]["text"] and "\u20ac" in reply["data"]["text"]
+    assert [c["seq"] for c in deltas] == list(range(len(deltas))) and chunks[-1]["seq"] == len(deltas)
+    assert len(deltas) < 2000
 
 
 def test_text_stream_reads_as_running_text(start_daemon: Start, mqtt_probe: Probe) -> None:
