@@ -191,6 +191,56 @@ def test_republish_rejects_bad_routes() -> None:
         PluginHarness("republish", {"routes": [{"topic": "a", "payload": "{answer}"}]})
 
 
+def test_republish_sentences_as_they_are_written() -> None:
+    """A sentences route publishes each whole sentence while the answer streams, the rest at the end."""
+    cfg = {
+        "routes": [
+            {"topic": "tts/say", "sentences": True, "when_field": "speak"},
+            {"topic": "tts/log", "sentences": True, "payload": "json", "models": ["other"]},
+            {"topic": "answers", "payload": "{text}"},
+        ]
+    }
+    with PluginHarness("republish", cfg) as h:
+        req = h.preprocess({"prompt": "hi", "speak": True, "id": "a"})
+        h.stream(req, ["Sure! The kitchen ", "light is **on**. Dr. Smith", " says hi", " e.g. to"])
+        assert [p.text for p in h.published("tts/say")] == ["Sure! The kitchen light is on."]
+        h.stream(req, [" you. Bye"])
+        assert h.published("tts/say")[-1].text == "Dr. Smith says hi e.g. to you."
+        text = "Sure! The kitchen light is **on**. Dr. Smith says hi e.g. to you. Bye"
+        h.finish(req, text)
+        assert [p.text for p in h.published("tts/say")][-1] == "Bye"
+        assert h.published("tts/log") == [] and [p.text for p in h.published("answers")] == [text]
+        quiet = h.preprocess({"prompt": "hi", "id": "b"})  # no "speak": that route stays silent
+        h.stream(quiet, ["One sentence here. Another one."])
+        h.finish(quiet, "One sentence here. Another one.")
+        assert len(h.published("tts/say")) == 3
+
+
+def test_republish_sentences_json_and_cancel() -> None:
+    """JSON sentence messages carry id and seq; a cancelled answer's half sentence is not sent."""
+    cfg = {"routes": [{"topic": "tts", "sentences": True, "payload": "json"}], "sentence_min_chars": 0}
+    with PluginHarness("republish", cfg) as h:
+        req = h.preprocess({"prompt": "hi", "id": "c"})
+        h.stream(req, ["Ok. Fine. And then we went"])
+        h.finish(req, "Ok. Fine. And then we went", finish_reason="cancelled")
+        assert [p.json() for p in h.published("tts")] == [
+            {"id": "c", "seq": 0, "text": "Ok."},
+            {"id": "c", "seq": 1, "text": "Fine."},
+        ]
+
+
+def test_republish_rejects_bad_sentence_routes() -> None:
+    """A sentences route knows only the variables of a sentence, never only errors, and sane limits."""
+    with pytest.raises(ValueError, match="unknown variable"):
+        PluginHarness(
+            "republish", {"routes": [{"topic": "a", "sentences": True, "payload": "{finish_reason}"}]}
+        )
+    with pytest.raises(ValueError, match="only must be"):
+        PluginHarness("republish", {"routes": [{"topic": "a", "sentences": True, "only": "error"}]})
+    with pytest.raises(ValueError, match="min_chars"):
+        PluginHarness("republish", {"sentence_min_chars": 500})
+
+
 # --- transcript ---------------------------------------------------------------------------------
 
 

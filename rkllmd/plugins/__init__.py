@@ -15,7 +15,8 @@ Threads (see docs/ARCHITECTURE.md): preprocessors and topic handlers on the *ing
 routers and stats contributors on the *dispatcher* thread, setup and teardown on the *main*
 thread (a retry after :class:`NotReady` on a timer thread), never the inference thread.
 
-docs/PLUGINS.md is the guide for plugin authors; rkllmd.testing is the kit to test one.
+docs/PLUGINS.md is the guide for plugin authors; rkllmd.testing is the kit to test one. A plugin that
+speaks answers takes ``SentenceChunker`` (or ``Utterances``, sentences ready to say) from here too.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from rkllmd.plugins.contract import (
 )
 from rkllmd.plugins.host import PluginHost
 from rkllmd.plugins.loader import PluginLoadError, discover, load_plugin
+from rkllmd.sentences import SentenceChunker, Utterances
 
 __all__ = [
     "API_VERSION",
@@ -49,8 +51,10 @@ __all__ = [
     "PluginHost",
     "PluginLoadError",
     "Request",
+    "SentenceChunker",
     "Services",
     "Token",
+    "Utterances",
     "discover",
     "load_plugin",
 ]

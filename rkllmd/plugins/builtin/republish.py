@@ -12,18 +12,30 @@
 ``ok`` answers, ``error`` replies, or ``all``; ``models`` limits a route to some models;
 ``when_field`` sends only for requests that carried that field set to true (the field is
 consumed, so ``{"prompt": "...", "speak": true}`` is a valid request).
+
+A route with ``sentences = true`` speaks while the model writes: it publishes each whole sentence
+as soon as it is complete (rkllmd.sentences: markdown and code left out), one message per
+sentence, instead of the final answer. Its ``payload`` is ``json`` (``{"id", "seq", "text"}``) or
+a template with ``{text}`` (the sentence), ``{seq}`` (its number, from 0), ``{id}``, ``{model}``,
+``{topic}`` and ``{session}``. A cancelled or failed answer's unfinished last sentence is not
+sent. ``sentence_max_chars`` and ``sentence_min_chars`` tune the chunker for every such route:
+
+    [plugins.republish]
+    routes = [{ topic = "tts/kitchen/say", sentences = true, when_field = "speak" }]
 """
 
 from __future__ import annotations
 
 import string
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from rkllmd.errors import WrongType
 from rkllmd.plugins import Final, Plugin, PluginConfig, PluginContext, Request, Token
 from rkllmd.protocol import check_publish_topic
+from rkllmd.sentences import MAX_CHARS, MIN_CHARS, SentenceChunker, Utterances
 
 VARIABLES = {
     "id",
@@ -37,11 +49,14 @@ VARIABLES = {
     "topic",
     "session",
 }
+SENTENCE_VARIABLES = {"id", "model", "text", "seq", "topic", "session"}
+_SPEECH = "republish.sentences"  # Request.meta key: the request's _Speech
 
 
 class Route(PluginConfig):
     topic: str
     payload: str = Field("{text}", description='"json", or a template with {text}, {id}, ...')
+    sentences: bool = Field(False, description="each whole sentence as it is written, not the answer")
     only: Literal["ok", "error", "all"] = "ok"
     commands: list[str] = Field(default_factory=lambda: ["generate"])
     models: list[str] = Field(default_factory=list, description="empty = every model")
@@ -55,18 +70,38 @@ class Route(PluginConfig):
         check_publish_topic(v, "topic")
         return v
 
-    @field_validator("payload")
-    @classmethod
-    def _payload_ok(cls, v: str) -> str:
-        if v != "json":
-            for _, name, _, _ in string.Formatter().parse(v):
-                if name is not None and name not in VARIABLES:
-                    raise ValueError(f"unknown variable {{{name}}}; known: {', '.join(sorted(VARIABLES))}")
-        return v
+    @model_validator(mode="after")
+    def _payload_ok(self) -> Route:
+        known = SENTENCE_VARIABLES if self.sentences else VARIABLES
+        if self.payload != "json":
+            for _, name, _, _ in string.Formatter().parse(self.payload):
+                if name is not None and name not in known:
+                    where = " in a sentences route" if self.sentences else ""
+                    raise ValueError(f"unknown variable {{{name}}}{where}; known: {', '.join(sorted(known))}")
+        if self.sentences and self.only == "error":
+            raise ValueError('a sentences route publishes while the answer is written: only must be "ok"')
+        return self
 
 
 class Config(PluginConfig):
     routes: list[Route] = Field(default_factory=list)
+    sentence_max_chars: int = Field(
+        MAX_CHARS, description="sentences routes: cut text without a sentence end"
+    )
+    sentence_min_chars: int = Field(MIN_CHARS, description="sentences routes: join shorter sentences")
+
+    @model_validator(mode="after")
+    def _chunker_ok(self) -> Config:
+        SentenceChunker(self.sentence_max_chars, self.sentence_min_chars)  # raises on bad limits
+        return self
+
+
+@dataclass
+class _Speech:
+    """A request's sentences so far (dispatcher thread)."""
+
+    utterances: Utterances
+    seq: int = 0
 
 
 def render(route: Route, final: Final) -> bytes | dict[str, Any]:
@@ -88,6 +123,20 @@ def render(route: Route, final: Final) -> bytes | dict[str, Any]:
     return route.payload.format_map(values).encode()
 
 
+def render_sentence(route: Route, req: Request, seq: int, text: str) -> bytes | dict[str, Any]:
+    if route.payload == "json":
+        return {"id": req.id, "seq": seq, "text": text}
+    values = {
+        "id": req.id or "",
+        "model": req.model or "",
+        "text": text,
+        "seq": seq,
+        "topic": req.topic,
+        "session": (req.meta.get("sessions") or {}).get("session") or "",
+    }
+    return route.payload.format_map(values).encode()
+
+
 def setup(ctx: PluginContext, config: Config) -> None:
     fields = {r.when_field for r in config.routes if r.when_field}
 
@@ -102,19 +151,40 @@ def setup(ctx: PluginContext, config: Config) -> None:
                     flags.add(f)
         return req
 
+    def applies(r: Route, req: Request, model: str | None) -> bool:
+        if req.command not in r.commands or (r.models and model not in r.models):
+            return False
+        return not r.when_field or r.when_field in req.meta.get("republish", ())
+
+    speaking = [r for r in config.routes if r.sentences]
+
+    def say(req: Request, speech: _Speech, sentences: list[str]) -> None:
+        for text in sentences:
+            for r in speaking:
+                if applies(r, req, req.model):
+                    ctx.publish(
+                        r.topic, render_sentence(r, req, speech.seq, text), retain=r.retain, qos=r.qos
+                    )
+            speech.seq += 1
+
     def route(event: Token | Final) -> None:
-        if not isinstance(event, Final):
-            return
         req = event.request
+        if isinstance(event, Token):
+            speech = req.meta.get(_SPEECH)
+            if speech is None and any(applies(r, req, req.model) for r in speaking):
+                speech = _Speech(Utterances(config.sentence_max_chars, config.sentence_min_chars))
+                req.meta[_SPEECH] = speech
+            if speech is not None:
+                say(req, speech, speech.utterances.feed(event.delta))
+            return
+        speech = req.meta.pop(_SPEECH, None)
+        if speech is not None and event.ok and event.data.get("finish_reason") != "cancelled":
+            say(req, speech, speech.utterances.finish())
         for r in config.routes:
-            if req.command not in r.commands or (r.only != "all" and r.only != event.status):
+            if r.sentences or (r.only != "all" and r.only != event.status):
                 continue
-            model = event.data.get("model") or req.model
-            if r.models and model not in r.models:
-                continue
-            if r.when_field and r.when_field not in req.meta.get("republish", ()):
-                continue
-            ctx.publish(r.topic, render(r, event), retain=r.retain, qos=r.qos)
+            if applies(r, req, event.data.get("model") or req.model):
+                ctx.publish(r.topic, render(r, event), retain=r.retain, qos=r.qos)
 
     if fields:
         ctx.add_preprocessor(preprocess, commands={c for r in config.routes for c in r.commands})
@@ -123,8 +193,8 @@ def setup(ctx: PluginContext, config: Config) -> None:
 
 PLUGIN = Plugin(
     name="republish",
-    version="1.0.0",
-    description="send final answers or their text to other topics",
+    version="1.1.0",
+    description="send final answers, their text or their sentences as they are written, to other topics",
     config=Config,
     setup=setup,
 )
