@@ -343,3 +343,26 @@ def test_openai_tool_use_over_two_turns_on_the_double(served: Served) -> None:
     bad = [*messages[:2], {"role": "tool", "tool_call_id": "nope", "content": "snow"}]
     with pytest.raises(openai.BadRequestError, match="matches no earlier tool call"):
         served.client().chat.completions.create(model="fake", messages=bad, tools=[tool])
+
+
+def test_stream_sends_each_delta_as_it_is_generated(served: Served, broker: Broker) -> None:
+    """The first words reach the client while the model still writes (the run can still be cancelled),
+    which Home Assistant's OpenAI-compatible agents need to stream an answer into text-to-speech."""
+    known = {r["request_id"] for r in served.log("request queued")}
+    stream = served.client().chat.completions.create(
+        model="fake", messages=user("[[len=60]] [[delay_ms=50]] kk1"), stream=True
+    )
+    chunks = iter(stream)
+    first = next(chunks)
+    assert first.choices[0].delta.role == "assistant"
+    assert next(chunks).choices[0].delta.content == "KK1"
+    rid = served.new_http_id("request queued", known)
+    probe = Probe(broker)
+    try:
+        probe.publish(f"{BASE}/request/cancel", rid)
+    finally:
+        probe.close()
+    rest = list(chunks)
+    said = "KK1" + "".join(c.choices[0].delta.content or "" for c in rest if c.choices)
+    assert 0 < len(said.split()) < 60
+    assert rest[-1].choices[0].finish_reason == "stop"

@@ -21,7 +21,7 @@ import pytest
 from rkllmd.bench.broker import free_port
 from rkllmd.testing import wait_until
 from tests.e2e.conftest import rkllm_config
-from tests.helpers import Broker, DaemonProc
+from tests.helpers import Broker, DaemonProc, Probe
 
 BASE = "ollamaf"
 KEY = "ollama-test-key"
@@ -82,6 +82,12 @@ def served(
 
 def user(content: str) -> list[dict[str, Any]]:
     return [{"role": "user", "content": content}]
+
+
+def queued_ids(proc: DaemonProc) -> list[str]:
+    """The request ids the daemon logged as queued, in order."""
+    lines = [json.loads(line) for line in proc.log_text().splitlines() if '"request queued"' in line]
+    return [str(r["request_id"]) for r in lines if r.get("event") == "request queued"]
 
 
 def test_version_tags_ps_show(served: Served) -> None:
@@ -284,3 +290,24 @@ def test_tool_call_comes_back_as_message_tool_calls(served: Served) -> None:
     ]
     answer = c.chat(model="fake:latest", messages=messages, tools=[HASS_TURN_ON], stream=False)
     assert answer.message.content and not answer.message.tool_calls
+
+
+def test_stream_sends_each_delta_as_it_is_generated(served: Served, broker: Broker) -> None:
+    """The first words reach the client while the model still writes (the run can still be cancelled),
+    which Home Assistant needs to stream an answer into text-to-speech."""
+    known = set(queued_ids(served.proc))
+    parts = iter(
+        served.client().chat(model="fake", messages=user("[[len=60]] [[delay_ms=50]] jj1"), stream=True)
+    )
+    first = next(parts)
+    assert not first.done and first.message.content == "JJ1"
+    rid = next(i for i in queued_ids(served.proc) if i not in known)
+    probe = Probe(broker)
+    try:
+        probe.publish(f"{BASE}/request/cancel", rid)
+    finally:
+        probe.close()
+    rest = list(parts)
+    assert rest[-1].done and not any(p.done for p in rest[:-1])
+    said = (first.message.content or "") + "".join(p.message.content or "" for p in rest)
+    assert 0 < len(said.split()) < 60
