@@ -61,6 +61,7 @@ class MqttPath:
         self.daemon: DaemonProcess | None = None
         self.client: BenchClient | None = None
         self.base = "bench" + uuid.uuid4().hex[:8]  # never shares retained topics with a real rkllmd
+        self._model: str | None = None  # the model load() loaded: every request names it
         try:
             if host is None:
                 self.broker = LocalBroker(workdir)
@@ -97,6 +98,7 @@ class MqttPath:
     def load(self, model: str) -> dict[str, Any]:
         """Load ``model`` in the daemon; returns the runtime part of its retained info topic."""
         self._command("load", {"model": model})
+        self._model = model
         assert self.client is not None
         runtime = self.client.info.get("runtime")
         return runtime if isinstance(runtime, dict) else {}
@@ -115,7 +117,8 @@ class MqttPath:
         assert self.client is not None
         if clear:
             self._command("clear_cache", {})
-        ex = self.client.generate(request)
+        # The request names the model: the daemon would otherwise answer with its default one.
+        ex = self.client.generate({**request, "model": self._model} if self._model else request)
         if ex.reply.get("status") != "ok":
             raise DaemonError(f"generate failed: {ex.reply.get('code')}: {ex.reply.get('error')}")
         data = ex.reply["data"]

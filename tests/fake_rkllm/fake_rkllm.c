@@ -420,6 +420,7 @@ static int do_run(Fake *f, RunArgs *a) {
     atomic_store(&stats[S_PREFILL_REUSED], reused);
     atomic_store(&stats[S_PC_USED], pc_used);
     prefill_sleep(f, (long)computed * p.prefill_us);
+    t0 = now_ms(); /* generate time starts after the prefill */
     if (!atomic_load(&f->abort_flag)) {
         f->sys_cached = 1;
         if (a->save_cache) save_prompt_cache(f, a->cache_path, full);
