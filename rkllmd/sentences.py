@@ -44,15 +44,17 @@ punctuation) after ``max_chars`` characters; so speech never waits for the end o
 A sentence longer than ``max_chars`` is cut the same way.
 
 :class:`SpeechFilter` turns a piece into what to say: markdown markers, code blocks, table rules
-and link targets are left out. :class:`Utterances` is the two together.
+and link targets are left out. :class:`Utterances` is the two together. :func:`first_sentence_at`
+is the time to the first sentence of a recorded stream, by the same rules rkllmd publishes with.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
+from collections.abc import Iterable
 
-__all__ = ["MAX_CHARS", "MIN_CHARS", "SentenceChunker", "SpeechFilter", "Utterances"]
+__all__ = ["MAX_CHARS", "MIN_CHARS", "SentenceChunker", "SpeechFilter", "Utterances", "first_sentence_at"]
 
 MAX_CHARS = 200  # about 3 s of a 1.5B model's output on an RK3588; long sentences are cut at a comma
 MIN_CHARS = 10  # "Ok." and "Sure!" are joined with the sentence after them
@@ -410,3 +412,26 @@ class Utterances:
 
     def _said(self, pieces: list[str]) -> list[str]:
         return [s for s in (self._filter.say(p) for p in pieces) if s]
+
+
+def first_sentence_at(
+    deltas: Iterable[tuple[float, str]],
+    end: float | None = None,
+    *,
+    max_chars: int = MAX_CHARS,
+    min_chars: int = MIN_CHARS,
+) -> tuple[float, str] | None:
+    """When the first sentence to say was complete in a recorded stream of ``(time, delta)``.
+
+    Returns the time of the delta that completed it and the sentence, as rkllmd would publish it
+    on ``<base>/stream/<id>/sentences`` (:class:`Utterances`). An answer whose first sentence ends
+    only with the answer is complete at ``end`` (the final reply's time); None when there is no
+    such time or nothing is said. For benchmarks: the time to the first sentence of a turn.
+    """
+    speech = Utterances(max_chars, min_chars)
+    for at, delta in deltas:
+        said = speech.feed(delta)
+        if said:
+            return at, said[0]
+    said = speech.finish()
+    return (end, said[0]) if said and end is not None else None

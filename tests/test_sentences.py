@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from rkllmd.sentences import SentenceChunker, SpeechFilter, Utterances
+from rkllmd.sentences import SentenceChunker, SpeechFilter, Utterances, first_sentence_at
 
 
 def pieces(text: str, **kw: int) -> list[str]:
@@ -224,3 +224,12 @@ def test_utterances_are_sentences_ready_to_speak() -> None:
     u = Utterances()
     said = u.feed("# Weather\nIt is **sunny** today.\n```\ncode here\n```\nBye for now!")
     assert said + u.finish() == ["Weather. It is sunny today.", "Bye for now!"]
+
+
+def test_first_sentence_at_times_a_recorded_stream() -> None:
+    """The time to the first sentence is the delta that completed it, or the end for a one-sentence answer."""
+    stream = [(0.1, "The light"), (0.2, " is on."), (0.3, " Anything"), (0.4, " else?")]
+    assert first_sentence_at(stream) == (0.3, "The light is on.")
+    assert first_sentence_at(stream[:2], end=0.25) == (0.25, "The light is on.")
+    assert first_sentence_at(stream[:2]) is None
+    assert first_sentence_at([(0.1, "```"), (0.2, "\ncode\n")], end=1.0) is None
