@@ -87,7 +87,7 @@ class Daemon:
         )
         # The services reach the parts below only when a plugin calls them, after they exist.
         self.plugins = PluginHost.from_settings(_PluginServices(self))
-        self.dispatcher = Dispatcher(self.bus, self.topics, self.plugins, self._info)
+        self.dispatcher = Dispatcher(self.bus, self.topics, self.plugins, self._info, stream=settings.stream)
         self.loop = InferenceLoop(
             registry.build_registry(settings),
             settings.default,
@@ -144,8 +144,7 @@ class Daemon:
         )
         self.notifier.ready(f"serving {self.topics.base}/request/# on {self.settings.mqtt.host}")
         self.notifier.start_watchdog(self._liveness)
-        while not self._stop.wait(0.5):
-            pass
+        self._stop.wait()  # no timeout: the signal handler's set() wakes it, nothing else does
         self.shutdown()
         return 0
 

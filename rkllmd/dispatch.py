@@ -9,6 +9,11 @@ the loop reports, at most once per ``STATS_MIN_INTERVAL_S`` (``StatsThrottle``: 
 trailing, so the last state always goes out); a pending trailing publish is the only thing that
 gives the queue wait a timeout. A request with ``"sentences": true`` has its tokens cut into
 whole sentences here too (rkllmd.sentences, one chunker per request), never on the inference thread.
+
+Stream chunks (``ChunkJoiner``): the tokens of a request that wait in the queue together leave as
+one chunk with their joined text, so a stream that falls behind catches up instead of queueing
+one message per token; ``[stream] coalesce_ms`` also holds tokens that come within that long of
+the request's last chunk. Each chunk's ``seq`` counts chunks, from 0, with no gaps.
 """
 
 from __future__ import annotations
@@ -24,11 +29,12 @@ import structlog
 
 from rkllmd import protocol
 from rkllmd.bus import Bus
-from rkllmd.exchange import Final, Token
+from rkllmd.exchange import Exchange, Final, Token
 from rkllmd.loop import Event, Stats
 from rkllmd.plugins.host import PluginHost
 from rkllmd.protocol import Topics
 from rkllmd.sentences import Utterances
+from rkllmd.settings import StreamSettings
 
 log = structlog.get_logger("rkllmd")
 
@@ -37,16 +43,27 @@ log = structlog.get_logger("rkllmd")
 STATS_MIN_INTERVAL_S = 0.25
 
 _END = object()
+MAX_BATCH = 10_000  # events taken from the queue at once: a bound on what one pass holds
 
 
 class Dispatcher:
     """Publishes stream chunks, final replies, stats and info; routes tokens and replies."""
 
-    def __init__(self, bus: Bus, topics: Topics, plugins: PluginHost, info: Callable[[], dict[str, Any]]):
-        """``info`` builds the retained info topic, re-published after a load or an unload."""
+    def __init__(
+        self,
+        bus: Bus,
+        topics: Topics,
+        plugins: PluginHost,
+        info: Callable[[], dict[str, Any]],
+        stream: StreamSettings | None = None,
+    ):
+        """``info`` builds the retained info topic, re-published after a load or an unload;
+        ``stream`` is the ``[stream]`` table (QoS, the text topic, the coalescing window)."""
         self.bus, self.topics, self.plugins, self._info = bus, topics, plugins, info
         self._events: queue.Queue[Event | object] = queue.Queue()
         self._gate = StatsThrottle(STATS_MIN_INTERVAL_S)  # dispatcher thread only
+        self.stream = stream if stream is not None else StreamSettings()
+        self._joiner = ChunkJoiner(self.stream.coalesce_ms / 1000)  # dispatcher thread only
         self._speech: dict[str, Utterances] = {}  # request id -> its sentence chunker (dispatcher thread)
         self._thread = threading.Thread(target=self._main, name="dispatcher", daemon=True)
 
@@ -78,24 +95,40 @@ class Dispatcher:
     # --- dispatcher thread -----------------------------------------------------------------
 
     def _main(self) -> None:
-        gate = self._gate
+        gate, joiner = self._gate, self._joiner
         while True:
-            # Blocks without a timeout unless a trailing stats publish is pending: no idle wakeups.
-            ev: Event | object | None
+            # Blocks without a timeout unless a trailing stats publish or a held chunk is due:
+            # no idle wakeups.
+            now = time.monotonic()
+            batch = self._next_batch(_soonest(gate.wait_s(now), joiner.wait_s(now)))
+            ended = _END in batch
+            if ended:
+                batch = batch[: batch.index(_END)]
+            for ev in joiner.feed(batch, time.monotonic(), flush=ended):
+                try:
+                    if isinstance(ev, (Token, Final, Stats)):
+                        self._dispatch(ev)
+                except Exception:  # a failed publish must not stop the replies that follow
+                    log.exception("dispatch failed")
+                if isinstance(ev, Final):
+                    joiner.forget(ev.request)
             try:
-                ev = self._events.get(timeout=gate.wait_s(time.monotonic()))
-            except queue.Empty:
-                ev = None
-            if ev is _END:
-                with contextlib.suppress(Exception):
-                    self._publish_stats(gate.due(time.monotonic(), force=True))
-                return
-            try:
-                if isinstance(ev, (Token, Final, Stats)):
-                    self._dispatch(ev)
-                self._publish_stats(gate.due(time.monotonic()))
-            except Exception:  # a failed publish must not stop the replies that follow
+                self._publish_stats(gate.due(time.monotonic(), force=ended))
+            except Exception:
                 log.exception("dispatch failed")
+            if ended:
+                return
+
+    def _next_batch(self, timeout: float | None) -> list[Any]:
+        """The next event and whatever else waits behind it (up to ``MAX_BATCH``); [] on timeout."""
+        try:
+            batch = [self._events.get(timeout=timeout)]
+        except queue.Empty:
+            return []
+        with contextlib.suppress(queue.Empty):
+            while len(batch) < MAX_BATCH:
+                batch.append(self._events.get_nowait())
+        return batch
 
     def _dispatch(self, ev: Event) -> None:
         if isinstance(ev, Token):
@@ -104,9 +137,12 @@ class Dispatcher:
                 self.bus.publish(
                     self.topics.stream(job.id),
                     protocol.stream_chunk(job.id, ev.seq, ev.delta),
+                    qos=self.stream.qos,
                     droppable=True,
                 )
-                self.bus.publish(self.topics.stream_text(job.id), ev.delta.encode(), droppable=True)
+                if self.stream.text_topic:
+                    topic = self.topics.stream_text(job.id)
+                    self.bus.publish(topic, ev.delta.encode(), qos=self.stream.qos, droppable=True)
             if job.sentences and job.id is not None:
                 self._say(job.id, self._speech.setdefault(job.id, Utterances()).feed(ev.delta))
             if job.address is not None and self.plugins.has_routers:
@@ -136,9 +172,11 @@ class Dispatcher:
         if job.command == "generate" and job.stream and job.id is not None:
             finish = str(final.data.get("finish_reason", "stop")) if final.ok else "error"
             self.bus.publish(
-                self.topics.stream(job.id), protocol.stream_end(job.id, job.run.seq, finish, final.status)
+                self.topics.stream(job.id),
+                protocol.stream_end(job.id, self._joiner.sent(job), finish, final.status),
             )
-            self.bus.publish(self.topics.stream_text(job.id), b"\n")
+            if self.stream.text_topic:
+                self.bus.publish(self.topics.stream_text(job.id), b"\n")
         if job.command == "generate" and job.sentences and job.id is not None:
             self._end_sentences(job.id, final)
         if job.command in ("load", "unload"):
@@ -224,3 +262,79 @@ class StatsThrottle:
             return None
         stats, self._held, self._last = self._held, None, now
         return stats
+
+
+def _soonest(*waits: float | None) -> float | None:
+    """The shortest of the waits given, None (wait for ever) when none is."""
+    known = [w for w in waits if w is not None]
+    return min(known) if known else None
+
+
+class _Stream:
+    """One request's chunks so far (ChunkJoiner)."""
+
+    __slots__ = ("job", "last", "sent", "texts")
+
+    def __init__(self, job: Exchange) -> None:
+        self.job = job
+        self.texts: list[str] = []  # deltas not yet in a chunk
+        self.sent = 0  # chunks handed on; the next chunk's seq
+        self.last: float | None = None  # monotonic time of the last chunk
+
+
+class ChunkJoiner:
+    """Turns each request's Token events into its stream chunks; used on the dispatcher thread only.
+
+    ``feed`` takes the events the dispatcher took from its queue at once and gives them back in
+    order, each request's tokens joined into one Token with the chunk's ``seq`` (0, 1, 2, ... per
+    request, no gaps), placed after the other events and before the request's Final. With a
+    window (``coalesce_ms``), a request's text that comes within ``window_s`` of its last chunk is
+    held until the window has passed (``wait_s`` says when), then leaves as one chunk; the first
+    chunk of a request never waits. Joining never changes the text, only how it is cut.
+    """
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self._streams: dict[int, _Stream] = {}  # id(exchange) -> its chunks; the exchange is kept
+
+    def feed(self, events: list[Any], now: float, *, flush: bool = False) -> list[Any]:
+        """``events`` in order with their tokens joined; ``flush`` hands on every held text too."""
+        out: list[Any] = []
+        for ev in events:
+            if isinstance(ev, Token):
+                st = self._streams.get(id(ev.request))
+                if st is None:
+                    st = self._streams[id(ev.request)] = _Stream(ev.request)
+                st.texts.append(ev.delta)
+                continue
+            if isinstance(ev, Final):  # the request's last text goes before its reply
+                st = self._streams.get(id(ev.request))
+                if st is not None and st.texts:
+                    out.append(self._chunk(st, now))
+            out.append(ev)
+        out.extend(self._chunk(st, now) for st in list(self._streams.values()) if self._ready(st, now, flush))
+        return out
+
+    def wait_s(self, now: float) -> float | None:
+        """Seconds until a held text is due, None while nothing is held."""
+        due = [st.last + self.window_s for st in self._streams.values() if st.texts and st.last is not None]
+        return max(0.0, min(due) - now) if due else None
+
+    def sent(self, job: Exchange) -> int:
+        """Chunks handed on for ``job`` so far: its end message's ``seq``."""
+        st = self._streams.get(id(job))
+        return st.sent if st is not None else 0
+
+    def forget(self, job: Exchange) -> None:
+        """The request has ended (after its Final is dispatched)."""
+        self._streams.pop(id(job), None)
+
+    def _ready(self, st: _Stream, now: float, flush: bool) -> bool:
+        if not st.texts:
+            return False
+        return flush or st.last is None or now - st.last >= self.window_s
+
+    def _chunk(self, st: _Stream, now: float) -> Token:
+        tok = Token(st.job, st.sent, "".join(st.texts))
+        st.texts, st.sent, st.last = [], st.sent + 1, now
+        return tok

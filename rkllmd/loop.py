@@ -3,8 +3,9 @@
 Threads:
 - the *inference thread* (``InferenceLoop._run``) runs every job in order: load, unload,
   generate, clear-cache. It alone calls the runtime, except ``abort``.
-- the *watchdog thread* ends generations that overrun their first-token or total time limit
-  by calling ``abort``, the one runtime call allowed from another thread.
+- the *watchdog thread* ends generations that overrun their first-token, total or stall time
+  limit by calling ``abort``, the one runtime call allowed from another thread. It sleeps until
+  the running generation's next deadline, and with nothing running it does not wake at all.
 - any thread may call ``submit`` and ``cancel``.
 
 The loop never publishes: it hands events (``Token``, ``Final``, ``Stats``) to ``emit``, which
@@ -112,6 +113,7 @@ class InferenceLoop:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+        self._watch_cond = threading.Condition()  # the watchdog sleeps on it until a deadline
         self._stats: dict[str, Any] = {"requests": 0, "errors": 0, "completion_tokens": 0, "crashes": 0}
         self._crashes: dict[str, collections.deque[float]] = {}
         self._reload_after_crash: str | None = None
@@ -178,6 +180,7 @@ class InferenceLoop:
                 if cur.run.abort_reason is None:
                     cur.run.abort_reason = "cancelled"
                     cur.run.aborted_at = time.monotonic()
+                    self._wake_watchdog()
                 self._abort_runtime()
                 return "running"
         raise NotFound(f"no queued or running request with id {request_id!r}")
@@ -203,6 +206,7 @@ class InferenceLoop:
                 cur.run.aborted_at = time.monotonic()
                 self._abort_runtime()
         self._stop.set()
+        self._wake_watchdog()
         with self._cond:
             self._cond.notify_all()
         self._thread.join(timeout=max(5.0, grace_s))
@@ -344,6 +348,7 @@ class InferenceLoop:
             self.emit(Final(job, "ok", self._final_data(job, "cancelled")))
             return
         job.run.started_at = time.monotonic()
+        self._wake_watchdog()
         self._stats["requests"] += 1
 
         # With tools, the model's call markup is taken out of the text here, for every runtime:
@@ -501,35 +506,55 @@ class InferenceLoop:
 
     # --- watchdog thread -----------------------------------------------------------------------
 
+    def _wake_watchdog(self) -> None:
+        """A generation started or was asked to abort: the watchdog's next deadline changed (any thread)."""
+        with self._watch_cond:
+            self._watch_cond.notify()
+
     def _watch(self) -> None:
+        """Sleep until the running generation's next deadline; with none running, without a
+        timeout, so an idle daemon has no wake-ups. A token moves the stall deadline later
+        without waking it: it wakes at the old one, finds it moved, and sleeps again."""
+        with self._watch_cond:
+            while not self._stop.is_set():
+                self._watch_cond.wait(self._check_deadlines(time.monotonic()))
+
+    def _check_deadlines(self, now: float) -> float | None:
+        """Abort (or kill) the running generation if a limit is past; seconds to its next deadline,
+        or None when nothing is to be watched until the next generation starts (watchdog thread)."""
         lim = self.limits
-        while not self._stop.wait(0.05):
-            job = self._current
-            if job is None or job.command != "generate" or job.run.started_at is None:
-                continue
-            now = time.monotonic()
-            if job.run.abort_reason is not None:
-                # Abort asked for but the run goes on: a wedged native runtime. Only a worker
-                # process can be ended from outside; a thread-mode runtime has to be waited for.
-                if job.run.aborted_at is not None and now - job.run.aborted_at > lim.abort_grace_s:
-                    kill = getattr(self._runtime, "kill", None)
-                    if kill is not None:
-                        log.error("runtime ignores abort; killing its worker", request_id=job.id)
-                        kill()
-                        job.run.aborted_at = None
-                continue
-            reason: AbortReason | None = None
-            if job.run.first_token_at is None and now - job.run.started_at > lim.first_token_timeout_s:
-                reason = "first_token_timeout"
-            elif now - job.run.started_at > lim.total_timeout_s:
-                reason = "timeout"
-            elif job.run.last_token_at is not None and now - job.run.last_token_at > lim.stall_timeout_s:
-                reason = "stalled"
-            if reason is not None:
-                log.warning("aborting generation", request_id=job.id, reason=reason)
-                job.run.abort_reason = reason
-                job.run.aborted_at = now
-                self._abort_runtime()
+        job = self._current
+        if job is None or job.command != "generate" or job.run.started_at is None:
+            return None
+        run, started = job.run, job.run.started_at
+        if run.abort_reason is not None:
+            # Abort asked for but the run goes on: a wedged native runtime. Only a worker
+            # process can be ended from outside; a thread-mode runtime has to be waited for.
+            if run.aborted_at is None:
+                return None  # killed already: its end, then the next start, is what comes next
+            due = run.aborted_at + lim.abort_grace_s
+            if now < due:
+                return due - now
+            kill = getattr(self._runtime, "kill", None)
+            if kill is not None:
+                log.error("runtime ignores abort; killing its worker", request_id=job.id)
+                kill()
+                run.aborted_at = None
+            return None
+        deadlines: list[tuple[float, AbortReason]] = []
+        if run.first_token_at is None:
+            deadlines.append((started + lim.first_token_timeout_s, "first_token_timeout"))
+        deadlines.append((started + lim.total_timeout_s, "timeout"))
+        if run.last_token_at is not None:
+            deadlines.append((run.last_token_at + lim.stall_timeout_s, "stalled"))
+        due, reason = min(deadlines, key=lambda d: d[0])
+        if now < due:
+            return due - now
+        log.warning("aborting generation", request_id=job.id, reason=reason)
+        run.abort_reason = reason
+        run.aborted_at = now
+        self._abort_runtime()
+        return lim.abort_grace_s
 
 
 def _ms(seconds: float) -> float:

@@ -107,6 +107,25 @@ class LogSettings(Strict):
     format: Literal["auto", "console", "json"] = "auto"
 
 
+class StreamSettings(Strict):
+    """Stream chunks (``<base>/stream/<id>`` and ``…/text``), docs/PROTOCOL.md.
+
+    QoS 0 by default: on one TCP connection a chunk is lost only when the connection is, and then
+    the final reply, sent at ``mqtt.qos``, still carries the whole text. QoS 1 would cost a PUBACK
+    per chunk each way and cap a stream at what paho's in-flight window lets through.
+    """
+
+    qos: Literal[0, 1, 2] = Field(0, description="QoS of stream chunks; the final reply keeps mqtt.qos")
+    text_topic: bool = Field(True, description="also publish the bare deltas on <base>/stream/<id>/text")
+    coalesce_ms: float = Field(
+        0.0,
+        ge=0,
+        le=1000,
+        description="tokens that come within this long of a request's last chunk wait and join the "
+        "next one; 0: only tokens that queued up while the daemon was busy are joined",
+    )
+
+
 # A [models.X] table is the settings model of its runtime (rkllmd.runtime.registry.kinds()).
 ModelSettings = Annotated[RkllmModelSettings | LlamaCppModelSettings, Field(discriminator="runtime")]
 
@@ -160,6 +179,7 @@ class Settings(BaseSettings):
     mqtt: MqttSettings = MqttSettings()
     limits: LimitSettings = LimitSettings()
     log: LogSettings = LogSettings()
+    stream: StreamSettings = StreamSettings()
     rkllm: RkllmSettings = RkllmSettings()
     default_model: str | None = None
     preload: bool = Field(True, description="load the default model at startup")

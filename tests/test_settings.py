@@ -19,7 +19,7 @@ def test_example_config_is_valid_and_complete() -> None:
     assert s.default == "qwen"
     assert set(s.models) == {"qwen", "smollm2"}
     text = (REPO / "config" / "rkllmd.example.toml").read_text()
-    for section, model in (("mqtt", s.mqtt), ("limits", s.limits), ("log", s.log)):
+    for section, model in (("mqtt", s.mqtt), ("limits", s.limits), ("log", s.log), ("stream", s.stream)):
         for key in type(model).model_fields:
             documented = f"{key} =" in text or f"[{section}.{key}]" in text
             assert documented, f"{section}.{key} undocumented"
