@@ -1,8 +1,14 @@
 """The paho-mqtt wrapper: connect with backoff, Will, re-subscribe and re-publish retained state.
 
-Threads: paho's *network thread* runs ``_on_connect``, ``_on_disconnect``, ``_on_subscribe`` and
-``_on_message``; they only copy data and hand it on (``on_incoming`` must just enqueue). ``publish``
-and ``subscribe`` may be called from any thread (paho serialises them internally).
+Threads: paho's *network thread* runs ``_on_connect``, ``_on_disconnect``, ``_on_subscribe``,
+``_on_publish`` and ``_on_message``; they only copy data and hand it on (``on_incoming`` and a
+publish's ``then`` must just enqueue). ``publish``, ``subscribe`` and ``ack`` may be called from any
+thread (paho serialises them internally).
+
+Requests are acknowledged by hand (paho's ``manual_ack``): each QoS 1/2 message carries a
+``Receipt``, and ``ack`` sends its PUBACK only when rkllmd says so, once the request's final reply
+is delivered (docs/FLEET.md, "When a request is acknowledged"). A receipt from an earlier connection
+is acknowledged only if the broker kept the session; otherwise its packet id means nothing now.
 
 Nothing rkllmd owes a client is dropped while the broker is away: paho keeps every QoS>=1
 publish made while disconnected and sends it after the reconnect (its queue is unbounded here).
@@ -13,6 +19,7 @@ still carries the whole text.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import socket
@@ -38,7 +45,7 @@ from tenacity import (
 )
 
 from rkllmd.errors import ConfigError, RkllmdError
-from rkllmd.protocol import Incoming
+from rkllmd.protocol import Incoming, Receipt
 from rkllmd.settings import MqttSettings
 
 log = structlog.get_logger("rkllmd.bus")
@@ -81,10 +88,24 @@ class Bus:
         will_topic: str,
         will_payload: bytes,
         on_incoming: Callable[[Incoming], None],
+        receive_maximum: int | None = None,
     ) -> None:
+        """``receive_maximum`` (MQTT 5): how many unacknowledged requests the broker may send us."""
         self.cfg = cfg
         self.v5 = cfg.protocol == "5"
         self._on_incoming = on_incoming
+        # publish(then=...): packet id -> what to call once the broker has it. A PUBACK may be
+        # handled before publish() has stored its callback; such ids wait in _early (bounded).
+        self._then: dict[int, Callable[[], None]] = {}
+        self._early: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._then_lock = threading.Lock()  # never held while calling paho
+        self._tracking = 0  # publish(then=...) calls between paho's publish and storing the callback
+        self._receive_maximum = receive_maximum if self.v5 else None
+        # Connection generations whose packet ids still mean something to the broker: the
+        # current one, and earlier ones while the broker kept the session.
+        self._generation = 0
+        self._live_generations: set[int] = set()
+        self.session_present = False  # of the latest CONNACK
         self._subs: dict[str, int] = {}
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._lock = threading.Lock()
@@ -100,6 +121,7 @@ class Bus:
             "callback_api_version": CallbackAPIVersion.VERSION2,
             "client_id": cfg.client_id,
             "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
+            "manual_ack": True,
         }
         if not self.v5:
             client_kw["clean_session"] = cfg.clean_start
@@ -126,6 +148,7 @@ class Bus:
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
         self._client.on_message = self._on_message
+        self._client.on_publish = self._on_publish
 
     # --- lifecycle (main thread) ---------------------------------------------------------------
 
@@ -144,10 +167,12 @@ class Bus:
             kw: dict[str, Any] = {"keepalive": cfg.keepalive}
             if self.v5:
                 kw["clean_start"] = cfg.clean_start
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 if not cfg.clean_start:
-                    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                     props.SessionExpiryInterval = cfg.session_expiry_s
-                    kw["properties"] = props
+                if self._receive_maximum is not None:
+                    props.ReceiveMaximum = self._receive_maximum
+                kw["properties"] = props
             self._connecting = True
             try:
                 self._client.connect(cfg.host, cfg.port, **kw)
@@ -256,9 +281,13 @@ class Bus:
         correlation_data: bytes | None = None,
         content_type: str | None = None,
         droppable: bool = False,
+        then: Callable[[], None] | None = None,
     ) -> None:
         """Publish now, or queue it in paho until the broker is back; ``droppable`` (stream chunks)
-        is skipped instead when more than ``STREAM_BACKLOG`` messages already wait."""
+        is skipped instead when more than ``STREAM_BACKLOG`` messages already wait.
+
+        ``then`` is called once the broker has the message (its PUBACK, on paho's network thread,
+        so it must only enqueue), at once for QoS 0, and at once if paho refused the publish."""
         q = self.cfg.qos if qos is None else qos
         if droppable and not self.connected.is_set() and len(self._client._out_messages) >= STREAM_BACKLOG:
             return
@@ -272,9 +301,41 @@ class Bus:
         if retain:
             with self._lock:
                 self._retained[topic] = (payload.encode() if isinstance(payload, str) else payload, q)
-        info = self._client.publish(topic, payload, qos=q, retain=retain, properties=props)
-        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):  # NO_CONN: queued, sent later
+        tracked = then is not None and q > 0
+        if tracked:
+            with self._then_lock:
+                self._tracking += 1  # from here until its callback is stored, note early PUBACKs
+        try:
+            info = self._client.publish(topic, payload, qos=q, retain=retain, properties=props)
+        except BaseException:
+            if tracked:
+                with self._then_lock:
+                    self._tracking -= 1
+            raise
+        failed = info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN)  # NO_CONN: sent later
+        if failed:
             log.error("publish failed", topic=topic, error=mqtt.error_string(info.rc))
+        if then is None:
+            return
+        early = True
+        if tracked:
+            with self._then_lock:
+                self._tracking -= 1
+                early = failed or self._early.pop(info.mid, 0) is None
+                if not early:
+                    self._then[info.mid] = then
+                if not self._tracking:
+                    self._early.clear()
+        if early:
+            then()
+
+    def ack(self, receipt: Receipt) -> None:
+        """Acknowledge a request message to the broker (any thread); see the module docstring."""
+        if receipt.connection not in self._live_generations:
+            return  # the broker dropped that session: the packet id now names nothing (or another message)
+        rc = self._client.ack(receipt.mid, receipt.qos)
+        if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            log.warning("ack failed", mid=receipt.mid, error=mqtt.error_string(rc))
 
     def publish_json(self, topic: str, obj: Any, *, retain: bool = False, qos: int | None = None) -> None:
         self.publish(topic, json.dumps(obj, ensure_ascii=False).encode(), retain=retain, qos=qos)
@@ -302,12 +363,18 @@ class Bus:
         if getattr(reason, "is_failure", False):
             log.error("broker refused connection", reason=str(reason))
             return
+        present = bool(getattr(flags, "session_present", False))
+        self._generation += 1
+        if not present:
+            self._live_generations.clear()
+        self._live_generations.add(self._generation)
+        self.session_present = present
         log.info(
             "connected to broker",
             host=self.cfg.host,
             port=self.cfg.port,
             protocol=self.cfg.protocol,
-            session_present=bool(getattr(flags, "session_present", False)),
+            session_present=present,
         )
         with self._lock:
             # subscribe() reads `connected` under this lock: a topic added before this block is
@@ -338,6 +405,16 @@ class Bus:
                     self._sub_refused.append(f"{topic}: {rc}")
             self._sub_cond.notify_all()
 
+    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        with self._then_lock:
+            then = self._then.pop(mid, None)
+            if then is None and self._tracking:  # perhaps a publish() that has not stored it yet
+                self._early[mid] = None
+                if len(self._early) > 4096:
+                    self._early.popitem(last=False)
+        if then is not None:
+            then()
+
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         props = getattr(msg, "properties", None)
         response_topic = getattr(props, "ResponseTopic", None) if props is not None else None
@@ -349,5 +426,7 @@ class Bus:
                 response_topic=response_topic or None,
                 correlation_data=bytes(corr) if corr is not None else None,
                 received_at=time.monotonic(),
+                receipt=Receipt(self._generation, msg.mid, msg.qos, bool(msg.dup)) if msg.qos > 0 else None,
+                dup=bool(msg.dup),
             )
         )

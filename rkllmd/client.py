@@ -72,7 +72,9 @@ def ask(opts: AskOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) ->
         if getattr(rc, "is_failure", False):
             print(f"rkllmd ask: the broker refused the connection: {rc}", file=err)
             return 2
-        client.subscribe([(topics.stream(rid), 1), (reply_topic, 1), (topics.state, 1)])
+        # A single board's state, or every board's in a fleet (docs/FLEET.md): for the timeout's hint.
+        states = [(topics.state, 1), (topics.node_topic("+", "state"), 1)]
+        client.subscribe([(topics.stream(rid), 1), (reply_topic, 1), *states])
         time.sleep(0.2)  # let the subscriptions settle (the retained state arrives meanwhile)
         req: dict[str, Any] = {"id": rid, "prompt": opts.prompt, "stream": not opts.as_json}
         for key in ("model", "system", "max_tokens", "temperature"):
@@ -100,11 +102,15 @@ def _collect(
 ) -> int:
     deadline = time.monotonic() + opts.timeout
     state = None
+    boards: dict[str, str] = {}  # a fleet's boards and their states
     heard = False
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            hint = f" (its last state: {state})" if state else " (no rkllmd state seen on the broker)"
+            if boards:
+                hint = " (boards: " + ", ".join(f"{n} {s}" for n, s in sorted(boards.items())) + ")"
+            else:
+                hint = f" (its last state: {state})" if state else " (no rkllmd state seen on the broker)"
             what = "stopped answering" if heard else "did not answer"
             print(f"\nrkllmd ask: rkllmd {what} within {opts.timeout:g} s{hint}", file=err)
             return 2
@@ -112,11 +118,15 @@ def _collect(
             topic, payload = inbox.get(timeout=min(left, 0.5))
         except queue.Empty:
             continue
-        if topic == topics.state:
+        if topic == topics.state or (topic.startswith(f"{topics.base}/node/") and topic.endswith("/state")):
             try:
-                state = json.loads(payload).get("state")
+                said = str(json.loads(payload).get("state"))
             except (ValueError, AttributeError):
-                state = payload.decode(errors="replace")
+                said = payload.decode(errors="replace")
+            if topic == topics.state:
+                state = said
+            else:
+                boards[topic.split("/")[-2]] = said
             continue
         heard = True
         if topic == topics.stream(rid):

@@ -24,7 +24,9 @@ from rkllmd import __version__
 from rkllmd.bus import Bus, ConnectCancelled
 from rkllmd.dispatch import Dispatcher
 from rkllmd.exchange import Exchange
+from rkllmd.fleet import Fleet
 from rkllmd.ingress import Ingress
+from rkllmd.journal import Journal
 from rkllmd.loop import InferenceLoop, Limits, Stats
 from rkllmd.plugins.host import PluginHost
 from rkllmd.protocol import Incoming, Topics
@@ -77,17 +79,28 @@ class _PluginServices:
 class Daemon:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topics = Topics(settings.mqtt.base_topic)
+        fleet = settings.fleet
+        self.topics = Topics(settings.mqtt.base_topic, fleet.node() if fleet.enabled else None)
         lim = settings.limits
+        # In a fleet the broker may send a board only as many requests as it can queue and run:
+        # a full board then receives nothing more (docs/FLEET.md, "Back-pressure").
+        in_flight = (fleet.receive_maximum or lim.queue_size + 1) if fleet.enabled else None
         self.bus = Bus(
             settings.mqtt,
             will_topic=self.topics.state,
             will_payload=b'{"state":"offline"}',
             on_incoming=self._incoming,
+            receive_maximum=in_flight,
         )
+        journal_path = None
+        if settings.state_dir is not None:
+            journal_path = settings.state_dir / f"journal-{settings.mqtt.client_id}.jsonl"
+        self.journal = Journal(journal_path)
         # The services reach the parts below only when a plugin calls them, after they exist.
         self.plugins = PluginHost.from_settings(_PluginServices(self))
-        self.dispatcher = Dispatcher(self.bus, self.topics, self.plugins, self._info, stream=settings.stream)
+        self.dispatcher = Dispatcher(
+            self.bus, self.topics, self.plugins, self._info, self.journal, stream=settings.stream
+        )
         self.loop = InferenceLoop(
             registry.build_registry(settings),
             settings.default,
@@ -99,10 +112,25 @@ class Daemon:
                 lim.abort_grace_s,
                 lim.restart_budget,
                 lim.restart_window_s,
+                hold=in_flight or lim.queue_size + 1,
             ),
             self.dispatcher.put,
         )
-        self.ingress = Ingress(settings, self.topics, self.plugins, self.loop, self.dispatcher)
+        self.fleet = (
+            Fleet(settings, self.topics, self.bus, self.loop, self.dispatcher.put) if fleet.enabled else None
+        )
+        if self.fleet is not None:
+            self.dispatcher.on_model_change = self.fleet.model_changed
+        self.ingress = Ingress(
+            settings,
+            self.topics,
+            self.plugins,
+            self.loop,
+            self.dispatcher,
+            ack=self.bus.ack,
+            journal=self.journal,
+            fleet=self.fleet,
+        )
         self._stop = threading.Event()
         self.notifier = Notifier()  # systemd Type=notify; a no-op outside systemd
         self._live: tuple[Any, ...] = ()
@@ -118,7 +146,17 @@ class Daemon:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
+        self.ingress.recover(self.journal.recover())  # before any thread can write to the journal
+        if self.fleet is not None and self.settings.mqtt.clean_start:
+            log.warning(
+                "fleet with a clean session: a board killed mid-request cannot have its requests sent "
+                "again by mosquitto; set mqtt.clean_start = false (docs/FLEET.md)"
+            )
         self.loop.start()
+        if self.settings.preload:
+            # Queued first: with a kept session the broker may send a full queue's worth of
+            # requests the moment rkllmd connects, and the load must not be refused busy.
+            self.loop.submit(Exchange(command="load", topic="", id="startup", model=self.settings.default))
         self.dispatcher.start()
         self.ingress.start()
         try:
@@ -128,13 +166,16 @@ class Daemon:
             self.loop.stop(0)
             return 0
         self.plugins.start()  # before requests arrive, so every request meets the preprocessors
-        self.bus.subscribe(self.topics.request_wildcard)
+        if self.fleet is not None:
+            self.fleet.start()
+        else:
+            self.bus.subscribe(self.topics.request_wildcard)
         self.bus.wait_subscribed()  # a subscription refused by the broker's ACL ends startup here
+        wait = self.settings.mqtt.redelivery_wait_s if self.bus.session_present else 0.0
+        self.ingress.answer_unrecovered(wait)
         self.bus.publish_json(self.topics.state, {"state": "online"}, retain=True)
         self.dispatcher.publish_info()
         self.dispatcher.publish_stats_now(self.loop.snapshot())
-        if self.settings.preload:
-            self.loop.submit(Exchange(command="load", topic="", id="startup", model=self.settings.default))
         log.info(
             "rkllmd ready",
             version=__version__,
@@ -143,6 +184,8 @@ class Daemon:
             broker=f"{self.settings.mqtt.host}:{self.settings.mqtt.port}",
         )
         self.notifier.ready(f"serving {self.topics.base}/request/# on {self.settings.mqtt.host}")
+        if self.fleet is not None:
+            log.info("serving as a board of a fleet", group=self.fleet.group, node=self.fleet.node)
         self.notifier.start_watchdog(self._liveness)
         self._stop.wait()  # no timeout: the signal handler's set() wakes it, nothing else does
         self.shutdown()
@@ -167,6 +210,7 @@ class Daemon:
         self.bus.publish_json(self.topics.state, {"state": "stopped"}, retain=True)
         self.bus.wait_published(5)
         self.bus.disconnect()
+        self.journal.close()
         self.notifier.close()
         log.info("rkllmd stopped")
 
@@ -196,6 +240,8 @@ class Daemon:
             "version": __version__,
             "protocol": 1,
             "base_topic": self.topics.base,
+            "node": self.topics.node,
+            "group": self.settings.fleet.group,
             "default_model": self.settings.default,
             "loaded_model": self.loop.loaded_model,
             "runtime": self.loop.runtime_info(),

@@ -23,6 +23,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
@@ -30,6 +31,7 @@ import structlog
 from rkllmd import protocol
 from rkllmd.bus import Bus
 from rkllmd.exchange import Exchange, Final, Token
+from rkllmd.journal import Journal
 from rkllmd.loop import Event, Stats
 from rkllmd.plugins.host import PluginHost
 from rkllmd.protocol import Topics
@@ -46,6 +48,13 @@ _END = object()
 MAX_BATCH = 10_000  # events taken from the queue at once: a bound on what one pass holds
 
 
+@dataclass(frozen=True)
+class Delivered:
+    """The broker has a request's final reply (its PUBACK): now the request itself is acknowledged."""
+
+    final: Final
+
+
 class Dispatcher:
     """Publishes stream chunks, final replies, stats and info; routes tokens and replies."""
 
@@ -55,12 +64,16 @@ class Dispatcher:
         topics: Topics,
         plugins: PluginHost,
         info: Callable[[], dict[str, Any]],
+        journal: Journal | None = None,
         stream: StreamSettings | None = None,
     ):
         """``info`` builds the retained info topic, re-published after a load or an unload;
-        ``stream`` is the ``[stream]`` table (QoS, the text topic, the coalescing window)."""
+        ``journal`` learns which requests were answered (rkllmd/journal.py); ``stream`` is the
+        ``[stream]`` table (QoS, the text topic, the coalescing window)."""
         self.bus, self.topics, self.plugins, self._info = bus, topics, plugins, info
-        self._events: queue.Queue[Event | object] = queue.Queue()
+        self.journal = journal if journal is not None else Journal(None)
+        self.on_model_change: Callable[[], None] = lambda: None  # after a load or unload (dispatcher thread)
+        self._events: queue.Queue[Event | Delivered | object] = queue.Queue()
         self._gate = StatsThrottle(STATS_MIN_INTERVAL_S)  # dispatcher thread only
         self.stream = stream if stream is not None else StreamSettings()
         self._joiner = ChunkJoiner(self.stream.coalesce_ms / 1000)  # dispatcher thread only
@@ -69,7 +82,7 @@ class Dispatcher:
 
     # --- any thread ------------------------------------------------------------------------
 
-    def put(self, event: Event) -> None:
+    def put(self, event: Event | Delivered) -> None:
         """Queue an event for the dispatcher thread; never blocks."""
         self._events.put(event)
 
@@ -108,6 +121,8 @@ class Dispatcher:
                 try:
                     if isinstance(ev, (Token, Final, Stats)):
                         self._dispatch(ev)
+                    elif isinstance(ev, Delivered):
+                        self._delivered(ev.final)
                 except Exception:  # a failed publish must not stop the replies that follow
                     log.exception("dispatch failed")
                 if isinstance(ev, Final):
@@ -181,6 +196,7 @@ class Dispatcher:
             self._end_sentences(job.id, final)
         if job.command in ("load", "unload"):
             self.publish_info()
+            self.on_model_change()
 
     def _say(self, request_id: str, sentences: list[str]) -> None:
         """Each whole sentence as one plain-text message (docs/PROTOCOL.md, "Sentences")."""
@@ -205,15 +221,32 @@ class Dispatcher:
             body = protocol.reply_body(
                 final.status, final.data, final.code, final.error, address.request_id, address
             )
+            if self.topics.node is not None:
+                body["node"] = self.topics.node  # in a fleet: the board that answered
+            # Only once the broker has the reply is the request acknowledged (docs/FLEET.md):
+            # killed before that, the broker still holds the request and can send it again.
             self.bus.publish(
                 address.topic,
                 protocol.to_json(body),
                 correlation_data=address.correlation_data,
                 content_type="application/json",
+                then=lambda: self.put(Delivered(final)),
             )
         if self.plugins.has_routers:
             ex.id = ex.id or address.request_id
             self.plugins.route(final)
+
+    def _delivered(self, final: Final) -> None:
+        """A reply reached the broker: acknowledge its request, and the journal closes it."""
+        address = final.request.address
+        if address is None:
+            return
+        if address.receipt is not None:
+            self.bus.ack(address.receipt)
+        # Remembered by id for a redelivery's sake only if it ran (a cancel's address names the
+        # request it cancelled; a refusal of a reused id names the request that holds it).
+        queued = final.request.run.enqueued_at is not None
+        self.journal.answered(final.request.run.journal_key, address.request_id if queued else None)
 
     def _publish_stats(self, stats: dict[str, Any] | None) -> None:
         """Publish a snapshot the throttle let through, retained; None: nothing."""

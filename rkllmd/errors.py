@@ -72,6 +72,12 @@ class ShuttingDown(RkllmdError):
     code = "shutdown"
 
 
+class Interrupted(RkllmdError):
+    """rkllmd was killed (or crashed) while the request waited or ran; the restarted daemon says so."""
+
+    code = "interrupted"
+
+
 # --- generation ended early --------------------------------------------------------------
 
 

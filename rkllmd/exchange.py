@@ -34,6 +34,7 @@ class Run:
     pieces: list[str] = field(default_factory=list)
     seq: int = 0
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # in the reply's shape
+    journal_key: str | None = None  # open in the request journal (rkllmd/journal.py) until answered
 
     @property
     def text(self) -> str:

@@ -22,11 +22,13 @@ import structlog
 
 from rkllmd import protocol
 from rkllmd.dispatch import Dispatcher
-from rkllmd.errors import RequestError, RkllmdError, ShuttingDown, UnknownCommand
+from rkllmd.errors import Interrupted, NotFound, RequestError, RkllmdError, ShuttingDown, UnknownCommand
 from rkllmd.exchange import Exchange, Final, check_model, resolve
+from rkllmd.fleet import Fleet
+from rkllmd.journal import Journal, Unanswered
 from rkllmd.loop import InferenceLoop
 from rkllmd.plugins.host import PluginHost
-from rkllmd.protocol import COMMANDS, Address, Incoming, LocalMessage, Topics
+from rkllmd.protocol import COMMANDS, Address, Incoming, LocalMessage, Receipt, Topics
 from rkllmd.settings import Settings
 
 log = structlog.get_logger("rkllmd")
@@ -56,6 +58,7 @@ def admit(msg: Incoming, gate: Gate) -> Exchange | Final:
         topic=msg.response_topic or gate.topics.response("error"),
         correlation_data=msg.correlation_data,
         local=isinstance(msg, LocalMessage),
+        receipt=msg.receipt,
     )
     ex = Exchange(command="", topic=msg.topic, address=address)
     try:
@@ -177,12 +180,31 @@ def _check_response_topic(topic: str | None) -> str | None:
 
 
 class Ingress:
-    """The ingress thread: admit each message, serve it by its command, hand answers on."""
+    """The ingress thread: admit each message, serve it by its command, hand answers on.
+
+    A message that gets no final reply of its own (a plugin's topic, a fleet message, a duplicate)
+    is acknowledged to the broker here; every other one when its reply is delivered (dispatcher).
+    """
 
     def __init__(
-        self, settings: Settings, topics: Topics, plugins: PluginHost, loop: InferenceLoop, out: Dispatcher
+        self,
+        settings: Settings,
+        topics: Topics,
+        plugins: PluginHost,
+        loop: InferenceLoop,
+        out: Dispatcher,
+        *,
+        ack: Callable[[Receipt], None] = lambda receipt: None,
+        journal: Journal | None = None,
+        fleet: Fleet | None = None,
     ) -> None:
         self.settings, self.plugins, self.loop, self.out = settings, plugins, loop, out
+        self._ack, self.fleet = ack, fleet
+        self.journal = journal if journal is not None else Journal(None)
+        # Requests the previous run took and did not answer, by id, until recovery ends: one that
+        # the broker sends again is served, and its old journal entry forgotten.
+        self._recovering: dict[str, Unanswered] = {}
+        self._recovery_lock = threading.Lock()
         self.stopping = False  # set by the main thread at shutdown
         self.gate = Gate(settings, topics, plugins.preprocess, lambda: self.stopping)
         self._inbox: queue.Queue[Incoming | None] = queue.Queue()
@@ -236,28 +258,114 @@ class Ingress:
             log.exception("ingress failed on a message", topic=msg.topic)
 
     def handle(self, msg: Incoming) -> None:
+        if self.fleet is not None and self.fleet.handles(msg.topic):
+            try:
+                self.fleet.deliver(msg)
+            finally:
+                self._acknowledge(msg)
+            return
         if self.plugins.handles(msg.topic):
-            self.plugins.deliver(msg)
+            try:
+                self.plugins.deliver(msg)
+            finally:
+                self._acknowledge(msg)
             return
         admitted = admit(msg, self.gate)
         if isinstance(admitted, Final):
             self.out.put(admitted)
+            return
+        if msg.dup and self._duplicate(admitted):
+            self._acknowledge(msg)
             return
         try:
             self._serve[COMMANDS[admitted.command].serve](admitted)
         except Exception as exc:
             self.out.put(refusal(admitted, exc))
 
+    def _acknowledge(self, msg: Incoming) -> None:
+        if msg.receipt is not None:
+            self._ack(msg.receipt)
+
+    def _duplicate(self, ex: Exchange) -> bool:
+        """A message the broker sent again (DUP) whose request was answered lately or is here now:
+        it must not run twice (docs/FLEET.md, "Duplicates")."""
+        if ex.command != "generate" or ex.id is None:
+            return False
+        if self.journal.answered_recently(ex.id) or self.loop.has(ex.id):
+            log.info("duplicate request ignored: the broker sent it again", request_id=ex.id)
+            return True
+        return False
+
     def _queue(self, ex: Exchange) -> None:
-        self.loop.submit(ex)
+        if ex.id is not None:
+            with self._recovery_lock:
+                old = self._recovering.pop(ex.id, None)
+            if old is not None:
+                log.info("request sent again by the broker after a restart; serving it", request_id=ex.id)
+                self.journal.forget(old.key)
+        self.journal.took(ex)
+        # Held behind a full queue rather than refused busy: in a fleet, what the broker gives this
+        # board (it stopped giving more at the Receive Maximum); anywhere, a request the broker
+        # sends again after a restart, which rkllmd had already taken once.
+        fleet_mqtt = self.fleet is not None and not ex.local and ex.command == "generate"
+        again = ex.address is not None and ex.address.receipt is not None and ex.address.receipt.dup
+        self.loop.submit(ex, may_hold=fleet_mqtt or again)
         if ex.command == "generate":
             log.info("request queued", request_id=ex.id, model=ex.model, queue_depth=self.loop.queue_depth())
 
     def _cancel(self, ex: Exchange) -> None:
         assert ex.id is not None  # admit refuses a cancel without one
-        where = self.loop.cancel(ex.id)  # NotFound is answered like any refusal
+        try:
+            where = self.loop.cancel(ex.id)  # NotFound is answered like any refusal
+        except NotFound:
+            if self.fleet is None or ex.topic != self.gate.topics.group_request("cancel"):
+                raise
+            self.fleet.pass_on_cancel(ex)  # another board may run it; the fleet answers once
+            return
         log.info("cancel", request_id=ex.id, was=where)
         self.out.put(Final(ex, "ok", {"cancelled": ex.id, "was": where}))
+
+    # --- main thread, then a timer thread --------------------------------------------------
+
+    def recover(self, left: list[Unanswered]) -> None:
+        """Before the connect: what the previous run took and never answered (rkllmd/journal.py).
+
+        With the session kept, the broker sends those requests again the moment rkllmd connects;
+        each one that comes is served as new (and its old entry forgotten)."""
+        with self._recovery_lock:
+            self._recovering = {u.request_id: u for u in left}
+
+    def answer_unrecovered(self, grace_s: float) -> None:
+        """After the connect: wait ``grace_s`` for the broker's redeliveries, then tell every
+        request still unrecovered that it was interrupted (at once when the session is gone)."""
+        with self._recovery_lock:
+            count = len(self._recovering)
+        if not count:
+            return
+        log.warning("requests of the previous run were not answered yet", count=count, wait_s=grace_s)
+        if grace_s <= 0:
+            self._interrupted()
+            return
+        timer = threading.Timer(grace_s, self._interrupted)
+        timer.daemon = True
+        timer.start()
+
+    def _interrupted(self) -> None:
+        with self._recovery_lock:
+            left, self._recovering = list(self._recovering.values()), {}
+        for u in left:
+            ex = Exchange(command=u.command, topic=u.topic, id=u.request_id, address=u.address)
+            ex.run.journal_key = u.key
+            log.warning("answering a request the previous run never answered", request_id=u.request_id)
+            self.out.put(
+                Final.failed(
+                    ex,
+                    Interrupted(
+                        "rkllmd was stopped (killed or crashed) while this request waited or ran, and "
+                        "the broker did not send it again; send it again"
+                    ),
+                )
+            )
 
     def _models(self, ex: Exchange) -> None:
         loaded, default = self.loop.loaded_model, self.settings.default

@@ -20,6 +20,7 @@ dispatcher rate-limits what it publishes.
 from __future__ import annotations
 
 import collections
+import itertools
 import json
 import threading
 import time
@@ -72,6 +73,9 @@ class Limits:
     abort_grace_s: float = 15.0
     restart_budget: int = 3
     restart_window_s: float = 600.0
+    # Requests that find the queue full but may not be refused busy (submit's may_hold: a fleet's
+    # requests, a broker's redelivery) wait behind it, up to this many.
+    hold: int = 0
 
 
 class ModelRegistry:
@@ -106,6 +110,7 @@ class InferenceLoop:
         self.emit = emit
         self._cond = threading.Condition()
         self._pending: collections.deque[Job] = collections.deque()
+        self._held: collections.deque[Job] = collections.deque()  # behind a full queue (Limits.hold)
         self._current: Job | None = None
         self._runtime: Runtime | None = None
         self._loaded: str | None = None
@@ -134,10 +139,12 @@ class InferenceLoop:
 
     def queue_depth(self) -> int:
         with self._cond:
-            return len(self._pending)
+            return len(self._pending) + len(self._held)
 
-    def submit(self, job: Job) -> None:
-        """Queue a job or raise Busy / ShuttingDown / RequestError (an id in use) at once; never blocks."""
+    def submit(self, job: Job, *, may_hold: bool = False) -> None:
+        """Queue a job or raise Busy / ShuttingDown / RequestError (an id in use) at once; never blocks.
+
+        ``may_hold``: a full queue holds the job behind it (up to ``Limits.hold``) instead of Busy."""
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("rkllmd is shutting down; request not accepted")
@@ -145,6 +152,12 @@ class InferenceLoop:
                 raise RequestError(f"a request with id {job.id!r} is already queued or running")
             # Control jobs (load/unload/clear) may wait too but count against the same bound,
             # so a flood of anything cannot grow memory without limit.
+            full = len(self._pending) >= self.limits.queue_size
+            if full and may_hold and len(self._held) < self.limits.hold:
+                job.run.enqueued_at = time.monotonic()
+                self._held.append(job)
+                self._emit_stats_locked()
+                return
             if len(self._pending) >= self.limits.queue_size:
                 self._emit_stats_locked()  # a refusal re-states the full queue for late readers
                 raise Busy(
@@ -156,9 +169,15 @@ class InferenceLoop:
             self._emit_stats_locked()
             self._cond.notify_all()
 
+    def has(self, request_id: str) -> bool:
+        """Whether a generate request with this id is queued, held or running (any thread)."""
+        with self._cond:
+            return bool(self._queued_locked(request_id) or self._running_locked(request_id))
+
     def _queued_locked(self, request_id: str | None) -> Job | None:
-        """The queued generate job with this id, or None (holding ``_cond``)."""
-        return next((j for j in self._pending if j.id == request_id and j.command == "generate"), None)
+        """The queued (or held) generate job with this id, or None (holding ``_cond``)."""
+        waiting = itertools.chain(self._pending, self._held)
+        return next((j for j in waiting if j.id == request_id and j.command == "generate"), None)
 
     def _running_locked(self, request_id: str | None) -> Job | None:
         """The running job if it is the generate job with this id, else None (holding ``_cond``)."""
@@ -170,7 +189,7 @@ class InferenceLoop:
         with self._cond:
             job = self._queued_locked(request_id)
             if job is not None:
-                self._pending.remove(job)
+                (self._pending if job in self._pending else self._held).remove(job)
                 job.run.abort_reason = "cancelled"
                 self.emit(Final(job, "ok", self._final_data(job, "cancelled")))
                 self._emit_stats_locked()
@@ -189,8 +208,9 @@ class InferenceLoop:
         """Stop taking jobs, answer the queued ones, give the running one ``grace_s``, then abort."""
         with self._cond:
             self._accepting = False
-            dropped = list(self._pending)
+            dropped = [*self._pending, *self._held]
             self._pending.clear()
+            self._held.clear()
             if dropped:
                 self._emit_stats_locked()
             self._cond.notify_all()
@@ -230,6 +250,8 @@ class InferenceLoop:
                 if not self._pending:  # stopping and nothing left
                     break
                 job = self._pending.popleft()
+                if self._held:  # a place in the queue came free
+                    self._pending.append(self._held.popleft())
                 self._current = job
                 self._emit_stats_locked()  # busy, running = job.id, one fewer queued
             # Every log line written on this thread while the job runs (runtime included)
@@ -436,6 +458,7 @@ class InferenceLoop:
         self._stats["last_ttft_ms"] = timings.get("ttft_ms")
         self._stats["last_decode_tokens_per_s"] = timings.get("decode_tokens_per_s")
         self._stats["last_model"] = job.model
+        self._stats["last_answer_at"] = round(time.time(), 3)  # wall clock: the fleet view compares boards
         self.emit(Final(job, "ok", data))
 
     def _timeout_error(self, why: str, extra: str = "") -> GenerationTimeout:
@@ -494,7 +517,7 @@ class InferenceLoop:
         cur = self._current
         return {
             **self._stats,
-            "queue_depth": len(self._pending),
+            "queue_depth": len(self._pending) + len(self._held),
             "busy": cur is not None,
             "running": cur.id if cur is not None else None,
             "loaded_model": self._loaded,

@@ -7,6 +7,7 @@ silently ignored setting. Precedence, highest first: environment, TOML file, def
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -67,6 +68,12 @@ class MqttSettings(Strict):
         300, ge=0, le=0xFFFFFFFF, description="MQTT 5: how long the broker keeps it (clean_start false)"
     )
     tls: TlsSettings = TlsSettings()
+    redelivery_wait_s: float = Field(
+        5.0,
+        ge=0,
+        description="after a restart with the session kept, wait this long for the broker to send "
+        "again what the killed run left unanswered (state_dir's journal), then answer the rest interrupted",
+    )
 
     @model_validator(mode="after")
     def _session_ok(self) -> MqttSettings:
@@ -100,6 +107,41 @@ class LimitSettings(Strict):
     abort_grace_s: float = Field(15.0, gt=0, description="kill a worker that ignores abort for this long")
     restart_budget: int = Field(3, ge=0, description="worker crashes allowed within restart_window_s")
     restart_window_s: float = Field(600.0, gt=0)
+
+
+class FleetSettings(Strict):
+    """Several boards behind one request topic through MQTT v5 shared subscriptions (docs/FLEET.md)."""
+
+    group: str | None = Field(
+        None, description="share group name; set it on every board of the fleet (MQTT 5 only)"
+    )
+    node_id: str | None = Field(None, description="this board's name in topics; default the host name")
+    models: Literal["configured", "loaded"] = Field(
+        "configured", description="subscribe a model's own topic while it is configured, or only while loaded"
+    )
+    receive_maximum: int | None = Field(
+        None, ge=1, le=65535, description="requests in flight to this board; default limits.queue_size + 1"
+    )
+    cancel_timeout_s: float = Field(2.0, gt=0, description="wait this long for every board's cancel report")
+
+    @field_validator("group", "node_id")
+    @classmethod
+    def _name_ok(cls, v: str | None) -> str | None:
+        allowed = _TOPIC_SAFE.replace("/", "").replace(".", "")
+        if v is not None and (not v or any(c not in allowed for c in v)):
+            raise ValueError("must be non-empty and use only [A-Za-z0-9_-]")
+        return v
+
+    @property
+    def enabled(self) -> bool:
+        return self.group is not None
+
+    def node(self) -> str:
+        """This board's node id: the configured one, else the host name made topic-safe."""
+        if self.node_id:
+            return self.node_id
+        host = socket.gethostname().split(".")[0] or "rkllmd"
+        return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "_" for c in host)
 
 
 class LogSettings(Strict):
@@ -180,6 +222,10 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     log: LogSettings = LogSettings()
     stream: StreamSettings = StreamSettings()
+    fleet: FleetSettings = FleetSettings()
+    state_dir: Path | None = Field(
+        None, description="where rkllmd keeps its request journal (answers requests a kill interrupted)"
+    )
     rkllm: RkllmSettings = RkllmSettings()
     default_model: str | None = None
     preload: bool = Field(True, description="load the default model at startup")
@@ -234,6 +280,13 @@ class Settings(BaseSettings):
             raise ValueError(f"default_model {self.default_model!r} is not among the configured models")
         if self.limits.max_tokens > self.limits.max_tokens_cap:
             raise ValueError("limits.max_tokens must not exceed limits.max_tokens_cap")
+        if self.fleet.enabled:
+            if self.mqtt.protocol != "5":
+                raise ValueError("fleet.group needs mqtt.protocol = \"5\" (shared subscriptions are MQTT 5)")
+            if "client_id" not in self.mqtt.model_fields_set:
+                # every board needs its own client id, or the broker keeps disconnecting one for the other
+                mqtt = self.mqtt.model_copy(update={"client_id": f"rkllmd-{self.fleet.node()}"})
+                object.__setattr__(self, "mqtt", mqtt)
         return self
 
     @property

@@ -51,8 +51,9 @@ class PluginContext:
     # topics and publishing (any thread)
 
     def topic(self, *parts: str) -> str:
-        """A topic in this plugin's namespace: ``<base>/plugins/<name>/<parts...>``."""
-        return "/".join((self.topics.base, "plugins", self.name, *parts))
+        """A topic in this plugin's namespace: ``<base>/plugins/<name>/<parts...>`` (in a fleet,
+        ``<base>/node/<node>/plugins/...``: each board's plugins keep their own topics)."""
+        return "/".join((self.topics.own, "plugins", self.name, *parts))
 
     @property
     def enabled_plugins(self) -> list[str]:
@@ -81,7 +82,7 @@ class PluginContext:
 
         Returns the unsubscribe; teardown unsubscribes whatever is left.
         """
-        if topic.startswith(self.topics.request("")):
+        if topic.startswith((self.topics.request(""), self.topics.group_request(""))):
             raise ValueError(f"{topic!r} is under rkllmd's own request topics")
         remove = self._hooks.add_subscription(topic, handler, qos)
         return self._keep(remove)

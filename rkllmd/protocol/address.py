@@ -22,6 +22,17 @@ ADDRESS_READ_FACTOR = 4
 ADDRESS_FIELDS = ("id", "reply_to", "transaction")
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """What acknowledges one QoS 1/2 message to the broker: its packet id on the connection it came
+    in on. rkllmd acknowledges a request only once its final reply is delivered (docs/FLEET.md)."""
+
+    connection: int
+    mid: int
+    qos: int
+    dup: bool = False  # sent again by the broker (after a reconnect): rkllmd may have taken it before
+
+
 @dataclass
 class Address:
     """Where a request's final reply goes and what it echoes back: the one reply-address type."""
@@ -32,6 +43,9 @@ class Address:
     transaction: Any = None
     has_transaction: bool = False
     local: bool = False  # a plugin's LocalMessage: routers only, nothing published over MQTT
+    # The request message's receipt, acknowledged to the broker once this reply is delivered;
+    # None for QoS 0 and local messages.
+    receipt: Receipt | None = None
 
 
 def _broker_refuses(ch: str) -> bool:

@@ -9,17 +9,53 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rkllmd.errors import UnknownCommand
+from rkllmd.protocol.address import Receipt
 from rkllmd.protocol.commands import COMMANDS
 
 
 @dataclass(frozen=True)
 class Topics:
-    """Every topic rkllmd publishes or subscribes to, derived from the base topic."""
+    """Every topic rkllmd publishes or subscribes to, derived from the base topic.
+
+    With ``node`` set (fleet mode, docs/FLEET.md) the board's own topics live under
+    ``<base>/node/<node>/``: its state, info and stats, and ``request()``, the topic that reaches
+    this board alone. ``group_request()`` is the topic every board of the group shares.
+    """
 
     base: str
+    node: str | None = None
+
+    @property
+    def own(self) -> str:
+        """Where this board's state, info, stats and own request topics live."""
+        return f"{self.base}/node/{self.node}" if self.node else self.base
 
     def request(self, command: str) -> str:
+        """The request topic that reaches this board (in a fleet: this board alone)."""
+        return f"{self.own}/request/{command}"
+
+    def group_request(self, command: str) -> str:
+        """The request topic of the whole group (in a fleet: the broker picks a board)."""
         return f"{self.base}/request/{command}"
+
+    def node_topic(self, node: str, kind: str) -> str:
+        """Another board's ``state``, ``info`` or ``stats`` (``+`` for every board's)."""
+        return f"{self.base}/node/{node}/{kind}"
+
+    @property
+    def fleet_stats(self) -> str:
+        """The group's view: queue and boards across the fleet (published by its leader)."""
+        return f"{self.base}/fleet/stats"
+
+    @property
+    def fleet_cancel(self) -> str:
+        """A cancel passed on to every board by the board that received it."""
+        return f"{self.base}/fleet/cancel"
+
+    @property
+    def fleet_cancel_report(self) -> str:
+        """Each board's answer to a passed-on cancel: whether it had the request."""
+        return f"{self.base}/fleet/cancel/report"
 
     def response(self, command: str) -> str:
         return f"{self.base}/response/{command}"
@@ -27,6 +63,10 @@ class Topics:
     @property
     def request_wildcard(self) -> str:
         return f"{self.base}/request/#"
+
+    @property
+    def own_request_wildcard(self) -> str:
+        return f"{self.own}/request/#"
 
     def stream(self, request_id: str) -> str:
         return f"{self.base}/stream/{request_id}"
@@ -40,20 +80,24 @@ class Topics:
 
     @property
     def state(self) -> str:
-        return f"{self.base}/state"
+        return f"{self.own}/state"
 
     @property
     def info(self) -> str:
-        return f"{self.base}/info"
+        return f"{self.own}/info"
 
     @property
     def stats(self) -> str:
-        return f"{self.base}/stats"
+        return f"{self.own}/stats"
 
     def parse_request_topic(self, topic: str) -> tuple[str, str | None]:
-        """Split ``<base>/request/<command>[/<model>]`` into (command, model); raise UnknownCommand."""
-        prefix = f"{self.base}/request/"
-        rest = topic[len(prefix) :] if topic.startswith(prefix) else topic
+        """Split ``<base>/request/<command>[/<model>]`` (or this board's own request topic) into
+        (command, model); raise UnknownCommand."""
+        rest = topic
+        for prefix in (f"{self.own}/request/", f"{self.base}/request/"):
+            if topic.startswith(prefix):
+                rest = topic[len(prefix) :]
+                break
         parts = rest.split("/")
         command = parts[0]
         if command not in COMMANDS:
@@ -74,6 +118,8 @@ class Incoming:
     response_topic: str | None = None
     correlation_data: bytes | None = None
     received_at: float = 0.0
+    receipt: Receipt | None = None  # None: QoS 0, or not from the broker (a plugin's message)
+    dup: bool = False  # the broker sends it again (after a reconnect): it may have been answered
 
 
 @dataclass(frozen=True)

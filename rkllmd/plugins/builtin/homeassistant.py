@@ -88,6 +88,60 @@ def discovery_topic(ctx: PluginContext, config: Config) -> str:
     return f"{config.discovery_prefix}/device/{node_id(ctx, config)}/config"
 
 
+def fleet_discovery_topic(ctx: PluginContext, config: Config) -> str:
+    group = ctx.settings.fleet.group
+    return f"{config.discovery_prefix}/device/{_fleet_id(ctx, group or '')}/config"
+
+
+def _fleet_id(ctx: PluginContext, group: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]", "_", f"rkllmd_{ctx.topics.base}_{group}_fleet")
+
+
+def fleet_discovery_payload(ctx: PluginContext, config: Config) -> dict[str, Any]:
+    """The fleet's own device: queue and boards across the group, which board answered last,
+    and a prompt to the group's topic. Every board publishes the same message (it depends on the
+    configuration only), so it stays while any board runs; no availability: the view is the leader's.
+    """
+    t = ctx.topics
+    group = ctx.settings.fleet.group or ""
+    fid = _fleet_id(ctx, group)
+
+    def sensor(name: str, tpl: str, **extra: Any) -> dict[str, Any]:
+        return {"p": "sensor", "name": name, "stat_t": t.fleet_stats, "val_tpl": tpl, **extra}
+
+    cmps: dict[str, dict[str, Any]] = {
+        "boards_online": sensor(
+            "Boards online", "{{ value_json.boards_online }}", stat_cla="measurement", ic="mdi:server"
+        ),
+        "busy_boards": sensor(
+            "Busy boards", "{{ value_json.busy_boards }}", stat_cla="measurement", ic="mdi:server-network"
+        ),
+        "queue_depth": sensor(
+            "Queue across boards", "{{ value_json.queue_depth }}", stat_cla="measurement", ic="mdi:tray-full"
+        ),
+        "last_board": sensor(
+            "Last answer from", "{{ value_json.last_node or 'none' }}", ic="mdi:message-reply-text"
+        ),
+        "prompt": {
+            "p": "text",
+            "name": "Prompt",
+            "cmd_t": t.group_request("generate"),
+            "max": 255,
+            "mode": "text",
+            "ic": "mdi:message-text",
+        },
+    }
+    for key, c in cmps.items():
+        c["uniq_id"] = f"{fid}_{key}"
+    dev = {"ids": [fid], "name": f"{config.device_name} fleet {group}", "mf": "rkllmd", "mdl": "LLM fleet"}
+    return {
+        "dev": dev,
+        "o": {"name": "rkllmd", "sw": __version__},
+        "cmps": cmps,
+        "qos": ctx.settings.mqtt.qos,
+    }
+
+
 def discovery_payload(ctx: PluginContext, config: Config) -> dict[str, Any]:
     """The device-based discovery message (abbreviated keys as Home Assistant documents them)."""
     t = ctx.topics
@@ -195,15 +249,18 @@ def discovery_payload(ctx: PluginContext, config: Config) -> dict[str, Any]:
         )
     for key, c in cmps.items():
         c["uniq_id"] = f"{uid}_{key}"
+    fleet = ctx.settings.fleet
     dev: dict[str, Any] = {
         "ids": [uid],
-        "name": config.device_name,
+        "name": f"{config.device_name} {t.node}" if fleet.enabled else config.device_name,
         "mf": "rkllmd",
         "mdl": "LLM over MQTT",
         "sw": __version__,
     }
     if config.suggested_area:
         dev["sa"] = config.suggested_area
+    if fleet.enabled:
+        dev["via_device"] = _fleet_id(ctx, fleet.group or "")
     return {
         "dev": dev,
         "o": {"name": "rkllmd", "sw": __version__},
@@ -224,6 +281,11 @@ def setup(ctx: PluginContext, config: Config) -> None:
 
     def publish_discovery() -> None:
         ctx.publish(disc_topic, discovery_payload(ctx, config), retain=True, qos=1)
+        if ctx.settings.fleet.enabled:
+            # Not in the removal marker below: one board leaving must not remove the fleet's device.
+            ctx.publish(
+                fleet_discovery_topic(ctx, config), fleet_discovery_payload(ctx, config), retain=True, qos=1
+            )
         # What remove() needs to clean up, should the plugin be disabled later.
         ctx.publish(ctx.topic("discovery"), {"topics": [disc_topic]}, retain=True, qos=1)
 
