@@ -274,8 +274,7 @@ class Ingress:
         if isinstance(admitted, Final):
             self.out.put(admitted)
             return
-        if msg.dup and self._duplicate(admitted):
-            self._acknowledge(msg)
+        if msg.dup and self._duplicate(admitted, msg):
             return
         try:
             self._serve[COMMANDS[admitted.command].serve](admitted)
@@ -286,13 +285,19 @@ class Ingress:
         if msg.receipt is not None:
             self._ack(msg.receipt)
 
-    def _duplicate(self, ex: Exchange) -> bool:
+    def _duplicate(self, ex: Exchange, msg: Incoming) -> bool:
         """A message the broker sent again (DUP) whose request was answered lately or is here now:
-        it must not run twice (docs/FLEET.md, "Duplicates")."""
+        it must not run twice (docs/FLEET.md, "The exact semantics")."""
         if ex.command != "generate" or ex.id is None:
             return False
-        if self.journal.answered_recently(ex.id) or self.loop.has(ex.id):
-            log.info("duplicate request ignored: the broker sent it again", request_id=ex.id)
+        if self.journal.answered_recently(ex.id):
+            log.info("duplicate request ignored: answered already", request_id=ex.id)
+            self._acknowledge(msg)
+            return True
+        if self.loop.has(ex.id):
+            # Sent again after a reconnect with the session kept, so with the same packet id: the
+            # running or queued original acknowledges it when it is answered, not before.
+            log.info("duplicate request ignored: it is queued or running here", request_id=ex.id)
             return True
         return False
 
