@@ -159,7 +159,8 @@ class Dispatcher:
                     topic = self.topics.stream_text(job.id)
                     self.bus.publish(topic, ev.delta.encode(), qos=self.stream.qos, droppable=True)
             if job.sentences and job.id is not None:
-                self._say(job.id, self._speech.setdefault(job.id, Utterances()).feed(ev.delta))
+                speech = self._speech.get(job.id) or self._speech.setdefault(job.id, Utterances())
+                self._say(job.id, speech.feed(ev.delta))
             if job.address is not None and self.plugins.has_routers:
                 self.plugins.route(ev)
         elif isinstance(ev, Stats):
