@@ -19,6 +19,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from rkllmd.sentences import first_sentence_at
+
 PHASES = ("cold", "warm", "reload")
 
 _INSTRUCTIONS = """You are a voice assistant for Home Assistant.
@@ -138,19 +140,8 @@ def request(system: str, prompt: str, max_tokens: int, temperature: float, seed:
 
 
 def first_sentence_ms(deltas: list[str], times: list[float], t0: float, t_end: float) -> float | None:
-    """Milliseconds from ``t0`` until the first whole sentence had arrived, from the deltas' times.
-
-    A sentence is complete when rkllmd.sentences.SentenceChunker (what the sentence stream uses)
-    returns it; an answer without any sentence end completes at the end (``t_end``).
-    """
-    try:
-        from rkllmd.sentences import SentenceChunker
-    except ImportError:  # a checkout without the sentence stream
-        return None
-    if not deltas:
-        return None
-    chunker = SentenceChunker()
-    for delta, t in zip(deltas, times, strict=True):
-        if chunker.feed(delta):
-            return (t - t0) * 1e3
-    return (t_end - t0) * 1e3 if chunker.finish() else None
+    """Milliseconds from ``t0`` until the first sentence to say was complete, by the rules the
+    sentence stream publishes with (rkllmd.sentences.first_sentence_at); an answer whose first
+    sentence ends only with the answer completes at ``t_end``."""
+    got = first_sentence_at(zip(times, deltas, strict=True), t_end)
+    return (got[0] - t0) * 1e3 if got is not None else None
