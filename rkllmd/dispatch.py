@@ -159,7 +159,9 @@ class Dispatcher:
                     topic = self.topics.stream_text(job.id)
                     self.bus.publish(topic, ev.delta.encode(), qos=self.stream.qos, droppable=True)
             if job.sentences and job.id is not None:
-                speech = self._speech.get(job.id) or self._speech.setdefault(job.id, Utterances())
+                speech = self._speech.get(job.id) or self._speech.setdefault(
+                    job.id, Utterances(self.stream.sentence_max_chars, self.stream.sentence_min_chars)
+                )
                 self._say(job.id, speech.feed(ev.delta))
             if job.address is not None and self.plugins.has_routers:
                 self.plugins.route(ev)

@@ -166,6 +166,18 @@ class StreamSettings(Strict):
         description="tokens that come within this long of a request's last chunk wait and join the "
         "next one; 0: only tokens that queued up while the daemon was busy are joined",
     )
+    sentence_max_chars: int = Field(
+        200, ge=20, le=2000, description="a sentence stream cuts text without a sentence end at this length"
+    )
+    sentence_min_chars: int = Field(
+        10, ge=0, le=200, description="a sentence shorter than this joins the next one (\"Ok.\", \"Sure!\")"
+    )
+
+    @model_validator(mode="after")
+    def _sentence_lengths(self) -> StreamSettings:
+        if self.sentence_min_chars >= self.sentence_max_chars:
+            raise ValueError("stream.sentence_min_chars must be below stream.sentence_max_chars")
+        return self
 
 
 # A [models.X] table is the settings model of its runtime (rkllmd.runtime.registry.kinds()).

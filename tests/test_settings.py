@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from rkllmd.errors import ConfigError
-from rkllmd.settings import load_settings
+from rkllmd.settings import Settings, load_settings
 from tests.helpers import REPO
 
 
@@ -94,3 +95,11 @@ def test_check_config_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a))
     problems = check_model("m", LlamaCppModelSettings(runtime="llamacpp"))
     assert any("pip install 'rkllmd[llamacpp]'" in p for p in problems)
+
+
+def test_sentence_stream_lengths_are_configurable_and_checked() -> None:
+    """[stream] sets the sentence stream's cut and join lengths; a join length above the cut is refused."""
+    s = Settings(stream={"sentence_max_chars": 80, "sentence_min_chars": 5})
+    assert (s.stream.sentence_max_chars, s.stream.sentence_min_chars) == (80, 5)
+    with pytest.raises(ValidationError, match="sentence_min_chars must be below"):
+        Settings(stream={"sentence_max_chars": 40, "sentence_min_chars": 40})
