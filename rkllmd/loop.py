@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import collections
 import itertools
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -34,7 +33,6 @@ from rkllmd.errors import (
     Busy,
     ContextExceeded,
     GenerationTimeout,
-    InvalidOutput,
     ModelLoadError,
     NotFound,
     RequestError,
@@ -45,9 +43,10 @@ from rkllmd.errors import (
     UnknownModel,
 )
 from rkllmd.exchange import AbortReason, Exchange, Final, Token
-from rkllmd.protocol import control_data, generation_data, partial_data
+from rkllmd.outcome import check_output, final_data, partial
+from rkllmd.protocol import control_data
 from rkllmd.runtime.base import GenerateResult, Runtime
-from rkllmd.toolcalls import HermesParser, format_schema, validate
+from rkllmd.toolcalls import HermesParser
 
 log = structlog.get_logger("rkllmd.loop")
 
@@ -191,7 +190,7 @@ class InferenceLoop:
             if job is not None:
                 (self._pending if job in self._pending else self._held).remove(job)
                 job.run.abort_reason = "cancelled"
-                self.emit(Final(job, "ok", self._final_data(job, "cancelled")))
+                self.emit(Final(job, "ok", final_data(job, "cancelled")))
                 self._emit_stats_locked()
                 return "queued"
             cur = self._running_locked(request_id)
@@ -261,11 +260,11 @@ class InferenceLoop:
                 self._do(job)
             except RkllmdError as exc:
                 self._stats["errors"] += 1
-                self.emit(Final.failed(job, exc, self._partial(job)))
+                self.emit(Final.failed(job, exc, partial(job)))
             except Exception as exc:  # a bug must cost one request, never the loop
                 log.exception("job failed unexpectedly", request_id=job.id)
                 self._stats["errors"] += 1
-                self.emit(Final.failed(job, RuntimeFailure(f"internal error: {exc}"), self._partial(job)))
+                self.emit(Final.failed(job, RuntimeFailure(f"internal error: {exc}"), partial(job)))
             finally:
                 structlog.contextvars.unbind_contextvars("request_id")
                 with self._cond:
@@ -367,7 +366,7 @@ class InferenceLoop:
                 context_length=ctx,
             )
         if job.run.abort_reason is not None:  # cancelled between dequeue and start
-            self.emit(Final(job, "ok", self._final_data(job, "cancelled")))
+            self.emit(Final(job, "ok", final_data(job, "cancelled")))
             return
         job.run.started_at = time.monotonic()
         self._wake_watchdog()
@@ -402,57 +401,33 @@ class InferenceLoop:
             self._crashed(job.model or self.default_model)
             why = job.run.abort_reason
             if why is not None and why in ("timeout", "first_token_timeout", "stalled"):
-                raise self._timeout_error(why, "; the wedged runtime was killed") from exc
+                raise timeout_error(self.limits, why, "; the wedged runtime was killed") from exc
             raise
         finally:
             if parser is not None:  # held-back text is never lost, whatever ended the run
                 text_out(parser.finish())
                 job.run.tool_calls = [c.as_dict() for c in parser.calls]
         if result.finish_reason != "aborted":
-            self._check_output(job)
+            check_output(job)
         self._finish(job, result, n_prompt)
-
-    def _check_output(self, job: Job) -> None:
-        """Hold the output to ``format`` and ``tool_choice``; llama.cpp's grammars already do, a
-        runtime without grammars (RKLLM) is checked here. InvalidOutput says what did not match."""
-        inp = job.inp
-        assert inp is not None
-        calls = job.run.tool_calls
-        if inp.call_required:
-            wanted = inp.tool_name
-            if not calls or (wanted is not None and any(c["function"]["name"] != wanted for c in calls)):
-                what = f"a call to {wanted!r}" if wanted else "a tool call"
-                log.warning("output lacks the required tool call", tool=wanted, calls=len(calls))
-                raise InvalidOutput(f"tool_choice asked for {what}; the model's output has none")
-        if inp.format is None or calls:
-            return
-        try:
-            value = json.loads(job.run.text)
-        except ValueError as exc:
-            log.warning("output is not JSON", error=str(exc))
-            raise InvalidOutput(f"the output is not valid JSON ({exc}), as format asked") from None
-        problems = validate(value, format_schema(inp.format))
-        if problems:
-            log.warning("output does not match the schema", problems=problems[:5])
-            raise InvalidOutput("the output does not match the format schema: " + "; ".join(problems[:5]))
 
     def _finish(self, job: Job, result: GenerateResult, n_prompt: int | None) -> None:
         reason = result.finish_reason
         if reason == "aborted":
             why = job.run.abort_reason or "cancelled"
             if why == "cancelled":
-                self.emit(Final(job, "ok", self._final_data(job, "cancelled", result, n_prompt)))
+                self.emit(Final(job, "ok", final_data(job, "cancelled", result, n_prompt)))
                 return
-            data = self._final_data(job, why, result, n_prompt)
+            data = final_data(job, why, result, n_prompt)
             err: RkllmdError = (
                 ShuttingDown("generation interrupted by shutdown")
                 if why == "shutdown"
-                else self._timeout_error(why)
+                else timeout_error(self.limits, why)
             )
             self._stats["errors"] += 1
             self.emit(Final.failed(job, err, data))
             return
-        data = self._final_data(job, reason, result, n_prompt)
+        data = final_data(job, reason, result, n_prompt)
         timings = data["timings"]
         self._stats["completion_tokens"] += data["usage"]["completion_tokens"]
         self._stats["last_ttft_ms"] = timings.get("ttft_ms")
@@ -460,54 +435,6 @@ class InferenceLoop:
         self._stats["last_model"] = job.model
         self._stats["last_answer_at"] = round(time.time(), 3)  # wall clock: the fleet view compares boards
         self.emit(Final(job, "ok", data))
-
-    def _timeout_error(self, why: str, extra: str = "") -> GenerationTimeout:
-        lim = self.limits
-        if why == "first_token_timeout":
-            return GenerationTimeout(
-                f"no first token within {lim.first_token_timeout_s:g} s{extra}", limit="first_token"
-            )
-        if why == "stalled":
-            return GenerationTimeout(f"no new token for {lim.stall_timeout_s:g} s{extra}", limit="stall")
-        return GenerationTimeout(f"generation exceeded {lim.total_timeout_s:g} s{extra}", limit="total")
-
-    def _partial(self, job: Job) -> dict[str, Any]:
-        return partial_data(job.command, job.model, job.run.text, job.run.seq)
-
-    def _final_data(
-        self, job: Job, finish_reason: str, result: GenerateResult | None = None, n_prompt: int | None = None
-    ) -> dict[str, Any]:
-        now = time.monotonic()
-        perf = result.perf if result is not None else None
-        prompt_tokens = perf.prompt_tokens if perf and perf.prompt_tokens is not None else n_prompt
-        completion = perf.completion_tokens if perf and perf.completion_tokens else job.run.seq
-        timings: dict[str, Any] = {
-            "queue_ms": _ms((job.run.started_at or now) - (job.run.enqueued_at or now))
-        }
-        if job.run.started_at is not None:
-            timings["total_ms"] = _ms(now - job.run.started_at)
-            if job.run.first_token_at is not None:
-                timings["ttft_ms"] = _ms(job.run.first_token_at - job.run.started_at)
-        if perf is not None:
-            if perf.prefill_ms is not None:
-                timings["prefill_ms"] = round(perf.prefill_ms, 2)
-                if prompt_tokens and perf.prefill_ms > 0:
-                    timings["prefill_tokens_per_s"] = round(prompt_tokens * 1000 / perf.prefill_ms, 2)
-            decode_ms = perf.decode_ms
-            if decode_ms is None and job.run.first_token_at and job.run.last_token_at:
-                decode_ms = (job.run.last_token_at - job.run.first_token_at) * 1000
-            if decode_ms is not None:
-                timings["decode_ms"] = round(decode_ms, 2)
-                if completion and decode_ms > 0:
-                    timings["decode_tokens_per_s"] = round(completion * 1000 / decode_ms, 2)
-            if perf.memory_mb is not None:
-                timings["memory_mb"] = round(perf.memory_mb, 1)
-        data = generation_data(job.model, job.run.text, finish_reason, prompt_tokens, completion, timings)
-        if job.inp is not None and job.inp.active_tools:
-            data["tool_calls"] = list(job.run.tool_calls)
-            if job.run.tool_calls and finish_reason in ("stop", "length"):
-                data["finish_reason"] = "tool_calls"
-        return data
 
     def _emit_stats_locked(self) -> None:
         """Queue a stats snapshot for the dispatcher (any thread, holding ``_cond``)."""
@@ -580,5 +507,12 @@ class InferenceLoop:
         return lim.abort_grace_s
 
 
-def _ms(seconds: float) -> float:
-    return round(seconds * 1000, 2)
+def timeout_error(lim: Limits, why: str, extra: str = "") -> GenerationTimeout:
+    """The error of a run the watchdog ended, naming its limit (``extra``: what else happened)."""
+    if why == "first_token_timeout":
+        return GenerationTimeout(
+            f"no first token within {lim.first_token_timeout_s:g} s{extra}", limit="first_token"
+        )
+    if why == "stalled":
+        return GenerationTimeout(f"no new token for {lim.stall_timeout_s:g} s{extra}", limit="stall")
+    return GenerationTimeout(f"generation exceeded {lim.total_timeout_s:g} s{extra}", limit="total")
