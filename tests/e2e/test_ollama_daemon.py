@@ -311,3 +311,21 @@ def test_stream_sends_each_delta_as_it_is_generated(served: Served, broker: Brok
     assert rest[-1].done and not any(p.done for p in rest[:-1])
     said = (first.message.content or "") + "".join(p.message.content or "" for p in rest)
     assert 0 < len(said.split()) < 60
+
+
+def test_num_ctx_clamp_serves_home_assistants_default(
+    broker: Broker, fake_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    """With num_ctx = "clamp", HA's default num_ctx of 8192 is served with the model's own context."""
+    port = free_port()
+    cfg = rkllm_config(tmp_path, broker, fake_libs["1.3"], f"{BASE}clamp")
+    with cfg.open("a") as f:
+        f.write(f'\n[plugins]\nenabled = ["ollama"]\n[plugins.ollama]\nport = {port}\nnum_ctx = "clamp"\n')
+    d = DaemonProc(cfg, tmp_path)
+    try:
+        d.wait_log("Ollama-compatible API listening")
+        client = ollama.Client(host=f"http://127.0.0.1:{port}", timeout=30)
+        reply = client.chat(model="fake", messages=user("hello there"), options={"num_ctx": 8192})
+        assert reply.message.content and reply.done
+    finally:
+        assert d.stop() == 0

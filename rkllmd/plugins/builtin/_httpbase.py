@@ -457,8 +457,10 @@ class ApiBase:
         aliases: dict[str, str],
         max_body_bytes: int,
         retry_after_s: int,
+        config: HttpConfig | None = None,
     ) -> None:
         self.ctx, self.relay, self.log = ctx, relay, ctx.log
+        self.config = config  # the plugin's own table, for options of its own
         self._keys, self._aliases = keys, aliases
         self._max_body, self._retry_after = max_body_bytes, retry_after_s
 
@@ -489,6 +491,7 @@ def start(
         aliases=dict(config.aliases),
         max_body_bytes=config.max_body_bytes or ctx.settings.limits.max_payload_bytes,
         retry_after_s=config.retry_after_s,
+        config=config,
     )
     server = serve(ctx, config, relay, api.handle, name=name, error_body=error_body, errors=errors)
     url = url_of(config.host, server) + url_path

@@ -19,17 +19,12 @@ thread per connection; the router (_relay.Relay.route) on rkllmd's dispatcher th
 
 from __future__ import annotations
 
-from pydantic import Field
-
 from rkllmd.plugins import Plugin, PluginContext
-from rkllmd.plugins.builtin._httpbase import HttpConfig, start
+from rkllmd.plugins.builtin._httpbase import start
 
 from .api import Api
+from .config import Config
 from .wire import error_body
-
-
-class Config(HttpConfig):
-    port: int = Field(11434, ge=1, le=65535)
 
 
 def setup(ctx: PluginContext, config: Config) -> None:

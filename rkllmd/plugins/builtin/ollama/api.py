@@ -22,6 +22,7 @@ from rkllmd.plugins.builtin._httpbase import ApiBase, Handler, HttpError, answer
 from rkllmd.plugins.builtin._relay import ClientGone, Item, Waiter
 
 from . import models, wire
+from .config import Config
 from .wire import Kind, Shape
 
 VERSION = "0.12.6"  # the Ollama API version answered: clients gate features on it (HOMEASSISTANT.md)
@@ -148,8 +149,14 @@ class Api(ApiBase):
             raise HttpError(400, f"model '{shown}' does not support images")
         limit = self.ctx.context_length(name)
         if ask.num_ctx is not None and ask.num_ctx > limit:
-            raise HttpError(
-                400, f"num_ctx {ask.num_ctx} is above the context length of model '{shown}' ({limit})"
+            if not isinstance(self.config, Config) or self.config.num_ctx == "refuse":
+                raise HttpError(
+                    400, f"num_ctx {ask.num_ctx} is above the context length of model '{shown}' ({limit})"
+                )
+            # num_ctx = "clamp": served with the model's own context; a prompt that does not fit is
+            # still refused (context_exceeded), so nothing is cut silently.
+            self.log.debug(
+                "num_ctx above the model's context; using the context", num_ctx=ask.num_ctx, limit=limit
             )
         if ask.ignored or ask.think is not None:
             self.log.debug("ollama fields accepted and ignored", options=ask.ignored, think=ask.think)
