@@ -308,3 +308,35 @@ def test_with_models_loaded_a_board_serves_a_model_topic_only_while_loaded(
         after = _finals(p, base, 4)
     assert {f["node"] for f in before} == {"b1"}, before
     assert {f["node"] for f in after} == {"b0", "b1"}, after
+
+
+def test_the_http_and_ollama_apis_run_on_their_own_board_in_a_fleet(
+    fleet: tuple[str, Board], broker: Broker
+) -> None:
+    """A board's OpenAI and Ollama APIs answer as on a single board, and the request runs on that board."""
+    import ollama
+    import openai
+
+    from rkllmd.bench.broker import free_port
+
+    _, board = fleet
+    http_port, ollama_port = free_port(), free_port()
+    plugins = {
+        "plugins": {
+            "enabled": ["http", "ollama"],
+            "http": {"port": http_port},
+            "ollama": {"port": ollama_port},
+        }
+    }
+    b0 = board("b0", sections=plugins)
+    board("b1")
+    b0.wait_log("Ollama-compatible API listening")
+    oa = openai.OpenAI(base_url=f"http://127.0.0.1:{http_port}/v1", api_key="none", max_retries=0, timeout=30)
+    chat = oa.chat.completions.create(model="fake", messages=[{"role": "user", "content": "[[len=3]] hi"}])
+    assert chat.choices[0].message.content
+    reply = ollama.Client(host=f"http://127.0.0.1:{ollama_port}", timeout=30).chat(
+        model="fake", messages=[{"role": "user", "content": "[[len=3]] hello"}]
+    )
+    assert reply.message.content and reply.done
+    ran_here = [ln for ln in b0.log_text().splitlines() if '"request done"' in ln and '"generate"' in ln]
+    assert len(ran_here) == 2, "both API requests ran on the board that received them"
