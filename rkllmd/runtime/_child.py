@@ -5,12 +5,15 @@ kind byte, a 4-byte little-endian length, the payload. Parent to child, on CMD_F
 (``K_CMD``, a pickled tuple: the opening one, then generate, clear_cache, ... close). Child to
 parent, on EVENT_FD: ``K_TOKENS`` (a 4-byte token count, then the UTF-8 text of those tokens),
 ``K_REPLY`` (a pickled reply to the last command) and ``K_LOG`` (a log record). CTL_FD carries
-one byte per abort; its end of file means the parent is gone, and the worker exits at once.
+one byte per abort; its end of file means the parent is gone, and the worker exits at once
+(as it does when a write to EVENT_FD finds the parent gone).
 
 What the worker imports is only what its runtime needs: no multiprocessing (so no resource
-tracker process), no MQTT, no configuration loader. structlog is not imported either (it
-brings asyncio and ssl along, some 11 MB): :class:`_LogFace` stands in for it, and every log
-call becomes a ``K_LOG`` frame that the parent logs with its own configuration.
+tracker process), no MQTT, no configuration loader, no pydantic (the model's settings come as
+:class:`rkllmd.runtime.base.Table` s, and ``open_runtime`` from the runtime package's
+``__init__``, which imports no settings model). structlog is not imported either (it brings
+asyncio and ssl along, some 11 MB): :class:`_LogFace` stands in for it, and every log call
+becomes a ``K_LOG`` frame that the parent logs with its own configuration.
 
 Threads here: *main* serves the commands and runs the runtime, whose token callback hands each
 token to :class:`Outbox` (one non-blocking write, or kept when the pipe is full); the *sender*
@@ -149,6 +152,8 @@ class Outbox:
             n = os.write(self.fd, data)
         except BlockingIOError:
             n = 0
+        except BrokenPipeError:  # the parent is gone (say it stopped while the model loaded)
+            os._exit(0)  # as the control thread does on its end of file: nothing left to serve
         if n < len(data):
             self._unsent += data[n:]
             self._cond.notify_all()

@@ -6,6 +6,8 @@ blocks. A runtime never touches MQTT: it hands text deltas to a sink and returns
 
 A :class:`TokenCounter` counts apart from the loaded runtime, on any thread. A
 :class:`RuntimeKind` is what a runtime package declares (``KIND``) for rkllmd.runtime.registry.
+A :class:`Table` is a model's settings as the worker process sees them. Nothing here imports
+pydantic: the worker process imports this module.
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from __future__ import annotations
 import abc
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
 
 import structlog
 
-from rkllmd.config_base import ModelCommon
+if TYPE_CHECKING:
+    from rkllmd.config_base import ModelCommon
 
 log = structlog.get_logger("rkllmd.runtime")
 
@@ -208,6 +211,48 @@ class LazyCounter:
         return fn(text) if fn is not None else None
 
 
+class Table:
+    """A configuration table as plain data: the worker process's stand-in for its pydantic model.
+
+    The parent turns a model's settings (and the tables of the configuration its runtime reads)
+    into tables (rkllmd.runtime.worker.table), so the worker unpickles them without importing
+    pydantic. The attribute names and values are the model's own, a nested table is a Table
+    too; read-only. A runtime reads its settings only as attributes, never through the model's
+    methods, so the same code runs on either.
+    """
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_values", dict(values))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or name == "_values":
+            raise AttributeError(name)
+        try:
+            return self._values[name]
+        except KeyError:
+            raise AttributeError(f"the table has no key {name!r}") from None
+
+    def __setattr__(self, name: str, value: Any) -> NoReturn:
+        raise AttributeError(f"a settings table is read-only (setting {name!r})")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError(f"a settings table is read-only (deleting {name!r})")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Table, (self._values,))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Table) and self._values == other._values
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._values)))
+
+    def __repr__(self) -> str:
+        return "Table(" + ", ".join(f"{k}={v!r}" for k, v in self._values.items()) + ")"
+
+
 @dataclass(frozen=True)
 class RuntimeKind:
     """One kind of runtime, as its package declares it: what ``runtime = "<name>"`` stands for.
@@ -215,9 +260,12 @@ class RuntimeKind:
     ``settings`` is the model of a ``[models.X]`` table of this kind; ``open_runtime(name, cfg,
     settings)`` builds its runtime in this process, closed, from the model's table and the whole
     configuration (rkllmd.settings.Settings, which no runtime imports); heavy imports happen
-    there, not at import. ``check(name, cfg)`` lists what would stop the model from loading,
-    without loading it; ``token_counter(cfg)`` gives a counter for the model, or None when it
-    cannot count. ``sigill_hint`` says what an illegal instruction in its native code means.
+    there, not at import. In a worker process ``cfg`` and ``settings`` are :class:`Table` s of
+    the same names, so ``open_runtime`` lives in a module that imports no pydantic (the
+    package's ``__init__``) and the runtime only reads its settings' attributes.
+    ``check(name, cfg)`` lists what would stop the model from loading, without loading it;
+    ``token_counter(cfg)`` gives a counter for the model, or None when it cannot count.
+    ``sigill_hint`` says what an illegal instruction in its native code means.
     """
 
     name: str

@@ -7,7 +7,8 @@ needs them.
 
 A new runtime is a package beside ``rkllm`` and ``llamacpp``: ``settings.py`` (its table, a
 :class:`~rkllmd.config_base.ModelCommon` with ``runtime: Literal["<name>"]``), ``runtime.py`` (its
-:class:`~rkllmd.runtime.base.Runtime`) and ``__init__.py`` declaring ``KIND``; then its ``KIND``
+:class:`~rkllmd.runtime.base.Runtime`), ``__init__.py`` with its ``open_runtime`` (no pydantic
+imported: the worker process imports it) and ``kind.py`` declaring ``KIND``; then its ``KIND``
 goes in ``_KINDS`` below and its table in ``rkllmd.settings.ModelSettings``.
 """
 
@@ -20,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from rkllmd.config_base import ModelCommon
 from rkllmd.loop import ModelRegistry
-from rkllmd.runtime import llamacpp, rkllm
 from rkllmd.runtime.base import Runtime, RuntimeKind, TokenCounter
+from rkllmd.runtime.llamacpp.kind import KIND as LLAMACPP
+from rkllmd.runtime.rkllm.kind import KIND as RKLLM
 from rkllmd.runtime.worker import WorkerRuntime
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ __all__ = [
     "token_counter",
 ]
 
-_KINDS: Mapping[str, RuntimeKind] = MappingProxyType({k.name: k for k in (rkllm.KIND, llamacpp.KIND)})
+_KINDS: Mapping[str, RuntimeKind] = MappingProxyType({k.name: k for k in (RKLLM, LLAMACPP)})
 
 
 def kinds() -> Mapping[str, RuntimeKind]:

@@ -8,7 +8,8 @@ MQTT side never notices. Unloading a model ends its worker, which returns all na
 The worker is ``python -m rkllmd.runtime._child`` started with three inherited pipes (no
 multiprocessing, so no resource-tracker process); that module describes the frames and what
 the worker imports. It receives the model's table and the tables of the configuration its
-runtime reads (:func:`runtime_settings`), not the whole configuration.
+runtime reads (:func:`runtime_settings`), not the whole configuration, and as plain data
+(:func:`table`): unpickling the pydantic models would import pydantic into the worker.
 
 Threads and processes:
 - parent, *inference thread*: every method except ``abort``/``kill``; it alone uses the command
@@ -28,16 +29,16 @@ import signal
 import subprocess
 import sys
 import threading
-import types
 from typing import TYPE_CHECKING, Any
 
 import structlog
+from pydantic import BaseModel
 
 from rkllmd import errors
 from rkllmd.config_base import ModelCommon
 from rkllmd.errors import ModelLoadError, RkllmdError, RuntimeCrashed, RuntimeFailure
 from rkllmd.runtime._child import K_CMD, K_LOG, K_REPLY, K_TOKENS, FrameReader, parse_tokens, write_frame
-from rkllmd.runtime.base import GenerateInput, GenerateResult, Runtime, RuntimeKind, TokenSink
+from rkllmd.runtime.base import GenerateInput, GenerateResult, Runtime, RuntimeKind, Table, TokenSink
 
 if TYPE_CHECKING:
     from rkllmd.settings import Settings
@@ -45,10 +46,25 @@ if TYPE_CHECKING:
 log = structlog.get_logger("rkllmd.worker")
 
 
-def runtime_settings(settings: Settings) -> Any:
+def table(model: BaseModel) -> Table:
+    """``model`` as a :class:`Table` of the same attribute names, its nested models tables too."""
+    return Table({name: _plain(getattr(model, name)) for name in type(model).model_fields})
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return table(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return value
+
+
+def runtime_settings(settings: Settings) -> Table:
     """The tables of the whole configuration a runtime's ``open_runtime`` reads (``[rkllm]``),
-    as plain data: unpickling the whole Settings would import the configuration loader."""
-    return types.SimpleNamespace(rkllm=settings.rkllm)
+    as a :class:`Table`: unpickling the whole Settings would import the configuration loader."""
+    return Table({"rkllm": table(settings.rkllm)})
 
 
 class WorkerRuntime(Runtime):
@@ -103,14 +119,7 @@ class WorkerRuntime(Runtime):
         self._proc, self._cmd, self._events, self._ctl = proc, cmd_w, FrameReader(ev_r), ctl_w
         self._killed = False
         self._pending = []
-        opening = (
-            self.runtime_kind.open_runtime,  # pickled by reference: a module-level function
-            self.name,
-            self.cfg,
-            runtime_settings(self.settings),
-            self.settings.log.level,
-        )
-        self._send(opening)
+        self._send(self.opening())
         ready, _, _ = select.select([ev_r], [], [], self.load_timeout_s)
         if not ready:
             self.close()
@@ -121,6 +130,20 @@ class WorkerRuntime(Runtime):
             raise _rebuild(reply)
         self._facts = reply[1]
         log.info("worker started", model=self.name, pid=proc.pid)
+
+    def opening(self) -> tuple[Any, ...]:
+        """The worker's first command: how to build the runtime, from plain data only.
+
+        ``open_runtime`` is pickled by reference (a module-level function of the runtime package's
+        ``__init__``, which imports no pydantic); the settings go as Tables (:func:`table`).
+        """
+        return (
+            self.runtime_kind.open_runtime,
+            self.name,
+            table(self.cfg),
+            runtime_settings(self.settings),
+            self.settings.log.level,
+        )
 
     def generate(self, inp: GenerateInput, sink: TokenSink) -> GenerateResult:
         self._send(("generate", inp))

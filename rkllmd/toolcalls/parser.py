@@ -9,7 +9,7 @@ suffix that could still become ``<tool_call>`` is held back while streaming.
 from __future__ import annotations
 
 import json
-import secrets
+import os
 from dataclasses import dataclass, field
 
 import structlog
@@ -23,8 +23,11 @@ CLOSE = "</tool_call>"
 
 
 def new_call_id() -> str:
-    """A fresh id in OpenAI's shape, ``call_<hex>``."""
-    return "call_" + secrets.token_hex(12)
+    """A fresh id in OpenAI's shape, ``call_<hex>``.
+
+    ``os.urandom`` is what ``secrets.token_hex`` reads; importing secrets would map OpenSSL's
+    libcrypto (through hmac) into the runtime worker process, which imports this package."""
+    return "call_" + os.urandom(12).hex()
 
 
 def _held_suffix(text: str) -> int:

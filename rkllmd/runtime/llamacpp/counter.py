@@ -10,10 +10,13 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rkllmd.runtime.base import LazyCounter, TokenCounter
 from rkllmd.runtime.llamacpp._lib import embedded_model_path, import_llama_cpp, route_native_logs
-from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
+
+if TYPE_CHECKING:
+    from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 
 _counters: dict[Path, LazyCounter] = {}
 _lock = threading.Lock()

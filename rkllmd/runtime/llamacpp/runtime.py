@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -36,7 +36,6 @@ from rkllmd.runtime.llamacpp._lib import (
     import_llama_cpp,
     route_native_logs,
 )
-from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 from rkllmd.toolcalls import (
     assistant_text,
     format_schema,
@@ -44,6 +43,9 @@ from rkllmd.toolcalls import (
     system_with_tools,
     tool_call_schema,
 )
+
+if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (rkllmd.runtime.base)
+    from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 
 log = structlog.get_logger("llamacpp")
 

@@ -21,8 +21,6 @@ is a refusal, a missing optional one is only undeclared. Nothing here runs at im
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import hashlib
 import importlib
 import mmap
 import os
@@ -135,14 +133,23 @@ def version_key(version: str) -> tuple[int, int, int, int, int]:
     return (int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if beta else 1, int(beta or 0))
 
 
+def _sha1() -> Any:
+    """A SHA-1: CPython's own, as hashlib's maps OpenSSL's libcrypto (3.5 MB) into the worker."""
+    try:
+        mod: Any = importlib.import_module("_sha1")
+    except ImportError:  # pragma: no cover - an interpreter without it
+        import hashlib as mod
+    return mod.sha1(usedforsecurity=False)
+
+
 def git_blob_id(path: Path) -> str:
     """The id ``git hash-object`` would give the file: sha1 of ``b"blob <len>\\0"`` + contents."""
-    h = hashlib.sha1(usedforsecurity=False)
+    h = _sha1()
     h.update(b"blob %d\0" % path.stat().st_size)
     with path.open("rb") as f:
         while chunk := f.read(1 << 20):
             h.update(chunk)
-    return h.hexdigest()
+    return str(h.hexdigest())
 
 
 def scan_sdk_versions(path: Path) -> tuple[str, ...]:
@@ -165,6 +172,8 @@ def find_library(*configured: Path | None, search_dirs: tuple[Path, ...] = SEARC
         raise RuntimeNotInstalled(f"the configured RKLLM library {cand} does not exist", library=str(cand))
     tried: list[str] = []
     dirs = [Path(d) for d in os.environ.get("LD_LIBRARY_PATH", "").split(":") if d] + list(search_dirs)
+    import ctypes.util  # here, not at import: it brings subprocess, shutil and tempfile along
+
     found = ctypes.util.find_library("rkllmrt")
     if found:
         if os.path.isabs(found) and os.path.isfile(found):

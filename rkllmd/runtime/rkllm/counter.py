@@ -10,10 +10,12 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rkllmd.runtime.base import LazyCounter, TokenCounter
-from rkllmd.runtime.rkllm.settings import RkllmModelSettings
+
+if TYPE_CHECKING:
+    from rkllmd.runtime.rkllm.settings import RkllmModelSettings
 
 _counters: dict[Path, LazyCounter] = {}
 _lock = threading.Lock()

@@ -16,7 +16,6 @@ the configured folder; nothing a request carries names a path. Runs on the infer
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import time
@@ -35,11 +34,19 @@ META_SUFFIX = ".json"
 TMP_SUFFIX = ".saving"
 
 
+# hashlib is imported where it is used: only with prompt_cache on does the worker process map
+# OpenSSL's libcrypto (3.5 MB) for it.
+
+
 def _sha256_text(text: str) -> str:
+    import hashlib
+
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _sha256_file(path: Path) -> str:
+    import hashlib
+
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):

@@ -16,7 +16,7 @@ import time
 from ctypes import Structure, pointer
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -28,14 +28,26 @@ from rkllmd.runtime.rkllm._handle import RkllmHandle
 from rkllmd.runtime.rkllm._lib import RkllmLibrary, find_library
 from rkllmd.runtime.rkllm.counter import count_with, load_tokenizer
 from rkllmd.runtime.rkllm.promptcache import Prefix, PromptCacheStore, model_identity
-from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmModelSettings, RkllmSettings
 from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
+
+if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names (rkllmd.runtime.base)
+    from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmModelSettings, RkllmSettings
 
 log = structlog.get_logger(__name__)
 
+
+@dataclass(frozen=True)
+class Template:
+    """RKLLM's three-part chat template, as a ``chat_template`` table has it ({system} replaced)."""
+
+    system: str = ""
+    prefix: str = ""
+    postfix: str = ""
+
+
 # Used when a system prompt is wanted but the model config has no chat_template: ChatML, the
 # format of the Qwen family that most RKLLM models are. Set chat_template for other families.
-CHATML = ChatTemplate(
+CHATML = Template(
     system="<|im_start|>system\n{system}<|im_end|>\n",
     prefix="<|im_start|>user\n",
     postfix="<|im_end|>\n<|im_start|>assistant\n",
@@ -527,7 +539,7 @@ class RkllmRuntime(Runtime):
         return self._render(tpl or CHATML, system or "")
 
     @staticmethod
-    def _render(tpl: ChatTemplate, system: str) -> tuple[str, str, str]:
+    def _render(tpl: ChatTemplate | Template, system: str) -> tuple[str, str, str]:
         sys_text = tpl.system.replace("{system}", system) if system or tpl is not CHATML else ""
         return (sys_text, tpl.prefix, tpl.postfix)
 
