@@ -1,9 +1,19 @@
 """The paho-mqtt wrapper: connect with backoff, Will, re-subscribe and re-publish retained state.
 
-Threads: paho's *network thread* runs ``_on_connect``, ``_on_disconnect``, ``_on_subscribe``,
-``_on_publish`` and ``_on_message``; they only copy data and hand it on (``on_incoming`` and a
-publish's ``then`` must just enqueue). ``publish``, ``subscribe`` and ``ack`` may be called from any
-thread (paho serialises them internally).
+Threads: ``publish``, ``subscribe`` and ``ack`` may be called from any thread, and the calling
+thread writes its packet to the socket itself (paho's ``loop_write``, inline): a stream chunk costs
+no other thread's wake-up. The bus's own *network thread* (``bus-network``, not paho's
+``loop_start``) waits in select() on the socket and a wake pipe; it reads (``loop_read``: CONNACK,
+SUBACK, PUBACK, requests, PINGRESP), writes what a publisher could not finish (a full socket
+buffer, or a packet queued inside a paho callback), sends keepalive pings (``loop_misc``, woken only
+when one is due) and reconnects with paho's backoff (``reconnect_delay_set``: 1 s doubling to 30 s).
+paho does not lock its writes, so every call into the client that can write or read goes through
+one lock, ``_io`` (an RLock: paho's callbacks run inside ``loop_read`` with it held, and
+``_on_connect`` subscribes and publishes). It is not held across select() nor across the TCP/TLS
+connect of a reconnect (the socket is opened first, then handed to paho). ``_on_connect``,
+``_on_subscribe``, ``_on_publish`` and ``_on_message`` run on the network thread, ``_on_disconnect``
+and a QoS 0 ``_on_publish`` also on a publishing thread whose write failed or finished; they only
+copy data and hand it on (``on_incoming`` and a publish's ``then`` must just enqueue).
 
 Requests are acknowledged by hand (paho's ``manual_ack``): each QoS 1/2 message carries a
 ``Receipt``, and ``ack`` sends its PUBACK only when rkllmd says so, once the request's final reply
@@ -22,6 +32,8 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
+import os
+import select
 import socket
 import ssl
 import threading
@@ -31,7 +43,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, _ConnectionState
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tenacity import (
@@ -69,6 +81,31 @@ def set_nodelay(client: mqtt.Client) -> None:
         # not TCP (e.g. a unix socket): nothing to do
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+# paho's states after disconnect(): the network thread then neither reconnects nor waits on.
+_CLOSED = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED)
+
+
+class _Client(mqtt.Client):
+    """paho's client, whose next socket may be one opened beforehand (``premade``).
+
+    paho's ``reconnect()`` opens the TCP (and TLS) connection itself, a blocking call of up to
+    ``connect_timeout``; the bus opens it first, without its lock, so publishers do not stall
+    while a broker that is away is tried, and lets ``reconnect()`` take that socket.
+    """
+
+    premade: Any = None
+
+    def _create_socket(self) -> Any:
+        sock, self.premade = self.premade, None
+        return sock if sock is not None else super()._create_socket()
+
+
+def _tls_pending(sock: Any) -> bool:
+    """Decrypted bytes the TLS layer holds that select() on the socket cannot see."""
+    pending = getattr(sock, "pending", None)
+    return pending is not None and pending() > 0
 
 
 class ConnectCancelled(RkllmdError):
@@ -125,7 +162,16 @@ class Bus:
         }
         if not self.v5:
             client_kw["clean_session"] = cfg.clean_start
-        self._client = mqtt.Client(**client_kw)
+        self._client = _Client(**client_kw)
+        # Every call into paho that can write or read the socket holds this (module docstring).
+        self._io = threading.RLock()
+        self._net: threading.Thread | None = None  # the network thread, while it runs
+        self._halt = threading.Event()  # ends the running network thread (after a flush, see _stop_loop)
+        self._flush_until = 0.0  # monotonic: how long a halting thread may still write what waits
+        self._watched: Any = None  # the socket the network thread waits on (under _io)
+        self._wake_r, self._wake_w = os.pipe()  # a byte here ends the network thread's select()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._client.enable_logger(None)  # paho's own logger stays quiet; we log events ourselves
         self._client.will_set(will_topic, will_payload, qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -174,23 +220,33 @@ class Bus:
                     props.ReceiveMaximum = self._receive_maximum
                 kw["properties"] = props
             self._connecting = True
+            with self._io:  # host, port and the rest for _create_socket; closes an earlier attempt's socket
+                self._client.connect_async(cfg.host, cfg.port, **kw)
             try:
-                self._client.connect(cfg.host, cfg.port, **kw)
+                sock = self._client._create_socket()  # TCP and TLS, without the lock
             except ssl.SSLCertVerificationError as exc:
                 msg = f"TLS: the broker's certificate did not verify: {exc.verify_message}"
                 raise ConnectionError(msg) from exc
             except ssl.SSLError as exc:
                 raise ConnectionError(f"TLS handshake failed: {exc.reason or exc}") from exc
-            self._client.loop_start()
+            with self._io:
+                self._client.premade = sock
+                try:
+                    self._client.connect(cfg.host, cfg.port, **kw)  # sends CONNECT on that socket
+                finally:
+                    if self._client.premade is not None:  # not taken: close it
+                        self._client.premade = None
+                        sock.close()
+            self._start_loop()
             if not self._connack.wait(timeout=10):
-                self._client.loop_stop()
+                self._stop_loop()
                 raise ConnectionError("no CONNACK within 10 s")
             reason = self._connack_reason
             if isinstance(reason, str):  # the connection closed before a CONNACK came
-                self._client.loop_stop()
+                self._stop_loop()
                 raise ConnectionError(reason)
             if reason is not None and getattr(reason, "is_failure", False):
-                self._client.loop_stop()
+                self._stop_loop()
                 if str(reason) in _FATAL_CONNACK or getattr(reason, "value", 0) in (4, 5, 134, 135, 138):
                     raise ConfigError(f"the broker at {cfg.host}:{cfg.port} refused rkllmd: {reason}")
                 raise ConnectionError(f"broker refused the connection: {reason}")
@@ -248,10 +304,13 @@ class Bus:
                 )
 
     def disconnect(self) -> None:
+        """Send DISCONNECT (the Will is not published), then end the network thread."""
         try:
-            self._client.disconnect()
+            with self._io:
+                self._client.disconnect()
+                self._kick()
         finally:
-            self._client.loop_stop()
+            self._stop_loop(flush_s=2.0)
 
     # --- any thread ----------------------------------------------------------------------------
 
@@ -267,7 +326,9 @@ class Bus:
         def unsubscribe() -> None:
             with self._lock:
                 self._subs.pop(topic, None)
-            self._client.unsubscribe(topic)
+            with self._io:
+                self._client.unsubscribe(topic)
+                self._kick()
 
         return unsubscribe
 
@@ -286,7 +347,7 @@ class Bus:
         """Publish now, or queue it in paho until the broker is back; ``droppable`` (stream chunks)
         is skipped instead when more than ``STREAM_BACKLOG`` messages already wait.
 
-        ``then`` is called once the broker has the message (its PUBACK, on paho's network thread,
+        ``then`` is called once the broker has the message (its PUBACK, on the bus's network thread,
         so it must only enqueue), at once for QoS 0, and at once if paho refused the publish."""
         q = self.cfg.qos if qos is None else qos
         if droppable and not self.connected.is_set() and len(self._client._out_messages) >= STREAM_BACKLOG:
@@ -306,7 +367,9 @@ class Bus:
             with self._then_lock:
                 self._tracking += 1  # from here until its callback is stored, note early PUBACKs
         try:
-            info = self._client.publish(topic, payload, qos=q, retain=retain, properties=props)
+            with self._io:  # written to the socket here, on this thread (module docstring)
+                info = self._client.publish(topic, payload, qos=q, retain=retain, properties=props)
+                self._kick()
         except BaseException:
             if tracked:
                 with self._then_lock:
@@ -333,7 +396,9 @@ class Bus:
         """Acknowledge a request message to the broker (any thread); see the module docstring."""
         if receipt.connection not in self._live_generations:
             return  # the broker dropped that session: the packet id now names nothing (or another message)
-        rc = self._client.ack(receipt.mid, receipt.qos)
+        with self._io:
+            rc = self._client.ack(receipt.mid, receipt.qos)
+            self._kick()
         if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("ack failed", mid=receipt.mid, error=mqtt.error_string(rc))
 
@@ -349,12 +414,151 @@ class Bus:
             time.sleep(0.02)
 
     def _send_subscribe(self, topic: str, q: int) -> None:
-        with self._sub_cond:  # held across the call so the SUBACK cannot be handled before the mid is known
+        # _sub_cond is held across the call so the SUBACK cannot be handled before the mid is known;
+        # _io is taken first, as the network thread does (it holds _io when _on_subscribe takes _sub_cond)
+        with self._io, self._sub_cond:
             rc, mid = self._client.subscribe(topic, qos=q)
             if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
                 self._sub_sent[mid] = topic
+            self._kick()
 
-    # --- paho network thread -------------------------------------------------------------------
+    # --- the network thread --------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        """Under _io, after a call into paho: wake the network thread if it has work now, i.e. a
+        packet this thread could not finish writing, or a socket that changed (closed by a failed
+        write, or a new one) while it waits in select() on the old one."""
+        if self._net is None or threading.current_thread() is self._net:
+            return
+        if self._client.want_write() or self._client.socket() is not self._watched:
+            self._wake()
+
+    def _wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is already pending
+            os.write(self._wake_w, b"x")
+
+    def _start_loop(self) -> None:
+        if self._net is not None:
+            return
+        # a new event for each thread: one that was left behind (stuck in a connect) stays halted
+        self._halt = halt = threading.Event()
+        self._net = threading.Thread(target=self._net_main, args=(halt,), name="bus-network", daemon=True)
+        self._net.start()
+
+    def _stop_loop(self, flush_s: float = 0.0) -> None:
+        """End the network thread, after it has written what waits (at most ``flush_s``)."""
+        net = self._net
+        if net is None:
+            return
+        self._flush_until = time.monotonic() + flush_s
+        self._halt.set()
+        self._wake()
+        if net is not threading.current_thread():
+            # a reconnect's TCP connect in progress ends within paho's connect_timeout
+            net.join(timeout=flush_s + self._client.connect_timeout + 5)
+            if net.is_alive():
+                log.warning("the MQTT network thread did not stop")
+        self._net = None
+
+    def _net_main(self, halt: threading.Event) -> None:
+        try:
+            while self._net_step(halt):
+                pass
+        except Exception:  # never expected; without this thread the daemon would be deaf
+            log.exception("MQTT network thread failed")
+
+    def _net_step(self, halt: threading.Event) -> bool:
+        """Wait for the socket or a wake-up, then read, write, ping; reconnect a lost connection.
+        False: the thread ends."""
+        c = self._client
+        with self._io:
+            sock: Any = c.socket()
+            self._watched = sock
+            want_write = c.want_write()
+            pending = _tls_pending(sock)
+            closed = c._state in _CLOSED
+        if halt.is_set() and (sock is None or not want_write or time.monotonic() >= self._flush_until):
+            return False
+        if sock is None:
+            if closed:  # disconnect() was called
+                return False
+            self._reconnect(halt)
+            return True
+        timeout = 0.0 if pending else self._misc_timeout()
+        if halt.is_set():
+            left = self._flush_until - time.monotonic()
+            timeout = max(0.0, min(timeout if timeout is not None else 1.0, left))
+        try:
+            readable, _, _ = select.select([sock, self._wake_r], [sock] if want_write else [], [], timeout)
+        except (OSError, ValueError, TypeError):  # the socket was closed meanwhile: look again
+            return True
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        try:
+            with self._io:
+                if c.socket() is not sock:  # closed (or replaced) meanwhile: look again
+                    return True
+                if sock in readable or pending:
+                    c.loop_read()
+                    # TLS: a record may hold more packets than loop_read took; select() cannot see them
+                    while c.socket() is sock and _tls_pending(sock):
+                        c.loop_read()
+                # what a publisher left (a full socket buffer) or a callback queued (_on_connect)
+                if c.socket() is sock and c.want_write():
+                    c.loop_write()
+                if c.socket() is sock:
+                    c.loop_misc()  # keepalive: PINGREQ when due, drop a broker that stopped answering
+        except Exception:  # a callback failed half-way through a packet: start over on a new connection
+            log.exception("MQTT network loop failed; reconnecting")
+            with self._io, contextlib.suppress(Exception):
+                if c.socket() is sock:
+                    c._loop_rc_handle(mqtt.MQTT_ERR_UNKNOWN)
+        return True
+
+    def _misc_timeout(self) -> float | None:
+        """Seconds until loop_misc has something to do (a keepalive ping, or a PINGRESP overdue);
+        None without a keepalive. paho's own loop woke every second instead."""
+        c = self._client
+        keepalive = c._keepalive
+        if not keepalive:
+            return None
+        with c._msgtime_mutex:
+            last = min(c._last_msg_out, c._last_bytes_received)
+        return min(float(keepalive), max(0.0, last + keepalive - time.monotonic()) + 0.01)
+
+    def _reconnect(self, halt: threading.Event) -> None:
+        """The connection was lost: wait paho's backoff (1 s, doubling to 30 s, reset by a CONNACK),
+        open a socket without the lock, then let paho send CONNECT on it."""
+        c = self._client
+        with c._reconnect_delay_mutex:
+            if c._reconnect_delay is None:
+                c._reconnect_delay = c._reconnect_min_delay
+            else:
+                c._reconnect_delay = min(c._reconnect_delay * 2, c._reconnect_max_delay)
+            delay = c._reconnect_delay
+        if halt.wait(delay):
+            return
+        try:
+            sock = c._create_socket()
+        except Exception as exc:  # refused, unreachable, TLS: try again after the next wait
+            log.debug("reconnect failed", error=str(exc))
+            return
+        with self._io:
+            if halt.is_set() or c.socket() is not None or c._state in _CLOSED:
+                sock.close()
+                return
+            c.premade = sock
+            try:
+                c.reconnect()
+            except Exception as exc:
+                log.debug("reconnect failed", error=str(exc))
+            finally:
+                if c.premade is not None:
+                    c.premade = None
+                    sock.close()
+
+    # --- paho's callbacks (the network thread; see the module docstring) ----------------------
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         set_nodelay(client)

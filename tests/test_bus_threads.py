@@ -1,0 +1,115 @@
+"""The bus over a real mosquitto: publishers on several threads write to the socket themselves,
+so their packets must still leave whole and in each thread's order; a failing callback must not
+leave the daemon deaf; a clean stop leaves no thread behind."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from rkllmd.bus import Bus
+from rkllmd.protocol import Incoming
+from rkllmd.settings import Settings
+from tests.helpers import Broker, Probe
+
+
+def make_bus(broker: Broker, on_incoming: object = None, **mqtt: object) -> Bus:
+    cfg = Settings(
+        mqtt={"host": broker.host, "port": broker.port, "client_id": "bus-" + uuid.uuid4().hex[:8], **mqtt}
+    ).mqtt
+    return Bus(cfg, "t/will", b"gone", on_incoming or (lambda m: None))  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def probe(broker: Broker) -> Iterator[Probe]:
+    p = Probe(broker)
+    yield p
+    p.close()
+
+
+def test_publishes_from_two_threads_arrive_whole_and_in_order(broker: Broker, probe: Probe) -> None:
+    """Two threads publish at once (QoS 0 and 1, small and large payloads, so some writes are left
+    half done for the network thread to finish): every message arrives intact, each thread's in order."""
+    base = "t/order/" + uuid.uuid4().hex[:6]
+    probe.subscribe(f"{base}/#")
+    bus = make_bus(broker)
+    bus.connect()
+    per_thread = 400
+    big = {i for i in range(per_thread) if i % 50 == 7}  # a few 256 KiB payloads among small ones
+
+    def payload(name: str, i: int) -> bytes:
+        head = f"{name}:{i}:".encode()
+        return head + (b"x" * (256 * 1024) if i in big else b"y" * (i % 37))
+
+    def run(name: str, qos: int) -> None:
+        for i in range(per_thread):
+            bus.publish(f"{base}/{name}", payload(name, i), qos=qos, droppable=True)
+
+    threads = [threading.Thread(target=run, args=(n, q)) for n, q in (("a", 0), ("b", 1))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        got: dict[str, list[bytes]] = {"a": [], "b": []}
+        deadline = time.monotonic() + 30
+        while sum(map(len, got.values())) < 2 * per_thread:
+            m = probe.get(f"{base}/#", timeout=max(0.1, deadline - time.monotonic()))
+            got[m.topic.rsplit("/", 1)[1]].append(m.payload)
+        for name in got:
+            assert got[name] == [payload(name, i) for i in range(per_thread)], name
+        bus.wait_published(10)
+    finally:
+        bus.disconnect()
+
+
+def test_a_failing_message_callback_does_not_leave_the_bus_deaf(broker: Broker, probe: Probe) -> None:
+    """on_incoming raising (a bug) drops that connection, not the bus: it reconnects, subscribes
+    again and messages arrive."""
+    topic = "t/deaf/" + uuid.uuid4().hex[:6]
+    got: queue.Queue[bytes] = queue.Queue()
+
+    def on_incoming(m: Incoming) -> None:
+        if m.payload == b"boom":
+            raise RuntimeError("a bug in the handler")
+        got.put(m.payload)
+
+    bus = make_bus(broker, on_incoming)
+    bus.connect()
+    bus.subscribe(topic, qos=1)
+    bus.wait_subscribed()
+    try:
+        probe.publish(topic, b"boom")
+        deadline = time.monotonic() + 20
+        n = 0
+        while True:
+            n += 1
+            probe.publish(topic, f"after-{n}".encode())
+            try:
+                if got.get(timeout=0.5).startswith(b"after-"):
+                    break
+            except queue.Empty:
+                assert time.monotonic() < deadline, "nothing arrived after the failing callback"
+    finally:
+        bus.disconnect()
+
+
+def test_disconnect_leaves_no_thread_behind(broker: Broker) -> None:
+    """A clean stop sends DISCONNECT (no Will) and ends the bus's network thread."""
+    before = set(threading.enumerate())
+    bus = make_bus(broker)
+    bus.connect()
+    assert bus.connected.wait(5)
+    bus.publish("t/x", b"1", qos=1)
+    bus.wait_published(5)
+    bus.disconnect()
+    deadline = time.monotonic() + 5
+    while set(threading.enumerate()) - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not set(threading.enumerate()) - before
+    assert not bus.connected.is_set()
