@@ -17,7 +17,8 @@ from tests.helpers import Broker, DaemonProc, Probe, probe, write_config
 
 def _daemon(tmp: Path, broker: Broker, lib: Path, base: str, *, clean: bool, journal: bool) -> DaemonProc:
     mqtt = {"clean_start": clean, "redelivery_wait_s": 1.0}
-    cfg = rkllm_config(tmp, broker, lib, base, mqtt=mqtt)
+    # Room for all three while the startup load may still count as running: no busy before the kill.
+    cfg = rkllm_config(tmp, broker, lib, base, mqtt=mqtt, limits={"queue_size": 4})
     if journal:
         write_config(cfg, {"state_dir": str(tmp / "state"), **tomllib.loads(cfg.read_text())})
     d = DaemonProc(cfg, tmp)
