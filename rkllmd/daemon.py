@@ -115,6 +115,7 @@ class Daemon:
                 hold=in_flight or lim.queue_size + 1,
             ),
             self.dispatcher.put,
+            direct=self.dispatcher,
         )
         self.fleet = (
             Fleet(settings, self.topics, self.bus, self.loop, self.dispatcher.put) if fleet.enabled else None

@@ -145,19 +145,51 @@ class Dispatcher:
                 batch.append(self._events.get_nowait())
         return batch
 
+    # --- the inference thread: a request's chunks straight from where its tokens arrive ------
+
+    def streams_directly(self, job: Exchange) -> bool:
+        """Whether ``job``'s chunks may be published by the thread its tokens arrive on instead of
+        this dispatcher's (rkllmd/loop.py asks once per run, and only when that thread is its own
+        inference thread, never a runtime's callback thread): nothing but the stream wants its
+        tokens, so skipping the hand-over costs nothing and saves a thread wake-up per token."""
+        return (
+            job.stream
+            and job.id is not None
+            and not job.local
+            and not job.sentences
+            and self.stream.coalesce_ms == 0
+            and not self.plugins.routes_tokens(job)
+        )
+
+    def publish_chunk(self, job: Exchange, seq: int, delta: str) -> None:
+        """One stream chunk and its bare text (the inference thread for a direct stream, else this
+        dispatcher's). The bus writes in call order, so a run's chunks precede its end message."""
+        assert job.id is not None
+        if not self.stream.text_topic:
+            self.bus.publish(
+                self.topics.stream(job.id),
+                protocol.stream_chunk(job.id, seq, delta),
+                qos=self.stream.qos,
+                droppable=True,
+            )
+            return
+        with self.bus.together():  # the chunk and its text in one segment
+            self.bus.publish(
+                self.topics.stream(job.id),
+                protocol.stream_chunk(job.id, seq, delta),
+                qos=self.stream.qos,
+                droppable=True,
+            )
+            topic = self.topics.stream_text(job.id)
+            self.bus.publish(topic, delta.encode(), qos=self.stream.qos, droppable=True)
+
+    # --- dispatcher thread -----------------------------------------------------------------
+
     def _dispatch(self, ev: Event) -> None:
         if isinstance(ev, Token):
             job = ev.request
             if job.stream and job.id is not None:
-                self.bus.publish(
-                    self.topics.stream(job.id),
-                    protocol.stream_chunk(job.id, ev.seq, ev.delta),
-                    qos=self.stream.qos,
-                    droppable=True,
-                )
-                if self.stream.text_topic:
-                    topic = self.topics.stream_text(job.id)
-                    self.bus.publish(topic, ev.delta.encode(), qos=self.stream.qos, droppable=True)
+                self.publish_chunk(job, ev.seq, ev.delta)
             if job.sentences and job.id is not None:
                 speech = self._speech.get(job.id) or self._speech.setdefault(
                     job.id, Utterances(self.stream.sentence_max_chars, self.stream.sentence_min_chars)
@@ -171,6 +203,10 @@ class Dispatcher:
             if ev.request.run.enqueued_at is not None:  # it went through the queue: a job's end
                 self._job_ended(ev)
             self._reply(ev)
+
+    def _chunks_sent(self, job: Exchange) -> int:
+        """The end message's ``seq``: chunks sent, by the inference thread or by this one."""
+        return job.run.seq if job.run.direct_stream else self._joiner.sent(job)
 
     def _job_ended(self, final: Final) -> None:
         job = final.request
@@ -191,7 +227,7 @@ class Dispatcher:
             finish = str(final.data.get("finish_reason", "stop")) if final.ok else "error"
             self.bus.publish(
                 self.topics.stream(job.id),
-                protocol.stream_end(job.id, self._joiner.sent(job), finish, final.status),
+                protocol.stream_end(job.id, self._chunks_sent(job), finish, final.status),
             )
             if self.stream.text_topic:
                 self.bus.publish(self.topics.stream_text(job.id), b"\n")

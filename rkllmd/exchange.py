@@ -35,6 +35,7 @@ class Run:
     seq: int = 0
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # in the reply's shape
     journal_key: str | None = None  # open in the request journal (rkllmd/journal.py) until answered
+    direct_stream: bool = False  # its chunks went out from the inference thread (rkllmd/dispatch.py)
 
     @property
     def text(self) -> str:

@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import structlog
 
@@ -61,6 +61,14 @@ class Stats:
 
 
 Event = Token | Final | Stats
+
+
+class DirectStream(Protocol):
+    """Publishes a run's stream chunks from the inference thread (rkllmd.dispatch.Dispatcher)."""
+
+    def streams_directly(self, job: Exchange) -> bool: ...
+
+    def publish_chunk(self, job: Exchange, seq: int, delta: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -100,13 +108,20 @@ class InferenceLoop:
     """Runs jobs one at a time on its own thread; see the module docstring for the thread rules."""
 
     def __init__(
-        self, registry: ModelRegistry, default_model: str, limits: Limits, emit: Callable[[Event], None]
+        self,
+        registry: ModelRegistry,
+        default_model: str,
+        limits: Limits,
+        emit: Callable[[Event], None],
+        direct: DirectStream | None = None,
     ) -> None:
-        """``emit`` receives every event, from whichever thread makes it: it must only enqueue."""
+        """``emit`` receives every event, from whichever thread makes it: it must only enqueue.
+        ``direct`` (the dispatcher) may publish a run's chunks from this thread (DirectStream)."""
         self.registry = registry
         self.default_model = default_model
         self.limits = limits
         self.emit = emit
+        self.direct = direct
         self._cond = threading.Condition()
         self._pending: collections.deque[Job] = collections.deque()
         self._held: collections.deque[Job] = collections.deque()  # behind a full queue (Limits.hold)
@@ -375,11 +390,20 @@ class InferenceLoop:
         # With tools, the model's call markup is taken out of the text here, for every runtime:
         # streamed deltas never carry it, the calls go into the final reply.
         parser = HermesParser() if job.inp.active_tools else None
+        # Where the sink runs on this thread (a worker process's pipe) and nothing but the stream
+        # wants the tokens, chunks go out from here: one thread wake-up fewer per token.
+        direct = self.direct if self.direct is not None and rt.sink_on_caller else None
+        if direct is not None and not direct.streams_directly(job):
+            direct = None
+        job.run.direct_stream = direct is not None
 
         def text_out(text: str) -> None:
             if text:
                 job.run.pieces.append(text)
-                self.emit(Token(job, job.run.seq, text))
+                if direct is not None:
+                    direct.publish_chunk(job, job.run.seq, text)
+                else:
+                    self.emit(Token(job, job.run.seq, text))
                 job.run.seq += 1
 
         # Runs on whatever thread the runtime delivers tokens on: copy, count, enqueue.

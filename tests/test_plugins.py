@@ -311,3 +311,30 @@ def test_stats_contributor_that_raises_is_left_out() -> None:
 
     with PluginHarness(make_plugin("flaky", setup)) as h:
         assert h.stats() == {}
+
+
+def test_a_router_sees_tokens_only_when_it_asked_for_them() -> None:
+    """tokens=False routers get final replies only, "local" ones the tokens of local requests only."""
+    from rkllmd.exchange import Exchange, Final, Token
+    from rkllmd.plugins.hooks import Hooks
+    from rkllmd.protocol import Address
+
+    hooks = Hooks([])
+    seen: dict[str, list[str]] = {"all": [], "none": [], "local": []}
+    hooks.add("route", ("a", lambda e: seen["all"].append(type(e).__name__), True))
+    hooks.add("route", ("b", lambda e: seen["none"].append(type(e).__name__), False))
+    hooks.add("route", ("c", lambda e: seen["local"].append(type(e).__name__), "local"))
+    mqtt = Exchange(command="generate", topic="t", id="m", address=Address("r"))
+    local = Exchange(command="generate", topic="t", id="l", address=Address("r", local=True))
+    for ex in (mqtt, local):
+        hooks.route(Token(ex, 0, "hi"))
+        hooks.route(Final(ex, "ok", {}))
+    assert seen == {
+        "all": ["Token", "Final", "Token", "Final"],
+        "none": ["Final", "Final"],
+        "local": ["Final", "Token", "Final"],
+    }
+    assert hooks.routes_tokens(mqtt) and hooks.routes_tokens(local)
+    only_finals = Hooks([])
+    only_finals.add("route", ("b", lambda e: None, False))
+    assert not only_finals.routes_tokens(mqtt)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from rkllmd.dispatch import ChunkJoiner, Dispatcher
@@ -99,6 +100,9 @@ class _Bus:
 
     def publish_json(self, topic: str, obj: Any, **kw: Any) -> None:
         self.sent.append((topic, b"", kw.get("qos")))
+
+    def together(self) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext()
 
 
 def _run(stream: StreamSettings) -> list[tuple[str, bytes, int | None]]:

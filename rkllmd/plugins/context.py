@@ -12,7 +12,7 @@ import json
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 from pydantic import BaseModel
@@ -93,9 +93,12 @@ class PluginContext:
         """Add ``fn`` to the preprocessor chain for requests of ``commands`` (ingress thread)."""
         return self._keep(self._hooks.add("pre", (self.name, fn, frozenset(commands))))
 
-    def add_router(self, fn: Router) -> Callable[[], None]:
-        """Add ``fn`` to the router chain: it sees Token and Final events (dispatcher thread)."""
-        return self._keep(self._hooks.add("route", (self.name, fn)))
+    def add_router(self, fn: Router, *, tokens: bool | Literal["local"] = True) -> Callable[[], None]:
+        """Add ``fn`` to the router chain: it sees Final events and, with ``tokens``, Token events
+        (dispatcher thread). ``tokens=False`` for a router that reads only final replies (rkllmd
+        can then stream a request's chunks without the dispatcher); ``"local"``: only the tokens
+        of local requests (an interface plugin's own)."""
+        return self._keep(self._hooks.add("route", (self.name, fn, tokens)))
 
     def add_stats(self, fn: StatsContributor) -> Callable[[], None]:
         """Contribute ``fn()`` to the stats topic as ``plugins.<name>``; None leaves it out."""

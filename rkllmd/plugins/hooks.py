@@ -11,7 +11,7 @@ import contextlib
 import copy
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
@@ -40,7 +40,9 @@ class Hooks:
         self.enabled = list(enabled)
         self._lock = threading.RLock()
         self._pre: list[tuple[str, Preprocessor, frozenset[str]]] = []
-        self._route: list[tuple[str, Router]] = []
+        # (plugin, router, which tokens it sees: True all, False none (only finals), "local" those
+        # of local requests, e.g. the HTTP APIs' own)
+        self._route: list[tuple[str, Router, bool | Literal["local"]]] = []
         self._stats: list[tuple[str, StatsContributor]] = []
         self._subs: list[tuple[str, Handler]] = []  # (topic filter, handler)
         self._sub_refs: dict[str, tuple[int, Callable[[], None]]] = {}
@@ -130,11 +132,20 @@ class Hooks:
     def has_routers(self) -> bool:
         return bool(self._route)
 
+    def routes_tokens(self, request: Request) -> bool:
+        """Whether some router wants this request's tokens (any thread)."""
+        with self._lock:
+            return any(_sees(tokens, request) for _, _, tokens in self._route)
+
     def route(self, event: Token | Final) -> None:
-        """Hand ``event`` to every router; one that raises is logged and the rest still run."""
+        """Hand ``event`` to every router that takes it (a Token only to those that asked for
+        tokens); one that raises is logged and the rest still run."""
         with self._lock:
             chain = list(self._route)
-        for name, fn in chain:
+        token = isinstance(event, Token)
+        for name, fn, tokens in chain:
+            if token and not _sees(tokens, event.request):
+                continue
             try:
                 fn(event)
             except Exception:
@@ -158,6 +169,10 @@ class Hooks:
 
 def _nothing() -> None:
     pass
+
+
+def _sees(tokens: bool | Literal["local"], request: Request) -> bool:
+    return tokens is True or (tokens == "local" and request.local)
 
 
 def _matches(sub: str, topic: str) -> bool:

@@ -140,6 +140,9 @@ class Runtime(abc.ABC):
 
     #: short name used in config (``runtime = "rkllm"``) and in the info topic
     kind: str = "base"
+    #: True when ``generate`` calls the sink on the thread that called it (the worker proxy reads
+    #: its pipe there), never on a native callback thread: the loop may then publish from the sink.
+    sink_on_caller: bool = False
 
     @abc.abstractmethod
     def open(self) -> None:

@@ -71,6 +71,8 @@ class WorkerRuntime(Runtime):
     """Proxy to a real runtime of ``runtime_kind`` living in a child process, which builds it
     with ``runtime_kind.open_runtime`` from the pickled model settings."""
 
+    sink_on_caller = True  # tokens come off the pipe on the inference thread, which called generate
+
     def __init__(
         self,
         runtime_kind: RuntimeKind,

@@ -429,7 +429,7 @@ def serve(
             raise NotReady(f"{config.host}:{config.port} is in use") from exc
         raise
     # The router before the first request can be injected: no event may find no queue.
-    ctx.add_router(relay.route)
+    ctx.add_router(relay.route, tokens="local")  # the tokens of its own (local) requests
     # The poll interval bounds how long teardown waits for the accept loop to notice it should end.
     thread = threading.Thread(target=server.serve_forever, args=(0.1,), name=f"{name}-server", daemon=True)
     thread.start()

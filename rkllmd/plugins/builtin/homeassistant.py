@@ -335,7 +335,7 @@ def setup(ctx: PluginContext, config: Config) -> None:
     publish_discovery()
     ctx.subscribe(f"{config.discovery_prefix}/status", on_birth)
     ctx.subscribe(ctx.topic("cancel"), on_cancel)
-    ctx.add_router(route)
+    ctx.add_router(route, tokens=False)  # final replies only
 
 
 def _last_user(messages: Any) -> str | None:

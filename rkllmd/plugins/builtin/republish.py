@@ -188,7 +188,7 @@ def setup(ctx: PluginContext, config: Config) -> None:
 
     if fields:
         ctx.add_preprocessor(preprocess, commands={c for r in config.routes for c in r.commands})
-    ctx.add_router(route)
+    ctx.add_router(route, tokens=bool(speaking))  # tokens only for sentence routes
 
 
 PLUGIN = Plugin(

@@ -191,7 +191,7 @@ def setup(ctx: PluginContext, config: Config) -> None:
         ctx.publish(msg.response_topic or ctx.topic("response"), body)
 
     ctx.add_preprocessor(preprocess)
-    ctx.add_router(route)
+    ctx.add_router(route, tokens=False)  # final replies only
     ctx.subscribe(ctx.topic("clear"), on_clear)
     ctx.add_stats(lambda: {"sessions": len(store)})
 

@@ -90,7 +90,7 @@ def setup(ctx: PluginContext, config: Config) -> None:
         if isinstance(event, Final) and (event.request.command in wanted or not event.request.command):
             writer.write(record_of(event))
 
-    ctx.add_router(route)
+    ctx.add_router(route, tokens=False)  # final replies only
 
 
 PLUGIN = Plugin(
