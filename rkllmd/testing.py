@@ -174,14 +174,28 @@ class PluginHarness:
     # requests
 
     def request(
-        self, payload: dict[str, Any] | str, command: str = "generate", topic: str | None = None
+        self,
+        payload: dict[str, Any] | str,
+        command: str = "generate",
+        topic: str | None = None,
+        *,
+        local: bool = False,
     ) -> Request:
-        """A Request as the daemon builds it from a payload (JSON object or plain text)."""
+        """A Request as the daemon builds it from a payload (JSON object or plain text); ``local``:
+        as from a plugin's LocalMessage (answered to routers only; "local" routers see its tokens)."""
         raw = payload if isinstance(payload, str) else json.dumps(payload)
         topic = topic or self.topics.request(command)
         command, topic_model = self.topics.parse_request_topic(topic)
         obj = protocol.decode_payload(raw.encode(), command, self.settings.limits.max_payload_bytes)
-        return Request(command=command, topic=topic, payload=obj, topic_model=topic_model, original=dict(obj))
+        address = protocol.Address(self.topics.response(command), local=True) if local else None
+        return Request(
+            command=command,
+            topic=topic,
+            payload=obj,
+            topic_model=topic_model,
+            original=dict(obj),
+            address=address,
+        )
 
     def preprocess(
         self, payload: dict[str, Any] | str | Request, command: str = "generate", topic: str | None = None
