@@ -11,6 +11,9 @@ docs/ARCHITECTURE.md follows one request through them.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import signal
 import threading
 import time
@@ -133,6 +136,7 @@ class Daemon:
             fleet=self.fleet,
         )
         self._stop = threading.Event()
+        self._wake_fd: int | None = None  # wakes the main thread's wait for a stop (_wait_for_stop)
         self.notifier = Notifier()  # systemd Type=notify; a no-op outside systemd
         self._live: tuple[Any, ...] = ()
         self._live_since = time.monotonic()
@@ -188,16 +192,44 @@ class Daemon:
         if self.fleet is not None:
             log.info("serving as a board of a fleet", group=self.fleet.group, node=self.fleet.node)
         self.notifier.start_watchdog(self._liveness)
-        self._stop.wait()  # no timeout: the signal handler's set() wakes it, nothing else does
+        self._wait_for_stop()
         self.shutdown()
         return 0
+
+    def _wait_for_stop(self) -> None:
+        """Sleep until a stop signal or request_stop(), with no timer.
+
+        A plain Event.wait() is not enough: the kernel may deliver SIGTERM to any thread, and then
+        the main thread, asleep in the wait, never runs the Python handler. The signal's wakeup fd
+        (written by whichever thread takes the signal) wakes it instead.
+        """
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._wake_fd = w
+        old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+        try:
+            while not self._stop.is_set():
+                select.select([r], [], [])  # the handler runs when this returns to Python code
+                with contextlib.suppress(BlockingIOError):
+                    os.read(r, 512)
+        finally:
+            signal.set_wakeup_fd(old)
+            self._wake_fd = None
+            os.close(r)
+            os.close(w)
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("stop requested", signal=signal.Signals(signum).name)
         self._stop.set()
 
     def request_stop(self) -> None:
+        """Any thread: stop as a signal would."""
         self._stop.set()
+        fd = self._wake_fd
+        if fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(fd, b"\0")
 
     def shutdown(self) -> None:
         """Stop taking requests, end the current one within the grace period, say ``stopped``."""
