@@ -165,23 +165,13 @@ class Dispatcher:
         """One stream chunk and its bare text (the inference thread for a direct stream, else this
         dispatcher's). The bus writes in call order, so a run's chunks precede its end message."""
         assert job.id is not None
-        if not self.stream.text_topic:
-            self.bus.publish(
-                self.topics.stream(job.id),
-                protocol.stream_chunk(job.id, seq, delta),
-                qos=self.stream.qos,
-                droppable=True,
-            )
-            return
-        with self.bus.together():  # the chunk and its text in one segment
-            self.bus.publish(
-                self.topics.stream(job.id),
-                protocol.stream_chunk(job.id, seq, delta),
-                qos=self.stream.qos,
-                droppable=True,
-            )
-            topic = self.topics.stream_text(job.id)
-            self.bus.publish(topic, delta.encode(), qos=self.stream.qos, droppable=True)
+        qos, text = self.stream.qos, self.stream.text_topic
+        # with the text copy, both in one TCP segment
+        with self.bus.together() if text else contextlib.nullcontext():
+            chunk = protocol.stream_chunk(job.id, seq, delta)
+            self.bus.publish(self.topics.stream(job.id), chunk, qos=qos, droppable=True)
+            if text:
+                self.bus.publish(self.topics.stream_text(job.id), delta.encode(), qos=qos, droppable=True)
 
     # --- dispatcher thread -----------------------------------------------------------------
 

@@ -75,7 +75,7 @@ class Fleet:
         self._pending: dict[str, _PendingCancel] = {}
         self._model_subs: dict[str, Callable[[], None]] = {}
         self._last_view: bytes | None = None
-        self._state_prefix = topics.node_topic("", "")[: -len("/")]  # "<base>/node/"
+        self._state_prefix = f"{topics.base}/node/"  # where every board's state and stats live
 
     # --- main thread ---------------------------------------------------------------------------
 
