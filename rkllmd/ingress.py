@@ -258,18 +258,13 @@ class Ingress:
             log.exception("ingress failed on a message", topic=msg.topic)
 
     def handle(self, msg: Incoming) -> None:
-        if self.fleet is not None and self.fleet.handles(msg.topic):
-            try:
-                self.fleet.deliver(msg)
-            finally:
-                self._acknowledge(msg)
-            return
-        if self.plugins.handles(msg.topic):
-            try:
-                self.plugins.deliver(msg)
-            finally:
-                self._acknowledge(msg)
-            return
+        for part in (self.fleet, self.plugins):  # their messages get no reply: acknowledged here
+            if part is not None and part.handles(msg.topic):
+                try:
+                    part.deliver(msg)
+                finally:
+                    self._acknowledge(msg)
+                return
         admitted = admit(msg, self.gate)
         if isinstance(admitted, Final):
             self.out.put(admitted)
