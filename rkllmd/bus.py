@@ -38,7 +38,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -56,6 +56,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from rkllmd import mqttwire
 from rkllmd.errors import ConfigError, RkllmdError
 from rkllmd.protocol import Incoming, Receipt
 from rkllmd.settings import MqttSettings
@@ -67,6 +68,29 @@ _FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Banned", "Clie
 
 # Stream chunks are skipped (final replies never) once this many publishes wait in paho's queue.
 STREAM_BACKLOG = 1000
+
+# What of paho's client beyond its documented API the bus uses (paho-mqtt 2.x): the socket opened
+# beforehand, its network loop driven from here, and bytes queued behind a half-done write.
+_PAHO_INTERNALS = (
+    "_create_socket",
+    "_packet_queue",
+    "_loop_rc_handle",
+    "_state",
+    "_keepalive",
+    "_msgtime_mutex",
+    "_last_msg_out",
+    "_last_bytes_received",
+    "_reconnect_delay_mutex",
+    "_reconnect_delay",
+    "_reconnect_min_delay",
+    "_reconnect_max_delay",
+    "_out_messages",
+    "_out_packet",
+)
+
+# The command byte the bus gives bytes it queues in paho (the rest of a stream write the socket did
+# not take): 0 is no MQTT packet type, so paho writes them out and acts on nothing.
+_RAW = 0
 
 
 def set_nodelay(client: mqtt.Client) -> None:
@@ -163,6 +187,12 @@ class Bus:
         if not self.v5:
             client_kw["clean_session"] = cfg.clean_start
         self._client = _Client(**client_kw)
+        missing = [name for name in _PAHO_INTERNALS if not hasattr(self._client, name)]
+        if missing:
+            raise RkllmdError(
+                f"paho-mqtt {getattr(mqtt, '__version__', '?')} lacks what rkllmd's bus uses of it "
+                f"({', '.join(missing)}): install the paho-mqtt release constraints.txt names"
+            )
         # Every call into paho that can write or read the socket holds this (module docstring).
         self._io = threading.RLock()
         self._net: threading.Thread | None = None  # the network thread, while it runs
@@ -391,6 +421,33 @@ class Bus:
                     self._early.clear()
         if early:
             then()
+
+    def stream(self, messages: Sequence[tuple[str, bytes]]) -> None:
+        """Stream messages (QoS 0, not retained, droppable) from any thread, in call order with all
+        else: while the connection is plain TCP and up and paho has nothing unwritten, all of them in
+        one send() (rkllmd/mqttwire.py); otherwise each through publish(), in one TCP segment."""
+        with self._io:
+            sock = self._client.socket()
+            if type(sock) is socket.socket and self.connected.is_set() and not self._client.want_write():
+                self._send_now(sock, b"".join(mqttwire.publish_qos0(t, p, self.v5) for t, p in messages))
+                return
+            with self.together():
+                for topic, payload in messages:
+                    self.publish(topic, payload, qos=0, droppable=True)
+
+    def _send_now(self, sock: socket.socket, data: bytes) -> None:
+        """Under _io: write ``data`` now; what the socket does not take is queued in paho, ahead of
+        anything published later, and the network thread finishes it (as paho does with its own)."""
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # the connection is going: the network thread's next read finds out
+            log.debug("stream write failed", error=str(exc))
+            return
+        if sent < len(data):
+            self._client._packet_queue(_RAW, data[sent:], 0, 0)
+            self._kick()
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:

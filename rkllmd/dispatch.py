@@ -166,10 +166,13 @@ class Dispatcher:
         dispatcher's). The bus writes in call order, so a run's chunks precede its end message."""
         assert job.id is not None
         qos, text = self.stream.qos, self.stream.text_topic
-        # with the text copy, both in one TCP segment
-        with self.bus.together() if text else contextlib.nullcontext():
-            chunk = protocol.stream_chunk(job.id, seq, delta)
-            self.bus.publish(self.topics.stream(job.id), chunk, qos=qos, droppable=True)
+        chunk = (self.topics.stream(job.id), protocol.stream_chunk(job.id, seq, delta))
+        if qos == 0:  # the chunk and its text copy in one write
+            bare = (self.topics.stream_text(job.id), delta.encode())
+            self.bus.stream((chunk, bare) if text else (chunk,))
+            return
+        with self.bus.together() if text else contextlib.nullcontext():  # one TCP segment
+            self.bus.publish(*chunk, qos=qos, droppable=True)
             if text:
                 self.bus.publish(self.topics.stream_text(job.id), delta.encode(), qos=qos, droppable=True)
 

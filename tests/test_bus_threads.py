@@ -5,6 +5,7 @@ leave the daemon deaf; a clean stop leaves no thread behind."""
 from __future__ import annotations
 
 import queue
+import socket
 import threading
 import time
 import uuid
@@ -12,6 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from rkllmd import bus as busmod
 from rkllmd.bus import Bus
 from rkllmd.protocol import Incoming
 from rkllmd.settings import Settings
@@ -64,6 +66,61 @@ def test_publishes_from_two_threads_arrive_whole_and_in_order(broker: Broker, pr
         for name in got:
             assert got[name] == [payload(name, i) for i in range(per_thread)], name
         bus.wait_published(10)
+    finally:
+        bus.disconnect()
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+def test_stream_writes_interleave_whole_with_publishes_and_finish_when_the_socket_was_full(
+    broker: Broker, probe: Probe, protocol: str
+) -> None:
+    """Bus.stream builds its QoS 0 packets itself and writes them in one send(): with a tiny send
+    buffer most writes are cut short, and what the socket did not take goes out before anything
+    published after it, so every message arrives intact and in each thread's order."""
+    base = "t/stream/" + uuid.uuid4().hex[:6]
+    probe.subscribe(f"{base}/#")
+    bus = make_bus(broker, protocol=protocol)
+    bus.connect()
+    assert bus.connected.wait(5)
+    sock = bus._client.socket()
+    assert type(sock) is socket.socket
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    queued: list[int] = []
+    real_queue = bus._client._packet_queue
+
+    def counting_queue(command: int, packet: bytes, mid: int, qos: int, info: object = None) -> object:
+        if command == busmod._RAW:
+            queued.append(len(packet))
+        return real_queue(command, packet, mid, qos, info)  # type: ignore[arg-type]
+
+    bus._client._packet_queue = counting_queue  # type: ignore[method-assign]
+    per_thread = 300
+
+    def payload(name: str, i: int) -> bytes:  # sizes around the 1-, 2- and 3-byte length limits
+        return f"{name}:{i}:".encode() + b"z" * (i * 97 % 20000)
+
+    def streamer() -> None:
+        for i in range(0, per_thread, 2):
+            bus.stream([(f"{base}/s", payload("s", i)), (f"{base}/s", payload("s", i + 1))])
+
+    def publisher() -> None:
+        for i in range(per_thread):
+            bus.publish(f"{base}/p", payload("p", i), qos=1)
+
+    threads = [threading.Thread(target=streamer), threading.Thread(target=publisher)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        got: dict[str, list[bytes]] = {"s": [], "p": []}
+        deadline = time.monotonic() + 30
+        while sum(map(len, got.values())) < 2 * per_thread:
+            m = probe.get(f"{base}/#", timeout=max(0.1, deadline - time.monotonic()))
+            got[m.topic.rsplit("/", 1)[1]].append(m.payload)
+        for name in got:
+            assert got[name] == [payload(name, i) for i in range(per_thread)], name
+        assert queued, "no stream write was cut short: the test did not test the full socket"
     finally:
         bus.disconnect()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from rkllmd import protocol
 from rkllmd.exchange import Exchange, Final
 from rkllmd.protocol import COMMANDS, Address
@@ -62,3 +64,12 @@ def test_one_command_table_drives_topics_and_plain_text() -> None:
         assert topics.parse_request_topic(f"B/request/{name}") == (name, None)
         obj = protocol.decode_payload(b"abc", name, 100)
         assert obj == ({cmd.plain_field: "abc"} if cmd.plain_field else {})
+
+
+@pytest.mark.parametrize(
+    "delta", ["", "word", ' "quoted" ', "back\\slash", "tab\tnew\nline\r", "\x00\x1f\x7f", "é€😀", "日本語。"]
+)
+def test_a_stream_chunk_is_byte_for_byte_what_json_dumps_writes(delta: str) -> None:
+    """The hand-built chunk (built once per token) matches json.dumps(ensure_ascii=False) exactly."""
+    expected = json.dumps({"id": "r-1", "seq": 12, "delta": delta}, ensure_ascii=False).encode()
+    assert protocol.stream_chunk("r-1", 12, delta) == expected

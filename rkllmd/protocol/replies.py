@@ -8,9 +8,13 @@ replies, the plugins' view of a final reply (``Final.as_reply``) and docs/PROTOC
 from __future__ import annotations
 
 import json
+import json.encoder
 from typing import Any, Literal
 
 from rkllmd.protocol.address import Address
+
+# json's own escaper for ensure_ascii=False (its C version where built, as dumps() uses)
+_quote = json.encoder.encode_basestring
 
 
 def reply_body(
@@ -77,7 +81,9 @@ def control_data(command: str, model: str | None) -> dict[str, Any]:
 
 
 def stream_chunk(request_id: str, seq: int, delta: str) -> bytes:
-    return json.dumps({"id": request_id, "seq": seq, "delta": delta}, ensure_ascii=False).encode()
+    """``{"id": …, "seq": …, "delta": …}`` exactly as json.dumps(ensure_ascii=False) writes it,
+    built from the C string escaper: a chunk goes out per token, and dumps() makes an encoder each time."""
+    return f'{{"id": {_quote(request_id)}, "seq": {int(seq)}, "delta": {_quote(delta)}}}'.encode()
 
 
 def stream_end(request_id: str, seq: int, finish_reason: str, status: str = "ok") -> bytes:

@@ -59,7 +59,7 @@ class FrameReader:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._buf = bytearray()
+        self._rest = b""  # the start of a frame the last read did not finish
 
     def read(self) -> list[tuple[bytes, bytes]]:
         """Block until at least one whole frame is in; [] at end of file."""
@@ -68,20 +68,19 @@ class FrameReader:
             chunk = os.read(self.fd, 1 << 16)
             if not chunk:
                 return []
-            self._buf += chunk
-            frames = self._split()
+            frames = self._split(self._rest + chunk if self._rest else chunk)
         return frames
 
-    def _split(self) -> list[tuple[bytes, bytes]]:
-        buf, pos, out = self._buf, 0, []
-        while len(buf) - pos >= _HEAD.size:
-            kind, size = _HEAD.unpack_from(buf, pos)
-            end = pos + _HEAD.size + size
-            if end > len(buf):
+    def _split(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        pos, out, head = 0, [], _HEAD.size
+        while len(data) - pos >= head:
+            kind, size = _HEAD.unpack_from(data, pos)
+            end = pos + head + size
+            if end > len(data):
                 break
-            out.append((kind, bytes(buf[pos + _HEAD.size : end])))
+            out.append((kind, data[pos + head : end]))
             pos = end
-        del buf[:pos]
+        self._rest = data[pos:]
         return out
 
 
@@ -89,10 +88,9 @@ def tokens_payload(count: int, text: str) -> bytes:
     return _COUNT.pack(count) + text.encode("utf-8", "surrogatepass")
 
 
-def parse_tokens(payload: bytes) -> tuple[int, str]:
-    """(token count, text) of a ``K_TOKENS`` frame."""
-    (count,) = _COUNT.unpack_from(payload)
-    return count, payload[_COUNT.size :].decode("utf-8", "surrogatepass")
+def tokens_text(payload: bytes) -> str:
+    """The text of a ``K_TOKENS`` frame."""
+    return payload[_COUNT.size :].decode("utf-8", "surrogatepass")
 
 
 class Outbox:

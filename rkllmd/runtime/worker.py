@@ -37,7 +37,7 @@ from pydantic import BaseModel
 from rkllmd import errors
 from rkllmd.config_base import ModelCommon
 from rkllmd.errors import ModelLoadError, RkllmdError, RuntimeCrashed, RuntimeFailure
-from rkllmd.runtime._child import K_CMD, K_LOG, K_REPLY, K_TOKENS, FrameReader, parse_tokens, write_frame
+from rkllmd.runtime._child import K_CMD, K_LOG, K_REPLY, K_TOKENS, FrameReader, tokens_text, write_frame
 from rkllmd.runtime.base import GenerateInput, GenerateResult, Runtime, RuntimeKind, Table, TokenSink
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ class WorkerRuntime(Runtime):
             reply: tuple[Any, ...] | None = None
             for i, (kind, payload) in enumerate(frames):
                 if kind == K_TOKENS:
-                    texts.append(parse_tokens(payload)[1])
+                    texts.append(tokens_text(payload))
                 elif kind == K_REPLY:
                     reply = pickle.loads(payload)
                     self._pending = frames[i + 1 :]
