@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
+import pytest
+
+from rkllmd.bench import floor, procfs
 from rkllmd.bench.relay import RelayOptions, run_relay
 from rkllmd.bench.relayprint import relay_text
 from tests.fake_rkllm.build import build_fake
@@ -36,3 +40,22 @@ def test_tiny_relay_run(broker: Broker, tmp_path: Path) -> None:
     assert 0 < soak["ttft_p50_ms"] <= soak["ttft_p99_ms"] <= soak["ttft_max_ms"]
     text = relay_text(r)
     assert "unthrottled" in text and "TTFT added" in text and "RSS" in text
+
+
+def test_the_floor_relays_every_token_through_the_broker_and_counts_each_process(broker: Broker) -> None:
+    """The yardstick's pacer, relay and broker hops deliver every token; CPU is counted per process."""
+    f = floor.measure(broker.host, broker.port, broker.proc.pid, rate=200.0, tokens=40)
+    assert f["all_arrived"] and f["tokens"] == 40
+    parts = f["cpu_ms_per_token_parts"]
+    assert parts["pacer"] > 0 and parts["relay"] > 0 and parts["broker"] >= 0
+    assert abs(f["cpu_ms_per_token"] - sum(parts.values())) < 1e-9
+
+
+def test_distinct_pages_count_a_shared_page_once() -> None:
+    """A process listed twice occupies what it occupies once, and no more than its RSS."""
+    me = os.getpid()
+    alone = procfs.unique_mb([me])
+    if alone is None:
+        pytest.skip("page frame numbers are root's to read")
+    assert procfs.unique_mb([me, me]) == pytest.approx(alone, abs=5)  # not twice
+    assert alone <= (procfs.rss_mb(me) or 0) + 5

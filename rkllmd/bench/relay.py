@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rkllmd.bench import procfs
+from rkllmd.bench import floor, procfs
 from rkllmd.bench.broker import LocalBroker
 from rkllmd.bench.daemonproc import DaemonProcess, to_toml
 from rkllmd.bench.mqttclient import BenchClient, Exchange
@@ -189,15 +189,18 @@ def _soak(client: BenchClient, cpu: _Cpu, pid: int, opts: RelayOptions) -> dict[
 
 def _memory(pid: int) -> dict[str, Any]:
     """Every process of rkllmd's tree with the model loaded: what it is, its RSS and its PSS."""
+    pids = procfs.process_tree(pid)
     procs = [
         {"pid": p, "what": procfs.describe(p), "rss_mb": procfs.rss_mb(p), "pss_mb": procfs.pss_mb(p)}
-        for p in procfs.process_tree(pid)
+        for p in pids
     ]
     return {
         "processes": procs,
         "count": len(procs),
         "rss_mb": sum(p["rss_mb"] or 0.0 for p in procs),
         "pss_mb": sum(p["pss_mb"] or 0.0 for p in procs),
+        # the pages they share (libpython's, libc's) once: what the tree occupies (None unless root)
+        "unique_mb": procfs.unique_mb(pids),
     }
 
 
@@ -237,14 +240,17 @@ def headline(r: dict[str, Any]) -> dict[str, Any]:
     rows = r.get("rates", [])
     at30, at1000 = _row_at(rows, HEADLINE_RATE), _row_at(rows, RATIO_RATE)
     mem, idle, burst = r.get("memory") or {}, r.get("idle") or {}, r.get("burst") or {}
+    base = r.get("floor") or {}
     return {
         "ttft_added_p50_ms": at30["ttft_added_p50_ms"] if at30 else None,
         "ttft_added_p99_ms": at30["ttft_added_p99_ms"] if at30 else None,
         "cpu_ms_per_token_30": at30["cpu_ms_per_token_parts"] if at30 else None,
+        "floor_ms_per_token_30": base.get("cpu_ms_per_token"),
         "ceiling_tps": burst.get("received_tps_median"),
         "ratio_1000": at1000["ratio"] if at1000 else None,
         "rss_mb": mem.get("rss_mb"),
         "pss_mb": mem.get("pss_mb"),
+        "unique_mb": mem.get("unique_mb"),
         "processes": mem.get("count"),
         "idle_cpu_pct": idle.get("cpu_pct"),
         "idle_wakeups_per_s": idle["wakeups"] / idle["seconds"] if idle.get("seconds") else None,
@@ -287,7 +293,12 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
             result["memory"] = _memory(daemon.pid)
             if opts.idle_s > 0:
                 result["idle"] = _idle(cpu, daemon.pid, opts.idle_s)
-            result["rates"] = [_rate_row(client, cpu, r, opts) for r in opts.rates]
+            result["rates"] = []
+            for rate in opts.rates:
+                result["rates"].append(_rate_row(client, cpu, rate, opts))
+                if rate == HEADLINE_RATE:  # the machine's floor for the same hops, right after
+                    bpid = broker.proc.pid if broker is not None else None
+                    result["floor"] = floor.measure(host, port, bpid, rate, opts.per_rate * opts.tokens)
             result["burst"] = _burst(client, opts)
             result["soak"] = _soak(client, cpu, daemon.pid, opts)
             if broker is not None:

@@ -28,6 +28,14 @@ def relay_text(r: dict[str, Any]) -> str:
             f"{_f(row['ttft_added_p50_ms']) + ' / ' + _f(row['ttft_added_p99_ms']):>22} "
             f"{_f(row['cpu_ms_per_token'], '.3f'):>13}"
         )
+    fl = r.get("floor")
+    if fl:
+        fp = fl["cpu_ms_per_token_parts"]
+        lines.append(
+            f"the machine's floor at {fl['rate']:g} tok/s (the same hops doing nothing else, "
+            f"rkllmd/bench/floor.py): {fl['cpu_ms_per_token']:.3f} ms/token (pacer {fp['pacer']:.3f} + "
+            f"relay {fp['relay']:.3f} + broker {fp['broker']:.3f}); all arrived: {fl['all_arrived']}"
+        )
     b = r.get("burst")
     if b:
         lines += [
@@ -55,7 +63,7 @@ def relay_text(r: dict[str, Any]) -> str:
         lines += [
             "",
             f"memory with the model loaded: {mem['count']} processes, RSS {_f(mem['rss_mb'])} MB "
-            f"(PSS {_f(mem['pss_mb'])} MB)",
+            f"(PSS {_f(mem['pss_mb'])} MB; distinct pages {_f(mem.get('unique_mb'))} MB)",
             *(
                 f"  {p['pid']:>7} RSS {_f(p['rss_mb']):>6} MB  PSS {_f(p['pss_mb']):>6} MB  {p['what']}"
                 for p in mem["processes"]
@@ -78,9 +86,10 @@ def _cpu30(h: dict[str, Any]) -> str:
     c = h.get("cpu_ms_per_token_30")
     if not c or c.get("total") is None:
         return "-"
+    floor = h.get("floor_ms_per_token_30")
     return (
         f"{c['total']:.2f} (daemon {_f(c['daemon'], '.2f')} + worker {_f(c['worker'], '.2f')} "
-        f"+ broker {_f(c['broker'], '.2f')})"
+        f"+ broker {_f(c['broker'], '.2f')})" + (f"; floor {floor:.2f}" if floor is not None else "")
     )
 
 
@@ -93,7 +102,9 @@ def headline_table(rounds: list[dict[str, Any]], label: str = "rkllmd over MQTT"
         "|---|---|---|---|---|---|---|",
         f"| {label} | {_f(h['ttft_added_p50_ms'])} / {_f(h['ttft_added_p99_ms'])} ms | {_cpu30(h)} "
         f"| {_f(h['ceiling_tps'], '.0f')} | {_f(h['ratio_1000'], '.3f')} "
-        f"| {_f(h['rss_mb'])} MB ({h['processes']} processes; PSS {_f(h['pss_mb'])} MB) "
+        f"| {_f(h['rss_mb'])} MB ({h['processes']} processes; PSS {_f(h['pss_mb'])} MB"
+        + (f", distinct pages {h['unique_mb']:.1f} MB" if h.get("unique_mb") is not None else "")
+        + ") "
         f"| {_f(h['idle_cpu_pct'], '.3f')} %, {_f(h['idle_wakeups_per_s'], '.1f')} wake-ups/s |",
     ]
 
