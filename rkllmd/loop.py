@@ -31,7 +31,6 @@ import structlog
 
 from rkllmd.errors import (
     Busy,
-    ContextExceeded,
     GenerationTimeout,
     ModelLoadError,
     NotFound,
@@ -45,7 +44,7 @@ from rkllmd.errors import (
 from rkllmd.exchange import AbortReason, Exchange, Final, Token
 from rkllmd.outcome import check_output, final_data, partial
 from rkllmd.protocol import control_data
-from rkllmd.runtime.base import GenerateResult, Runtime
+from rkllmd.runtime.base import GenerateResult, Runtime, check_context
 from rkllmd.toolcalls import HermesParser
 
 log = structlog.get_logger("rkllmd.loop")
@@ -371,15 +370,7 @@ class InferenceLoop:
         assert job.inp is not None
         rt = self._ensure_loaded(job.model or self.default_model)
         job.model = self._loaded
-        n_prompt = rt.prompt_tokens(job.inp)
-        ctx = rt.context_length
-        if n_prompt is not None and ctx is not None and n_prompt >= ctx:
-            raise ContextExceeded(
-                f"prompt is {n_prompt} tokens but model {job.model!r} has a context of {ctx}: "
-                f"{n_prompt - ctx + 1} token(s) too many",
-                prompt_tokens=n_prompt,
-                context_length=ctx,
-            )
+        n_prompt = None if rt.checks_context else check_context(rt, job.inp, job.model)
         if job.run.abort_reason is not None:  # cancelled between dequeue and start
             self.emit(Final(job, "ok", final_data(job, "cancelled")))
             return

@@ -328,15 +328,18 @@ def main(argv: list[str]) -> int:
             msg = pickle.loads(payload)
             if msg[0] == "close":
                 return 0
-            _serve_one(rt, msg, out)
+            _serve_one(rt, name, msg, out)
     finally:
         rt.close()
 
 
-def _serve_one(rt: Any, msg: tuple[Any, ...], out: Outbox) -> None:
+def _serve_one(rt: Any, name: str, msg: tuple[Any, ...], out: Outbox) -> None:
     op = msg[0]
     try:
         if op == "generate":
+            from rkllmd.runtime.base import check_context  # imported with the runtime already
+
+            check_context(rt, msg[1], name)  # here, not by a round trip from the parent
             out.reply(("done", rt.generate(msg[1], out.add)))
         elif op == "clear_cache":
             rt.clear_cache(msg[1])

@@ -135,6 +135,23 @@ class GenerateResult:
 TokenSink = Callable[[str, int | None], None]
 
 
+def check_context(rt: Runtime, inp: GenerateInput, model: str | None) -> int | None:
+    """The prompt's length in tokens where ``rt`` can count it; ContextExceeded when the model's
+    context would leave no room for an answer."""
+    from rkllmd.errors import ContextExceeded
+
+    n_prompt = rt.prompt_tokens(inp)
+    ctx = rt.context_length
+    if n_prompt is not None and ctx is not None and n_prompt >= ctx:
+        raise ContextExceeded(
+            f"prompt is {n_prompt} tokens but model {model!r} has a context of {ctx}: "
+            f"{n_prompt - ctx + 1} token(s) too many",
+            prompt_tokens=n_prompt,
+            context_length=ctx,
+        )
+    return n_prompt
+
+
 class Runtime(abc.ABC):
     """One loaded model behind one runtime."""
 
@@ -143,6 +160,10 @@ class Runtime(abc.ABC):
     #: True when ``generate`` calls the sink on the thread that called it (the worker proxy reads
     #: its pipe there), never on a native callback thread: the loop may then publish from the sink.
     sink_on_caller: bool = False
+    #: True when ``generate`` itself refuses, with ContextExceeded, a prompt its context cannot
+    #: hold (:func:`check_context`); else the loop asks first. The worker proxy checks in the worker:
+    #: asking from here would cost a round trip to it, two process wake-ups, per request.
+    checks_context: bool = False
 
     @abc.abstractmethod
     def open(self) -> None:

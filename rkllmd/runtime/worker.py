@@ -72,6 +72,7 @@ class WorkerRuntime(Runtime):
     with ``runtime_kind.open_runtime`` from the pickled model settings."""
 
     sink_on_caller = True  # tokens come off the pipe on the inference thread, which called generate
+    checks_context = True  # the worker checks the prompt's length before it generates
 
     def __init__(
         self,

@@ -264,7 +264,8 @@ def test_context_exceeded_is_refused_before_the_runtime(
     mqtt_probe.publish(f"{base}/request/generate", {"id": "big", "prompt": "hello world " * 40})
     r = final_of(mqtt_probe, f"{base}/response/generate")
     assert r["code"] == "context_exceeded"
-    assert "too many" in r["error"]
+    assert "too many" in r["error"] and "'fake'" in r["error"]
+    assert r["data"]["completion_tokens"] == 0 and r["data"]["text"] == ""
 
 
 def test_models_list_load_unload(start_daemon: Start, mqtt_probe: Probe) -> None:
