@@ -59,7 +59,8 @@ class FrameReader:
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self._rest = b""  # the start of a frame the last read did not finish
+        self._rest = bytearray()  # the start of a frame the reads so far did not finish
+        self._need = 0  # how long _rest must grow before that frame is whole
 
     def read(self) -> list[tuple[bytes, bytes]]:
         """Block until at least one whole frame is in; [] at end of file."""
@@ -68,7 +69,12 @@ class FrameReader:
             chunk = os.read(self.fd, 1 << 16)
             if not chunk:
                 return []
-            frames = self._split(self._rest + chunk if self._rest else chunk)
+            if self._rest:  # a frame longer than a read: gathered, not parsed again each read
+                self._rest += chunk
+                if len(self._rest) < self._need:
+                    continue
+                chunk, self._rest = bytes(self._rest), bytearray()
+            frames = self._split(chunk)
         return frames
 
     def _split(self, data: bytes) -> list[tuple[bytes, bytes]]:
@@ -80,7 +86,10 @@ class FrameReader:
                 break
             out.append((kind, data[pos + head : end]))
             pos = end
-        self._rest = data[pos:]
+        if pos < len(data):
+            self._rest = bytearray(data[pos:])
+            left = len(data) - pos
+            self._need = head + _HEAD.unpack_from(data, pos)[1] if left >= head else head
         return out
 
 
