@@ -1,19 +1,21 @@
 """The paho-mqtt wrapper: connect with backoff, Will, re-subscribe and re-publish retained state.
 
-Threads: ``publish``, ``subscribe`` and ``ack`` may be called from any thread, and the calling
-thread writes its packet to the socket itself (paho's ``loop_write``, inline): a stream chunk costs
-no other thread's wake-up. The bus's own *network thread* (``bus-network``, not paho's
-``loop_start``) waits in select() on the socket and a wake pipe; it reads (``loop_read``: CONNACK,
-SUBACK, PUBACK, requests, PINGRESP), writes what a publisher could not finish (a full socket
-buffer, or a packet queued inside a paho callback), sends keepalive pings (``loop_misc``, woken only
-when one is due) and reconnects with paho's backoff (``reconnect_delay_set``: 1 s doubling to 30 s).
-paho does not lock its writes, so every call into the client that can write or read goes through
-one lock, ``_io`` (an RLock: paho's callbacks run inside ``loop_read`` with it held, and
-``_on_connect`` subscribes and publishes). It is not held across select() nor across the TCP/TLS
-connect of a reconnect (the socket is opened first, then handed to paho). ``_on_connect``,
-``_on_subscribe``, ``_on_publish`` and ``_on_message`` run on the network thread, ``_on_disconnect``
-and a QoS 0 ``_on_publish`` also on a publishing thread whose write failed or finished; they only
-copy data and hand it on (``on_incoming`` and a publish's ``then`` must just enqueue).
+Threads: ``publish``, ``stream``, ``subscribe`` and ``ack`` may be called from any thread, and the
+calling thread writes its packet to the socket itself (paho's ``loop_write``, inline): a stream
+chunk costs no other thread's wake-up. ``stream`` (QoS 0 chunks) builds its packets itself
+(rkllmd/mqttwire.py) and writes them in one send(), behind whatever paho still has to write. The
+bus's own *network thread* (``bus-network``, not paho's ``loop_start``) waits in select() on the
+socket and a wake pipe; it reads (``loop_read``: CONNACK, SUBACK, PUBACK, requests, PINGRESP),
+writes what a publisher could not finish (a full socket buffer, or a packet queued inside a paho
+callback), sends keepalive pings (``loop_misc``, woken only when one is due) and reconnects with
+paho's backoff (``reconnect_delay_set``: 1 s doubling to 30 s). paho does not lock its writes, so
+every call into the client that can write or read goes through one lock, ``_io`` (an RLock: paho's
+callbacks run inside ``loop_read`` with it held, and ``_on_connect`` subscribes and publishes). It
+is not held across select() nor across the TCP/TLS connect of a reconnect (the socket is opened
+first, then handed to paho). ``_on_connect``, ``_on_subscribe``, ``_on_publish`` and ``_on_message``
+run on the network thread, ``_on_disconnect`` and a QoS 0 ``_on_publish`` also on a publishing
+thread whose write failed or finished; they only copy data and hand it on (``on_incoming`` and a
+publish's ``then`` must just enqueue).
 
 Requests are acknowledged by hand (paho's ``manual_ack``): each QoS 1/2 message carries a
 ``Receipt``, and ``ack`` sends its PUBACK only when rkllmd says so, once the request's final reply
