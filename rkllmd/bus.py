@@ -4,18 +4,14 @@ Threads: ``publish``, ``stream``, ``subscribe`` and ``ack`` may be called from a
 calling thread writes its packet to the socket itself (paho's ``loop_write``, inline): a stream
 chunk costs no other thread's wake-up. ``stream`` (QoS 0 chunks) builds its packets itself
 (rkllmd/mqttwire.py) and writes them in one send(), behind whatever paho still has to write. The
-bus's own *network thread* (``bus-network``, not paho's ``loop_start``) waits in select() on the
-socket and a wake pipe; it reads (``loop_read``: CONNACK, SUBACK, PUBACK, requests, PINGRESP),
-writes what a publisher could not finish (a full socket buffer, or a packet queued inside a paho
-callback), sends keepalive pings (``loop_misc``, woken only when one is due) and reconnects with
-paho's backoff (``reconnect_delay_set``: 1 s doubling to 30 s). paho does not lock its writes, so
-every call into the client that can write or read goes through one lock, ``_io`` (an RLock: paho's
-callbacks run inside ``loop_read`` with it held, and ``_on_connect`` subscribes and publishes). It
-is not held across select() nor across the TCP/TLS connect of a reconnect (the socket is opened
-first, then handed to paho). ``_on_connect``, ``_on_subscribe``, ``_on_publish`` and ``_on_message``
-run on the network thread, ``_on_disconnect`` and a QoS 0 ``_on_publish`` also on a publishing
-thread whose write failed or finished; they only copy data and hand it on (``on_incoming`` and a
-publish's ``then`` must just enqueue).
+bus's own *network thread* (rkllmd/mqttloop.py, not paho's ``loop_start``) reads, writes what a
+publisher could not finish, sends keepalive pings when one is due and reconnects with paho's
+backoff. paho does not lock its writes, so every call into the client that can write or read goes
+through one lock, ``_io`` (an RLock: paho's callbacks run inside ``loop_read`` with it held, and
+``_on_connect`` subscribes and publishes). ``_on_connect``, ``_on_subscribe``, ``_on_publish`` and
+``_on_message`` run on the network thread, ``_on_disconnect`` and a QoS 0 ``_on_publish`` also on a
+publishing thread whose write failed or finished; they only copy data and hand it on
+(``on_incoming`` and a publish's ``then`` must just enqueue).
 
 Requests are acknowledged by hand (paho's ``manual_ack``): each QoS 1/2 message carries a
 ``Receipt``, and ``ack`` sends its PUBACK only when rkllmd says so, once the request's final reply
@@ -34,8 +30,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import json
-import os
-import select
 import socket
 import ssl
 import threading
@@ -45,7 +39,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion, _ConnectionState
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from tenacity import (
@@ -60,6 +54,7 @@ from tenacity import (
 
 from rkllmd import mqttwire
 from rkllmd.errors import ConfigError, RkllmdError
+from rkllmd.mqttloop import Client, NetworkLoop, check_paho
 from rkllmd.protocol import Incoming, Receipt
 from rkllmd.settings import MqttSettings
 
@@ -70,30 +65,6 @@ _FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Banned", "Clie
 
 # Stream chunks are skipped (final replies never) once this many publishes wait in paho's queue.
 STREAM_BACKLOG = 1000
-
-# What of paho's client beyond its documented API the bus uses (paho-mqtt 2.x): the socket opened
-# beforehand, its network loop driven from here, and bytes queued behind a half-done write.
-_PAHO_INTERNALS = (
-    "_create_socket",
-    "_packet_queue",
-    "_loop_rc_handle",
-    "_state",
-    "_keepalive",
-    "_msgtime_mutex",
-    "_last_msg_out",
-    "_last_bytes_received",
-    "_reconnect_delay_mutex",
-    "_reconnect_delay",
-    "_reconnect_min_delay",
-    "_reconnect_max_delay",
-    "_out_messages",
-    "_out_packet",
-)
-
-# The command byte the bus gives bytes it queues in paho (the rest of a stream write the socket did
-# not take): 0 is no MQTT packet type, so paho writes them out and acts on nothing.
-_RAW = 0
-
 
 def set_nodelay(client: mqtt.Client) -> None:
     """Turn off Nagle on the client's socket.
@@ -107,31 +78,6 @@ def set_nodelay(client: mqtt.Client) -> None:
         # not TCP (e.g. a unix socket): nothing to do
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-# paho's states after disconnect(): the network thread then neither reconnects nor waits on.
-_CLOSED = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED)
-
-
-class _Client(mqtt.Client):
-    """paho's client, whose next socket may be one opened beforehand (``premade``).
-
-    paho's ``reconnect()`` opens the TCP (and TLS) connection itself, a blocking call of up to
-    ``connect_timeout``; the bus opens it first, without its lock, so publishers do not stall
-    while a broker that is away is tried, and lets ``reconnect()`` take that socket.
-    """
-
-    premade: Any = None
-
-    def _create_socket(self) -> Any:
-        sock, self.premade = self.premade, None
-        return sock if sock is not None else super()._create_socket()
-
-
-def _tls_pending(sock: Any) -> bool:
-    """Decrypted bytes the TLS layer holds that select() on the socket cannot see."""
-    pending = getattr(sock, "pending", None)
-    return pending is not None and pending() > 0
 
 
 class ConnectCancelled(RkllmdError):
@@ -188,22 +134,11 @@ class Bus:
         }
         if not self.v5:
             client_kw["clean_session"] = cfg.clean_start
-        self._client = _Client(**client_kw)
-        missing = [name for name in _PAHO_INTERNALS if not hasattr(self._client, name)]
-        if missing:
-            raise RkllmdError(
-                f"paho-mqtt {getattr(mqtt, '__version__', '?')} lacks what rkllmd's bus uses of it "
-                f"({', '.join(missing)}): install the paho-mqtt release constraints.txt names"
-            )
+        self._client = Client(**client_kw)
+        check_paho(self._client)
         # Every call into paho that can write or read the socket holds this (module docstring).
         self._io = threading.RLock()
-        self._net: threading.Thread | None = None  # the network thread, while it runs
-        self._halt = threading.Event()  # ends the running network thread (after a flush, see _stop_loop)
-        self._flush_until = 0.0  # monotonic: how long a halting thread may still write what waits
-        self._watched: Any = None  # the socket the network thread waits on (under _io)
-        self._wake_r, self._wake_w = os.pipe()  # a byte here ends the network thread's select()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._loop = NetworkLoop(self._client, self._io)
         self._client.enable_logger(None)  # paho's own logger stays quiet; we log events ourselves
         self._client.will_set(will_topic, will_payload, qos=1, retain=True)
         self._client.reconnect_delay_set(min_delay=1, max_delay=30)
@@ -269,16 +204,16 @@ class Bus:
                     if self._client.premade is not None:  # not taken: close it
                         self._client.premade = None
                         sock.close()
-            self._start_loop()
+            self._loop.start()
             if not self._connack.wait(timeout=10):
-                self._stop_loop()
+                self._loop.stop()
                 raise ConnectionError("no CONNACK within 10 s")
             reason = self._connack_reason
             if isinstance(reason, str):  # the connection closed before a CONNACK came
-                self._stop_loop()
+                self._loop.stop()
                 raise ConnectionError(reason)
             if reason is not None and getattr(reason, "is_failure", False):
-                self._stop_loop()
+                self._loop.stop()
                 if str(reason) in _FATAL_CONNACK or getattr(reason, "value", 0) in (4, 5, 134, 135, 138):
                     raise ConfigError(f"the broker at {cfg.host}:{cfg.port} refused rkllmd: {reason}")
                 raise ConnectionError(f"broker refused the connection: {reason}")
@@ -340,9 +275,9 @@ class Bus:
         try:
             with self._io:
                 self._client.disconnect()
-                self._kick()
+                self._loop.kick()
         finally:
-            self._stop_loop(flush_s=2.0)
+            self._loop.stop(flush_s=2.0)
 
     # --- any thread ----------------------------------------------------------------------------
 
@@ -360,7 +295,7 @@ class Bus:
                 self._subs.pop(topic, None)
             with self._io:
                 self._client.unsubscribe(topic)
-                self._kick()
+                self._loop.kick()
 
         return unsubscribe
 
@@ -401,7 +336,7 @@ class Bus:
         try:
             with self._io:  # written to the socket here, on this thread (module docstring)
                 info = self._client.publish(topic, payload, qos=q, retain=retain, properties=props)
-                self._kick()
+                self._loop.kick()
         except BaseException:
             if tracked:
                 with self._then_lock:
@@ -431,25 +366,12 @@ class Bus:
         with self._io:
             sock = self._client.socket()
             if type(sock) is socket.socket and self.connected.is_set() and not self._client.want_write():
-                self._send_now(sock, b"".join(mqttwire.publish_qos0(t, p, self.v5) for t, p in messages))
+                packets = b"".join(mqttwire.publish_qos0(t, p, self.v5) for t, p in messages)
+                self._loop.write_now(sock, packets)
                 return
             with self.together():
                 for topic, payload in messages:
                     self.publish(topic, payload, qos=0, droppable=True)
-
-    def _send_now(self, sock: socket.socket, data: bytes) -> None:
-        """Under _io: write ``data`` now; what the socket does not take is queued in paho, ahead of
-        anything published later, and the network thread finishes it (as paho does with its own)."""
-        try:
-            sent = sock.send(data)
-        except BlockingIOError:
-            sent = 0
-        except OSError as exc:  # the connection is going: the network thread's next read finds out
-            log.debug("stream write failed", error=str(exc))
-            return
-        if sent < len(data):
-            self._client._packet_queue(_RAW, data[sent:], 0, 0)
-            self._kick()
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:
@@ -476,7 +398,7 @@ class Bus:
             return  # the broker dropped that session: the packet id now names nothing (or another message)
         with self._io:
             rc = self._client.ack(receipt.mid, receipt.qos)
-            self._kick()
+            self._loop.kick()
         if rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.warning("ack failed", mid=receipt.mid, error=mqtt.error_string(rc))
 
@@ -498,143 +420,7 @@ class Bus:
             rc, mid = self._client.subscribe(topic, qos=q)
             if rc == mqtt.MQTT_ERR_SUCCESS and mid is not None:
                 self._sub_sent[mid] = topic
-            self._kick()
-
-    # --- the network thread --------------------------------------------------------------------
-
-    def _kick(self) -> None:
-        """Under _io, after a call into paho: wake the network thread if it has work now, i.e. a
-        packet this thread could not finish writing, or a socket that changed (closed by a failed
-        write, or a new one) while it waits in select() on the old one."""
-        if self._net is None or threading.current_thread() is self._net:
-            return
-        if self._client.want_write() or self._client.socket() is not self._watched:
-            self._wake()
-
-    def _wake(self) -> None:
-        with contextlib.suppress(BlockingIOError):  # full: a wake-up is already pending
-            os.write(self._wake_w, b"x")
-
-    def _start_loop(self) -> None:
-        if self._net is not None:
-            return
-        # a new event for each thread: one that was left behind (stuck in a connect) stays halted
-        self._halt = halt = threading.Event()
-        self._net = threading.Thread(target=self._net_main, args=(halt,), name="bus-network", daemon=True)
-        self._net.start()
-
-    def _stop_loop(self, flush_s: float = 0.0) -> None:
-        """End the network thread, after it has written what waits (at most ``flush_s``)."""
-        net = self._net
-        if net is None:
-            return
-        self._flush_until = time.monotonic() + flush_s
-        self._halt.set()
-        self._wake()
-        if net is not threading.current_thread():
-            # a reconnect's TCP connect in progress ends within paho's connect_timeout
-            net.join(timeout=flush_s + self._client.connect_timeout + 5)
-            if net.is_alive():
-                log.warning("the MQTT network thread did not stop")
-        self._net = None
-
-    def _net_main(self, halt: threading.Event) -> None:
-        try:
-            while self._net_step(halt):
-                pass
-        except Exception:  # never expected; without this thread the daemon would be deaf
-            log.exception("MQTT network thread failed")
-
-    def _net_step(self, halt: threading.Event) -> bool:
-        """Wait for the socket or a wake-up, then read, write, ping; reconnect a lost connection.
-        False: the thread ends."""
-        c = self._client
-        with self._io:
-            sock: Any = c.socket()
-            self._watched = sock
-            want_write = c.want_write()
-            pending = _tls_pending(sock)
-            closed = c._state in _CLOSED
-        if halt.is_set() and (sock is None or not want_write or time.monotonic() >= self._flush_until):
-            return False
-        if sock is None:
-            if closed:  # disconnect() was called
-                return False
-            self._reconnect(halt)
-            return True
-        timeout = 0.0 if pending else self._misc_timeout()
-        if halt.is_set():
-            left = self._flush_until - time.monotonic()
-            timeout = max(0.0, min(timeout if timeout is not None else 1.0, left))
-        try:
-            readable, _, _ = select.select([sock, self._wake_r], [sock] if want_write else [], [], timeout)
-        except (OSError, ValueError, TypeError):  # the socket was closed meanwhile: look again
-            return True
-        if self._wake_r in readable:
-            with contextlib.suppress(BlockingIOError):
-                os.read(self._wake_r, 4096)
-        try:
-            with self._io:
-                if c.socket() is not sock:  # closed (or replaced) meanwhile: look again
-                    return True
-                if sock in readable or pending:
-                    c.loop_read()
-                    # TLS: a record may hold more packets than loop_read took; select() cannot see them
-                    while c.socket() is sock and _tls_pending(sock):
-                        c.loop_read()
-                # what a publisher left (a full socket buffer) or a callback queued (_on_connect)
-                if c.socket() is sock and c.want_write():
-                    c.loop_write()
-                if c.socket() is sock:
-                    c.loop_misc()  # keepalive: PINGREQ when due, drop a broker that stopped answering
-        except Exception:  # a callback failed half-way through a packet: start over on a new connection
-            log.exception("MQTT network loop failed; reconnecting")
-            with self._io, contextlib.suppress(Exception):
-                if c.socket() is sock:
-                    c._loop_rc_handle(mqtt.MQTT_ERR_UNKNOWN)
-        return True
-
-    def _misc_timeout(self) -> float | None:
-        """Seconds until loop_misc has something to do (a keepalive ping, or a PINGRESP overdue);
-        None without a keepalive. paho's own loop woke every second instead."""
-        c = self._client
-        keepalive = c._keepalive
-        if not keepalive:
-            return None
-        with c._msgtime_mutex:
-            last = min(c._last_msg_out, c._last_bytes_received)
-        return min(float(keepalive), max(0.0, last + keepalive - time.monotonic()) + 0.01)
-
-    def _reconnect(self, halt: threading.Event) -> None:
-        """The connection was lost: wait paho's backoff (1 s, doubling to 30 s, reset by a CONNACK),
-        open a socket without the lock, then let paho send CONNECT on it."""
-        c = self._client
-        with c._reconnect_delay_mutex:
-            if c._reconnect_delay is None:
-                c._reconnect_delay = c._reconnect_min_delay
-            else:
-                c._reconnect_delay = min(c._reconnect_delay * 2, c._reconnect_max_delay)
-            delay = c._reconnect_delay
-        if halt.wait(delay):
-            return
-        try:
-            sock = c._create_socket()
-        except Exception as exc:  # refused, unreachable, TLS: try again after the next wait
-            log.debug("reconnect failed", error=str(exc))
-            return
-        with self._io:
-            if halt.is_set() or c.socket() is not None or c._state in _CLOSED:
-                sock.close()
-                return
-            c.premade = sock
-            try:
-                c.reconnect()
-            except Exception as exc:
-                log.debug("reconnect failed", error=str(exc))
-            finally:
-                if c.premade is not None:
-                    c.premade = None
-                    sock.close()
+            self._loop.kick()
 
     # --- paho's callbacks (the network thread; see the module docstring) ----------------------
 

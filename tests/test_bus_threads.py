@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rkllmd import bus as busmod
+from rkllmd import mqttloop
 from rkllmd.bus import Bus
 from rkllmd.protocol import Incoming
 from rkllmd.settings import Settings
@@ -89,7 +89,7 @@ def test_stream_writes_interleave_whole_with_publishes_and_finish_when_the_socke
     real_queue = bus._client._packet_queue
 
     def counting_queue(command: int, packet: bytes, mid: int, qos: int, info: object = None) -> object:
-        if command == busmod._RAW:
+        if command == mqttloop.RAW:
             queued.append(len(packet))
         return real_queue(command, packet, mid, qos, info)  # type: ignore[arg-type]
 

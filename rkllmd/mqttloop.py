@@ -1,0 +1,252 @@
+"""The bus's network thread: paho's network loop, driven from here instead of ``loop_start``.
+
+``NetworkLoop`` owns the thread (``bus-network``) and its wake pipe. It waits in select() on the
+socket and the pipe, reads (``loop_read``: CONNACK, SUBACK, PUBACK, requests, PINGRESP), writes what
+a publisher could not finish, sends keepalive pings only when one is due (paho's own loop woke
+every second), and reconnects with paho's backoff on a socket opened without the lock. Every call
+into the client that can read or write holds ``io``, the bus's lock (rkllmd/bus.py, module
+docstring); it is not held across select() nor across a reconnect's TCP/TLS connect.
+
+What of paho-mqtt 2.x beyond its documented API this needs is listed in ``PAHO_INTERNALS`` and
+checked when the bus is made (``check_paho``), so an upgrade that moves them fails at start,
+naming the version, instead of mid-stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import socket
+import threading
+import time
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import _ConnectionState
+
+from rkllmd.errors import RkllmdError
+
+log = structlog.get_logger("rkllmd.bus")
+
+# What of paho's client beyond its documented API the bus uses (paho-mqtt 2.x): the socket opened
+# beforehand, its network loop driven from here, bytes queued behind a half-done write, and the
+# count of publishes waiting (Bus.publish, wait_published).
+PAHO_INTERNALS = (
+    "_create_socket",
+    "_packet_queue",
+    "_loop_rc_handle",
+    "_state",
+    "_keepalive",
+    "_msgtime_mutex",
+    "_last_msg_out",
+    "_last_bytes_received",
+    "_reconnect_delay_mutex",
+    "_reconnect_delay",
+    "_reconnect_min_delay",
+    "_reconnect_max_delay",
+    "_out_messages",
+    "_out_packet",
+)
+
+# The command byte the bus gives bytes it queues in paho (the rest of a stream write the socket did
+# not take): 0 is no MQTT packet type, so paho writes them out and acts on nothing.
+RAW = 0
+
+
+# paho's states after disconnect(): the network thread then neither reconnects nor waits on.
+_CLOSED = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED)
+
+
+class Client(mqtt.Client):
+    """paho's client, whose next socket may be one opened beforehand (``premade``).
+
+    paho's ``reconnect()`` opens the TCP (and TLS) connection itself, a blocking call of up to
+    ``connect_timeout``; the bus opens it first, without its lock, so publishers do not stall
+    while a broker that is away is tried, and lets ``reconnect()`` take that socket.
+    """
+
+    premade: Any = None
+
+    def _create_socket(self) -> Any:
+        sock, self.premade = self.premade, None
+        return sock if sock is not None else super()._create_socket()
+
+
+def _tls_pending(sock: Any) -> bool:
+    """Decrypted bytes the TLS layer holds that select() on the socket cannot see."""
+    pending = getattr(sock, "pending", None)
+    return pending is not None and pending() > 0
+
+
+def check_paho(client: mqtt.Client) -> None:
+    """RkllmdError unless ``client`` has every internal this module and the bus use."""
+    missing = [name for name in PAHO_INTERNALS if not hasattr(client, name)]
+    if missing:
+        raise RkllmdError(
+            f"paho-mqtt {getattr(mqtt, '__version__', '?')} lacks what rkllmd's bus uses of it "
+            f"({', '.join(missing)}): install the paho-mqtt release constraints.txt names"
+        )
+
+
+class NetworkLoop:
+    """The network thread of one paho client whose every read and write holds ``io``."""
+
+    def __init__(self, client: Client, io: threading.RLock) -> None:
+        self.client, self.io = client, io
+        self._net: threading.Thread | None = None  # the network thread, while it runs
+        self._halt = threading.Event()  # ends the running network thread (after a flush, see stop)
+        self._flush_until = 0.0  # monotonic: how long a halting thread may still write what waits
+        self._watched: Any = None  # the socket the network thread waits on (under io)
+        self._wake_r, self._wake_w = os.pipe()  # a byte here ends the network thread's select()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+
+    def write_now(self, sock: socket.socket, data: bytes) -> None:
+        """Under ``io``: write ``data`` now; what the socket does not take is queued in paho, ahead
+        of anything published later, and the network thread finishes it (as paho does with its own)."""
+        try:
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:  # the connection is going: the network thread's next read finds out
+            log.debug("stream write failed", error=str(exc))
+            return
+        if sent < len(data):
+            self.client._packet_queue(RAW, data[sent:], 0, 0)
+            self.kick()
+
+    def kick(self) -> None:
+        """Under ``io``, after a call into paho: wake the network thread if it has work now, i.e. a
+        packet this thread could not finish writing, or a socket that changed (closed by a failed
+        write, or a new one) while it waits in select() on the old one."""
+        if self._net is None or threading.current_thread() is self._net:
+            return
+        if self.client.want_write() or self.client.socket() is not self._watched:
+            self.wake()
+
+    def wake(self) -> None:
+        with contextlib.suppress(BlockingIOError):  # full: a wake-up is already pending
+            os.write(self._wake_w, b"x")
+
+    def start(self) -> None:
+        if self._net is not None:
+            return
+        # a new event for each thread: one that was left behind (stuck in a connect) stays halted
+        self._halt = halt = threading.Event()
+        self._net = threading.Thread(target=self._main, args=(halt,), name="bus-network", daemon=True)
+        self._net.start()
+
+    def stop(self, flush_s: float = 0.0) -> None:
+        """End the network thread, after it has written what waits (at most ``flush_s``)."""
+        net = self._net
+        if net is None:
+            return
+        self._flush_until = time.monotonic() + flush_s
+        self._halt.set()
+        self.wake()
+        if net is not threading.current_thread():
+            # a reconnect's TCP connect in progress ends within paho's connect_timeout
+            net.join(timeout=flush_s + self.client.connect_timeout + 5)
+            if net.is_alive():
+                log.warning("the MQTT network thread did not stop")
+        self._net = None
+
+    def _main(self, halt: threading.Event) -> None:
+        try:
+            while self._step(halt):
+                pass
+        except Exception:  # never expected; without this thread the daemon would be deaf
+            log.exception("MQTT network thread failed")
+
+    def _step(self, halt: threading.Event) -> bool:
+        """Wait for the socket or a wake-up, then read, write, ping; reconnect a lost connection.
+        False: the thread ends."""
+        c = self.client
+        with self.io:
+            sock: Any = c.socket()
+            self._watched = sock
+            want_write = c.want_write()
+            pending = _tls_pending(sock)
+            closed = c._state in _CLOSED
+        if halt.is_set() and (sock is None or not want_write or time.monotonic() >= self._flush_until):
+            return False
+        if sock is None:
+            if closed:  # disconnect() was called
+                return False
+            self._reconnect(halt)
+            return True
+        timeout = 0.0 if pending else self._misc_timeout()
+        if halt.is_set():
+            left = self._flush_until - time.monotonic()
+            timeout = max(0.0, min(timeout if timeout is not None else 1.0, left))
+        try:
+            readable, _, _ = select.select([sock, self._wake_r], [sock] if want_write else [], [], timeout)
+        except (OSError, ValueError, TypeError):  # the socket was closed meanwhile: look again
+            return True
+        if self._wake_r in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self._wake_r, 4096)
+        try:
+            with self.io:
+                if c.socket() is not sock:  # closed (or replaced) meanwhile: look again
+                    return True
+                if sock in readable or pending:
+                    c.loop_read()
+                    # TLS: a record may hold more packets than loop_read took; select() cannot see them
+                    while c.socket() is sock and _tls_pending(sock):
+                        c.loop_read()
+                # what a publisher left (a full socket buffer) or a callback queued (_on_connect)
+                if c.socket() is sock and c.want_write():
+                    c.loop_write()
+                if c.socket() is sock:
+                    c.loop_misc()  # keepalive: PINGREQ when due, drop a broker that stopped answering
+        except Exception:  # a callback failed half-way through a packet: start over on a new connection
+            log.exception("MQTT network loop failed; reconnecting")
+            with self.io, contextlib.suppress(Exception):
+                if c.socket() is sock:
+                    c._loop_rc_handle(mqtt.MQTT_ERR_UNKNOWN)
+        return True
+
+    def _misc_timeout(self) -> float | None:
+        """Seconds until loop_misc has something to do (a keepalive ping, or a PINGRESP overdue);
+        None without a keepalive. paho's own loop woke every second instead."""
+        c = self.client
+        keepalive = c._keepalive
+        if not keepalive:
+            return None
+        with c._msgtime_mutex:
+            last = min(c._last_msg_out, c._last_bytes_received)
+        return min(float(keepalive), max(0.0, last + keepalive - time.monotonic()) + 0.01)
+
+    def _reconnect(self, halt: threading.Event) -> None:
+        """The connection was lost: wait paho's backoff (1 s, doubling to 30 s, reset by a CONNACK),
+        open a socket without the lock, then let paho send CONNECT on it."""
+        c = self.client
+        with c._reconnect_delay_mutex:
+            if c._reconnect_delay is None:
+                c._reconnect_delay = c._reconnect_min_delay
+            else:
+                c._reconnect_delay = min(c._reconnect_delay * 2, c._reconnect_max_delay)
+            delay = c._reconnect_delay
+        if halt.wait(delay):
+            return
+        try:
+            sock = c._create_socket()
+        except Exception as exc:  # refused, unreachable, TLS: try again after the next wait
+            log.debug("reconnect failed", error=str(exc))
+            return
+        with self.io:
+            if halt.is_set() or c.socket() is not None or c._state in _CLOSED:
+                sock.close()
+                return
+            c.premade = sock
+            try:
+                c.reconnect()
+            except Exception as exc:
+                log.debug("reconnect failed", error=str(exc))
+            finally:
+                if c.premade is not None:
+                    c.premade = None
+                    sock.close()
