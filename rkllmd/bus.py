@@ -66,6 +66,7 @@ _FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Banned", "Clie
 # Stream chunks are skipped (final replies never) once this many publishes wait in paho's queue.
 STREAM_BACKLOG = 1000
 
+
 def set_nodelay(client: mqtt.Client) -> None:
     """Turn off Nagle on the client's socket.
 
@@ -196,14 +197,8 @@ class Bus:
                 raise ConnectionError(msg) from exc
             except ssl.SSLError as exc:
                 raise ConnectionError(f"TLS handshake failed: {exc.reason or exc}") from exc
-            with self._io:
-                self._client.premade = sock
-                try:
-                    self._client.connect(cfg.host, cfg.port, **kw)  # sends CONNECT on that socket
-                finally:
-                    if self._client.premade is not None:  # not taken: close it
-                        self._client.premade = None
-                        sock.close()
+            with self._io, self._client.taking(sock):
+                self._client.connect(cfg.host, cfg.port, **kw)  # sends CONNECT on that socket
             self._loop.start()
             if not self._connack.wait(timeout=10):
                 self._loop.stop()

@@ -20,6 +20,7 @@ import select
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -72,6 +73,17 @@ class Client(mqtt.Client):
     def _create_socket(self) -> Any:
         sock, self.premade = self.premade, None
         return sock if sock is not None else super()._create_socket()
+
+    @contextlib.contextmanager
+    def taking(self, sock: Any) -> Iterator[None]:
+        """A connect() or reconnect() inside takes ``sock``; closed if it was not taken."""
+        self.premade = sock
+        try:
+            yield
+        finally:
+            if self.premade is not None:
+                self.premade = None
+                sock.close()
 
 
 def _tls_pending(sock: Any) -> bool:
@@ -241,12 +253,8 @@ class NetworkLoop:
             if halt.is_set() or c.socket() is not None or c._state in _CLOSED:
                 sock.close()
                 return
-            c.premade = sock
             try:
-                c.reconnect()
+                with c.taking(sock):
+                    c.reconnect()
             except Exception as exc:
                 log.debug("reconnect failed", error=str(exc))
-            finally:
-                if c.premade is not None:
-                    c.premade = None
-                    sock.close()
