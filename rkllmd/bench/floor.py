@@ -31,7 +31,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from rkllmd.bench import procfs
 
-# Both processes run without site (-S) and import only the standard library.
+# Both processes run without site (-S); the pacer imports only the standard library.
 _PACER = """
 import os, sys, time
 interval, count = float(sys.argv[1]), int(sys.argv[2])
@@ -40,25 +40,17 @@ for i in range(count):
     os.write(1, b"tok%d " % i)
 """
 
-# MQTT 3.1.1 CONNECT (clean session, keepalive 60 s), then one send() per read of the pipe.
+# MQTT 3.1.1 CONNECT (clean session, keepalive 60 s), then one send() per read of the pipe, of the
+# packets rkllmd's stream writes (rkllmd/mqttwire.py, which imports nothing).
 _RELAY = """
 import os, socket, sys
+from rkllmd.mqttwire import publish_qos0, remaining_length
 host, port, topic = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-def length(n):
-    out = bytearray()
-    while True:
-        n, b = divmod(n, 128)
-        out.append(b | 0x80 if n else b)
-        if not n:
-            return bytes(out)
-def publish(t, payload):
-    t = t.encode()
-    return b"\\x30" + length(2 + len(t) + len(payload)) + len(t).to_bytes(2, "big") + t + payload
 cid = b"floor-%d" % os.getpid()
 body = b"\\x00\\x04MQTT\\x04\\x02\\x00\\x3c" + len(cid).to_bytes(2, "big") + cid
 sock = socket.create_connection((host, port))
 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-sock.sendall(b"\\x10" + length(len(body)) + body)
+sock.sendall(b"\\x10" + remaining_length(len(body)) + body)
 if sock.recv(4)[:2] != b"\\x20\\x02":
     sys.exit("no CONNACK")
 seq = 0
@@ -67,10 +59,13 @@ while True:
     if not data:
         break
     chunk = b'{"id": "floor", "seq": %d, "delta": "%s"}' % (seq, data)
-    sock.sendall(publish(topic, chunk) + publish(topic + "/text", data))
+    sock.sendall(publish_qos0(topic, chunk, False) + publish_qos0(topic + "/text", data, False))
     seq += 1
 sock.sendall(b"\\xe0\\x00")
 """
+
+# The relay finds rkllmd (for mqttwire) where this process did, without site (-S).
+_RKLLMD_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def measure(host: str, port: int, broker_pid: int | None, rate: float, tokens: int) -> dict[str, Any]:
@@ -92,7 +87,9 @@ def measure(host: str, port: int, broker_pid: int | None, rate: float, tokens: i
             [sys.executable, "-S", "-c", _PACER, str(1 / rate), str(tokens)], stdout=subprocess.PIPE
         )
         relay = subprocess.Popen(
-            [sys.executable, "-S", "-c", _RELAY, host, str(port), topic], stdin=pacer.stdout
+            [sys.executable, "-S", "-c", _RELAY, host, str(port), topic],
+            stdin=pacer.stdout,
+            env={**os.environ, "PYTHONPATH": _RKLLMD_ROOT},
         )
         assert pacer.stdout is not None
         pacer.stdout.close()  # the relay holds the read end now: it sees EOF when the pacer ends
