@@ -34,6 +34,22 @@ def probe(broker: Broker) -> Iterator[Probe]:
     p.close()
 
 
+def run_and_collect(
+    threads: list[threading.Thread], probe: Probe, base: str, names: tuple[str, ...], each: int
+) -> dict[str, list[bytes]]:
+    """Run the publishing threads, then what arrived on ``base/<name>``: ``each`` per name, in order."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    got: dict[str, list[bytes]] = {name: [] for name in names}
+    deadline = time.monotonic() + 30
+    while sum(map(len, got.values())) < len(names) * each:
+        m = probe.get(f"{base}/#", timeout=max(0.1, deadline - time.monotonic()))
+        got[m.topic.rsplit("/", 1)[1]].append(m.payload)
+    return got
+
+
 def test_publishes_from_two_threads_arrive_whole_and_in_order(broker: Broker, probe: Probe) -> None:
     """Two threads publish at once (QoS 0 and 1, small and large payloads, so some writes are left
     half done for the network thread to finish): every message arrives intact, each thread's in order."""
@@ -54,15 +70,7 @@ def test_publishes_from_two_threads_arrive_whole_and_in_order(broker: Broker, pr
 
     threads = [threading.Thread(target=run, args=(n, q)) for n, q in (("a", 0), ("b", 1))]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        got: dict[str, list[bytes]] = {"a": [], "b": []}
-        deadline = time.monotonic() + 30
-        while sum(map(len, got.values())) < 2 * per_thread:
-            m = probe.get(f"{base}/#", timeout=max(0.1, deadline - time.monotonic()))
-            got[m.topic.rsplit("/", 1)[1]].append(m.payload)
+        got = run_and_collect(threads, probe, base, ("a", "b"), per_thread)
         for name in got:
             assert got[name] == [payload(name, i) for i in range(per_thread)], name
         bus.wait_published(10)
@@ -109,15 +117,7 @@ def test_stream_writes_interleave_whole_with_publishes_and_finish_when_the_socke
 
     threads = [threading.Thread(target=streamer), threading.Thread(target=publisher)]
     try:
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(30)
-        got: dict[str, list[bytes]] = {"s": [], "p": []}
-        deadline = time.monotonic() + 30
-        while sum(map(len, got.values())) < 2 * per_thread:
-            m = probe.get(f"{base}/#", timeout=max(0.1, deadline - time.monotonic()))
-            got[m.topic.rsplit("/", 1)[1]].append(m.payload)
+        got = run_and_collect(threads, probe, base, ("s", "p"), per_thread)
         for name in got:
             assert got[name] == [payload(name, i) for i in range(per_thread)], name
         assert queued, "no stream write was cut short: the test did not test the full socket"

@@ -284,7 +284,8 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
         cfg.write_text(to_toml({**_config(opts.library, model_file, host, port, base), **opts.config}))
         daemon = DaemonProcess(cfg, work / "rkllmd.log", env=opts.daemon_env or None)
         client: BenchClient | None = None
-        cpu = _Cpu(daemon.pid, broker.proc.pid if broker is not None else None)
+        broker_pid = broker.proc.pid if broker is not None else None
+        cpu = _Cpu(daemon.pid, broker_pid)
         try:
             client = BenchClient(host, port, base)
             client.wait_state("online", timeout=60)
@@ -297,8 +298,7 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
             for rate in opts.rates:
                 result["rates"].append(_rate_row(client, cpu, rate, opts))
                 if rate == HEADLINE_RATE:  # the machine's floor for the same hops, right after
-                    bpid = broker.proc.pid if broker is not None else None
-                    result["floor"] = floor.measure(host, port, bpid, rate, opts.per_rate * opts.tokens)
+                    result["floor"] = floor.measure(host, port, broker_pid, rate, opts.per_rate * opts.tokens)
             result["burst"] = _burst(client, opts)
             result["soak"] = _soak(client, cpu, daemon.pid, opts)
             if broker is not None:
