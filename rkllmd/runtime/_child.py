@@ -348,8 +348,11 @@ def _serve_one(rt: Any, name: str, msg: tuple[Any, ...], out: Outbox) -> None:
         if op == "generate":
             from rkllmd.runtime.base import check_context  # imported with the runtime already
 
-            check_context(rt, msg[1], name)  # here, not by a round trip from the parent
-            out.reply(("done", rt.generate(msg[1], out.add)))
+            n_prompt = check_context(rt, msg[1], name)  # here, not by a round trip from the parent
+            result = rt.generate(msg[1], out.add)
+            if result.perf.prompt_tokens is None:  # as the loop falls back to its own count
+                result.perf.prompt_tokens = n_prompt
+            out.reply(("done", result))
         elif op == "clear_cache":
             rt.clear_cache(msg[1])
             out.reply(("ok", None))
