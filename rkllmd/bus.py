@@ -354,19 +354,24 @@ class Bus:
         if early:
             then()
 
-    def stream(self, messages: Sequence[tuple[str, bytes]]) -> None:
-        """Stream messages (QoS 0, not retained, droppable) from any thread, in call order with all
-        else: while the connection is plain TCP and up and paho has nothing unwritten, all of them in
-        one send() (rkllmd/mqttwire.py); otherwise each through publish(), in one TCP segment."""
+    def stream(self, messages: Sequence[tuple[str, bytes]], qos: int = 0) -> None:
+        """Stream messages (not retained, droppable) from any thread, in call order with all else:
+        at QoS 0, while the connection is plain TCP and up and paho has nothing unwritten, all of
+        them in one send() (rkllmd/mqttwire.py); otherwise each through publish(), in one TCP segment."""
         with self._io:
             sock = self._client.socket()
-            if type(sock) is socket.socket and self.connected.is_set() and not self._client.want_write():
+            if (
+                qos == 0
+                and type(sock) is socket.socket  # plain TCP, not TLS
+                and self.connected.is_set()
+                and not self._client.want_write()
+            ):
                 packets = b"".join(mqttwire.publish_qos0(t, p, self.v5) for t, p in messages)
                 self._loop.write_now(sock, packets)
                 return
             with self.together():
                 for topic, payload in messages:
-                    self.publish(topic, payload, qos=0, droppable=True)
+                    self.publish(topic, payload, qos=qos, droppable=True)
 
     @contextlib.contextmanager
     def together(self) -> Iterator[None]:

@@ -165,16 +165,11 @@ class Dispatcher:
         """One stream chunk and its bare text (the inference thread for a direct stream, else this
         dispatcher's). The bus writes in call order, so a run's chunks precede its end message."""
         assert job.id is not None
-        qos, text = self.stream.qos, self.stream.text_topic
         chunk = (self.topics.stream(job.id), protocol.stream_chunk(job.id, seq, delta))
-        if qos == 0:  # the chunk and its text copy in one write
-            bare = (self.topics.stream_text(job.id), delta.encode())
-            self.bus.stream((chunk, bare) if text else (chunk,))
-            return
-        with self.bus.together() if text else contextlib.nullcontext():  # one TCP segment
-            self.bus.publish(*chunk, qos=qos, droppable=True)
-            if text:
-                self.bus.publish(self.topics.stream_text(job.id), delta.encode(), qos=qos, droppable=True)
+        if self.stream.text_topic:  # the chunk and its text copy in one write
+            self.bus.stream((chunk, (self.topics.stream_text(job.id), delta.encode())), self.stream.qos)
+        else:
+            self.bus.stream((chunk,), self.stream.qos)
 
     # --- dispatcher thread -----------------------------------------------------------------
 

@@ -101,8 +101,8 @@ class _Bus:
     def publish_json(self, topic: str, obj: Any, **kw: Any) -> None:
         self.sent.append((topic, b"", kw.get("qos")))
 
-    def stream(self, messages: list[tuple[str, bytes]]) -> None:
-        self.sent.extend((topic, payload, 0) for topic, payload in messages)
+    def stream(self, messages: list[tuple[str, bytes]], qos: int = 0) -> None:
+        self.sent.extend((topic, payload, qos) for topic, payload in messages)
 
     def together(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
