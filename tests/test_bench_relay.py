@@ -34,6 +34,10 @@ def test_tiny_relay_run(broker: Broker, tmp_path: Path) -> None:
         assert row["ratio"] > 0 and row["ttft_added_p50_ms"] <= row["ttft_added_p99_ms"]
     # A subscriber cannot receive tokens faster than the double made them (small timing slack).
     assert throttled["received_tps"] < throttled["runtime_tps"] * 1.5
+    # Tokens 10 ms apart: the worker sleeps between them and the daemon waits for each one.
+    woke = throttled["wakeups_per_token_parts"]
+    assert woke["worker"] >= 0.9 and woke["daemon"] >= 0.5 and woke["broker"] >= 0
+    assert throttled["wakeups_per_token"] == pytest.approx(sum(woke.values()))
     assert r["burst"]["complete"] and r["burst"]["received_tps_max"] > 0
     soak = r["soak"]
     assert soak["requests"] == 20 and len(soak["rss_curve"]) >= 2 and soak["rss_end_mb"] > 0
@@ -49,6 +53,9 @@ def test_the_floor_relays_every_token_through_the_broker_and_counts_each_process
     parts = f["cpu_ms_per_token_parts"]
     assert parts["pacer"] > 0 and parts["relay"] > 0 and parts["broker"] >= 0
     assert abs(f["cpu_ms_per_token"] - sum(parts.values())) < 1e-9
+    woke = f["wakeups_per_token_parts"]  # the pacer sleeps before each token, the relay waits for it
+    assert woke["pacer"] >= 1 and woke["relay"] >= 0.9 and woke["broker"] > 0
+    assert f["wakeups_per_token"] == pytest.approx(sum(woke.values()))
 
 
 def test_distinct_pages_count_a_shared_page_once() -> None:

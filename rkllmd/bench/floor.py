@@ -83,6 +83,7 @@ def measure(host: str, port: int, broker_pid: int | None, rate: float, tokens: i
         sub.subscribe(topic, qos=0)
         subscribed.get(timeout=10)
         broker0 = procfs.cpu_seconds(broker_pid) if broker_pid else None
+        woke0 = sum(procfs.thread_switches(broker_pid).values()) if broker_pid else None
         pacer = subprocess.Popen(
             [sys.executable, "-S", "-c", _PACER, str(1 / rate), str(tokens)], stdout=subprocess.PIPE
         )
@@ -93,31 +94,40 @@ def measure(host: str, port: int, broker_pid: int | None, rate: float, tokens: i
         )
         assert pacer.stdout is not None
         pacer.stdout.close()  # the relay holds the read end now: it sees EOF when the pacer ends
-        pacer_cpu = _cpu_of(pacer, "pacer")
-        relay_cpu = _cpu_of(relay, "relay")
+        pacer_cpu, pacer_woke = _cpu_of(pacer, "pacer")
+        relay_cpu, relay_woke = _cpu_of(relay, "relay")
         arrived, deadline = 0, time.monotonic() + 10
         while arrived < tokens and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
                 arrived += got.get(timeout=0.2)
         broker1 = procfs.cpu_seconds(broker_pid) if broker_pid else None
+        woke1 = sum(procfs.thread_switches(broker_pid).values()) if broker_pid else None
     finally:
         sub.loop_stop()
         sub.disconnect()
     broker = (broker1 - broker0) * 1e3 / tokens if broker0 is not None and broker1 is not None else 0.0
     parts = {"pacer": pacer_cpu * 1e3 / tokens, "relay": relay_cpu * 1e3 / tokens, "broker": broker}
+    woke = {
+        "pacer": pacer_woke / tokens,
+        "relay": relay_woke / tokens,
+        "broker": (woke1 - woke0) / tokens if woke0 is not None and woke1 is not None else 0.0,
+    }
     return {
         "rate": rate,
         "tokens": tokens,
         "cpu_ms_per_token_parts": parts,
         "cpu_ms_per_token": sum(parts.values()),
+        "wakeups_per_token_parts": woke,
+        "wakeups_per_token": sum(woke.values()),
         "all_arrived": arrived == tokens,
     }
 
 
-def _cpu_of(proc: subprocess.Popen[bytes], what: str) -> float:
-    """User + system seconds of ``proc``, read as it is reaped (to the microsecond, unlike /proc's ticks)."""
+def _cpu_of(proc: subprocess.Popen[bytes], what: str) -> tuple[float, int]:
+    """User + system seconds of ``proc``, read as it is reaped (to the microsecond, unlike /proc's
+    ticks), and its context switches: how often it went to sleep and was woken again."""
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise RuntimeError(f"the floor's {what} process failed (exit {proc.returncode})")
-    return float(usage.ru_utime + usage.ru_stime)
+    return float(usage.ru_utime + usage.ru_stime), usage.ru_nvcsw + usage.ru_nivcsw

@@ -99,6 +99,16 @@ class _Cpu:
         broker = procfs.cpu_seconds(self.broker_pid) if self.broker_pid else None
         return {"daemon": daemon, "worker": worker, "broker": broker or 0.0}
 
+    def woke(self) -> dict[str, float]:
+        """Context switches so far of each part's threads (those alive now): its wake-ups."""
+        tree = procfs.process_tree(self.pid)
+
+        def of(pids: list[int]) -> float:
+            return float(sum(sum(procfs.thread_switches(p).values()) for p in pids))
+
+        broker = of([self.broker_pid]) if self.broker_pid else 0.0
+        return {"daemon": of([self.pid]), "worker": of([p for p in tree if p != self.pid]), "broker": broker}
+
     @staticmethod
     def per_token(before: dict[str, float], after: dict[str, float], tokens: int) -> dict[str, float | None]:
         if not tokens:
@@ -111,10 +121,13 @@ class _Cpu:
 def _rate_row(client: BenchClient, cpu: _Cpu, rate: float, opts: RelayOptions) -> dict[str, Any]:
     delay = round(1000 / rate) if rate else 0
     _generate(client, delay, opts.tokens)  # warm-up
-    cpu0, runs = cpu.read(), []
+    cpu0, woke0, runs = cpu.read(), cpu.woke(), []
     for _ in range(opts.per_rate):
         runs.append(_generate(client, delay, opts.tokens))
-    per = _Cpu.per_token(cpu0, cpu.read(), sum(_tokens(ex) for ex in runs))
+    tokens = sum(_tokens(ex) for ex in runs)
+    per = _Cpu.per_token(cpu0, cpu.read(), tokens)
+    woke1 = cpu.woke()
+    wakeups = {k: (woke1[k] - woke0[k]) / tokens if tokens else None for k in woke0}
     received = [r for r in (_received_tps(ex) for ex in runs) if r]
     runtime = [float(ex.reply["data"]["timings"].get("decode_tokens_per_s") or 0) for ex in runs]
     # The double sleeps `delay` ms before its first token; everything beyond that is added.
@@ -132,6 +145,9 @@ def _rate_row(client: BenchClient, cpu: _Cpu, rate: float, opts: RelayOptions) -
         # rkllmd and its worker, as before the broker was counted too
         "cpu_ms_per_token": None if per["daemon"] is None else per["daemon"] + (per["worker"] or 0),
         "cpu_ms_per_token_parts": per,
+        # the bench client's requests and replies included, as the broker's CPU is
+        "wakeups_per_token_parts": wakeups,
+        "wakeups_per_token": sum(v for v in wakeups.values() if v is not None) if tokens else None,
         "chunks_per_request": med([float(len(ex.deltas)) for ex in runs], 50),
         "intact": all(_intact(ex) for ex in runs),
     }
@@ -246,6 +262,8 @@ def headline(r: dict[str, Any]) -> dict[str, Any]:
         "ttft_added_p99_ms": at30["ttft_added_p99_ms"] if at30 else None,
         "cpu_ms_per_token_30": at30["cpu_ms_per_token_parts"] if at30 else None,
         "floor_ms_per_token_30": base.get("cpu_ms_per_token"),
+        "wakeups_per_token_30": at30.get("wakeups_per_token") if at30 else None,
+        "floor_wakeups_per_token_30": base.get("wakeups_per_token"),
         "ceiling_tps": burst.get("received_tps_median"),
         "ratio_1000": at1000["ratio"] if at1000 else None,
         "rss_mb": mem.get("rss_mb"),

@@ -36,6 +36,15 @@ def relay_text(r: dict[str, Any]) -> str:
             f"rkllmd/bench/floor.py): {fl['cpu_ms_per_token']:.3f} ms/token (pacer {fp['pacer']:.3f} + "
             f"relay {fp['relay']:.3f} + broker {fp['broker']:.3f}); all arrived: {fl['all_arrived']}"
         )
+        at30 = next((row for row in r.get("rates", []) if row["rate"] == fl["rate"]), None)
+        if at30 and at30.get("wakeups_per_token_parts") and fl.get("wakeups_per_token_parts"):
+            w, fw = at30["wakeups_per_token_parts"], fl["wakeups_per_token_parts"]
+            lines.append(
+                f"wake-ups per token at {fl['rate']:g} tok/s: rkllmd {at30['wakeups_per_token']:.2f} (daemon "
+                f"{w['daemon']:.2f} + worker {w['worker']:.2f} + broker {w['broker']:.2f}), floor "
+                f"{fl['wakeups_per_token']:.2f} (pacer {fw['pacer']:.2f} + relay {fw['relay']:.2f} + "
+                f"broker {fw['broker']:.2f})"
+            )
     b = r.get("burst")
     if b:
         lines += [
@@ -86,10 +95,16 @@ def _cpu30(h: dict[str, Any]) -> str:
     c = h.get("cpu_ms_per_token_30")
     if not c or c.get("total") is None:
         return "-"
-    floor = h.get("floor_ms_per_token_30")
+    floor, woke, floor_woke = (
+        h.get("floor_ms_per_token_30"),
+        h.get("wakeups_per_token_30"),
+        h.get("floor_wakeups_per_token_30"),
+    )
     return (
         f"{c['total']:.2f} (daemon {_f(c['daemon'], '.2f')} + worker {_f(c['worker'], '.2f')} "
-        f"+ broker {_f(c['broker'], '.2f')})" + (f"; floor {floor:.2f}" if floor is not None else "")
+        f"+ broker {_f(c['broker'], '.2f')})"
+        + (f"; floor {floor:.2f}" if floor is not None else "")
+        + (f"; {woke:.1f} wake-ups/token (floor {_f(floor_woke)})" if woke is not None else "")
     )
 
 
