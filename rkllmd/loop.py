@@ -125,6 +125,7 @@ class InferenceLoop:
         self._pending: collections.deque[Job] = collections.deque()
         self._held: collections.deque[Job] = collections.deque()  # behind a full queue (Limits.hold)
         self._current: Job | None = None
+        self._waiting = False  # the inference thread sleeps on _cond with nothing to do
         self._runtime: Runtime | None = None
         self._loaded: str | None = None
         self._accepting = True
@@ -179,7 +180,10 @@ class InferenceLoop:
                 )
             job.run.enqueued_at = time.monotonic()
             self._pending.append(job)
-            self._emit_stats_locked()
+            # An idle inference thread takes the job at once and says so (busy, running it): the
+            # state of it queued would last microseconds and cost a stats publish per request.
+            if not self._waiting:
+                self._emit_stats_locked()
             self._cond.notify_all()
 
     def has(self, request_id: str) -> bool:
@@ -259,7 +263,9 @@ class InferenceLoop:
         while True:
             with self._cond:
                 while not self._pending and not self._stop.is_set():
+                    self._waiting = True
                     self._cond.wait()
+                self._waiting = False
                 if not self._pending:  # stopping and nothing left
                     break
                 job = self._pending.popleft()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -123,17 +124,45 @@ def test_queue_bound_duplicate_id_and_cancel(
 
 
 def test_control_jobs_and_stats(rig: tuple[InferenceLoop, EchoRuntime, queue.Queue[Event]]) -> None:
-    """load and unload answer with their model; every queue change is followed by a Stats event."""
+    """load and unload answer with their model; each job's start and end is followed by a Stats event."""
     loop, rt, events = rig
     loop.submit(Exchange("load", "", id="l1", model="echo"))
     loop.submit(Exchange("unload", "", id="u1"))
     seen: list[Event] = []
     while not any(isinstance(e, Final) and e.request.id == "u1" for e in seen):
         seen.append(events.get(timeout=5))
+    seen.append(events.get(timeout=5))  # the snapshot after u1 ended
     finals = {e.request.id: e.data for e in seen if isinstance(e, Final)}
     assert finals == {"l1": {"model": "echo", "loaded": True}, "u1": {"model": "echo", "loaded": False}}
     assert rt.opened == 1 and loop.loaded_model is None
-    assert sum(isinstance(e, Stats) for e in seen) >= 4  # queued twice, started and ended each
+    assert sum(isinstance(e, Stats) for e in seen) >= 4  # started and ended each
+    last = seen[-1]
+    assert isinstance(last, Stats) and not last.stats["busy"] and last.stats["loaded_model"] is None
+
+
+def test_a_job_an_idle_loop_takes_at_once_is_shown_running_never_queued(
+    rig: tuple[InferenceLoop, EchoRuntime, queue.Queue[Event]],
+) -> None:
+    """On an idle loop a request's snapshots are: running it, then idle; one behind it is queued."""
+    loop, rt, events = rig
+    deadline = time.monotonic() + 5
+    while not loop._waiting and time.monotonic() < deadline:  # the inference thread went to sleep
+        time.sleep(0.001)
+    rt.gate.clear()  # "a" stays running while "b" comes
+    loop.submit(job("a", "one two"))
+    seen: list[Event] = [events.get(timeout=5)]
+    while not isinstance(seen[-1], Token):
+        seen.append(events.get(timeout=5))
+    loop.submit(job("b", "three"))
+    rt.gate.set()
+    def both_done(ev: Event) -> bool:
+        return isinstance(ev, Stats) and ev.stats["requests"] == 2 and not ev.stats["busy"]
+
+    while not both_done(seen[-1]):
+        seen.append(events.get(timeout=5))
+    snaps = [e.stats for e in seen if isinstance(e, Stats)]
+    states = [(s["busy"], s["running"], s["queue_depth"]) for s in snaps]
+    assert states == [(True, "a", 0), (True, "a", 1), (False, None, 1), (True, "b", 0), (False, None, 0)]
 
 
 def test_stop_answers_queued_jobs_with_shutdown(
