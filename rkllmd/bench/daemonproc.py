@@ -50,8 +50,12 @@ class DaemonProcess:
         base_env = {k: v for k, v in os.environ.items() if not k.startswith("RKLLMD_")}
         with open(log_path, "wb") as log:
             # Its own session: the terminal's Ctrl-C stops the benchmark, which then stops rkllmd.
+            # Started in the config's folder: ``-m`` puts the working directory first on sys.path,
+            # and a benchmark run from a checkout would otherwise test that checkout's rkllmd
+            # whatever PYTHONPATH ``env`` names.
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "rkllmd", "run", "--config", str(config)],
+                [sys.executable, "-m", "rkllmd", "run", "--config", str(config.resolve())],
+                cwd=config.resolve().parent,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env={**base_env, "PYTHONUNBUFFERED": "1", **(env or {})},
