@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import random
 import threading
+import time
 
-from rkllmd.runtime._child import K_LOG, K_REPLY, K_TOKENS, FrameReader, _frame
+from rkllmd.runtime._child import K_LOG, K_REPLY, K_TOKENS, FrameReader, Outbox, _frame, tokens_text
 
 
 def test_frames_split_across_reads_of_any_size_arrive_whole_and_in_order() -> None:
@@ -37,3 +38,28 @@ def test_frames_split_across_reads_of_any_size_arrive_whole_and_in_order() -> No
         t.join(30)
         os.close(r)
     assert got == frames
+
+
+def test_tokens_kept_while_the_pipe_is_full_follow_as_one_frame_in_order() -> None:
+    """The token sink never waits for a parent that does not read: what the full pipe cannot take
+    is kept and sent as one frame once it drains, every token in order, the reply after them."""
+    r, w = os.pipe()
+    out = Outbox(w)
+    tokens = [f"{i:04d}-" + "x" * 1000 for i in range(300)]  # 300 KB: far more than a pipe holds
+    started = time.monotonic()
+    for t in tokens:
+        out.add(t)
+    assert time.monotonic() - started < 5  # not blocked on the pipe: nobody has read yet
+    replier = threading.Thread(target=out.reply, args=(("done", None),))
+    replier.start()  # waits until the tokens before it are written
+    reader, frames = FrameReader(r), []
+    try:
+        while not any(kind == K_REPLY for kind, _ in frames):
+            frames += reader.read()
+    finally:
+        replier.join(10)
+        os.close(r)
+    text = [tokens_text(payload) for kind, payload in frames if kind == K_TOKENS]
+    assert "".join(text) == "".join(tokens)
+    assert len(text) < len(tokens)  # the kept ones went together
+    assert frames[-1][0] == K_REPLY

@@ -3,7 +3,7 @@
 rkllmd.runtime.worker starts it with three inherited pipe ends and talks to it in frames: a
 kind byte, a 4-byte little-endian length, the payload. Parent to child, on CMD_FD: commands
 (``K_CMD``, a pickled tuple: the opening one, then generate, clear_cache, ... close). Child to
-parent, on EVENT_FD: ``K_TOKENS`` (a 4-byte token count, then the UTF-8 text of those tokens),
+parent, on EVENT_FD: ``K_TOKENS`` (the UTF-8 text of one or more tokens),
 ``K_REPLY`` (a pickled reply to the last command) and ``K_LOG`` (a log record). CTL_FD carries
 one byte per abort; its end of file means the parent is gone, and the worker exits at once
 (as it does when a write to EVENT_FD finds the parent gone).
@@ -40,7 +40,6 @@ K_TOKENS = b"T"
 K_REPLY = b"R"
 K_LOG = b"L"
 _HEAD = struct.Struct("<cI")
-_COUNT = struct.Struct("<I")
 
 # Log levels as numbers, so the child filters before it sends anything.
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
@@ -93,13 +92,13 @@ class FrameReader:
         return out
 
 
-def tokens_payload(count: int, text: str) -> bytes:
-    return _COUNT.pack(count) + text.encode("utf-8", "surrogatepass")
+def tokens_payload(text: str) -> bytes:
+    return text.encode("utf-8", "surrogatepass")
 
 
 def tokens_text(payload: bytes) -> str:
     """The text of a ``K_TOKENS`` frame."""
-    return payload[_COUNT.size :].decode("utf-8", "surrogatepass")
+    return payload.decode("utf-8", "surrogatepass")
 
 
 class Outbox:
@@ -119,19 +118,17 @@ class Outbox:
         self._cond = threading.Condition(threading.Lock())
         self._unsent = bytearray()  # bytes of frames already made, not yet written
         self._texts: list[str] = []  # tokens not framed yet (the pipe was full)
-        self._count = 0
         self._sender = threading.Thread(target=self._drain, name="worker-sender", daemon=True)
         self._sender.start()
 
     def add(self, text: str, token_id: int | None = None) -> None:
         """The token sink (the runtime's thread): write the token now, or keep it; never blocks."""
         with self._cond:
-            if self._unsent or self._count:
+            if self._unsent or self._texts:
                 self._texts.append(text)
-                self._count += 1
                 self._cond.notify_all()
                 return
-            self._write_locked(_frame(K_TOKENS, tokens_payload(1, text)))
+            self._write_locked(_frame(K_TOKENS, tokens_payload(text)))
 
     def send(self, kind: bytes, payload: bytes) -> None:
         """A whole frame after everything before it; blocks until the pipe has taken it."""
@@ -149,9 +146,9 @@ class Outbox:
         self.send(K_REPLY, pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
 
     def _frame_tokens_locked(self) -> None:
-        if self._count:
-            self._unsent += _frame(K_TOKENS, tokens_payload(self._count, "".join(self._texts)))
-            self._texts, self._count = [], 0
+        if self._texts:
+            self._unsent += _frame(K_TOKENS, tokens_payload("".join(self._texts)))
+            self._texts = []
 
     def _write_locked(self, data: bytes | bytearray) -> None:
         """Write what the pipe takes now; keep the rest for the sender thread."""
@@ -169,7 +166,7 @@ class Outbox:
         """The sender thread: whenever something is kept, wait for room in the pipe and write it."""
         while True:
             with self._cond:
-                while not (self._unsent or self._count):
+                while not (self._unsent or self._texts):
                     self._cond.wait()
             select.select([], [self.fd], [])
             with self._cond:
