@@ -117,9 +117,16 @@ class Dispatcher:
             ended = _END in batch
             if ended:
                 batch = batch[: batch.index(_END)]
-            for ev in joiner.feed(batch, time.monotonic(), flush=ended):
+            events = joiner.feed(batch, time.monotonic(), flush=ended)
+            for i, ev in enumerate(events):
                 try:
-                    if isinstance(ev, (Token, Final, Stats)):
+                    if isinstance(ev, Final):
+                        # The loop hands a job's reply and the state after it over together.
+                        after = events[i + 1] if i + 1 < len(events) else None
+                        self._end(ev, after if isinstance(after, Stats) else None)
+                    elif isinstance(ev, Stats) and i and isinstance(events[i - 1], Final):
+                        pass  # published with the reply before it
+                    elif isinstance(ev, (Token, Stats)):
                         self._dispatch(ev)
                     elif isinstance(ev, Delivered):
                         self._delivered(ev.final)
@@ -188,9 +195,21 @@ class Dispatcher:
         elif isinstance(ev, Stats):
             self._publish_stats(self._gate.offer(ev.stats, time.monotonic()))
         else:
-            if ev.request.run.enqueued_at is not None:  # it went through the queue: a job's end
-                self._job_ended(ev)
-            self._reply(ev)
+            self._end(ev, None)
+
+    def _end(self, final: Final, stats: Stats | None) -> None:
+        """A request's end: a job's end messages, the reply and the stats after it leave in one TCP
+        segment (one broker wake-up, and their PUBACKs come back together); then the routers."""
+        with self.bus.together():
+            if final.request.run.enqueued_at is not None:  # it went through the queue: a job's end
+                self._job_ended(final)
+            self._reply(final)
+            if stats is not None:
+                self._publish_stats(self._gate.offer(stats.stats, time.monotonic()))
+        if self.plugins.has_routers and final.request.address is not None:
+            ex = final.request
+            ex.id = ex.id or final.request.address.request_id
+            self.plugins.route(final)
 
     def _chunks_sent(self, job: Exchange) -> int:
         """The end message's ``seq``: chunks sent, by the inference thread or by this one."""
@@ -240,8 +259,8 @@ class Dispatcher:
         self.bus.publish(self.topics.stream_sentences(request_id), b"")
 
     def _reply(self, final: Final) -> None:
-        """The request's one final reply, to its address, then to the routers."""
-        ex, address = final.request, final.request.address
+        """The request's one final reply, to its address (the routers get it after, from _end)."""
+        address = final.request.address
         if address is None:  # rkllmd's own job (the startup load): nobody to answer
             return
         if not address.local:
@@ -259,9 +278,6 @@ class Dispatcher:
                 content_type="application/json",
                 then=lambda: self.put(Delivered(final)),
             )
-        if self.plugins.has_routers:
-            ex.id = ex.id or address.request_id
-            self.plugins.route(final)
 
     def _delivered(self, final: Final) -> None:
         """A reply reached the broker: acknowledge its request, and the journal closes it."""
