@@ -4,9 +4,9 @@ Builds the double (tests/fake_rkllm, gcc), starts a loopback mosquitto (or uses 
 and rkllmd on the double, then measures at fixed token rates: received tok/s / runtime tok/s,
 TTFT added by the daemon (p50, p99), CPU per token of the daemon, its worker and the broker, the
 most one subscriber receives, the memory of the daemon's process tree, its idle CPU and wake-ups,
-and RSS over --requests short requests. With --rounds N it does all of that N times, each with a
-fresh broker and daemon, and prints the medians. Prints the figures and writes them to --out as
-JSON and text.
+RSS over --requests short requests, and the CPU and wake-ups of a request beyond its tokens.
+With --rounds N it does all of that N times, each with a fresh broker and daemon, and prints the
+medians. Prints the figures and writes them to --out as JSON and text.
 
     .venv/bin/python benchmarks/relay.py                      # about a minute and a half on two cores
     .venv/bin/python benchmarks/relay.py --rounds 3 --set stream.qos=1
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--burst-tokens", type=int, default=2000, help="length of the unthrottled answers")
     ap.add_argument("--requests", type=int, default=2000, help="short requests for RSS growth")
     ap.add_argument("--idle-s", type=float, default=30.0, help="idle spell with the model loaded (0: skip)")
+    ap.add_argument("--spaced", type=int, default=100, help="one-token requests 50 ms apart (0: skip)")
     ap.add_argument("--rounds", type=int, default=1, help="repeat everything; the summary is the medians")
     ap.add_argument(
         "--set",
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             burst_tokens=args.burst_tokens,
             requests=args.requests,
             idle_s=args.idle_s,
+            spaced_requests=args.spaced,
             host=args.host,
             port=args.port if args.host else None,
             config=config,

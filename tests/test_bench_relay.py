@@ -23,6 +23,7 @@ def test_tiny_relay_run(broker: Broker, tmp_path: Path) -> None:
         per_rate=2,
         burst_tokens=200,
         requests=20,
+        spaced_requests=5,
         host=broker.host,
         port=broker.port,
     )
@@ -42,7 +43,11 @@ def test_tiny_relay_run(broker: Broker, tmp_path: Path) -> None:
     soak = r["soak"]
     assert soak["requests"] == 20 and len(soak["rss_curve"]) >= 2 and soak["rss_end_mb"] > 0
     assert 0 < soak["ttft_p50_ms"] <= soak["ttft_p99_ms"] <= soak["ttft_max_ms"]
+    spaced = r["spaced"]  # each request wakes the daemon at least to take it and to answer it
+    assert spaced["requests"] == 5 and spaced["wakeups_per_request"]["daemon"] >= 2
+    assert set(spaced["cpu_ms_per_request"]) == {"daemon", "worker", "broker"}  # ticks: too coarse to bound
     text = relay_text(r)
+    assert "one-token requests" in text
     assert "unthrottled" in text and "TTFT added" in text and "RSS" in text
 
 

@@ -35,6 +35,8 @@ class RelayOptions:
     burst_tokens: int = 2000  # one long unthrottled answer: the most one subscriber receives
     requests: int = 2000  # short requests for RSS growth and the TTFT distribution
     idle_s: float = 30.0  # an idle spell with the model loaded: CPU and wake-ups while nothing runs
+    #: one-token requests one at a time with a pause between: what a request costs beyond its tokens
+    spaced_requests: int = 100
     host: str | None = None
     port: int | None = None
     #: extra tables for the daemon's config, e.g. {"stream": {"qos": 1}}
@@ -168,6 +170,29 @@ def _burst(client: BenchClient, opts: RelayOptions) -> dict[str, Any]:
     }
 
 
+SPACING_S = 0.05  # between spaced requests: long enough for every thread to go back to sleep
+
+
+def _spaced(client: BenchClient, cpu: _Cpu, opts: RelayOptions) -> dict[str, Any]:
+    """One-token requests (the double's first token after 33 ms) ``SPACING_S`` apart: CPU and
+    wake-ups per request of each part. The cost of a request beyond its tokens (admission, the
+    queue, the reply and its acknowledgement, stats, log lines), each as cold as at 30 tok/s."""
+    n = opts.spaced_requests
+    _generate(client, 33, 1)
+    time.sleep(SPACING_S)
+    cpu0, woke0 = cpu.read(), cpu.woke()
+    for _ in range(n):
+        _generate(client, 33, 1)
+        time.sleep(SPACING_S)
+    cpu1, woke1 = cpu.read(), cpu.woke()
+    return {
+        "requests": n,
+        "spacing_s": SPACING_S,
+        "cpu_ms_per_request": {k: (cpu1[k] - cpu0[k]) * 1e3 / n for k in cpu0},
+        "wakeups_per_request": {k: (woke1[k] - woke0[k]) / n for k in woke0},
+    }
+
+
 def _soak(client: BenchClient, cpu: _Cpu, pid: int, opts: RelayOptions) -> dict[str, Any]:
     """Many short unthrottled requests one after another: RSS over time, TTFT spread, CPU/token."""
     warm = max(1, opts.requests // 10)
@@ -287,6 +312,7 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
             "burst_tokens": opts.burst_tokens,
             "requests": opts.requests,
             "idle_s": opts.idle_s,
+            "spaced_requests": opts.spaced_requests,
             "config": opts.config,
         },
     }
@@ -319,6 +345,8 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
                     result["floor"] = floor.measure(host, port, broker_pid, rate, opts.per_rate * opts.tokens)
             result["burst"] = _burst(client, opts)
             result["soak"] = _soak(client, cpu, daemon.pid, opts)
+            if opts.spaced_requests > 0:
+                result["spaced"] = _spaced(client, cpu, opts)
             if broker is not None:
                 result["broker_cpu_s"] = procfs.cpu_seconds(broker.proc.pid)
         except Exception as exc:

@@ -65,6 +65,14 @@ def relay_text(r: dict[str, Any]) -> str:
             f"{_f(s['rss_start_mb'])} -> {_f(s['rss_end_mb'])} MB ({s['rss_growth_mb']:+.1f} MB)",
             "  RSS curve (requests: MB): " + ", ".join(f"{n}: {mb:.1f}" for n, mb in s["rss_curve"]),
         ]
+    sp = r.get("spaced")
+    if sp:
+        c, w = sp["cpu_ms_per_request"], sp["wakeups_per_request"]
+        lines.append(
+            f"{sp['requests']} one-token requests {sp['spacing_s'] * 1e3:.0f} ms apart, per request: CPU "
+            f"daemon {c['daemon']:.2f} + worker {c['worker']:.2f} + broker {c['broker']:.2f} ms; wake-ups "
+            f"daemon {w['daemon']:.1f} + worker {w['worker']:.1f} + broker {w['broker']:.1f}"
+        )
     if r.get("broker_cpu_s") is not None:
         lines.append(f"mosquitto CPU over the whole run: {r['broker_cpu_s']:.2f} s")
     mem = r.get("memory")
