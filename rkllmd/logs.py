@@ -1,18 +1,46 @@
 """structlog set-up: readable console lines on a terminal, JSON lines otherwise (journald, files).
 
-structlog loggers and stdlib loggers (paho, llama_cpp) all end in one stderr handler, so every
-line has the same shape and the logger name says where it came from.
+structlog loggers and stdlib loggers (paho, llama_cpp) all end in stderr with the same processors,
+so every line has the same shape and the logger name says where it came from. rkllmd's own lines
+do not go through stdlib logging: a request logs two lines, and a LogRecord, its handler and
+formatter cost more than the rest of the line (19 µs a line here against 9; an INFO line per
+request is about a sixth of what a request costs the daemon beyond its tokens).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+import threading
+from typing import Any, Literal, TextIO
 
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _Lines:
+    """stderr for structlog's lines: one write and a flush each, under one lock for every logger."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream, self._lock = stream, threading.Lock()
+
+    def write(self, line: str) -> None:
+        with self._lock:
+            self._stream.write(line + "\n")
+            self._stream.flush()
+
+
+class _Logger:
+    """What a structlog logger hands its rendered line to: with a ``name`` for add_logger_name."""
+
+    def __init__(self, name: str, out: _Lines) -> None:
+        self.name, self._out = name, out
+
+    def msg(self, message: str) -> None:
+        self._out.write(message)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
 
 
 def configure(level: str = "info", fmt: Literal["auto", "console", "json"] = "auto") -> None:
@@ -25,18 +53,21 @@ def configure(level: str = "info", fmt: Literal["auto", "console", "json"] = "au
     )
     shared: list[structlog.typing.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
+        structlog.processors.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    out = _Lines(sys.stderr)
+
+    def factory(*args: Any) -> _Logger:
+        return _Logger(str(args[0]) if args else "rkllmd", out)
+
     structlog.configure(
-        processors=[
-            structlog.stdlib.filter_by_level,
-            *shared,
-            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
-        ],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        # Below the level a call returns at once; the level is the configured one for good.
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=factory,
+        # Not cached: structlog.testing.capture_logs must still see every logger.
         cache_logger_on_first_use=False,
     )
     handler = logging.StreamHandler(sys.stderr)
