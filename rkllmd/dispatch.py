@@ -201,11 +201,13 @@ class Dispatcher:
         """A request's end: a job's end messages, the reply and the stats after it leave in one TCP
         segment (one broker wake-up, and their PUBACKs come back together); then the routers."""
         with self.bus.together():
-            if final.request.run.enqueued_at is not None:  # it went through the queue: a job's end
-                self._job_ended(final)
-            self._reply(final)
-            if stats is not None:
-                self._publish_stats(self._gate.offer(stats.stats, time.monotonic()))
+            try:
+                if final.request.run.enqueued_at is not None:  # it went through the queue: a job's end
+                    self._job_ended(final)
+                self._reply(final)
+            finally:  # the state after it goes out whatever became of the reply
+                if stats is not None:
+                    self._publish_stats(self._gate.offer(stats.stats, time.monotonic()))
         if self.plugins.has_routers and final.request.address is not None:
             ex = final.request
             ex.id = ex.id or final.request.address.request_id

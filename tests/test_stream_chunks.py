@@ -132,3 +132,56 @@ def test_stream_chunks_go_at_the_stream_qos_and_the_text_topic_can_be_off() -> N
     default = _run(StreamSettings())
     deltas = [q for t, p, q in default if b'"delta"' in p or (t.endswith("/text") and p != b"\n")]
     assert len(deltas) >= 2 and set(deltas) == {0}  # QoS 0 by default, /text on
+
+
+class _CorkBus(_Bus):
+    """Records each publish with whether it was made inside ``together()``; can fail one topic."""
+
+    def __init__(self, fail_topic: str | None = None) -> None:
+        super().__init__()
+        self.fail_topic, self.corked = fail_topic, False
+        self.log: list[tuple[str, bool]] = []
+
+    @contextlib.contextmanager
+    def together(self) -> Any:
+        self.corked = True
+        try:
+            yield
+        finally:
+            self.corked = False
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int | None = None, **kw: Any) -> None:
+        if topic == self.fail_topic:
+            raise OSError("the broker went away")
+        self.log.append((topic, self.corked))
+
+    def publish_json(self, topic: str, obj: Any, **kw: Any) -> None:
+        self.log.append((topic, self.corked))
+
+
+def _end_of_job(bus: _CorkBus) -> None:
+    host = PluginHost(FakeServices(Settings(), Topics("b")), [], remove_disabled=False)
+    d = Dispatcher(bus, Topics("b"), host, dict)  # type: ignore[arg-type]
+    ex = job("r1")
+    ex.stream = True
+    ex.address = Address(topic="me/reply", request_id="r1")
+    ex.run.enqueued_at = 1.0
+    d.put(Final(ex, "ok", {"text": "abc", "finish_reason": "stop"}))  # as the loop hands them over:
+    d.put(Stats({"busy": False, "queue_depth": 0}))  # together, so one pass takes both
+    d.start()
+    d.stop()
+
+
+def test_a_jobs_end_its_reply_and_the_stats_after_it_leave_together() -> None:
+    """The end messages, the reply and the stats the loop sent with it are published in one go."""
+    bus = _CorkBus()
+    _end_of_job(bus)
+    topics = ["b/stream/r1", "b/stream/r1/text", "me/reply", "b/stats"]
+    assert bus.log == [(t, True) for t in topics]
+
+
+def test_the_stats_after_a_reply_go_out_even_when_the_reply_cannot() -> None:
+    """A reply that fails to publish does not take the state after it along."""
+    bus = _CorkBus(fail_topic="me/reply")
+    _end_of_job(bus)
+    assert ("b/stats", True) in bus.log
