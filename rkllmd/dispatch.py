@@ -199,25 +199,37 @@ class Dispatcher:
 
     def _end(self, final: Final, stats: Stats | None) -> None:
         """A request's end: a job's end messages, the reply and the stats after it leave in one TCP
-        segment (one broker wake-up, and their PUBACKs come back together); then the routers."""
+        segment (one broker wake-up, and their PUBACKs come back together); then the rest.
+
+        Only bus calls run inside ``together()``, which holds the bus's lock: a callback that takes
+        a lock of its own there (the fleet's model topics) would deadlock with a thread that holds
+        that lock and publishes (the fleet's start, on the main thread)."""
+        job = final.request
+        ended = job.run.enqueued_at is not None  # it went through the queue: a job's end
+        if ended:
+            self._log_end(final)
+        snapshot = self._gate.offer(stats.stats, time.monotonic()) if stats is not None else None
+        body = self._stats(snapshot) if snapshot is not None else None  # plugins' figures, unlocked
         with self.bus.together():
             try:
-                if final.request.run.enqueued_at is not None:  # it went through the queue: a job's end
-                    self._job_ended(final)
+                if ended:
+                    self._end_messages(final)
                 self._reply(final)
             finally:  # the state after it goes out whatever became of the reply
-                if stats is not None:
-                    self._publish_stats(self._gate.offer(stats.stats, time.monotonic()))
-        if self.plugins.has_routers and final.request.address is not None:
-            ex = final.request
-            ex.id = ex.id or final.request.address.request_id
+                if body is not None:
+                    self.bus.publish_json(self.topics.stats, body, retain=True)
+        if ended and job.command in ("load", "unload"):
+            self.publish_info()
+            self.on_model_change()
+        if self.plugins.has_routers and job.address is not None:
+            job.id = job.id or job.address.request_id
             self.plugins.route(final)
 
     def _chunks_sent(self, job: Exchange) -> int:
         """The end message's ``seq``: chunks sent, by the inference thread or by this one."""
         return job.run.seq if job.run.direct_stream else self._joiner.sent(job)
 
-    def _job_ended(self, final: Final) -> None:
+    def _log_end(self, final: Final) -> None:
         job = final.request
         if final.ok:
             log.info(
@@ -232,6 +244,10 @@ class Dispatcher:
             log.warning(
                 "request failed", request_id=job.id, kind=job.command, code=final.code, error=final.error
             )
+
+    def _end_messages(self, final: Final) -> None:
+        """The stream's end message and its /text end, the sentences' last (bus calls only)."""
+        job = final.request
         if job.command == "generate" and job.stream and job.id is not None:
             finish = str(final.data.get("finish_reason", "stop")) if final.ok else "error"
             self.bus.publish(
@@ -242,9 +258,6 @@ class Dispatcher:
                 self.bus.publish(self.topics.stream_text(job.id), b"\n")
         if job.command == "generate" and job.sentences and job.id is not None:
             self._end_sentences(job.id, final)
-        if job.command in ("load", "unload"):
-            self.publish_info()
-            self.on_model_change()
 
     def _say(self, request_id: str, sentences: list[str]) -> None:
         """Each whole sentence as one plain-text message (docs/PROTOCOL.md, "Sentences")."""

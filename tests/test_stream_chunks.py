@@ -185,3 +185,22 @@ def test_the_stats_after_a_reply_go_out_even_when_the_reply_cannot() -> None:
     bus = _CorkBus(fail_topic="me/reply")
     _end_of_job(bus)
     assert ("b/stats", True) in bus.log
+
+
+def test_a_model_change_is_announced_outside_the_bus_lock() -> None:
+    """After a load, the info topic and the model-change callback run with the bus free: the
+    callback takes the fleet's lock, which another thread holds while it publishes."""
+    bus = _CorkBus()
+    host = PluginHost(FakeServices(Settings(), Topics("b")), [], remove_disabled=False)
+    d = Dispatcher(bus, Topics("b"), host, dict)  # type: ignore[arg-type]
+    changed: list[bool] = []
+    d.on_model_change = lambda: changed.append(bus.corked)
+    load = Exchange(command="load", topic="b/request/load", id="l1")
+    load.address = Address(topic="me/reply", request_id="l1")
+    load.run.enqueued_at = 1.0
+    d.put(Final(load, "ok", {"model": "m", "loaded": True}))
+    d.put(Stats({"busy": False, "loaded_model": "m"}))
+    d.start()
+    d.stop()
+    assert changed == [False]
+    assert ("b/info", False) in bus.log and ("me/reply", True) in bus.log
