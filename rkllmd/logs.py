@@ -27,8 +27,11 @@ class _Lines:
 
     def write(self, line: str) -> None:
         with self._lock:
-            self._stream.write(line + "\n")
-            self._stream.flush()
+            try:
+                self._stream.write(line + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # stderr gone (a closed pipe or file): as stdlib logging,
+                pass  # a line that cannot be written never takes the thread that logs it down
 
 
 class _Logger:
