@@ -118,8 +118,9 @@ def main() -> int:
                 props = Properties(PacketTypes.PUBLISH)
                 props.ResponseTopic = "soak-reply"
                 props.CorrelationData = corr
-                client.publish("soak/request/generate", PAYLOADS[(sent + i) % len(PAYLOADS)], qos=1,
-                               properties=props)
+                client.publish(
+                    "soak/request/generate", PAYLOADS[(sent + i) % len(PAYLOADS)], qos=1, properties=props
+                )
             deadline = time.monotonic() + args.timeout
             while want:
                 corr, body = replies.get(timeout=max(0.1, deadline - time.monotonic()))
@@ -136,8 +137,11 @@ def main() -> int:
                 rss = rss_kb(pid)
                 first_rss = first_rss if first_rss is not None else rss
                 rate = sent / (time.monotonic() - started)
-                print(f"{sent:>9} {rss / 1024:>8.1f} {(rss - first_rss) / 1024:>+7.1f} {ok:>7} {errors:>7} "
-                      f"{busy:>6} {rate:>7.0f}", flush=True)
+                print(
+                    f"{sent:>9} {rss / 1024:>8.1f} {(rss - first_rss) / 1024:>+7.1f} {ok:>7} {errors:>7} "
+                    f"{busy:>6} {rate:>7.0f}",
+                    flush=True,
+                )
                 next_print += args.every
         return 0
     except queue.Empty:

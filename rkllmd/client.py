@@ -51,6 +51,7 @@ def ask(opts: AskOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) ->
     )
     if opts.username:
         client.username_pw_set(opts.username, opts.password)
+
     def on_connect(c: mqtt.Client, u: Any, f: Any, rc: Any, p: Any) -> None:
         set_nodelay(c)
         connected.put(rc)

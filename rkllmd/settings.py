@@ -170,7 +170,7 @@ class StreamSettings(Strict):
         200, ge=20, le=2000, description="a sentence stream cuts text without a sentence end at this length"
     )
     sentence_min_chars: int = Field(
-        10, ge=0, le=200, description="a sentence shorter than this joins the next one (\"Ok.\", \"Sure!\")"
+        10, ge=0, le=200, description='a sentence shorter than this joins the next one ("Ok.", "Sure!")'
     )
 
     @model_validator(mode="after")
@@ -294,7 +294,7 @@ class Settings(BaseSettings):
             raise ValueError("limits.max_tokens must not exceed limits.max_tokens_cap")
         if self.fleet.enabled:
             if self.mqtt.protocol != "5":
-                raise ValueError("fleet.group needs mqtt.protocol = \"5\" (shared subscriptions are MQTT 5)")
+                raise ValueError('fleet.group needs mqtt.protocol = "5" (shared subscriptions are MQTT 5)')
             if "client_id" not in self.mqtt.model_fields_set:
                 # every board needs its own client id, or the broker keeps disconnecting one for the other
                 mqtt = self.mqtt.model_copy(update={"client_id": f"rkllmd-{self.fleet.node()}"})

@@ -64,16 +64,30 @@ class Probe:
 
 
 _X86_PROBES = (
-    Probe("sse42", ("sse4_2",), ("-msse4.2",), """
+    Probe(
+        "sse42",
+        ("sse4_2",),
+        ("-msse4.2",),
+        """
 #include <nmmintrin.h>
 int main(void) { volatile unsigned a = 1; return _mm_crc32_u32(0, a) == 0 ? 1 : 0; }
-"""),
-    Probe("avx", ("avx",), ("-mavx",), """
+""",
+    ),
+    Probe(
+        "avx",
+        ("avx",),
+        ("-mavx",),
+        """
 #include <immintrin.h>
 int main(void) { volatile float x = 2.0f; __m256 v = _mm256_set1_ps(x);
   v = _mm256_add_ps(v, v); float o[8]; _mm256_storeu_ps(o, v); return o[7] == 4.0f ? 0 : 1; }
-"""),
-    Probe("avx2", ("avx2", "fma", "f16c", "bmi2"), ("-mavx2", "-mfma", "-mf16c", "-mbmi2"), """
+""",
+    ),
+    Probe(
+        "avx2",
+        ("avx2", "fma", "f16c", "bmi2"),
+        ("-mavx2", "-mfma", "-mf16c", "-mbmi2"),
+        """
 #include <immintrin.h>
 int main(void) { volatile int x = 3; volatile float f = 2.0f;
   __m256i a = _mm256_set1_epi32(x); a = _mm256_add_epi32(a, a);
@@ -82,9 +96,13 @@ int main(void) { volatile int x = 3; volatile float f = 2.0f;
   unsigned p = _pdep_u32((unsigned)x, 0xF0u);
   int oi[8]; float of[8]; _mm256_storeu_si256((__m256i *)oi, a); _mm256_storeu_ps(of, b);
   return (oi[0] == 6 && of[0] == 6.0f && _mm_cvtss_f32(h) == 2.0f && p == 0x30u) ? 0 : 1; }
-"""),
-    Probe("avx512", ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
-          ("-mavx512f", "-mavx512cd", "-mavx512vl", "-mavx512dq", "-mavx512bw"), """
+""",
+    ),
+    Probe(
+        "avx512",
+        ("avx512f", "avx512cd", "avx512vl", "avx512dq", "avx512bw"),
+        ("-mavx512f", "-mavx512cd", "-mavx512vl", "-mavx512dq", "-mavx512bw"),
+        """
 #include <immintrin.h>
 int main(void) { volatile char c = 3; volatile int x = 5;
   __m512i a = _mm512_set1_epi8(c); a = _mm512_add_epi8(a, a);               /* BW */
@@ -95,46 +113,77 @@ int main(void) { volatile char c = 3; volatile int x = 5;
   _mm512_storeu_si512(o, a); _mm512_storeu_si512(od, d); _mm512_storeu_si512(oz, z);
   _mm256_storeu_si256((__m256i *)ov, v);
   return (o[63] == 6 && od[0] == 25 && oz[1] == 1 && ov[7] == 10) ? 0 : 1; }
-"""),
-    Probe("avx512_vbmi", ("avx512vbmi",), ("-mavx512f", "-mavx512vbmi"), """
+""",
+    ),
+    Probe(
+        "avx512_vbmi",
+        ("avx512vbmi",),
+        ("-mavx512f", "-mavx512vbmi"),
+        """
 #include <immintrin.h>
 int main(void) { volatile char c = 7;
   __m512i a = _mm512_permutexvar_epi8(_mm512_set1_epi8(0), _mm512_set1_epi8(c));
   char o[64]; _mm512_storeu_si512(o, a); return o[5] == 7 ? 0 : 1; }
-"""),
-    Probe("avx512_vnni", ("avx512_vnni",), ("-mavx512f", "-mavx512vnni"), """
+""",
+    ),
+    Probe(
+        "avx512_vnni",
+        ("avx512_vnni",),
+        ("-mavx512f", "-mavx512vnni"),
+        """
 #include <immintrin.h>
 int main(void) { volatile char c = 2;
   __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_set1_epi8(c), _mm512_set1_epi8(c));
   int o[16]; _mm512_storeu_si512(o, a); return o[0] == 16 ? 0 : 1; }
-"""),
-    Probe("avx512_bf16", ("avx512_bf16",), ("-mavx512f", "-mavx512bf16"), """
+""",
+    ),
+    Probe(
+        "avx512_bf16",
+        ("avx512_bf16",),
+        ("-mavx512f", "-mavx512bf16"),
+        """
 #include <immintrin.h>
 int main(void) { volatile float f = 1.0f;
   __m512bh b = _mm512_cvtne2ps_pbh(_mm512_set1_ps(f), _mm512_set1_ps(f));
   __m512 r = _mm512_dpbf16_ps(_mm512_setzero_ps(), b, b);
   float o[16]; _mm512_storeu_ps(o, r); return o[0] == 2.0f ? 0 : 1; }
-"""),
+""",
+    ),
 )
 
 _ARM_PROBES = (
-    Probe("dotprod", ("asimddp",), ("-march=armv8.2-a+dotprod",), """
+    Probe(
+        "dotprod",
+        ("asimddp",),
+        ("-march=armv8.2-a+dotprod",),
+        """
 #include <arm_neon.h>
 int main(void) { volatile signed char c = 2;
   int32x4_t s = vdotq_s32(vdupq_n_s32(0), vdupq_n_s8(c), vdupq_n_s8(c));
   return vgetq_lane_s32(s, 0) == 16 ? 0 : 1; }
-"""),
-    Probe("fp16", ("asimdhp", "fphp"), ("-march=armv8.2-a+fp16",), """
+""",
+    ),
+    Probe(
+        "fp16",
+        ("asimdhp", "fphp"),
+        ("-march=armv8.2-a+fp16",),
+        """
 #include <arm_neon.h>
 int main(void) { volatile float f = 1.5f; float16x8_t h = vdupq_n_f16((float16_t)f);
   h = vaddq_f16(h, h); return (float)vgetq_lane_f16(h, 0) == 3.0f ? 0 : 1; }
-"""),
-    Probe("i8mm", ("i8mm",), ("-march=armv8.2-a+i8mm",), """
+""",
+    ),
+    Probe(
+        "i8mm",
+        ("i8mm",),
+        ("-march=armv8.2-a+i8mm",),
+        """
 #include <arm_neon.h>
 int main(void) { volatile signed char c = 1;
   int32x4_t s = vmmlaq_s32(vdupq_n_s32(0), vdupq_n_s8(c), vdupq_n_s8(c));
   return vgetq_lane_s32(s, 0) == 8 ? 0 : 1; }
-"""),
+""",
+    ),
 )
 
 

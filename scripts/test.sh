@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# README command 2: set everything up, then run the whole test suite plus ruff and mypy.
+# README command 2: set everything up, then run the whole test suite plus ruff (lint and format) and mypy.
 # Extra arguments go to pytest (e.g. scripts/test.sh -k protocol).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -7,5 +7,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${RKLLMD_VENV:-$ROOT/.venv}"
 cd "$ROOT"
 "$VENV/bin/ruff" check rkllmd plugins tests benchmarks scripts
+"$VENV/bin/ruff" format --check rkllmd plugins tests benchmarks scripts
 "$VENV/bin/mypy"
 "$VENV/bin/python" -m pytest "$@"

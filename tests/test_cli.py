@@ -44,12 +44,17 @@ def test_global_config_without_subcommand_runs_the_daemon_with_that_file(
 def test_global_config_reaches_the_process(tmp_path: Path) -> None:
     """As a process, `rkllmd --config FILE [check-config]` reads FILE instead of refusing the option."""
     missing = tmp_path / "no.toml"
-    out = subprocess.run([sys.executable, "-m", "rkllmd", "--config", str(missing)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "rkllmd", "--config", str(missing)], capture_output=True, text=True, timeout=60
+    )
     assert out.returncode == 2 and "does not exist" in out.stderr, out.stderr
     bad = tmp_path / "bad.toml"
     bad.write_text("[models.a]\nruntime = 'rkllm'\npath = '/nonexistent/a.rkllm'\n")
-    out = subprocess.run([sys.executable, "-m", "rkllmd", "--config", str(bad), "check-config"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "rkllmd", "--config", str(bad), "check-config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1, out.stderr
     assert "models.a.path: /nonexistent/a.rkllm does not exist" in out.stderr

@@ -155,6 +155,7 @@ def test_a_job_an_idle_loop_takes_at_once_is_shown_running_never_queued(
         seen.append(events.get(timeout=5))
     loop.submit(job("b", "three"))
     rt.gate.set()
+
     def both_done(ev: Event) -> bool:
         return isinstance(ev, Stats) and ev.stats["requests"] == 2 and not ev.stats["busy"]
 

@@ -20,8 +20,12 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert "/opt/rkllmd/.venv/bin/rkllmd" in unit
     unit = unit.replace("/opt/rkllmd/.venv/bin", str(venv_bin))
     (tmp_path / "rkllmd.service").write_text(unit)
-    out = subprocess.run(["systemd-analyze", "verify", str(tmp_path / "rkllmd.service")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["systemd-analyze", "verify", str(tmp_path / "rkllmd.service")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     problems = [ln for ln in (out.stdout + out.stderr).splitlines() if "rkllmd.service" in ln]
     assert problems == [], problems
     assert "Restart=on-failure" in unit and "StartLimitBurst=" in unit and "NoNewPrivileges=true" in unit

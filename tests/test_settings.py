@@ -69,8 +69,12 @@ def test_check_config_lists_every_problem(tmp_path: Path) -> None:
         "[models.a]\nruntime = 'rkllm'\npath = '/nonexistent/a.rkllm'\n"
         "[models.b]\nruntime = 'llamacpp'\npath = '/nonexistent/b.gguf'\n"
     )
-    out = subprocess.run([sys.executable, "-m", "rkllmd", "check-config", "--config", str(p)],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "rkllmd", "check-config", "--config", str(p)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 1
     assert "models.a.path: /nonexistent/a.rkllm does not exist" in out.stderr
     assert "models.b.path: /nonexistent/b.gguf does not exist" in out.stderr
@@ -78,8 +82,12 @@ def test_check_config_lists_every_problem(tmp_path: Path) -> None:
 
 def test_missing_explicit_config_is_an_error(tmp_path: Path) -> None:
     """An explicitly named config file that does not exist stops startup with a clear message."""
-    out = subprocess.run([sys.executable, "-m", "rkllmd", "run", "--config", str(tmp_path / "no.toml")],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, "-m", "rkllmd", "run", "--config", str(tmp_path / "no.toml")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 2
     assert "does not exist" in out.stderr
 

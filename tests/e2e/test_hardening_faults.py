@@ -170,8 +170,12 @@ def test_long_outage_drops_stream_chunks_but_never_the_final_reply(
         p.subscribe("out-reply/x", "out/stream/long")
         p.publish(
             "out/request/generate",
-            {"id": "long", "prompt": "[[delay_ms=2]] [[len=1500]] go", "max_tokens": 2000,
-             "reply_to": "out-reply/x"},
+            {
+                "id": "long",
+                "prompt": "[[delay_ms=2]] [[len=1500]] go",
+                "max_tokens": 2000,
+                "reply_to": "out-reply/x",
+            },
         )
         p.get("out/stream/long", timeout=10)
         b.stop()

@@ -169,13 +169,61 @@ SURROGATES = st.sampled_from(["\ud800", "\udfff", "\ud83d"])
 ODD_TEXT = st.one_of(
     st.text(max_size=40),
     st.text(alphabet=st.characters(codec="utf-8"), max_size=40),
-    st.sampled_from(["", " ", "\x00", "+", "#", "a/+/b", "a/#", "$SYS/x", "/", "//", "a b", "é/ü", "\u202e",
-                     "\ufeff", "x" * 65, "x" * 64, "a:b.c-d_e", "../../etc/passwd", "%2F", "\n"]),
+    st.sampled_from(
+        [
+            "",
+            " ",
+            "\x00",
+            "+",
+            "#",
+            "a/+/b",
+            "a/#",
+            "$SYS/x",
+            "/",
+            "//",
+            "a b",
+            "é/ü",
+            "\u202e",
+            "\ufeff",
+            "x" * 65,
+            "x" * 64,
+            "a:b.c-d_e",
+            "../../etc/passwd",
+            "%2F",
+            "\n",
+        ]
+    ),
     st.tuples(st.text(max_size=5), SURROGATES, st.text(max_size=5)).map("".join),
 )
 BOUNDARY_NUMBERS = st.sampled_from(
-    [0, 1, -1, TOKENS_CAP, TOKENS_CAP + 1, 2**31 - 1, 2**31, 2**63, -(2**63), 10**30, 0.0, -0.0, 0.5, 1.0,
-     1.5, 5.0, 5.0000001, 10.0, -2.0, 2.0, 1e308, -1e308, 5e-324, float("nan"), float("inf"), float("-inf")]
+    [
+        0,
+        1,
+        -1,
+        TOKENS_CAP,
+        TOKENS_CAP + 1,
+        2**31 - 1,
+        2**31,
+        2**63,
+        -(2**63),
+        10**30,
+        0.0,
+        -0.0,
+        0.5,
+        1.0,
+        1.5,
+        5.0,
+        5.0000001,
+        10.0,
+        -2.0,
+        2.0,
+        1e308,
+        -1e308,
+        5e-324,
+        float("nan"),
+        float("inf"),
+        float("-inf"),
+    ]
 )
 JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), ODD_TEXT, BOUNDARY_NUMBERS)
 JSON_VALUE = st.recursive(
@@ -183,9 +231,29 @@ JSON_VALUE = st.recursive(
     lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(ODD_TEXT, inner, max_size=4)),
     max_leaves=12,
 )
-FIELDS = ["prompt", "messages", "system", "model", "max_tokens", "temperature", "top_p", "top_k",
-          "repeat_penalty", "frequency_penalty", "presence_penalty", "seed", "stop", "stream", "id",
-          "transaction", "reply_to", "library", "path", "plugin", "runtime"]
+FIELDS = [
+    "prompt",
+    "messages",
+    "system",
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "repeat_penalty",
+    "frequency_penalty",
+    "presence_penalty",
+    "seed",
+    "stop",
+    "stream",
+    "id",
+    "transaction",
+    "reply_to",
+    "library",
+    "path",
+    "plugin",
+    "runtime",
+]
 MESSAGES = st.lists(
     st.fixed_dictionaries(
         {"role": st.sampled_from(["system", "user", "assistant", "tool", "root", ""]), "content": ODD_TEXT}
@@ -259,8 +327,23 @@ def valid_topic(t: str) -> bool:
 
 
 ODD_SUFFIX = st.one_of(
-    st.sampled_from(["", "/", "generate/", "generate/fake", "generate/nope", "generate/a/b", "GENERATE",
-                     "models/x", "cancel/fake", "generate/../fake", "bridge", " generate", "generate "]),
+    st.sampled_from(
+        [
+            "",
+            "/",
+            "generate/",
+            "generate/fake",
+            "generate/nope",
+            "generate/a/b",
+            "GENERATE",
+            "models/x",
+            "cancel/fake",
+            "generate/../fake",
+            "bridge",
+            " generate",
+            "generate ",
+        ]
+    ),
     st.text(min_size=1, max_size=20),
 )
 TOPICS = st.one_of(

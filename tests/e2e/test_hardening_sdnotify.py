@@ -157,8 +157,16 @@ def test_unit_is_type_notify_with_watchdog_and_only_npu_devices() -> None:
     """The unit asks for readiness and watchdog from the main process, allows the NPU device nodes
     and keeps PrivateDevices off (which would hide them)."""
     lines = {ln.strip() for ln in (REPO / "systemd" / "rkllmd.service").read_text().splitlines()}
-    for want in ("Type=notify", "NotifyAccess=main", "DeviceAllow=char-drm rw", "DeviceAllow=/dev/rknpu rw",
-                 "NoNewPrivileges=true", "ProtectSystem=strict", "PrivateTmp=true", "Restart=on-failure"):
+    for want in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "DeviceAllow=char-drm rw",
+        "DeviceAllow=/dev/rknpu rw",
+        "NoNewPrivileges=true",
+        "ProtectSystem=strict",
+        "PrivateTmp=true",
+        "Restart=on-failure",
+    ):
         assert want in lines, want
     assert any(ln.startswith("WatchdogSec=") for ln in lines)
     assert "PrivateDevices=true" not in lines and "PrivateDevices=yes" not in lines

@@ -113,7 +113,9 @@ def test_tls_and_password_serve_requests_and_secrets_stay_out_of_logs(
     assert SECRET not in log
     out = subprocess.run(
         [sys.executable, "-m", "rkllmd", "check-config", "--config", str(cfg)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert SECRET not in out.stdout + out.stderr
 
@@ -125,7 +127,10 @@ def test_client_certificate_when_the_broker_requires_one(
     without them startup ends with one clear line and a non-zero exit."""
     certs = tls_broker.certs
     good = daemon_config(
-        tls_broker, fake_libs["1.3"], "mtlsok", port=tls_broker.mtls_port,
+        tls_broker,
+        fake_libs["1.3"],
+        "mtlsok",
+        port=tls_broker.mtls_port,
         tls={"cert_file": str(certs["client.pem"]), "key_file": str(certs["client.key"])},
     )
     d = DaemonProc(good, tls_broker.workdir)
@@ -234,7 +239,10 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
 def acl_daemon(ab: AclBroker, fake_lib: Path, user: str = "rkllmd") -> DaemonProc:
     (ab.workdir / f"{user}.pw").write_text(USERS[user])
     cfg = rkllm_config(
-        ab.workdir, ab.broker, fake_lib, "rkllmd",
+        ab.workdir,
+        ab.broker,
+        fake_lib,
+        "rkllmd",
         mqtt={"username": user, "password_file": str(ab.workdir / f"{user}.pw"), "connect_retries": 1},
     )
     return DaemonProc(cfg, ab.workdir)

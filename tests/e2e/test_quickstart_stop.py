@@ -101,8 +101,14 @@ def test_sigterm_stops_daemon_and_broker_before_the_script_ends(
     procs: list[int] = []
     try:
         wait_for(port, "rkllmd/info", '"loaded_model": "fake"')
-        mqtt("mosquitto_pub", port, "-t", "rkllmd/request/generate", "-m",
-             '{"id": "long", "prompt": "[[delay_ms=100]] [[len=300]] a b"}')
+        mqtt(
+            "mosquitto_pub",
+            port,
+            "-t",
+            "rkllmd/request/generate",
+            "-m",
+            '{"id": "long", "prompt": "[[delay_ms=100]] [[len=300]] a b"}',
+        )
         time.sleep(1.0)  # the loop is idle: it runs at once, for 30 s
         procs = descendants(script.pid)
         assert len(procs) >= 2, procs  # mosquitto, rkllmd (and its runtime worker)

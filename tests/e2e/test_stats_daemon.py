@@ -37,4 +37,3 @@ def test_stats_show_running_job_and_queue_while_first_job_runs(
     while not (last["requests"] >= 2 and not last["busy"] and last["queue_depth"] == 0):
         last = mqtt_probe.get(f"{base}/stats", timeout=max(0.01, deadline - time.monotonic())).json()
     assert last["running"] is None
-
