@@ -180,7 +180,8 @@ class Dispatcher:
 
     # --- dispatcher thread -----------------------------------------------------------------
 
-    def _dispatch(self, ev: Event) -> None:
+    def _dispatch(self, ev: Token | Stats) -> None:
+        """A token (its chunk, sentences, routers) or a stats snapshot; a Final goes to _end."""
         if isinstance(ev, Token):
             job = ev.request
             if job.stream and job.id is not None:
@@ -192,10 +193,8 @@ class Dispatcher:
                 self._say(job.id, speech.feed(ev.delta))
             if job.address is not None and self.plugins.has_routers:
                 self.plugins.route(ev)
-        elif isinstance(ev, Stats):
-            self._publish_stats(self._gate.offer(ev.stats, time.monotonic()))
         else:
-            self._end(ev, None)
+            self._publish_stats(self._gate.offer(ev.stats, time.monotonic()))
 
     def _end(self, final: Final, stats: Stats | None) -> None:
         """A request's end: a job's end messages, the reply and the stats after it leave in one TCP
@@ -206,10 +205,10 @@ class Dispatcher:
         that lock and publishes (the fleet's start, on the main thread)."""
         job = final.request
         ended = job.run.enqueued_at is not None  # it went through the queue: a job's end
-        if ended:
-            self._log_end(final)
         snapshot = self._gate.offer(stats.stats, time.monotonic()) if stats is not None else None
         body = self._stats(snapshot) if snapshot is not None else None  # plugins' figures, unlocked
+        if ended:
+            self._log_end(final)
         with self.bus.together():
             try:
                 if ended:

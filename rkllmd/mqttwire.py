@@ -34,4 +34,5 @@ def publish_qos0(topic: str, payload: bytes, v5: bool) -> bytes:
     size = 2 + len(name) + len(props) + len(payload)
     if size > MAX_REMAINING:
         raise ValueError(f"payload of {len(payload)} bytes is larger than MQTT allows")
-    return b"".join((b"\x30", remaining_length(size), len(name).to_bytes(2, "big"), name, props, payload))
+    head = bytes((PUBLISH,)) + remaining_length(size)
+    return b"".join((head, len(name).to_bytes(2, "big"), name, props, payload))
