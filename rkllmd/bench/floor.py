@@ -83,7 +83,7 @@ def measure(host: str, port: int, broker_pid: int | None, rate: float, tokens: i
         sub.subscribe(topic, qos=0)
         subscribed.get(timeout=10)
         broker0 = procfs.cpu_seconds(broker_pid) if broker_pid else None
-        woke0 = sum(procfs.thread_switches(broker_pid).values()) if broker_pid else None
+        woke0 = procfs.switches([broker_pid]) if broker_pid else None
         pacer = subprocess.Popen(
             [sys.executable, "-S", "-c", _PACER, str(1 / rate), str(tokens)], stdout=subprocess.PIPE
         )
@@ -101,7 +101,7 @@ def measure(host: str, port: int, broker_pid: int | None, rate: float, tokens: i
             with contextlib.suppress(queue.Empty):
                 arrived += got.get(timeout=0.2)
         broker1 = procfs.cpu_seconds(broker_pid) if broker_pid else None
-        woke1 = sum(procfs.thread_switches(broker_pid).values()) if broker_pid else None
+        woke1 = procfs.switches([broker_pid]) if broker_pid else None
     finally:
         sub.loop_stop()
         sub.disconnect()

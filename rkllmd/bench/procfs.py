@@ -137,6 +137,11 @@ def thread_switches(pid: int) -> dict[int, int]:
     return out
 
 
+def switches(pids: list[int]) -> int:
+    """Context switches so far of every live thread of ``pids``, together: their wake-ups."""
+    return sum(sum(thread_switches(p).values()) for p in pids)
+
+
 def reset_peak_rss(pid: int) -> bool:
     """Reset VmHWM to the current RSS (``5`` to clear_refs, Linux >= 4.0), so a peak is per model.
 

@@ -104,12 +104,9 @@ class _Cpu:
     def woke(self) -> dict[str, float]:
         """Context switches so far of each part's threads (those alive now): its wake-ups."""
         tree = procfs.process_tree(self.pid)
-
-        def of(pids: list[int]) -> float:
-            return float(sum(sum(procfs.thread_switches(p).values()) for p in pids))
-
-        broker = of([self.broker_pid]) if self.broker_pid else 0.0
-        return {"daemon": of([self.pid]), "worker": of([p for p in tree if p != self.pid]), "broker": broker}
+        broker = float(procfs.switches([self.broker_pid])) if self.broker_pid else 0.0
+        worker = float(procfs.switches([p for p in tree if p != self.pid]))
+        return {"daemon": float(procfs.switches([self.pid])), "worker": worker, "broker": broker}
 
     @staticmethod
     def per_token(before: dict[str, float], after: dict[str, float], tokens: int) -> dict[str, float | None]:
