@@ -159,23 +159,30 @@ class _CorkBus(_Bus):
         self.log.append((topic, self.corked))
 
 
-def _end_of_job(bus: _CorkBus) -> None:
+def _end_of_job(bus: _CorkBus, ex: Exchange, data: dict[str, Any], stats: dict[str, Any]) -> Dispatcher:
+    """``ex``'s Final and the stats after it, handed over together as the loop does (one pass
+    takes both), through a dispatcher on ``bus``; returned once it has stopped."""
     host = PluginHost(FakeServices(Settings(), Topics("b")), [], remove_disabled=False)
     d = Dispatcher(bus, Topics("b"), host, dict)  # type: ignore[arg-type]
-    ex = job("r1")
-    ex.stream = True
-    ex.address = Address(topic="me/reply", request_id="r1")
+    ex.address = Address(topic="me/reply", request_id=str(ex.id))
     ex.run.enqueued_at = 1.0
-    d.put(Final(ex, "ok", {"text": "abc", "finish_reason": "stop"}))  # as the loop hands them over:
-    d.put(Stats({"busy": False, "queue_depth": 0}))  # together, so one pass takes both
-    d.start()
-    d.stop()
+    d.put(Final(ex, "ok", data))
+    d.put(Stats(stats))
+    return d
+
+
+def _streamed(rid: str) -> Exchange:
+    ex = job(rid)
+    ex.stream = True
+    return ex
 
 
 def test_a_jobs_end_its_reply_and_the_stats_after_it_leave_together() -> None:
     """The end messages, the reply and the stats the loop sent with it are published in one go."""
     bus = _CorkBus()
-    _end_of_job(bus)
+    d = _end_of_job(bus, _streamed("r1"), {"text": "abc", "finish_reason": "stop"}, {"busy": False})
+    d.start()
+    d.stop()
     topics = ["b/stream/r1", "b/stream/r1/text", "me/reply", "b/stats"]
     assert bus.log == [(t, True) for t in topics]
 
@@ -183,7 +190,9 @@ def test_a_jobs_end_its_reply_and_the_stats_after_it_leave_together() -> None:
 def test_the_stats_after_a_reply_go_out_even_when_the_reply_cannot() -> None:
     """A reply that fails to publish does not take the state after it along."""
     bus = _CorkBus(fail_topic="me/reply")
-    _end_of_job(bus)
+    d = _end_of_job(bus, _streamed("r1"), {"text": "abc", "finish_reason": "stop"}, {"busy": False})
+    d.start()
+    d.stop()
     assert ("b/stats", True) in bus.log
 
 
@@ -191,15 +200,10 @@ def test_a_model_change_is_announced_outside_the_bus_lock() -> None:
     """After a load, the info topic and the model-change callback run with the bus free: the
     callback takes the fleet's lock, which another thread holds while it publishes."""
     bus = _CorkBus()
-    host = PluginHost(FakeServices(Settings(), Topics("b")), [], remove_disabled=False)
-    d = Dispatcher(bus, Topics("b"), host, dict)  # type: ignore[arg-type]
+    load = Exchange(command="load", topic="b/request/load", id="l1")
+    d = _end_of_job(bus, load, {"model": "m", "loaded": True}, {"busy": False, "loaded_model": "m"})
     changed: list[bool] = []
     d.on_model_change = lambda: changed.append(bus.corked)
-    load = Exchange(command="load", topic="b/request/load", id="l1")
-    load.address = Address(topic="me/reply", request_id="l1")
-    load.run.enqueued_at = 1.0
-    d.put(Final(load, "ok", {"model": "m", "loaded": True}))
-    d.put(Stats({"busy": False, "loaded_model": "m"}))
     d.start()
     d.stop()
     assert changed == [False]
