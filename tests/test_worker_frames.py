@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import time
 
 from rkllmd.runtime._child import K_LOG, K_REPLY, K_TOKENS, FrameReader, Outbox, _frame, tokens_text
 
@@ -46,10 +45,10 @@ def test_tokens_kept_while_the_pipe_is_full_follow_as_one_frame_in_order() -> No
     r, w = os.pipe()
     out = Outbox(w)
     tokens = [f"{i:04d}-" + "x" * 1000 for i in range(300)]  # 300 KB: far more than a pipe holds
-    started = time.monotonic()
-    for t in tokens:
-        out.add(t)
-    assert time.monotonic() - started < 5  # not blocked on the pipe: nobody has read yet
+    sink = threading.Thread(target=lambda: [out.add(t) for t in tokens], daemon=True)
+    sink.start()
+    sink.join(10)
+    assert not sink.is_alive()  # every add() returned while nobody had read: none waited for the pipe
     replier = threading.Thread(target=out.reply, args=(("done", None),))
     replier.start()  # waits until the tokens before it are written
     reader, frames = FrameReader(r), []
