@@ -20,10 +20,14 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 
 
 class _Lines:
-    """stderr for structlog's lines: one write and a flush each, under one lock for every logger."""
+    """stderr for structlog's lines: one write and a flush each, under one lock for every logger.
+
+    Reentrant, as stdlib logging's handler lock is: a signal handler runs on the main thread
+    between two bytecodes, also inside this lock while a line is being written, and it logs
+    ("stop requested"); a plain lock would deadlock the main thread there."""
 
     def __init__(self, stream: TextIO) -> None:
-        self._stream, self._lock = stream, threading.Lock()
+        self._stream, self._lock = stream, threading.RLock()
 
     def write(self, line: str) -> None:
         with self._lock:

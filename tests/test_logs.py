@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import threading
 from collections.abc import Iterator
 
 import pytest
@@ -59,3 +60,34 @@ def test_a_line_to_a_closed_stderr_is_dropped_not_raised(
         monkeypatch.undo()
         with contextlib.suppress(OSError):  # what could not be written is still in its buffer
             gone.close()
+
+
+def test_a_line_logged_while_another_is_being_written_does_not_deadlock(
+    restore_logging: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler that logs can run in the middle of a line's write on the same thread (the
+    daemon's "stop requested"): both lines are written, the thread goes on."""
+
+    class Interrupted(io.StringIO):
+        """A stream whose first write runs a log call, as a signal handler arriving then would."""
+
+        nested = False
+
+        def write(self, s: str) -> int:
+            n = super().write(s)
+            if not self.nested:
+                self.nested = True
+                structlog.get_logger("rkllmd").info("stop requested")
+            return n
+
+    out = Interrupted()
+    monkeypatch.setattr(sys, "stderr", out)
+    logs.configure("info", "json")
+    worker = threading.Thread(
+        target=lambda: structlog.get_logger("rkllmd").info("shutting down"), daemon=True
+    )
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "the nested log call deadlocked"
+    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
+    assert events == ["shutting down", "stop requested"]
