@@ -69,15 +69,22 @@ def test_a_line_logged_while_another_is_being_written_does_not_deadlock(
     daemon's "stop requested"): both lines are written, the thread goes on."""
 
     class Interrupted(io.StringIO):
-        """A stream whose first write runs a log call, as a signal handler arriving then would."""
+        """A stream whose first write runs a log call, as a signal handler arriving then would;
+        not reentrant, as a buffered file is not."""
 
-        nested = False
+        nested = writing = False
 
         def write(self, s: str) -> int:
-            n = super().write(s)
-            if not self.nested:
-                self.nested = True
-                structlog.get_logger("rkllmd").info("stop requested")
+            if self.writing:
+                raise RuntimeError("reentrant call inside the stream")
+            self.writing = True
+            try:
+                n = super().write(s)
+                if not self.nested:
+                    self.nested = True
+                    structlog.get_logger("rkllmd").info("stop requested")
+            finally:
+                self.writing = False
             return n
 
     out = Interrupted()
