@@ -72,7 +72,12 @@ def served(
     port = free_port()
     cfg = rkllm_config(tmp, broker, fake_libs["1.3"], BASE, limits={"max_payload_bytes": 65536})
     with cfg.open("a") as f:
-        f.write(f'\n[plugins]\nenabled = ["ollama"]\n[plugins.ollama]\nport = {port}\napi_keys = ["{KEY}"]\n')
+        # errors = "ollama": these tests check Ollama's error statuses, which the ollama client gets by
+        # default only from Ollama itself (rkllmd tells it in a sentence: test_ollama_spoken_errors.py)
+        f.write(
+            f'\n[plugins]\nenabled = ["ollama"]\n[plugins.ollama]\nport = {port}\napi_keys = ["{KEY}"]\n'
+            'errors = "ollama"\n'
+        )
     d = DaemonProc(cfg, tmp)
     d.wait_log('"model loaded"', timeout=30)
     d.wait_log("Ollama-compatible API listening")

@@ -21,6 +21,7 @@ from rkllmd.plugins import LocalMessage
 from rkllmd.plugins.builtin._httpbase import ApiBase, Handler, HttpError, answer
 from rkllmd.plugins.builtin._relay import ClientGone, Item, Waiter
 
+from .. import _spoken as spoken
 from . import models, wire
 from .config import Config
 from .wire import Kind, Shape
@@ -75,9 +76,12 @@ class Api(ApiBase):
             self._only(method, ("POST",))
             name = self._model(self._name(h))
             return h.send_json(200, models.show(name, settings, _capabilities()))
-        if path in ("/api/chat", "/api/generate"):
+        if path == "/api/chat":
             self._only(method, ("POST",))
-            return self._generate(h, "chat" if path == "/api/chat" else "generate")
+            return self._chat(h)
+        if path == "/api/generate":
+            self._only(method, ("POST",))
+            return self._generate(h, "generate", self._body(h))
         if path == "/api/pull":
             self._only(method, ("POST",))
             return self._pull(h)
@@ -141,8 +145,55 @@ class Api(ApiBase):
 
     # --- POST /api/chat, /api/generate -------------------------------------------------------
 
-    def _generate(self, h: Handler, kind: Kind) -> None:
-        ask = wire.parse(kind, self._body(h))
+    def _chat(self, h: Handler) -> None:
+        """A chat; a failure is told in a sentence to a client that speaks it (see :meth:`_speaks`)."""
+        if not self._speaks(h):
+            return self._generate(h, "chat", self._body(h))
+        body: dict[str, Any] = {}
+        try:
+            body = self._body(h)
+            self._generate(h, "chat", body)
+        except HttpError as err:
+            self._say(h, err, body)
+
+    def _speaks(self, h: Handler) -> bool:
+        """Whether this chat's failures are told in a sentence: ``errors = "auto"`` means the
+        ``ollama`` Python client, which Home Assistant's integration is (HA creates it with the
+        library's own User-Agent, ``ollama-python/<version> (...)``, in every version: 2025.4.4
+        ``ollama/__init__.py``, 2026.2.3 likewise) and which raises an error HA never catches."""
+        style = self.config.errors if isinstance(self.config, Config) else "ollama"
+        if style == "auto":
+            return (h.headers.get("User-Agent") or "").startswith("ollama-python/")
+        return style == "spoken"
+
+    def _say(self, h: Handler, err: HttpError, body: dict[str, Any]) -> None:
+        """Answer a failed chat with a sentence as the assistant's message, and ``done_reason``
+        "error"; the technical reason goes to the log. Part-way through a stream, the sentence
+        follows the words already sent."""
+        code = err.code if isinstance(err, wire.Failed) else spoken.code_for_status(err.status)
+        said = spoken.sentence(code)
+        self.log.info(
+            "ollama request failed; answered with a sentence",
+            status=err.status,
+            code=code,
+            error=err.message,
+            said=said,
+        )
+        asked = body.get("model")
+        named = asked if isinstance(asked, str) and asked else wire.tag(self.ctx.settings.default)
+        shape = Shape("chat", named)
+        if h.streaming:
+            h.send_chunk(_line(shape.failed(" " + said)))
+            return h.end_chunked()
+        headers = {"X-Rkllmd-Error": code, **err.headers}  # Retry-After too, for a client that looks
+        if body.get("stream") is False:
+            return h.send_json(200, shape.failed(said), headers)
+        h.start_chunked(_NDJSON, headers)
+        h.send_chunk(_line(shape.failed(said)))
+        h.end_chunked()
+
+    def _generate(self, h: Handler, kind: Kind, body: dict[str, Any]) -> None:
+        ask = wire.parse(kind, body)
         name = self._model(ask.model)
         shown = ask.model or wire.tag(name)
         if ask.images:

@@ -16,3 +16,9 @@ class Config(HttpConfig):
         description="a request's num_ctx above the model's context: refused (400), or served with the "
         "model's context (Home Assistant's default is 8192)",
     )
+    errors: Literal["auto", "spoken", "ollama"] = Field(
+        "auto",
+        description="how a failed /api/chat is answered: Ollama's error status (ollama), a 200 answer "
+        "whose text says what went wrong in one sentence (spoken), or spoken for the ollama Python "
+        "client, which Home Assistant's integration is, and Ollama's errors for every other (auto)",
+    )

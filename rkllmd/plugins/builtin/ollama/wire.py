@@ -275,12 +275,20 @@ _STATUS: dict[str, int] = {
 }
 
 
-def outcome_error(outcome: Final, retry_after_s: int) -> HttpError:
+class Failed(HttpError):
+    """An rkllmd error reply as an HTTP error, keeping rkllmd's code for a spoken answer (_spoken)."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str], code: str) -> None:
+        super().__init__(status, message, headers)
+        self.code = code
+
+
+def outcome_error(outcome: Final, retry_after_s: int) -> Failed:
     """The HTTP answer to an rkllmd error reply (anything unlisted is a 500), its message whole."""
     code = outcome.code or "internal_error"
     status = _STATUS.get(code, 500)
     headers = {"Retry-After": str(retry_after_s)} if code in ("busy", "shutdown") else {}
-    return HttpError(status, outcome.error or code, headers)
+    return Failed(status, outcome.error or code, headers, code)
 
 
 def now_iso() -> str:
@@ -357,6 +365,15 @@ class Shape:
         out["done"] = True
         out["done_reason"] = done_reason(data)
         out.update(durations(data))
+        return out
+
+    def failed(self, sentence: str) -> dict[str, Any]:
+        """The last line (or the whole answer) of a request answered with a sentence instead of an
+        error: ``done_reason`` "error", which Ollama never sends, tells a program it is not the
+        model's text (the ollama client keeps any done_reason; Home Assistant ignores it)."""
+        out = self.part(sentence)
+        out.update(done=True, done_reason="error")
+        out.update(durations({}))
         return out
 
     def control(self, reason: Literal["load", "unload"]) -> dict[str, Any]:
