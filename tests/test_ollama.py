@@ -7,7 +7,10 @@ from typing import Any
 
 import pytest
 
+from rkllmd import bus, errors
 from rkllmd.exchange import Exchange, Final
+from rkllmd.plugins import PluginError
+from rkllmd.plugins.builtin import _spoken as spoken
 from rkllmd.plugins.builtin._httpbase import HttpError, Keys, load_keys
 from rkllmd.plugins.builtin.ollama import models, wire
 from rkllmd.settings import Settings
@@ -227,3 +230,18 @@ def test_key_file_without_a_key_is_an_error(tmp_path: Path) -> None:
         load_keys([], empty)
     empty.write_text("# one\nk1\n")
     assert load_keys(["k0"], empty) == ["k0", "k1"]
+
+
+def test_every_failure_a_request_can_end_with_has_its_own_sentence() -> None:
+    """Each rkllmd error code is told in a sentence of its own, or as invalid input; only a bug
+    (internal_error) and the errors that never answer a request (a config error, the broker
+    gone) get the general one."""
+    assert bus.BrokerUnavailable and PluginError  # every module that defines an error is loaded
+    codes = {c.code for c in _subclasses(errors.RkllmdError)}
+    general = {c for c in codes if spoken.sentence(c) == spoken.sentence(None)}
+    assert general == {"internal_error", "config_error", "broker_unavailable"}
+    assert spoken.sentence("busy") != spoken.sentence("shutdown")
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]

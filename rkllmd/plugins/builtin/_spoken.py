@@ -33,6 +33,7 @@ _SENTENCES: dict[str, str] = {
     "payload_too_large": "That request is too large for rkllmd. Expose fewer entities or keep less history.",
     "unknown_model": "The model chosen for this assistant is not configured in rkllmd.",
     "invalid_output": "The model's answer did not have the required form. Please try again.",
+    "plugin_error": "An rkllmd plugin could not handle the request. Its log says why.",
 }
 _INVALID = "rkllmd refused the request as invalid. Its log says why."  # the client's (or rkllmd's) bug
 _OTHER = "Something went wrong in the language model server. Its log says what."
