@@ -224,3 +224,28 @@ def test_shutdown_part_way_is_said(broker: Broker, fake_libs: dict[str, Path], t
         assert d.stop() == 0
     assert said.startswith("BYE") and reason == "error"
     assert said.endswith(" The language model server is restarting. Please try again in a minute.")
+
+
+def test_a_sentence_tells_programs_it_is_an_error(served: Served) -> None:
+    """Not streamed, the answer is the sentence with done_reason "error"; over plain HTTP with the
+    ollama client's User-Agent (as HA 2026.2.3's ollama 0.5.1 sends it) the code is a header too."""
+    reply = ollama.Client(host=served.url, timeout=30).chat(
+        model="llama3.2:latest", messages=[{"role": "user", "content": "hi"}], stream=False
+    )
+    assert reply.message.content == "The model chosen for this assistant is not configured in rkllmd."
+    assert reply.done and reply.done_reason == "error"
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    body = {"model": "small", "messages": [{"role": "user", "content": "hello world " * 40}]}
+    ua = "ollama-python/0.5.1 (x86_64 linux) Python/3.13.2"
+    conn.request(
+        "POST", "/api/chat", json.dumps(body), {"Content-Type": "application/json", "User-Agent": ua}
+    )
+    resp = conn.getresponse()
+    lines = [json.loads(line) for line in resp.read().splitlines()]
+    conn.close()
+    assert resp.status == 200 and resp.getheader("X-Rkllmd-Error") == "context_exceeded"
+    assert len(lines) == 1 and lines[0]["done"] and lines[0]["done_reason"] == "error"
+    assert lines[0]["message"] == {
+        "role": "assistant",
+        "content": "That is too long for the model's context. Expose fewer entities or keep less history.",
+    }
