@@ -26,7 +26,9 @@ def client(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         {
             "mqtt": {"host": broker.host, "port": broker.port, "base_topic": BASE, "client_id": BASE},
             "log": {"format": "json"},
-            "plugins": {"enabled": ["ollama"], "ollama": {"port": port}},
+            # errors = "ollama": the refusal below is checked as Ollama's status, which the ollama
+            # client otherwise gets as a sentence (test_ollama_spoken_errors.py)
+            "plugins": {"enabled": ["ollama"], "ollama": {"port": port, "errors": "ollama"}},
         },
     )
     d = DaemonProc(cfg, tmp)
