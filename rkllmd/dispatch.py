@@ -172,7 +172,7 @@ class Dispatcher:
         """One stream chunk and its bare text (the inference thread for a direct stream, else this
         dispatcher's). The bus writes in call order, so a run's chunks precede its end message."""
         assert job.id is not None
-        chunk = (self.topics.stream(job.id), protocol.stream_chunk(job.id, seq, delta))
+        chunk = (self.topics.stream(job.id), protocol.stream_chunk(job.id, seq, delta, job.attempt))
         if self.stream.text_topic:  # the chunk and its text copy in one write
             self.bus.stream((chunk, (self.topics.stream_text(job.id), delta.encode())), self.stream.qos)
         else:
@@ -251,7 +251,7 @@ class Dispatcher:
             finish = str(final.data.get("finish_reason", "stop")) if final.ok else "error"
             self.bus.publish(
                 self.topics.stream(job.id),
-                protocol.stream_end(job.id, self._chunks_sent(job), finish, final.status),
+                protocol.stream_end(job.id, self._chunks_sent(job), finish, final.status, job.attempt),
             )
             if self.stream.text_topic:
                 self.bus.publish(self.topics.stream_text(job.id), b"\n")
@@ -311,9 +311,13 @@ class Dispatcher:
             self.bus.publish_json(self.topics.stats, self._stats(stats), retain=True)
 
     def _stats(self, stats: dict[str, Any]) -> dict[str, Any]:
-        """The stats topic: the loop's counters, plus what plugins contribute under ``plugins``."""
+        """The stats topic: the loop's counters, plus what plugins contribute under ``plugins``.
+
+        Without the running request's id: every user may read this topic, and an id is what a
+        cancel names (docs/PROTOCOL.md, "cancel"); ``busy`` says that something runs."""
+        public = {k: v for k, v in stats.items() if k != "running"}
         extra = self.plugins.stats()
-        return {**stats, "plugins": extra} if extra else stats
+        return {**public, "plugins": extra} if extra else public
 
 
 class StatsThrottle:

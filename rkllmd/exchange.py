@@ -66,6 +66,9 @@ class Exchange:
     inp: GenerateInput | None = None  # generate: what the runtime is asked to do
     stream: bool = True  # generate: publish stream chunks
     sentences: bool = False  # generate: publish whole sentences to speak (rkllmd/sentences.py)
+    # generate: 2 or more when the broker sends the request again after a previous run may have
+    # streamed it (a kill, a crash): its chunks say so, so readers drop the first attempt's
+    attempt: int = 1
     run: Run = field(default_factory=Run)
 
     @property

@@ -27,6 +27,7 @@ from typing import Any
 
 import structlog
 
+from rkllmd import protocol
 from rkllmd.bus import Bus
 from rkllmd.errors import NotFound
 from rkllmd.exchange import Exchange, Final
@@ -154,7 +155,12 @@ class Fleet:
         with self._lock:
             self._pending[key] = pending
         timer.start()
-        self.bus.publish_json(self.topics.fleet_cancel, {"key": key, "origin": self.node, "id": ex.id})
+        # The cancel's reply folder goes along: the board that runs the request checks it is the
+        # request's (rkllmd/ingress.py); the topic is rkllmd's own, no user may publish it.
+        owner = protocol.reply_folder(ex.address.topic) if ex.address is not None else None
+        self.bus.publish_json(
+            self.topics.fleet_cancel, {"key": key, "origin": self.node, "id": ex.id, "owner": owner}
+        )
 
     def _cancel_here(self, obj: dict[str, Any]) -> None:
         """Every board: cancel the request if it is here, and report either way."""
@@ -163,7 +169,8 @@ class Fleet:
             return
         report: dict[str, Any] = {"key": key, "node": self.node, "found": False}
         try:
-            report["was"] = self.loop.cancel(rid)
+            owner = obj.get("owner")
+            report["was"] = self.loop.cancel(rid, owner=owner if isinstance(owner, str) else None)
             report["found"] = True
             log.info("cancel passed on by another board", request_id=rid, origin=origin, was=report["was"])
         except NotFound:

@@ -43,6 +43,12 @@ class Gate:
     topics: Topics
     preprocess: Callable[[Exchange], Exchange]
     stopping: Callable[[], bool] = lambda: False
+    # topics plugins publish on their own (Home Assistant's discovery prefix): never a reply topic
+    reserved: Callable[[str], bool] = lambda topic: False
+
+    def reply_refusal(self, topic: str, what: str) -> str | None:
+        """Why no reply may go to ``topic``: rkllmd's own namespace or a plugin's (or None)."""
+        return protocol.reply_to_refusal(topic, what, self.topics, self.reserved)
 
 
 def admit(msg: Incoming, gate: Gate) -> Exchange | Final:
@@ -51,7 +57,7 @@ def admit(msg: Incoming, gate: Gate) -> Exchange | Final:
     The refusal goes to the address the request asked for wherever its bytes allow reading it
     (docs/PROTOCOL.md, "Where refusals go").
     """
-    bad_response_topic = _check_response_topic(msg.response_topic)
+    bad_response_topic = _check_response_topic(msg.response_topic, gate)
     if bad_response_topic is not None:
         msg = dataclasses.replace(msg, response_topic=None)
     address = Address(
@@ -68,7 +74,7 @@ def admit(msg: Incoming, gate: Gate) -> Exchange | Final:
                 address.topic = gate.topics.response(command)
                 ex.command, ex.topic_model = command, topic_model
             # the id and transaction are still echoed; a reply_to does not replace the bad topic
-            take_address(_address_of_refused(msg, gate), address, True)
+            take_address(_address_of_refused(msg, gate), address, True, gate)
             raise RequestError(bad_response_topic)
         return _admit(msg, ex, address, gate)
     except Exception as exc:  # the daemon never dies on input
@@ -83,7 +89,7 @@ def _admit(msg: Incoming, ex: Exchange, address: Address, gate: Gate) -> Exchang
     except UnknownCommand:
         if not v5:
             address.topic = topics.response("error")
-        take_address(_address_of_refused(msg, gate), address, v5)
+        take_address(_address_of_refused(msg, gate), address, v5, gate)
         raise
     if not v5:
         address.topic = topics.response(command)
@@ -92,17 +98,21 @@ def _admit(msg: Incoming, ex: Exchange, address: Address, gate: Gate) -> Exchang
     try:
         obj = protocol.decode_payload(msg.payload, command, settings.limits.max_payload_bytes)
     except RkllmdError:
-        take_address(_address_of_refused(msg, gate), address, v5)
+        take_address(_address_of_refused(msg, gate), address, v5, gate)
         raise
     # Read from the payload as it arrived (a preprocessor that refuses it is answered there),
     # then from what the chain returns, where a preprocessor may have set reply_to or an id.
-    take_address(obj, address, v5)
+    take_address(obj, address, v5, gate)
     ex.payload, ex.original, ex.id = obj, dict(obj), address.request_id
     out = gate.preprocess(ex)
     if out is not ex:  # a preprocessor returned a record of its own: it replaces ours, same address
         ex, ex.address = out, address
-    take_address(ex.payload, address, v5)
+    take_address(ex.payload, address, v5, gate)
     req = protocol.validate(command, ex.payload)
+    if req.reply_to is not None:
+        refused = gate.reply_refusal(req.reply_to, "reply_to")
+        if refused is not None:  # answered where no reply_to was given: rkllmd's reply space
+            raise RequestError(refused)
     ex.id = req.id
     if gate.stopping():
         raise ShuttingDown("rkllmd is shutting down; request not accepted")
@@ -144,10 +154,11 @@ def refusal(ex: Exchange, exc: Exception) -> Final:
     return Final.failed(ex, err)
 
 
-def take_address(obj: dict[str, Any], address: Address, has_v5_topic: bool) -> None:
+def take_address(obj: dict[str, Any], address: Address, has_v5_topic: bool, gate: Gate | None = None) -> None:
     """Best effort: take reply_to, id and transaction from a request even before it validates,
     so that a request with a wrong field still gets its error where the sender listens. Each is
-    taken only if it is valid on its own (a transaction only if a reply can carry it back)."""
+    taken only if it is valid on its own (a transaction only if a reply can carry it back; a
+    reply_to only outside the topics rkllmd publishes on its own, ``gate``)."""
     if "transaction" in obj and protocol.echoable(obj["transaction"]):
         address.transaction = obj["transaction"]
         address.has_transaction = True
@@ -160,6 +171,8 @@ def take_address(obj: dict[str, Any], address: Address, has_v5_topic: bool) -> N
             protocol.check_publish_topic(rt, "reply_to")
         except ValueError:
             return
+        if gate is not None and gate.reply_refusal(rt, "reply_to") is not None:
+            return
         address.topic = rt
 
 
@@ -168,15 +181,16 @@ def _address_of_refused(msg: Incoming, gate: Gate) -> dict[str, Any]:
     return protocol.read_address(msg.payload, gate.settings.limits.max_payload_bytes)
 
 
-def _check_response_topic(topic: str | None) -> str | None:
-    """Why a v5 Response Topic must not be used (brokers pass on wildcards and $-topics), or None."""
+def _check_response_topic(topic: str | None, gate: Gate) -> str | None:
+    """Why a v5 Response Topic must not be used (brokers pass on wildcards and $-topics; rkllmd's
+    own topics are not a reply's to take), or None."""
     if topic is None:
         return None
     try:
         protocol.check_publish_topic(topic, "the Response Topic")
     except ValueError as exc:
         return str(exc)
-    return None
+    return gate.reply_refusal(topic, "the Response Topic")
 
 
 class Ingress:
@@ -206,7 +220,7 @@ class Ingress:
         self._recovering: dict[str, Unanswered] = {}
         self._recovery_lock = threading.Lock()
         self.stopping = False  # set by the main thread at shutdown
-        self.gate = Gate(settings, topics, plugins.preprocess, lambda: self.stopping)
+        self.gate = Gate(settings, topics, plugins.preprocess, lambda: self.stopping, plugins.reserved)
         self._inbox: queue.Queue[Incoming | None] = queue.Queue()
         self._thread = threading.Thread(target=self._main, name="ingress", daemon=True)
         self._serve: dict[protocol.Serve, Callable[[Exchange], None]] = {
@@ -303,6 +317,10 @@ class Ingress:
             if old is not None:
                 log.info("request sent again by the broker after a restart; serving it", request_id=ex.id)
                 self.journal.forget(old.key)
+                ex.attempt = old.attempt + 1
+        if ex.address is not None and ex.address.receipt is not None and ex.address.receipt.dup:
+            # The broker sent it before: a run before this one may have streamed part of it.
+            ex.attempt = max(ex.attempt, 2)
         self.journal.took(ex)
         # Held behind a full queue rather than refused busy: in a fleet, what the broker gives this
         # board (it stopped giving more at the Receive Maximum); anywhere, a request the broker
@@ -314,9 +332,12 @@ class Ingress:
             log.info("request queued", request_id=ex.id, model=ex.model, queue_depth=self.loop.queue_depth())
 
     def _cancel(self, ex: Exchange) -> None:
-        assert ex.id is not None  # admit refuses a cancel without one
+        assert ex.id is not None and ex.address is not None  # admit refuses a cancel without an id
         try:
-            where = self.loop.cancel(ex.id)  # NotFound is answered like any refusal
+            # Only a cancel whose reply goes where the request's does (its owner's) may cancel
+            # it; another user's is answered not_found, which tells nothing (docs/PROTOCOL.md).
+            # NotFound is answered like any refusal.
+            where = self.loop.cancel(ex.id, owner=protocol.reply_folder(ex.address.topic))
         except NotFound:
             if self.fleet is None or ex.topic != self.gate.topics.group_request("cancel"):
                 raise

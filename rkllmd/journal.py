@@ -31,6 +31,7 @@ from typing import Any
 import structlog
 
 from rkllmd.exchange import Exchange
+from rkllmd.private import open_private
 from rkllmd.protocol import Address
 
 log = structlog.get_logger("rkllmd.journal")
@@ -49,6 +50,7 @@ class Unanswered:
     topic: str
     address: Address
     taken_at: float  # wall clock
+    attempt: int = 1  # how many runs took it so far (a request sent again streams anew, PROTOCOL.md)
 
 
 def _address_json(a: Address) -> dict[str, Any]:
@@ -116,7 +118,10 @@ class Journal:
         for key, e in left.items():
             try:
                 to = _address_of(e["to"])
-                out.append(Unanswered(key, str(e["id"]), str(e["cmd"]), str(e["topic"]), to, float(e["at"])))
+                attempt = int(e.get("attempt", 1))
+                out.append(
+                    Unanswered(key, str(e["id"]), str(e["cmd"]), str(e["topic"]), to, float(e["at"]), attempt)
+                )
             except (KeyError, TypeError, ValueError):
                 log.warning("skipping an unreadable journal entry", key=key)
                 continue
@@ -150,6 +155,7 @@ class Journal:
             "topic": ex.topic,
             "to": _address_json(ex.address),
             "at": round(time.time(), 3),
+            "attempt": ex.attempt,
         }
         ex.run.journal_key = key
         with self._lock:
@@ -205,7 +211,7 @@ class Journal:
             self._rewrite_locked()
         try:
             if self._file is None:
-                self._file = self.path.open("a", encoding="utf-8")
+                self._file = open_private(self.path, "a")  # 0600: every request's reply address
             self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
             self._file.flush()  # into the page cache: it survives a kill -9 of this process
             self._appended += 1
@@ -222,9 +228,9 @@ class Journal:
             self._file = None
         tmp = self.path.with_name(self.path.name + ".tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             now_wall, now = time.time(), time.monotonic()
-            with tmp.open("w", encoding="utf-8") as fh:
+            with open_private(tmp, "w") as fh:
                 for rid, at in self._answered.items():
                     line = {"op": "answered", "key": "", "id": rid, "at": round(now_wall - (now - at), 3)}
                     fh.write(json.dumps(line, ensure_ascii=False) + "\n")

@@ -43,8 +43,8 @@ from rkllmd.errors import (
 )
 from rkllmd.exchange import AbortReason, Exchange, Final, Token
 from rkllmd.outcome import check_output, final_data, partial
-from rkllmd.protocol import control_data
-from rkllmd.runtime.base import GenerateResult, Runtime, check_context
+from rkllmd.protocol import control_data, owned_by
+from rkllmd.runtime.base import GenerateResult, Perf, Runtime, check_context
 from rkllmd.toolcalls import HermesParser
 
 log = structlog.get_logger("rkllmd.loop")
@@ -201,17 +201,24 @@ class InferenceLoop:
         cur = self._current
         return cur if cur is not None and cur.id == request_id and cur.command == "generate" else None
 
-    def cancel(self, request_id: str) -> Literal["queued", "running"]:
-        """Cancel a queued job (answered at once) or abort the running one; raise NotFound."""
+    def cancel(self, request_id: str, *, owner: str | None = None) -> Literal["queued", "running"]:
+        """Cancel a queued job (answered at once) or abort the running one; raise NotFound.
+
+        ``owner``: the reply folder of an MQTT cancel (rkllmd.protocol.reply_folder); a job whose
+        reply goes elsewhere is not found for it. None: a plugin's or rkllmd's own cancel."""
         with self._cond:
             job = self._queued_locked(request_id)
+            cur = self._running_locked(request_id)
+            for found in (job, cur):
+                if found is not None and owner is not None and not owned_by(found.address, owner):
+                    log.info("cancel refused: another reply folder's request", request_id=request_id)
+                    raise NotFound(f"no queued or running request with id {request_id!r}")
             if job is not None:
                 (self._pending if job in self._pending else self._held).remove(job)
                 job.run.abort_reason = "cancelled"
                 self.emit(Final(job, "ok", final_data(job, "cancelled")))
                 self._emit_stats_locked()
                 return "queued"
-            cur = self._running_locked(request_id)
             if cur is not None:
                 if cur.run.abort_reason is None:
                     cur.run.abort_reason = "cancelled"
@@ -419,11 +426,17 @@ class InferenceLoop:
         try:
             result = rt.generate(job.inp, sink)
         except RuntimeCrashed as exc:
-            self._crashed(job.model or self.default_model)
+            name = job.model or self.default_model
+            self._crashed(name)
             why = job.run.abort_reason
             if why is not None and why in ("timeout", "first_token_timeout", "stalled"):
                 raise timeout_error(self.limits, why, "; the wedged runtime was killed") from exc
-            raise
+            if why is None:  # it died on its own: say whether it comes back
+                raise RuntimeCrashed(f"{exc.message}; {self._after_crash(name)}", **exc.data) from exc
+            # Killed because it ignored the cancel (or the stop) asked for: the request ends as
+            # asked, with what it produced; the crash is rkllmd's doing, not the runtime's.
+            log.warning("runtime killed after ignoring abort", reason=why, after=self._after_crash(name))
+            result = GenerateResult("aborted", Perf())
         finally:
             if parser is not None:  # held-back text is never lost, whatever ended the run
                 text_out(parser.finish())
@@ -431,6 +444,18 @@ class InferenceLoop:
         if result.finish_reason != "aborted":
             check_output(job)
         self._finish(job, result, n_prompt)
+
+    def _after_crash(self, name: str) -> str:
+        """What becomes of a model whose worker just died: reloaded, or not within the budget."""
+        recent = self._crashes.get(name) or collections.deque()
+        now = time.monotonic()
+        n = sum(1 for t in recent if now - t <= self.limits.restart_window_s)
+        if n > self.limits.restart_budget:
+            return (
+                f"the model is not reloaded: it crashed {n} times in {self.limits.restart_window_s:g} s "
+                f"(limits.restart_budget {self.limits.restart_budget})"
+            )
+        return "the model is reloaded"
 
     def _finish(self, job: Job, result: GenerateResult, n_prompt: int | None) -> None:
         reason = result.finish_reason

@@ -22,6 +22,7 @@ from pydantic_settings import (
 
 from rkllmd.config_base import Strict
 from rkllmd.errors import ConfigError
+from rkllmd.private import read_secret
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
 
@@ -33,10 +34,7 @@ _TOPIC_SAFE = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.
 def _read_secret(path: Path | None, inline: str | None, what: str) -> str | None:
     if path is None:
         return inline
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ValueError(f"cannot read {what} file {path}: {exc.strerror}") from exc
+    return read_secret(path, f"{what} file").strip()  # refused if every user may read it
 
 
 class TlsSettings(Strict):

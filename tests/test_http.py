@@ -360,6 +360,7 @@ def test_auth_missing_wrong_and_right_key(tmp_path: Path) -> None:
     """With keys set (config and file), /v1 needs one as a bearer token; /health stays open."""
     keys = tmp_path / "keys"
     keys.write_text("# http keys\nfile-key\n\n")
+    keys.chmod(0o600)
     with served({"api_keys": ["conf-key"], "api_key_file": str(keys)}) as (_, port):
         for headers, want in [
             ({}, 401),
@@ -385,8 +386,21 @@ def test_a_key_file_that_gives_no_key_fails_closed(tmp_path: Path, content: str 
     keys = tmp_path / "keys"
     if content is not None:
         keys.write_text(content)
+        keys.chmod(0o600)
     with PluginHarness("http", {"port": free_port(), "api_key_file": str(keys)}) as h:
         assert h.state == "failed" and "api_key_file" in h.status()["error"]
+
+
+def test_a_key_file_every_user_may_read_fails_closed(tmp_path: Path) -> None:
+    """A key file open to every user disables the plugin (its status says why), as ssh refuses a
+    key others can read; the keys themselves are never in the message."""
+    keys = tmp_path / "keys"
+    keys.write_text("visible-key\n")
+    keys.chmod(0o644)
+    with PluginHarness("http", {"port": free_port(), "api_key_file": str(keys)}) as h:
+        error = h.status()["error"]
+        assert h.state == "failed" and "0644" in error and "chmod o-rwx" in error
+        assert "visible-key" not in error
 
 
 def test_health_reports_connection_and_model() -> None:

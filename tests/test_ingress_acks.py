@@ -51,6 +51,9 @@ class Plugins:
     def preprocess(self, ex: Any) -> Any:
         return ex
 
+    def reserved(self, topic: str) -> bool:
+        return False
+
 
 class Out:
     def __init__(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from rkllmd.exchange import Exchange
@@ -82,3 +84,25 @@ def test_local_requests_are_not_journaled_and_no_file_means_memory_only(tmp_path
     assert mem.recover() == []
     mem.answered(None, "b")
     assert mem.answered_recently("b")
+
+
+def test_the_journal_is_0600_whatever_the_umask_and_a_loose_one_is_tightened(tmp_path: Path) -> None:
+    """Under umask 000 (the loosest) the journal, its rewrite and its folder are the owner's alone;
+    a journal an older rkllmd left 0644 is made 0600 when it is next written."""
+    old = os.umask(0)
+    try:
+        path = tmp_path / "state" / "journal.jsonl"
+        j = Journal(path)
+        j.recover()  # rewrites (creates) the file
+        j.took(_ex("a"))
+        j.close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+        path.chmod(0o644)
+        j = Journal(path)
+        j.recover()
+        j.took(_ex("b"))
+        j.close()
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    finally:
+        os.umask(old)

@@ -226,6 +226,7 @@ def test_key_file_without_a_key_is_an_error(tmp_path: Path) -> None:
     """A key file that holds only comments never leaves the API open."""
     empty = tmp_path / "keys"
     empty.write_text("# none yet\n\n")
+    empty.chmod(0o640)
     with pytest.raises(ValueError, match="holds no key"):
         load_keys([], empty)
     empty.write_text("# one\nk1\n")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -258,6 +260,27 @@ def test_transcript_writes_lines_and_rotates(tmp_path: Path) -> None:
     assert [r["id"] for r in lines] == [f"r{i}" for i in range(12 - len(lines) + 1, 12)] + ["e"]
     assert lines[-1]["status"] == "error" and lines[-1]["code"] == "busy"
     assert lines[-2]["request"]["prompt"] == "q11 " + "x" * 300 and lines[-2]["text"] == "answer 11"
+
+
+def test_transcript_files_are_0600_whatever_the_umask(tmp_path: Path) -> None:
+    """Every prompt and answer is private: under umask 000 the transcript and its rotated files are
+    0600; files an older rkllmd left 0644 are tightened when the plugin starts."""
+    old = os.umask(0)
+    try:
+        path = tmp_path / "t.jsonl"
+        with PluginHarness("transcript", {"path": str(path), "max_bytes": 1024, "backups": 2}) as h:
+            for i in range(6):
+                h.finish(h.preprocess({"prompt": f"q{i} " + "x" * 300, "id": f"r{i}"}), f"answer {i}")
+        files = sorted(tmp_path.iterdir())
+        assert [f.name for f in files] == ["t.jsonl", "t.jsonl.1", "t.jsonl.2"]
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+        for f in files:
+            f.chmod(0o644)
+        with PluginHarness("transcript", {"path": str(path), "max_bytes": 1024, "backups": 2}) as h:
+            assert h.state == "running"
+        assert {f.name: stat.S_IMODE(f.stat().st_mode) for f in files} == {f.name: 0o600 for f in files}
+    finally:
+        os.umask(old)
 
 
 def test_transcript_unwritable_path_is_fatal(tmp_path: Path) -> None:

@@ -55,11 +55,28 @@ def test_password_file_is_read_and_never_shown(tmp_path: Path) -> None:
     """The broker password comes from its file and does not appear in the settings' repr."""
     pw = tmp_path / "pw"
     pw.write_text("s3cret-value\n")
+    pw.chmod(0o640)  # as docs/OPERATIONS.md installs it: root and the rkllmd group
     p = tmp_path / "c.toml"
     p.write_text(f"[mqtt]\nusername = 'u'\npassword_file = '{pw}'\n")
     s = load_settings(p)
     assert s.mqtt.resolved_password() == "s3cret-value"
     assert "s3cret" not in repr(s)
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o604, 0o602])
+def test_a_password_file_every_user_may_read_is_refused(tmp_path: Path, mode: int) -> None:
+    """As ssh refuses a private key others can read: check-config and startup name the file, its
+    mode and the fix, and never print the secret."""
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret-value\n")
+    pw.chmod(mode)
+    p = tmp_path / "c.toml"
+    p.write_text(f"[mqtt]\nusername = 'u'\npassword_file = '{pw}'\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(p)
+    msg = str(err.value)
+    assert str(pw) in msg and f"{mode:04o}" in msg and "chmod o-rwx" in msg
+    assert "s3cret" not in msg
 
 
 def test_check_config_lists_every_problem(tmp_path: Path) -> None:

@@ -77,6 +77,12 @@ class PluginContext:
             data = payload
         self._services.publish(topic, data, qos=qos, retain=retain)
 
+    def reserve(self, topic_filter: str) -> Callable[[], None]:
+        """Topics this plugin publishes on its own (``#`` and ``+`` allowed): no request's
+        ``reply_to`` or Response Topic may name one, or any user could publish there as rkllmd.
+        Its own ``<base>/plugins/<name>/`` topics are rkllmd's already."""
+        return self._keep(self._hooks.add("reserved", topic_filter))
+
     def subscribe(self, topic: str, handler: Handler, qos: int | None = None) -> Callable[[], None]:
         """Call ``handler(message)`` on the ingress thread for each message matching ``topic``.
 

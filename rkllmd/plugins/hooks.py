@@ -45,13 +45,19 @@ class Hooks:
         self._route: list[tuple[str, Router, bool | Literal["local"]]] = []
         self._stats: list[tuple[str, StatsContributor]] = []
         self._subs: list[tuple[str, Handler]] = []  # (topic filter, handler)
+        self._reserved: list[str] = []  # topic filters no reply may be sent to (PluginContext.reserve)
         self._sub_refs: dict[str, tuple[int, Callable[[], None]]] = {}
 
     # registration (through PluginContext, any thread)
 
     def add(self, kind: str, item: Any) -> Callable[[], None]:
         with self._lock:
-            chains: dict[str, list[Any]] = {"pre": self._pre, "route": self._route, "stats": self._stats}
+            chains: dict[str, list[Any]] = {
+                "pre": self._pre,
+                "route": self._route,
+                "stats": self._stats,
+                "reserved": self._reserved,
+            }
             chain = chains[kind]
             chain.append(item)
 
@@ -92,6 +98,11 @@ class Hooks:
         """Whether a plugin subscribed to ``topic`` (its messages then go to deliver())."""
         with self._lock:
             return any(_matches(f, topic) for f, _ in self._subs)
+
+    def reserved(self, topic: str) -> bool:
+        """Whether a plugin publishes on ``topic`` on its own, so no reply may go there."""
+        with self._lock:
+            return any(_matches(f, topic) for f in self._reserved)
 
     def deliver(self, msg: Message) -> None:
         """Run every plugin handler subscribed to the message's topic; failures are logged."""

@@ -28,7 +28,9 @@ from rkllmd.protocol.address import (
     check_publish_topic,
     echoable,
     new_request_id,
+    owned_by,
     read_address,
+    reply_folder,
 )
 from rkllmd.protocol.commands import COMMANDS, Command, Serve
 from rkllmd.protocol.payload import MAX_JSON_DEPTH, decode_payload, validate
@@ -52,7 +54,7 @@ from rkllmd.protocol.requests import (
     Req,
     ToolCallIn,
 )
-from rkllmd.protocol.topics import Incoming, LocalMessage, Topics
+from rkllmd.protocol.topics import Incoming, LocalMessage, Topics, reply_to_refusal
 
 __all__ = [
     "ADDRESS_FIELDS",
@@ -83,9 +85,12 @@ __all__ = [
     "echoable",
     "generation_data",
     "new_request_id",
+    "owned_by",
     "partial_data",
     "read_address",
     "reply_body",
+    "reply_folder",
+    "reply_to_refusal",
     "stream_chunk",
     "stream_end",
     "to_json",

@@ -74,6 +74,21 @@ def check_publish_topic(topic: str, what: str) -> None:
         raise ValueError(f"{what} must not contain control characters, surrogates or non-characters")
 
 
+def reply_folder(topic: str) -> str:
+    """A reply topic's folder: every level but the last (``reply/alice/1`` -> ``reply/alice``).
+
+    The owner of a request is whoever reads its reply; a broker's ACL grants reading by topic
+    prefix, and this is the prefix a cancel must share with the request it cancels
+    (docs/PROTOCOL.md, "cancel")."""
+    return topic.rsplit("/", 1)[0] if "/" in topic else ""
+
+
+def owned_by(address: Address | None, owner: str) -> bool:
+    """Whether a request answered at ``address`` belongs to whoever reads the reply folder
+    ``owner``. rkllmd's own jobs and a plugin's local requests (HTTP) belong to no MQTT user."""
+    return address is not None and not address.local and reply_folder(address.topic) == owner
+
+
 def echoable(value: Any) -> bool:
     """Whether a reply can carry ``value`` back as valid JSON in UTF-8 (no lone surrogate, NaN)."""
     try:

@@ -80,12 +80,17 @@ def control_data(command: str, model: str | None) -> dict[str, Any]:
     return {"model": model, "cleared": True}
 
 
-def stream_chunk(request_id: str, seq: int, delta: str) -> bytes:
+def stream_chunk(request_id: str, seq: int, delta: str, attempt: int = 1) -> bytes:
     """``{"id": …, "seq": …, "delta": …}`` exactly as json.dumps(ensure_ascii=False) writes it,
-    built from the C string escaper: a chunk goes out per token, and dumps() makes an encoder each time."""
-    return f'{{"id": {_quote(request_id)}, "seq": {int(seq)}, "delta": {_quote(delta)}}}'.encode()
+    built from the C string escaper: a chunk goes out per token, and dumps() makes an encoder each time.
+    A request run again (``attempt`` 2 or more) says so in every chunk: its stream restarts at seq 0."""
+    again = f', "attempt": {int(attempt)}' if attempt > 1 else ""
+    return f'{{"id": {_quote(request_id)}, "seq": {int(seq)}{again}, "delta": {_quote(delta)}}}'.encode()
 
 
-def stream_end(request_id: str, seq: int, finish_reason: str, status: str = "ok") -> bytes:
-    body = {"id": request_id, "seq": seq, "done": True, "finish_reason": finish_reason, "status": status}
+def stream_end(request_id: str, seq: int, finish_reason: str, status: str = "ok", attempt: int = 1) -> bytes:
+    body: dict[str, Any] = {"id": request_id, "seq": seq}
+    if attempt > 1:
+        body["attempt"] = attempt
+    body |= {"done": True, "finish_reason": finish_reason, "status": status}
     return json.dumps(body).encode()

@@ -6,6 +6,7 @@ paho's network thread; nothing here holds a connection.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from rkllmd.errors import UnknownCommand
@@ -90,6 +91,13 @@ class Topics:
     def stats(self) -> str:
         return f"{self.own}/stats"
 
+    def in_namespace(self, topic: str) -> bool:
+        """Whether ``topic`` is one of rkllmd's own (state, info, stats, streams, requests, plugins,
+        other boards'...) other than its reply space, ``<base>/response/...``: a request may not
+        have its reply written there (docs/PROTOCOL.md, "Where the final reply goes")."""
+        inside = topic == self.base or topic.startswith(f"{self.base}/")
+        return inside and not topic.startswith(f"{self.base}/response/")
+
     def parse_request_topic(self, topic: str) -> tuple[str, str | None]:
         """Split ``<base>/request/<command>[/<model>]`` (or this board's own request topic) into
         (command, model); raise UnknownCommand."""
@@ -107,6 +115,18 @@ class Topics:
         if command == "generate" and len(parts) == 2 and parts[1]:
             return command, parts[1]
         raise UnknownCommand(f"unknown request topic {topic!r}")
+
+
+def reply_to_refusal(topic: str, what: str, topics: Topics, reserved: Callable[[str], bool]) -> str | None:
+    """Why a reply may not go to ``topic`` (``what``: "reply_to" or "the Response Topic"), or None:
+    rkllmd's own namespace (``Topics.in_namespace``) and what plugins reserve (``reserved``, e.g.
+    Home Assistant's discovery prefix) would let a user publish there as rkllmd."""
+    if topics.in_namespace(topic) or reserved(topic):
+        return (
+            f"{what} {topic!r} is a topic rkllmd publishes on its own; a reply must go to a topic "
+            f"of yours (e.g. reply/<user>/...) or, without one, to {topics.base}/response/<command>"
+        )
+    return None
 
 
 @dataclass(frozen=True)

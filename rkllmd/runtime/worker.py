@@ -306,7 +306,7 @@ class WorkerRuntime(Runtime):
             how += ", killed by rkllmd's watchdog"
         hint = self.runtime_kind.crash_hint(code)
         log.error("runtime worker died", model=self.name, how=how, **({"hint": hint} if hint else {}))
-        message = f"runtime crashed ({how}); the model is reloaded"
+        message = f"runtime crashed ({how})"  # the loop adds whether the model is reloaded
         if hint:
             message = f"runtime crashed ({how}): {hint}"
             return RuntimeCrashed(message, model=self.name, how=how, hint=hint)

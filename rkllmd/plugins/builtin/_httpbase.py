@@ -35,6 +35,7 @@ from pydantic import Field, field_validator
 
 from rkllmd.plugins import NotReady, PluginConfig, PluginContext
 from rkllmd.plugins.builtin._relay import ClientGone, Relay
+from rkllmd.private import read_secret
 
 ErrorBody = Callable[[int, str], Any]  # (status, message) -> the JSON body of an error
 
@@ -346,10 +347,7 @@ def load_keys(inline: list[str], key_file: Path | None) -> list[str]:
     a mistake never leaves the API open."""
     keys = list(inline)
     if key_file is not None:
-        try:
-            lines = key_file.read_text(encoding="utf-8").splitlines()
-        except OSError as exc:
-            raise ValueError(f"cannot read api_key_file {key_file}: {exc.strerror}") from exc
+        lines = read_secret(key_file, "api_key_file").splitlines()  # refused if every user may read it
         found = [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
         if not found:
             raise ValueError(f"api_key_file {key_file} holds no key")

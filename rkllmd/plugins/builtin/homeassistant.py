@@ -332,6 +332,8 @@ def setup(ctx: PluginContext, config: Config) -> None:
             ctx.publish(ctx.topic("answer"), body, retain=True)
         ctx.publish(ctx.topic("event"), {"event_type": "answer" if event.ok else "error", **body})
 
+    # Home Assistant reads its whole prefix as device configurations: no reply may land there.
+    ctx.reserve(f"{config.discovery_prefix}/#")
     publish_discovery()
     ctx.subscribe(f"{config.discovery_prefix}/status", on_birth)
     ctx.subscribe(ctx.topic("cancel"), on_cancel)

@@ -139,6 +139,8 @@ def render_sentence(route: Route, req: Request, seq: int, text: str) -> bytes | 
 
 def setup(ctx: PluginContext, config: Config) -> None:
     fields = {r.when_field for r in config.routes if r.when_field}
+    for r in config.routes:  # a speaker's topic: a request's reply_to must not make it say JSON
+        ctx.reserve(r.topic)
 
     def preprocess(req: Request) -> Request:
         flags = req.meta.setdefault("republish", set())

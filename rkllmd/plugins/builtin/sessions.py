@@ -188,7 +188,10 @@ def setup(ctx: PluginContext, config: Config) -> None:
             body = {"status": "ok", "data": {"session": sid, "cleared": store.clear(sid)}}
         else:
             body = {"status": "error", "code": "bad_request", "error": "give a session id", "data": {}}
-        ctx.publish(msg.response_topic or ctx.topic("response"), body)
+        to = msg.response_topic
+        if to is None or ctx.topics.in_namespace(to):  # never onto rkllmd's own topics (PROTOCOL.md)
+            to = ctx.topic("response")
+        ctx.publish(to, body)
 
     ctx.add_preprocessor(preprocess)
     ctx.add_router(route, tokens=False)  # final replies only

@@ -4,7 +4,8 @@ Prompts and answers are kept whole, for later review of answer quality. The file
 size like logrotate: ``transcript.jsonl`` → ``.1`` → ``.2`` ... up to ``backups`` old files.
 A line: ``{"ts", "id", "command", "topic", "model", "request", "original", "status",
 "finish_reason", "text", "code", "error", "usage", "timings"}``; ``request`` is the request as
-validated (after preprocessors), ``original`` as it arrived.
+validated (after preprocessors), ``original`` as it arrived. The files are 0600 whatever the
+umask (rkllmd/private.py): they hold every prompt and answer.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from pydantic import Field
 
 from rkllmd.plugins import Final, Plugin, PluginConfig, PluginContext, Token
+from rkllmd.private import open_private, tighten
 
 
 class Config(PluginConfig):
@@ -34,9 +36,11 @@ class Writer:
     def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
         self.path, self.max_bytes, self.backups = path, max_bytes, backups
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8"):
-            pass  # fails now (fatal at setup) when the file cannot be written
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with open_private(path, "a"):
+            pass  # fails now (fatal at setup) when the file cannot be written; 0600 (rkllmd/private.py)
+        for i in range(1, backups + 1):  # rotated ones an older rkllmd left readable by others
+            tighten(path.with_name(f"{path.name}.{i}"))
 
     def write(self, record: dict[str, Any]) -> None:
         line = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode()
@@ -47,7 +51,7 @@ class Writer:
                 size = 0
             if size and size + len(line) > self.max_bytes:
                 self._rotate()
-            with open(self.path, "ab") as fh:
+            with open_private(self.path, "ab") as fh:
                 fh.write(line)
 
     def _rotate(self) -> None:
