@@ -18,7 +18,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from rkllmd.bus import set_nodelay
-from tests.helpers import Broker, Probe, free_port, launch_broker
+from tests.helpers import REPO, Broker, Probe, free_port, launch_broker
 
 
 def run_as_root_line() -> str:
@@ -207,6 +207,24 @@ def mosquitto_passwd(path: Path, users: dict[str, str]) -> Path:
     for user, password in users.items():
         subprocess.run([tool, "-b", str(path), user, password], check=True, capture_output=True, timeout=30)
     return path
+
+
+def shipped_broker(workdir: Path, users: dict[str, str]) -> Broker:
+    """mosquitto running config/mosquitto/mosquitto.conf and rkllmd.acl as shipped, with only the
+    listener (a free loopback port) and the file paths changed; a password file for ``users``."""
+    pw = mosquitto_passwd(workdir / "passwd", users)
+    acl = workdir / "rkllmd.acl"
+    acl.write_text((REPO / "config" / "mosquitto" / "rkllmd.acl").read_text())
+    conf = (REPO / "config" / "mosquitto" / "mosquitto.conf").read_text()
+    for old, new in (
+        ("\nlistener 1883\n", "\nlistener {port} 127.0.0.1\n"),
+        ("/etc/mosquitto/passwd\n", f"{pw}\n"),
+        ("/etc/mosquitto/rkllmd.acl\n", f"{acl}\n"),
+    ):
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    conf += "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
+    return start_broker_conf(workdir, conf)
 
 
 def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:

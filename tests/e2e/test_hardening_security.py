@@ -22,10 +22,11 @@ from tests.e2e.hardening_helpers import (
     Refused,
     make_certs,
     mosquitto_passwd,
+    shipped_broker,
     start_broker_conf,
     wait_exit,
 )
-from tests.helpers import REPO, Broker, DaemonProc, Probe, free_port
+from tests.helpers import Broker, DaemonProc, Probe, free_port
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex  # unique, so finding it anywhere in a log is never a fluke
 USERS = {"rkllmd": SECRET, "alice": "alice-pw", "bob": "bob-pw"}
@@ -77,6 +78,7 @@ def daemon_config(tb: TlsBroker, fake_lib: Path, base: str, **mqtt_kw: Any) -> P
         "tls": {"enabled": True, "ca_file": str(tb.certs["ca.pem"])},
     }
     (tb.workdir / "rkllmd-password").write_text(SECRET + "\n")
+    (tb.workdir / "rkllmd-password").chmod(0o600)  # rkllmd refuses a password every user may read
     for k, v in mqtt_kw.items():
         if k == "tls":
             mqtt_cfg["tls"] = {**mqtt_cfg["tls"], **v}
@@ -219,25 +221,14 @@ def acl_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AclBroker]:
     """mosquitto running config/mosquitto/mosquitto.conf and rkllmd.acl as shipped, with only the
     port (loopback) and the file paths changed."""
     work = tmp_path_factory.mktemp("acl")
-    pw = mosquitto_passwd(work / "passwd", USERS)
-    acl = work / "rkllmd.acl"
-    acl.write_text((REPO / "config" / "mosquitto" / "rkllmd.acl").read_text())
-    conf = (REPO / "config" / "mosquitto" / "mosquitto.conf").read_text()
-    for old, new in (
-        ("\nlistener 1883\n", "\nlistener {port} 127.0.0.1\n"),
-        ("/etc/mosquitto/passwd\n", f"{pw}\n"),
-        ("/etc/mosquitto/rkllmd.acl\n", f"{acl}\n"),
-    ):
-        assert old in conf, old
-        conf = conf.replace(old, new)
-    conf += "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n"
-    b = start_broker_conf(work, conf)
+    b = shipped_broker(work, USERS)
     yield AclBroker(b, work)
     b.stop()
 
 
 def acl_daemon(ab: AclBroker, fake_lib: Path, user: str = "rkllmd") -> DaemonProc:
     (ab.workdir / f"{user}.pw").write_text(USERS[user])
+    (ab.workdir / f"{user}.pw").chmod(0o600)
     cfg = rkllm_config(
         ab.workdir,
         ab.broker,
