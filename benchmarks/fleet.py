@@ -57,7 +57,7 @@ def _client(host: str, port: int, base: str, n: int, prompt: str, out: queue.Que
     from rkllmd.bus import set_nodelay
 
     cid = "fc-" + uuid.uuid4().hex[:8]
-    reply_topic = f"{base}/bench/{cid}"
+    reply_topic = f"{base}-bench/{cid}"  # outside rkllmd's own topics, which no reply may name
     inbox: queue.Queue[tuple[float, str, bytes]] = queue.Queue()
     c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
     c.on_connect = lambda cl, u, f, rc, p: set_nodelay(cl)

@@ -42,7 +42,10 @@ def ask(opts: AskOptions, out: TextIO = sys.stdout, err: TextIO = sys.stderr) ->
     """Run one request against a daemon; returns an exit code (0 ok, 1 error reply, 2 no answer)."""
     topics = Topics(opts.base_topic)
     rid = "ask-" + uuid.uuid4().hex[:10]
-    reply_topic = f"{opts.base_topic}/client/{rid}/reply"
+    # A reply never goes under the base topic (rkllmd refuses its own namespace); reply/<user>/ is
+    # what the shipped ACL lets a user read (config/mosquitto/rkllmd.acl).
+    user = opts.username if opts.username and not any(c in opts.username for c in "+#/") else "ask"
+    reply_topic = f"reply/{user}/{rid}"
     inbox: queue.Queue[tuple[str, bytes]] = queue.Queue()
     connected: queue.Queue[Any] = queue.Queue()
 

@@ -50,7 +50,7 @@ class BenchClient:
     ) -> None:
         self.topics = Topics(base)
         self.cid = "bench-" + uuid.uuid4().hex[:8]
-        self.reply_topic = f"{base}/client/{self.cid}/reply"
+        self.reply_topic = f"{base}-client/{self.cid}/reply"  # outside rkllmd's own topics
         self.inbox: queue.Queue[Arrival] = queue.Queue()
         self.state: str | None = None
         self.info: dict[str, Any] = {}

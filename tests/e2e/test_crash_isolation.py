@@ -29,6 +29,7 @@ def test_segfault_costs_one_request_and_the_model_is_reloaded(start_daemon: Star
     mqtt_probe.publish(f"{base}/request/generate", {"id": "boom", "prompt": "[[crash_at=3]] a b c d e"})
     r = final_of(mqtt_probe, f"{base}/response/generate")
     assert r["id"] == "boom" and r["code"] == "runtime_crashed" and "SIGSEGV" in r["error"]
+    assert r["error"].endswith("the model is reloaded"), r["error"]
     assert r["data"]["text"]  # the tokens before the crash are kept
     mqtt_probe.publish(f"{base}/request/generate", {"id": "after", "prompt": "are you back"})
     r = final_of(mqtt_probe, f"{base}/response/generate")
@@ -65,12 +66,35 @@ def test_wedged_runtime_is_killed_after_abort_grace(start_daemon: Start, mqtt_pr
     assert final_of(mqtt_probe, f"{base}/response/generate")["status"] == "ok"
 
 
+def test_cancel_of_a_hung_run_is_answered_cancelled(start_daemon: Start, mqtt_probe: Probe) -> None:
+    """A runtime that ignores the abort a cancel asks for is killed after limits.abort_grace_s; the
+    request still ends as asked: ok, finish_reason cancelled, with the text made before the hang,
+    and its stream ends cancelled too. The next request works (the model is reloaded)."""
+    _d, base = start_daemon(limits={"abort_grace_s": 0.5})
+    mqtt_probe.subscribe(f"{base}/response/#", f"{base}/stream/hung")
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "hung", "prompt": "[[hang_at=3]] a b c d e"})
+    mqtt_probe.get(f"{base}/stream/hung", timeout=20)  # it runs; two tokens, then it hangs
+    time.sleep(0.3)
+    mqtt_probe.publish(f"{base}/request/cancel", "hung")
+    assert final_of(mqtt_probe, f"{base}/response/cancel")["data"]["was"] == "running"
+    r = final_of(mqtt_probe, f"{base}/response/generate", timeout=30)
+    assert r["status"] == "ok" and r["data"]["finish_reason"] == "cancelled", r
+    assert r["data"]["text"] == "A B"
+    end = mqtt_probe.collect_until(f"{base}/stream/hung", lambda m: m.json().get("done"), timeout=5)[-1]
+    assert end.json()["finish_reason"] == "cancelled" and end.json()["status"] == "ok"
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "next", "prompt": "hello again"})
+    assert final_of(mqtt_probe, f"{base}/response/generate")["status"] == "ok"
+
+
 def test_restart_budget_stops_a_crash_loop(start_daemon: Start, mqtt_probe: Probe) -> None:
     """Beyond the restart budget the model is not reloaded and requests get model_load_failed."""
     d, base = start_daemon(limits={"restart_budget": 0})
     mqtt_probe.subscribe(f"{base}/response/generate")
     mqtt_probe.publish(f"{base}/request/generate", {"prompt": "[[crash_at=1]] x"})
-    assert final_of(mqtt_probe, f"{base}/response/generate")["code"] == "runtime_crashed"
+    crash = final_of(mqtt_probe, f"{base}/response/generate")
+    # the crash that spends the budget says so, and never that the model is reloaded
+    assert crash["code"] == "runtime_crashed" and "is reloaded" not in crash["error"], crash
+    assert "the model is not reloaded: it crashed 1 times in 600 s" in crash["error"], crash
     mqtt_probe.publish(f"{base}/request/generate", {"prompt": "again"})
     r = final_of(mqtt_probe, f"{base}/response/generate")
     assert r["code"] == "model_load_failed" and "crashed 1 times" in r["error"]

@@ -65,7 +65,7 @@ def _send(p: Probe, base: str, rid: str, prompt: str, topic: str | None = None) 
     p.publish(
         topic or f"{base}/request/generate",
         {"id": rid, "prompt": prompt, "stream": False},
-        response_topic=f"{base}/test/reply",
+        response_topic=f"{base}-test/reply",
         correlation_data=rid.encode(),
     )
 
@@ -74,7 +74,7 @@ def _finals(p: Probe, base: str, want: int, timeout: float = 30.0) -> list[dict[
     out: list[dict[str, Any]] = []
     deadline = time.monotonic() + timeout
     while len(out) < want:
-        out.append(p.get(f"{base}/test/reply", timeout=max(0.01, deadline - time.monotonic())).json())
+        out.append(p.get(f"{base}-test/reply", timeout=max(0.01, deadline - time.monotonic())).json())
     return out
 
 
@@ -87,7 +87,7 @@ def _quiet(p: Probe, base: str, seconds: float) -> list[dict[str, Any]]:
         if left <= 0:
             return extra
         try:
-            extra.append(p.get(f"{base}/test/reply", timeout=left).json())
+            extra.append(p.get(f"{base}-test/reply", timeout=left).json())
         except TimeoutError:
             return extra
 
@@ -98,7 +98,7 @@ def test_requests_spread_over_every_board(fleet: tuple[str, Board], broker: Brok
     for n in ("b0", "b1", "b2"):
         board(n)
     with probe(broker) as p:
-        p.subscribe(f"{base}/test/reply")
+        p.subscribe(f"{base}-test/reply")
         for i in range(9):
             _send(p, base, f"s{i}", _prompt(f"spread {i}", delay_ms=30))
         finals = _finals(p, base, 9)
@@ -113,7 +113,7 @@ def test_no_busy_while_a_board_is_idle(fleet: tuple[str, Board], broker: Broker)
     for n in ("b0", "b1", "b2"):
         board(n, limits={"queue_size": 1})
     with probe(broker) as p:
-        p.subscribe(f"{base}/test/reply")
+        p.subscribe(f"{base}-test/reply")
         for i in range(12):  # room for 6 (1 running + 1 queued per board): half of them must wait
             _send(p, base, f"bp{i}", _prompt(f"pressure {i}", delay_ms=40, tokens=10))
         finals = _finals(p, base, 12, timeout=60)
@@ -129,7 +129,7 @@ def test_a_model_only_one_board_has_goes_to_that_board(fleet: tuple[str, Board],
     board("b1")
     board("b2", extra_models={"big": {"runtime": "rkllm", "path": "/dev/null", "library": "/dev/null"}})
     with probe(broker) as p:
-        p.subscribe(f"{base}/test/reply")
+        p.subscribe(f"{base}-test/reply")
         for i in range(4):
             # an unknown runtime file: the board that has "big" answers (with a load error), no other
             _send(p, base, f"m{i}", "hello", topic=f"{base}/request/generate/big")
@@ -143,7 +143,7 @@ def test_cancel_reaches_the_board_that_runs_the_request(fleet: tuple[str, Board]
     for n in ("b0", "b1", "b2"):
         board(n)
     with probe(broker) as p:
-        p.subscribe(f"{base}/test/reply", f"{base}/test/cancel")
+        p.subscribe(f"{base}-test/reply", f"{base}-test/cancel")
         for i in range(3):  # one long request per board
             _send(p, base, f"long{i}", _prompt(f"long {i}", delay_ms=100, tokens=100))
         time.sleep(1.0)
@@ -152,13 +152,13 @@ def test_cancel_reaches_the_board_that_runs_the_request(fleet: tuple[str, Board]
             p.publish(
                 f"{base}/request/cancel",
                 {"id": f"long{i}"},
-                response_topic=f"{base}/test/cancel",
+                response_topic=f"{base}-test/cancel",
                 correlation_data=f"c{i}".encode(),
             )
-            cancels.append(p.get(f"{base}/test/cancel", timeout=10).json())
+            cancels.append(p.get(f"{base}-test/cancel", timeout=10).json())
         finals = _finals(p, base, 3)
-        p.publish(f"{base}/request/cancel", {"id": "nobody-has-this"}, response_topic=f"{base}/test/cancel")
-        missing = p.get(f"{base}/test/cancel", timeout=10).json()
+        p.publish(f"{base}/request/cancel", {"id": "nobody-has-this"}, response_topic=f"{base}-test/cancel")
+        missing = p.get(f"{base}-test/cancel", timeout=10).json()
         more = _quiet(p, base, 1.5) + [m.json() for m in p.drain() if m.topic.endswith("/test/cancel")]
     assert all(c["status"] == "ok" and c["data"]["was"] == "running" for c in cancels), cancels
     assert {f["data"]["finish_reason"] for f in finals} == {"cancelled"}, finals
@@ -180,7 +180,7 @@ def test_kill_9_of_a_board_loses_nothing_and_answers_nothing_twice(
     board("b1")
     board("b2")
     with probe(broker) as p:
-        p.subscribe(f"{base}/test/reply")
+        p.subscribe(f"{base}-test/reply")
         ids = [f"k{i}" for i in range(9)]
         for rid in ids:
             _send(p, base, rid, _prompt(f"kill {rid}", delay_ms=60, tokens=20))
@@ -204,7 +204,7 @@ def test_a_kill_with_a_clean_session_is_answered_interrupted(
     base, board = fleet
     victim = board("b0", mqtt={"clean_start": True})
     with probe(broker) as p:
-        p.subscribe(f"{base}/test/reply")
+        p.subscribe(f"{base}-test/reply")
         for i in range(3):
             _send(p, base, f"c{i}", _prompt(f"clean {i}", delay_ms=100, tokens=50))
         time.sleep(0.8)
@@ -225,7 +225,7 @@ def test_each_board_publishes_under_its_node_and_the_leader_the_group_view(
     board("b0")
     board("b1")
     with probe(broker) as p:
-        p.subscribe(f"{base}/node/+/state", f"{base}/fleet/stats", f"{base}/test/reply")
+        p.subscribe(f"{base}/node/+/state", f"{base}/fleet/stats", f"{base}-test/reply")
         states = {p.get(f"{base}/node/+/state").topic for _ in range(2)}
         _send(p, base, "v1", _prompt("view", delay_ms=5))
         answer = _finals(p, base, 1)[0]
@@ -295,12 +295,12 @@ def test_with_models_loaded_a_board_serves_a_model_topic_only_while_loaded(
     b0 = board("b0", sections={"fleet": {"group": "home", "node_id": "b0", "models": "loaded"}})
     board("b1")  # has "fake" and "other" configured: serves both topics all along
     with probe(broker) as p:
-        p.subscribe(f"{base}/test/reply", f"{base}/test/load")
+        p.subscribe(f"{base}-test/reply", f"{base}-test/load")
         for i in range(4):
             _send(p, base, f"o{i}", "[[len=2]] other", topic=f"{base}/request/generate/other")
         before = _finals(p, base, 4)
-        p.publish(f"{base}/node/b0/request/load", {"model": "other"}, response_topic=f"{base}/test/load")
-        assert p.get(f"{base}/test/load", timeout=20).json()["status"] == "ok"
+        p.publish(f"{base}/node/b0/request/load", {"model": "other"}, response_topic=f"{base}-test/load")
+        assert p.get(f"{base}-test/load", timeout=20).json()["status"] == "ok"
         b0.wait_log('"serving a model\'s topic"', timeout=10)
         time.sleep(0.3)  # the SUBACK
         for i in range(4):

@@ -32,7 +32,7 @@ def _ask(p: Probe, base: str, rid: str) -> None:
     p.publish(
         f"{base}/request/generate",
         {"id": rid, "prompt": prompt, "stream": False},
-        response_topic=f"{base}/t/r",
+        response_topic=f"{base}-t/r",
     )
 
 
@@ -41,7 +41,7 @@ def _replies(p: Probe, base: str, seconds: float) -> list[dict[str, object]]:
     deadline = time.monotonic() + seconds
     while (left := deadline - time.monotonic()) > 0:
         try:
-            out.append(json.loads(p.get(f"{base}/t/r", timeout=left).payload))
+            out.append(json.loads(p.get(f"{base}-t/r", timeout=left).payload))
         except TimeoutError:
             break
     return out
@@ -54,7 +54,7 @@ def test_a_kept_session_gets_the_killed_requests_again(
     base = f"rd{uuid.uuid4().hex[:6]}"
     d = _daemon(tmp_path, broker, fake_libs["1.3"], base, clean=False, journal=False)
     with probe(broker) as p:
-        p.subscribe(f"{base}/t/r")
+        p.subscribe(f"{base}-t/r")
         for rid in ("a", "b", "c"):  # one runs, two wait in the queue
             _ask(p, base, rid)
         time.sleep(0.8)
@@ -76,7 +76,7 @@ def test_a_clean_session_with_a_journal_answers_interrupted(
     base = f"rj{uuid.uuid4().hex[:6]}"
     d = _daemon(tmp_path, broker, fake_libs["1.3"], base, clean=True, journal=True)
     with probe(broker) as p:
-        p.subscribe(f"{base}/t/r")
+        p.subscribe(f"{base}-t/r")
         for rid in ("a", "b"):
             _ask(p, base, rid)
         time.sleep(0.8)
