@@ -85,8 +85,10 @@ def reply_folder(topic: str) -> str:
 
 def owned_by(address: Address | None, owner: str) -> bool:
     """Whether a request answered at ``address`` belongs to whoever reads the reply folder
-    ``owner``. rkllmd's own jobs and a plugin's local requests (HTTP) belong to no MQTT user."""
-    return address is not None and not address.local and reply_folder(address.topic) == owner
+    ``owner``. rkllmd's own jobs belong to nobody; a plugin's local request (HTTP) is answered
+    where a request without a reply topic is, so only its id (``X-Request-Id``, which only its
+    HTTP client sees) and a cancel without a reply topic reach it."""
+    return address is not None and reply_folder(address.topic) == owner
 
 
 def echoable(value: Any) -> bool:
