@@ -474,6 +474,12 @@ class Bus:
             self._sub_cond.notify_all()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
+        if getattr(reason, "is_failure", False):
+            # An ACL refused it (mosquitto tells a v5 client "Not authorized"): without this line
+            # a refused discovery or reply would go unnoticed; the broker's log names the topic.
+            log.warning(
+                "the broker refused a message rkllmd published (its ACL?)", reason=str(reason), mid=mid
+            )
         with self._then_lock:
             then = self._then.pop(mid, None)
             if then is None and self._tracking:  # perhaps a publish() that has not stored it yet

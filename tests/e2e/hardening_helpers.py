@@ -209,12 +209,15 @@ def mosquitto_passwd(path: Path, users: dict[str, str]) -> Path:
     return path
 
 
-def shipped_broker(workdir: Path, users: dict[str, str]) -> Broker:
+def shipped_broker(workdir: Path, users: dict[str, str], acl_text: str | None = None) -> Broker:
     """mosquitto running config/mosquitto/mosquitto.conf and rkllmd.acl as shipped, with only the
-    listener (a free loopback port) and the file paths changed; a password file for ``users``."""
+    listener (a free loopback port) and the file paths changed; a password file for ``users``.
+    ``acl_text``: another ACL instead of the shipped one."""
     pw = mosquitto_passwd(workdir / "passwd", users)
     acl = workdir / "rkllmd.acl"
-    acl.write_text((REPO / "config" / "mosquitto" / "rkllmd.acl").read_text())
+    acl.write_text(
+        acl_text if acl_text is not None else (REPO / "config" / "mosquitto" / "rkllmd.acl").read_text()
+    )
     conf = (REPO / "config" / "mosquitto" / "mosquitto.conf").read_text()
     for old, new in (
         ("\nlistener 1883\n", "\nlistener {port} 127.0.0.1\n"),

@@ -26,7 +26,7 @@ import pytest
 
 from tests.e2e.conftest import rkllm_config
 from tests.e2e.hardening_helpers import ClientProbe, shipped_broker, wait_exit
-from tests.helpers import Broker, DaemonProc, free_port, write_config
+from tests.helpers import REPO, Broker, DaemonProc, free_port, write_config
 
 USERS = {
     "rkllmd": "rk-pw",
@@ -314,3 +314,31 @@ def test_private_files_are_0600_and_a_readable_password_is_refused(shipped: Ship
     log = d.log_text()
     assert str(loose) in log and "chmod o-rwx" in log and "Traceback" not in log
     assert USERS["rkllmd"] not in log and USERS["rkllmd"] not in check.stderr
+
+
+def test_a_publish_the_broker_refuses_is_logged(tmp_path: Path, fake_libs: dict[str, Path]) -> None:
+    """With an ACL that does not let rkllmd publish Home Assistant's discovery (the shipped one
+    before it did), the refusal is no longer silent: rkllmd logs a warning with the broker's reason."""
+    shipped_acl = (REPO / "config" / "mosquitto" / "rkllmd.acl").read_text()
+    line = "topic readwrite homeassistant/#\n"
+    assert line in shipped_acl
+    broker = shipped_broker(tmp_path, USERS, acl_text=shipped_acl.replace(line, "", 1))
+    pw = tmp_path / "rkllmd.pw"
+    pw.write_text(USERS["rkllmd"])
+    pw.chmod(0o600)
+    cfg = rkllm_config(
+        tmp_path,
+        broker,
+        fake_libs["1.3"],
+        "rkllmd",
+        mqtt={"username": "rkllmd", "password_file": str(pw), "connect_retries": 1},
+    )
+    write_config(cfg, {**tomllib.loads(cfg.read_text()), "plugins": {"enabled": ["homeassistant"]}})
+    d = DaemonProc(cfg, tmp_path)
+    try:
+        d.wait_log('"rkllmd ready"', timeout=60)
+        d.wait_log("the broker refused a message rkllmd published", timeout=10)
+        assert "Not authorized" in d.log_text()
+    finally:
+        d.stop()
+        broker.stop()
