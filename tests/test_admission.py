@@ -98,3 +98,30 @@ def test_control_commands_and_local_messages() -> None:
     assert isinstance(out, Final) and out.code == "bad_request"
     local = admit(LocalMessage("B/request/generate", b'{"prompt":"x"}'), gate())
     assert isinstance(local, Exchange) and local.local and not local.stream
+
+
+def test_a_reply_topic_among_rkllmd_own_is_refused_and_answered_in_its_reply_space() -> None:
+    """reply_to or a Response Topic naming rkllmd's own topics (state, streams, a board's, plugins')
+    or a topic a plugin reserves is bad_request, answered on B/response/<command>; B/response/...
+    itself and topics that only start with the same letters are fine."""
+    reserved = Gate(SETTINGS, TOPICS, lambda ex: ex, lambda: False, lambda t: t.startswith("homeassistant/"))
+    for topic in (
+        "B",
+        "B/state",
+        "B/stream/x",
+        "B/node/b1/state",
+        "B/plugins/homeassistant/answer",
+        "homeassistant/x",
+    ):
+        for out in (
+            admit(msg("generate", {"prompt": "x", "reply_to": topic, "id": "r9"}), reserved),
+            admit(msg("generate", {"prompt": "x", "id": "r9"}, response_topic=topic), reserved),
+            admit(msg("cancel", {"id": "r9", "reply_to": topic}), reserved),
+        ):
+            assert isinstance(out, Final) and out.code == "bad_request", (topic, out)
+            assert topic in (out.error or "") and "publishes on its own" in (out.error or "")
+            assert out.request.address is not None
+            assert out.request.address.topic.startswith("B/response/"), (topic, out.request.address)
+    for topic in ("B/response/mine", "Bx/state", "me/B/state"):
+        ok = admit(msg("generate", {"prompt": "x", "reply_to": topic}), reserved)
+        assert isinstance(ok, Exchange) and ok.address is not None and ok.address.topic == topic
