@@ -32,7 +32,6 @@ import structlog
 from rkllmd.errors import (
     Busy,
     GenerationTimeout,
-    ModelLoadError,
     NotFound,
     RequestError,
     RkllmdError,
@@ -44,6 +43,7 @@ from rkllmd.errors import (
 from rkllmd.exchange import AbortReason, Exchange, Final, Token
 from rkllmd.outcome import check_output, final_data, partial
 from rkllmd.protocol import control_data, owned_by
+from rkllmd.restarts import RestartBudget
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime, check_context
 from rkllmd.toolcalls import HermesParser
 
@@ -134,7 +134,7 @@ class InferenceLoop:
         self._watchdog = threading.Thread(target=self._watch, name="watchdog", daemon=True)
         self._watch_cond = threading.Condition()  # the watchdog sleeps on it until a deadline
         self._stats: dict[str, Any] = {"requests": 0, "errors": 0, "completion_tokens": 0, "crashes": 0}
-        self._crashes: dict[str, collections.deque[float]] = {}
+        self._budget = RestartBudget(limits.restart_budget, limits.restart_window_s)
         self._reload_after_crash: str | None = None
 
     # --- any thread --------------------------------------------------------------------------
@@ -324,7 +324,7 @@ class InferenceLoop:
         self.registry.check(name)
         if self._loaded == name and self._runtime is not None:
             return self._runtime
-        self._check_restart_budget(name)
+        self._budget.check(name)
         self._unload()
         log.info("loading model", model=name)
         t0 = time.monotonic()
@@ -338,25 +338,10 @@ class InferenceLoop:
         log.info("model loaded", model=name, seconds=round(time.monotonic() - t0, 2))
         return rt
 
-    def _check_restart_budget(self, name: str) -> None:
-        recent = self._crashes.get(name)
-        if not recent:
-            return
-        now = time.monotonic()
-        while recent and now - recent[0] > self.limits.restart_window_s:
-            recent.popleft()
-        if len(recent) > self.limits.restart_budget:
-            wait = self.limits.restart_window_s - (now - recent[0])
-            raise ModelLoadError(
-                f"model {name!r} crashed {len(recent)} times in {self.limits.restart_window_s:g} s; "
-                f"not restarting it for another {wait:.0f} s",
-                crashes=len(recent),
-            )
-
     def _crashed(self, name: str) -> None:
         """The worker of ``name`` died: forget the runtime and schedule a reload (inference thread)."""
         self._stats["crashes"] += 1
-        self._crashes.setdefault(name, collections.deque()).append(time.monotonic())
+        self._budget.crashed(name)
         rt = self._runtime
         self._runtime, self._loaded = None, None
         if rt is not None:
@@ -432,10 +417,12 @@ class InferenceLoop:
             if why is not None and why in ("timeout", "first_token_timeout", "stalled"):
                 raise timeout_error(self.limits, why, "; the wedged runtime was killed") from exc
             if why is None:  # it died on its own: say whether it comes back
-                raise RuntimeCrashed(f"{exc.message}; {self._after_crash(name)}", **exc.data) from exc
+                raise RuntimeCrashed(f"{exc.message}; {self._budget.after_crash(name)}", **exc.data) from exc
             # Killed because it ignored the cancel (or the stop) asked for: the request ends as
             # asked, with what it produced; the crash is rkllmd's doing, not the runtime's.
-            log.warning("runtime killed after ignoring abort", reason=why, after=self._after_crash(name))
+            log.warning(
+                "runtime killed after ignoring abort", reason=why, after=self._budget.after_crash(name)
+            )
             result = GenerateResult("aborted", Perf())
         finally:
             if parser is not None:  # held-back text is never lost, whatever ended the run
@@ -444,18 +431,6 @@ class InferenceLoop:
         if result.finish_reason != "aborted":
             check_output(job)
         self._finish(job, result, n_prompt)
-
-    def _after_crash(self, name: str) -> str:
-        """What becomes of a model whose worker just died: reloaded, or not within the budget."""
-        recent = self._crashes.get(name) or collections.deque()
-        now = time.monotonic()
-        n = sum(1 for t in recent if now - t <= self.limits.restart_window_s)
-        if n > self.limits.restart_budget:
-            return (
-                f"the model is not reloaded: it crashed {n} times in {self.limits.restart_window_s:g} s "
-                f"(limits.restart_budget {self.limits.restart_budget})"
-            )
-        return "the model is reloaded"
 
     def _finish(self, job: Job, result: GenerateResult, n_prompt: int | None) -> None:
         reason = result.finish_reason
