@@ -74,13 +74,13 @@ class Client:
         self.c.on_message = lambda c, u, m: self.q.put((time.monotonic(), m.topic, bytes(m.payload)))
         self.c.connect(host, port)
         self.c.loop_start()
-        self.c.subscribe([(f"{BASE}/stream/#", 1), (f"{BASE}/reply/#", 1)])
+        self.c.subscribe([(f"{BASE}/stream/#", 1), (f"{BASE}-reply/#", 1)])
         time.sleep(0.3)  # the SUBACK
 
     def turn(self, payload: dict[str, Any], timeout: float = 300.0) -> Turn:
         rid = f"fs-{uuid.uuid4().hex[:10]}"
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ResponseTopic = f"{BASE}/reply/{rid}"
+        props.ResponseTopic = f"{BASE}-reply/{rid}"  # never under the base topic (refused)
         t0 = time.monotonic()
         body = json.dumps({**payload, "id": rid, "sentences": True})
         self.c.publish(f"{BASE}/request/generate", body, qos=1, properties=props)
@@ -95,7 +95,7 @@ class Client:
                 if out.first_sentence_ms is None:
                     out.first_sentence_ms, out.first_sentence = ms, data.decode()
                 out.sentences.append(data.decode())
-            elif topic == f"{BASE}/reply/{rid}":
+            elif topic == f"{BASE}-reply/{rid}":
                 out.total_ms = ms
                 reply = json.loads(data)
                 if reply.get("status") != "ok":
