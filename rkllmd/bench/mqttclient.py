@@ -170,7 +170,10 @@ class BenchClient:
         """Ask the daemon to cancel the generate request in flight (any thread)."""
         rid = self.current
         if rid is not None:
-            self.client.publish(self.topics.request("cancel"), rid, qos=1)
+            # As the request's owner: the cancel's reply in the same folder as the request's.
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            props.ResponseTopic = self.reply_topic.rsplit("/", 1)[0] + "/cancel"
+            self.client.publish(self.topics.request("cancel"), rid, qos=1, properties=props)
 
     def close(self) -> None:
         self.client.disconnect()

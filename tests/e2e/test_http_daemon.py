@@ -170,7 +170,7 @@ def test_full_queue_is_503_with_retry_after(served: Served, mqtt_probe: Probe) -
         served.client().chat.completions.create(model="fake", messages=user("[[len=3]] q2"))
     assert exc.value.status_code == 503 and exc.value.response.headers["Retry-After"] == "2"
     assert exc.value.code == "busy"
-    mqtt_probe.publish(f"{BASE}/request/cancel", "busy1")
+    mqtt_probe.publish(f"{BASE}/request/cancel", "busy1", response_topic="busy1/cancel")  # as its owner
     assert mqtt_probe.get("busy1/reply", timeout=15).json()["data"]["finish_reason"] == "cancelled"
     t.join(15)
     assert queued["r"].choices[0].message.content == "Q1 Q1 Q1"

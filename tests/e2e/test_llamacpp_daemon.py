@@ -95,7 +95,8 @@ def test_cancel_mid_generation_stops_it(smol: DaemonProc, mqtt_probe: Probe) -> 
     )
     for _ in range(3):
         mqtt_probe.get(f"{BASE}/stream/{rid}", timeout=60)
-    mqtt_probe.publish(f"{BASE}/request/cancel", rid)
+    # as the owner: its reply in the request's reply folder (docs/PROTOCOL.md, "cancel")
+    mqtt_probe.publish(f"{BASE}/request/cancel", rid, response_topic=f"{rid}/cancel")
     reply = mqtt_probe.get(f"{rid}/reply", timeout=30).json()
     assert reply["data"]["finish_reason"] == "cancelled"
     assert 3 <= reply["data"]["usage"]["completion_tokens"] < 1500

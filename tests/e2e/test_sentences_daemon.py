@@ -116,7 +116,7 @@ def test_a_cancelled_request_ends_its_sentences_without_the_half_sentence(
         response_topic=f"reply/{rid}",
     )
     assert mqtt_probe.get(topic, timeout=20).payload == b"The first sentence is here."
-    mqtt_probe.publish(f"{base}/request/cancel", rid)
+    mqtt_probe.publish(f"{base}/request/cancel", rid, response_topic="reply/cancel")  # the owner's folder
     rest = mqtt_probe.collect_until(topic, lambda m: m.payload == b"")
     assert final_of(mqtt_probe, f"reply/{rid}")["data"]["finish_reason"] == "cancelled"
     assert all(m.payload.endswith(b".") or m.payload == b"" for m in rest)
