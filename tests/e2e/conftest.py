@@ -93,6 +93,9 @@ def start_daemon(broker: Broker, fake_libs: dict[str, Path], tmp_path: Path) -> 
         d = DaemonProc(cfg, tmp_path)
         procs.append(d)
         d.wait_log('"model loaded"', timeout=30)
+        # Subscribed only then: a request published between the two was lost under load (the
+        # startup load can finish before the subscription is acknowledged).
+        d.wait_log('"rkllmd ready"', timeout=30)
         return d, base
 
     yield start
