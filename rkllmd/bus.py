@@ -5,13 +5,13 @@ calling thread writes its packet to the socket itself (paho's ``loop_write``, in
 chunk costs no other thread's wake-up. ``stream`` (QoS 0 chunks) builds its packets itself
 (rkllmd/mqttwire.py) and writes them in one send(), behind whatever paho still has to write. The
 bus's own *network thread* (rkllmd/mqttloop.py, not paho's ``loop_start``) reads, writes what a
-publisher could not finish, sends keepalive pings when one is due and reconnects with paho's
-backoff. paho does not lock its writes, so every call into the client that can write or read goes
-through one lock, ``_io`` (an RLock: paho's callbacks run inside ``loop_read`` with it held, and
-``_on_connect`` subscribes and publishes). ``_on_connect``, ``_on_subscribe``, ``_on_publish`` and
-``_on_message`` run on the network thread, ``_on_disconnect`` and a QoS 0 ``_on_publish`` also on a
-publishing thread whose write failed or finished; they only copy data and hand it on
-(``on_incoming`` and a publish's ``then`` must just enqueue).
+publisher could not finish, sends keepalive pings when one is due and reconnects (``Backoff``:
+within half a second of the broker's return). paho does not lock its writes, so every call into the
+client that can write or read goes through one lock, ``_io`` (an RLock: paho's callbacks run inside
+``loop_read`` with it held, and ``_on_connect`` subscribes and publishes). ``_on_connect``,
+``_on_subscribe``, ``_on_publish`` and ``_on_message`` run on the network thread, ``_on_disconnect``
+and a QoS 0 ``_on_publish`` also on a publishing thread whose write failed or finished; they only
+copy data and hand it on (``on_incoming`` and a publish's ``then`` must just enqueue).
 
 Requests are acknowledged by hand (paho's ``manual_ack``): each QoS 1/2 message carries a
 ``Receipt``, and ``ack`` sends its PUBACK only when rkllmd says so, once the request's final reply
@@ -142,7 +142,6 @@ class Bus:
         self._loop = NetworkLoop(self._client, self._io)
         self._client.enable_logger(None)  # paho's own logger stays quiet; we log events ourselves
         self._client.will_set(will_topic, will_payload, qos=1, retain=True)
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
         # Unbounded: a final reply must never be refused by a full queue (see the module docstring).
         self._client.max_queued_messages_set(0)
         if cfg.username is not None:
@@ -430,7 +429,9 @@ class Bus:
         self._connack.set()
         if getattr(reason, "is_failure", False):
             log.error("broker refused connection", reason=str(reason))
+            self._loop.backoff.refused()
             return
+        self._loop.backoff.connected()
         present = bool(getattr(flags, "session_present", False))
         self._generation += 1
         if not present:
@@ -461,8 +462,9 @@ class Bus:
             self._connack_reason = f"the broker closed the connection before CONNACK ({reason})"
             self._connack.set()
             return
+        self._loop.backoff.disconnected(getattr(flags, "is_disconnect_packet_from_server", False), reason)
         if getattr(reason, "value", 0) != 0:
-            log.warning("disconnected from broker; paho reconnects with backoff", reason=str(reason))
+            log.warning("disconnected from broker; reconnects with backoff", reason=str(reason))
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
         with self._sub_cond:

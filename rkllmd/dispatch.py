@@ -303,7 +303,9 @@ class Dispatcher:
         # Remembered by id for a redelivery's sake only if it ran (a cancel's address names the
         # request it cancelled; a refusal of a reused id names the request that holds it).
         queued = final.request.run.enqueued_at is not None
-        self.journal.answered(final.request.run.journal_key, address.request_id if queued else None)
+        again = self.journal.answered(final.request.run.journal_key, address.request_id if queued else None)
+        for receipt in again:  # the broker sent it again under another packet id while it was open
+            self.bus.ack(receipt)
 
     def _publish_stats(self, stats: dict[str, Any] | None) -> None:
         """Publish a snapshot the throttle let through, retained; None: nothing."""

@@ -299,14 +299,16 @@ class Ingress:
         it must not run twice (docs/FLEET.md, "The exact semantics")."""
         if ex.command != "generate" or ex.id is None:
             return False
-        if self.journal.answered_recently(ex.id):
+        seen = self.journal.seen_again(ex.id, msg.receipt)
+        if seen == "answered":
             log.info("duplicate request ignored: answered already", request_id=ex.id)
             self._acknowledge(msg)
             return True
-        if self.loop.has(ex.id):
+        if seen == "open":
             # Sent again after a reconnect with the session kept, so with the same packet id: the
-            # running or queued original acknowledges it when it is answered, not before.
-            log.info("duplicate request ignored: it is queued or running here", request_id=ex.id)
+            # original, queued, running or with its reply on the way (the MQTT library sends a written
+            # reply again on the new connection), acknowledges it once its reply is delivered.
+            log.info("duplicate request ignored: queued, running or its reply on the way", request_id=ex.id)
             return True
         return False
 

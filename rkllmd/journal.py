@@ -5,10 +5,13 @@ so a broker that keeps the session sends an unanswered request again after a kil
 cannot (a clean session, or a session that expired), the journal is how the restarted daemon
 still answers: every request it took and did not answer gets an ``interrupted`` error reply. It
 also remembers which requests were answered lately, so a broker's redelivery of one (DUP) is not
-run twice. docs/FLEET.md has the exact semantics.
+run twice, and which requests this run took and has not answered yet (queued, running, or their
+reply written and on its way to the broker), so a redelivery of one of those after a reconnect is
+not run twice either: the original's reply answers it. docs/FLEET.md has the exact semantics.
 
-Threads: ``accepted`` runs on the ingress thread, ``answered`` on the dispatcher thread, and
-``recover`` on the main thread before either starts; one lock. The file is optional (with
+Threads: ``took`` and ``seen_again`` run on the ingress thread, ``answered`` on the dispatcher
+thread, and ``recover`` on the main thread before either starts; one lock, so a redelivery is
+either still open here or answered, never neither. The file is optional (with
 ``state_dir`` set): JSON lines, appended without fsync (a killed process's writes survive in the
 page cache; a power cut may lose the last ones), rewritten short at startup and when it grows.
 Prompts are never written, only where each reply goes.
@@ -24,20 +27,23 @@ import os
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 
 from rkllmd.exchange import Exchange
 from rkllmd.private import open_private
-from rkllmd.protocol import Address
+from rkllmd.protocol import Address, Receipt
 
 log = structlog.get_logger("rkllmd.journal")
 
 # Rewrite the file once this many lines were appended since the last rewrite.
 _COMPACT_EVERY = 2000
+
+# What a redelivered request (DUP) is to this run: see Journal.seen_again.
+Seen = Literal["answered", "open", "new"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,16 @@ class Unanswered:
     address: Address
     taken_at: float  # wall clock
     attempt: int = 1  # how many runs took it so far (a request sent again streams anew, PROTOCOL.md)
+
+
+@dataclass
+class _Taken:
+    """A request this run took and has not answered: its journal key, the packet id its reply will
+    acknowledge, and redeliveries of it under another packet id, acknowledged with it."""
+
+    key: str
+    mid: int | None
+    again: list[Receipt] = field(default_factory=list)
 
 
 def _address_json(a: Address) -> dict[str, Any]:
@@ -82,6 +98,9 @@ class Journal:
         self._lock = threading.Lock()
         self._open: dict[str, dict[str, Any]] = {}  # journal key -> its line
         self._answered: collections.OrderedDict[str, float] = collections.OrderedDict()  # id -> monotonic
+        # Request id -> what this run took under that id and has not answered yet (in memory only:
+        # after a kill, a reply that was written may have died in the MQTT library's queue).
+        self._taken: dict[str, list[_Taken]] = {}
         self._file: Any = None
         self._appended = 0
 
@@ -158,8 +177,10 @@ class Journal:
             "attempt": ex.attempt,
         }
         ex.run.journal_key = key
+        mid = ex.address.receipt.mid if ex.address.receipt is not None else None
         with self._lock:
             self._open[key] = entry
+            self._taken.setdefault(ex.id, []).append(_Taken(key, mid))
             self._append_locked(entry)
 
     def forget(self, key: str) -> None:
@@ -174,19 +195,44 @@ class Journal:
             self._prune_locked(time.monotonic())
             return request_id in self._answered
 
+    def seen_again(self, request_id: str, receipt: Receipt | None) -> Seen:
+        """What a request the broker sent again (DUP) is to this run: ``answered`` (its reply was
+        delivered within the window: acknowledge it now), ``open`` (taken by this run and not answered
+        yet: queued, running, or its reply written and on its way; the original's acknowledgement
+        covers it, and ``receipt`` is kept for that if its packet id differs), or ``new`` (run it).
+
+        ``open`` holds across a reconnect because the MQTT library keeps a written QoS 1 reply until
+        the broker acknowledges it and sends it again on the new connection, whatever the session."""
+        with self._lock:
+            self._prune_locked(time.monotonic())
+            if request_id in self._answered:
+                return "answered"
+            taken = self._taken.get(request_id)
+            if not taken:
+                return "new"
+            first = taken[0]
+            if receipt is not None and receipt.mid != first.mid and receipt not in first.again:
+                first.again.append(receipt)
+            return "open"
+
     # --- dispatcher thread ---------------------------------------------------------------------
 
-    def answered(self, key: str | None, request_id: str | None) -> None:
-        """A request's final reply is with the broker (``key``: its journal key, if it has one)."""
+    def answered(self, key: str | None, request_id: str | None) -> list[Receipt]:
+        """A request's final reply is with the broker (``key``: its journal key, if it has one).
+
+        Returns the receipts of its redeliveries under another packet id, to acknowledge too."""
         now = time.monotonic()
         with self._lock:
             if request_id is not None:
                 self._answered[request_id] = now
                 self._answered.move_to_end(request_id)
                 self._prune_locked(now)
-            if key is not None and self._open.pop(key, None) is not None:
-                line = {"op": "answered", "key": key, "id": request_id, "at": round(time.time(), 3)}
-                self._append_locked(line)
+            entry = self._open.pop(key, None) if key is not None else None
+            if entry is None:
+                return []
+            line = {"op": "answered", "key": key, "id": request_id, "at": round(time.time(), 3)}
+            self._append_locked(line)
+            return self._untake_locked(str(entry.get("id")), key)
 
     def close(self) -> None:
         with self._lock:
@@ -196,6 +242,16 @@ class Journal:
                 self._file = None
 
     # --- holding the lock ----------------------------------------------------------------------
+
+    def _untake_locked(self, request_id: str, key: str | None) -> list[Receipt]:
+        taken = self._taken.get(request_id, [])
+        for i, t in enumerate(taken):
+            if t.key == key:
+                del taken[i]
+                if not taken:
+                    del self._taken[request_id]
+                return t.again
+        return []
 
     def _prune_locked(self, now: float) -> None:
         while self._answered:

@@ -3,7 +3,7 @@
 ``NetworkLoop`` owns the thread (``bus-network``) and its wake pipe. It waits in select() on the
 socket and the pipe, reads (``loop_read``: CONNACK, SUBACK, PUBACK, requests, PINGRESP), writes what
 a publisher could not finish, sends keepalive pings only when one is due (paho's own loop woke
-every second), and reconnects with paho's backoff on a socket opened without the lock. Every call
+every second), and reconnects on a socket opened without the lock, after a ``Backoff`` wait. Every call
 into the client that can read or write holds ``io``, the bus's lock (rkllmd/bus.py, module
 docstring); it is not held across select() nor across a reconnect's TCP/TLS connect.
 
@@ -16,11 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import select
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -43,10 +44,6 @@ PAHO_INTERNALS = (
     "_msgtime_mutex",
     "_last_msg_out",
     "_last_bytes_received",
-    "_reconnect_delay_mutex",
-    "_reconnect_delay",
-    "_reconnect_min_delay",
-    "_reconnect_max_delay",
     "_out_messages",
     "_out_packet",
 )
@@ -55,6 +52,19 @@ PAHO_INTERNALS = (
 # not take): 0 is no MQTT packet type, so paho writes them out and acts on nothing.
 RAW = 0
 
+
+# Reconnect waits (Backoff). A restarted broker must hear rkllmd's subscriptions again within a
+# fraction of a second of its return: without broker persistence, requests published before then
+# have no subscriber and are dropped. So the first wait is tens of ms and the longest half a
+# second, whatever the outage: an attempt on a broker that is away costs a refused TCP connect.
+# A broker that answers and refuses (CONNACK failure, or an MQTT 5 DISCONNECT with an error reason
+# such as "Session taken over") is not helped by haste: those waits grow to half a minute, so two
+# clients with one client id do not throw each other out many times a second.
+FIRST_WAIT_S = 0.025
+MAX_WAIT_S = 0.5
+MAX_WAIT_REFUSED_S = 30.0
+STABLE_S = 2.0  # a connection that lasted this long starts the next outage's waits from the first
+_SHUTTING_DOWN = 0x8B  # MQTT 5 DISCONNECT reason "Server shutting down": a restart, come back at once
 
 # paho's states after disconnect(): the network thread then neither reconnects nor waits on.
 _CLOSED = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED)
@@ -102,11 +112,61 @@ def check_paho(client: mqtt.Client) -> None:
         )
 
 
+class Backoff:
+    """Waits between reconnect attempts: doubling from ``FIRST_WAIT_S`` up to ``MAX_WAIT_S`` (or
+    ``MAX_WAIT_REFUSED_S`` once the broker refused rkllmd), each one drawn between half and all of
+    that (jitter: boards that lost one broker together do not all come back in the same instant).
+
+    Threads: ``next`` runs on the network thread, ``connected`` and ``refused`` in the bus's paho
+    callbacks (the network thread, or a publisher whose write failed); one lock."""
+
+    def __init__(
+        self, rand: Callable[[], float] = random.random, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._rand, self._clock = rand, clock
+        self._lock = threading.Lock()
+        self._n = 0  # attempts since the waits last started from the first
+        self._refused = False  # the broker said no: the longer cap, until a connection lasts
+        self._up_since: float | None = None  # monotonic: the current connection's CONNACK
+
+    def connected(self) -> None:
+        """A CONNACK accepted rkllmd."""
+        with self._lock:
+            self._up_since = self._clock()
+
+    def refused(self) -> None:
+        """The broker refused rkllmd (CONNACK) or sent it away (DISCONNECT with an error reason)."""
+        with self._lock:
+            self._refused, self._up_since = True, None
+
+    def disconnected(self, by_broker: bool, reason: Any) -> None:
+        """The connection ended; ``by_broker``: with the broker's DISCONNECT (MQTT 5), whose error
+        reason, save "Server shutting down" (a restart), says it sent rkllmd away."""
+        code = getattr(reason, "value", 0)
+        if by_broker and code >= 0x80 and code != _SHUTTING_DOWN:
+            self.refused()
+
+    def next(self) -> float:
+        """Seconds to wait before the next attempt. The waits start from the first again after a
+        connection that lasted ``STABLE_S`` (not at every CONNACK: a broker that takes rkllmd and
+        drops it at once would otherwise be tried every few ms)."""
+        with self._lock:
+            if self._up_since is not None:  # the first wait since a connection ended
+                if self._clock() - self._up_since >= STABLE_S:
+                    self._n, self._refused = 0, False
+                self._up_since = None
+            cap = MAX_WAIT_REFUSED_S if self._refused else MAX_WAIT_S
+            wait = min(cap, FIRST_WAIT_S * 2.0 ** min(self._n, 20))
+            self._n += 1
+        return wait * (0.5 + 0.5 * self._rand())
+
+
 class NetworkLoop:
     """The network thread of one paho client whose every read and write holds ``io``."""
 
     def __init__(self, client: Client, io: threading.RLock) -> None:
         self.client, self.io = client, io
+        self.backoff = Backoff()
         self._net: threading.Thread | None = None  # the network thread, while it runs
         self._halt = threading.Event()  # ends the running network thread (after a flush, see stop)
         self._flush_until = 0.0  # monotonic: how long a halting thread may still write what waits
@@ -233,16 +293,10 @@ class NetworkLoop:
         return min(float(keepalive), max(0.0, last + keepalive - time.monotonic()) + 0.01)
 
     def _reconnect(self, halt: threading.Event) -> None:
-        """The connection was lost: wait paho's backoff (1 s, doubling to 30 s, reset by a CONNACK),
-        open a socket without the lock, then let paho send CONNECT on it."""
+        """The connection was lost: wait (``Backoff``), open a socket without the lock, then let paho
+        send CONNECT on it."""
         c = self.client
-        with c._reconnect_delay_mutex:
-            if c._reconnect_delay is None:
-                c._reconnect_delay = c._reconnect_min_delay
-            else:
-                c._reconnect_delay = min(c._reconnect_delay * 2, c._reconnect_max_delay)
-            delay = c._reconnect_delay
-        if halt.wait(delay):
+        if halt.wait(self.backoff.next()):
             return
         try:
             sock = c._create_socket()

@@ -103,11 +103,31 @@ def test_a_redelivery_of_an_answered_request_is_acknowledged_and_not_run() -> No
 
 
 def test_a_redelivery_of_a_request_still_here_waits_for_the_original() -> None:
-    """DUP of a queued or running id: not run again and not acknowledged before the original is answered."""
-    ing, loop, out, acks = _ingress()
-    loop.here.add("r1")
-    ing.handle(_generate("r1", dup=True))
-    assert loop.queued == [] and out.events == [] and acks == []
+    """DUP of an id taken and not answered yet (queued, running, or its reply written and not yet
+    delivered): not run again and not acknowledged before the original is answered."""
+    journal = Journal(None)
+    ing, loop, out, acks = _ingress(journal=journal)
+    ing.handle(_generate("r1", mid=4))
+    ((job, _),) = loop.queued
+    ing.handle(_generate("r1", mid=4, dup=True))  # the broker's resend after a reconnect: same packet id
+    assert len(loop.queued) == 1 and out.events == [] and acks == []
+    # its reply delivered: the original's acknowledgement covers the resend, nothing more to send
+    assert journal.answered(job.run.journal_key, "r1") == []
+    ing.handle(_generate("r1", mid=4, dup=True))  # sent again once more: now answered, acknowledged
+    assert len(loop.queued) == 1 and acks == [Receipt(1, 4, 1, True)]
+
+
+def test_a_redelivery_under_another_packet_id_is_acknowledged_with_the_original() -> None:
+    """A broker that sends the request again under a new packet id gets that one acknowledged too,
+    once the original's reply is delivered, so it does not keep it in flight for ever."""
+    journal = Journal(None)
+    ing, loop, _, acks = _ingress(journal=journal)
+    ing.handle(_generate("r1", mid=4))
+    ((job, _),) = loop.queued
+    ing.handle(_generate("r1", mid=11, dup=True))
+    ing.handle(_generate("r1", mid=11, dup=True))
+    assert len(loop.queued) == 1 and acks == []
+    assert journal.answered(job.run.journal_key, "r1") == [Receipt(1, 11, 1, True)]
 
 
 def test_a_redelivery_may_wait_behind_a_full_queue() -> None:

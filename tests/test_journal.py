@@ -106,3 +106,26 @@ def test_the_journal_is_0600_whatever_the_umask_and_a_loose_one_is_tightened(tmp
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
     finally:
         os.umask(old)
+
+
+def test_a_redelivery_is_open_while_taken_and_answered_once_delivered(tmp_path: Path) -> None:
+    """What a DUP is to this run: new before it was taken, open until its reply is delivered (its
+    reply may be written and still on its way), then answered."""
+    j = Journal(tmp_path / "journal.jsonl")
+    a = _ex("a")
+    assert j.seen_again("a", None) == "new"
+    j.took(a)
+    assert j.seen_again("a", None) == "open"
+    j.answered(a.run.journal_key, "a")
+    assert j.seen_again("a", None) == "answered"
+
+
+def test_taken_but_unanswered_is_new_again_after_a_restart(tmp_path: Path) -> None:
+    """After a kill a written reply may have died with the process: the next run serves the
+    redelivered request again instead of counting on that reply."""
+    path = tmp_path / "journal.jsonl"
+    j = Journal(path)
+    j.took(_ex("a"))
+    nxt = Journal(path)
+    assert [u.request_id for u in nxt.recover()] == ["a"]
+    assert nxt.seen_again("a", None) == "new"

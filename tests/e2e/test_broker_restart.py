@@ -1,0 +1,134 @@
+"""A restart of the broker (real mosquitto, stopped with SIGTERM as systemd does): what rkllmd had
+answered is not run again, and a broker without persistence hears rkllmd again at once."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+from tests.e2e.conftest import rkllm_config
+from tests.e2e.hardening_helpers import ClientProbe, persistence_conf
+from tests.helpers import Broker, DaemonProc, Probe, start_broker
+
+
+def _events(d: DaemonProc, event: str) -> list[str]:
+    """The request ids of the daemon's log lines with this event, in order."""
+    out = []
+    for line in d.log_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and rec.get("event") == event:
+            out.append(str(rec.get("request_id")))
+    return out
+
+
+def _wait_done(d: DaemonProc, rid: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while rid not in _events(d, "request done"):
+        assert time.monotonic() < deadline, f"{rid} did not finish:\n{d.log_text()[-3000:]}"
+        time.sleep(0.05)
+
+
+def test_requests_answered_while_the_broker_was_away_do_not_run_again(
+    fake_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Broker persistence on, rkllmd's session kept: requests rkllmd answered while the broker was
+    down (their replies held in the MQTT library) come back from the broker (DUP) after its restart;
+    each runs once, every reply arrives, and every request is acknowledged (a restarted rkllmd gets
+    none of them again)."""
+    base = f"bx{uuid.uuid4().hex[:6]}"
+    persist = persistence_conf(tmp_path)
+    b: Broker = start_broker(tmp_path, extra_conf=persist)
+    cfg = rkllm_config(
+        tmp_path,
+        b,
+        fake_libs["1.3"],
+        base,
+        mqtt={"clean_start": False, "session_expiry_s": 300},
+        limits={"queue_size": 8},
+    )
+    d = DaemonProc(cfg, tmp_path)
+    d2: DaemonProc | None = None
+    # The probe's session survives the restart too, so no reply can pass while it reconnects.
+    p = ClientProbe(b, client_id=f"{base}-probe", clean_start=False)
+    ids = ["r0", "r1", "r2", "r3"]
+    try:
+        d.wait_log('"rkllmd ready"')
+        p.subscribe(f"{base}-reply/x")
+        for rid in ids:
+            body = {"id": rid, "prompt": f"[[delay_ms=40]] [[len=8]] {rid}", "reply_to": f"{base}-reply/x"}
+            p.publish(f"{base}/request/generate", body)
+        _wait_done(d, "r0")
+        b.stop()  # r1..r3 are queued or running: their replies wait in rkllmd for the broker
+        _wait_done(d, "r3")
+        b = start_broker(tmp_path, port=b.port, extra_conf=persist)
+        got: Counter[str] = Counter()
+        deadline = time.monotonic() + 30
+        while set(got) != set(ids) and time.monotonic() < deadline:
+            try:
+                reply = json.loads(p.get(f"{base}-reply/x", timeout=1).payload)
+            except TimeoutError:
+                continue
+            assert reply["status"] == "ok", reply
+            got[reply["id"]] += 1
+        assert set(got) == set(ids), got
+        time.sleep(3)  # a second run of a redelivered request would have ended by now (0.4 s each)
+        runs = Counter(_events(d, "request done")) - Counter(["startup"])
+        assert runs == Counter(ids), f"runs per request: {dict(runs)}"
+        assert "duplicate request ignored" in d.log_text()  # the broker did send them again
+        assert d.stop() == 0
+        # Acknowledged: the broker holds none of them for the session any more.
+        d2 = DaemonProc(cfg, tmp_path)
+        d2.wait_log('"rkllmd ready"')
+        d2.wait_log('"session_present": true')
+        time.sleep(2)
+        assert not set(_events(d2, "request queued")) & set(ids), d2.log_text()[-3000:]
+    finally:
+        p.close()
+        d.stop()
+        if d2 is not None:
+            assert d2.stop() == 0
+        b.stop()
+
+
+def test_a_restarted_broker_without_persistence_hears_rkllmd_again_within_a_second(
+    fake_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    """Without broker persistence a request is dropped unless rkllmd has subscribed again; after a
+    4 s outage, requests sent from 1 s after the broker is back are all answered. (The figure itself,
+    the time to the subscription, is measured by benchmarks/broker_restart.py.)"""
+    base = f"bg{uuid.uuid4().hex[:6]}"
+    b: Broker = start_broker(tmp_path)
+    d = DaemonProc(rkllm_config(tmp_path, b, fake_libs["1.3"], base), tmp_path)
+    p: Probe | None = None
+    try:
+        d.wait_log('"rkllmd ready"')
+        b.stop()
+        time.sleep(4)
+        b = start_broker(tmp_path, port=b.port)  # returns once the port accepts connections
+        back = time.monotonic()
+        p = Probe(b)
+        p.subscribe(f"{base}-reply/x")
+        time.sleep(max(0.0, back + 1.0 - time.monotonic()))
+        ids = {f"m{i}" for i in range(10)}
+        for rid in sorted(ids):
+            p.publish(f"{base}/request/models", {"id": rid, "reply_to": f"{base}-reply/x"})
+            time.sleep(0.05)
+        answered = set()
+        deadline = time.monotonic() + 10
+        while answered != ids and time.monotonic() < deadline:
+            try:
+                answered.add(json.loads(p.get(f"{base}-reply/x", timeout=1).payload)["id"])
+            except TimeoutError:
+                continue
+        assert answered == ids, f"lost: {sorted(ids - answered)}"
+    finally:
+        if p is not None:
+            p.close()
+        assert d.stop() == 0
+        b.stop()
