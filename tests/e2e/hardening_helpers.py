@@ -238,3 +238,17 @@ def wait_exit(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> int:
         proc.kill()
         proc.wait(timeout=5)
         raise AssertionError(f"process still running after {timeout} s") from None
+
+
+def shipped_broker_conf(port: int, passwd: Path, acl: Path) -> str:
+    """config/mosquitto/mosquitto.conf as shipped, with only the listener (loopback, ``port``) and the
+    password and ACL file paths changed."""
+    conf = (REPO / "config" / "mosquitto" / "mosquitto.conf").read_text()
+    for old, new in (
+        ("\nlistener 1883\n", f"\nlistener {port} 127.0.0.1\n"),
+        ("/etc/mosquitto/passwd\n", f"{passwd}\n"),
+        ("/etc/mosquitto/rkllmd.acl\n", f"{acl}\n"),
+    ):
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    return conf

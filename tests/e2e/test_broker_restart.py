@@ -1,5 +1,6 @@
 """A restart of the broker (real mosquitto, stopped with SIGTERM as systemd does): what rkllmd had
-answered is not run again, and a broker without persistence hears rkllmd again at once."""
+answered is not run again, a broker without persistence hears rkllmd again at once, and the shipped
+broker configuration keeps the requests waiting for rkllmd."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 from tests.e2e.conftest import rkllm_config
-from tests.e2e.hardening_helpers import ClientProbe, persistence_conf
-from tests.helpers import Broker, DaemonProc, Probe, start_broker
+from tests.e2e.hardening_helpers import ClientProbe, mosquitto_passwd, persistence_conf, shipped_broker_conf
+from tests.helpers import REPO, Broker, DaemonProc, Probe, free_port, launch_broker, start_broker
 
 
 def _events(d: DaemonProc, event: str) -> list[str]:
@@ -131,4 +132,51 @@ def test_a_restarted_broker_without_persistence_hears_rkllmd_again_within_a_seco
         if p is not None:
             p.close()
         assert d.stop() == 0
+        b.stop()
+
+
+def test_the_shipped_broker_config_keeps_requests_for_rkllmd_across_a_broker_restart(
+    fake_libs: dict[str, Path], tmp_path: Path
+) -> None:
+    """config/mosquitto/mosquitto.conf included as Debian includes it (its main file names the
+    persistence location; it also says `persistence true`, left out here so that the shipped file
+    must turn it on): a request sent while rkllmd is stopped, its session kept, survives a restart
+    of the broker and is answered when rkllmd is back."""
+    store, confd = tmp_path / "store", tmp_path / "conf.d"
+    store.mkdir()
+    confd.mkdir()
+    port = free_port()
+    passwd = mosquitto_passwd(tmp_path / "passwd", {"rkllmd": "rk-secret", "alice": "alice-pw"})
+    acl = tmp_path / "rkllmd.acl"
+    acl.write_text((REPO / "config" / "mosquitto" / "rkllmd.acl").read_text())
+    (confd / "rkllmd.conf").write_text(shipped_broker_conf(port, passwd, acl))
+    main = f"persistence_location {store}/\nlog_dest stderr\ninclude_dir {confd}\n"
+    b = launch_broker(tmp_path, port, main)
+    (tmp_path / "rk.pw").write_text("rk-secret")
+    mqtt = {
+        "username": "rkllmd",
+        "password_file": str(tmp_path / "rk.pw"),
+        "clean_start": False,
+        "session_expiry_s": 300,
+    }
+    cfg = rkllm_config(tmp_path, b, fake_libs["1.3"], "rkllmd", mqtt=mqtt)
+    d = DaemonProc(cfg, tmp_path)
+    d2: DaemonProc | None = None
+    alice = ClientProbe(b, client_id="alice-1", clean_start=False, username="alice", password="alice-pw")
+    try:
+        d.wait_log('"rkllmd ready"')
+        assert d.stop() == 0  # a clean stop: the broker keeps rkllmd's session and queues for it
+        assert alice.subscribe_checked("reply/alice/x")
+        alice.publish(
+            "rkllmd/request/generate", {"id": "q1", "prompt": "asked while away", "reply_to": "reply/alice/x"}
+        )
+        b.stop()
+        b = launch_broker(tmp_path, port, main)
+        d2 = DaemonProc(cfg, tmp_path)
+        reply = json.loads(alice.get("reply/alice/x", timeout=30).payload)
+        assert reply["id"] == "q1" and reply["status"] == "ok", reply
+    finally:
+        alice.close()
+        if d2 is not None:
+            assert d2.stop() == 0
         b.stop()
