@@ -149,7 +149,10 @@ def twice_round(work: Path, lib: Path, outage: float, requests: int) -> tuple[in
         broker.stop()
         time.sleep(outage)
         broker = start_broker(work, port=port, extra_conf=persist)
-        time.sleep(5 + 0.4 * requests)  # redeliveries, and second runs if any
+        deadline = time.monotonic() + 120
+        while daemon.log_text().count('"connected to broker"') < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(3 + 0.4 * requests)  # redeliveries, and second runs if any
         runs = Counter(_done_ids(daemon.log_text()))
         return sum(1 for rid in ids if runs[rid] > 1), len(ids)
     finally:

@@ -196,8 +196,9 @@ def _check_response_topic(topic: str | None, gate: Gate) -> str | None:
 class Ingress:
     """The ingress thread: admit each message, serve it by its command, hand answers on.
 
-    A message that gets no final reply of its own (a plugin's topic, a fleet message, a duplicate)
-    is acknowledged to the broker here; every other one when its reply is delivered (dispatcher).
+    A message that gets no final reply of its own (a plugin's topic, a fleet message, a duplicate
+    of a request answered lately) is acknowledged to the broker here; every other one when its
+    reply is delivered (dispatcher), a duplicate of a request still open with the original.
     """
 
     def __init__(

@@ -57,9 +57,10 @@ RAW = 0
 # fraction of a second of its return: without broker persistence, requests published before then
 # have no subscriber and are dropped. So the first wait is tens of ms and the longest half a
 # second, whatever the outage: an attempt on a broker that is away costs a refused TCP connect.
-# A broker that answers and refuses (CONNACK failure, or an MQTT 5 DISCONNECT with an error reason
-# such as "Session taken over") is not helped by haste: those waits grow to half a minute, so two
-# clients with one client id do not throw each other out many times a second.
+# A broker that answers and refuses (CONNACK failure, an MQTT 5 DISCONNECT with an error reason
+# such as "Session taken over", or two connections in a row dropped within STABLE_S) is not helped
+# by haste: those waits grow to half a minute, so two clients with one client id do not throw each
+# other out many times a second.
 FIRST_WAIT_S = 0.025
 MAX_WAIT_S = 0.5
 MAX_WAIT_REFUSED_S = 30.0
@@ -117,8 +118,8 @@ class Backoff:
     ``MAX_WAIT_REFUSED_S`` once the broker refused rkllmd), each one drawn between half and all of
     that (jitter: boards that lost one broker together do not all come back in the same instant).
 
-    Threads: ``next`` runs on the network thread, ``connected`` and ``refused`` in the bus's paho
-    callbacks (the network thread, or a publisher whose write failed); one lock."""
+    Threads: ``next`` runs on the network thread, the others in the bus's paho callbacks (the
+    network thread, or a publisher whose write failed); one lock."""
 
     def __init__(
         self, rand: Callable[[], float] = random.random, clock: Callable[[], float] = time.monotonic
@@ -128,6 +129,7 @@ class Backoff:
         self._n = 0  # attempts since the waits last started from the first
         self._refused = False  # the broker said no: the longer cap, until a connection lasts
         self._up_since: float | None = None  # monotonic: the current connection's CONNACK
+        self._short = 0  # connections in a row that ended within STABLE_S
 
     def connected(self) -> None:
         """A CONNACK accepted rkllmd."""
@@ -148,12 +150,16 @@ class Backoff:
 
     def next(self) -> float:
         """Seconds to wait before the next attempt. The waits start from the first again after a
-        connection that lasted ``STABLE_S`` (not at every CONNACK: a broker that takes rkllmd and
-        drops it at once would otherwise be tried every few ms)."""
+        connection that lasted ``STABLE_S``, not at every CONNACK. Two connections in a row dropped
+        sooner count as a refusal, or two clients given one client id would throw each other out
+        twice a second; one does not (a broker restarted just after rkllmd connected)."""
         with self._lock:
             if self._up_since is not None:  # the first wait since a connection ended
                 if self._clock() - self._up_since >= STABLE_S:
-                    self._n, self._refused = 0, False
+                    self._n, self._refused, self._short = 0, False, 0
+                else:  # mosquitto 2.0 closes the socket of a client whose id another client took
+                    self._short += 1
+                    self._refused = self._refused or self._short >= 2
                 self._up_since = None
             cap = MAX_WAIT_REFUSED_S if self._refused else MAX_WAIT_S
             wait = min(cap, FIRST_WAIT_S * 2.0 ** min(self._n, 20))

@@ -17,19 +17,15 @@ TOPICS = Topics("B")
 
 
 class Loop:
-    """Records what is queued; ``here`` are the ids queued or running."""
+    """Records what is queued."""
 
     loaded_model = None
 
     def __init__(self) -> None:
         self.queued: list[tuple[Any, bool]] = []
-        self.here: set[str] = set()
 
     def submit(self, job: Any, *, may_hold: bool = False) -> None:
         self.queued.append((job, may_hold))
-
-    def has(self, rid: str) -> bool:
-        return rid in self.here
 
     def queue_depth(self) -> int:
         return len(self.queued)
