@@ -155,6 +155,7 @@ def test_the_shipped_broker_config_keeps_requests_for_rkllmd_across_a_broker_res
     main = f"persistence_location {store}/\nlog_dest stderr\ninclude_dir {confd}\n"
     b = launch_broker(tmp_path, port, main)
     (tmp_path / "rk.pw").write_text("rk-secret")
+    (tmp_path / "rk.pw").chmod(0o600)  # rkllmd refuses a password every user may read
     mqtt = {
         "username": "rkllmd",
         "password_file": str(tmp_path / "rk.pw"),
