@@ -112,7 +112,8 @@ def gap_round(work: Path, lib: Path, outage: float, probe_s: float) -> float | N
                     except queue.Empty:
                         break
                     if rid_got in sent:
-                        first = min(first or 1e9, sent[rid_got] - back)
+                        at = sent[rid_got] - back
+                        first = at if first is None else min(first, at)
             return first
         finally:
             c.loop_stop()
