@@ -34,6 +34,7 @@ class Run:
     pieces: list[str] = field(default_factory=list)
     seq: int = 0
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # in the reply's shape
+    bad_calls: list[str] = field(default_factory=list)  # why each malformed call was withheld
     journal_key: str | None = None  # open in the request journal (rkllmd/journal.py) until answered
     direct_stream: bool = False  # its chunks went out from the inference thread (rkllmd/dispatch.py)
 

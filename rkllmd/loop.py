@@ -45,7 +45,7 @@ from rkllmd.outcome import check_output, final_data, partial
 from rkllmd.protocol import control_data, owned_by
 from rkllmd.restarts import RestartBudget
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime, check_context
-from rkllmd.toolcalls import HermesParser
+from rkllmd.toolcalls import HERMES
 
 log = structlog.get_logger("rkllmd.loop")
 
@@ -377,8 +377,8 @@ class InferenceLoop:
         self._stats["requests"] += 1
 
         # With tools, the model's call markup is taken out of the text here, for every runtime:
-        # streamed deltas never carry it, the calls go into the final reply.
-        parser = HermesParser() if job.inp.active_tools else None
+        # streamed deltas never carry it (nor a malformed call's), the calls go into the final reply.
+        parser = HERMES.parser() if job.inp.active_tools else None
         # Where the sink runs on this thread (a worker process's pipe) and nothing but the stream
         # wants the tokens, chunks go out from here: one thread wake-up fewer per token.
         direct = self.direct if self.direct is not None and rt.sink_on_caller else None
@@ -428,6 +428,7 @@ class InferenceLoop:
             if parser is not None:  # held-back text is never lost, whatever ended the run
                 text_out(parser.finish())
                 job.run.tool_calls = [c.as_dict() for c in parser.calls]
+                job.run.bad_calls = list(parser.problems)
         if result.finish_reason != "aborted":
             check_output(job)
         self._finish(job, result, n_prompt)

@@ -23,11 +23,19 @@ log = structlog.get_logger("rkllmd.loop")
 
 
 def check_output(job: Exchange) -> None:
-    """Hold the output to ``format`` and ``tool_choice``; llama.cpp's grammars already do, a
-    runtime without grammars (RKLLM) is checked here. InvalidOutput says what did not match."""
+    """Hold the output to ``format`` and ``tool_choice``, and its calls to being well formed;
+    llama.cpp's grammars already do (unless max_tokens or a stop string cuts a call), a runtime
+    without grammars (RKLLM) is checked here. InvalidOutput says what did not match."""
     inp = job.inp
     assert inp is not None
     calls = job.run.tool_calls
+    if job.run.bad_calls and not calls:
+        # The model meant to act and its call cannot be run: saying so beats a silent text answer
+        # (or one that claims the action happened). docs/TOOLS.md, "Malformed calls".
+        why = job.run.bad_calls[0]
+        raise InvalidOutput(
+            f"the model wrote a tool call that is not well formed ({why}), so no tool was called"
+        )
     if inp.call_required:
         wanted = inp.tool_name
         if not calls or (wanted is not None and any(c["function"]["name"] != wanted for c in calls)):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
 
 from rkllmd import protocol
 from rkllmd.errors import RequestError
-from rkllmd.toolcalls import HermesParser, call_block, check_schema, hermes_system_block, validate
+from rkllmd.toolcalls import HERMES, HermesParser, call_block, check_schema, hermes_system_block, validate
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
@@ -41,17 +42,35 @@ def test_one_char_deltas_two_calls() -> None:
     assert len({c.id for c in p.calls}) == 2 and p.calls[0].id.startswith("call_")
 
 
-def test_malformed_json_comes_back_as_text() -> None:
-    """A call whose body is not JSON is returned verbatim as text, not dropped."""
+def test_malformed_call_is_withheld_not_returned_as_text() -> None:
+    """A call whose body is not a call never comes out as text (it would be spoken): the text around
+    it is kept, the reason recorded."""
     bad = "<tool_call>{not json}</tool_call>"
-    _, whole, p = run(["x ", bad, " y"])
-    assert whole == "x " + bad + " y" and not p.calls and p.malformed == 1
+    deltas, whole, p = run(["x ", bad[:7], bad[7:], " y"])
+    assert whole == "x  y" and "".join(deltas) == "x  y" and not p.calls
+    assert p.problems == ['not a JSON object {"name": ..., "arguments": {...}}']
 
 
-def test_unterminated_call_comes_back_at_finish() -> None:
-    """An unterminated call is held while streaming, then returned as text at the end."""
+def test_unterminated_call_is_withheld_at_finish() -> None:
+    """An unterminated call is held while streaming and dropped at the end, with the reason."""
     deltas, whole, p = run(['hi <tool_call>{"name": "f"'])
-    assert deltas == ["hi "] and whole == 'hi <tool_call>{"name": "f"' and p.malformed == 1
+    assert deltas == ["hi "] and whole == "hi " and p.malformed == 1
+    assert p.problems == ["unterminated: the output ended inside it"]
+
+
+def test_a_call_reopened_before_its_close_drops_the_first() -> None:
+    """An abandoned call followed by a whole one: the whole one parses, the first is recorded."""
+    _, whole, p = run(['a <tool_call>{"name": ', CALL, " b"])
+    assert whole == "a  b" and [c.name for c in p.calls] == ["get_weather"]
+    assert p.problems == ["a new <tool_call> began before this one was closed"]
+
+
+def test_lenient_bodies_a_list_of_calls_and_raw_newlines() -> None:
+    """A JSON list of calls in one block is each call; a raw newline inside a string is accepted."""
+    body = '[{"name": "a", "arguments": {}}, {"name": "b", "arguments": {"t": "x\ny"}}]'
+    _, whole, p = run([f"<tool_call>{body}</tool_call>"])
+    assert whole == "" and not p.problems
+    assert [(c.name, c.arguments) for c in p.calls] == [("a", {}), ("b", {"t": "x\ny"})]
 
 
 @pytest.mark.parametrize("text", ["a < b", "<", "1 <tool", "x <tool_cal y", "<<tool_call"])
@@ -70,13 +89,13 @@ def test_hold_back_only_a_possible_tag() -> None:
 
 
 def test_arguments_as_string_and_wrong_shapes() -> None:
-    """String arguments are decoded; a call without a name or with non-object arguments is text."""
+    """String arguments are decoded; a call without a name or with non-object arguments is malformed."""
     _, _, p = run(['<tool_call>{"name": "f", "arguments": "{\\"a\\": 1}"}</tool_call>'])
     assert p.calls[0].arguments == {"a": 1}
-    for body in ('{"arguments": {}}', '{"name": "f", "arguments": [1]}', "[1]"):
+    for body in ('{"arguments": {}}', '{"name": "f", "arguments": [1]}', "[1]", "[]"):
         block = f"<tool_call>{body}</tool_call>"
         _, whole, p = run([block])
-        assert whole == block and not p.calls
+        assert whole == "" and not p.calls and p.malformed == 1
 
 
 def test_rendering_is_hermes() -> None:
@@ -164,3 +183,55 @@ def test_protocol_tool_turns() -> None:
     assert "messages[1]" in refused(messages=[msgs[0], {"role": "tool", "content": "sunny"}])
     ollama = [*msgs[:2], {"role": "tool", "content": "sunny", "name": "get_weather"}]
     assert gen(messages=ollama).to_input(10).messages[2].name == "get_weather"
+
+
+# --- the call format's grammar and its lazy trigger (rkllmd/toolcalls/format.py) ---------------
+
+
+def fake_gbnf(schema: dict[str, Any]) -> str:
+    """Stands in for llama.cpp's converter where only the rules around the body are checked."""
+    return 'alt ::= "{}"\nroot ::= alt\n'
+
+
+def ecma_search(pattern: str, text: str) -> re.Match[str] | None:
+    """``pattern`` searched as llama.cpp's std::regex (ECMAScript) does: there ``$`` is the end of
+    the text only, where Python's also matches before a final newline."""
+    assert pattern.endswith("$")
+    return re.search(pattern[:-1] + r"\Z", text)
+
+
+def test_call_grammar_wraps_the_body_in_the_format_tags() -> None:
+    """The grammar is one or more calls, each the open tag, the schema's body, the close tag."""
+    g = HERMES.grammar(TOOLS, fake_gbnf)
+    lines = g.gbnf.splitlines()
+    assert lines[0] == "root ::= tool-call (tool-ws tool-call)* tool-ws"
+    assert lines[1] == 'tool-call ::= "<tool_call>" tool-ws tool-call-body tool-ws "</tool_call>"'
+    assert "tool-call-body ::= alt" in lines and sum(x.startswith("root ::=") for x in lines) == 1
+
+
+@pytest.mark.parametrize(
+    ("output", "start"),
+    [
+        ("Sure. <tool_call>", 6),
+        ("<tool_call>", 0),
+        ("<tool_call>\n", 0),
+        ('x <tool_call>\n{"', 2),
+        ("<tool_call> {", 0),
+        ("a <tool_call> b <tool_call>\n", 16),
+    ],
+)
+def test_trigger_fires_only_where_the_grammar_can_take_over(output: str, start: int) -> None:
+    """The trigger matches output ending in the open tag (and what the grammar certainly accepts
+    next), and the grammar starts at the tag."""
+    (trigger,) = HERMES.grammar(TOOLS, fake_gbnf).triggers
+    m = ecma_search(trigger, output)
+    assert m is not None and m.start(1) == start
+
+
+@pytest.mark.parametrize(
+    "output", ["<tool_call", "<tool_call>x", '<tool_call>\n{"na', "<tool_call>\n\n\n\n\n", "<tool_call>{{"]
+)
+def test_trigger_waits_while_the_text_after_the_tag_might_not_fit(output: str) -> None:
+    """Text after the tag the grammar might reject never triggers it (llama.cpp would abort)."""
+    (trigger,) = HERMES.grammar(TOOLS, fake_gbnf).triggers
+    assert ecma_search(trigger, output) is None

@@ -1,10 +1,12 @@
-"""Tool calling and structured output: the Hermes call format, tool rendering, JSON-schema checks.
+"""Tool calling and structured output: call formats (tags, parser, grammar), tool rendering,
+JSON-schema checks.
 
 Pure functions and data only (no threads): the parser runs wherever the token sink runs (the
 inference thread), rendering runs in the runtimes, schema checks at admission and after a run.
 docs/TOOLS.md describes the formats per model family.
 """
 
+from rkllmd.toolcalls.format import HERMES, CallFormat, CallGrammar
 from rkllmd.toolcalls.parser import HermesParser, new_call_id
 from rkllmd.toolcalls.render import (
     assistant_text,
@@ -16,7 +18,10 @@ from rkllmd.toolcalls.render import (
 from rkllmd.toolcalls.schema import MAX_SCHEMA_BYTES, check_schema, format_schema, tool_call_schema, validate
 
 __all__ = [
+    "HERMES",
     "MAX_SCHEMA_BYTES",
+    "CallFormat",
+    "CallGrammar",
     "HermesParser",
     "assistant_text",
     "call_block",

@@ -2,8 +2,12 @@
 
 Qwen2.5/Qwen3 (through their chat templates) and RKLLM's function-calling runtime emit this
 format. Thread: whichever thread feeds it (the token sink's); one parser per generation.
-The parser never loses text: what is not a well-formed call comes back as text, and only a
-suffix that could still become ``<tool_call>`` is held back while streaming.
+
+Call markup never comes out as text: everything from ``<tool_call>`` on is held while the call
+is open; a well-formed block becomes a call, a malformed or unterminated one is dropped and
+recorded in ``problems`` (the inference loop then answers ``invalid_output`` if no call came;
+docs/TOOLS.md says why). Text outside calls is never lost, and only a suffix that could still
+become ``<tool_call>`` is held back while streaming.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -38,18 +43,13 @@ def _held_suffix(text: str) -> int:
     return 0
 
 
-def parse_call(body: str) -> ToolCall | None:
-    """The call inside one block, or None when it is not ``{"name": str, "arguments": object}``."""
-    try:
-        obj = json.loads(body)
-    except ValueError:
-        return None
+def _one_call(obj: Any) -> ToolCall | None:
     if not isinstance(obj, dict) or not isinstance(obj.get("name"), str) or not obj["name"]:
         return None
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):  # some models write the arguments as a JSON string
         try:
-            args = json.loads(args)
+            args = json.loads(args, strict=False)
         except ValueError:
             return None
     if not isinstance(args, dict):
@@ -57,14 +57,33 @@ def parse_call(body: str) -> ToolCall | None:
     return ToolCall(new_call_id(), obj["name"], args)
 
 
+def parse_calls(body: str) -> list[ToolCall] | None:
+    """The calls inside one block: ``{"name": str, "arguments": object}``, or a JSON list of them
+    (small models write several calls in one block so); None when the body is neither.
+
+    Control characters inside strings are accepted (``strict=False``): llama.cpp's JSON grammar
+    allows a raw newline in a string, and the call is no less clear for it."""
+    try:
+        obj = json.loads(body, strict=False)
+    except ValueError:
+        return None
+    calls = [_one_call(x) for x in obj] if isinstance(obj, list) and obj else [_one_call(obj)]
+    return None if any(c is None for c in calls) else [c for c in calls if c is not None]
+
+
 @dataclass
 class HermesParser:
     """Feed text deltas; get back the text outside calls, as early as it is safe to emit."""
 
     calls: list[ToolCall] = field(default_factory=list)
-    malformed: int = 0
+    #: why each dropped block was malformed ("not JSON ...", "unterminated"), in order
+    problems: list[str] = field(default_factory=list)
     _buf: str = ""
     _in_call: bool = False
+
+    @property
+    def malformed(self) -> int:
+        return len(self.problems)
 
     def feed(self, delta: str) -> str:
         """Take one delta; return the text that is certainly outside any call."""
@@ -82,27 +101,33 @@ class HermesParser:
                 self._buf = self._buf[i:]
                 self._in_call = True
             j = self._buf.find(CLOSE)
+            # A second opening tag before the close: the first call was abandoned mid-way.
+            k = self._buf.find(OPEN, len(OPEN))
+            if k >= 0 and (j < 0 or k < j):
+                self._bad(self._buf[:k], "a new <tool_call> began before this one was closed")
+                self._buf = self._buf[k:]
+                continue
             if j < 0:
                 return "".join(out)
             block = self._buf[: j + len(CLOSE)]
             self._buf = self._buf[j + len(CLOSE) :]
             self._in_call = False
-            call = parse_call(block[len(OPEN) : -len(CLOSE)])
-            if call is None:
-                self._bad(block, "not a JSON object with a name and object arguments")
-                out.append(block)
+            calls = parse_calls(block[len(OPEN) : -len(CLOSE)])
+            if calls is None:
+                self._bad(block, 'not a JSON object {"name": ..., "arguments": {...}}')
             else:
-                self.calls.append(call)
+                self.calls += calls
 
     def finish(self) -> str:
-        """The end of the output: whatever is still held back comes out as text (an unterminated
-        call with a warning)."""
+        """The end of the output: held text that is not a call comes out; an unterminated call
+        is dropped and recorded."""
         rest, self._buf = self._buf, ""
         if self._in_call:
-            self._bad(rest, "unterminated")
+            self._bad(rest, "unterminated: the output ended inside it")
             self._in_call = False
+            return ""
         return rest
 
     def _bad(self, block: str, why: str) -> None:
-        self.malformed += 1
-        log.warning("malformed tool call returned as text", why=why, text=block[:200])
+        self.problems.append(why)
+        log.warning("malformed tool call withheld", why=why, text=block[:200])

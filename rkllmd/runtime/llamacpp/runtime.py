@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import codecs
 import ctypes
-import importlib
-import json
 import os
 import threading
 import time
@@ -19,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from rkllmd.errors import ContextExceeded, ModelLoadError, RequestError, RuntimeFailure
+from rkllmd.errors import ContextExceeded, ModelLoadError, RuntimeFailure
 from rkllmd.runtime.base import (
     ChatMessage,
     FinishReason,
@@ -36,13 +34,8 @@ from rkllmd.runtime.llamacpp._lib import (
     import_llama_cpp,
     route_native_logs,
 )
-from rkllmd.toolcalls import (
-    assistant_text,
-    format_schema,
-    response_block,
-    system_with_tools,
-    tool_call_schema,
-)
+from rkllmd.runtime.llamacpp.grammar import grammar_for, llama_class
+from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
 
 if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
@@ -107,7 +100,7 @@ class LlamaCppRuntime(Runtime):
         n_threads = self.cfg.n_threads or default_threads()
         llm: Any = None
         try:
-            llm = lib.Llama(
+            llm = llama_class(lib)(
                 model_path=str(path),
                 n_ctx=self.cfg.max_context_len,
                 n_threads=n_threads,
@@ -175,31 +168,6 @@ class LlamaCppRuntime(Runtime):
         extra: dict[str, Any] = {"tools": tools} if tools and native else {}
         return str(self._formatter(messages=messages, **extra).prompt)
 
-    def _grammar(self, inp: GenerateInput) -> Any:
-        """A llama.cpp grammar for a forced tool call or a ``format``, or None (free text).
-
-        A forced call is the Hermes block itself under grammar, so it streams and parses exactly
-        like a call the model chose to make.
-        """
-        if inp.call_required:
-            schema = tool_call_schema(inp.active_tools, inp.tool_name)
-            rules = self._gbnf(schema).replace("root ::=", "tool-call-body ::=", 1)
-            return _grammar_module().LlamaGrammar.from_string(
-                'root ::= "<tool_call>\\n" tool-call-body "\\n</tool_call>"\n' + rules, verbose=False
-            )
-        if inp.format is not None:
-            return _grammar_module().LlamaGrammar.from_string(
-                self._gbnf(format_schema(inp.format)), verbose=False
-            )
-        return None
-
-    def _gbnf(self, schema: dict[str, Any]) -> str:
-        try:
-            return str(_grammar_module().json_schema_to_gbnf(json.dumps(schema)))
-        except Exception as exc:  # the converter refuses what it cannot express
-            log.warning("schema not usable as a grammar", error=str(exc))
-            raise RequestError(f"the schema cannot be turned into a grammar: {exc}") from exc
-
     def _prompt_ids(self, inp: GenerateInput) -> list[int]:
         # The template writes any BOS itself, so tokenize special tokens and add none.
         return list(self._require().tokenize(self.render(inp).encode("utf-8"), add_bos=False, special=True))
@@ -243,7 +211,7 @@ class LlamaCppRuntime(Runtime):
         stops = [x for x in s.stop if x]
         seed = s.seed if s.seed is not None else cfg.seed
         llm.set_seed(seed if seed >= 0 else lib.LLAMA_DEFAULT_SEED)
-        grammar = self._grammar(inp)
+        grammar = grammar_for(inp)  # before the run, so a bad schema costs no evaluation
         tokens = llm.generate(
             prompt,
             temp=cfg.temperature if s.temperature is None else s.temperature,
@@ -392,8 +360,3 @@ def _message(m: ChatMessage, native: bool) -> dict[str, Any]:
     if not m.tool_calls:
         return {"role": m.role, "content": m.content}
     return {"role": m.role, "content": assistant_text(m.content, m.tool_calls)}
-
-
-def _grammar_module() -> Any:
-    # Only ever called after open() imported llama_cpp, so this import is a lookup.
-    return importlib.import_module("llama_cpp.llama_grammar")
