@@ -73,12 +73,13 @@ def test_tool_call_then_result_over_mqtt(start_daemon: Start, mqtt_probe: Probe,
 
 
 def test_malformed_call_and_bad_input_are_answered(start_daemon: Start, mqtt_probe: Probe) -> None:
-    """A malformed call comes back as text; bad tools, an unmatched result and non-JSON output under
-    format get clear errors."""
+    """A malformed call is invalid_output with its markup withheld; bad tools, an unmatched result
+    and non-JSON output under format get clear errors."""
     _d, base = start_daemon()
     bad_call = "<tool_call>{oops}</tool_call>"
     _, reply = ask(mqtt_probe, base, {"id": "m1", "prompt": say(bad_call), "tools": [WEATHER]})
-    assert reply["data"]["text"] == bad_call and reply["data"]["tool_calls"] == []
+    assert reply["code"] == "invalid_output" and "not well formed" in reply["error"]
+    assert reply["data"]["text"] == ""
 
     reply = refused(mqtt_probe, base, {"id": "m2", "prompt": "x", "tools": [WEATHER, {"name": "f"}]})
     assert reply["code"] == "bad_request" and "tools[1]" in reply["error"]

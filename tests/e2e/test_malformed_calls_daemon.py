@@ -1,0 +1,154 @@
+"""A malformed tool call never reaches the user as markup: rkllmd as a process over real mosquitto,
+on the C runtime double (which has no grammar, as RKLLM has none), through every way out: the MQTT
+stream, the final reply, the sentences for text-to-speech, the official ``ollama`` client (as
+Home Assistant uses it) and the official ``openai`` client.
+
+The double's [[say=BASE64]] directive emits exact text in pieces of [[chunk=N]] bytes, so the
+markup arrives split across tokens. What the user gets instead: the text before the call, then
+``invalid_output`` saying the call was not well formed and nothing was called (docs/TOOLS.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ollama
+import openai
+import pytest
+
+from rkllmd.bench.broker import free_port
+from tests.e2e.conftest import final_of, rkllm_config
+from tests.helpers import Broker, DaemonProc, Probe
+
+BASE = "badcallf"
+KEY = "bad-call-key"
+TURN_ON = {
+    "type": "function",
+    "function": {
+        "name": "HassTurnOn",
+        "description": "Turns on/opens/presses a device or entity.",
+        "parameters": {"type": "object", "properties": {"name": {"type": "string"}}, "required": []},
+    },
+}
+BEFORE = "Sure, I can do that. Turning it on now. "
+GOOD = '<tool_call>\n{"name": "HassTurnOn", "arguments": {"name": "Kitchen Light"}}\n</tool_call>'
+# What small models write instead (the first two as SmolLM2 writes them for HA's prompt, unconstrained).
+MALFORMED = {
+    "json": (
+        '<tool_call>\n{"name": "HassTurnOn", "arguments": {"name": "Kitchen Light"}, {"description": "x"}}'
+        "\n</tool_call>"
+    ),
+    "unterminated": '<tool_call>\n{"name": "HassTurnOn", "arguments": {\n    "type": "function"\n}}, {"desc',
+    "reopened": '<tool_call>\n{"name": "f", <tool_call>\n{"name": "HassTurnOn", "arguments": </tool_call>',
+}
+
+
+def say(text: str, chunk: int = 3) -> str:
+    return f"[[say={base64.b64encode(text.encode()).decode()}]] [[chunk={chunk}]]"
+
+
+def no_markup(text: str) -> bool:
+    return "tool_call" not in text and "<" not in text and '"name"' not in text
+
+
+class Served:
+    def __init__(self, proc: DaemonProc, ollama_port: int, http_port: int) -> None:
+        self.proc = proc
+        self.ollama = ollama.Client(
+            host=f"http://127.0.0.1:{ollama_port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
+        )
+        self.openai = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{http_port}/v1", api_key=KEY, max_retries=0, timeout=30
+        )
+
+
+@pytest.fixture(scope="module")
+def served(
+    broker: Broker, fake_libs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("badcall")
+    oport, hport = free_port(), free_port()
+    cfg = rkllm_config(tmp, broker, fake_libs["1.3"], BASE, limits={"max_payload_bytes": 65536})
+    with cfg.open("a") as f:
+        f.write(
+            f'\n[plugins]\nenabled = ["ollama", "http"]\n'
+            f'[plugins.ollama]\nport = {oport}\napi_keys = ["{KEY}"]\n'
+            f'[plugins.http]\nport = {hport}\napi_keys = ["{KEY}"]\n'
+        )
+    d = DaemonProc(cfg, tmp)
+    d.wait_log('"model loaded"', timeout=30)
+    d.wait_log("Ollama-compatible API listening")
+    d.wait_log("OpenAI-compatible API listening")
+    yield Served(d, oport, hport)
+    assert d.stop() == 0
+
+
+def over_mqtt(probe: Probe, rid: str, said: str) -> tuple[str, list[str], dict[str, Any]]:
+    """A streamed request with sentences: the streamed text, the sentences, the final reply."""
+    stream, sentences = f"{BASE}/stream/{rid}", f"{BASE}/stream/{rid}/sentences"
+    probe.subscribe(stream, sentences, f"reply/{rid}")
+    payload = {"id": rid, "prompt": say(said), "tools": [TURN_ON], "sentences": True}
+    probe.publish(f"{BASE}/request/generate", payload, response_topic=f"reply/{rid}")
+    chunks = [m.json() for m in probe.collect_until(stream, lambda m: m.json().get("done"))]
+    spoken = [m.payload.decode() for m in probe.collect_until(sentences, lambda m: m.payload == b"")]
+    return "".join(c.get("delta", "") for c in chunks), spoken, final_of(probe, f"reply/{rid}")
+
+
+@pytest.mark.parametrize("kind", sorted(MALFORMED))
+def test_mqtt_stream_sentences_and_reply_carry_no_markup(
+    served: Served, mqtt_probe: Probe, kind: str
+) -> None:
+    """The text before the call streams and its whole sentences are spoken (a failed run's last,
+    unfinished sentence is not: rkllmd/dispatch.py); the call is not; the reply is invalid_output."""
+    streamed, spoken, reply = over_mqtt(mqtt_probe, f"bad-{kind}", BEFORE + MALFORMED[kind])
+    assert reply["status"] == "error" and reply["code"] == "invalid_output", reply
+    assert "not well formed" in reply["error"] and "no tool was called" in reply["error"]
+    assert reply["data"]["text"] == BEFORE and streamed == BEFORE
+    assert [s.strip() for s in spoken if s.strip()] == ["Sure, I can do that."]
+
+
+def test_a_malformed_call_next_to_a_good_one_is_dropped(served: Served, mqtt_probe: Probe) -> None:
+    """A well-formed call still acts; the malformed one beside it is left out, not spoken."""
+    streamed, spoken, reply = over_mqtt(mqtt_probe, "bad-mixed", BEFORE + MALFORMED["json"] + GOOD)
+    data = reply["data"]
+    assert reply["status"] == "ok" and data["finish_reason"] == "tool_calls", reply
+    assert [c["function"] for c in data["tool_calls"]] == [
+        {"name": "HassTurnOn", "arguments": {"name": "Kitchen Light"}}
+    ]
+    assert data["text"] == streamed == BEFORE and all(no_markup(s) for s in spoken)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_ollama_client_gets_an_error_not_markup(served: Served, stream: bool) -> None:
+    """Home Assistant's client: the content parts hold no markup, and the end is a ResponseError
+    saying what happened (ollama 0.6.x raises on an error line)."""
+    messages = [{"role": "user", "content": say(BEFORE + MALFORMED["unterminated"]) + " turn on the light"}]
+    parts: list[Any] = []
+    with pytest.raises(ollama.ResponseError) as err:
+        if stream:
+            parts.extend(served.ollama.chat(model="fake", messages=messages, tools=[TURN_ON], stream=True))
+        else:
+            parts.append(served.ollama.chat(model="fake", messages=messages, tools=[TURN_ON], stream=False))
+    assert "not well formed" in err.value.error
+    assert all(no_markup(p.message.content or "") and not p.message.tool_calls for p in parts)
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_openai_client_gets_an_error_not_markup(served: Served, stream: bool) -> None:
+    """The OpenAI client: the streamed content holds no markup, and the answer is an APIError."""
+    messages: Any = [{"role": "user", "content": say(BEFORE + MALFORMED["json"])}]
+    content: list[str] = []
+    with pytest.raises(openai.APIError) as err:
+        if stream:
+            for chunk in served.openai.chat.completions.create(
+                model="fake", messages=messages, tools=[TURN_ON], stream=True
+            ):
+                content.extend(c.delta.content or "" for c in chunk.choices)
+        else:
+            served.openai.chat.completions.create(model="fake", messages=messages, tools=[TURN_ON])
+    assert "not well formed" in json.dumps(err.value.body) + str(err.value)
+    assert no_markup("".join(content))
