@@ -10,7 +10,10 @@ not offered, or one that never closes.
 
 from __future__ import annotations
 
+import ctypes
+import math
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,9 +21,10 @@ from rkllmd.bench import haturn
 from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling
 from rkllmd.runtime.llamacpp import embedded_model_path
 from rkllmd.runtime.llamacpp import runtime as llamacpp
+from rkllmd.runtime.llamacpp.grammar import LazyGrammar, _gbnf, _lazy_sampler
 from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
-from rkllmd.toolcalls import HermesParser, validate
+from rkllmd.toolcalls import HERMES, HermesParser, validate
 
 pytestmark = pytest.mark.model
 
@@ -70,3 +74,63 @@ def test_without_a_call_the_text_stays_free(rt: LlamaCppRuntime) -> None:
     """The grammar waits for the tag: an answer in words is not forced into a call."""
     raw, _ = turn(rt, "What is the capital of France? Answer in one word.", max_tokens=16)
     assert "<tool_call>" not in raw and raw.strip()
+
+
+# --- the lazy sampler token by token (SmolLM2's vocabulary only, no weights) --------------------
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Iterator[Any]:
+    lib = pytest.importorskip("llama_cpp")
+    if embedded_model_path() is None:
+        pytest.skip(f"embedded model missing: {llamacpp.INSTALL_EMBEDDED}")
+    llm = lib.Llama(model_path=str(embedded_model_path()), vocab_only=True, verbose=False)
+    yield llm
+    llm.close()
+
+
+def lazy_after(llm: Any, text: str) -> tuple[Any, list[str]]:
+    """The lazy sampler of HA's tools after accepting ``text`` token by token, and the pieces."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    grammar = HERMES.grammar(TOOLS, _gbnf)
+    sampler = _lazy_sampler(llama_cpp, vocab, LazyGrammar(grammar.gbnf, grammar.triggers))
+    tokens = llm.tokenize(text.encode(), add_bos=False, special=False)
+    for token in tokens:
+        llama_cpp.llama_sampler_accept(sampler, token)
+    return sampler, [llm.detokenize([t]).decode() for t in tokens]
+
+
+def allowed(llm: Any, sampler: Any) -> set[str]:
+    """The pieces the sampler leaves possible next."""
+    import llama_cpp
+
+    n = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(llm.model))
+    data = (llama_cpp.llama_token_data * n)(*(llama_cpp.llama_token_data(i, 0.0, 0.0) for i in range(n)))
+    cands = llama_cpp.llama_token_data_array(data, n, -1, False)
+    llama_cpp.llama_sampler_apply(sampler, ctypes.byref(cands))
+    out = {
+        llm.detokenize([data[i].id]).decode("utf-8", "replace")
+        for i in range(n)
+        if not math.isinf(data[i].logit)
+    }
+    llama_cpp.llama_sampler_free(sampler)
+    return out
+
+
+def test_the_grammar_takes_over_at_the_tag_mid_text(vocab: Any) -> None:
+    """Free text, then the tag split over tokens (' <' carries a space before it): from there only
+    the call's JSON may follow."""
+    sampler, pieces = lazy_after(vocab, 'Sure. <tool_call>\n{"')
+    assert pieces[2:7] == [" <", "tool", "_", "call", ">"]
+    assert allowed(vocab, sampler) == {"n", "na", "nam", "name"}
+
+
+@pytest.mark.parametrize("after", [", ok", ".", '"', ")"])
+def test_a_tag_fused_with_what_follows_leaves_the_text_free(vocab: Any, after: str) -> None:
+    """SmolLM2 has tokens such as '>,' and '>.': text after the tag that the grammar would refuse
+    does not trigger it (replaying it would abort the process); the output stays unconstrained."""
+    sampler, pieces = lazy_after(vocab, "<tool_call>" + after)
+    assert pieces[4].startswith(">") and len(pieces[4]) > 1
+    assert len(allowed(vocab, sampler)) > 40000
