@@ -5,7 +5,8 @@ Home Assistant uses it) and the official ``openai`` client.
 
 The double's [[say=BASE64]] directive emits exact text in pieces of [[chunk=N]] bytes, so the
 markup arrives split across tokens. What the user gets instead: the text before the call, then
-``invalid_output`` saying the call was not well formed and nothing was called (docs/TOOLS.md).
+``invalid_output`` saying the call was not well formed and nothing was called (docs/TOOLS.md),
+which the ollama plugin turns into a sentence for Home Assistant's client.
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ def served(
         )
     d = DaemonProc(cfg, tmp)
     d.wait_log('"model loaded"', timeout=30)
+    d.wait_log('"rkllmd ready"', timeout=30)  # the request topics are subscribed
     d.wait_log("Ollama-compatible API listening")
     d.wait_log("OpenAI-compatible API listening")
     yield Served(d, oport, hport)
@@ -123,18 +125,23 @@ def test_a_malformed_call_next_to_a_good_one_is_dropped(served: Served, mqtt_pro
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_ollama_client_gets_an_error_not_markup(served: Served, stream: bool) -> None:
-    """Home Assistant's client: the content parts hold no markup, and the end is a ResponseError
-    saying what happened (ollama 0.6.x raises on an error line)."""
+def test_ollama_client_hears_a_sentence_not_markup(served: Served, stream: bool) -> None:
+    """Home Assistant's client: what it speaks (the assistant's content) is the text before the call
+    and then the ollama plugin's sentence for invalid_output, never the markup; the last part says
+    done_reason "error" (rkllmd/plugins/builtin/_spoken.py, errors = "auto")."""
     messages = [{"role": "user", "content": say(BEFORE + MALFORMED["unterminated"]) + " turn on the light"}]
-    parts: list[Any] = []
-    with pytest.raises(ollama.ResponseError) as err:
-        if stream:
-            parts.extend(served.ollama.chat(model="fake", messages=messages, tools=[TURN_ON], stream=True))
-        else:
-            parts.append(served.ollama.chat(model="fake", messages=messages, tools=[TURN_ON], stream=False))
-    assert "not well formed" in err.value.error
-    assert all(no_markup(p.message.content or "") and not p.message.tool_calls for p in parts)
+    if stream:
+        parts = list(served.ollama.chat(model="fake", messages=messages, tools=[TURN_ON], stream=True))
+    else:
+        parts = [served.ollama.chat(model="fake", messages=messages, tools=[TURN_ON], stream=False)]
+    said = "".join(p.message.content or "" for p in parts)
+    assert no_markup(said) and not any(p.message.tool_calls for p in parts)
+    assert (
+        said.endswith("did not have the required form. Please try again.")
+        and parts[-1].done_reason == "error"
+    )
+    if stream:
+        assert said.startswith(BEFORE)
 
 
 @pytest.mark.parametrize("stream", [True, False])
