@@ -12,8 +12,9 @@ Each answer is sorted into one of:
 - **text**: an answer in words.
 
 ``markup spoken`` counts the answers whose text (what rkllmd streams, and HA speaks) still holds
-Hermes markup (``<tool_call>``, ``<tools>``) once rkllmd's parser has taken the calls out. The figures depend on the rkllmd on
-``PYTHONPATH``, so the same script measures a change before and after:
+Hermes markup (``<tool_call>``, ``<tools>``) once rkllmd's parser has taken the calls out. The
+figures depend on the rkllmd on ``PYTHONPATH``, so the same script measures a change before and
+after:
 
     PYTHONPATH=. python benchmarks/ha_tool_calls.py                      # this tree
     PYTHONPATH=/path/to/older/tree python benchmarks/ha_tool_calls.py    # another one
