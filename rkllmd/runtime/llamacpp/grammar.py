@@ -46,13 +46,26 @@ def grammar_for(inp: GenerateInput) -> Any:
         return _module().LlamaGrammar.from_string(_calls(inp, inp.tool_name).gbnf, verbose=False)
     if inp.format is not None:
         return _module().LlamaGrammar.from_string(_gbnf(format_schema(inp.format)), verbose=False)
-    if tools:
+    if tools and _lazy_supported():
         try:
             calls = _calls(inp, None)
         except RequestError:
             return None
         return LazyGrammar(calls.gbnf, calls.triggers)
     return None
+
+
+@cache
+def _lazy_supported() -> bool:
+    """Whether the installed binding has what a lazy grammar needs (0.3.36 has; the ``llamacpp``
+    extra allows older ones, where calls are only parsed, as on RKLLM)."""
+    lib = importlib.import_module("llama_cpp")
+    ok = all(
+        hasattr(lib, f) for f in ("llama_sampler_init_grammar_lazy_patterns", "llama_sampler_chain_remove")
+    )
+    if not ok:
+        log.warning("this llama-cpp-python has no lazy grammars; tool calls are not held to the tools")
+    return ok
 
 
 def _calls(inp: GenerateInput, only: str | None) -> Any:
