@@ -427,8 +427,7 @@ class InferenceLoop:
         finally:
             if parser is not None:  # held-back text is never lost, whatever ended the run
                 text_out(parser.finish())
-                job.run.tool_calls = [c.as_dict() for c in parser.calls]
-                job.run.bad_calls = list(parser.problems)
+                job.run.tool_calls, job.run.bad_calls = [c.as_dict() for c in parser.calls], parser.problems
         if result.finish_reason != "aborted":
             check_output(job)
         self._finish(job, result, n_prompt)
