@@ -64,6 +64,7 @@ def admit(msg: Incoming, gate: Gate) -> Exchange | Final:
         topic=msg.response_topic or gate.topics.response("error"),
         correlation_data=msg.correlation_data,
         local=isinstance(msg, LocalMessage),
+        key=msg.key if isinstance(msg, LocalMessage) else None,
         receipt=msg.receipt,
     )
     ex = Exchange(command="", topic=msg.topic, address=address)
@@ -266,11 +267,15 @@ class Ingress:
             self._handle_guarded(msg)
 
     def _handle_guarded(self, msg: Incoming) -> None:
-        """Nothing a message does may end the ingress thread: every later request depends on it."""
+        """Nothing a message does may end the ingress thread: every later request depends on it.
+        A plugin's own request still gets a final reply, so that its waiting client is answered."""
         try:
             self.handle(msg)
-        except Exception:
+        except Exception as exc:
             log.exception("ingress failed on a message", topic=msg.topic)
+            if isinstance(msg, LocalMessage) and msg.key is not None:
+                address = Address(topic="", local=True, key=msg.key)
+                self.out.put(refusal(Exchange(command="", topic=msg.topic, address=address), exc))
 
     def handle(self, msg: Incoming) -> None:
         for part in (self.fleet, self.plugins):  # their messages get no reply: acknowledged here

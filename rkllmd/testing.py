@@ -180,14 +180,17 @@ class PluginHarness:
         topic: str | None = None,
         *,
         local: bool = False,
+        key: str | None = None,
     ) -> Request:
         """A Request as the daemon builds it from a payload (JSON object or plain text); ``local``:
-        as from a plugin's LocalMessage (answered to routers only; "local" routers see its tokens)."""
+        as from a plugin's LocalMessage (answered to routers only; "local" routers see its tokens),
+        whose ``key`` the daemon puts on the reply's address (see :meth:`local_request`)."""
         raw = payload if isinstance(payload, str) else json.dumps(payload)
         topic = topic or self.topics.request(command)
         command, topic_model = self.topics.parse_request_topic(topic)
         obj = protocol.decode_payload(raw.encode(), command, self.settings.limits.max_payload_bytes)
-        address = protocol.Address(self.topics.response(command), local=True) if local else None
+        response = self.topics.response(command)
+        address = protocol.Address(response, local=True, key=key) if local else None
         return Request(
             command=command,
             topic=topic,
@@ -196,6 +199,15 @@ class PluginHarness:
             original=dict(obj),
             address=address,
         )
+
+    def local_request(self, msg: protocol.LocalMessage) -> Request:
+        """A Request as the daemon's ingress builds it from a LocalMessage a plugin injected: its
+        payload, topic and key, and (as a generate request accepted) its id and model."""
+        command, _ = self.topics.parse_request_topic(msg.topic)
+        req = self.request(msg.payload.decode(), command, msg.topic, local=True, key=msg.key)
+        req.id = req.payload.get("id")
+        req.model = req.payload.get("model")
+        return req
 
     def preprocess(
         self, payload: dict[str, Any] | str | Request, command: str = "generate", topic: str | None = None

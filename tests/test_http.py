@@ -40,9 +40,7 @@ def injected(h: PluginHarness, n: int = 1) -> Request:
     assert wait_until(lambda: len(h.services.injected) >= n, 5), "nothing injected"
     msg = h.services.injected[n - 1]
     assert isinstance(msg, LocalMessage) and msg.topic == "rkllmd/request/generate"
-    req = h.request(json.loads(msg.payload), local=True)
-    req.id, req.model = req.payload["id"], req.payload["model"]
-    return req
+    return h.local_request(msg)
 
 
 def call(

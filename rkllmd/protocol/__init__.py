@@ -5,6 +5,7 @@ thing for users; keep the two in step.
 
 The modules import one way only, each from those above it:
 
+    numbers.py    JSON text refusing non-finite numbers; the generate request's numeric fields
     address.py    the reply Address, id and reply-topic checks, reading a refused payload's address
     requests.py   the request models; tools, tool_choice, format and tool-turn checks
     commands.py   the command table (COMMANDS)
@@ -33,6 +34,7 @@ from rkllmd.protocol.address import (
     reply_folder,
 )
 from rkllmd.protocol.commands import COMMANDS, Command, Serve
+from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, NumberKind, as_number, loads
 from rkllmd.protocol.payload import MAX_JSON_DEPTH, decode_payload, validate
 from rkllmd.protocol.replies import (
     control_data,
@@ -60,6 +62,7 @@ __all__ = [
     "ADDRESS_FIELDS",
     "ADDRESS_READ_FACTOR",
     "COMMANDS",
+    "GENERATE_NUMBERS",
     "ID_RE",
     "MAX_JSON_DEPTH",
     "UTF8_BOM",
@@ -74,16 +77,20 @@ __all__ = [
     "MessageIn",
     "ModelRequest",
     "NoArgsRequest",
+    "NotANumber",
+    "NumberKind",
     "Receipt",
     "Req",
     "Serve",
     "ToolCallIn",
     "Topics",
+    "as_number",
     "check_publish_topic",
     "control_data",
     "decode_payload",
     "echoable",
     "generation_data",
+    "loads",
     "new_request_id",
     "owned_by",
     "partial_data",

@@ -43,6 +43,7 @@ class Address:
     transaction: Any = None
     has_transaction: bool = False
     local: bool = False  # a plugin's LocalMessage: routers only, nothing published over MQTT
+    key: str | None = None  # a LocalMessage's key, whatever its payload says: how its plugin finds it
     # The request message's receipt, acknowledged to the broker once this reply is delivered;
     # None for QoS 0 and local messages.
     receipt: Receipt | None = None

@@ -8,7 +8,6 @@ any model sees it: size, nesting depth, infinities, lone surrogates, NUL.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 from pydantic import ValidationError
@@ -20,6 +19,7 @@ from rkllmd.errors import (
     RequestError,
     WrongType,
 )
+from rkllmd.protocol import numbers
 from rkllmd.protocol.address import UTF8_BOM, echoable
 from rkllmd.protocol.commands import COMMANDS
 from rkllmd.protocol.requests import EmptyPromptValue, Req
@@ -44,17 +44,6 @@ def _depth(obj: Any, limit: int) -> int:
     return deepest
 
 
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if math.isinf(value):
-        raise ValueError(f"number {text[:24]} is out of range")
-    return value
-
-
-def _not_json(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, Any]:
     """Turn raw bytes into a request dict: JSON object, or plain text for the command's main field."""
     if len(payload) > max_bytes:
@@ -67,7 +56,7 @@ def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, An
     stripped = text.strip()
     if stripped.startswith("{") or stripped.startswith("["):
         try:
-            obj = json.loads(stripped, parse_float=_finite_float, parse_constant=_not_json)
+            obj = numbers.loads(stripped)  # the one parser of every interface: finite numbers only
         except (ValueError, RecursionError) as exc:  # ValueError: also ints over 4300 digits, NaN
             raise BadJson(f"malformed JSON: {exc}") from exc
         if not isinstance(obj, dict):

@@ -8,7 +8,6 @@ nothing of topics or of the command table, which builds on them (commands.py).
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Literal
 
@@ -17,12 +16,14 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
 from rkllmd.protocol.address import ID_RE, check_publish_topic
+from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, as_number, loads
 from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling, ToolCall
 from rkllmd.toolcalls import check_schema, new_call_id
 
@@ -74,8 +75,8 @@ class FunctionCallIn(BaseModel):
     def _object(cls, v: dict[str, Any] | str) -> dict[str, Any] | str:
         if isinstance(v, str):
             try:
-                v = json.loads(v) if v.strip() else {}
-            except ValueError:
+                v = loads(v) if v.strip() else {}
+            except (ValueError, RecursionError):
                 raise ValueError("must be a JSON object (or a string holding one)") from None
             if not isinstance(v, dict):
                 raise ValueError("must be a JSON object (or a string holding one)")
@@ -194,13 +195,17 @@ class GenerateRequest(Req):
     _tool_choice_ok = field_validator("tool_choice")(_check_tool_choice)
     _format_ok = field_validator("format")(_check_format)
 
-    @field_validator(
-        "temperature", "top_p", "repeat_penalty", "frequency_penalty", "presence_penalty", mode="before"
-    )
+    @field_validator(*GENERATE_NUMBERS, mode="before")
     @classmethod
-    def _int_is_float(cls, v: Any) -> Any:
-        # JSON has one number type; 0 and 1 are valid temperatures.
-        return float(v) if isinstance(v, int) and not isinstance(v, bool) else v
+    def _number(cls, v: Any, info: ValidationInfo) -> Any:
+        # JSON has one number type: 1 is a valid temperature and 40.0 a valid top_k (numbers.py).
+        if v is None:
+            return v
+        assert info.field_name is not None
+        try:
+            return as_number(v, GENERATE_NUMBERS[info.field_name])
+        except NotANumber as exc:
+            raise PydanticCustomError("number_type", str(exc)) from None
 
     @model_validator(mode="after")
     def _one_prompt(self) -> GenerateRequest:

@@ -148,4 +148,10 @@ class LocalMessage(Incoming):
     its topic, but nothing about it is published over MQTT (no stream chunks, no final reply);
     routers still see its tokens and its final reply. So answers meant for another transport
     neither reach the broker's subscribers nor pile up in the MQTT client while the broker is away.
+
+    ``key`` is the injecting plugin's own name for the request: ingress copies it into the reply's
+    Address before it reads a byte of the payload, so every answer, a refusal of bytes it cannot
+    parse included, reaches the plugin's router under that key (plugins/builtin/_relay.py).
     """
+
+    key: str | None = None

@@ -18,7 +18,7 @@ from urllib.parse import unquote, urlsplit
 from rkllmd.exchange import Final
 from rkllmd.plugins import LocalMessage
 from rkllmd.plugins.builtin._httpbase import ApiBase, Handler, HttpError, Keys, answer
-from rkllmd.plugins.builtin._relay import ClientGone, Waiter
+from rkllmd.plugins.builtin._relay import ClientGone, Waiter, answer_deadline_s
 from rkllmd.runtime.registry import check_model
 
 from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
@@ -39,7 +39,13 @@ class Api(ApiBase):
             h.send_event(err.body(h.server.error_body))
 
         answer(
-            h, lambda: self._route(h, method, path), name="http", log=self.log, path=path, in_stream=in_stream
+            h,
+            lambda: self._route(h, method, path),
+            name="http",
+            log=self.log,
+            path=path,
+            in_stream=in_stream,
+            log_refused=True,  # bad input gets a log line as well as its error
         )
 
     def _route(self, h: Handler, method: str, path: str) -> None:
@@ -120,9 +126,12 @@ class Api(ApiBase):
         shape = Shape(kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + hexid, int(time.time()), model)
         with self.relay.track(rid, nonce) as items:
             self.ctx.inject(
-                LocalMessage(self.ctx.topics.request("generate"), data, received_at=time.monotonic())
+                LocalMessage(
+                    self.ctx.topics.request("generate"), data, received_at=time.monotonic(), key=nonce
+                )
             )
-            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.client_gone)
+            deadline_s = answer_deadline_s(self.ctx.settings)
+            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.client_gone, deadline_s=deadline_s)
             try:
                 if ask.stream:
                     self._stream(h, waiter, ask, shape, rid)

@@ -11,16 +11,19 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rkllmd import protocol
 from rkllmd.exchange import Final
 from rkllmd.plugins.builtin._httpbase import ErrorBody, Errors, HttpError
+from rkllmd.protocol.numbers import describe, what
 
 Kind = Literal["chat", "text"]
 
-# Request fields passed to rkllmd as they are (after a type check). ``tools``, ``tool_choice`` and
-# ``response_format`` are mapped onto rkllmd's fields (which rkllmd validates); anything else a
-# client sends (user, logprobs, ...) is ignored, as OpenAI-compatible servers do.
-_NUMBERS = ("temperature", "top_p", "frequency_penalty", "presence_penalty", "repeat_penalty")
-_INTEGERS = ("seed", "top_k")
+# Request fields passed to rkllmd after a type check: the numbers rkllmd's generate request takes
+# under the same names (their kinds are protocol.GENERATE_NUMBERS; max_tokens comes from either
+# of OpenAI's names below). ``tools``, ``tool_choice`` and ``response_format`` are mapped onto
+# rkllmd's fields (which rkllmd validates); anything else a client sends (user, logprobs, ...) is
+# ignored, as OpenAI-compatible servers do.
+_SAMPLING = tuple(name for name in protocol.GENERATE_NUMBERS if name != "max_tokens")
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _ROLES |= {"tool": "tool", "function": "tool"}
 
@@ -97,7 +100,7 @@ class Ask:
 def decode_body(raw: bytes) -> dict[str, Any]:
     """The request body as a JSON object, or 400 as OpenAI answers an unparsable body."""
     try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        obj = protocol.loads(raw)  # finite numbers only: 1e999 and NaN are refused here
     except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError
         raise ApiError(
             400, f"We could not parse the JSON body of your request: {exc}", code="bad_json"
@@ -105,10 +108,6 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ApiError(400, "The request body must be a JSON object.", code="bad_json")
     return obj
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def parse(kind: Kind, body: dict[str, Any]) -> Ask:
@@ -122,18 +121,14 @@ def parse(kind: Kind, body: dict[str, Any]) -> Ask:
         if _opt(body, "echo", bool, "a boolean"):
             ask.echo = prompt
     fields = ask.fields
-    for name in _NUMBERS:
-        value = _opt(body, name, (int, float), "a number")
-        if value is not None:
-            fields[name] = value
-    for name in _INTEGERS:
-        value = _opt(body, name, int, "an integer")
+    for name in _SAMPLING:
+        value = _number(body, name, protocol.GENERATE_NUMBERS[name])
         if value is not None:
             fields[name] = value
     # max_completion_tokens replaced max_tokens for chat; either is honoured, the newer first.
-    limit = _opt(body, "max_completion_tokens", int, "an integer")
+    limit = _number(body, "max_completion_tokens", "integer")
     if limit is None:
-        limit = _opt(body, "max_tokens", int, "an integer")
+        limit = _number(body, "max_tokens", "integer")
     if limit is not None:
         fields["max_tokens"] = limit
     stop = body.get("stop")
@@ -142,7 +137,7 @@ def parse(kind: Kind, body: dict[str, Any]) -> Ask:
             fields["stop"] = stop
     elif stop is not None:
         raise _wrong_type("stop", "a string or an array of strings", stop)
-    n = _opt(body, "n", int, "an integer")
+    n = _number(body, "n", "integer")
     if n is not None and n != 1:
         raise ApiError(
             400, "Only n=1 is supported: rkllmd generates one choice.", param="n", code="invalid_value"
@@ -269,9 +264,22 @@ def _opt(obj: dict[str, Any], key: str, types: Any, what: str, where: str | None
     return value
 
 
+def _number(obj: dict[str, Any], key: str, kind: protocol.NumberKind) -> int | float | None:
+    """``obj[key]`` as a number of ``kind`` if present and not null (a whole float is an integer)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    try:
+        return protocol.as_number(value, kind)
+    except protocol.NotANumber:
+        raise _wrong_type(key, what(kind), value) from None
+
+
 def _wrong_type(param: str, expected: str, got: Any) -> ApiError:
     names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array"}
     got_name = "null" if got is None else names.get(type(got), "an object")
+    if isinstance(got, float):  # 4096.5 for an integer: say which number
+        got_name = describe(got)
     return ApiError(
         400,
         f"Invalid type for '{param}': expected {expected}, but got {got_name} instead.",

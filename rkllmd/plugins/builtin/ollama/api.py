@@ -19,7 +19,7 @@ from urllib.parse import unquote, urlsplit
 
 from rkllmd.plugins import LocalMessage
 from rkllmd.plugins.builtin._httpbase import ApiBase, Handler, HttpError, answer
-from rkllmd.plugins.builtin._relay import ClientGone, Item, Waiter
+from rkllmd.plugins.builtin._relay import ClientGone, Item, Waiter, answer_deadline_s
 
 from .. import _spoken as spoken
 from . import models, wire
@@ -200,14 +200,17 @@ class Api(ApiBase):
             raise HttpError(400, f"model '{shown}' does not support images")
         limit = self.ctx.context_length(name)
         if ask.num_ctx is not None and ask.num_ctx > limit:
-            if not isinstance(self.config, Config) or self.config.num_ctx == "refuse":
+            if isinstance(self.config, Config) and self.config.num_ctx == "refuse":
                 raise HttpError(
                     400, f"num_ctx {ask.num_ctx} is above the context length of model '{shown}' ({limit})"
                 )
-            # num_ctx = "clamp": served with the model's own context; a prompt that does not fit is
-            # still refused (context_exceeded), so nothing is cut silently.
-            self.log.debug(
-                "num_ctx above the model's context; using the context", num_ctx=ask.num_ctx, limit=limit
+            # num_ctx = "clamp" (the default: Home Assistant sends 8192): served with the model's own
+            # context; a prompt that does not fit is still refused (context_exceeded), never cut.
+            self.log.info(
+                "num_ctx above the model's context; serving with the model's context",
+                num_ctx=ask.num_ctx,
+                context_length=limit,
+                model=name,
             )
         if ask.ignored or ask.think is not None:
             self.log.debug("ollama fields accepted and ignored", options=ask.ignored, think=ask.think)
@@ -219,8 +222,9 @@ class Api(ApiBase):
         rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
         payload = {**ask.fields, "id": rid, "model": name, "stream": False, "transaction": nonce}
         with self.relay.track(rid, nonce) as items:
-            self._inject("generate", payload)
-            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.client_gone)
+            self._inject("generate", payload, key=nonce)
+            deadline_s = answer_deadline_s(self.ctx.settings)
+            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.client_gone, deadline_s=deadline_s)
             try:
                 if ask.stream:
                     self._stream(h, waiter, shape, rid)
@@ -266,12 +270,16 @@ class Api(ApiBase):
         """Load or unload ``model`` through the queue and wait for rkllmd's answer."""
         rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
         with self.relay.track(rid, nonce) as items:
-            self._inject(command, {"id": rid, "model": model, "transaction": nonce})
-            outcome = Waiter(items, lambda: self.ctx.cancel(rid), lambda: False).final()
+            self._inject(command, {"id": rid, "model": model, "transaction": nonce}, key=nonce)
+            deadline_s = answer_deadline_s(self.ctx.settings)
+            outcome = Waiter(
+                items, lambda: self.ctx.cancel(rid), lambda: False, deadline_s=deadline_s
+            ).final()
         if outcome.status == "error":
             raise wire.outcome_error(outcome, self._retry_after)
 
-    def _inject(self, command: str, payload: dict[str, Any]) -> None:
+    def _inject(self, command: str, payload: dict[str, Any], key: str | None = None) -> None:
+        """Hand ``payload`` to rkllmd on ``command``'s topic; ``key``: its relay slot's nonce."""
         limit = self.ctx.settings.limits.max_payload_bytes
         try:
             data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
@@ -284,7 +292,7 @@ class Api(ApiBase):
                 "(limits.max_payload_bytes)",
             )
         topic = self.ctx.topics.request(command)
-        self.ctx.inject(LocalMessage(topic, data, received_at=time.monotonic()))
+        self.ctx.inject(LocalMessage(topic, data, received_at=time.monotonic(), key=key))
 
 
 def _named(body: dict[str, Any]) -> str:

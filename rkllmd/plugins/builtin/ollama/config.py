@@ -11,10 +11,11 @@ from rkllmd.plugins.builtin._httpbase import HttpConfig
 
 class Config(HttpConfig):
     port: int = Field(11434, ge=1, le=65535)
-    num_ctx: Literal["refuse", "clamp"] = Field(
-        "refuse",
-        description="a request's num_ctx above the model's context: refused (400), or served with the "
-        "model's context (Home Assistant's default is 8192)",
+    num_ctx: Literal["clamp", "refuse"] = Field(
+        "clamp",
+        description="a request's num_ctx above the model's context: served with the model's context "
+        "(Home Assistant sends 8192 by default; a prompt that does not fit is still refused), "
+        "or refused (400)",
     )
     errors: Literal["auto", "spoken", "ollama"] = Field(
         "auto",

@@ -14,21 +14,16 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from rkllmd import protocol
 from rkllmd.exchange import Final
 from rkllmd.plugins.builtin._httpbase import HttpError
+from rkllmd.protocol.numbers import describe, what
 
 Kind = Literal["chat", "generate"]
 
-# options rkllmd honours: Ollama name -> (rkllmd generate field, JSON types, what)
-_OPTIONS: dict[str, tuple[str, tuple[type, ...], str]] = {
-    "temperature": ("temperature", (int, float), "a number"),
-    "top_p": ("top_p", (int, float), "a number"),
-    "top_k": ("top_k", (int,), "an integer"),
-    "seed": ("seed", (int,), "an integer"),
-    "repeat_penalty": ("repeat_penalty", (int, float), "a number"),
-    "frequency_penalty": ("frequency_penalty", (int, float), "a number"),
-    "presence_penalty": ("presence_penalty", (int, float), "a number"),
-}
+# The sampling options rkllmd honours carry the names of rkllmd's own generate fields, whose
+# kinds (integer or number) are protocol.GENERATE_NUMBERS; num_predict and num_ctx are read below.
+_SAMPLING = tuple(name for name in protocol.GENERATE_NUMBERS if name != "max_tokens")
 _THINK_LEVELS = ("low", "medium", "high")
 _ROLES = ("system", "user", "assistant", "tool")
 _DURATION = re.compile(r"^(-?)((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$")
@@ -68,16 +63,12 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     if not raw.strip():
         return {}
     try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        obj = protocol.loads(raw)  # finite numbers only: 1e999 and NaN are refused here
     except (ValueError, RecursionError) as exc:  # also UnicodeDecodeError
         raise HttpError(400, f"invalid JSON body: {exc}") from None
     if not isinstance(obj, dict):
         raise HttpError(400, "the request body must be a JSON object")
     return obj
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 def parse(kind: Kind, body: dict[str, Any]) -> Ask:
@@ -122,17 +113,14 @@ def _options(ask: Ask, options: dict[str, Any]) -> None:
         if value is None:
             continue
         where = f"options.{name}"
-        if name in _OPTIONS:
-            target, types, what = _OPTIONS[name]
-            _check(value, types, what, where)
-            ask.fields[target] = value
+        if name in _SAMPLING:
+            ask.fields[name] = _number(value, protocol.GENERATE_NUMBERS[name], where)
         elif name == "num_predict":
-            _check(value, (int,), "an integer", where)
-            if value > 0:  # -1 (infinite) and -2 (fill the context) mean "no cap of the client's"
-                ask.fields["max_tokens"] = value
+            limit = _number(value, "integer", where)
+            if limit > 0:  # -1 (infinite) and -2 (fill the context) mean "no cap of the client's"
+                ask.fields["max_tokens"] = limit
         elif name == "num_ctx":
-            _check(value, (int,), "an integer", where)
-            ask.num_ctx = value
+            ask.num_ctx = int(_number(value, "integer", where))
         elif name == "stop":
             if isinstance(value, str):
                 value = [value]
@@ -194,10 +182,10 @@ def _calls(calls: Any, i: int) -> list[dict[str, Any]]:
         args = fn.get("arguments") or {}
         if isinstance(args, str):  # some clients send OpenAI's JSON text
             try:
-                args = json.loads(args)
-            except ValueError:
+                args = protocol.loads(args)
+            except (ValueError, RecursionError):
                 raise HttpError(
-                    400, f"messages[{i}].tool_calls[{j}].function.arguments is not JSON"
+                    400, f"messages[{i}].tool_calls[{j}].function.arguments is not JSON (finite numbers only)"
                 ) from None
         if not isinstance(args, dict):
             raise HttpError(400, f"messages[{i}].tool_calls[{j}].function.arguments must be an object")
@@ -239,9 +227,20 @@ def _opt(obj: dict[str, Any], key: str, types: Any, what: str) -> Any:
     return value
 
 
-def _check(value: Any, types: tuple[type, ...], what: str, where: str) -> None:
+def _check(value: Any, types: tuple[type, ...], expected: str, where: str) -> None:
     if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-        raise HttpError(400, f"invalid type for {where}: expected {what}, got {json.dumps(value)[:40]}")
+        raise HttpError(400, f"invalid type for {where}: expected {expected}, got {describe(value)}")
+
+
+def _number(value: Any, kind: protocol.NumberKind, where: str) -> int | float:
+    """An option's number as Ollama takes it: a whole float (HA's ``8192.0``) is an integer."""
+    try:
+        return protocol.as_number(value, kind)
+    except protocol.NotANumber:
+        expected = what(kind)
+        raise HttpError(
+            400, f"invalid type for {where}: expected {expected}, got {describe(value)}"
+        ) from None
 
 
 # --- names --------------------------------------------------------------------------------------
