@@ -160,7 +160,7 @@ def test_pull_and_delete(served: Served) -> None:
             400,
             "does not support images",
         ),
-        ({"options": {"num_ctx": 8192}}, 400, "context length"),
+        ({"options": {"num_ctx": 4096.5}}, 400, "options.num_ctx: expected an integer"),
         ({"keep_alive": "soon"}, 400, "keep_alive"),
         ({"tools": [{"type": "function", "function": {"name": ""}}]}, 400, "tools[0].function.name"),
         ({"format": {"type": 5}}, 400, "format.type"),
@@ -169,7 +169,7 @@ def test_pull_and_delete(served: Served) -> None:
 def test_bad_input_is_an_ollama_error(
     served: Served, kwargs: dict[str, Any], status: int, words: str
 ) -> None:
-    """Unknown model, images, num_ctx over the context, a bad keep_alive, tools or schema: an Ollama
+    """Unknown model, images, a fractional num_ctx, a bad keep_alive, tools or schema: an Ollama
     error with its status, and a log line."""
     request: dict[str, Any] = {"model": "fake", "messages": user("hello"), "stream": True, **kwargs}
     with pytest.raises(ollama.ResponseError) as err:
@@ -318,19 +318,33 @@ def test_stream_sends_each_delta_as_it_is_generated(served: Served, broker: Brok
     assert 0 < len(said.split()) < 60
 
 
-def test_num_ctx_clamp_serves_home_assistants_default(
+def test_home_assistants_default_num_ctx_is_served_with_the_models_context(served: Served) -> None:
+    """By default HA's num_ctx of 8192 (8192.0 from its number field) is served with the model's 4096,
+    and rkllmd logs it."""
+    for num_ctx in (8192, 8192.0):
+        reply = served.client().chat(
+            model="fake", messages=user("[[len=2]] kk1"), options={"num_ctx": num_ctx}
+        )
+        assert reply.message.content == "KK1 KK1" and reply.done
+    assert wait_until(lambda: "serving with the model's context" in served.proc.log_text(), 5)
+
+
+def test_num_ctx_refuse_refuses_a_num_ctx_above_the_models_context(
     broker: Broker, fake_libs: dict[str, Path], tmp_path: Path
 ) -> None:
-    """With num_ctx = "clamp", HA's default num_ctx of 8192 is served with the model's own context."""
+    """With num_ctx = "refuse", a num_ctx above the model's context is a 400 that says both numbers."""
     port = free_port()
-    cfg = rkllm_config(tmp_path, broker, fake_libs["1.3"], f"{BASE}clamp")
+    cfg = rkllm_config(tmp_path, broker, fake_libs["1.3"], f"{BASE}refuse")
     with cfg.open("a") as f:
-        f.write(f'\n[plugins]\nenabled = ["ollama"]\n[plugins.ollama]\nport = {port}\nnum_ctx = "clamp"\n')
+        f.write(f'\n[plugins]\nenabled = ["ollama"]\n[plugins.ollama]\nport = {port}\nnum_ctx = "refuse"\n')
     d = DaemonProc(cfg, tmp_path)
     try:
         d.wait_log("Ollama-compatible API listening")
         client = ollama.Client(host=f"http://127.0.0.1:{port}", timeout=30)
-        reply = client.chat(model="fake", messages=user("hello there"), options={"num_ctx": 8192})
-        assert reply.message.content and reply.done
+        with pytest.raises(ollama.ResponseError) as err:
+            client.chat(model="fake", messages=user("hello there"), options={"num_ctx": 8192.0})
+        assert err.value.status_code == 400
+        assert "num_ctx 8192 is above the context length of model 'fake' (4096)" in err.value.error
+        assert client.chat(model="fake", messages=user("[[len=1]] ll1"), options={"num_ctx": 4096.0}).done
     finally:
         assert d.stop() == 0

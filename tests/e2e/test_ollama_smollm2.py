@@ -63,8 +63,13 @@ def test_generate_and_show(client: ollama.Client) -> None:
     assert info["llamacpp.context_length"] == 2048
 
 
-def test_num_ctx_over_the_model_is_refused(client: ollama.Client) -> None:
-    """Home Assistant's default num_ctx (8192) is above SmolLM2's 2048: a clear 400."""
+def test_home_assistants_default_num_ctx_is_served_with_the_models_context(client: ollama.Client) -> None:
+    """Home Assistant's default num_ctx, 8192.0 as its number field stores it, is above SmolLM2's
+    2048: served with the model's context; a prompt that does not fit 2048 is still refused whole."""
+    options = {**GREEDY, "num_ctx": 8192.0}
+    parts = list(client.chat(model="smollm2:latest", messages=FRANCE, stream=True, options=options))
+    assert "Paris" in "".join(p.message.content or "" for p in parts) and parts[-1].done
+    long = [{"role": "user", "content": "hello world " * 1500}]
     with pytest.raises(ollama.ResponseError) as err:
-        list(client.chat(model="smollm2:latest", messages=FRANCE, stream=True, options={"num_ctx": 8192}))
+        list(client.chat(model="smollm2:latest", messages=long, stream=True, options=options))
     assert err.value.status_code == 400 and "2048" in err.value.error

@@ -131,10 +131,12 @@ class Waiter:
         client_gone: Callable[[], bool],
         *,
         deadline_s: float,
+        abandon_s: float = ABANDON_S,
     ) -> None:
-        """``deadline_s``: from now, the longest to wait for the final reply (answer_deadline_s)."""
+        """``deadline_s``: from now, the longest to wait for the final reply (answer_deadline_s);
+        ``abandon_s``: how long a cancel looks for a request rkllmd has not taken yet."""
         self._items, self._cancel, self._client_gone = items, cancel, client_gone
-        self._deadline_s = deadline_s
+        self._deadline_s, self._abandon_s = deadline_s, abandon_s
         self._deadline = time.monotonic() + deadline_s
         self._next_check = time.monotonic() + TICK_S
 
@@ -170,8 +172,8 @@ class Waiter:
         """Cancel the generation, once rkllmd has it; False when it could not be found in time.
         A request still on its way to the queue (injected, not yet taken by the ingress thread) is
         not found yet: try again each tick until the cancel lands, the final reply shows it has
-        ended anyway, or ABANDON_S has passed (a request rkllmd never took is never found)."""
-        give_up = time.monotonic() + ABANDON_S
+        ended anyway, or ``abandon_s`` has passed (a request rkllmd never took is never found)."""
+        give_up = time.monotonic() + self._abandon_s
         while True:
             try:
                 self._cancel()
