@@ -40,7 +40,17 @@ OPENAI_FIELDS = [
     "max_tokens",
     "max_completion_tokens",
     "n",
+    "top_logprobs",  # a field rkllmd ignores is refused too when not finite: the body is not JSON
 ]
+# A number inside a tool's schema (Home Assistant's HassLightSet has brightness 0-100).
+TOOL = {
+    "type": "function",
+    "function": {
+        "name": "HassLightSet",
+        "parameters": {"type": "object", "properties": {"brightness": {"type": "integer", "maximum": 100}}},
+    },
+}
+TOOL_MAXIMUM: list[str | int] = ["tools", 0, "function", "parameters", "properties", "brightness", "maximum"]
 OLLAMA_OPTIONS = [
     "temperature",
     "top_p",
@@ -103,23 +113,26 @@ def served(
     assert d.stop() == 0
 
 
-def with_number(body: dict[str, Any], path: list[str], literal: str) -> bytes:
+def with_number(body: dict[str, Any], path: list[str | int], literal: str) -> bytes:
     """``body`` as JSON text with the number at ``path`` written as ``literal`` (1e999, NaN, ...)."""
     obj = json.loads(json.dumps(body))
     cur = obj
     for key in path[:-1]:
-        cur = cur.setdefault(key, {})
+        cur = cur[key] if isinstance(key, int) or key in cur else cur.setdefault(key, {})
     cur[path[-1]] = "@NUMBER@"
     return json.dumps(obj).replace('"@NUMBER@"', literal).encode()
 
 
-@pytest.mark.parametrize("field", OPENAI_FIELDS)
+@pytest.mark.parametrize("field", [*OPENAI_FIELDS, "tools"])
 def test_openai_api_refuses_non_finite_numbers(served: Served, field: str) -> None:
     """Both endpoints, each non-finite number: 400 bad_json in OpenAI's error shape, logged."""
     bodies = {"/v1/chat/completions": CHAT, "/v1/completions": {"model": "fake", "prompt": "aa1"}}
+    if field == "tools":
+        bodies = {"/v1/chat/completions": {**CHAT, "tools": [TOOL]}}
+    where: list[str | int] = TOOL_MAXIMUM if field == "tools" else [field]
     for path, body in bodies.items():
         for literal in NON_FINITE:
-            status, answer = served.post(served.openai_port, path, with_number(body, [field], literal))
+            status, answer = served.post(served.openai_port, path, with_number(body, where, literal))
             assert status == 400, (path, literal, answer)
             assert (
                 answer["error"]["code"] == "bad_json" and "finite numbers only" in answer["error"]["message"]
@@ -127,11 +140,13 @@ def test_openai_api_refuses_non_finite_numbers(served: Served, field: str) -> No
     assert wait_until(lambda: '"http request refused"' in served.proc.log_text(), 5)
 
 
-@pytest.mark.parametrize("field", [*OLLAMA_OPTIONS, "keep_alive"])
+@pytest.mark.parametrize("field", [*OLLAMA_OPTIONS, "keep_alive", "tools"])
 def test_ollama_api_refuses_non_finite_numbers(served: Served, field: str) -> None:
     """/api/chat and /api/generate, each non-finite number: 400 ``{"error": ...}``, logged."""
-    path_of = [field] if field == "keep_alive" else ["options", field]
+    path_of: list[str | int] = [field] if field == "keep_alive" else ["options", field]
     bodies = {"/api/chat": CHAT, "/api/generate": {"model": "fake", "prompt": "aa1"}}
+    if field == "tools":
+        path_of, bodies = TOOL_MAXIMUM, {"/api/chat": {**CHAT, "tools": [TOOL]}}
     for path, body in bodies.items():
         for literal in NON_FINITE:
             status, answer = served.post(served.ollama_port, path, with_number(body, path_of, literal))
@@ -141,15 +156,19 @@ def test_ollama_api_refuses_non_finite_numbers(served: Served, field: str) -> No
 
 
 def test_mqtt_refuses_non_finite_numbers(served: Served, broker: Broker) -> None:
-    """Each numeric field of a generate request, each non-finite number: bad_json to its reply_to."""
+    """Each numeric field of a generate request (and a tool schema's number), each non-finite
+    number: bad_json to its reply_to."""
     probe = Probe(broker)
     try:
         probe.subscribe("numf-client/#")
-        for field in MQTT_FIELDS:
+        wheres: list[list[str | int]] = [[field] for field in MQTT_FIELDS] + [TOOL_MAXIMUM]
+        for where in wheres:
             for i, literal in enumerate(NON_FINITE):
-                rid = f"nf-{field}-{i}"
-                body = {"id": rid, "prompt": "aa1", "reply_to": f"numf-client/{rid}"}
-                probe.publish(f"{BASE}/request/generate", with_number(body, [field], literal))
+                rid = f"nf-{where[0]}-{i}"
+                body: dict[str, Any] = {"id": rid, "prompt": "aa1", "reply_to": f"numf-client/{rid}"}
+                if where[0] == "tools":
+                    body["tools"] = [TOOL]
+                probe.publish(f"{BASE}/request/generate", with_number(body, where, literal))
                 reply = json.loads(probe.get(f"numf-client/{rid}", timeout=TIMEOUT_S).payload)
                 assert reply["status"] == "error" and reply["code"] == "bad_json" and reply["id"] == rid
                 assert "finite numbers only" in reply["error"]
