@@ -196,3 +196,27 @@ def test_abandon_ends_when_the_final_reply_comes() -> None:
         raise NotFound("not yet")
 
     assert Waiter(items, cancel, lambda: True, deadline_s=60).abandon()
+
+
+def test_a_local_message_ingress_fails_on_still_gets_a_final_for_its_relay() -> None:
+    """Should ingress itself fail on a plugin's message (a bug), the plugin still gets a final
+    reply under its key: its client is answered, not left waiting."""
+    from rkllmd.ingress import Ingress
+    from tests.test_ingress_acks import Loop, Out
+
+    class Broken:
+        def handles(self, topic: str) -> bool:
+            raise RuntimeError("a bug in a plugin host")
+
+        def preprocess(self, ex: Exchange) -> Exchange:
+            return ex
+
+    out = Out()
+    ingress = Ingress(SETTINGS, Topics("B"), Broken(), Loop(), out)  # type: ignore[arg-type]
+    ingress._handle_guarded(LocalMessage("B/request/generate", b'{"prompt":"x"}', key="nonce-9"))
+    [final] = out.events
+    assert isinstance(final, Final) and final.status == "error" and final.code == "internal_error"
+    relay = Relay()
+    with relay.track("http-9", "nonce-9") as items:
+        relay.route(final)
+        assert items.get(timeout=1) is not None
