@@ -203,8 +203,9 @@ def _no_model(name: str) -> ApiError:
 
 def _encode(payload: dict[str, Any], limit: int) -> bytes:
     """The generate request as rkllmd reads it; within rkllmd's own payload limit (413 otherwise)."""
+    # Never write a number rkllmd would not parse: that is a bug (a 500), never a hang.
     try:
-        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
     except UnicodeEncodeError:  # "\ud800" in the body: a lone surrogate nothing could echo back
         raise ApiError(
             400, "The request contains an unpaired surrogate escape.", code="invalid_value"

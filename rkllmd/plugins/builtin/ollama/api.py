@@ -281,8 +281,9 @@ class Api(ApiBase):
     def _inject(self, command: str, payload: dict[str, Any], key: str | None = None) -> None:
         """Hand ``payload`` to rkllmd on ``command``'s topic; ``key``: its relay slot's nonce."""
         limit = self.ctx.settings.limits.max_payload_bytes
+        # Never write a number rkllmd would not parse: that is a bug (a 500), never a hang.
         try:
-            data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+            data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
         except UnicodeEncodeError:  # "\ud800" in the body: a lone surrogate nothing could echo back
             raise HttpError(400, "the request contains an unpaired surrogate escape") from None
         if len(data) > limit:
