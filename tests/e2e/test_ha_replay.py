@@ -35,6 +35,7 @@ from typing import Any
 import pytest
 
 from rkllmd.bench.broker import free_port
+from rkllmd.testing import wait_until
 from tests.e2e.conftest import rkllm_config
 from tests.e2e.test_ollama_daemon import HA_SYSTEM, HASS_TURN_ON
 from tests.helpers import Broker, DaemonProc
@@ -196,7 +197,8 @@ def test_ha_2026_11_ollama_structured_output(served: Served) -> None:
 
 
 def test_ha_2026_11_ollama_image_is_refused_with_a_reason(served: Served) -> None:
-    """An AI task with an image: rkllmd's models read text only, and say so (400)."""
+    """An AI task with an image: rkllmd's models read text only; HA's client hears it refused, and
+    the log says why."""
     out = replay(
         "ollama",
         "0.6.2",
@@ -209,7 +211,11 @@ def test_ha_2026_11_ollama_image_is_refused_with_a_reason(served: Served) -> Non
         think=False,
     )
     assert out["sent"][0]["messages"][0]["images"] == [PNG_B64]
-    assert out["error"] == {"status_code": 400, "message": "model 'fake:latest' does not support images"}
+    # HA speaks the assistant's text and never catches a stream's error, so rkllmd tells its client
+    # in a sentence by default (errors = "auto"); the reason itself is in rkllmd's log.
+    [done] = out["parts"]
+    assert done["done"] and done["done_reason"] == "error" and "refused" in done["message"]["content"]
+    assert wait_until(lambda: "does not support images" in served.proc.log_text(), 5)
 
 
 # --- Home Assistant 2025.4.4, Ollama integration, ollama==0.4.7 ---------------------------------

@@ -336,7 +336,12 @@ def test_num_ctx_refuse_refuses_a_num_ctx_above_the_models_context(
     port = free_port()
     cfg = rkllm_config(tmp_path, broker, fake_libs["1.3"], f"{BASE}refuse")
     with cfg.open("a") as f:
-        f.write(f'\n[plugins]\nenabled = ["ollama"]\n[plugins.ollama]\nport = {port}\nnum_ctx = "refuse"\n')
+        # errors = "ollama": the refusal is checked as Ollama's status (the ollama client otherwise
+        # hears it as a sentence: test_ollama_spoken_errors.py)
+        f.write(
+            f'\n[plugins]\nenabled = ["ollama"]\n[plugins.ollama]\nport = {port}\nnum_ctx = "refuse"\n'
+            'errors = "ollama"\n'
+        )
     d = DaemonProc(cfg, tmp_path)
     try:
         d.wait_log("Ollama-compatible API listening")
