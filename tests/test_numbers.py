@@ -202,14 +202,11 @@ def test_a_local_message_ingress_fails_on_still_gets_a_final_for_its_relay() -> 
     """Should ingress itself fail on a plugin's message (a bug), the plugin still gets a final
     reply under its key: its client is answered, not left waiting."""
     from rkllmd.ingress import Ingress
-    from tests.test_ingress_acks import Loop, Out
+    from tests.test_ingress_acks import Loop, Out, Plugins
 
-    class Broken:
+    class Broken(Plugins):
         def handles(self, topic: str) -> bool:
             raise RuntimeError("a bug in a plugin host")
-
-        def preprocess(self, ex: Exchange) -> Exchange:
-            return ex
 
     out = Out()
     ingress = Ingress(SETTINGS, Topics("B"), Broken(), Loop(), out)  # type: ignore[arg-type]
