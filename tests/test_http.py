@@ -420,13 +420,18 @@ def test_health_reports_connection_and_model() -> None:
 
 
 def test_connections_over_the_cap_get_503() -> None:
-    """Past max_connections a new connection is answered 503 at once."""
-    with served({"max_connections": 1}) as (_, port):
-        held = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-        held.request("GET", "/health")
-        assert held.getresponse().read()  # keep-alive: this connection keeps its handler
+    """Past max_connections, with every connection serving a request, a new one is answered 503
+    at once (an idle connection would have given up its place instead)."""
+    with served({"max_connections": 1}) as (h, port):
+        held = raw_request(port, CHAT)  # waits for rkllmd's answer: its connection is in use
+        req = injected(h)
         status, headers, raw = call(port, "GET", "/health")
+        h.finish(req, "done")
+        got = b""
+        while b'"done"' not in got and (chunk := held.recv(4096)):
+            got += chunk
         held.close()
+        assert b"200 OK" in got
     assert status == 503 and headers["Retry-After"] == "1" and error_of(raw)["code"] == "busy"
 
 

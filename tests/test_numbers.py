@@ -17,8 +17,8 @@ What the clients send, read from their code:
 
 from __future__ import annotations
 
+import asyncio
 import json
-import queue
 from typing import Any
 
 import pytest
@@ -151,12 +151,16 @@ def test_a_refused_local_message_reaches_its_relay_whatever_its_payload() -> Non
     the refusal still carries the LocalMessage's key, so the plugin's relay gets its final."""
     relay = Relay()
     gate = Gate(SETTINGS, Topics("B"), lambda ex: ex)
-    for payload in (b'{"id":"http-1","prompt":"x","temperature":Infinity}', b"{not json", b'["x"]'):
+
+    async def one(payload: bytes) -> Item:  # the relay's queues live on the plugin's event loop
         with relay.track("http-1", "nonce-1") as items:
             out = admit(LocalMessage("B/request/generate", payload, key="nonce-1"), gate)
             assert isinstance(out, Final) and out.code == "bad_json"
             relay.route(out)
-            got = items.get(timeout=1)
+            return await asyncio.wait_for(items.get(), 1)
+
+    for payload in (b'{"id":"http-1","prompt":"x","temperature":Infinity}', b"{not json", b'["x"]'):
+        got = asyncio.run(one(payload))
         assert isinstance(got, Final) and got.code == "bad_json"
 
 
@@ -164,38 +168,50 @@ def test_an_mqtt_request_is_never_routed_to_a_plugin_slot() -> None:
     """An MQTT request reusing the id and transaction of a plugin's request has no key: not routed."""
     relay = Relay()
     gate = Gate(SETTINGS, Topics("B"), lambda ex: ex)
-    with relay.track("http-1", "nonce-1") as items:
-        out = admit(protocol.Incoming("B/request/generate", b'{"id":"http-1","transaction":"nonce-1"}'), gate)
-        assert isinstance(out, Final)
-        relay.route(out)
-        assert items.empty()
+
+    async def routed() -> bool:
+        with relay.track("http-1", "nonce-1") as items:
+            out = admit(
+                protocol.Incoming("B/request/generate", b'{"id":"http-1","transaction":"nonce-1"}'), gate
+            )
+            assert isinstance(out, Final)
+            relay.route(out)
+            await asyncio.sleep(0)  # an event routed to the slot would be in its queue by now
+            return not items.empty()
+
+    assert not asyncio.run(routed())
 
 
 def test_a_waiter_past_its_deadline_answers_an_error_and_gives_up_cancelling() -> None:
     """No final reply ever comes (a lost request): the waiter answers internal_error once its
     deadline passes, and its cancel, never finding the request, stops trying."""
-    items: queue.SimpleQueue[Item] = queue.SimpleQueue()
     cancels: list[int] = []
 
     def cancel() -> None:
         cancels.append(1)
         raise NotFound("no such request")
 
-    waiter = Waiter(items, cancel, lambda: False, deadline_s=0.3, abandon_s=0.5)
-    final = waiter.final()
+    async def wait() -> Final:
+        items: asyncio.Queue[Item] = asyncio.Queue()
+        return await Waiter(items, cancel, deadline_s=0.3, abandon_s=0.5).final()
+
+    final = asyncio.run(wait())
     assert final.status == "error" and final.code == "internal_error"
     assert "no answer within" in (final.error or "") and cancels
 
 
 def test_abandon_ends_when_the_final_reply_comes() -> None:
     """A cancel of a request not yet found stops as soon as its final reply arrives."""
-    items: queue.SimpleQueue[Item] = queue.SimpleQueue()
-    items.put(Final(Exchange("generate", "t"), "error", {}, "bad_json", "x"))
 
     def cancel() -> None:
         raise NotFound("not yet")
 
-    assert Waiter(items, cancel, lambda: True, deadline_s=60).abandon()
+    async def abandon() -> bool:
+        items: asyncio.Queue[Item] = asyncio.Queue()
+        items.put_nowait(Final(Exchange("generate", "t"), "error", {}, "bad_json", "x"))
+        return await Waiter(items, cancel, deadline_s=60).abandon()
+
+    assert asyncio.run(abandon())
 
 
 def test_a_local_message_ingress_fails_on_still_gets_a_final_for_its_relay() -> None:
@@ -214,6 +230,10 @@ def test_a_local_message_ingress_fails_on_still_gets_a_final_for_its_relay() -> 
     [final] = out.events
     assert isinstance(final, Final) and final.status == "error" and final.code == "internal_error"
     relay = Relay()
-    with relay.track("http-9", "nonce-9") as items:
-        relay.route(final)
-        assert items.get(timeout=1) is not None
+
+    async def routed() -> Item:
+        with relay.track("http-9", "nonce-9") as items:
+            relay.route(final)
+            return await asyncio.wait_for(items.get(), 1)
+
+    assert asyncio.run(routed()) is not None

@@ -1,41 +1,38 @@
-"""HTTP plumbing for interface plugins, on the standard library only: a threading server with a
-connection cap, a request handler that reads bounded bodies, notices a client gone and writes
-JSON, a chunked stream or server-sent events, bearer-key auth compared in constant time, and the
-config, setup and per-request error handling the ``http`` and ``ollama`` plugins share.
+"""What the ``http`` and ``ollama`` plugins share above the transport: errors, bearer keys
+compared in constant time, the config table, setup (:func:`start`) and per-request error
+handling (:func:`answer`). The transport itself (aiohttp's server with rkllmd's deadlines and
+connection limits, and the :class:`~rkllmd.plugins.builtin._httpserver.Handler` an endpoint
+reads and answers through) is ``_httpserver``, imported only by :func:`start`: a daemon that
+enables neither plugin never imports aiohttp.
 
 The error *shape* differs between the APIs served (OpenAI's ``{"error": {...}}``, Ollama's
 ``{"error": "..."}``), so the server takes a function that makes an error body from a status and
 a message, and an :class:`Errors` that words the errors answered here (an API's own error class,
 a subclass of :class:`HttpError`, may make its own body).
 
-Threads: setup (:func:`serve`) and teardown on the main thread; ``<name>-server`` accepts
-connections (``serve_forever``); each connection gets its own handler thread (``<name>-handler``),
-which reads the request, waits for its answer and writes it. Nothing here runs on rkllmd's own
-threads.
+Threads: setup (:func:`start`) and teardown on the main thread; ``<name>-server`` runs the event
+loop that accepts, parses and runs every endpoint (coroutines); no thread per connection.
+Nothing here runs on rkllmd's own threads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import hmac
 import ipaddress
-import json
-import select
-import socket
-import threading
-from collections.abc import Callable
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
 from rkllmd.plugins import NotReady, PluginConfig, PluginContext
 from rkllmd.plugins.builtin._relay import ClientGone, Relay
 from rkllmd.private import read_secret
+
+if TYPE_CHECKING:  # the transport imports aiohttp: only an enabled plugin's setup loads it
+    from rkllmd.plugins.builtin._httpserver import Handler, Server
 
 ErrorBody = Callable[[int, str], Any]  # (status, message) -> the JSON body of an error
 
@@ -73,235 +70,38 @@ class Errors:
     def too_large(self, length: int, limit: int) -> HttpError:
         return HttpError(413, f"the request body is {length} bytes; the limit is {limit}")
 
+    def body_timeout(self, seconds: float) -> HttpError:
+        """The body did not arrive within the body deadline (the connection is closed)."""
+        return HttpError(408, f"the request body did not arrive within {seconds:g} s")
+
     def internal(self, exc: Exception) -> HttpError:
         """A bug in an endpoint."""
         return HttpError(500, f"internal error: {exc}")
 
 
-class Server(ThreadingHTTPServer):
-    """A threading HTTP server with a cap on concurrent connections."""
-
-    daemon_threads = True  # a stuck client must never hold up rkllmd's exit
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        handle: Callable[[Handler, str], None],
-        *,
-        log: Any,
-        error_body: ErrorBody,
-        errors: Errors | None = None,
-        max_connections: int,
-        timeout_s: float,
-        thread_name: str,
-    ) -> None:
-        """``handle(handler, method)`` serves one request; ``log`` is the plugin's."""
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        self.respond, self.log, self.error_body = handle, log, error_body
-        self.errors = errors or Errors()
-        self.thread_name = thread_name
-        self._free = threading.BoundedSemaphore(max_connections)
-        handler = type("BoundHandler", (Handler,), {"timeout": timeout_s})
-        super().__init__((host, port), handler)
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Server thread: hand the connection to a new handler thread, or refuse it when full."""
-        if not self._free.acquire(blocking=False):
-            body = json.dumps(self.errors.busy().body(self.error_body)).encode()
-            head = (
-                f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(body)}\r\nRetry-After: 1\r\nConnection: close\r\n\r\n"
-            )
-            with contextlib.suppress(OSError):  # a fresh socket's send buffer takes this at once
-                request.sendall(head.encode() + body)
-            self.shutdown_request(request)
-            return
-        super().process_request(request, client_address)
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Handler thread: a connection that failed outside ``handle`` (e.g. a reset while
-        reading headers) is logged, not printed to stderr as socketserver does."""
-        self.log.debug("http connection failed", client=str(client_address[0]), exc_info=True)
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        """Handler thread: serve one connection (keep-alive included), then free its place."""
-        threading.current_thread().name = self.thread_name
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._free.release()
-
-
-class Handler(BaseHTTPRequestHandler):
-    """One connection (its handler thread); the endpoints themselves are the server's ``handle``."""
-
-    protocol_version = "HTTP/1.1"  # keep-alive, as the clients' connection pools expect
-    server: Server
-    streaming = False  # set once a 200 stream has begun: errors then go in the stream
-    body_read = False  # the request's body was consumed (else an error closes the connection)
-
-    def version_string(self) -> str:
-        return "rkllmd"  # no Python version in the Server header
-
-    def do_GET(self) -> None:
-        self.server.respond(self, "GET")
-
-    def do_HEAD(self) -> None:
-        self.server.respond(self, "HEAD")
-
-    def do_POST(self) -> None:
-        self.server.respond(self, "POST")
-
-    def do_PUT(self) -> None:
-        self.server.respond(self, "PUT")
-
-    def do_DELETE(self) -> None:
-        self.server.respond(self, "DELETE")
-
-    def log_message(self, format: str, *args: Any) -> None:
-        # The base class writes every line to stderr; rkllmd's log has one line per request already.
-        self.server.log.debug("http " + (format % args), client=self.client_address[0])
-
-    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
-        """The base class's own errors (bad request line, header too long) in the API's shape."""
-        self.close_connection = True
-        body = self.server.error_body(code, message or HTTPStatus(code).phrase)
-        self.send_json(code, body, {"Connection": "close"})
-
-    # --- reading -----------------------------------------------------------------------------
-
-    def read_body(self, limit: int) -> bytes:
-        """The request body (empty without one, unless the server's Errors want a length); 413
-        over ``limit``, when the body is not read and the connection is closed after the answer."""
-        errors = self.server.errors
-        if self.headers.get("Transfer-Encoding"):
-            self.close_connection = True
-            raise errors.chunked()
-        raw = self.headers.get("Content-Length")
-        if raw is None:
-            missing = errors.no_length()
-            if missing is not None:
-                self.close_connection = True
-                raise missing
-            self.body_read = True
-            return b""
-        try:
-            length = int(raw)
-            if length < 0:
-                raise ValueError(raw)
-        except ValueError:
-            self.close_connection = True
-            raise errors.bad_length() from None
-        if length > limit:
-            self.close_connection = True
-            raise errors.too_large(length, limit)
-        self.body_read = True
-        return self.rfile.read(length)
-
-    def client_gone(self) -> bool:
-        """Whether the client closed its end: its socket reads as end-of-file without blocking."""
-        try:
-            readable, _, _ = select.select([self.connection], [], [], 0)
-            return bool(readable) and self.connection.recv(1, socket.MSG_PEEK) == b""
-        except (OSError, ValueError):
-            return True
-
-    # --- writing -----------------------------------------------------------------------------
-
-    def send_json(self, status: int, obj: Any, headers: dict[str, str] | None = None) -> None:
-        body = json.dumps(obj, ensure_ascii=False).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=utf-8")
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def send_http_error(self, err: HttpError) -> None:
-        headers = dict(err.headers)
-        if err.status == 401:
-            headers["WWW-Authenticate"] = 'Bearer realm="rkllmd"'
-        if not self.body_read and (
-            self.headers.get("Transfer-Encoding")
-            or self.headers.get("Content-Length", "0").strip() not in ("", "0")
-        ):
-            self.close_connection = True  # its unread body would be taken for the next request
-        if self.close_connection:
-            headers["Connection"] = "close"
-        self.send_json(err.status, err.body(self.server.error_body), headers)
-
-    def start_chunked(self, content_type: str, headers: dict[str, str]) -> None:
-        """Begin a 200 stream in chunked transfer encoding, so the connection can be kept."""
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Transfer-Encoding", "chunked")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("X-Accel-Buffering", "no")  # a proxy in front must not hold chunks back
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.flush()
-        self.streaming = True
-
-    def send_chunk(self, data: bytes) -> None:
-        """One chunk of the stream; raises OSError once the client is gone."""
-        if data:
-            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-            self.wfile.flush()
-
-    def end_chunked(self) -> None:
-        self.wfile.write(b"0\r\n\r\n")
-        self.wfile.flush()
-
-    def start_events(self, headers: dict[str, str]) -> None:
-        """Begin a 200 server-sent event stream. It has no length, so it ends with the connection."""
-        self.close_connection = True
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        self.send_header("Cache-Control", "no-cache")
-        self.send_header("X-Accel-Buffering", "no")  # a proxy in front must not hold chunks back
-        self.send_header("Connection", "close")
-        for k, v in headers.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.flush()
-        self.streaming = True
-
-    def send_event(self, data: Any) -> None:
-        """One event, ``data: <json>`` (or ``data: <text>``); raises OSError once the client is gone."""
-        text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        self.wfile.write(f"data: {text}\n\n".encode())
-        self.wfile.flush()
-
-
-def answer(
+async def answer(
     h: Handler,
-    endpoint: Callable[[], None],
+    endpoint: Callable[[], Awaitable[None]],
     *,
     name: str,
     log: Any,
     path: str,
-    in_stream: Callable[[HttpError], None],
+    in_stream: Callable[[HttpError], Awaitable[None]],
     log_refused: bool = False,
 ) -> None:
-    """Handler thread: run one request's endpoint. An HttpError is answered with its status, or
+    """Server thread: run one request's endpoint. An HttpError is answered with its status, or
     by ``in_stream(err)`` once a 200 stream has begun; a bug is logged and answered 500 if nothing
     was sent yet; a client gone mid-request closes the connection."""
-    h.streaming = h.body_read = False
     try:
         try:
-            endpoint()
+            await endpoint()
         except HttpError as err:
             if log_refused:
                 log.info(f"{name} request refused", path=path, status=err.status, error=err.message)
             if h.streaming:
-                in_stream(err)
+                await in_stream(err)
             else:
-                h.send_http_error(err)
+                await h.send_http_error(err)
         except ClientGone:
             h.close_connection = True
         except Exception as exc:
@@ -310,7 +110,7 @@ def answer(
             log.exception(f"{name} request failed", path=path)
             h.close_connection = True
             if not h.streaming:
-                h.send_http_error(h.server.errors.internal(exc))
+                await h.send_http_error(h.server.errors.internal(exc))
     except OSError:  # the client went away while we wrote, even an error: nothing left to tell it
         h.close_connection = True
 
@@ -383,9 +183,17 @@ class HttpConfig(PluginConfig):
         default_factory=dict, description='model names clients send -> configured models; "*" = any other'
     )
     max_body_bytes: int | None = Field(None, ge=64, description="default: limits.max_payload_bytes")
-    max_connections: int = Field(32, ge=1, le=4096, description="open connections; more are answered 503")
+    max_connections: int = Field(
+        32, ge=1, le=4096, description="past it an idle connection is closed, or the new one gets 503"
+    )
+    max_connections_per_client: int = Field(8, ge=1, le=4096, description="connections from one address")
     retry_after_s: int = Field(2, ge=1, le=3600, description="Retry-After of a 503 when the queue is full")
-    read_timeout_s: float = Field(30.0, gt=0, description="a client silent this long is disconnected")
+    header_timeout_s: float = Field(10.0, gt=0, le=3600, description="a request's head, from its first byte")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600, description="a request's body, from its head (408)")
+    idle_timeout_s: float = Field(15.0, gt=0, le=3600, description="a kept-alive connection with no request")
+    read_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="a client that stops reading its answer this long is disconnected"
+    )
 
     _keys_ok = field_validator("api_keys")(valid_keys)
 
@@ -402,7 +210,7 @@ def serve(
     ctx: PluginContext,
     config: HttpConfig,
     relay: Relay,
-    handle: Callable[[Handler, str], None],
+    handle: Callable[[Handler, str], Awaitable[None]],
     *,
     name: str,
     error_body: ErrorBody,
@@ -410,33 +218,21 @@ def serve(
 ) -> Server:
     """Main thread: bind the port, route the relay's events, serve on ``<name>-server`` and stop
     it all at teardown; a port in use is NotReady (retried with backoff)."""
+    from rkllmd.plugins.builtin._httpserver import Server  # aiohttp: only now the plugin is enabled
+
     try:
-        server = Server(
-            config.host,
-            config.port,
-            handle,
-            log=ctx.log,
-            error_body=error_body,
-            errors=errors,
-            max_connections=config.max_connections,
-            timeout_s=config.read_timeout_s,
-            thread_name=f"{name}-handler",
-        )
+        server = Server(config, handle, log=ctx.log, error_body=error_body, errors=errors, name=name)
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:  # often an old process still closing, or another server
             raise NotReady(f"{config.host}:{config.port} is in use") from exc
         raise
     # The router before the first request can be injected: no event may find no queue.
     ctx.add_router(relay.route, tokens="local")  # the tokens of its own (local) requests
-    # The poll interval bounds how long teardown waits for the accept loop to notice it should end.
-    thread = threading.Thread(target=server.serve_forever, args=(0.1,), name=f"{name}-server", daemon=True)
-    thread.start()
+    server.start()
 
     def stop() -> None:  # main thread, at teardown
         relay.close()  # handlers still waiting are answered 503 shutdown
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        server.stop()
 
     ctx.on_teardown(stop)
     return server
@@ -462,8 +258,8 @@ class ApiBase:
         self._keys, self._aliases = keys, aliases
         self._max_body, self._retry_after = max_body_bytes, retry_after_s
 
-    def handle(self, h: Handler, method: str) -> None:
-        """A handler thread: route one request."""
+    async def handle(self, h: Handler, method: str) -> None:
+        """The server thread: route one request."""
         raise NotImplementedError
 
 
@@ -500,4 +296,4 @@ def start(
 
 def url_of(host: str, server: Server) -> str:
     """``http://host:port`` as clients write it (an IPv6 host in brackets)."""
-    return f"http://{f'[{host}]' if ':' in host else host}:{server.server_address[1]}"
+    return f"http://{f'[{host}]' if ':' in host else host}:{server.port}"

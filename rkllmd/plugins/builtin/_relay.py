@@ -1,11 +1,13 @@
-"""From the dispatcher thread to the HTTP handler threads: one queue per request in flight.
+"""From rkllmd's threads to the HTTP server's event loop: one queue per request in flight.
 
 Shared by the HTTP interface plugins (``http``, ``ollama``): each has its own Relay.
 
-The router runs on rkllmd's dispatcher thread, which publishes every MQTT reply: it only looks up
-the request's queue and copies the event into it (never blocks, never touches a socket). Each HTTP
-handler thread reads its own queue through a :class:`Waiter`, which also watches the client's
-socket and cancels the generation when the client goes away.
+The router runs on rkllmd's inference thread for tokens (a direct router: no dispatcher wake-up
+per token) and on its dispatcher thread for final replies: it only looks up the request's queue
+and hands the event to the loop that owns it (``call_soon_threadsafe``: never blocks, never
+touches a socket). Each request's endpoint (a coroutine on the plugin's server thread) reads its
+queue through a :class:`Waiter`, which is told when the client disconnects and then cancels the
+generation.
 
 Every request a plugin injects ends: it is injected as a LocalMessage whose ``key`` is its slot's
 nonce, and ingress puts that key on the reply's Address before reading the payload, so the final
@@ -16,11 +18,10 @@ took gives up after a bounded wait.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
-import queue
 import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -29,7 +30,7 @@ from rkllmd.exchange import Exchange
 from rkllmd.plugins import Final, Token
 from rkllmd.settings import Settings
 
-TICK_S = 0.2  # how often a waiting handler looks at its client's socket
+TICK_S = 0.2  # how often a cancel that found no request yet is tried again
 # How long a cancel keeps trying to find a request that rkllmd has not taken yet: ingress takes an
 # injected request within milliseconds, and its refusal, if any, arrives as a final reply.
 ABANDON_S = 10.0
@@ -66,7 +67,13 @@ def no_answer(deadline_s: float) -> Final:
 @dataclass
 class _Slot:
     request_id: str
-    items: queue.SimpleQueue[Item]
+    items: asyncio.Queue[Item]
+    loop: asyncio.AbstractEventLoop
+
+    def put(self, item: Item) -> None:
+        """Any thread: hand ``item`` to the waiting endpoint on its loop."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: the plugin has stopped
+            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
 
 
 class Relay:
@@ -79,15 +86,15 @@ class Relay:
         self._closed = False
 
     @contextlib.contextmanager
-    def track(self, request_id: str, nonce: str) -> Iterator[queue.SimpleQueue[Item]]:
+    def track(self, request_id: str, nonce: str) -> Iterator[asyncio.Queue[Item]]:
         """Register a request before it is injected, so no event can come before its queue
-        (HTTP handler thread); the slot goes when the handler is done with it. The request must
-        be injected as a LocalMessage with ``key=nonce``: that is how its events are found, since
-        its payload may be refused before rkllmd reads an id from it."""
-        slot = _Slot(request_id, queue.SimpleQueue())
+        (server thread, in the endpoint's coroutine); the slot goes when the endpoint is done.
+        The request must be injected as a LocalMessage with ``key=nonce``: that is how its
+        events are found, since its payload may be refused before rkllmd reads an id from it."""
+        slot = _Slot(request_id, asyncio.Queue(), asyncio.get_running_loop())
         with self._lock:
             if self._closed:
-                slot.items.put(_STOPPED)
+                slot.items.put_nowait(_STOPPED)
             self._slots[nonce] = slot
         try:
             yield slot.items
@@ -96,7 +103,8 @@ class Relay:
                 self._slots.pop(nonce, None)
 
     def route(self, event: Token | Final) -> None:
-        """Router (dispatcher thread): copy the event into its request's queue, if it is ours."""
+        """Router (inference thread for tokens, dispatcher thread for finals): hand the event to
+        its request's queue, if it is ours."""
         address = event.request.address
         if address is None or address.key is None:
             return  # not a plugin's LocalMessage: an MQTT request, whatever id it reuses
@@ -105,86 +113,93 @@ class Relay:
         if slot is None:
             return
         if isinstance(event, Token):
-            slot.items.put(event.delta)
+            slot.put(event.delta)
         else:
-            slot.items.put(dataclasses.replace(event, data=dict(event.data)))  # a copy: nothing shared
+            slot.put(dataclasses.replace(event, data=dict(event.data)))  # a copy: nothing shared
 
     def close(self) -> None:
-        """Teardown (main thread): answer every waiting handler; nothing more will be routed."""
+        """Teardown (main thread): answer every waiting endpoint; nothing more will be routed."""
         with self._lock:
             self._closed = True
             slots = list(self._slots.values())
         for slot in slots:
-            slot.items.put(_STOPPED)
+            slot.put(_STOPPED)
 
 
 _STOPPED = Final(Exchange("generate", ""), "error", {}, "shutdown", "rkllmd is shutting down")
+# Put by the transport when the client disconnects, and by the Waiter's timer at its deadline;
+# never answered, only read by the Waiter.
+_GONE = Final(Exchange("generate", ""), "error", {}, "client_gone", "the client disconnected")
+_EXPIRED = Final(Exchange("generate", ""), "error", {}, "internal_error", "no answer in time")
 
 
 class Waiter:
-    """A handler's view of its request: the next item, or :class:`ClientGone` (handler thread)."""
+    """An endpoint's view of its request: the next item, or :class:`ClientGone` (server thread)."""
 
     def __init__(
         self,
-        items: queue.SimpleQueue[Item],
+        items: asyncio.Queue[Item],
         cancel: Callable[[], object],
-        client_gone: Callable[[], bool],
+        on_gone: Callable[[Callable[[], None]], None] | None = None,
         *,
         deadline_s: float,
         abandon_s: float = ABANDON_S,
     ) -> None:
-        """``deadline_s``: from now, the longest to wait for the final reply (answer_deadline_s);
+        """``on_gone(fn)`` has ``fn`` called when the client disconnects (the transport's
+        :meth:`~rkllmd.plugins.builtin._httpserver.Handler.on_gone`); None: nobody watches.
+        ``deadline_s``: from now, the longest to wait for the final reply (answer_deadline_s);
         ``abandon_s``: how long a cancel looks for a request rkllmd has not taken yet."""
-        self._items, self._cancel, self._client_gone = items, cancel, client_gone
+        self._items, self._cancel = items, cancel
         self._deadline_s, self._abandon_s = deadline_s, abandon_s
-        self._deadline = time.monotonic() + deadline_s
-        self._next_check = time.monotonic() + TICK_S
+        # One timer for the whole request, not one per token: at the deadline it queues _EXPIRED.
+        self._timer = asyncio.get_running_loop().call_later(deadline_s, items.put_nowait, _EXPIRED)
+        if on_gone is not None:
+            on_gone(lambda: items.put_nowait(_GONE))
 
-    def next(self) -> Item:
-        """Block until the next delta or the final reply; a client gone meanwhile is cancelled.
+    async def next(self) -> Item:
+        """The next delta or the final reply; a client gone meanwhile is cancelled (ClientGone).
         Past the deadline the request is cancelled and the answer is an internal error.
 
-        The socket is looked at once per tick even while deltas stream in: a non-streaming
-        client writes nothing back, so only this check notices it has gone."""
-        while True:
-            now = time.monotonic()
-            if now >= self._deadline:
-                self.abandon()
-                return no_answer(self._deadline_s)
-            if now >= self._next_check:
-                self._next_check = now + TICK_S
-                if self._client_gone():
-                    self.abandon()
-                    raise ClientGone
-            try:
-                return self._items.get(timeout=max(0.0, min(self._next_check, self._deadline) - now))
-            except queue.Empty:
-                pass
-
-    def final(self) -> Final:
-        """Block until the final reply, skipping the deltas before it (they add up to its text)."""
-        item = self.next()
-        while not isinstance(item, Final):
-            item = self.next()
+        A non-streaming client writes nothing back, so only the transport's word that the
+        connection was lost tells it has gone: that comes into the same queue."""
+        item = await self._items.get()
+        if item is _GONE:
+            await self.abandon()
+            raise ClientGone
+        if item is _EXPIRED:
+            await self.abandon()
+            return no_answer(self._deadline_s)
+        if isinstance(item, Final):
+            self._timer.cancel()
         return item
 
-    def abandon(self) -> bool:
+    async def final(self) -> Final:
+        """The final reply, skipping the deltas before it (they add up to its text)."""
+        item = await self.next()
+        while not isinstance(item, Final):
+            item = await self.next()
+        return item
+
+    async def abandon(self) -> bool:
         """Cancel the generation, once rkllmd has it; False when it could not be found in time.
         A request still on its way to the queue (injected, not yet taken by the ingress thread) is
         not found yet: try again each tick until the cancel lands, the final reply shows it has
         ended anyway, or ``abandon_s`` has passed (a request rkllmd never took is never found)."""
-        give_up = time.monotonic() + self._abandon_s
+        self._timer.cancel()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self._abandon_s
         while True:
             try:
                 self._cancel()
                 return True
             except NotFound:
                 pass
-            if time.monotonic() >= give_up:
+            if loop.time() >= give_up:
                 return False
             try:
-                item = self._items.get(timeout=TICK_S)
-            except queue.Empty:
+                async with asyncio.timeout(TICK_S):
+                    item = await self._items.get()
+            except TimeoutError:
                 continue
-            if isinstance(item, Final):
+            if isinstance(item, Final) and item is not _GONE and item is not _EXPIRED:
                 return True

@@ -10,10 +10,11 @@
 ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions`` (``stream: true`` as
 server-sent events), and ``GET /health``. HTTP requests are injected as rkllmd generate requests,
 so they meet the same preprocessors and wait in the same bounded queue as MQTT requests, in
-arrival order; a full queue is 503 with Retry-After. Standard library only: no extra to install.
+arrival order; a full queue is 503 with Retry-After. Served by aiohttp (_httpserver), imported
+only once the plugin is enabled.
 
-Threads: setup/teardown on the main thread; ``http-server`` accepts; one ``http-handler`` thread
-per connection; the router (_relay.Relay.route) on rkllmd's dispatcher thread.
+Threads: setup/teardown on the main thread; ``http-server`` runs the event loop that accepts,
+parses and answers every connection; the router (_relay.Relay.route) on rkllmd's dispatcher thread.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The endpoints. Every method here runs on an HTTP handler thread (``http-handler``).
+"""The endpoints. Every method here runs on the plugin's server thread (``http-server``), the
+coroutines on its event loop.
 
 A completion request is checked, turned into an rkllmd generate request and injected as a
 :class:`rkllmd.plugins.LocalMessage` on ``<base>/request/generate``: rkllmd's ingress thread takes
@@ -12,16 +13,19 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from rkllmd.exchange import Final
 from rkllmd.plugins import LocalMessage
-from rkllmd.plugins.builtin._httpbase import ApiBase, Handler, HttpError, Keys, answer
+from rkllmd.plugins.builtin._httpbase import ApiBase, HttpError, Keys, answer
 from rkllmd.plugins.builtin._relay import ClientGone, Waiter, answer_deadline_s
 from rkllmd.runtime.registry import check_model
 
 from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
+
+if TYPE_CHECKING:
+    from rkllmd.plugins.builtin._httpserver import Handler
 
 
 class Api(ApiBase):
@@ -31,14 +35,15 @@ class Api(ApiBase):
         super().__init__(*args, **kwargs)
         self._created = int(time.time())
 
-    def handle(self, h: Handler, method: str) -> None:
+    async def handle(self, h: Handler, method: str) -> None:
         """Route one request; every failure becomes an OpenAI error object if nothing was sent yet."""
         path = unquote(urlsplit(h.path).path).rstrip("/") or "/"
 
-        def in_stream(err: HttpError) -> None:  # the error becomes the stream's last event
-            h.send_event(err.body(h.server.error_body))
+        async def in_stream(err: HttpError) -> None:  # the error becomes the stream's last event
+            await h.send_event(err.body(h.server.error_body))
+            await h.end_events()
 
-        answer(
+        await answer(
             h,
             lambda: self._route(h, method, path),
             name="http",
@@ -48,28 +53,28 @@ class Api(ApiBase):
             log_refused=True,  # bad input gets a log line as well as its error
         )
 
-    def _route(self, h: Handler, method: str, path: str) -> None:
+    async def _route(self, h: Handler, method: str, path: str) -> None:
         if path == "/health":
             self._only(method, "GET", path)
-            return self._health(h)
+            return await self._health(h)
         if not path.startswith("/v1/") and path != "/v1":
             raise ApiError(404, f"Invalid URL ({method} {path})", code="unknown_url")
         self._authorize(h)
         if path == "/v1/models":
             self._only(method, "GET", path)
-            return h.send_json(200, models(list(self.ctx.settings.models), self._created))
+            return await h.send_json(200, models(list(self.ctx.settings.models), self._created))
         if path.startswith("/v1/models/"):
             self._only(method, "GET", path)
             name = path.removeprefix("/v1/models/")
             if name not in self.ctx.settings.models:
                 raise _no_model(name)
-            return h.send_json(200, model(name, self._created))
+            return await h.send_json(200, model(name, self._created))
         if path == "/v1/chat/completions":
             self._only(method, "POST", path)
-            return self._generate(h, "chat")
+            return await self._generate(h, "chat")
         if path == "/v1/completions":
             self._only(method, "POST", path)
-            return self._generate(h, "text")
+            return await self._generate(h, "text")
         raise ApiError(404, f"Invalid URL ({method} {path})", code="unknown_url")
 
     @staticmethod
@@ -93,7 +98,7 @@ class Api(ApiBase):
 
     # --- GET /health -------------------------------------------------------------------------
 
-    def _health(self, h: Handler) -> None:
+    async def _health(self, h: Handler) -> None:
         """200 when rkllmd is connected to its broker and a model is loaded or loadable, else 503."""
         stats = self.ctx.stats()
         settings = self.ctx.settings
@@ -112,12 +117,12 @@ class Api(ApiBase):
             "queue_depth": stats.get("queue_depth"),
             "busy": stats.get("busy"),
         }
-        h.send_json(200 if healthy else 503, body, {"Cache-Control": "no-store"})
+        await h.send_json(200 if healthy else 503, body, {"Cache-Control": "no-store"})
 
     # --- POST /v1/chat/completions, /v1/completions ------------------------------------------
 
-    def _generate(self, h: Handler, kind: Kind) -> None:
-        ask = parse(kind, decode_body(h.read_body(self._max_body)))
+    async def _generate(self, h: Handler, kind: Kind) -> None:
+        ask = parse(kind, decode_body(await h.read_body(self._max_body)))
         model = self._model(ask.model)
         hexid = secrets.token_hex(12)
         rid, nonce = f"http-{hexid}", secrets.token_hex(8)
@@ -131,12 +136,12 @@ class Api(ApiBase):
                 )
             )
             deadline_s = answer_deadline_s(self.ctx.settings)
-            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.client_gone, deadline_s=deadline_s)
+            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.on_gone, deadline_s=deadline_s)
             try:
                 if ask.stream:
-                    self._stream(h, waiter, ask, shape, rid)
+                    await self._stream(h, waiter, ask, shape, rid)
                 else:
-                    self._complete(h, waiter, ask, shape, rid)
+                    await self._complete(h, waiter, ask, shape, rid)
             except ClientGone:
                 self.log.info("http client disconnected; generation cancelled", request_id=rid)
                 raise
@@ -153,42 +158,43 @@ class Api(ApiBase):
             raise _no_model(asked)
         return target
 
-    def _complete(self, h: Handler, waiter: Waiter, ask: Ask, shape: Shape, rid: str) -> None:
-        item = waiter.final()
+    async def _complete(self, h: Handler, waiter: Waiter, ask: Ask, shape: Shape, rid: str) -> None:
+        item = await waiter.final()
         if item.status == "error":
             raise self._error(item, ask)
         text = ask.echo + str(item.data.get("text") or "")
-        h.send_json(200, shape.complete(text, item.data), {"X-Request-Id": rid})
+        await h.send_json(200, shape.complete(text, item.data), {"X-Request-Id": rid})
 
-    def _stream(self, h: Handler, waiter: Waiter, ask: Ask, shape: Shape, rid: str) -> None:
+    async def _stream(self, h: Handler, waiter: Waiter, ask: Ask, shape: Shape, rid: str) -> None:
         """Server-sent events. The status line waits for the first token, so that a request
         refused in the queue (busy, unknown model, context too long) still gets its status code."""
-        item = waiter.next()
+        item = await waiter.next()
         if isinstance(item, Final) and item.status == "error":
             raise self._error(item, ask)
-        h.start_events({"X-Request-Id": rid})
+        await h.start_events({"X-Request-Id": rid})
         u = ask.include_usage
         try:
             if shape.kind == "chat":
-                h.send_event(shape.chunk(first=True, usage_null=u))
+                await h.send_event(shape.chunk(first=True, usage_null=u))
             elif ask.echo:
-                h.send_event(shape.chunk(delta=ask.echo, usage_null=u))
+                await h.send_event(shape.chunk(delta=ask.echo, usage_null=u))
             while not isinstance(item, Final):
-                h.send_event(shape.chunk(delta=item, usage_null=u))
-                item = waiter.next()
+                await h.send_event(shape.chunk(delta=item, usage_null=u))
+                item = await waiter.next()
             if item.status == "error":  # failed part-way: OpenAI's clients raise on an error event
-                h.send_event(self._error(item, ask).body())
-                return
+                await h.send_event(self._error(item, ask).body())
+                return await h.end_events()
             if shape.kind == "chat":
                 for chunk in shape.tool_call_chunks(item.data, usage_null=u):
-                    h.send_event(chunk)
-            h.send_event(shape.chunk(finish=finish_reason(item.data), usage_null=u))
+                    await h.send_event(chunk)
+            await h.send_event(shape.chunk(finish=finish_reason(item.data), usage_null=u))
             if u:
-                h.send_event(shape.usage_chunk(item.data))
-            h.send_event("[DONE]")
+                await h.send_event(shape.usage_chunk(item.data))
+            await h.send_event("[DONE]")
+            await h.end_events()
         except OSError:  # a write failed: the client is gone
             if not isinstance(item, Final):
-                waiter.abandon()
+                await waiter.abandon()
             raise ClientGone from None
 
     def _error(self, outcome: Final, ask: Ask) -> ApiError:

@@ -11,10 +11,11 @@
 ``/api/tags``, ``/api/ps``, ``/api/show``, ``/api/version``, and ``/api/pull`` and ``/api/delete``
 for configured names (nothing is ever downloaded or deleted). Requests are injected as rkllmd
 generate requests, so they meet the same preprocessors and wait in the same bounded queue as MQTT
-and OpenAI-API requests, in arrival order. Standard library only: no extra to install.
+and OpenAI-API requests, in arrival order. Served by aiohttp (_httpserver), imported
+only once the plugin is enabled.
 
-Threads: setup/teardown on the main thread; ``ollama-server`` accepts; one ``ollama-handler``
-thread per connection; the router (_relay.Relay.route) on rkllmd's dispatcher thread.
+Threads: setup/teardown on the main thread; ``ollama-server`` runs the event loop that accepts,
+parses and answers every connection; the router (_relay.Relay.route) on rkllmd's dispatcher thread.
 """
 
 from __future__ import annotations

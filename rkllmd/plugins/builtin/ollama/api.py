@@ -1,4 +1,5 @@
-"""The Ollama endpoints. Every method here runs on an HTTP handler thread (``ollama-handler``).
+"""The Ollama endpoints. Every method here runs on the plugin's server thread (``ollama-server``),
+the coroutines on its event loop.
 
 A chat or generate request is checked, turned into an rkllmd generate request and injected as a
 :class:`rkllmd.plugins.LocalMessage` on ``<base>/request/generate``: rkllmd's ingress thread takes
@@ -14,17 +15,20 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from rkllmd.plugins import LocalMessage
-from rkllmd.plugins.builtin._httpbase import ApiBase, Handler, HttpError, answer
+from rkllmd.plugins.builtin._httpbase import ApiBase, HttpError, answer
 from rkllmd.plugins.builtin._relay import ClientGone, Item, Waiter, answer_deadline_s
 
 from .. import _spoken as spoken
 from . import models, wire
 from .config import Config
 from .wire import Kind, Shape
+
+if TYPE_CHECKING:
+    from rkllmd.plugins.builtin._httpserver import Handler
 
 VERSION = "0.12.6"  # the Ollama API version answered: clients gate features on it (HOMEASSISTANT.md)
 _UNSUPPORTED = ("/api/create", "/api/copy", "/api/push", "/api/embed", "/api/embeddings", "/api/blobs")
@@ -34,15 +38,15 @@ _NDJSON = "application/x-ndjson"
 class Api(ApiBase):
     """Ollama's endpoints over one rkllmd daemon."""
 
-    def handle(self, h: Handler, method: str) -> None:
+    async def handle(self, h: Handler, method: str) -> None:
         """Route one request; every failure becomes ``{"error": ...}`` with its status, and a log line."""
         path = unquote(urlsplit(h.path).path).rstrip("/") or "/"
 
-        def in_stream(err: HttpError) -> None:  # the error becomes the stream's last line
-            h.send_chunk(_line(wire.error_body(err.status, err.message)))
-            h.end_chunked()
+        async def in_stream(err: HttpError) -> None:  # the error becomes the stream's last line
+            await h.send_chunk(_line(wire.error_body(err.status, err.message)))
+            await h.end_chunked()
 
-        answer(
+        await answer(
             h,
             lambda: self._route(h, method, path),
             name="ollama",
@@ -52,10 +56,10 @@ class Api(ApiBase):
             log_refused=True,
         )
 
-    def _route(self, h: Handler, method: str, path: str) -> None:
+    async def _route(self, h: Handler, method: str, path: str) -> None:
         if path == "/":  # Ollama's liveness probe, open like Ollama's
             self._only(method, ("GET", "HEAD"))
-            return _text(h, "Ollama is running")
+            return await h.send_bytes(200, "text/plain; charset=utf-8", b"Ollama is running")
         if not path.startswith("/api/"):
             raise HttpError(404, "404 page not found")
         why = self._keys.check(h.headers.get("Authorization"))
@@ -65,29 +69,29 @@ class Api(ApiBase):
         settings = self.ctx.settings
         if path == "/api/version":
             self._only(method, ("GET",))
-            return h.send_json(200, {"version": VERSION})
+            return await h.send_json(200, {"version": VERSION})
         if path == "/api/tags":
             self._only(method, ("GET",))
-            return h.send_json(200, models.tags(settings))
+            return await h.send_json(200, models.tags(settings))
         if path == "/api/ps":
             self._only(method, ("GET",))
-            return h.send_json(200, models.ps(settings, self.ctx.stats().get("loaded_model")))
+            return await h.send_json(200, models.ps(settings, self.ctx.stats().get("loaded_model")))
         if path == "/api/show":
             self._only(method, ("POST",))
-            name = self._model(self._name(h))
-            return h.send_json(200, models.show(name, settings, _capabilities()))
+            name = self._model(await self._name(h))
+            return await h.send_json(200, models.show(name, settings, _capabilities()))
         if path == "/api/chat":
             self._only(method, ("POST",))
-            return self._chat(h)
+            return await self._chat(h)
         if path == "/api/generate":
             self._only(method, ("POST",))
-            return self._generate(h, "generate", self._body(h))
+            return await self._generate(h, "generate", await self._body(h))
         if path == "/api/pull":
             self._only(method, ("POST",))
-            return self._pull(h)
+            return await self._pull(h)
         if path == "/api/delete":
             self._only(method, ("DELETE",))
-            asked = self._name(h)
+            asked = await self._name(h)
             self._model(asked, verb="delete")
             raise HttpError(
                 400,
@@ -102,12 +106,12 @@ class Api(ApiBase):
         if method not in allowed:
             raise HttpError(405, f"method {method} not allowed; use {' or '.join(allowed)}")
 
-    def _body(self, h: Handler) -> dict[str, Any]:
-        return wire.decode_body(h.read_body(self._max_body))
+    async def _body(self, h: Handler) -> dict[str, Any]:
+        return wire.decode_body(await h.read_body(self._max_body))
 
-    def _name(self, h: Handler) -> str:
+    async def _name(self, h: Handler) -> str:
         """The model a show or delete body names (see :func:`_named`)."""
-        return _named(self._body(h))
+        return _named(await self._body(h))
 
     def _model(self, asked: str | None, verb: str = "") -> str:
         """The configured model a request names: the name itself, without ``:latest``, or an alias
@@ -127,9 +131,9 @@ class Api(ApiBase):
 
     # --- POST /api/pull ----------------------------------------------------------------------
 
-    def _pull(self, h: Handler) -> None:
+    async def _pull(self, h: Handler) -> None:
         """Success for a configured model (it is already here); nothing is ever downloaded."""
-        body = self._body(h)
+        body = await self._body(h)
         asked = _named(body)
         try:
             self._model(asked)
@@ -138,23 +142,23 @@ class Api(ApiBase):
                 404, f"pull is not supported: model '{asked}' is not configured in rkllmd"
             ) from None
         if body.get("stream") is False:
-            return h.send_json(200, {"status": "success"})
-        h.start_chunked(_NDJSON, {})
-        h.send_chunk(_line({"status": "success"}))
-        h.end_chunked()
+            return await h.send_json(200, {"status": "success"})
+        await h.start_chunked(_NDJSON, {})
+        await h.send_chunk(_line({"status": "success"}))
+        await h.end_chunked()
 
     # --- POST /api/chat, /api/generate -------------------------------------------------------
 
-    def _chat(self, h: Handler) -> None:
+    async def _chat(self, h: Handler) -> None:
         """A chat; a failure is told in a sentence to a client that speaks it (see :meth:`_speaks`)."""
         if not self._speaks(h):
-            return self._generate(h, "chat", self._body(h))
+            return await self._generate(h, "chat", await self._body(h))
         body: dict[str, Any] = {}
         try:
-            body = self._body(h)
-            self._generate(h, "chat", body)
+            body = await self._body(h)
+            await self._generate(h, "chat", body)
         except HttpError as err:
-            self._say(h, err, body)
+            await self._say(h, err, body)
 
     def _speaks(self, h: Handler) -> bool:
         """Whether this chat's failures are told in a sentence: ``errors = "auto"`` means the
@@ -166,7 +170,7 @@ class Api(ApiBase):
             return (h.headers.get("User-Agent") or "").startswith("ollama-python/")
         return style == "spoken"
 
-    def _say(self, h: Handler, err: HttpError, body: dict[str, Any]) -> None:
+    async def _say(self, h: Handler, err: HttpError, body: dict[str, Any]) -> None:
         """Answer a failed chat with a sentence as the assistant's message, and ``done_reason``
         "error"; the technical reason goes to the log. Part-way through a stream, the sentence
         follows the words already sent."""
@@ -183,16 +187,16 @@ class Api(ApiBase):
         named = asked if isinstance(asked, str) and asked else wire.tag(self.ctx.settings.default)
         shape = Shape("chat", named)
         if h.streaming:
-            h.send_chunk(_line(shape.failed(" " + said)))
-            return h.end_chunked()
+            await h.send_chunk(_line(shape.failed(" " + said)))
+            return await h.end_chunked()
         headers = {"X-Rkllmd-Error": code, **err.headers}  # Retry-After too, for a client that looks
         if body.get("stream") is False:
-            return h.send_json(200, shape.failed(said), headers)
-        h.start_chunked(_NDJSON, headers)
-        h.send_chunk(_line(shape.failed(said)))
-        h.end_chunked()
+            return await h.send_json(200, shape.failed(said), headers)
+        await h.start_chunked(_NDJSON, headers)
+        await h.send_chunk(_line(shape.failed(said)))
+        await h.end_chunked()
 
-    def _generate(self, h: Handler, kind: Kind, body: dict[str, Any]) -> None:
+    async def _generate(self, h: Handler, kind: Kind, body: dict[str, Any]) -> None:
         ask = wire.parse(kind, body)
         name = self._model(ask.model)
         shown = ask.model or wire.tag(name)
@@ -217,64 +221,62 @@ class Api(ApiBase):
         shape = Shape(kind, shown)
         if ask.empty:  # Ollama's load / unload request
             unload = ask.keep_alive_s == 0
-            self._control("unload" if unload else "load", name)
-            return h.send_json(200, shape.control("unload" if unload else "load"))
+            await self._control("unload" if unload else "load", name)
+            return await h.send_json(200, shape.control("unload" if unload else "load"))
         rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
         payload = {**ask.fields, "id": rid, "model": name, "stream": False, "transaction": nonce}
         with self.relay.track(rid, nonce) as items:
             self._inject("generate", payload, key=nonce)
             deadline_s = answer_deadline_s(self.ctx.settings)
-            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.client_gone, deadline_s=deadline_s)
+            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.on_gone, deadline_s=deadline_s)
             try:
                 if ask.stream:
-                    self._stream(h, waiter, shape, rid)
+                    await self._stream(h, waiter, shape, rid)
                 else:
-                    self._complete(h, waiter, shape, rid)
+                    await self._complete(h, waiter, shape, rid)
             except ClientGone:
                 self.log.info("ollama client disconnected; generation cancelled", request_id=rid)
                 raise
         if ask.keep_alive_s == 0:  # after the answer, in queue order, like Ollama's keep_alive 0
             self._inject("unload", {"model": name})
 
-    def _complete(self, h: Handler, waiter: Waiter, shape: Shape, rid: str) -> None:
-        item = waiter.final()
+    async def _complete(self, h: Handler, waiter: Waiter, shape: Shape, rid: str) -> None:
+        item = await waiter.final()
         if item.status == "error":
             raise wire.outcome_error(item, self._retry_after)
         body = shape.done(item.text, item.data, wire.tool_calls(item.data) or None)
-        h.send_json(200, body, {"X-Request-Id": rid})
+        await h.send_json(200, body, {"X-Request-Id": rid})
 
-    def _stream(self, h: Handler, waiter: Waiter, shape: Shape, rid: str) -> None:
+    async def _stream(self, h: Handler, waiter: Waiter, shape: Shape, rid: str) -> None:
         """NDJSON. The status line waits for the first token, so that a request refused in the
         queue (busy, context too long, a bad schema) still gets its status code."""
-        item: Item = waiter.next()
+        item: Item = await waiter.next()
         if not isinstance(item, str) and item.status == "error":
             raise wire.outcome_error(item, self._retry_after)
-        h.start_chunked(_NDJSON, {"X-Request-Id": rid})
+        await h.start_chunked(_NDJSON, {"X-Request-Id": rid})
         try:
             while isinstance(item, str):
-                h.send_chunk(_line(shape.part(item)))
-                item = waiter.next()
+                await h.send_chunk(_line(shape.part(item)))
+                item = await waiter.next()
             if item.status == "error":  # failed part-way: the client raises on an error line
                 raise wire.outcome_error(item, self._retry_after)
             calls = wire.tool_calls(item.data)
             if calls:
-                h.send_chunk(_line(shape.part("", calls)))
-            h.send_chunk(_line(shape.done("", item.data)))
-            h.end_chunked()
+                await h.send_chunk(_line(shape.part("", calls)))
+            await h.send_chunk(_line(shape.done("", item.data)))
+            await h.end_chunked()
         except OSError:  # a write failed: the client is gone
             if isinstance(item, str):
-                waiter.abandon()
+                await waiter.abandon()
             raise ClientGone from None
 
-    def _control(self, command: str, model: str) -> None:
+    async def _control(self, command: str, model: str) -> None:
         """Load or unload ``model`` through the queue and wait for rkllmd's answer."""
         rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
         with self.relay.track(rid, nonce) as items:
             self._inject(command, {"id": rid, "model": model, "transaction": nonce}, key=nonce)
             deadline_s = answer_deadline_s(self.ctx.settings)
-            outcome = Waiter(
-                items, lambda: self.ctx.cancel(rid), lambda: False, deadline_s=deadline_s
-            ).final()
+            outcome = await Waiter(items, lambda: self.ctx.cancel(rid), deadline_s=deadline_s).final()
         if outcome.status == "error":
             raise wire.outcome_error(outcome, self._retry_after)
 
@@ -311,13 +313,3 @@ def _capabilities() -> list[str]:
 
 def _line(obj: Any) -> bytes:
     return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
-
-
-def _text(h: Handler, text: str) -> None:
-    body = text.encode()
-    h.send_response(200)
-    h.send_header("Content-Type", "text/plain; charset=utf-8")
-    h.send_header("Content-Length", str(len(body)))
-    h.end_headers()
-    if h.command != "HEAD":
-        h.wfile.write(body)
