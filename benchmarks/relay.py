@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--library", type=Path, help="a built RKLLM double (default: build tests/fake_rkllm)")
     ap.add_argument("--daemon-pythonpath", help="run the daemon from this checkout (PYTHONPATH)")
+    ap.add_argument(
+        "--http", action="store_true", help="also serve the OpenAI API and measure each rate over it"
+    )
     ap.add_argument("--label", default="rkllmd over MQTT", help="the summary row's name")
     ap.add_argument("--host", help="broker host (default: start a loopback mosquitto)")
     ap.add_argument("--port", type=int, default=1883)
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             port=args.port if args.host else None,
             config=config,
             daemon_env={"PYTHONPATH": args.daemon_pythonpath} if args.daemon_pythonpath else {},
+            http=args.http,
         )
         rounds = []
         for i in range(args.rounds):

@@ -71,3 +71,34 @@ def test_distinct_pages_count_a_shared_page_once() -> None:
         pytest.skip("page frame numbers are root's to read")
     assert procfs.unique_mb([me, me]) == pytest.approx(alone, abs=5)  # not twice
     assert alone <= (procfs.rss_mb(me) or 0) + 5
+
+
+def test_relay_run_over_http_measures_both_apis(broker: Broker, tmp_path: Path) -> None:
+    """With http, each rate is measured again over the OpenAI and the Ollama API of the same daemon:
+    every token arrives on both, and only Ollama's stream (which carries the decode time) gives the
+    double's rate and the ratio."""
+    opts = RelayOptions(
+        library=build_fake("1.3", tmp_path),
+        rates=[100.0],
+        tokens=10,
+        per_rate=2,
+        burst_tokens=50,
+        requests=5,
+        idle_s=0,
+        spaced_requests=0,
+        host=broker.host,
+        port=broker.port,
+        http=True,
+    )
+    r = run_relay(opts)
+    (openai_row,), (ollama_row,) = r["rates_openai"], r["rates_ollama"]
+    for row in (openai_row, ollama_row):
+        assert row["requests"] == 2 and row["intact"] and row["received_tps"] > 0
+        assert row["ttft_added_p50_ms"] <= row["ttft_added_p99_ms"]
+        assert row["cpu_ms_per_token_parts"]["total"] is not None
+    assert openai_row["ratio"] is None and openai_row["runtime_tps"] is None
+    assert ollama_row["runtime_tps"] > 0 and ollama_row["ratio"] > 0
+    h = r["headline"]
+    assert h["openai_intact"] and h["ollama_intact"] and h["ollama_cpu_ms_per_token_30"] is None  # no 30 row
+    text = relay_text(r)
+    assert "OpenAI API, /v1/chat/completions streamed" in text and "Ollama API, /api/chat streamed" in text

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from rkllmd.bench import floor, procfs
-from rkllmd.bench.broker import LocalBroker
+from rkllmd.bench.broker import LocalBroker, free_port
 from rkllmd.bench.daemonproc import DaemonProcess, to_toml
 from rkllmd.bench.mqttclient import BenchClient, Exchange
+from rkllmd.bench.relayhttp import HttpStreamClient, http_rate_row
 from rkllmd.bench.stats import percentile
 
 UNTHROTTLED = 0.0
@@ -43,6 +44,8 @@ class RelayOptions:
     config: dict[str, Any] = field(default_factory=dict)
     #: environment of the daemon under test, e.g. PYTHONPATH of another checkout to compare with
     daemon_env: dict[str, str] = field(default_factory=dict)
+    #: also serve the OpenAI-compatible API and measure each rate over it (relayhttp.py)
+    http: bool = False
 
 
 def _config(lib: Path, model_file: Path, host: str, port: int, base: str) -> dict[str, Any]:
@@ -268,6 +271,21 @@ def _idle(cpu: _Cpu, pid: int, seconds: float) -> dict[str, Any]:
     }
 
 
+def _http_headline(r: dict[str, Any]) -> dict[str, Any]:
+    """The HTTP rows' headline figures, ``openai_...`` and ``ollama_...``."""
+    out: dict[str, Any] = {}
+    for api in ("openai", "ollama"):
+        rows = r.get(f"rates_{api}")
+        if not rows:
+            continue
+        at30, at1000 = _row_at(rows, HEADLINE_RATE), _row_at(rows, RATIO_RATE)
+        out[f"{api}_ttft_added_p50_ms"] = at30["ttft_added_p50_ms"] if at30 else None
+        out[f"{api}_cpu_ms_per_token_30"] = at30["cpu_ms_per_token_parts"] if at30 else None
+        out[f"{api}_ratio_1000"] = at1000["ratio"] if at1000 else None
+        out[f"{api}_intact"] = all(row["intact"] for row in rows)
+    return out
+
+
 def _row_at(rows: list[dict[str, Any]], rate: float) -> dict[str, Any] | None:
     return next((r for r in rows if r["rate"] == rate), None)
 
@@ -295,6 +313,7 @@ def headline(r: dict[str, Any]) -> dict[str, Any]:
         "idle_cpu_pct": idle.get("cpu_pct"),
         "idle_wakeups_per_s": idle["wakeups"] / idle["seconds"] if idle.get("seconds") else None,
         "intact": all(row.get("intact", True) for row in rows) and bool(burst.get("complete", True)),
+        **_http_headline(r),
     }
 
 
@@ -311,6 +330,7 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
             "idle_s": opts.idle_s,
             "spaced_requests": opts.spaced_requests,
             "config": opts.config,
+            "http": opts.http,
         },
     }
     with tempfile.TemporaryDirectory(prefix="rkllmd-relay-") as tmp:
@@ -322,7 +342,19 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
         model_file.write_bytes(b"RKLLM model stand-in for the relay benchmark\n")
         base = f"relay{int(time.time())}"
         cfg = work / "relay.toml"
-        cfg.write_text(to_toml({**_config(opts.library, model_file, host, port, base), **opts.config}))
+        settings = {**_config(opts.library, model_file, host, port, base), **opts.config}
+        apis = (
+            [HttpStreamClient("127.0.0.1", free_port(), api) for api in ("openai", "ollama")]
+            if opts.http
+            else []
+        )
+        if apis:
+            settings["plugins"] = {
+                "enabled": ["http", "ollama"],
+                "http": {"host": "127.0.0.1", "port": apis[0].addr[1]},
+                "ollama": {"host": "127.0.0.1", "port": apis[1].addr[1]},
+            }
+        cfg.write_text(to_toml(settings))
         daemon = DaemonProcess(cfg, work / "rkllmd.log", env=opts.daemon_env or None)
         client: BenchClient | None = None
         broker_pid = broker.proc.pid if broker is not None else None
@@ -332,12 +364,20 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
             client.wait_state("online", timeout=60)
             client.command("load", {"model": "fake"}, timeout=60)
             _generate(client, 0, 16)  # one answer before the figures: every code path imported
+            for http in apis:
+                http.wait_listening(30)
+                http.chat(_prompt(0, 16), 16)
             result["memory"] = _memory(daemon.pid)
             if opts.idle_s > 0:
                 result["idle"] = _idle(cpu, daemon.pid, opts.idle_s)
             result["rates"] = []
             for rate in opts.rates:
                 result["rates"].append(_rate_row(client, cpu, rate, opts))
+                for http in apis:  # the same rate over each HTTP API, right after
+                    delay = result["rates"][-1]["delay_ms"]
+                    result.setdefault(f"rates_{http.api}", []).append(
+                        http_rate_row(http, cpu, rate, delay, opts.tokens, opts.per_rate)
+                    )
                 if rate == HEADLINE_RATE:  # the machine's floor for the same hops, right after
                     result["floor"] = floor.measure(host, port, broker_pid, rate, opts.per_rate * opts.tokens)
             result["burst"] = _burst(client, opts)
@@ -351,6 +391,8 @@ def run_relay(opts: RelayOptions) -> dict[str, Any]:
         finally:
             if client is not None:
                 client.close()
+            for http in apis:
+                http.close()
             daemon.stop()
             if broker is not None:
                 broker.stop()

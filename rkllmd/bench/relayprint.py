@@ -28,6 +28,20 @@ def relay_text(r: dict[str, Any]) -> str:
             f"{_f(row['ttft_added_p50_ms']) + ' / ' + _f(row['ttft_added_p99_ms']):>22} "
             f"{_f(row['cpu_ms_per_token'], '.3f'):>13}"
         )
+    for row in [*r.get("rates_openai", []), *r.get("rates_ollama", [])]:
+        for api, what in (
+            ("openai", "OpenAI API, /v1/chat/completions"),
+            ("ollama", "Ollama API, /api/chat"),
+        ):
+            if r.get(f"rates_{api}") and row is r[f"rates_{api}"][0]:
+                lines.append(f"the same over HTTP, {what} streamed (CPU: daemon + worker):")
+        rate = row["rate"] if isinstance(row["rate"], str) else f"{row['rate']:g} tok/s"
+        lines.append(
+            f"{rate:>12} {_f(row['runtime_tps']):>14} {_f(row['received_tps']):>15} "
+            f"{_f(row['ratio'], '.3f'):>6} "
+            f"{_f(row['ttft_added_p50_ms']) + ' / ' + _f(row['ttft_added_p99_ms']):>22} "
+            f"{_f(row['cpu_ms_per_token'], '.3f'):>13}"
+        )
     fl = r.get("floor")
     if fl:
         fp = fl["cpu_ms_per_token_parts"]
@@ -129,6 +143,24 @@ def headline_table(rounds: list[dict[str, Any]], label: str = "rkllmd over MQTT"
         + (f", distinct pages {h['unique_mb']:.1f} MB" if h.get("unique_mb") is not None else "")
         + ") "
         f"| {_f(h['idle_cpu_pct'], '.3f')} %, {_f(h['idle_wakeups_per_s'], '.1f')} wake-ups/s |",
+        *_http_row(h, label, "openai", "OpenAI API"),
+        *_http_row(h, label, "ollama", "Ollama API"),
+    ]
+
+
+def _http_row(h: dict[str, Any], label: str, api: str, what: str) -> list[str]:
+    """The same daemon's HTTP path, measured in the same rounds (``--http``)."""
+    c = h.get(f"{api}_cpu_ms_per_token_30")
+    if not c:
+        return []
+    cpu = (
+        f"{_f(c['total'], '.2f')} (daemon {_f(c['daemon'], '.2f')} + worker {_f(c['worker'], '.2f')} "
+        f"+ broker {_f(c['broker'], '.2f')})"
+    )
+    return [
+        f"| {label}, the same rounds over HTTP ({what}, streamed) "
+        f"| {_f(h[f'{api}_ttft_added_p50_ms'])} ms (p50) "
+        f"| {cpu} | | {_f(h[f'{api}_ratio_1000'], '.3f')} | (the row above: the same daemon) | |"
     ]
 
 
@@ -141,10 +173,10 @@ def median_headline(rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for key in rounds[0]:
-        if key == "cpu_ms_per_token_30":
+        if key.endswith("cpu_ms_per_token_30"):
             parts = [h[key] for h in rounds if h.get(key)]
             out[key] = {k: med([p[k] for p in parts]) for k in parts[0]} if parts else None
-        elif key == "intact":
+        elif key.endswith("intact"):
             out[key] = all(h[key] for h in rounds)
         else:
             out[key] = med([h[key] for h in rounds])
