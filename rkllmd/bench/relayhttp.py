@@ -16,6 +16,7 @@ request's rate would make the ratio up).
 from __future__ import annotations
 
 import json
+import select
 import socket
 import time
 from dataclasses import dataclass, field
@@ -61,6 +62,10 @@ class HttpStreamClient:
                 time.sleep(0.1)
 
     def _conn(self) -> socket.socket:
+        """The kept-alive connection, or a new one if the server has closed it meanwhile (its
+        idle timeout), as HTTP clients' pools do: a closed socket reads as ready, at end of file."""
+        if self._sock is not None and select.select([self._sock], [], [], 0)[0]:
+            self.close()
         if self._sock is None:
             self._sock = socket.create_connection(self.addr, timeout=self.timeout)
             self._sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
