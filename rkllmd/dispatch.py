@@ -155,22 +155,24 @@ class Dispatcher:
     # --- the inference thread: a request's chunks straight from where its tokens arrive ------
 
     def streams_directly(self, job: Exchange) -> bool:
-        """Whether ``job``'s chunks may be published by the thread its tokens arrive on instead of
-        this dispatcher's (rkllmd/loop.py asks once per run, and only when that thread is its own
-        inference thread, never a runtime's callback thread): nothing but the stream wants its
-        tokens, so skipping the hand-over costs nothing and saves a thread wake-up per token."""
-        return (
-            job.stream
-            and job.id is not None
-            and not job.local
-            and not job.sentences
-            and self.stream.coalesce_ms == 0
-            and not self.plugins.routes_tokens(job)
-        )
+        """Whether ``job``'s chunks may be published, and its tokens routed, by the thread they
+        arrive on instead of this dispatcher's (rkllmd/loop.py asks once per run, and only when
+        that thread is its own inference thread, never a runtime's callback thread): nothing but
+        the stream and direct routers (an HTTP plugin's relay) want its tokens, so skipping the
+        hand-over costs nothing and saves a thread wake-up per token."""
+        if job.sentences or self.stream.coalesce_ms != 0 or self.plugins.routes_tokens(job, direct=False):
+            return False
+        if job.local:  # an interface plugin's request: its tokens go to its router, not the broker
+            return job.address is not None and self.plugins.routes_tokens(job, direct=True)
+        return job.stream and job.id is not None
 
     def publish_chunk(self, job: Exchange, seq: int, delta: str) -> None:
-        """One stream chunk and its bare text (the inference thread for a direct stream, else this
-        dispatcher's). The bus writes in call order, so a run's chunks precede its end message."""
+        """One stream chunk and its bare text, or a local request's token to the direct routers
+        (the inference thread for a direct stream, else this dispatcher's). The bus writes in call
+        order, so a run's chunks precede its end message."""
+        if job.local:
+            self.plugins.route_direct(Token(job, seq, delta))
+            return
         assert job.id is not None
         chunk = (self.topics.stream(job.id), protocol.stream_chunk(job.id, seq, delta, job.attempt))
         if self.stream.text_topic:  # the chunk and its text copy in one write

@@ -321,9 +321,9 @@ def test_a_router_sees_tokens_only_when_it_asked_for_them() -> None:
 
     hooks = Hooks([])
     seen: dict[str, list[str]] = {"all": [], "none": [], "local": []}
-    hooks.add("route", ("a", lambda e: seen["all"].append(type(e).__name__), True))
-    hooks.add("route", ("b", lambda e: seen["none"].append(type(e).__name__), False))
-    hooks.add("route", ("c", lambda e: seen["local"].append(type(e).__name__), "local"))
+    hooks.add("route", ("a", lambda e: seen["all"].append(type(e).__name__), True, False))
+    hooks.add("route", ("b", lambda e: seen["none"].append(type(e).__name__), False, False))
+    hooks.add("route", ("c", lambda e: seen["local"].append(type(e).__name__), "local", False))
     mqtt = Exchange(command="generate", topic="t", id="m", address=Address("r"))
     local = Exchange(command="generate", topic="t", id="l", address=Address("r", local=True))
     for ex in (mqtt, local):
@@ -336,5 +336,5 @@ def test_a_router_sees_tokens_only_when_it_asked_for_them() -> None:
     }
     assert hooks.routes_tokens(mqtt) and hooks.routes_tokens(local)
     only_finals = Hooks([])
-    only_finals.add("route", ("b", lambda e: None, False))
+    only_finals.add("route", ("b", lambda e: None, False, False))
     assert not only_finals.routes_tokens(mqtt)

@@ -208,3 +208,26 @@ def test_a_model_change_is_announced_outside_the_bus_lock() -> None:
     d.stop()
     assert changed == [False]
     assert ("b/info", False) in bus.log and ("me/reply", True) in bus.log
+
+
+def test_local_tokens_go_from_the_inference_thread_to_a_direct_router_without_the_dispatcher() -> None:
+    """An HTTP plugin's request (local) whose tokens only a direct router wants (its relay): the
+    thread the tokens arrive on routes them (one wake-up fewer per token); a router that must run
+    on the dispatcher keeps them there."""
+    seen: list[tuple[str, str]] = []
+    host = PluginHost(FakeServices(Settings(), Topics("b")), [], remove_disabled=False)
+    host.add("route", ("relay", lambda e: seen.append((type(e).__name__, e.delta)), "local", True))
+    d = Dispatcher(_Bus(), Topics("b"), host, dict)  # type: ignore[arg-type]
+    local = job("h1")
+    local.address = Address(topic="b/response/generate", request_id="h1", local=True)
+    local.stream = False
+    assert d.streams_directly(local)
+    d.publish_chunk(local, 0, "hi")  # as the inference thread does for a direct run
+    assert seen == [("Token", "hi")]
+    remove = host.add("route", ("other", lambda e: None, "local", False))
+    assert not d.streams_directly(local)
+    remove()
+    mqtt = job("m1")  # an MQTT request is not held back by a router of local tokens
+    mqtt.address = Address(topic="b/response/generate", request_id="m1")
+    mqtt.stream = True
+    assert d.streams_directly(mqtt)

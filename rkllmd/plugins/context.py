@@ -99,12 +99,16 @@ class PluginContext:
         """Add ``fn`` to the preprocessor chain for requests of ``commands`` (ingress thread)."""
         return self._keep(self._hooks.add("pre", (self.name, fn, frozenset(commands))))
 
-    def add_router(self, fn: Router, *, tokens: bool | Literal["local"] = True) -> Callable[[], None]:
+    def add_router(
+        self, fn: Router, *, tokens: bool | Literal["local"] = True, direct: bool = False
+    ) -> Callable[[], None]:
         """Add ``fn`` to the router chain: it sees Final events and, with ``tokens``, Token events
         (dispatcher thread). ``tokens=False`` for a router that reads only final replies (rkllmd
         can then stream a request's chunks without the dispatcher); ``"local"``: only the tokens
-        of local requests (an interface plugin's own)."""
-        return self._keep(self._hooks.add("route", (self.name, fn, tokens)))
+        of local requests (an interface plugin's own). ``direct``: ``fn`` never blocks and may
+        run on any thread, so a request's tokens may reach it from the thread they arrive on
+        (the inference thread) without waking the dispatcher: one thread wake-up fewer a token."""
+        return self._keep(self._hooks.add("route", (self.name, fn, tokens, direct)))
 
     def add_stats(self, fn: StatsContributor) -> Callable[[], None]:
         """Contribute ``fn()`` to the stats topic as ``plugins.<name>``; None leaves it out."""

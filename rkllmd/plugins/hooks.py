@@ -41,8 +41,8 @@ class Hooks:
         self._lock = threading.RLock()
         self._pre: list[tuple[str, Preprocessor, frozenset[str]]] = []
         # (plugin, router, which tokens it sees: True all, False none (only finals), "local" those
-        # of local requests, e.g. the HTTP APIs' own)
-        self._route: list[tuple[str, Router, bool | Literal["local"]]] = []
+        # of local requests, e.g. the HTTP APIs' own; whether it may run on any thread: direct)
+        self._route: list[tuple[str, Router, bool | Literal["local"], bool]] = []
         self._stats: list[tuple[str, StatsContributor]] = []
         self._subs: list[tuple[str, Handler]] = []  # (topic filter, handler)
         self._reserved: list[str] = []  # topic filters no reply may be sent to (PluginContext.reserve)
@@ -143,19 +143,31 @@ class Hooks:
     def has_routers(self) -> bool:
         return bool(self._route)
 
-    def routes_tokens(self, request: Request) -> bool:
-        """Whether some router wants this request's tokens (any thread)."""
+    def routes_tokens(self, request: Request, *, direct: bool | None = None) -> bool:
+        """Whether some router wants this request's tokens (any thread); ``direct``: only the
+        routers that may (True) or may not (False) run on the thread the tokens arrive on."""
         with self._lock:
-            return any(_sees(tokens, request) for _, _, tokens in self._route)
+            return any(
+                _sees(tokens, request) and (direct is None or on_any == direct)
+                for _, _, tokens, on_any in self._route
+            )
 
     def route(self, event: Token | Final) -> None:
         """Hand ``event`` to every router that takes it (a Token only to those that asked for
         tokens); one that raises is logged and the rest still run."""
+        self._route_to(event, direct_only=False)
+
+    def route_direct(self, event: Token) -> None:
+        """A token, from the thread it arrived on, to the direct routers that take it (when
+        :meth:`routes_tokens` says no other router wants it: rkllmd/dispatch.py)."""
+        self._route_to(event, direct_only=True)
+
+    def _route_to(self, event: Token | Final, *, direct_only: bool) -> None:
         with self._lock:
             chain = list(self._route)
         token = isinstance(event, Token)
-        for name, fn, tokens in chain:
-            if token and not _sees(tokens, event.request):
+        for name, fn, tokens, direct in chain:
+            if (token and not _sees(tokens, event.request)) or (direct_only and not direct):
                 continue
             try:
                 fn(event)

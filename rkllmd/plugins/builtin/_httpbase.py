@@ -227,7 +227,8 @@ def serve(
             raise NotReady(f"{config.host}:{config.port} is in use") from exc
         raise
     # The router before the first request can be injected: no event may find no queue.
-    ctx.add_router(relay.route, tokens="local")  # the tokens of its own (local) requests
+    # The tokens of its own (local) requests, from the inference thread: route never blocks.
+    ctx.add_router(relay.route, tokens="local", direct=True)
     server.start()
 
     def stop() -> None:  # main thread, at teardown

@@ -14,7 +14,8 @@ arrival order; a full queue is 503 with Retry-After. Served by aiohttp (_httpser
 only once the plugin is enabled.
 
 Threads: setup/teardown on the main thread; ``http-server`` runs the event loop that accepts,
-parses and answers every connection; the router (_relay.Relay.route) on rkllmd's dispatcher thread.
+parses and answers every connection; the router (_relay.Relay.route) on rkllmd's inference
+(tokens) and dispatcher (finals) threads.
 """
 
 from __future__ import annotations

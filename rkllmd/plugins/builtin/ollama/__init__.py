@@ -15,7 +15,8 @@ and OpenAI-API requests, in arrival order. Served by aiohttp (_httpserver), impo
 only once the plugin is enabled.
 
 Threads: setup/teardown on the main thread; ``ollama-server`` runs the event loop that accepts,
-parses and answers every connection; the router (_relay.Relay.route) on rkllmd's dispatcher thread.
+parses and answers every connection; the router (_relay.Relay.route) on rkllmd's inference
+(tokens) and dispatcher (finals) threads.
 """
 
 from __future__ import annotations
