@@ -209,7 +209,8 @@ def http_rate_row(
         "ttft_added_p99_ms": percentile(added, 99),
         "cpu_ms_per_token": None if per["daemon"] is None else per["daemon"] + (per["worker"] or 0),
         "cpu_ms_per_token_parts": per,
-        "wakeups_per_token_parts": {k: (woke1[k] - woke0[k]) / got if got else None for k in woke0},
+        "wakeups_per_token_parts": (woke := {k: (woke1[k] - woke0[k]) / got if got else None for k in woke0}),
+        "wakeups_per_token": sum(v for v in woke.values() if v is not None) if got else None,
         "chunks_per_request": percentile([float(len(ex.deltas)) for ex in runs], 50),
         # every token the double made came (its count), as one stream of deltas
         "intact": all(ex.tokens == tokens and ex.deltas for ex in runs),
