@@ -218,6 +218,15 @@ class DaemonProc:
             time.sleep(0.05)
         raise TimeoutError(f"{needle!r} not in rkllmd log after {timeout} s:\n{self.log_text()[-4000:]}")
 
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Until the default model is loaded and rkllmd is subscribed, in either order.
+
+        "model loaded" alone is not enough: the startup load can finish before the broker
+        acknowledged the subscription, and a request published in between was lost under load.
+        """
+        self.wait_log('"model loaded"', timeout)
+        self.wait_log('"rkllmd ready"', timeout)
+
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
 

@@ -92,10 +92,7 @@ def start_daemon(broker: Broker, fake_libs: dict[str, Path], tmp_path: Path) -> 
         cfg = rkllm_config(tmp_path, broker, fake_libs[abi], base, **kw)
         d = DaemonProc(cfg, tmp_path)
         procs.append(d)
-        d.wait_log('"model loaded"', timeout=30)
-        # Subscribed only then: a request published between the two was lost under load (the
-        # startup load can finish before the subscription is acknowledged).
-        d.wait_log('"rkllmd ready"', timeout=30)
+        d.wait_ready(30)
         return d, base
 
     yield start

@@ -108,8 +108,7 @@ def shipped(tmp_path_factory: pytest.TempPathFactory, fake_libs: dict[str, Path]
     finally:
         os.umask(old)
     try:
-        d.wait_log('"model loaded"', timeout=60)
-        d.wait_log('"rkllmd ready"', timeout=30)
+        d.wait_ready(60)
         yield Shipped(broker, d, work, http_port, ollama_port)
     finally:
         d.stop()

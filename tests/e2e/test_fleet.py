@@ -51,8 +51,7 @@ def fleet(broker: Broker, fake_libs: dict[str, Path], tmp_path: Path) -> Iterato
         d = DaemonProc(cfg, folder)
         procs.append(d)
         if wait:
-            d.wait_log('"model loaded"', timeout=30)
-            d.wait_log('"rkllmd ready"', timeout=30)
+            d.wait_ready(30)
         return d
 
     yield base, board

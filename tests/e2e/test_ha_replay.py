@@ -119,7 +119,7 @@ def served(
             f"[plugins.ollama]\nport = {ollama_port}\n"
         )
     d = DaemonProc(cfg, tmp)
-    d.wait_log('"model loaded"', timeout=30)
+    d.wait_ready(30)
     d.wait_log("OpenAI-compatible API listening")
     d.wait_log("Ollama-compatible API listening")
     yield Served(d, openai_port, ollama_port)

@@ -67,7 +67,7 @@ def test_broker_restart_mid_generation_answers_every_request(
     # publishes after it comes back can slip past the probe before it reconnects.
     p = ClientProbe(b, client_id=f"{base}-probe", clean_start=False)
     try:
-        d.wait_log('"model loaded"')
+        d.wait_ready()
         p.subscribe(f"{base}-reply/#", f"{base}/state", f"{base}/stream/long")
         assert p.get(f"{base}/state").json() == {"state": "online"}
         request(p, base, "long", "[[delay_ms=40]] [[len=50]] go", f"{base}-reply/x")
@@ -118,7 +118,7 @@ def test_kill_9_then_restart_answers_requests_held_by_the_broker(
     p = Probe(broker)
     d2: DaemonProc | None = None
     try:
-        d.wait_log('"model loaded"')
+        d.wait_ready()
         p.subscribe(f"{base}-reply/x", f"{base}/state", f"{base}/stream/long")
         assert p.get(f"{base}/state").json() == {"state": "online"}
         request(p, base, "long", "[[delay_ms=100]] [[len=200]] go", f"{base}-reply/x")
@@ -166,7 +166,7 @@ def test_long_outage_drops_stream_chunks_but_never_the_final_reply(
     d = DaemonProc(cfg, tmp_path)
     p = ClientProbe(b, client_id="out-probe", clean_start=False)
     try:
-        d.wait_log('"model loaded"')
+        d.wait_ready()
         p.subscribe("out-reply/x", "out/stream/long")
         p.publish(
             "out/request/generate",

@@ -146,7 +146,7 @@ def fuzz_daemon(fake_libs: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     p = Probe(broker)
     everything = Probe(broker)  # subscribed to '#' by the reply_to test; kept apart from the replies
     try:
-        d.wait_log('"model loaded"', timeout=30)
+        d.wait_ready(30)
         f = Fuzzer(p, d, everything)
         p.subscribe(f.reply_topic)
         yield f

@@ -104,7 +104,7 @@ def test_tls_and_password_serve_requests_and_secrets_stay_out_of_logs(
     d = DaemonProc(cfg, tls_broker.workdir)
     p = tls_probe(tls_broker)
     try:
-        d.wait_log('"model loaded"')
+        d.wait_ready()
         r = ask(p, "tlsok", "reply/alice/1")
         assert r["status"] == "ok" and r["data"]["text"]
     finally:
@@ -138,7 +138,7 @@ def test_client_certificate_when_the_broker_requires_one(
     d = DaemonProc(good, tls_broker.workdir)
     p = tls_probe(tls_broker, client_cert=True)
     try:
-        d.wait_log('"model loaded"')
+        d.wait_ready()
         assert ask(p, "mtlsok", "reply/alice/2")["status"] == "ok"
     finally:
         p.close()
@@ -247,7 +247,7 @@ def user_probe(ab: AclBroker, user: str) -> ClientProbe:
 def acl_rkllmd(acl_broker: AclBroker, fake_libs: dict[str, Path]) -> Iterator[DaemonProc]:
     """rkllmd as the `rkllmd` user, base topic `rkllmd`, behind the example ACL."""
     d = acl_daemon(acl_broker, fake_libs["1.3"])
-    d.wait_log('"model loaded"')
+    d.wait_ready()
     yield d
     assert d.stop() == 0
 

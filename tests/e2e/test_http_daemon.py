@@ -85,11 +85,8 @@ def served(
     with cfg.open("a") as f:
         f.write(f'\n[plugins]\nenabled = ["http"]\n[plugins.http]\nport = {port}\napi_keys = ["{KEY}"]\n')
     d = DaemonProc(cfg, tmp)
-    d.wait_log('"model loaded"', timeout=30)
+    d.wait_ready(30)
     d.wait_log("OpenAI-compatible API listening")
-    d.wait_log(
-        '"rkllmd ready"', timeout=30
-    )  # subscribed: an MQTT request is not lost (conftest.start_daemon)
     yield Served(d, port)
     assert d.stop() == 0
 

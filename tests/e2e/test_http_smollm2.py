@@ -31,7 +31,7 @@ def api(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[op
         },
     )
     d = DaemonProc(cfg, tmp)
-    d.wait_log('"model loaded"', timeout=60)
+    d.wait_ready(60)
     yield openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="any", max_retries=0, timeout=60)
     assert d.stop() == 0
 

@@ -32,7 +32,7 @@ def base(
         f.write(f'[plugins.homeassistant]\ndiscovery_prefix = "{name}-ha"\n')
     d = DaemonProc(cfg, tmp)
     try:
-        d.wait_log('"model loaded"', timeout=30)
+        d.wait_ready(30)
         yield name
         assert d.proc.poll() is None, d.log_text()[-3000:]
     finally:

@@ -31,7 +31,7 @@ def smol(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[D
         },
     )
     d = DaemonProc(cfg, tmp)
-    d.wait_log('"model loaded"', timeout=60)
+    d.wait_ready(60)
     yield d
     assert d.stop() == 0
 

@@ -81,8 +81,7 @@ def served(
             f'[plugins.http]\nport = {hport}\napi_keys = ["{KEY}"]\n'
         )
     d = DaemonProc(cfg, tmp)
-    d.wait_log('"model loaded"', timeout=30)
-    d.wait_log('"rkllmd ready"', timeout=30)  # the request topics are subscribed
+    d.wait_ready(30)  # the request topics are subscribed
     d.wait_log("Ollama-compatible API listening")
     d.wait_log("OpenAI-compatible API listening")
     yield Served(d, oport, hport)

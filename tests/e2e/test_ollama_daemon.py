@@ -79,11 +79,8 @@ def served(
             'errors = "ollama"\n'
         )
     d = DaemonProc(cfg, tmp)
-    d.wait_log('"model loaded"', timeout=30)
+    d.wait_ready(30)
     d.wait_log("Ollama-compatible API listening")
-    d.wait_log(
-        '"rkllmd ready"', timeout=30
-    )  # subscribed: an MQTT request is not lost (conftest.start_daemon)
     yield Served(d, port)
     assert d.stop() == 0
 

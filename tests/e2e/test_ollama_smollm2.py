@@ -32,7 +32,7 @@ def client(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         },
     )
     d = DaemonProc(cfg, tmp)
-    d.wait_log('"model loaded"', timeout=60)
+    d.wait_ready(60)
     yield ollama.Client(host=f"http://127.0.0.1:{port}", timeout=60)
     assert d.stop() == 0
 

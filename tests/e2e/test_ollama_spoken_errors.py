@@ -85,7 +85,7 @@ def serve(
             f'\n[plugins]\nenabled = ["ollama"]\n[plugins.ollama]\nport = {port}\nnum_ctx = "clamp"\n{plugin}'
         )
     d = DaemonProc(cfg, tmp)
-    d.wait_log('"model loaded"', timeout=30)
+    d.wait_ready(30)
     d.wait_log("Ollama-compatible API listening")
     return d, port
 

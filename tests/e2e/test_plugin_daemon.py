@@ -138,7 +138,7 @@ def smol(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[t
     (tmp / "npu-load").write_text("NPU load:  Core0: 30%, Core1: 10%, Core2:  5%,\n")
     body = PLUGINS_TOML.replace("TRANSCRIPT", str(tmp / "t.jsonl")).replace("NPULOAD", str(tmp / "npu-load"))
     d = DaemonProc(config(tmp, broker, body), tmp)
-    d.wait_log('"model loaded"', timeout=60)
+    d.wait_ready(60)
     yield d, tmp
     assert d.stop() == 0
 

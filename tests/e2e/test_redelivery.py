@@ -22,8 +22,7 @@ def _daemon(tmp: Path, broker: Broker, lib: Path, base: str, *, clean: bool, jou
     if journal:
         write_config(cfg, {"state_dir": str(tmp / "state"), **tomllib.loads(cfg.read_text())})
     d = DaemonProc(cfg, tmp)
-    d.wait_log('"model loaded"', timeout=30)
-    d.wait_log('"rkllmd ready"', timeout=30)
+    d.wait_ready(30)
     return d
 
 

@@ -352,7 +352,7 @@ def test_reconnects_resubscribes_and_republishes_after_broker_restart(
     cfg = rkllm_config(tmp_path, b, fake_libs["1.3"], "rc")
     d = DaemonProc(cfg, tmp_path)
     try:
-        d.wait_log('"model loaded"')
+        d.wait_ready()
         b.stop()
         time.sleep(1.0)
         b = start_broker(tmp_path, port=b.port)
