@@ -22,6 +22,13 @@
  *                                        such as <tool_call> arrives split across tokens; ignored in
  *                                        a run with role "tool" (a tool result gets the usual words)
  *   [[say_tools]]   (prompt only)        emit the last rkllm_set_function_tools JSON verbatim
+ *   FAKE_RKLLM_SCRIPT=PATH (environment only) canned replies for runs whose prompt a real client
+ *                                        writes, so no directive can be put in it (Home Assistant's):
+ *                                        each line "ROLE<TAB>NEEDLE<TAB>B64"; a run with no [[say]]
+ *                                        whose role is ROLE (or "*") and whose prompt_input contains
+ *                                        NEEDLE emits the decoded text as [[say]] would (first
+ *                                        matching line wins; a file that cannot be read is an
+ *                                        "E rkllm:" line and the usual words)
  *   [[prefill_us=N]] FAKE_RKLLM_PREFILL_US  prefill cost: sleep N microseconds per prompt token
  *                                        that is not already in the KV cache, before token 1
  *
@@ -271,6 +278,34 @@ static void plan_parse(Plan *p, const char *prompt) {
     if (p->n_words == 0) p->words[p->n_words++] = "EMPTY";
 }
 
+/* The FAKE_RKLLM_SCRIPT reply for a run (a fresh string), or NULL. Read at every run, so a test
+ * can rewrite the file between turns. */
+static char *script_reply(const char *role, const char *prompt) {
+    const char *path = getenv("FAKE_RKLLM_SCRIPT");
+    if (!path || !*path) return NULL;
+    FILE *fp = fopen(path, "r");
+    if (!fp) {
+        printf("E rkllm: fake script %s cannot be read\n", path);
+        fflush(stdout);
+        return NULL;
+    }
+    char *line = NULL, *out = NULL;
+    size_t cap = 0;
+    while (!out && getline(&line, &cap, fp) > 0) {
+        line[strcspn(line, "\r\n")] = '\0';
+        char *needle = strchr(line, '\t');
+        if (!needle) continue;
+        *needle++ = '\0';
+        char *b64 = strchr(needle, '\t');
+        if (!b64) continue;
+        *b64++ = '\0';
+        if ((strcmp(line, "*") == 0 || strcmp(line, role) == 0) && strstr(prompt, needle)) out = b64_decode(b64);
+    }
+    free(line);
+    fclose(fp);
+    return out;
+}
+
 static void plan_free(Plan *p) {
     free(p->say);
     free(p->words);
@@ -398,6 +433,7 @@ static int do_run(Fake *f, RunArgs *a) {
         free(p.say);
         p.say = NULL;
     }
+    if (!p.say) p.say = script_reply(a->role, a->prompt);
     if (p.chunk < 1) p.chunk = 1;
     if (p.chunk > 200) p.chunk = 200;
     int say_len = p.say ? (int)strlen(p.say) : 0;
