@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -213,7 +214,5 @@ def _pump(src: socket.socket, dst: socket.socket, keep: bytearray | None) -> Non
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from tests.helpers import die_with_parent, stop_process
+from rkllmd.bench.broker import die_with_parent, stop_process
 
 HA_VERSION = "2025.4.4"
 PYTHON_RANGE = ((3, 13, 0), (3, 14, 0))  # HA 2025.4's Requires-Python, below what its wheels cover
@@ -131,7 +131,8 @@ def ensure_installed(python: str) -> Path:
         deadline = time.monotonic() + INSTALL_TIMEOUT_S
         _run_logged([python, "-m", "venv", str(venv)], log, 120)
         vpy = str(venv / "bin" / "python")
-        pip = [vpy, "-m", "pip", "install", "--disable-pip-version-check", "-q"]
+        # No byte-compiling of all HA's integrations: HA compiles the few it imports on its first start.
+        pip = [vpy, "-m", "pip", "install", "--disable-pip-version-check", "--no-compile", "-q"]
         _run_logged([*pip, f"homeassistant=={HA_VERSION}"], log, deadline - time.monotonic())
         reqs = subprocess.run(
             [vpy, "-c", _REQUIREMENTS_SCRIPT, *INTEGRATIONS],

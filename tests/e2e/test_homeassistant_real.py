@@ -40,6 +40,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]  # the first run inst
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 CHAT_FIXTURE = FIXTURES / f"ha_{HA_VERSION.replace('.', '_')}_chat_request.json"
+AGENT_DOMAIN = "conversation."
 LIGHT, POWER = "light.kitchen_light", "input_boolean.kitchen_light_power"
 TURN_S = 60.0  # one conversation turn: two rounds through rkllmd on the double
 
@@ -115,9 +116,7 @@ def hass_bin() -> Path:
 
 
 @pytest.fixture
-def home(
-    hass_bin: Path, broker: Broker, fake_libs: dict[str, Path], tmp_path: Path
-) -> Iterator[Home]:
+def home(hass_bin: Path, broker: Broker, fake_libs: dict[str, Path], tmp_path: Path) -> Iterator[Home]:
     # rkllmd as a user runs it for HA: the ollama plugin with its defaults, on loopback, no key
     # (HA 2025.4's Ollama integration has no API-key field).
     ollama_port = free_port()
@@ -167,7 +166,7 @@ def add_ollama_agent(api: HaApi, url: str) -> str:
     assert saved["type"] == "create_entry", saved
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:  # the entry reloads with its new options
-        agents = [s["entity_id"] for s in api.get("/api/states") if s["entity_id"].startswith("conversation.")]
+        agents = [s["entity_id"] for s in api.get("/api/states") if s["entity_id"].startswith(AGENT_DOMAIN)]
         entries = api.get("/api/config/config_entries/entry?domain=ollama")
         if entries and entries[0]["state"] == "loaded" and "conversation.fake" in agents:
             return "conversation.fake"
@@ -193,7 +192,8 @@ def converse(home: Home, text: str) -> dict[str, Any]:
     api = home.api
     api.timeout = TURN_S
     try:
-        reply = api.post("/api/conversation/process", {"text": text, "language": "en", "agent_id": home.agent})
+        body = {"text": text, "language": "en", "agent_id": home.agent}
+        reply = api.post("/api/conversation/process", body)
     except HaError as err:
         return {"error": str(err), "rkllmd": refusals(home.rkllmd)}
     return dict(reply)
@@ -201,7 +201,8 @@ def converse(home: Home, text: str) -> dict[str, Any]:
 
 def speech(reply: dict[str, Any]) -> str | None:
     """What HA says back (its conversation result's plain speech); None when the turn failed."""
-    return reply.get("response", {}).get("speech", {}).get("plain", {}).get("speech")
+    said = reply.get("response", {}).get("speech", {}).get("plain", {}).get("speech")
+    return None if said is None else str(said)
 
 
 def refusals(daemon: DaemonProc) -> list[str]:
