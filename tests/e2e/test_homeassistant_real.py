@@ -242,6 +242,11 @@ def test_assist_turns_the_light_on_and_off(home: Home) -> None:
     system = first["messages"][0]
     assert system["role"] == "system" and "Kitchen Light" in system["content"]
     assert {"HassTurnOn", "HassTurnOff"} <= {t["function"]["name"] for t in first["tools"]}
+    # The round after the call: HA replays rkllmd's tool call and sends the intent's result.
+    *_, call, result = chats[1]["messages"]
+    turn_on = {"name": "HassTurnOn", "arguments": {"name": "Kitchen Light"}}
+    assert call["tool_calls"] == [{"function": turn_on}]
+    assert result["role"] == "tool" and json.loads(result["content"])["response_type"] == "action_done"
 
 
 def show_and_keep(chats: list[dict[str, Any]]) -> None:
