@@ -61,20 +61,18 @@ def cache_dir() -> Path:
     return Path(base) / "rkllmd" / f"homeassistant-{HA_VERSION}"
 
 
-def _version_of(python: str) -> tuple[int, int, int] | None:
+def _version_of(python: str) -> tuple[tuple[int, int, int], str] | None:
+    """The version of ``python`` and its own path (a shim or a link resolves to the same one), or
+    None when it does not run or lacks what a venv of HA needs."""
+    probe = "import sys, venv, ssl, sqlite3; print(*sys.version_info[:3], sys.executable)"
     try:
-        out = subprocess.run(
-            [python, "-c", "import sys, venv, ssl, sqlite3; print(*sys.version_info[:3])"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
+        out = subprocess.run([python, "-c", probe], capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode != 0:
         return None
-    major, minor, micro = (int(x) for x in out.stdout.split())
-    return (major, minor, micro)
+    major, minor, micro, executable = out.stdout.split(maxsplit=3)
+    return (int(major), int(minor), int(micro)), executable.strip()
 
 
 def _candidates() -> list[str]:
@@ -90,12 +88,13 @@ def find_python() -> tuple[str | None, str]:
     """A Python that HA ``HA_VERSION`` installs on, or None and why none was usable."""
     seen = []
     for python in _candidates():
-        version = _version_of(python)
-        if version is None:
+        found = _version_of(python)
+        if found is None:
             continue
+        version, executable = found
         seen.append(f"{python} ({'.'.join(map(str, version))})")
         if PYTHON_RANGE[0] <= version < PYTHON_RANGE[1]:
-            return python, ""
+            return executable, ""
     low, high = ".".join(map(str, PYTHON_RANGE[0])), ".".join(map(str, PYTHON_RANGE[1]))
     why = f"Home Assistant {HA_VERSION} needs Python >= {low}, < {high} (with venv, ssl, sqlite3)"
     return None, f"{why}; found: {', '.join(seen) or 'none'} (set RKLLMD_HA_PYTHON to one)"
@@ -114,8 +113,8 @@ def _run_logged(cmd: list[str], log: Path, timeout: float) -> None:
 def ensure_installed(python: str) -> Path:
     """The ``hass`` of the cached install, installing it first when the marker is missing.
 
-    A lock file serialises concurrent test runs; a half-finished install (no marker) is removed
-    and done again.
+    A lock file serialises concurrent test runs; a half-finished install (no marker), or one made
+    by another Python, is removed and done again.
     """
     root = cache_dir()
     root.mkdir(parents=True, exist_ok=True)
@@ -123,8 +122,8 @@ def ensure_installed(python: str) -> Path:
     hass = venv / "bin" / "hass"
     with (root / ".lock").open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        if marker.exists() and hass.exists():
-            return hass
+        if hass.exists() and marker.exists() and json.loads(marker.read_text()).get("python") == python:
+            return hass  # made by this Python (a venv breaks when its Python goes)
         shutil.rmtree(venv, ignore_errors=True)
         log = root / "install.log"
         log.write_text("")
