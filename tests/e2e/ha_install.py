@@ -29,7 +29,8 @@ from rkllmd.bench.broker import die_with_parent, stop_process
 
 HA_VERSION = "2025.4.4"
 PYTHON_RANGE = ((3, 13, 0), (3, 14, 0))  # HA 2025.4's Requires-Python, below what its wheels cover
-INSTALL_TIMEOUT_S = 900.0  # pip's download and install, first run only
+INSTALL_TIMEOUT_S = 900.0  # the download and install, first run only
+UV = "uv==0.13.9"
 START_TIMEOUT_S = 90.0
 
 # The integrations the test's configuration names, beyond those HA always loads (its bootstrap's
@@ -130,9 +131,21 @@ def ensure_installed(python: str) -> Path:
         deadline = time.monotonic() + INSTALL_TIMEOUT_S
         _run_logged([python, "-m", "venv", str(venv)], log, 120)
         vpy = str(venv / "bin" / "python")
-        # No byte-compiling of all HA's integrations: HA compiles the few it imports on its first start.
-        pip = [vpy, "-m", "pip", "install", "--disable-pip-version-check", "--no-compile", "-q"]
-        _run_logged([*pip, f"homeassistant=={HA_VERSION}"], log, deadline - time.monotonic())
+        # uv, from PyPI into HA's venv, installs HA's 110 packages in a quarter of pip's time (1.5
+        # against 6-8 minutes, measured on two busy cores) and, like HA's own installs, without
+        # byte-compiling thousands of integrations: HA compiles the few it imports on first start.
+        # It never fetches a Python: the venv's is given.
+        _run_logged([vpy, "-m", "pip", "install", "-q", "--disable-pip-version-check", UV], log, 300)
+        uv = [
+            str(venv / "bin" / "uv"),
+            "pip",
+            "install",
+            "--python",
+            vpy,
+            "--native-tls",
+            "--no-python-downloads",
+        ]
+        _run_logged([*uv, f"homeassistant=={HA_VERSION}"], log, deadline - time.monotonic())
         reqs = subprocess.run(
             [vpy, "-c", _REQUIREMENTS_SCRIPT, *INTEGRATIONS],
             capture_output=True,
@@ -141,8 +154,8 @@ def ensure_installed(python: str) -> Path:
             check=True,
         )
         constraints = venv.glob("lib/python*/site-packages/homeassistant/package_constraints.txt")
-        pins = [f"-c{c}" for c in constraints]  # as HA installs them itself
-        _run_logged([*pip, *pins, *json.loads(reqs.stdout)], log, deadline - time.monotonic())
+        pins = [f"--constraint={c}" for c in constraints]  # as HA installs them itself
+        _run_logged([*uv, *pins, *json.loads(reqs.stdout)], log, deadline - time.monotonic())
         marker.write_text(json.dumps({"homeassistant": HA_VERSION, "python": python}) + "\n")
     return hass
 
