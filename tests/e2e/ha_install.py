@@ -2,7 +2,7 @@
 
 Home Assistant is installed from PyPI into a venv of its own, outside the repository, in
 ``${XDG_CACHE_HOME:-~/.cache}/rkllmd/homeassistant-<version>/``, with the Python it needs (not the
-test's). The first run takes a few minutes; later runs find the ``installed.json`` marker and start at
+test's). The first run takes about 2 minutes; later runs find the ``installed.json`` marker and start at
 once. Requirements of the integrations the test loads are installed with it, read from their
 manifests, and HA runs with ``--skip-pip``, so it never installs anything at run time.
 
