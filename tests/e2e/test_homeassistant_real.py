@@ -188,8 +188,7 @@ def options_form_data(schema: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def converse(home: Home, text: str) -> dict[str, Any]:
-    """HA's answer to ``text``, or ``{"error": ...}`` with HA's status and body when it failed,
-    and why: HA's own error line and rkllmd's refusals (HA's answer is a bare 500)."""
+    """HA's answer to ``text``, or ``{"error": ...}`` with HA's status and body when it failed."""
     api = home.api
     api.timeout = TURN_S
     start = time.monotonic()
@@ -198,12 +197,21 @@ def converse(home: Home, text: str) -> dict[str, Any]:
             "/api/conversation/process", {"text": text, "language": "en", "agent_id": home.agent}
         )
     except HaError as err:
-        errors = [line for line in home.hass.log_text().splitlines() if "Error" in line][-2:]
-        why = "\n".join([str(err)[:200], "HA's log:", *errors, "rkllmd's log:", *refusals(home.rkllmd)])
-        return {"error": why}
+        return {"error": str(err)[:200]}
     finally:
         print(f"{text!r}: HA answered in {time.monotonic() - start:.2f} s")
     return dict(reply)
+
+
+def why(home: Home, reply: dict[str, Any]) -> str:
+    """What HA answered and why, for a failed turn: HA's own error lines and rkllmd's refusals
+    (HA shows the user a bare 500 or rkllmd's sentence; the reason is in the logs)."""
+    lines = home.hass.log_text().splitlines()
+    errors = [line for line in lines if "Error" in line and ("ollama" in line or "conversation" in line)]
+    said = speech(reply) or reply.get("error")
+    return "\n".join(
+        [f"HA answered: {said}", "HA's log:", *errors[-2:], "rkllmd's log:", *refusals(home.rkllmd)]
+    )
 
 
 def speech(reply: dict[str, Any]) -> str | None:
@@ -213,8 +221,9 @@ def speech(reply: dict[str, Any]) -> str | None:
 
 
 def refusals(daemon: DaemonProc) -> list[str]:
-    """rkllmd's log lines about requests it refused: why HA's turn failed (HA shows only a 500)."""
-    return [line for line in daemon.log_text().splitlines() if "refused" in line][-3:]
+    """The ollama plugin's log lines about requests it refused or failed."""
+    lines = [line for line in daemon.log_text().splitlines() if "rkllmd.plugin.ollama" in line]
+    return [line for line in lines if "refused" in line or "failed" in line][-3:]
 
 
 def wait_state(api: HaApi, entity_id: str, want: str, timeout: float = 10.0) -> str:
@@ -237,11 +246,11 @@ def test_assist_turns_the_light_on_and_off(home: Home) -> None:
     on = converse(home, "Turn on the kitchen light")
     chats = home.recorder.requests("/api/chat")
     show_and_keep(chats)
-    assert speech(on) == "The kitchen light is on now.", on.get("error", on)
+    assert speech(on) == "The kitchen light is on now.", why(home, on)
     assert wait_state(api, LIGHT, "on") == "on" and api.state(POWER) == "on"
 
     off = converse(home, "Turn off the kitchen light")
-    assert speech(off) == "The kitchen light is off now.", off.get("error", off)
+    assert speech(off) == "The kitchen light is off now.", why(home, off)
     assert wait_state(api, LIGHT, "off") == "off" and api.state(POWER) == "off"
 
     first = chats[0]
