@@ -20,6 +20,7 @@ sentence; rkllmd turns the markup into Ollama's ``tool_calls`` and HA runs the i
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import time
@@ -124,14 +125,18 @@ def home(hass_bin: Path, broker: Broker, fake_libs: dict[str, Path], tmp_path: P
     with cfg.open("a") as f:
         f.write(f'\n[plugins]\nenabled = ["ollama"]\n[plugins.ollama]\nport = {ollama_port}\n')
     env = {"FAKE_RKLLM_SCRIPT": str(write_script(tmp_path / "double-script.tsv"))}
-    daemon = DaemonProc(cfg, tmp_path, env=env)
-    recorder = Recorder(ollama_port)
     config_dir = tmp_path / "ha-config"
     config_dir.mkdir()
     port = free_port()
     (config_dir / "configuration.yaml").write_text(CONFIGURATION.format(port=port))
-    hass = HassProc(hass_bin, config_dir, port)
-    try:
+    with contextlib.ExitStack() as stack:  # stops what was started, whatever fails
+        codes: dict[str, int] = {}
+        daemon = DaemonProc(cfg, tmp_path, env=env)
+        stack.callback(lambda: codes.setdefault("rkllmd", daemon.stop()))
+        recorder = Recorder(ollama_port)
+        stack.callback(recorder.close)
+        hass = HassProc(hass_bin, config_dir, port)
+        stack.callback(lambda: codes.setdefault("hass", hass.stop()))
         daemon.wait_log("Ollama-compatible API listening", timeout=30)
         started = hass.wait_ready()
         print(f"Home Assistant {HA_VERSION} answered {started:.1f} s after start")
@@ -139,10 +144,7 @@ def home(hass_bin: Path, broker: Broker, fake_libs: dict[str, Path], tmp_path: P
         api.onboard()
         agent = add_ollama_agent(api, f"http://127.0.0.1:{recorder.port}")
         yield Home(api, hass, daemon, recorder, agent)
-    finally:
-        assert hass.stop() == 0, hass.log_text()[-4000:]
-        recorder.close()
-        assert daemon.stop() == 0
+    assert codes == {"hass": 0, "rkllmd": 0}, hass.log_text()[-4000:]
 
 
 def add_ollama_agent(api: HaApi, url: str) -> str:
