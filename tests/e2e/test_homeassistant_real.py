@@ -276,3 +276,15 @@ def show_and_keep(chats: list[dict[str, Any]]) -> None:
     if os.environ.get("RKLLMD_HA_SAVE_REQUEST") == "1":
         CHAT_FIXTURE.parent.mkdir(exist_ok=True)
         CHAT_FIXTURE.write_text(json.dumps(chats[0], indent=2, ensure_ascii=False) + "\n")
+    # The kept request is still what HA sends: the same but for the clock in the prompt's first line.
+    kept, sent = json.loads(CHAT_FIXTURE.read_text()), chats[0]
+    assert without_clock(kept) == without_clock(sent), (
+        "HA's request changed: rerun with RKLLMD_HA_SAVE_REQUEST=1"
+    )
+
+
+def without_clock(body: dict[str, Any]) -> dict[str, Any]:
+    """A request with the first line of its system prompt (HA 2025.4: "Current time is ...") cut."""
+    system, *rest = body["messages"]
+    assert system["content"].startswith("Current time is ")
+    return {**body, "messages": [{**system, "content": system["content"].split("\n", 1)[1]}, *rest]}
