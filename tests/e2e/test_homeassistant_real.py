@@ -137,6 +137,7 @@ def home(hass_bin: Path, broker: Broker, fake_libs: dict[str, Path], tmp_path: P
         stack.callback(recorder.close)
         hass = HassProc(hass_bin, config_dir, port)
         stack.callback(lambda: codes.setdefault("hass", hass.stop()))
+        daemon.wait_log('"rkllmd ready"', timeout=30)  # model loaded, requests subscribed
         daemon.wait_log("Ollama-compatible API listening", timeout=30)
         started = hass.wait_ready()
         print(f"Home Assistant {HA_VERSION} answered {started:.1f} s after start")
