@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from rkllmd.bench.broker import free_port
 from tests.fake_rkllm.build import build_fake
 from tests.helpers import Broker, DaemonProc, Probe, write_config
 
@@ -102,3 +103,22 @@ def start_daemon(broker: Broker, fake_libs: dict[str, Path], tmp_path: Path) -> 
 
 def final_of(probe: Probe, topic: str, timeout: float = 20.0) -> dict[str, Any]:
     return json.loads(probe.get(topic, timeout=timeout).payload)
+
+
+def start_with_both_apis(tmp: Path, broker: Broker, lib: Path, base: str) -> tuple[DaemonProc, int, int]:
+    """rkllmd on the double with the http and ollama plugins in their default config, both listening.
+
+    Returns the process and the OpenAI and Ollama ports.
+    """
+    openai_port, ollama_port = free_port(), free_port()
+    cfg = rkllm_config(tmp, broker, lib, base, limits={"max_payload_bytes": 65536})
+    with cfg.open("a") as f:
+        f.write(
+            f'\n[plugins]\nenabled = ["http", "ollama"]\n[plugins.http]\nport = {openai_port}\n'
+            f"[plugins.ollama]\nport = {ollama_port}\n"
+        )
+    d = DaemonProc(cfg, tmp)
+    d.wait_ready(30)
+    d.wait_log("OpenAI-compatible API listening")
+    d.wait_log("Ollama-compatible API listening")
+    return d, openai_port, ollama_port

@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 
-from rkllmd.bench.broker import free_port
 from rkllmd.testing import wait_until
-from tests.e2e.conftest import rkllm_config
+from tests.e2e.conftest import start_with_both_apis
 from tests.helpers import Broker, DaemonProc, Probe
 
 BASE = "numf"
@@ -98,17 +97,7 @@ def served(
     broker: Broker, fake_libs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("numf")
-    openai_port, ollama_port = free_port(), free_port()
-    cfg = rkllm_config(tmp, broker, fake_libs["1.3"], BASE, limits={"max_payload_bytes": 65536})
-    with cfg.open("a") as f:
-        f.write(
-            f'\n[plugins]\nenabled = ["http", "ollama"]\n[plugins.http]\nport = {openai_port}\n'
-            f"[plugins.ollama]\nport = {ollama_port}\n"
-        )
-    d = DaemonProc(cfg, tmp)
-    d.wait_ready(30)
-    d.wait_log("OpenAI-compatible API listening")
-    d.wait_log("Ollama-compatible API listening")
+    d, openai_port, ollama_port = start_with_both_apis(tmp, broker, fake_libs["1.3"], BASE)
     yield Served(d, openai_port, ollama_port)
     assert d.stop() == 0
 
