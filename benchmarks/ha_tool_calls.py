@@ -129,7 +129,7 @@ def main() -> int:
 
     import structlog
 
-    from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling
+    from rkllmd.generation import ChatMessage, GenerateInput, Sampling
     from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 

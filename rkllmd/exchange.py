@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from rkllmd import protocol
 from rkllmd.errors import RkllmdError, UnknownModel
+from rkllmd.generation import GenerateInput
 from rkllmd.protocol import Address
-from rkllmd.runtime.base import GenerateInput
 from rkllmd.settings import Settings
 
 AbortReason = Literal["cancelled", "timeout", "first_token_timeout", "stalled", "shutdown"]

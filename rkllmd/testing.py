@@ -31,9 +31,9 @@ from pydantic import BaseModel
 from rkllmd import protocol
 from rkllmd.errors import NotFound
 from rkllmd.exchange import resolve
+from rkllmd.generation import GenerateInput
 from rkllmd.plugins import Final, Message, Plugin, PluginHost, Request, Token, load_plugin
 from rkllmd.protocol import Topics
-from rkllmd.runtime.base import GenerateInput
 from rkllmd.settings import Settings
 
 

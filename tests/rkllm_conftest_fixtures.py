@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling
+from rkllmd.generation import ChatMessage, GenerateInput, Sampling
 from rkllmd.runtime.rkllm.settings import RkllmModelSettings
 from tests.fake_rkllm.build import build_fake
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from rkllmd.errors import ModelLoadError, RuntimeFailure, RuntimeNotInstalled
-from rkllmd.runtime.base import ChatMessage, GenerateInput, GenerateResult, Sampling
+from rkllmd.generation import ChatMessage, GenerateInput, Sampling
+from rkllmd.runtime.base import GenerateResult
 from rkllmd.runtime.llamacpp import embedded_model_path
 from rkllmd.runtime.llamacpp import runtime as llamacpp
 from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime, _split_stop
@@ -268,7 +269,7 @@ WEATHER = (
 
 def test_tools_render_as_hermes_when_the_template_ignores_them(rt: LlamaCppRuntime) -> None:
     """SmolLM2's template has no tools: the Hermes block goes into the system turn, results as text."""
-    from rkllmd.runtime.base import ToolCall
+    from rkllmd.generation import ToolCall
 
     msgs = (
         ChatMessage("user", "weather?"),
@@ -330,7 +331,7 @@ QWEN_TOOLS = (
 def test_a_template_that_renders_tools_gets_them_natively() -> None:
     """A template that knows tools gets tools=, assistant tool_calls and tool_call_id as its own fields."""
     lib = pytest.importorskip("llama_cpp")
-    from rkllmd.runtime.base import ToolCall
+    from rkllmd.generation import ToolCall
 
     rt = LlamaCppRuntime("qwen", settings(system_prompt="Be brief."))
     rt._llm = object()

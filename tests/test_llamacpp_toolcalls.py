@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from rkllmd.bench import haturn
-from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling
+from rkllmd.generation import ChatMessage, GenerateInput, Sampling
 from rkllmd.runtime.llamacpp import embedded_model_path
 from rkllmd.runtime.llamacpp import runtime as llamacpp
 from rkllmd.runtime.llamacpp.grammar import LazyGrammar, _gbnf, _lazy_sampler

@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from rkllmd.errors import LibraryVersionError, ModelLoadError, RuntimeCallError, RuntimeFailure
-from rkllmd.runtime.base import ChatMessage, GenerateInput
+from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.runtime.rkllm._handle import default_param
 from rkllmd.runtime.rkllm.runtime import CHATML, RkllmRuntime
 from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmSettings
@@ -492,7 +492,7 @@ def test_run_async_without_is_async_runs_synchronously(make_rt: Any) -> None:
 
 def test_earlier_chat_turns_reach_the_runtime_without_keep_history(make_rt: Any) -> None:
     """Without keep_history, earlier turns of a chat are sent in front of the last one, not dropped."""
-    from rkllmd.runtime.base import ChatMessage, GenerateInput
+    from rkllmd.generation import ChatMessage, GenerateInput
 
     r: RkllmRuntime = make_rt("13")
     r.open()
@@ -514,7 +514,7 @@ def test_earlier_chat_turns_reach_the_runtime_without_keep_history(make_rt: Any)
 
 def test_only_the_last_turn_is_sent_with_keep_history(make_rt: Any) -> None:
     """With keep_history the runtime holds the conversation, so only the newest turn is sent."""
-    from rkllmd.runtime.base import ChatMessage, GenerateInput
+    from rkllmd.generation import ChatMessage, GenerateInput
 
     r: RkllmRuntime = make_rt("13", keep_history=True)
     r.open()
@@ -570,7 +570,7 @@ def test_tools_go_to_set_function_tools_once(make_rt: Any, abi_tools: str) -> No
 
 
 def _tool_turns() -> tuple[ChatMessage, ...]:
-    from rkllmd.runtime.base import ToolCall
+    from rkllmd.generation import ToolCall
 
     return (
         ChatMessage("user", "weather in Paris?"),

@@ -22,9 +22,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from rkllmd.generation import ChatMessage, GenerateInput, Sampling, ToolCall
 from rkllmd.protocol.address import ID_RE, check_publish_topic
 from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, as_number, loads
-from rkllmd.runtime.base import ChatMessage, GenerateInput, Sampling, ToolCall
 from rkllmd.toolcalls import check_schema, new_call_id
 
 

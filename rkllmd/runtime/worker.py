@@ -37,8 +37,9 @@ from pydantic import BaseModel
 from rkllmd import errors
 from rkllmd.config_base import ModelCommon
 from rkllmd.errors import ModelLoadError, RkllmdError, RuntimeCrashed, RuntimeFailure
+from rkllmd.generation import GenerateInput
 from rkllmd.runtime._child import K_CMD, K_LOG, K_REPLY, K_TOKENS, FrameReader, tokens_text, write_frame
-from rkllmd.runtime.base import GenerateInput, GenerateResult, Runtime, RuntimeKind, Table, TokenSink
+from rkllmd.runtime.base import GenerateResult, Runtime, RuntimeKind, Table, TokenSink
 
 if TYPE_CHECKING:
     from rkllmd.settings import Settings

@@ -19,7 +19,7 @@ from typing import Any
 
 import structlog
 
-from rkllmd.runtime.base import ToolCall
+from rkllmd.generation import ToolCall
 
 log = structlog.get_logger("rkllmd.toolcalls")
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from rkllmd.runtime.base import ToolCall
+    from rkllmd.generation import ToolCall
 
 # Qwen2.5's own template wording, so a Qwen model reads what it was trained on.
 _HEAD = (

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from rkllmd.errors import RequestError
-from rkllmd.runtime.base import GenerateInput
+from rkllmd.generation import GenerateInput
 from rkllmd.toolcalls import HERMES, format_schema
 
 log = structlog.get_logger("llamacpp")

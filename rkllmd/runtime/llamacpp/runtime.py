@@ -18,15 +18,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from rkllmd.errors import ContextExceeded, ModelLoadError, RuntimeFailure
-from rkllmd.runtime.base import (
-    ChatMessage,
-    FinishReason,
-    GenerateInput,
-    GenerateResult,
-    Perf,
-    Runtime,
-    TokenSink,
-)
+from rkllmd.generation import ChatMessage, GenerateInput
+from rkllmd.runtime.base import FinishReason, GenerateResult, Perf, Runtime, TokenSink
 from rkllmd.runtime.llamacpp._lib import (
     INSTALL_EMBEDDED,
     demote_native_errors,

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from rkllmd.errors import LibraryVersionError, ModelLoadError, RuntimeCallError, RuntimeFailure
-from rkllmd.runtime.base import ChatMessage, GenerateInput, GenerateResult, Perf, Runtime, TokenSink
+from rkllmd.generation import ChatMessage, GenerateInput
+from rkllmd.runtime.base import GenerateResult, Perf, Runtime, TokenSink
 from rkllmd.runtime.rkllm import _abi_common as c
 from rkllmd.runtime.rkllm._capture import fd1_capture
 from rkllmd.runtime.rkllm._handle import RkllmHandle
