@@ -38,13 +38,13 @@ from rkllmd.errors import (
     RuntimeCrashed,
     RuntimeFailure,
     ShuttingDown,
-    UnknownModel,
 )
 from rkllmd.exchange import AbortReason, Exchange, Final, Token
 from rkllmd.outcome import check_output, final_data, partial
 from rkllmd.protocol import control_data, owned_by
 from rkllmd.restarts import RestartBudget
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime, check_context
+from rkllmd.runtime.models import ModelRegistry
 from rkllmd.toolcalls import HERMES
 
 log = structlog.get_logger("rkllmd.loop")
@@ -82,25 +82,6 @@ class Limits:
     # Requests that find the queue full but may not be refused busy (submit's may_hold: a fleet's
     # requests, a broker's redelivery) wait behind it, up to this many.
     hold: int = 0
-
-
-class ModelRegistry:
-    """Configured models by name and how to build a runtime for each (no loading here)."""
-
-    def __init__(self, factories: dict[str, Callable[[], Runtime]]):
-        self._factories = factories
-
-    def names(self) -> list[str]:
-        return list(self._factories)
-
-    def create(self, name: str) -> Runtime:
-        if name not in self._factories:
-            raise UnknownModel(f"unknown model {name!r}; configured: {', '.join(self._factories)}")
-        return self._factories[name]()
-
-    def check(self, name: str) -> None:
-        if name not in self._factories:
-            raise UnknownModel(f"unknown model {name!r}; configured: {', '.join(self._factories)}")
 
 
 class InferenceLoop:

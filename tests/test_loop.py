@@ -12,8 +12,9 @@ import pytest
 from rkllmd.errors import Busy, RequestError
 from rkllmd.exchange import Exchange, Final, Token
 from rkllmd.generation import ChatMessage, GenerateInput
-from rkllmd.loop import Event, InferenceLoop, Limits, ModelRegistry, Stats
+from rkllmd.loop import Event, InferenceLoop, Limits, Stats
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime, TokenSink
+from rkllmd.runtime.models import ModelRegistry
 
 
 class EchoRuntime(Runtime):

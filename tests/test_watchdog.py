@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from rkllmd.exchange import Exchange
-from rkllmd.loop import InferenceLoop, Limits, ModelRegistry
+from rkllmd.loop import InferenceLoop, Limits
+from rkllmd.runtime.models import ModelRegistry
 
 
 class _Runtime:

@@ -20,9 +20,9 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from rkllmd.config_base import ModelCommon
-from rkllmd.loop import ModelRegistry
 from rkllmd.runtime.base import Runtime, RuntimeKind, TokenCounter
 from rkllmd.runtime.llamacpp.kind import KIND as LLAMACPP
+from rkllmd.runtime.models import ModelRegistry
 from rkllmd.runtime.rkllm.kind import KIND as RKLLM
 from rkllmd.runtime.worker import WorkerRuntime
 

@@ -1,0 +1,30 @@
+"""The configured models by name and how to build a runtime for each; nothing is loaded here.
+
+rkllmd.runtime.registry builds one from the configuration; the inference loop (its thread
+alone) asks it to check a name and to create a runtime, which the loop then opens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from rkllmd.errors import UnknownModel
+from rkllmd.runtime.base import Runtime
+
+
+class ModelRegistry:
+    """Configured models by name and how to build a runtime for each (no loading here)."""
+
+    def __init__(self, factories: dict[str, Callable[[], Runtime]]):
+        self._factories = factories
+
+    def names(self) -> list[str]:
+        return list(self._factories)
+
+    def create(self, name: str) -> Runtime:
+        self.check(name)
+        return self._factories[name]()
+
+    def check(self, name: str) -> None:
+        if name not in self._factories:
+            raise UnknownModel(f"unknown model {name!r}; configured: {', '.join(self._factories)}")
