@@ -11,7 +11,9 @@ Threads:
 The loop never publishes: it hands events (``Token``, ``Final``, ``Stats``) to ``emit``, which
 only enqueues them for the dispatcher thread (rkllmd/dispatch.py), so MQTT and plugin code never
 runs on the inference thread. A job is the request's own record, an ``Exchange``; the loop
-writes only its ``run`` state and its ``model``.
+writes only its ``run`` state and its ``model``. What a generate job does once its run starts
+(the tool-call parser and direct stream in front of the sink, the final reply) is rkllmd.jobs';
+the loop keeps the queue, cancel, the watchdog, loading and the crash budget.
 A ``Stats`` event follows every change of the queue or of the running job (queued, refused busy,
 started, finished, cancelled, dropped at shutdown), from whichever thread made the change; the
 dispatcher rate-limits what it publishes.
@@ -25,13 +27,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import structlog
 
 from rkllmd.errors import (
     Busy,
-    GenerationTimeout,
     NotFound,
     RequestError,
     RkllmdError,
@@ -40,12 +41,12 @@ from rkllmd.errors import (
     ShuttingDown,
 )
 from rkllmd.exchange import AbortReason, Exchange, Final, Token
+from rkllmd.jobs import DirectStream, final_of, run_generation, timeout_error
 from rkllmd.outcome import check_output, final_data, partial
 from rkllmd.protocol import control_data, owned_by
 from rkllmd.restarts import RestartBudget
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime, check_context
 from rkllmd.runtime.models import ModelRegistry
-from rkllmd.toolcalls import HERMES
 
 log = structlog.get_logger("rkllmd.loop")
 
@@ -60,14 +61,6 @@ class Stats:
 
 
 Event = Token | Final | Stats
-
-
-class DirectStream(Protocol):
-    """Publishes a run's stream chunks from the inference thread (rkllmd.dispatch.Dispatcher)."""
-
-    def streams_directly(self, job: Exchange) -> bool: ...
-
-    def publish_chunk(self, job: Exchange, seq: int, delta: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -357,40 +350,8 @@ class InferenceLoop:
         self._wake_watchdog()
         self._stats["requests"] += 1
 
-        # With tools, the model's call markup is taken out of the text here, for every runtime:
-        # streamed deltas never carry it (nor a malformed call's), the calls go into the final reply.
-        parser = HERMES.parser() if job.inp.active_tools else None
-        # Where the sink runs on this thread (a worker process's pipe) and nothing but the stream
-        # wants the tokens, chunks go out from here: one thread wake-up fewer per token.
-        direct = self.direct if self.direct is not None and rt.sink_on_caller else None
-        if direct is not None and not direct.streams_directly(job):
-            direct = None
-        job.run.direct_stream = direct is not None
-
-        def text_out(text: str) -> None:
-            if text:
-                job.run.pieces.append(text)
-                if direct is not None:
-                    direct.publish_chunk(job, job.run.seq, text)
-                else:
-                    self.emit(Token(job, job.run.seq, text))
-                job.run.seq += 1
-
-        # Runs on whatever thread the runtime delivers tokens on: copy, count, enqueue.
-        def sink(delta: str, token_id: int | None) -> None:
-            if not delta:
-                return
-            now = time.monotonic()  # timing follows the model, even while markup is held back
-            if job.run.first_token_at is None:
-                job.run.first_token_at = now
-            job.run.last_token_at = now
-            text_out(parser.feed(delta) if parser is not None else delta)
-            if job.run.abort_reason is not None:
-                # A cancel that raced the start of the run may have found nothing to abort.
-                rt.abort()
-
         try:
-            result = rt.generate(job.inp, sink)
+            result = run_generation(job, rt, self.emit, self.direct)
         except RuntimeCrashed as exc:
             name = job.model or self.default_model
             self._crashed(name)
@@ -405,38 +366,9 @@ class InferenceLoop:
                 "runtime killed after ignoring abort", reason=why, after=self._budget.after_crash(name)
             )
             result = GenerateResult("aborted", Perf())
-        finally:
-            if parser is not None:  # held-back text is never lost, whatever ended the run
-                text_out(parser.finish())
-                job.run.tool_calls, job.run.bad_calls = [c.as_dict() for c in parser.calls], parser.problems
         if result.finish_reason != "aborted":
             check_output(job)
-        self._finish(job, result, n_prompt)
-
-    def _finish(self, job: Job, result: GenerateResult, n_prompt: int | None) -> None:
-        reason = result.finish_reason
-        if reason == "aborted":
-            why = job.run.abort_reason or "cancelled"
-            if why == "cancelled":
-                self.emit(Final(job, "ok", final_data(job, "cancelled", result, n_prompt)))
-                return
-            data = final_data(job, why, result, n_prompt)
-            err: RkllmdError = (
-                ShuttingDown("generation interrupted by shutdown")
-                if why == "shutdown"
-                else timeout_error(self.limits, why)
-            )
-            self._stats["errors"] += 1
-            self.emit(Final.failed(job, err, data))
-            return
-        data = final_data(job, reason, result, n_prompt)
-        timings = data["timings"]
-        self._stats["completion_tokens"] += data["usage"]["completion_tokens"]
-        self._stats["last_ttft_ms"] = timings.get("ttft_ms")
-        self._stats["last_decode_tokens_per_s"] = timings.get("decode_tokens_per_s")
-        self._stats["last_model"] = job.model
-        self._stats["last_answer_at"] = round(time.time(), 3)  # wall clock: the fleet view compares boards
-        self.emit(Final(job, "ok", data))
+        self.emit(final_of(job, result, n_prompt, self.limits, self._stats))
 
     def _emit_stats_locked(self) -> None:
         """Queue a stats snapshot for the dispatcher (any thread, holding ``_cond``)."""
@@ -507,14 +439,3 @@ class InferenceLoop:
         run.aborted_at = now
         self._abort_runtime()
         return lim.abort_grace_s
-
-
-def timeout_error(lim: Limits, why: str, extra: str = "") -> GenerationTimeout:
-    """The error of a run the watchdog ended, naming its limit (``extra``: what else happened)."""
-    if why == "first_token_timeout":
-        return GenerationTimeout(
-            f"no first token within {lim.first_token_timeout_s:g} s{extra}", limit="first_token"
-        )
-    if why == "stalled":
-        return GenerationTimeout(f"no new token for {lim.stall_timeout_s:g} s{extra}", limit="stall")
-    return GenerationTimeout(f"generation exceeded {lim.total_timeout_s:g} s{extra}", limit="total")

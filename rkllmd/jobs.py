@@ -1,0 +1,123 @@
+"""What the inference loop does with a generate job once its model is loaded and its run started.
+
+``run_generation`` puts the tool-call parser and the direct stream in front of the runtime's
+token sink and runs the generation; ``final_of`` turns how it ended into the request's final
+reply. Both run on the inference thread; the sink runs on whichever thread the runtime delivers
+tokens on (rkllmd/loop.py keeps the queue, cancel, the watchdog and the crash budget).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from rkllmd.errors import GenerationTimeout, RkllmdError, ShuttingDown
+from rkllmd.exchange import Exchange, Final, Token
+from rkllmd.outcome import final_data
+from rkllmd.runtime.base import GenerateResult, Runtime
+from rkllmd.toolcalls import HERMES
+
+
+class DirectStream(Protocol):
+    """Publishes a run's stream chunks from the inference thread (rkllmd.dispatch.Dispatcher)."""
+
+    def streams_directly(self, job: Exchange) -> bool: ...
+
+    def publish_chunk(self, job: Exchange, seq: int, delta: str) -> None: ...
+
+
+class Timeouts(Protocol):
+    """The watchdog's limits a timeout error names (rkllmd.loop.Limits)."""
+
+    @property
+    def first_token_timeout_s(self) -> float: ...
+
+    @property
+    def total_timeout_s(self) -> float: ...
+
+    @property
+    def stall_timeout_s(self) -> float: ...
+
+
+def run_generation(
+    job: Exchange, rt: Runtime, emit: Callable[[Token], None], direct: DirectStream | None
+) -> GenerateResult:
+    """Run ``job`` on ``rt`` to its end (inference thread); raises what ``rt.generate`` raises,
+    after the text the tool-call parser held back is out and the calls are on ``job.run``."""
+    assert job.inp is not None
+    # With tools, the model's call markup is taken out of the text here, for every runtime:
+    # streamed deltas never carry it (nor a malformed call's), the calls go into the final reply.
+    parser = HERMES.parser() if job.inp.active_tools else None
+    # Where the sink runs on this thread (a worker process's pipe) and nothing but the stream
+    # wants the tokens, chunks go out from here: one thread wake-up fewer per token.
+    if direct is not None and not (rt.sink_on_caller and direct.streams_directly(job)):
+        direct = None
+    job.run.direct_stream = direct is not None
+
+    def text_out(text: str) -> None:
+        if text:
+            job.run.pieces.append(text)
+            if direct is not None:
+                direct.publish_chunk(job, job.run.seq, text)
+            else:
+                emit(Token(job, job.run.seq, text))
+            job.run.seq += 1
+
+    # Runs on whatever thread the runtime delivers tokens on: copy, count, enqueue.
+    def sink(delta: str, token_id: int | None) -> None:
+        if not delta:
+            return
+        now = time.monotonic()  # timing follows the model, even while markup is held back
+        if job.run.first_token_at is None:
+            job.run.first_token_at = now
+        job.run.last_token_at = now
+        text_out(parser.feed(delta) if parser is not None else delta)
+        if job.run.abort_reason is not None:
+            # A cancel that raced the start of the run may have found nothing to abort.
+            rt.abort()
+
+    try:
+        return rt.generate(job.inp, sink)
+    finally:
+        if parser is not None:  # held-back text is never lost, whatever ended the run
+            text_out(parser.finish())
+            job.run.tool_calls, job.run.bad_calls = [c.as_dict() for c in parser.calls], parser.problems
+
+
+def final_of(
+    job: Exchange, result: GenerateResult, n_prompt: int | None, lim: Timeouts, stats: dict[str, Any]
+) -> Final:
+    """The final reply of a run that ended with ``result``; counts it in the loop's ``stats``."""
+    reason = result.finish_reason
+    if reason == "aborted":
+        why = job.run.abort_reason or "cancelled"
+        if why == "cancelled":
+            return Final(job, "ok", final_data(job, "cancelled", result, n_prompt))
+        data = final_data(job, why, result, n_prompt)
+        err: RkllmdError = (
+            ShuttingDown("generation interrupted by shutdown")
+            if why == "shutdown"
+            else timeout_error(lim, why)
+        )
+        stats["errors"] += 1
+        return Final.failed(job, err, data)
+    data = final_data(job, reason, result, n_prompt)
+    timings = data["timings"]
+    stats["completion_tokens"] += data["usage"]["completion_tokens"]
+    stats["last_ttft_ms"] = timings.get("ttft_ms")
+    stats["last_decode_tokens_per_s"] = timings.get("decode_tokens_per_s")
+    stats["last_model"] = job.model
+    stats["last_answer_at"] = round(time.time(), 3)  # wall clock: the fleet view compares boards
+    return Final(job, "ok", data)
+
+
+def timeout_error(lim: Timeouts, why: str, extra: str = "") -> GenerationTimeout:
+    """The error of a run the watchdog ended, naming its limit (``extra``: what else happened)."""
+    if why == "first_token_timeout":
+        return GenerationTimeout(
+            f"no first token within {lim.first_token_timeout_s:g} s{extra}", limit="first_token"
+        )
+    if why == "stalled":
+        return GenerationTimeout(f"no new token for {lim.stall_timeout_s:g} s{extra}", limit="stall")
+    return GenerationTimeout(f"generation exceeded {lim.total_timeout_s:g} s{extra}", limit="total")
