@@ -54,7 +54,7 @@ def _client(host: str, port: int, base: str, n: int, prompt: str, out: queue.Que
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 
-    from rkllmd.bus import set_nodelay
+    from rkllmd.mqttconnect import set_nodelay
 
     cid = "fc-" + uuid.uuid4().hex[:8]
     reply_topic = f"{base}-bench/{cid}"  # outside rkllmd's own topics, which no reply may name

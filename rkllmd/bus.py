@@ -1,5 +1,7 @@
 """The paho-mqtt wrapper: connect with backoff, Will, re-subscribe and re-publish retained state.
 
+The client as configured and the first connect's retries are rkllmd/mqttconnect.py's.
+
 Threads: ``publish``, ``stream``, ``subscribe`` and ``ack`` may be called from any thread, and the
 calling thread writes its packet to the socket itself (paho's ``loop_write``, inline): a stream
 chunk costs no other thread's wake-up. ``stream`` (QoS 0 chunks) builds its packets itself
@@ -39,54 +41,20 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from tenacity import (
-    RetryError,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_any,
-    stop_when_event_set,
-    wait_exponential,
-)
 
 from rkllmd import mqttwire
-from rkllmd.errors import ConfigError, RkllmdError
-from rkllmd.mqttloop import Client, NetworkLoop, check_paho
+from rkllmd.errors import ConfigError
+from rkllmd.mqttconnect import BrokerUnavailable, make_client, refusal, retry_connect, set_nodelay
+from rkllmd.mqttloop import NetworkLoop
 from rkllmd.protocol import Incoming, Receipt
 from rkllmd.settings import MqttSettings
 
 log = structlog.get_logger("rkllmd.bus")
 
-# CONNACK reasons that retrying cannot fix: wrong credentials, not authorised, banned, bad id.
-_FATAL_CONNACK = {"Bad user name or password", "Not authorized", "Banned", "Client identifier not valid"}
-
 # Stream chunks are skipped (final replies never) once this many publishes wait in paho's queue.
 STREAM_BACKLOG = 1000
-
-
-def set_nodelay(client: mqtt.Client) -> None:
-    """Turn off Nagle on the client's socket.
-
-    paho writes a packet in more than one send(); with Nagle on, the tail of a small
-    PUBLISH waits for the broker's delayed ACK, which added ~40 ms to every request and
-    every reply here (measured: 88 ms -> a few ms round trip on loopback).
-    """
-    sock = client.socket()
-    if isinstance(sock, socket.socket):  # ssl.SSLSocket is one too
-        # not TCP (e.g. a unix socket): nothing to do
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class ConnectCancelled(RkllmdError):
-    """A stop was requested (SIGTERM) while the first connection was still being retried."""
-
-
-class BrokerUnavailable(RkllmdError):
-    code = "broker_unavailable"
 
 
 class Bus:
@@ -127,36 +95,10 @@ class Bus:
         self._sub_cond = threading.Condition()
         self._sub_sent: dict[int, str] = {}
         self._sub_refused: list[str] = []
-        client_kw: dict[str, Any] = {
-            "callback_api_version": CallbackAPIVersion.VERSION2,
-            "client_id": cfg.client_id,
-            "protocol": mqtt.MQTTv5 if self.v5 else mqtt.MQTTv311,
-            "manual_ack": True,
-        }
-        if not self.v5:
-            client_kw["clean_session"] = cfg.clean_start
-        self._client = Client(**client_kw)
-        check_paho(self._client)
+        self._client = make_client(cfg, will_topic, will_payload)
         # Every call into paho that can write or read the socket holds this (module docstring).
         self._io = threading.RLock()
         self._loop = NetworkLoop(self._client, self._io)
-        self._client.enable_logger(None)  # paho's own logger stays quiet; we log events ourselves
-        self._client.will_set(will_topic, will_payload, qos=1, retain=True)
-        # Unbounded: a final reply must never be refused by a full queue (see the module docstring).
-        self._client.max_queued_messages_set(0)
-        if cfg.username is not None:
-            self._client.username_pw_set(cfg.username, cfg.resolved_password())
-        if cfg.tls.enabled:
-            try:
-                self._client.tls_set(
-                    ca_certs=str(cfg.tls.ca_file) if cfg.tls.ca_file else None,
-                    certfile=str(cfg.tls.cert_file) if cfg.tls.cert_file else None,
-                    keyfile=str(cfg.tls.key_file) if cfg.tls.key_file else None,
-                    cert_reqs=ssl.CERT_REQUIRED,
-                )
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                raise ConfigError(f"mqtt.tls: {exc}") from exc
-            self._client.tls_insecure_set(cfg.tls.insecure)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_subscribe = self._on_subscribe
@@ -208,42 +150,12 @@ class Bus:
                 raise ConnectionError(reason)
             if reason is not None and getattr(reason, "is_failure", False):
                 self._loop.stop()
-                if str(reason) in _FATAL_CONNACK or getattr(reason, "value", 0) in (4, 5, 134, 135, 138):
-                    raise ConfigError(f"the broker at {cfg.host}:{cfg.port} refused rkllmd: {reason}")
-                raise ConnectionError(f"broker refused the connection: {reason}")
+                raise refusal(cfg, reason)
 
-        def cut_short(seconds: float) -> None:
-            stop.wait(seconds)  # the backoff's sleep, ended early by a stop request
-
-        retrying = Retrying(
-            stop=stop_any(stop_after_attempt(cfg.connect_retries), stop_when_event_set(stop)),
-            sleep=cut_short,
-            wait=wait_exponential(multiplier=0.5, max=15),
-            retry=retry_if_exception_type((OSError, ConnectionError)),
-            before_sleep=lambda rs: log.warning(
-                "broker not reachable, retrying",
-                host=cfg.host,
-                port=cfg.port,
-                attempt=rs.attempt_number,
-                error=str(rs.outcome.exception()) if rs.outcome else None,
-            ),
-            reraise=False,
-        )
         try:
-            retrying(attempt)
-        except RetryError as exc:
+            retry_connect(cfg, attempt, stop)
+        finally:
             self._connecting = False
-            if stop.is_set():
-                raise ConnectCancelled("stop requested before the broker was reached") from None
-            last = exc.last_attempt.exception()
-            raise BrokerUnavailable(
-                f"cannot reach the MQTT broker at {cfg.host}:{cfg.port} after {cfg.connect_retries} "
-                f"attempts: {last}"
-            ) from None
-        except BaseException:
-            self._connecting = False
-            raise
-        self._connecting = False
 
     def wait_subscribed(self, timeout: float = 10.0) -> None:
         """Wait for the SUBACK of every subscription sent so far; raise ConfigError if one was refused

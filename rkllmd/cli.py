@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(settings: object) -> int:
     from rkllmd import logs
-    from rkllmd.bus import BrokerUnavailable
     from rkllmd.daemon import serve
     from rkllmd.errors import ConfigError
+    from rkllmd.mqttconnect import BrokerUnavailable
     from rkllmd.settings import Settings
 
     assert isinstance(settings, Settings)

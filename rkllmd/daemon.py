@@ -24,13 +24,14 @@ from typing import Any
 import structlog
 
 from rkllmd import __version__
-from rkllmd.bus import Bus, ConnectCancelled
+from rkllmd.bus import Bus
 from rkllmd.dispatch import Dispatcher
 from rkllmd.exchange import Exchange
 from rkllmd.fleet import Fleet
 from rkllmd.ingress import Ingress
 from rkllmd.journal import Journal
 from rkllmd.loop import InferenceLoop, Limits, Stats
+from rkllmd.mqttconnect import ConnectCancelled
 from rkllmd.plugins.host import PluginHost
 from rkllmd.protocol import Incoming, Topics
 from rkllmd.runtime import registry

@@ -34,7 +34,7 @@ from rkllmd.bench.broker import (
     wait_port,
 )
 from rkllmd.bench.daemonproc import to_toml
-from rkllmd.bus import set_nodelay
+from rkllmd.mqttconnect import set_nodelay
 
 REPO = Path(__file__).resolve().parent.parent
 

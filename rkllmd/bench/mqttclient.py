@@ -19,7 +19,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from rkllmd.bus import set_nodelay
+from rkllmd.mqttconnect import set_nodelay
 from rkllmd.protocol import Topics
 
 

@@ -17,7 +17,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from rkllmd.bus import set_nodelay
+from rkllmd.mqttconnect import set_nodelay
 from tests.helpers import REPO, Broker, Probe, free_port, launch_broker
 
 
