@@ -12,7 +12,6 @@ import contextlib
 import json
 import os
 import resource
-import time
 from ctypes import Structure, pointer
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,15 +19,16 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from rkllmd.errors import LibraryVersionError, ModelLoadError, RuntimeCallError, RuntimeFailure
+from rkllmd.errors import ModelLoadError, RuntimeCallError, RuntimeFailure
 from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime, TokenSink
 from rkllmd.runtime.rkllm import _abi_common as c
 from rkllmd.runtime.rkllm._capture import fd1_capture
 from rkllmd.runtime.rkllm._handle import RkllmHandle
 from rkllmd.runtime.rkllm._lib import RkllmLibrary, find_library
+from rkllmd.runtime.rkllm.cacheslot import CacheSlot, PrefixRun
 from rkllmd.runtime.rkllm.counter import count_with, load_tokenizer
-from rkllmd.runtime.rkllm.promptcache import Prefix, PromptCacheStore, model_identity
+from rkllmd.runtime.rkllm.promptcache import Prefix
 from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
 
 if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names (rkllmd.runtime.base)
@@ -119,9 +119,7 @@ class RkllmRuntime(Runtime):
         self._last_template: tuple[str, str, str] | None = None
         self._last_tools: tuple[str, str] | None = None  # (system, tools JSON) last set natively
         self._tokenizer: Any = None
-        self._cache: PromptCacheStore | None = None  # with prompt_cache on, once open
-        self._cache_loaded: str | None = None  # prefix digest of the cache the runtime holds
-        self._cache_failed: set[str] = set()  # prefixes whose cache could not be saved: not retried
+        self._cache = CacheSlot(name)  # the prompt cache it holds (docs/RKLLM.md#prompt-cache)
 
     # ---- open / close --------------------------------------------------------------------------
 
@@ -157,7 +155,7 @@ class RkllmRuntime(Runtime):
         self._last_template = None
         self._last_tools = None
         log.info("rkllm_model_open", model=self.name, version=lib.version, by=lib.detection.method)
-        self._open_prompt_cache(lib)
+        self._cache.open(lib, handle, self.cfg, self.rk)
 
     def _make_param(self, lib: RkllmLibrary) -> Structure:
         cfg = self.cfg
@@ -198,7 +196,7 @@ class RkllmRuntime(Runtime):
     def close(self) -> None:
         """rkllm_destroy once and NULL the handle; idempotent. Waits for a running generate()."""
         handle, self.handle = self.handle, None
-        self._cache, self._cache_loaded = None, None  # destroy frees a loaded prompt cache
+        self._cache.closed()  # destroy frees a loaded prompt cache
         if handle is not None:
             if handle.running:
                 handle.abort()
@@ -229,7 +227,7 @@ class RkllmRuntime(Runtime):
     ) -> GenerateResult:
         self._apply_template(inp)
         self._apply_tools(inp)
-        self._use_prompt_cache(handle, spec)
+        self._cache.use(handle, self._prefix(), lambda path: self._run_prefix(handle, spec, path))
         if self._abort_requested:  # abort() arrived before the run started
             return GenerateResult(finish_reason="aborted", perf=Perf(completion_tokens=0))
         limit = max(1, inp.max_tokens)
@@ -364,36 +362,6 @@ class RkllmRuntime(Runtime):
 
     # ---- prompt cache (docs/RKLLM.md#prompt-cache) ---------------------------------------------------
 
-    def _open_prompt_cache(self, lib: RkllmLibrary) -> None:
-        """With ``prompt_cache`` on: set up the model's cache folder and load its last used cache.
-
-        Whatever is wrong (the folder, a library without the two functions) is logged, and the
-        model serves without a cache; a bad cache file is deleted and saved again later.
-        """
-        self._cache, self._cache_loaded = None, None
-        if not self.cfg.prompt_cache:
-            return
-        folder = self.cfg.prompt_cache_dir or self.rk.prompt_cache_dir
-        missing = [f for f in ("rkllm_load_prompt_cache", "rkllm_release_prompt_cache") if not lib.has(f)]
-        if missing:
-            reason = f"the library does not export {', '.join(missing)}"
-            log.warning("rkllm_prompt_cache_unavailable", model=self.name, reason=reason)
-            return
-        try:
-            identity = model_identity(
-                self.cfg.path, lib.version, lib.detection.blob_id, lib.spec.family, self.cfg.max_context_len
-            )
-            store = PromptCacheStore(folder, identity, self.rk.prompt_cache_keep, self.name)
-            store.open()
-        except OSError as exc:
-            why = str(exc)
-            log.warning("rkllm_prompt_cache_unavailable", model=self.name, folder=str(folder), reason=why)
-            return
-        self._cache = store
-        last = store.last_used()
-        if last is not None:
-            self._load_prompt_cache(last, "model load")
-
     def _prefix(self) -> Prefix | None:
         """What the runtime now puts before every prompt, as last handed to it; None if nothing."""
         tools = self._last_tools[1] if self._last_tools is not None and self._last_tools[1] != "[]" else ""
@@ -403,62 +371,9 @@ class RkllmRuntime(Runtime):
         prefix = Prefix(system, pre, post, tools)
         return None if prefix.empty else prefix
 
-    def _use_prompt_cache(self, handle: RkllmHandle, spec: c.AbiSpec) -> None:
-        """Before a run: have the runtime hold the cache of the current prefix, and only that one.
-
-        A cache of another prefix is released first (never used for a prompt it was not made
-        for); the current prefix's file is loaded, or saved by a run of the prefix alone.
-        """
-        store = self._cache
-        if store is None:
-            return
-        prefix = self._prefix()
-        digest = prefix.digest if prefix is not None else None
-        if digest == self._cache_loaded:
-            return
-        if self._cache_loaded is not None:
-            self._release_prompt_cache(handle)
-        if prefix is None or digest is None or digest in self._cache_failed:
-            return
-        if not self._load_prompt_cache(digest, "prefix changed"):
-            self._save_prompt_cache(handle, spec, store, prefix)
-
-    def _load_prompt_cache(self, digest: str, when: str) -> bool:
-        store, handle = self._cache, self.handle
-        assert store is not None and handle is not None
-        path = store.usable(digest)
-        if path is None:
-            return False
-        try:
-            handle.load_prompt_cache(path)
-        except (RuntimeCallError, LibraryVersionError) as exc:
-            store.discard(digest, f"rkllm_load_prompt_cache refused it ({exc})")
-            return False
-        self._cache_loaded = digest
-        store.touch(digest)
-        log.info("rkllm_prompt_cache_loaded", model=self.name, file=str(path), at=when)
-        return True
-
-    def _release_prompt_cache(self, handle: RkllmHandle) -> None:
-        self._cache_loaded = None
-        try:
-            handle.release_prompt_cache()
-        except RuntimeCallError as exc:
-            log.warning("rkllm_prompt_cache_release_failed", model=self.name, rc=exc.rc)
-        log.info("rkllm_prompt_cache_released", model=self.name, reason="the prefix changed")
-
-    def _save_prompt_cache(
-        self, handle: RkllmHandle, spec: c.AbiSpec, store: PromptCacheStore, prefix: Prefix
-    ) -> None:
-        """One run of the prefix alone (an empty user turn, one token) that saves its cache.
-
-        The saved prefill is the prefix's and nothing of any request's, so a later prompt that
-        starts with the same prefix can use it whatever its question. The run also fills the
-        runtime's in-memory system-prompt cache, so the request that follows is warm already.
-        """
-        digest = prefix.digest
-        tmp = store.saving_path(digest)
-        pc = c.RKLLMPromptCacheParam(1, str(tmp).encode())
+    def _run_prefix(self, handle: RkllmHandle, spec: c.AbiSpec, path: Path) -> PrefixRun:
+        """One run of the prefix alone (an empty user turn, one token) that saves its cache to ``path``."""
+        pc = c.RKLLMPromptCacheParam(1, str(path).encode())
         rin = spec.Input()
         if spec.has_role:
             rin.role = b"user"
@@ -473,7 +388,6 @@ class RkllmRuntime(Runtime):
             infer.max_new_tokens = 1
         run = _Run(sink=lambda _text, _token: None, limit=1)
         self._run = run
-        t0 = time.monotonic()
         try:
             rc = handle.run(rin, infer)
         finally:
@@ -482,30 +396,13 @@ class RkllmRuntime(Runtime):
         if self.cfg.keep_history:
             with contextlib.suppress(RuntimeCallError):
                 handle.clear_kv_cache(True)  # forget the empty turn, keep the system prompt
-        if self._abort_requested:
-            tmp.unlink(missing_ok=True)
-            return
-        path = None
-        if rc == 0 and not run.error:
-            path = store.commit(digest, run.perf[1] if run.perf else None)
-        else:
-            log.warning("rkllm_prompt_cache_not_saved", model=self.name, rc=rc, error=run.error)
-            tmp.unlink(missing_ok=True)
-        if path is None:
-            self._cache_failed.add(digest)  # serve without a cache rather than pay for a save each turn
-            return
-        ms = round((time.monotonic() - t0) * 1e3, 1)
-        size = path.stat().st_size
-        log.info("rkllm_prompt_cache_saved", model=self.name, file=str(path), bytes=size, ms=ms)
-        if not self._load_prompt_cache(digest, "saved"):
-            self._cache_failed.add(digest)
+        tokens = run.perf[1] if run.perf else None
+        return PrefixRun(rc, run.error, tokens, self._abort_requested)
 
     @property
     def prompt_cache_file(self) -> Path | None:
         """The cache file the runtime holds now (prompt_cache on), for tests and the bench."""
-        if self._cache is None or self._cache_loaded is None:
-            return None
-        return self._cache.cache_path(self._cache_loaded)
+        return self._cache.file
 
     # ---- chat template -----------------------------------------------------------------------------
 
