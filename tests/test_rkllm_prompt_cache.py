@@ -15,7 +15,8 @@ from pydantic import ValidationError
 
 from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.protocol import GenerateRequest
-from rkllmd.runtime.rkllm.runtime import CHATML, RkllmRuntime
+from rkllmd.runtime.rkllm.prompt import CHATML
+from rkllmd.runtime.rkllm.runtime import RkllmRuntime
 from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
 from tests.rkllm_conftest_fixtures import FakeIntrospect, ask, expected_text, fake_library, model_settings
 

@@ -18,7 +18,8 @@ import structlog
 from rkllmd.errors import LibraryVersionError, ModelLoadError, RuntimeCallError, RuntimeFailure
 from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.runtime.rkllm._handle import default_param
-from rkllmd.runtime.rkllm.runtime import CHATML, RkllmRuntime
+from rkllmd.runtime.rkllm.prompt import CHATML
+from rkllmd.runtime.rkllm.runtime import RkllmRuntime
 from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmSettings
 from tests.rkllm_conftest_fixtures import (
     FakeIntrospect,

@@ -3,6 +3,9 @@
 Threads: open/generate/clear_cache/close run on the inference loop's thread, one at a time;
 rkllm_run blocks that thread and the runtime delivers its result callback on it too, so the
 sink is called there. abort() may come from any thread.
+
+What it is handed lives beside it: the chat template and prompt text (``prompt.py``), the
+native parameter structs (``param.py``), the prompt cache it holds (``cacheslot.py``).
 """
 
 from __future__ import annotations
@@ -11,8 +14,7 @@ import codecs
 import contextlib
 import json
 import os
-import resource
-from ctypes import Structure, pointer
+from ctypes import pointer
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from rkllmd.errors import ModelLoadError, RuntimeCallError, RuntimeFailure
-from rkllmd.generation import ChatMessage, GenerateInput
+from rkllmd.generation import GenerateInput
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime, TokenSink
 from rkllmd.runtime.rkllm import _abi_common as c
 from rkllmd.runtime.rkllm._capture import fd1_capture
@@ -28,33 +30,14 @@ from rkllmd.runtime.rkllm._handle import RkllmHandle
 from rkllmd.runtime.rkllm._lib import RkllmLibrary, find_library
 from rkllmd.runtime.rkllm.cacheslot import CacheSlot, PrefixRun
 from rkllmd.runtime.rkllm.counter import count_with, load_tokenizer
+from rkllmd.runtime.rkllm.param import make_param, raise_nofile, sampling_param
+from rkllmd.runtime.rkllm.prompt import CHATML, TOOL_RESPONSE, prompt_text, render, wanted_template
 from rkllmd.runtime.rkllm.promptcache import Prefix
-from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
 
 if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names (rkllmd.runtime.base)
-    from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmModelSettings, RkllmSettings
+    from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
 
 log = structlog.get_logger(__name__)
-
-
-@dataclass(frozen=True)
-class Template:
-    """RKLLM's three-part chat template, as a ``chat_template`` table has it ({system} replaced)."""
-
-    system: str = ""
-    prefix: str = ""
-    postfix: str = ""
-
-
-# Used when a system prompt is wanted but the model config has no chat_template: ChatML, the
-# format of the Qwen family that most RKLLM models are. Set chat_template for other families.
-CHATML = Template(
-    system="<|im_start|>system\n{system}<|im_end|>\n",
-    prefix="<|im_start|>user\n",
-    postfix="<|im_end|>\n<|im_start|>assistant\n",
-)
-TOOL_RESPONSE = "tool_response"  # the tag the runtime wraps role="tool" input in (vendor demo)
-NOFILE_WANTED = 102400  # what the vendor demos set before rkllm_init (one fd per NPU buffer)
 
 
 @dataclass
@@ -73,20 +56,6 @@ class _Run:
     error: bool = False
     sink_error: BaseException | None = None
     perf: tuple[float, int, float, int, float] | None = None
-
-
-def _raise_nofile() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft >= NOFILE_WANTED:
-        return
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (NOFILE_WANTED, max(hard, NOFILE_WANTED)))
-    except (ValueError, OSError):
-        try:  # no privilege to raise the hard limit: go as far as it allows
-            cap = NOFILE_WANTED if hard == resource.RLIM_INFINITY else min(hard, NOFILE_WANTED)
-            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, cap), hard))
-        except (ValueError, OSError) as exc:
-            log.warning("rkllm_nofile_not_raised", soft=soft, hard=hard, error=str(exc))
 
 
 class RkllmRuntime(Runtime):
@@ -131,8 +100,8 @@ class RkllmRuntime(Runtime):
         lib = RkllmLibrary.open(path, self.cfg.runtime_version, self._extra_blob_ids)
         if not self.cfg.path.is_file():
             raise ModelLoadError(f"model file {self.cfg.path} does not exist", model=self.name)
-        param = self._make_param(lib)
-        _raise_nofile()
+        param = make_param(lib, self.cfg, self.name)
+        raise_nofile()
         if self.rk.log_level is not None:
             os.environ["RKLLM_LOG_LEVEL"] = str(self.rk.log_level)  # read by the runtime at init
         if self._capture_stdout and not self._captured:
@@ -156,42 +125,6 @@ class RkllmRuntime(Runtime):
         self._last_tools = None
         log.info("rkllm_model_open", model=self.name, version=lib.version, by=lib.detection.method)
         self._cache.open(lib, handle, self.cfg, self.rk)
-
-    def _make_param(self, lib: RkllmLibrary) -> Structure:
-        cfg = self.cfg
-        mask = 0
-        for cpu in cfg.enabled_cpus:
-            if not 0 <= cpu < 32:
-                raise ModelLoadError(f"enabled_cpus: CPU {cpu} is out of range 0..31", model=self.name)
-            mask |= 1 << cpu
-        if mask == 0:
-            raise ModelLoadError("enabled_cpus must name at least one CPU", model=self.name)
-        p = lib.spec.Param()  # ctypes zero-fills: every reserved byte and padding is 0
-        p.model_path = str(cfg.path).encode()
-        p.max_context_len = cfg.max_context_len
-        p.max_new_tokens = cfg.max_new_tokens or -1
-        p.top_k = cfg.top_k
-        p.n_keep = cfg.n_keep
-        p.top_p = cfg.top_p
-        p.temperature = cfg.temperature
-        p.repeat_penalty = cfg.repeat_penalty
-        p.frequency_penalty = cfg.frequency_penalty
-        p.presence_penalty = cfg.presence_penalty
-        p.mirostat, p.mirostat_tau, p.mirostat_eta = 0, 5.0, 0.1
-        p.skip_special_token = cfg.skip_special_token
-        p.is_async = False
-        fields = {f[0] for f in lib.spec.Param._fields_}
-        if "img_start" in fields:  # 1.2.x: non-NULL empty tags, as the runtime's own defaults
-            p.img_start = p.img_end = p.img_content = b""
-        x = p.extend_param
-        x.base_domain_id = cfg.base_domain_id
-        x.embed_flash = int(cfg.embed_flash)
-        x.enabled_cpus_num = len(set(cfg.enabled_cpus))
-        x.enabled_cpus_mask = mask
-        if "n_batch" in {f[0] for f in lib.spec.ExtendParam._fields_}:
-            x.n_batch = 1  # a zeroed struct would ask for 0 batches
-            x.use_cross_attn = 0
-        return p
 
     def close(self) -> None:
         """rkllm_destroy once and NULL the handle; idempotent. Waits for a running generate()."""
@@ -249,7 +182,7 @@ class RkllmRuntime(Runtime):
         sampling = None
         if spec.per_run_limits and spec.SamplingParam is not None:
             infer.max_new_tokens = limit
-            sampling = self._sampling(spec.SamplingParam, inp)
+            sampling = sampling_param(spec.SamplingParam, self.cfg, inp)
             infer.sampling_params = pointer(sampling)
         run = _Run(sink=sink, limit=limit)
         self._run = run
@@ -272,18 +205,6 @@ class RkllmRuntime(Runtime):
                 log.warning("rkllm_run_returned_without_finish", model=self.name)
             reason = "stop"
         return GenerateResult(finish_reason=reason, perf=self._perf(run, inp))
-
-    def _sampling(self, cls: type[Structure], inp: GenerateInput) -> Structure:
-        s, cfg = inp.sampling, self.cfg
-        sp = cls()
-        sp.top_k = cfg.top_k if s.top_k is None else s.top_k
-        sp.top_p = cfg.top_p if s.top_p is None else s.top_p
-        sp.temperature = cfg.temperature if s.temperature is None else s.temperature
-        sp.repeat_penalty = cfg.repeat_penalty if s.repeat_penalty is None else s.repeat_penalty
-        sp.frequency_penalty = cfg.frequency_penalty if s.frequency_penalty is None else s.frequency_penalty
-        sp.presence_penalty = cfg.presence_penalty if s.presence_penalty is None else s.presence_penalty
-        sp.mirostat, sp.mirostat_tau, sp.mirostat_eta = 0, 5.0, 0.1
-        return sp
 
     def _perf(self, run: _Run, inp: GenerateInput) -> Perf:
         if run.perf is None:
@@ -427,25 +348,13 @@ class RkllmRuntime(Runtime):
         self._last_tools = wanted
 
     def _wanted_template(self, inp: GenerateInput) -> tuple[str, str, str] | None:
-        system = inp.system or self.cfg.system_prompt
-        if inp.active_tools and not self._native_tools:
-            # 1.2.0 / 1.2.1b1: no tool API, so the Hermes block goes into the system prompt.
-            system = system_with_tools(system, inp.active_tools)
-        tpl = self.cfg.chat_template
-        if tpl is None and system is None:
-            return None
-        return self._render(tpl or CHATML, system or "")
-
-    @staticmethod
-    def _render(tpl: ChatTemplate | Template, system: str) -> tuple[str, str, str]:
-        sys_text = tpl.system.replace("{system}", system) if system or tpl is not CHATML else ""
-        return (sys_text, tpl.prefix, tpl.postfix)
+        return wanted_template(self.cfg, inp, self._native_tools)
 
     def _apply_template(self, inp: GenerateInput) -> None:
         wanted = self._wanted_template(inp)
         if wanted is None and self._last_template is not None:
             # No API restores the model's own template; fall back to the configured one without system.
-            wanted = self._render(self.cfg.chat_template or CHATML, "")
+            wanted = render(self.cfg.chat_template or CHATML, "")
         if wanted is None or wanted == self._last_template:
             return
         assert self.handle is not None
@@ -453,33 +362,8 @@ class RkllmRuntime(Runtime):
         self._last_template = wanted
 
     def prompt_text(self, inp: GenerateInput) -> str:
-        """The text one run sends as ``prompt_input``.
-
-        The runtime wraps it in the model's own template as one user turn. With keep_history
-        the runtime remembers earlier turns itself, so only the last one is sent; without it,
-        earlier turns of a chat would be lost, so they go in front as a plain transcript (the
-        runtime offers no way to send a multi-turn template of ours).
-        """
-        turns = [m for m in inp.messages if m.role != "system"]
-        # Tool results at the end are one input: role "tool" (several as a JSON array, as the
-        # runtime asks), or Hermes <tool_response> text where the release has no tool API.
-        n_results = 0
-        while n_results < len(turns) and turns[len(turns) - 1 - n_results].role == "tool":
-            n_results += 1
-        last = self._last_input(turns[len(turns) - n_results :]) if n_results else inp.last_user
-        earlier = turns[: len(turns) - (n_results or 1)]
-        if self.cfg.keep_history or not earlier:
-            return last
-        names = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
-        lines = [f"{names.get(m.role, m.role)}: {assistant_text(m.content, m.tool_calls)}" for m in earlier]
-        return "Conversation so far:\n" + "\n".join(lines) + "\n\n" + last
-
-    def _last_input(self, results: list[ChatMessage]) -> str:
-        if not self._native_tools:
-            return "\n".join(response_block(m.content) for m in results)
-        if len(results) == 1:
-            return results[0].content
-        return json.dumps([m.content for m in results], ensure_ascii=False)
+        """The text one run sends as ``prompt_input`` (rkllmd.runtime.rkllm.prompt)."""
+        return prompt_text(self.cfg, inp, self._native_tools)
 
     # ---- the rest of the interface -----------------------------------------------------------------
 

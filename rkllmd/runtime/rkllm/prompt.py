@@ -1,0 +1,90 @@
+"""What the RKLLM runtime is handed for one run: its chat template and the prompt text.
+
+The runtime renders the model's own template around one user turn; rkllmd chooses the
+three-part template (system, prefix, postfix; ChatML when a system prompt is wanted and none is
+configured) and the text of that turn. Pure functions of the model's settings (a pydantic model
+or, in a worker process, a Table of the same names), the input, and whether the loaded release
+takes tools itself (rkllm_set_function_tools, 1.2.1+). Called on the inference thread.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from rkllmd.generation import ChatMessage, GenerateInput
+from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
+
+if TYPE_CHECKING:
+    from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmModelSettings
+
+
+@dataclass(frozen=True)
+class Template:
+    """RKLLM's three-part chat template, as a ``chat_template`` table has it ({system} replaced)."""
+
+    system: str = ""
+    prefix: str = ""
+    postfix: str = ""
+
+
+# Used when a system prompt is wanted but the model config has no chat_template: ChatML, the
+# format of the Qwen family that most RKLLM models are. Set chat_template for other families.
+CHATML = Template(
+    system="<|im_start|>system\n{system}<|im_end|>\n",
+    prefix="<|im_start|>user\n",
+    postfix="<|im_end|>\n<|im_start|>assistant\n",
+)
+TOOL_RESPONSE = "tool_response"  # the tag the runtime wraps role="tool" input in (vendor demo)
+
+
+def wanted_template(
+    cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool
+) -> tuple[str, str, str] | None:
+    """The template strings this run wants, or None for the model's built-in template."""
+    system = inp.system or cfg.system_prompt
+    if inp.active_tools and not native_tools:
+        # 1.2.0 / 1.2.1b1: no tool API, so the Hermes block goes into the system prompt.
+        system = system_with_tools(system, inp.active_tools)
+    tpl = cfg.chat_template
+    if tpl is None and system is None:
+        return None
+    return render(tpl or CHATML, system or "")
+
+
+def render(tpl: ChatTemplate | Template, system: str) -> tuple[str, str, str]:
+    """``tpl``'s three strings with ``system`` in it (ChatML without a system prompt: no system part)."""
+    sys_text = tpl.system.replace("{system}", system) if system or tpl is not CHATML else ""
+    return (sys_text, tpl.prefix, tpl.postfix)
+
+
+def prompt_text(cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool) -> str:
+    """The text one run sends as ``prompt_input``.
+
+    The runtime wraps it in the model's own template as one user turn. With keep_history
+    the runtime remembers earlier turns itself, so only the last one is sent; without it,
+    earlier turns of a chat would be lost, so they go in front as a plain transcript (the
+    runtime offers no way to send a multi-turn template of ours).
+    """
+    turns = [m for m in inp.messages if m.role != "system"]
+    # Tool results at the end are one input: role "tool" (several as a JSON array, as the
+    # runtime asks), or Hermes <tool_response> text where the release has no tool API.
+    n_results = 0
+    while n_results < len(turns) and turns[len(turns) - 1 - n_results].role == "tool":
+        n_results += 1
+    last = _last_input(turns[len(turns) - n_results :], native_tools) if n_results else inp.last_user
+    earlier = turns[: len(turns) - (n_results or 1)]
+    if cfg.keep_history or not earlier:
+        return last
+    names = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
+    lines = [f"{names.get(m.role, m.role)}: {assistant_text(m.content, m.tool_calls)}" for m in earlier]
+    return "Conversation so far:\n" + "\n".join(lines) + "\n\n" + last
+
+
+def _last_input(results: list[ChatMessage], native_tools: bool) -> str:
+    if not native_tools:
+        return "\n".join(response_block(m.content) for m in results)
+    if len(results) == 1:
+        return results[0].content
+    return json.dumps([m.content for m in results], ensure_ascii=False)
