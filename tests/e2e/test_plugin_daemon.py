@@ -218,7 +218,9 @@ def test_ha_discovery_topics_are_real(
     mqtt_probe.drain()
     # text entity: a plain-text prompt
     mqtt_probe.publish(cmps["prompt"]["cmd_t"], "Say yes.")
-    answer_msg = mqtt_probe.get(cmps["last_answer"]["stat_t"], timeout=60)
+    # The previous answer is retained there and may arrive after the drain: skip retained copies.
+    live = mqtt_probe.collect_until(cmps["last_answer"]["stat_t"], lambda m: not m.retain, timeout=60)
+    answer_msg = live[-1]
     event_msg = mqtt_probe.get(cmps["answer"]["stat_t"], timeout=5)
     answer, event = answer_msg.json(), event_msg.json()
     assert answer["text"] and answer["prompt"] == "Say yes."
