@@ -98,6 +98,16 @@ def test_arguments_as_string_and_wrong_shapes() -> None:
         assert whole == "" and not p.calls and p.malformed == 1
 
 
+@pytest.mark.parametrize(
+    "args", ['{"level": 1e999}', '{"level": -1e999}', '{"level": NaN}', '"{\\"level\\": Infinity}"']
+)
+def test_a_call_with_a_number_no_reply_can_carry_is_malformed(args: str) -> None:
+    """A model's ``1e999`` (or NaN/Infinity) in arguments, as an object or a JSON string, makes the
+    call malformed: accepted, it would have gone out as ``Infinity``, which no client parses."""
+    _, whole, p = run([f'<tool_call>{{"name": "f", "arguments": {args}}}</tool_call>'])
+    assert whole == "" and not p.calls and p.malformed == 1
+
+
 def test_rendering_is_hermes() -> None:
     """The system block lists each tool as JSON inside <tools>; a call renders back as it parses."""
     block = hermes_system_block(TOOLS)

@@ -20,6 +20,10 @@ import json
 import math
 from typing import Any, Literal
 
+from rkllmd.finitejson import loads
+
+__all__ = ["GENERATE_NUMBERS", "NotANumber", "NumberKind", "as_number", "describe", "loads", "what"]
+
 NumberKind = Literal["integer", "number"]
 
 # The generate request's numeric fields and their kind: the one table (rkllmd/protocol/requests.py
@@ -38,26 +42,6 @@ GENERATE_NUMBERS: dict[str, NumberKind] = {
 
 class NotANumber(ValueError):
     """A value that is not a number of the kind wanted; the message says what was expected and got."""
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:24]} is out of range (rkllmd takes finite numbers only)")
-    return value
-
-
-def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (rkllmd takes finite numbers only)")
-
-
-def loads(text: str | bytes) -> Any:
-    """JSON text to a value, as every interface parses it: a number that is not finite (``1e999``,
-    ``-1e999``) and the ``NaN``/``Infinity`` literals are refused. Raises ValueError (bytes that are
-    not UTF-8 included) or RecursionError."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8")
-    return json.loads(text, parse_float=_finite_float, parse_constant=_no_constant)
 
 
 def describe(value: Any) -> str:

@@ -12,13 +12,13 @@ become ``<tool_call>`` is held back while streaming.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 
+from rkllmd import finitejson
 from rkllmd.generation import ToolCall
 
 log = structlog.get_logger("rkllmd.toolcalls")
@@ -49,7 +49,7 @@ def _one_call(obj: Any) -> ToolCall | None:
     args = obj.get("arguments", obj.get("parameters", {}))
     if isinstance(args, str):  # some models write the arguments as a JSON string
         try:
-            args = json.loads(args, strict=False)
+            args = finitejson.loads(args, strict=False)
         except ValueError:
             return None
     if not isinstance(args, dict):
@@ -62,9 +62,10 @@ def parse_calls(body: str) -> list[ToolCall] | None:
     (small models write several calls in one block so); None when the body is neither.
 
     Control characters inside strings are accepted (``strict=False``): llama.cpp's JSON grammar
-    allows a raw newline in a string, and the call is no less clear for it."""
+    allows a raw newline in a string, and the call is no less clear for it. A number that is not
+    finite (``1e999``) makes the call malformed: no reply could carry it back as JSON."""
     try:
-        obj = json.loads(body, strict=False)
+        obj = finitejson.loads(body, strict=False)
     except ValueError:
         return None
     calls = [_one_call(x) for x in obj] if isinstance(obj, list) and obj else [_one_call(obj)]
