@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from rkllmd.bench.broker import die_with_parent
+from rkllmd.bench.broker import LOOPBACK, _ephemeral_range, die_with_parent, free_port
 from rkllmd.bench.report import cell, response_html
 from tests.fake_rkllm.build import build_fake
 from tests.helpers import Broker, write_config
@@ -175,3 +176,14 @@ def test_first_sentence_time_is_when_the_chunker_returns_a_sentence() -> None:
     assert first_sentence_ms(deltas, times, 0.5, 2.0) == pytest.approx(800.0)
     assert first_sentence_ms(["no", " end"], [1.0, 1.1], 0.5, 2.0) == pytest.approx(1500.0)
     assert first_sentence_ms([], [], 0.5, 2.0) is None
+
+
+def test_free_port_is_outside_the_ephemeral_range_and_bindable() -> None:
+    """A listener's port never collides with an outgoing connection's local port (the daemon's own
+    MQTT connection took the port its ollama plugin was given, and the plugin never listened)."""
+    lo, hi = _ephemeral_range()
+    for _ in range(20):
+        port = free_port()
+        assert not lo <= port <= hi
+        with socket.socket() as s:
+            s.bind((LOOPBACK, port))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import shutil
 import signal
 import socket
@@ -70,8 +71,33 @@ def stay_root(conf: str) -> str:
     return conf.rstrip("\n") + "\nuser root\n"
 
 
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections (Linux; else its default)."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
-    with socket.socket() as s:
+    """A loopback TCP port nothing is bound to, for a listener started next.
+
+    Drawn outside the ephemeral range: a port from ``bind(0)`` is an ephemeral one, and any
+    outgoing connection made before the listener binds (the daemon's own MQTT connection, started
+    first) may be given the same port, which then stays "in use" for the connection's life.
+    """
+    lo, hi = _ephemeral_range()
+    first, last = (10000, lo - 1) if lo - 1 - 10000 >= 5000 else (hi + 1, 65535)
+    for _ in range(100):
+        port = random.randint(first, last)
+        with socket.socket() as s:
+            try:
+                s.bind((LOOPBACK, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket() as s:  # a crowded range: an ephemeral port is still better than none
         s.bind((LOOPBACK, 0))
         return int(s.getsockname()[1])
 
