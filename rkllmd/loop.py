@@ -160,11 +160,6 @@ class InferenceLoop:
                 self._emit_stats_locked()
             self._cond.notify_all()
 
-    def has(self, request_id: str) -> bool:
-        """Whether a generate request with this id is queued, held or running (any thread)."""
-        with self._cond:
-            return bool(self._queued_locked(request_id) or self._running_locked(request_id))
-
     def _queued_locked(self, request_id: str | None) -> Job | None:
         """The queued (or held) generate job with this id, or None (holding ``_cond``)."""
         waiting = itertools.chain(self._pending, self._held)

@@ -153,7 +153,7 @@ def test_a_refused_local_message_reaches_its_relay_whatever_its_payload() -> Non
     gate = Gate(SETTINGS, Topics("B"), lambda ex: ex)
 
     async def one(payload: bytes) -> Item:  # the relay's queues live on the plugin's event loop
-        with relay.track("http-1", "nonce-1") as items:
+        with relay.track("nonce-1") as items:
             out = admit(LocalMessage("B/request/generate", payload, key="nonce-1"), gate)
             assert isinstance(out, Final) and out.code == "bad_json"
             relay.route(out)
@@ -170,7 +170,7 @@ def test_an_mqtt_request_is_never_routed_to_a_plugin_slot() -> None:
     gate = Gate(SETTINGS, Topics("B"), lambda ex: ex)
 
     async def routed() -> bool:
-        with relay.track("http-1", "nonce-1") as items:
+        with relay.track("nonce-1") as items:
             out = admit(
                 protocol.Incoming("B/request/generate", b'{"id":"http-1","transaction":"nonce-1"}'), gate
             )
@@ -232,7 +232,7 @@ def test_a_local_message_ingress_fails_on_still_gets_a_final_for_its_relay() -> 
     relay = Relay()
 
     async def routed() -> Item:
-        with relay.track("http-9", "nonce-9") as items:
+        with relay.track("nonce-9") as items:
             relay.route(final)
             return await asyncio.wait_for(items.get(), 1)
 

@@ -66,7 +66,6 @@ def no_answer(deadline_s: float) -> Final:
 
 @dataclass
 class _Slot:
-    request_id: str
     items: asyncio.Queue[Item]
     loop: asyncio.AbstractEventLoop
 
@@ -86,12 +85,12 @@ class Relay:
         self._closed = False
 
     @contextlib.contextmanager
-    def track(self, request_id: str, nonce: str) -> Iterator[asyncio.Queue[Item]]:
+    def track(self, nonce: str) -> Iterator[asyncio.Queue[Item]]:
         """Register a request before it is injected, so no event can come before its queue
         (server thread, in the endpoint's coroutine); the slot goes when the endpoint is done.
         The request must be injected as a LocalMessage with ``key=nonce``: that is how its
         events are found, since its payload may be refused before rkllmd reads an id from it."""
-        slot = _Slot(request_id, asyncio.Queue(), asyncio.get_running_loop())
+        slot = _Slot(asyncio.Queue(), asyncio.get_running_loop())
         with self._lock:
             if self._closed:
                 slot.items.put_nowait(_STOPPED)

@@ -129,7 +129,7 @@ class Api(ApiBase):
         payload = {**ask.fields, "id": rid, "model": model, "stream": False, "transaction": nonce}
         data = _encode(payload, self.ctx.settings.limits.max_payload_bytes)
         shape = Shape(kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + hexid, int(time.time()), model)
-        with self.relay.track(rid, nonce) as items:
+        with self.relay.track(nonce) as items:
             self.ctx.inject(
                 LocalMessage(
                     self.ctx.topics.request("generate"), data, received_at=time.monotonic(), key=nonce

@@ -225,7 +225,7 @@ class Api(ApiBase):
             return await h.send_json(200, shape.control("unload" if unload else "load"))
         rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
         payload = {**ask.fields, "id": rid, "model": name, "stream": False, "transaction": nonce}
-        with self.relay.track(rid, nonce) as items:
+        with self.relay.track(nonce) as items:
             self._inject("generate", payload, key=nonce)
             deadline_s = answer_deadline_s(self.ctx.settings)
             waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.on_gone, deadline_s=deadline_s)
@@ -273,7 +273,7 @@ class Api(ApiBase):
     async def _control(self, command: str, model: str) -> None:
         """Load or unload ``model`` through the queue and wait for rkllmd's answer."""
         rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
-        with self.relay.track(rid, nonce) as items:
+        with self.relay.track(nonce) as items:
             self._inject(command, {"id": rid, "model": model, "transaction": nonce}, key=nonce)
             deadline_s = answer_deadline_s(self.ctx.settings)
             outcome = await Waiter(items, lambda: self.ctx.cancel(rid), deadline_s=deadline_s).final()
