@@ -15,14 +15,20 @@ SIGILL_CMD = [sys.executable, "-c", "import os, signal; os.kill(os.getpid(), sig
 OK_CMD = [sys.executable, "-c", "print('{\"tokens\": 4}')"]
 
 
-@pytest.fixture(scope="module")
-def lb() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("llama_build", ROOT / "scripts" / "llama_build.py")
+def _load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROOT / "scripts" / f"{name}.py")
     assert spec and spec.loader
     mod = importlib.util.module_from_spec(spec)
-    sys.modules["llama_build"] = mod
+    sys.modules[name] = mod
     spec.loader.exec_module(mod)
     return mod
+
+
+@pytest.fixture(scope="module")
+def lb() -> ModuleType:
+    """llama_build.py, with the probe module it imports (run as a script, its folder is sys.path[0])."""
+    _load("cpu_probe")  # llama_build's `from cpu_probe import ...` finds it in sys.modules
+    return _load("llama_build")
 
 
 XEON_AMX = "flags\t\t: fpu sse4_2 avx avx2 fma f16c bmi2 avx512f avx512cd avx512vl avx512dq avx512bw " \
@@ -79,9 +85,10 @@ def test_board_cores_get_dotprod_and_fp16_but_never_sve(lb: ModuleType) -> None:
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
 def test_probe_that_traps_counts_as_missing(lb: ModuleType, tmp_path: Path) -> None:
+    probe = sys.modules["cpu_probe"]
     """A probe program that dies of SIGILL in its child process is reported as not executing."""
-    trap = lb.Probe("trap", (), (), "#include <signal.h>\nint main(void) { raise(SIGILL); return 0; }\n")
-    fine = lb.Probe("fine", (), (), "int main(void) { return 0; }\n")
+    trap = probe.Probe("trap", (), (), "#include <signal.h>\nint main(void) { raise(SIGILL); return 0; }\n")
+    fine = probe.Probe("fine", (), (), "int main(void) { return 0; }\n")
     assert lb.run_probe(trap, "gcc", tmp_path) is False
     assert lb.run_probe(fine, "gcc", tmp_path) is True
 
