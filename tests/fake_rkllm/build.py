@@ -29,6 +29,8 @@ _ABIS: dict[str, tuple[str, str]] = {
     "1.2": ("12", "1.2.3"),
     "13": ("13", "1.3.0"),
     "1.3": ("13", "1.3.0"),
+    "131": ("131", "1.3.1"),
+    "1.3.1": ("131", "1.3.1"),
 }
 
 _COMMON: dict[str, list[str]] = {
@@ -164,6 +166,13 @@ STRUCT_FIELDS: dict[str, dict[str, list[str]]] = {
     },
 }
 
+# 1.3.1: 1.3.0 plus the audio part of the multimodal input.
+STRUCT_FIELDS["131"] = {
+    **STRUCT_FIELDS["13"],
+    "RKLLMAudioInput": ["audio_embed", "n_audio_tokens", "n_audio", "audio_start", "audio_end", "audio_content"],
+    "RKLLMMultiModalInput": ["prompt", "image", "video", "audio"],
+}
+
 ENUMS = [
     "RKLLM_RUN_NORMAL",
     "RKLLM_RUN_WAITING",
@@ -179,8 +188,8 @@ ENUMS = [
 ]
 
 
-# Functions a build of the double can leave out (-DFAKE_RKLLM_OMIT_<name>); the last two exist
-# only in ABIs "12" and "13".
+# Functions a build of the double can leave out (-DFAKE_RKLLM_OMIT_<name>); set_function_tools and
+# set_cross_attn_params exist only in ABIs "12", "13" and "131".
 OMITTABLE = (
     "rkllm_load_lora",
     "rkllm_set_function_tools",
@@ -191,7 +200,7 @@ OMITTABLE = (
 
 
 def abi_macro(abi: str) -> str:
-    """The RKLLM_ABI macro value ("120", "12" or "13") for an ABI selector such as "1.3"."""
+    """The RKLLM_ABI macro value ("120", "12", "13" or "131") for an ABI selector such as "1.3"."""
     try:
         return _ABIS[abi][0]
     except KeyError:
@@ -222,7 +231,7 @@ def build_fake(
     sdk_line: bool = True,
     android: bool = False,
 ) -> Path:
-    """Compile the double for ``abi`` ("120"/"1.2.0", "12"/"1.2", "13"/"1.3") and return the .so.
+    """Compile the double for ``abi`` ("120"/"1.2.0", "12"/"1.2", "13"/"1.3", "131"/"1.3.1"); return the .so.
 
     ``version`` is the release in the embedded ``RKLLM SDK (version: X | …)`` line, the vendor's
     only literal form of it (default: the newest release of that ABI family); ``sdk_line=False``

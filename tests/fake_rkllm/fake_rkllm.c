@@ -49,6 +49,12 @@
  * rkllm_set_cross_attn_params, rkllm_load_prompt_cache and rkllm_release_prompt_cache (a build that
  * does not export it), -DFAKE_RKLLM_ANDROID (an Android
  * ident note, as the NDK's crtbegin_so.o adds).
+ * What a run receives is checked against this build's layout: input_size is sizeof(RKLLMInput) as
+ * read here, input_stray_bytes the nonzero bytes of a prompt input's union after the pointer (0 for
+ * a caller whose struct has this size and is zeroed). ABI 13/131 take a multimodal input too (its
+ * prompt is the text; n_image, n_video and, 131, n_audio / n_audio_tokens / audio_start /
+ * audio_content are recorded), and ABI 131 refuses, as the 1.3.1 runtime does, a role "tool" input
+ * that is not JSON text (-1, an "E rkllm:" line, tool_not_json).
  * Introspection for tests: fake_rkllm_stat(name), fake_rkllm_str(name), fake_rkllm_reset_stats().
  */
 #define _GNU_SOURCE
@@ -105,7 +111,7 @@ typedef struct {
     uint32_t magic;
     char *model_path;
     RKLLMParam param;
-#if RKLLM_ABI == 13
+#if RKLLM_FAMILY_F
     RKLLMCallback cb;
 #else
     LLMResultCallback cb;
@@ -132,7 +138,8 @@ enum {
     S_LAST_LIMIT, S_LAST_TOP_K, S_LAST_TEMP_MILLI, S_LAST_KEEP_HISTORY, S_LAST_N_BATCH,
     S_LAST_CPUS_MASK, S_LAST_CPUS_NUM, S_LIVE, S_CLEAR_KV, S_TOOLS, S_CROSS_ATTN, S_LORA,
     S_CALLBACK_TID_MATCH, S_PREFILL_COMPUTED, S_PREFILL_REUSED, S_PC_USED, S_PC_SAVES, S_PC_SAVE_FAILED,
-    S_PC_LOADS, S_PC_LOAD_FAILED, S_PC_RELEASES, S_PC_LOADED_TOKENS, S_COUNT
+    S_PC_LOADS, S_PC_LOAD_FAILED, S_PC_RELEASES, S_PC_LOADED_TOKENS, S_INPUT_SIZE, S_INPUT_STRAY,
+    S_MM_N_IMAGE, S_MM_N_VIDEO, S_MM_N_AUDIO, S_MM_N_AUDIO_TOKENS, S_TOOL_NOT_JSON, S_COUNT
 };
 static const char *stat_names[S_COUNT] = {
     "init", "run", "destroy", "abort", "set_chat_template", "pauses", "nonzero_cb_rc", "last_cb_rc",
@@ -141,11 +148,13 @@ static const char *stat_names[S_COUNT] = {
     "set_cross_attn_params", "load_lora", "callback_on_caller_thread",
     "last_prefill_computed", "last_prefill_reused", "last_prompt_cache_used", "prompt_cache_saves",
     "prompt_cache_save_failed", "prompt_cache_loads", "prompt_cache_load_failed", "prompt_cache_releases",
-    "prompt_cache_loaded_tokens",
+    "prompt_cache_loaded_tokens", "input_size", "input_stray_bytes", "last_n_image", "last_n_video",
+    "last_n_audio", "last_n_audio_tokens", "tool_not_json",
 };
 static atomic_int stats[S_COUNT];
 static pthread_mutex_t str_lock = PTHREAD_MUTEX_INITIALIZER;
 static char last_system[65536], last_role[64], last_prompt[65536], last_tools[65536], last_pc_error[512];
+static char last_audio_start[256], last_audio_content[256];
 
 int fake_rkllm_stat(const char *name) {
     for (int i = 0; name && i < S_COUNT; i++)
@@ -160,6 +169,8 @@ const char *fake_rkllm_str(const char *name) {
     if (strcmp(name, "prompt") == 0) return last_prompt;
     if (strcmp(name, "tools") == 0) return last_tools;
     if (strcmp(name, "prompt_cache_error") == 0) return last_pc_error;
+    if (strcmp(name, "audio_start") == 0) return last_audio_start;
+    if (strcmp(name, "audio_content") == 0) return last_audio_content;
     if (strcmp(name, "version") == 0) return FAKE_RKLLM_VERSION;
     return "";
 }
@@ -507,7 +518,7 @@ static int do_run(Fake *f, RunArgs *a) {
         if (cb != 0) atomic_fetch_add(&stats[S_NONZERO_RC], 1);
         /* 1 pauses; 2 (ABI 13) only releases buffers; anything else is undefined, and a real
          * runtime may well read it as a pause, so the double does too. */
-        if (cb != 0 && !(RKLLM_ABI == 13 && cb == 2)) {
+        if (cb != 0 && !(RKLLM_FAMILY_F && cb == 2)) {
             atomic_fetch_add(&stats[S_PAUSES], 1);
             paused = 1;
             break;
@@ -541,14 +552,131 @@ out:
     return rc;
 }
 
+/* ---- what the caller handed over: struct size, stray bytes, JSON tool results -------------- */
+
+/* A caller binds a layout of its own: the double can only read RKLLMInput as this build declares
+ * it. So it reports the size it reads (input_size) and, for a prompt input, the nonzero bytes of
+ * the union after the prompt pointer (input_stray_bytes): a caller that zeroes a struct of the
+ * same size leaves 0 there, one whose struct is shorter leaves whatever follows it in memory. */
+static void note_input(const RKLLMInput *in) {
+    atomic_store(&stats[S_INPUT_SIZE], (int)sizeof(RKLLMInput));
+    if (in->input_type != RKLLM_INPUT_PROMPT) return;
+    const unsigned char *b = (const unsigned char *)in;
+    int stray = 0;
+    for (size_t i = offsetof(RKLLMInput, prompt_input) + sizeof(in->prompt_input); i < sizeof(RKLLMInput); i++)
+        stray += b[i] != 0;
+    atomic_store(&stats[S_INPUT_STRAY], stray);
+}
+
+#if RKLLM_FAMILY_F
+/* The multimodal input: which counts arrived where (embeddings are not read). */
+static const char *note_multimodal(const RKLLMMultiModalInput *m) {
+    atomic_store(&stats[S_MM_N_IMAGE], (int)m->image.n_image);
+    atomic_store(&stats[S_MM_N_VIDEO], (int)m->video.n_video);
+#if RKLLM_ABI == 131
+    atomic_store(&stats[S_MM_N_AUDIO], (int)m->audio.n_audio);
+    atomic_store(&stats[S_MM_N_AUDIO_TOKENS], (int)m->audio.n_audio_tokens);
+    copy_str(last_audio_start, sizeof last_audio_start, m->audio.audio_start);
+    copy_str(last_audio_content, sizeof last_audio_content, m->audio.audio_content);
+#endif
+    return m->prompt;
+}
+#endif
+
+/* A small JSON checker (RFC 8259 grammar, no depth limit beyond 64): the 1.3.1 runtime refuses a
+ * role "tool" input that is not JSON text (rkllm_run returns -1), and the double does too. */
+static const char *json_ws(const char *p) {
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r') p++;
+    return p;
+}
+static const char *json_value(const char *p, int depth);
+static const char *json_string(const char *p) {
+    if (*p++ != '"') return NULL;
+    while (*p && *p != '"') {
+        if ((unsigned char)*p < 0x20) return NULL;
+        if (*p == '\\') {
+            p++;
+            if (*p == 'u') {
+                for (int i = 1; i <= 4; i++)
+                    if (!isxdigit((unsigned char)p[i])) return NULL;
+                p += 4;
+            } else if (!strchr("\"\\/bfnrt", *p) || !*p) {
+                return NULL;
+            }
+        }
+        p++;
+    }
+    return *p == '"' ? p + 1 : NULL;
+}
+static const char *json_number(const char *p) {
+    if (*p == '-') p++;
+    if (*p == '0') p++;
+    else if (isdigit((unsigned char)*p)) while (isdigit((unsigned char)*p)) p++;
+    else return NULL;
+    if (*p == '.') {
+        if (!isdigit((unsigned char)*++p)) return NULL;
+        while (isdigit((unsigned char)*p)) p++;
+    }
+    if (*p == 'e' || *p == 'E') {
+        p++;
+        if (*p == '+' || *p == '-') p++;
+        if (!isdigit((unsigned char)*p)) return NULL;
+        while (isdigit((unsigned char)*p)) p++;
+    }
+    return p;
+}
+static const char *json_items(const char *p, int depth, char close, int keyed) {
+    p = json_ws(p + 1);
+    if (*p == close) return p + 1;
+    for (;;) {
+        if (keyed) {
+            if (!(p = json_string(json_ws(p)))) return NULL;
+            p = json_ws(p);
+            if (*p++ != ':') return NULL;
+        }
+        if (!(p = json_value(p, depth + 1))) return NULL;
+        p = json_ws(p);
+        if (*p == close) return p + 1;
+        if (*p++ != ',') return NULL;
+    }
+}
+static const char *json_value(const char *p, int depth) {
+    p = json_ws(p);
+    if (depth > 64) return NULL;
+    if (*p == '{') return json_items(p, depth, '}', 1);
+    if (*p == '[') return json_items(p, depth, ']', 0);
+    if (*p == '"') return json_string(p);
+    if (strncmp(p, "true", 4) == 0) return p + 4;
+    if (strncmp(p, "false", 5) == 0) return p + 5;
+    if (strncmp(p, "null", 4) == 0) return p + 4;
+    return json_number(p);
+}
+__attribute__((unused)) static int is_json(const char *text) {
+    const char *end = text ? json_value(text, 0) : NULL;
+    return end && *json_ws(end) == '\0';
+}
+
 static int prepare(Fake *f, RKLLMInput *in, RKLLMInferParam *ip, void *userdata, RunArgs *a) {
     if (!f || !in || !ip) return -1;
-    if (in->input_type != RKLLM_INPUT_PROMPT || !in->prompt_input) return -1;
+    note_input(in);
+    const char *text = in->input_type == RKLLM_INPUT_PROMPT ? in->prompt_input : NULL;
+#if RKLLM_FAMILY_F
+    if (in->input_type == RKLLM_INPUT_MULTIMODAL) text = note_multimodal(&in->multimodal_input);
+#endif
+    if (!text) return -1;
     if (ip->mode != RKLLM_INFER_GENERATE) return -1;
     memset(a, 0, sizeof *a);
 #if RKLLM_ABI != 120
     if (in->role && strcmp(in->role, "user") != 0 && strcmp(in->role, "tool") != 0) return -1;
     snprintf(a->role, sizeof a->role, "%s", in->role ? in->role : "");
+#endif
+#if RKLLM_ABI == 131
+    if (in->role && strcmp(in->role, "tool") == 0 && !is_json(text)) {
+        atomic_fetch_add(&stats[S_TOOL_NOT_JSON], 1);
+        printf("E rkllm: the content of a tool message must be a JSON string\n");
+        fflush(stdout);
+        return -1;
+    }
 #endif
     a->keep_history = ip->keep_history;
     if (ip->prompt_cache_params && ip->prompt_cache_params->save_prompt_cache) {
@@ -556,7 +684,7 @@ static int prepare(Fake *f, RKLLMInput *in, RKLLMInferParam *ip, void *userdata,
         a->save_cache = 1;
         snprintf(a->cache_path, sizeof a->cache_path, "%s", path ? path : "./prompt_cache.bin");
     }
-#if RKLLM_ABI == 13
+#if RKLLM_FAMILY_F
     a->run_limit = ip->max_new_tokens;
     const RKLLMSamplingParam *sp = ip->sampling_params;
     if (sp) {
@@ -571,7 +699,7 @@ static int prepare(Fake *f, RKLLMInput *in, RKLLMInferParam *ip, void *userdata,
     atomic_store(&stats[S_LAST_TOP_K], f->param.top_k);
     atomic_store(&stats[S_LAST_TEMP_MILLI], (int)(f->param.temperature * 1000.0f + 0.5f));
 #endif
-    a->prompt = strdup(in->prompt_input);
+    a->prompt = strdup(text);
     a->userdata = userdata;
     a->caller = pthread_self();
     copy_str(last_role, sizeof last_role, a->role);
@@ -649,7 +777,7 @@ RKLLMParam rkllm_createDefaultParam(void) {
     p.mirostat_tau = 5.0f;
     p.mirostat_eta = 0.1f;
     p.skip_special_token = true;
-#if RKLLM_ABI != 13
+#if !RKLLM_FAMILY_F
     p.img_start = p.img_end = p.img_content = "";
 #endif
     p.extend_param.embed_flash = 1;
@@ -667,7 +795,7 @@ int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLM_INIT_CALLBACK_T callb
     printf("\n");
     fflush(stdout);
     if (!handle || !param || !callback) return -1;
-#if RKLLM_ABI == 13
+#if RKLLM_FAMILY_F
     if (!callback->result_callback) return -1;
 #endif
     const char *fail = getenv("FAKE_RKLLM_FAIL_INIT");
@@ -695,7 +823,7 @@ int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLM_INIT_CALLBACK_T callb
     f->model_path = strdup(param->model_path);
     f->param = *param;
     f->param.model_path = f->model_path;
-#if RKLLM_ABI == 13
+#if RKLLM_FAMILY_F
     f->cb = *callback;
 #else
     f->cb = callback;
@@ -738,7 +866,7 @@ int rkllm_is_running(LLMHandle handle) {
     Fake *f = as_fake(handle);
     if (!f) return -1;
     int running = atomic_load(&f->running);
-#if RKLLM_ABI == 13
+#if RKLLM_FAMILY_F
     return running ? 1 : 0; /* 1.3.0 header: 1 while a task runs */
 #else
     return running ? 0 : 1; /* older headers: 0 while a task runs */

@@ -8,6 +8,8 @@
  *   -DRKLLM_ABI=120  releases 1.2.0 / 1.2.1b1 (family D; 1.2.0 multimodal shape)
  *   -DRKLLM_ABI=12   releases 1.2.1 .. 1.2.3  (family E)
  *   -DRKLLM_ABI=13   release  1.3.0           (family F)
+ *   -DRKLLM_ABI=131  release  1.3.1           (family F': 1.3.0 plus an audio part in the
+ *                    multimodal input; second-hand, see docs/RKLLM.md)
  */
 #ifndef RKLLM_DOUBLE_H
 #define RKLLM_DOUBLE_H
@@ -19,9 +21,11 @@
 #ifndef RKLLM_ABI
 #define RKLLM_ABI 13
 #endif
-#if RKLLM_ABI != 120 && RKLLM_ABI != 12 && RKLLM_ABI != 13
-#error "RKLLM_ABI must be 120, 12 or 13"
+#if RKLLM_ABI != 120 && RKLLM_ABI != 12 && RKLLM_ABI != 13 && RKLLM_ABI != 131
+#error "RKLLM_ABI must be 120, 12, 13 or 131"
 #endif
+/* 1.3.0 and 1.3.1 share everything but the multimodal input */
+#define RKLLM_FAMILY_F (RKLLM_ABI == 13 || RKLLM_ABI == 131)
 
 #ifdef __cplusplus
 extern "C" {
@@ -82,7 +86,7 @@ typedef struct {
     float mirostat_tau;
     float mirostat_eta;
     bool skip_special_token;
-#if RKLLM_ABI == 13
+#if RKLLM_FAMILY_F
     bool ignore_eos_token;
     bool is_async;
 #else
@@ -150,10 +154,25 @@ typedef struct {
     size_t frame_height;
 } RKLLMVideoInput;
 
+#if RKLLM_ABI == 131
+/* 1.3.1: a third unnamed sub-struct, appended after video */
+typedef struct {
+    float *audio_embed;
+    size_t n_audio_tokens;
+    size_t n_audio;
+    const char *audio_start;
+    const char *audio_end;
+    const char *audio_content;
+} RKLLMAudioInput;
+#endif
+
 typedef struct {
     char *prompt;
     RKLLMImageInput image;
     RKLLMVideoInput video;
+#if RKLLM_ABI == 131
+    RKLLMAudioInput audio;
+#endif
 } RKLLMMultiModalInput;
 #endif
 
@@ -195,7 +214,7 @@ typedef struct {
 } RKLLMCrossAttnParam;
 #endif
 
-#if RKLLM_ABI == 13
+#if RKLLM_FAMILY_F
 /* per-run sampling override */
 typedef struct {
     int32_t top_k;
@@ -214,7 +233,7 @@ typedef struct {
     RKLLMInferMode mode;
     RKLLMLoraParam *lora_params;
     RKLLMPromptCacheParam *prompt_cache_params;
-#if RKLLM_ABI == 13
+#if RKLLM_FAMILY_F
     RKLLMSamplingParam *sampling_params; /* NULL: keep the init values */
     int keep_history;
     int32_t max_new_tokens; /* <= 0: keep the init value */
@@ -263,7 +282,7 @@ typedef void (*LLMResultCallback)(RKLLMResult *result, void *userdata, LLMCallSt
 typedef int (*LLMResultCallback)(RKLLMResult *result, void *userdata, LLMCallState state);
 #endif
 
-#if RKLLM_ABI == 13
+#if RKLLM_FAMILY_F
 typedef int (*LLMTokenizerCallback)(void *userdata, const char *text, int32_t text_len, int32_t *tokens,
                                     int32_t n_tokens_max);
 typedef int (*LLMGetEmbedCallback)(void *userdata, int32_t *tokens, uint64_t num_tokens, void *embed,

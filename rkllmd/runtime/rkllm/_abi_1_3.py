@@ -1,9 +1,13 @@
-"""ctypes layout of RKLLM family F: release 1.3.0.
+"""ctypes layout of RKLLM family F: releases 1.3.0 and 1.3.1.
 
 Differences from 1.2.x that matter: RKLLMParam drops the image tags and gains ignore_eos_token
 (184 bytes, extend_param at 60); the multimodal input nests image and video sub-structs
 (144 bytes, RKLLMInput 160); RKLLMInferParam gains per-run sampling and max_new_tokens
 (40 bytes); rkllm_init takes a pointer to an RKLLMCallback struct instead of a function pointer.
+
+1.3.1 (F') appends a third sub-struct, audio, to the multimodal input (192 bytes, RKLLMInput 208;
+the union stays at 16) and is otherwise 1.3.0. That layout is second-hand: the 1.3.1 header was
+not reachable here (see LAYOUT_1_3_1 and docs/RKLLM.md).
 """
 
 from __future__ import annotations
@@ -132,6 +136,58 @@ class RKLLMInput(Structure):
     ]
 
 
+# ---- 1.3.1: the multimodal input gains an audio part ---------------------------------------
+
+
+# the unnamed struct type of RKLLMMultiModalInput.audio (1.3.1):
+#     { float* audio_embed; size_t n_audio_tokens; size_t n_audio; const char* audio_start;
+#       const char* audio_end; const char* audio_content; }
+class RKLLMAudioInput(Structure):
+    _fields_ = [
+        ("audio_embed", POINTER(c_float)),
+        ("n_audio_tokens", c_size_t),
+        ("n_audio", c_size_t),
+        ("audio_start", c_char_p),
+        ("audio_end", c_char_p),
+        ("audio_content", c_char_p),
+    ]
+
+
+# struct RKLLMMultiModalInput {                        (1.3.1; 192 bytes)
+#     char* prompt; <image struct> image; <video struct> video; <audio struct> audio; }
+class RKLLMMultiModalInput131(Structure):
+    _fields_ = [
+        ("prompt", c_char_p),
+        ("image", RKLLMImageInput),
+        ("video", RKLLMVideoInput),
+        ("audio", RKLLMAudioInput),
+    ]
+
+
+# the anonymous union inside RKLLMInput (1.3.1):
+#     union { const char* prompt_input; RKLLMEmbedInput embed_input;
+#             RKLLMTokenInput token_input; RKLLMMultiModalInput multimodal_input /* 192 bytes */; }
+class _InputUnion131(Union):
+    _fields_ = [
+        ("prompt_input", c_char_p),
+        ("embed_input", RKLLMEmbedInput),
+        ("token_input", RKLLMTokenInput),
+        ("multimodal_input", RKLLMMultiModalInput131),
+    ]
+
+
+# struct RKLLMInput {                                  (1.3.1; 208 bytes, the union still at 16)
+#     const char* role; bool enable_thinking; RKLLMInputType input_type; union { ... }; }
+class RKLLMInput131(Structure):
+    _anonymous_ = ("u",)
+    _fields_ = [
+        ("role", c_char_p),
+        ("enable_thinking", c_bool),
+        ("input_type", c_int),
+        ("u", _InputUnion131),
+    ]
+
+
 # struct RKLLMSamplingParam {                          (36 bytes)
 #     int32_t top_k; float top_p; float temperature; float repeat_penalty; float frequency_penalty;
 #     float presence_penalty; int32_t mirostat; float mirostat_tau; float mirostat_eta; }
@@ -191,21 +247,38 @@ class RKLLMCallback(Structure):
     ]
 
 
-SPEC = AbiSpec(
-    family="F",
-    versions=("1.3.0",),
-    Param=RKLLMParam,
-    ExtendParam=RKLLMExtendParam,
-    Input=RKLLMInput,
-    InferParam=RKLLMInferParam,
-    Result=RKLLMResult,
-    result_callback=ResultCallback,
-    # rkllm_init's third parameter is RKLLMCallback*.
-    functions=functions_1_2_1_plus(RKLLMParam, RKLLMInput, RKLLMInferParam, POINTER(RKLLMCallback)),
-    callback_returns_int=True,
-    has_perf=True,
-    has_role=True,
-    per_run_limits=True,
-    Callback=RKLLMCallback,
-    SamplingParam=RKLLMSamplingParam,
+# Where each layout comes from, said in the log line at load (rkllm_library_loaded).
+LAYOUT_1_3_0 = "the vendor's 1.3.0 rkllm.h, compiled for sizeof/offsetof (certain)"
+LAYOUT_1_3_1 = (
+    "second-hand: a third-party binding whose structs were diffed against a layout compiled from "
+    "the vendor's 1.3.1 rkllm.h on an aarch64 board; the 1.3.1 header itself was not reachable "
+    "(likely, not certain: only RKLLMMultiModalInput/RKLLMInput differ from 1.3.0)"
 )
+
+
+def _spec(version: str, family: str, inp: type[Structure], layout: str) -> AbiSpec:
+    return AbiSpec(
+        family=family,
+        versions=(version,),
+        Param=RKLLMParam,
+        ExtendParam=RKLLMExtendParam,
+        Input=inp,
+        InferParam=RKLLMInferParam,
+        Result=RKLLMResult,
+        result_callback=ResultCallback,
+        # rkllm_init's third parameter is RKLLMCallback*.
+        functions=functions_1_2_1_plus(RKLLMParam, inp, RKLLMInferParam, POINTER(RKLLMCallback)),
+        callback_returns_int=True,
+        has_perf=True,
+        has_role=True,
+        per_run_limits=True,
+        Callback=RKLLMCallback,
+        SamplingParam=RKLLMSamplingParam,
+        layout_source=layout,
+    )
+
+
+SPEC = _spec("1.3.0", "F", RKLLMInput, LAYOUT_1_3_0)
+# 1.3.1 differs from 1.3.0 only in RKLLMInput (its multimodal part): own family name, as the prompt
+# cache's identity and the status report carry the family.
+SPEC_1_3_1 = _spec("1.3.1", "F'", RKLLMInput131, LAYOUT_1_3_1)

@@ -1,4 +1,4 @@
-"""ctypes declarations shared by every RKLLM ABI family we bind (1.2.0 … 1.3.0).
+"""ctypes declarations shared by every RKLLM ABI family we bind (1.2.0 … 1.3.1).
 
 Everything here is byte-identical across the families that import it (checked against the
 vendor header of each release; see docs/RKLLM.md). LP64 only: pointers and size_t are 8 bytes,
@@ -52,7 +52,7 @@ CALLBACK_PAUSE = 1
 LLMHandle = c_void_p
 
 
-# ---- structs identical from 1.1.0 to 1.3.0 ------------------------------------------------
+# ---- structs identical from 1.1.0 to 1.3.1 ------------------------------------------------
 
 
 # struct RKLLMLoraAdapter { const char* lora_adapter_path; const char* lora_adapter_name; float scale; }
@@ -111,7 +111,7 @@ class RKLLMResultLogits(Structure):
     ]
 
 
-# ---- structs identical in 1.2.1 … 1.3.0 ----------------------------------------------------
+# ---- structs identical in 1.2.1 … 1.3.1 ----------------------------------------------------
 
 
 # struct RKLLMExtendParam {                 (1.2.1+; 120 bytes)
@@ -180,7 +180,7 @@ FunctionTable = dict[str, tuple[Any, list[Any]]]
 def functions_1_2_1_plus(
     param: type[Structure], inp: type[Structure], infer: type[Structure], init_cb: Any
 ) -> FunctionTable:
-    """The public API of 1.2.1 … 1.3.0: same names and shapes except the structs and init's 3rd arg."""
+    """The public API of 1.2.1 … 1.3.1: same names and shapes except the structs and init's 3rd arg."""
     return {
         # RKLLMParam rkllm_createDefaultParam(void);   (struct returned by value)
         "rkllm_createDefaultParam": (param, []),
@@ -259,6 +259,8 @@ class AbiSpec:
     Callback: type[Structure] | None = None  # RKLLMCallback (1.3.0+): init takes a pointer to it
     SamplingParam: type[Structure] | None = None
     optional: frozenset[str] = OPTIONAL_FUNCTIONS  # may be missing from a build (see above)
+    # Where the layouts come from and how sure they are (logged when the library is loaded).
+    layout_source: str = "the vendor's rkllm.h of the release, compiled for sizeof/offsetof (certain)"
 
     @property
     def required(self) -> tuple[str, ...]:

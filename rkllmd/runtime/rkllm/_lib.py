@@ -13,7 +13,7 @@ non-Linux or foreign-architecture build is refused by name, pin or not. Then, in
 3. the ``runtime_version`` pin from the config: it wins over 1 and 2 (with a warning when they
    disagree), but a pin naming an unsupported release is an error.
 
-A release the binding does not know (1.3.1, say) is refused unless pinned, at the user's risk.
+A release the binding has no layout for (1.3.2, say) is refused unless pinned, at the user's risk.
 After ``dlopen`` the exported symbols are checked against the family: a missing required function
 is a refusal, a missing optional one is only undeclared. Nothing here runs at import.
 """
@@ -47,14 +47,14 @@ SEARCH_DIRS: tuple[Path, ...] = (
     Path("/opt/rkllm/lib"),
 )
 
-# Every release known to exist, oldest first (1.2.1b1 is the beta before 1.2.1). 1.3.1 exists
-# upstream, but its header differs from 1.3.0's in ways unknown here, so it is not supported.
+# Every release known to exist, oldest first (1.2.1b1 is the beta before 1.2.1).
 RELEASES: tuple[str, ...] = (
     "1.0.0", "1.0.1", "1.0.2", "1.1.0", "1.1.1", "1.1.2", "1.1.3", "1.1.4",
     "1.2.0", "1.2.1b1", "1.2.1", "1.2.2", "1.2.3", "1.3.0", "1.3.1",
 )  # fmt: skip
 
-# Supported release -> (ABI module, attribute holding its AbiSpec).
+# Supported release -> (ABI module, attribute holding its AbiSpec): the one place a version picks
+# its layout. 1.3.1's is second-hand (AbiSpec.layout_source, docs/RKLLM.md).
 SUPPORTED: dict[str, tuple[str, str]] = {
     "1.2.0": ("_abi_1_2_0", "SPEC_1_2_0"),
     "1.2.1b1": ("_abi_1_2_0", "SPEC_1_2_1B1"),
@@ -62,6 +62,7 @@ SUPPORTED: dict[str, tuple[str, str]] = {
     "1.2.2": ("_abi_1_2", "SPEC"),
     "1.2.3": ("_abi_1_2", "SPEC"),
     "1.3.0": ("_abi_1_3", "SPEC"),
+    "1.3.1": ("_abi_1_3", "SPEC_1_3_1"),
 }
 
 # Git blob ids of librkllmrt.so in airockchip/rknn-llm -> (release, platform). 1.0.0 and 1.0.2 are
@@ -345,7 +346,7 @@ def _symbols_guess(cdll: ctypes.CDLL) -> str:
     ):
         if not hasattr(cdll, symbol):
             return guess
-    return "1.2.1 … 1.3.0"
+    return "1.2.1 … 1.3.1"
 
 
 class RkllmLibrary:
@@ -398,7 +399,14 @@ class RkllmLibrary:
         absent = sorted(set(spec.functions) - exported)
         if absent:
             log.warning("rkllm_optional_functions_missing", library=str(path), functions=absent)
-        log.info("rkllm_library_loaded", library=str(path), version=det.version, by=det.method)
+        log.info(
+            "rkllm_library_loaded",
+            library=str(path),
+            version=det.version,
+            by=det.method,
+            abi_family=spec.family,
+            layout_source=spec.layout_source,
+        )
         return cls(det, cdll, spec, exported)
 
     def has(self, name: str) -> bool:

@@ -35,7 +35,7 @@ class RkllmModelSettings(ModelCommon):
     runtime_version: str = Field(
         "auto",
         description="auto (detect), or a pin that overrides detection at your own risk: "
-        "1.2.0, 1.2.1b1, 1.2.1, 1.2.2, 1.2.3, 1.3.0",
+        "1.2.0, 1.2.1b1, 1.2.1, 1.2.2, 1.2.3, 1.3.0, 1.3.1",
     )
     tokenizer: Path | None = Field(None, description="tokenizer.json for prompt token counts")
     keep_history: bool = False
