@@ -62,6 +62,13 @@ CTYPES: dict[str, dict[str, type[Structure]]] = {
         "RKLLMCallback": _abi_1_3.RKLLMCallback,
     },
 }
+# 1.3.1: 1.3.0 with the audio part (no vendor header or JSON entry: checked against the double only).
+CTYPES["131"] = {
+    **CTYPES["13"],
+    "RKLLMAudioInput": _abi_1_3.RKLLMAudioInput,
+    "RKLLMMultiModalInput": _abi_1_3.RKLLMMultiModalInput131,
+    "RKLLMInput": _abi_1_3.RKLLMInput131,
+}
 
 # (release in the JSON, ctypes classes keyed by the JSON's struct names)
 _E = {k: v for k, v in CTYPES["12"].items() if k != "RKLLMMultiModalInput"}
@@ -125,7 +132,7 @@ def _dotted(cls: type[Structure], path: str) -> tuple[int, int]:
     return offset, size
 
 
-@pytest.fixture(scope="module", params=["120", "12", "13"])
+@pytest.fixture(scope="module", params=["120", "12", "13", "131"])
 def probed(request: pytest.FixtureRequest) -> tuple[str, dict[str, dict[str, Any]]]:
     return request.param, probe_layout(request.param, BUILD_DIR)
 
@@ -216,3 +223,14 @@ def test_callback_types_per_family() -> None:
     assert _abi_1_2.SPEC.functions["rkllm_init"][1][2] is _abi_1_2.ResultCallback
     assert len(_abi_1_2_0.SPEC_1_2_0.functions["rkllm_clear_kv_cache"][1]) == 2
     assert len(_abi_1_2.SPEC.functions["rkllm_clear_kv_cache"][1]) == 4
+
+
+def test_1_3_1_init_and_run_take_its_own_structs() -> None:
+    """1.3.1 declares rkllm_run/run_async with its 208-byte RKLLMInput, everything else as 1.3.0."""
+    f130, f131 = _abi_1_3.SPEC.functions, _abi_1_3.SPEC_1_3_1.functions
+    assert set(f130) == set(f131)
+    for name in f130:
+        if name in ("rkllm_run", "rkllm_run_async"):
+            assert f131[name][1][1] is ctypes.POINTER(_abi_1_3.RKLLMInput131), name
+        else:
+            assert f131[name] == f130[name], name

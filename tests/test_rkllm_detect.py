@@ -29,10 +29,12 @@ from tests.fake_rkllm.derive import (
 from tests.rkllm_conftest_fixtures import BUILD_DIR, fake_library
 
 PRINTF_FORMAT = b"I rkllm: rkllm-runtime version: %s, rknpu driver version: %s, platform: %s"
-SUPPORTED_LIST = "1.2.0, 1.2.1b1, 1.2.1, 1.2.2, 1.2.3, 1.3.0"
+SUPPORTED_LIST = "1.2.0, 1.2.1b1, 1.2.1, 1.2.2, 1.2.3, 1.3.0, 1.3.1"
 
 
-@pytest.mark.parametrize(("abi", "version"), [("120", "1.2.0"), ("12", "1.2.3"), ("13", "1.3.0")])
+@pytest.mark.parametrize(
+    ("abi", "version"), [("120", "1.2.0"), ("12", "1.2.3"), ("13", "1.3.0"), ("131", "1.3.1")]
+)
 def test_double_holds_the_vendor_string_forms(abi: str, version: str) -> None:
     """The double holds the SDK line, the printf format and the rknn line, and no filled-in version."""
     data = fake_library(abi).read_bytes()
@@ -58,7 +60,7 @@ def test_rknn_version_is_not_taken_for_the_release(tmp_path: Path) -> None:
     assert scan_sdk_versions(lib) == ()
     with pytest.raises(LibraryVersionError, match="no 'RKLLM SDK") as ei:
         detect_version(lib)
-    assert "2.3.3" not in str(ei.value) and 'runtime_version = "1.3.0"' in str(ei.value)
+    assert "2.3.3" not in str(ei.value) and 'runtime_version = "1.3.1"' in str(ei.value)
 
 
 def test_double_built_without_sdk_line_needs_a_pin() -> None:
@@ -122,17 +124,17 @@ def test_pin_settles_an_ambiguous_file(tmp_path: Path) -> None:
     assert any(e["event"] == "rkllm_version_pin_overrides" and e["log_level"] == "warning" for e in logs)
 
 
-@pytest.mark.parametrize("version", ["1.3.1", "1.4.0"])
+@pytest.mark.parametrize("version", ["1.3.2", "1.4.0"])
 def test_newer_release_is_refused(version: str) -> None:
-    """A release newer than 1.3.0 is refused, naming it, the supported releases and how to pin."""
-    lib = build_fake("13", BUILD_DIR, version=version)
+    """A release newer than 1.3.1 is refused, naming it, the supported releases and how to pin."""
+    lib = build_fake("131", BUILD_DIR, version=version)
     with pytest.raises(LibraryVersionError) as ei:
         RkllmLibrary.open(lib)
     msg = str(ei.value)
     assert f"is RKLLM runtime {version} (by its RKLLM SDK line)" in msg
-    assert "newer than 1.3.0" in msg and "does not guess" in msg
+    assert "newer than 1.3.1" in msg and "does not guess" in msg
     assert f"supported: {SUPPORTED_LIST}" in msg
-    assert 'runtime_version = "1.3.0"' in msg and "at your own risk" in msg
+    assert 'runtime_version = "1.3.1"' in msg and "at your own risk" in msg
     assert ei.value.data["version"] == version
 
 
@@ -149,21 +151,21 @@ def test_unknown_release_is_refused(version: str, tmp_path: Path) -> None:
 
 def test_pin_overrides_a_newer_release_with_a_warning() -> None:
     """Pinning a supported release loads a newer library at the user's risk, with a warning."""
-    lib = build_fake("13", BUILD_DIR, version="1.3.1")
+    lib = build_fake("131", BUILD_DIR, version="1.3.2")
     with structlog.testing.capture_logs() as logs:
-        loaded = RkllmLibrary.open(lib, pin="1.3.0")
-    assert (loaded.version, loaded.detection.method) == ("1.3.0", "pin")
+        loaded = RkllmLibrary.open(lib, pin="1.3.1")
+    assert (loaded.version, loaded.detection.method) == ("1.3.1", "pin")
     warn = [e for e in logs if e["event"] == "rkllm_version_pin_overrides"]
-    assert warn and warn[0]["detected"] == "1.3.1" and warn[0]["log_level"] == "warning"
+    assert warn and warn[0]["detected"] == "1.3.2" and warn[0]["log_level"] == "warning"
 
 
 def test_pin_of_the_newer_release_itself_is_refused() -> None:
-    """runtime_version = "1.3.1" names a known release without a layout: refused."""
-    lib = build_fake("13", BUILD_DIR, version="1.3.1")
+    """runtime_version = "1.3.2" names a release without a layout: refused, listing the supported ones."""
+    lib = build_fake("131", BUILD_DIR, version="1.3.2")
     with pytest.raises(
-        LibraryVersionError, match=r"'1\.3\.1' pins a known but unsupported.*supported: 1\.2\.0"
+        LibraryVersionError, match=r"'1\.3\.2' pins an unknown RKLLM release.*supported: 1\.2\.0"
     ):
-        detect_version(lib, pin="1.3.1")
+        detect_version(lib, pin="1.3.2")
 
 
 def test_settings_describe_every_supported_pin() -> None:

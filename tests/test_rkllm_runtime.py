@@ -581,15 +581,28 @@ def _tool_turns() -> tuple[ChatMessage, ...]:
 
 
 def test_tool_result_goes_back_with_role_tool(make_rt: Any) -> None:
-    """1.3: a tool result is the run's input with role "tool", earlier turns (the call) before it."""
+    """1.3 with keep_history: the tool result alone is the run's input, role "tool", as JSON text."""
+    rt = make_rt("13", keep_history=True)
+    rt.open()
+    sink = Sink()
+    rt.generate(GenerateInput(_tool_turns(), 100, tools=WEATHER), sink)
+    st = stats("13")
+    assert st.text("role") == "tool" and st.text("prompt") == '"sunny"'
+    assert sink.text.endswith('"SUNNY"')
+
+
+def test_tool_result_after_a_transcript_is_a_user_turn(make_rt: Any) -> None:
+    """Without keep_history the earlier turns (the call) go in front as text, which is not the JSON
+    a role "tool" input must be: the run is a user turn with the result as a <tool_response> block."""
     rt = make_rt("13")
     rt.open()
     sink = Sink()
     rt.generate(GenerateInput(_tool_turns(), 100, tools=WEATHER), sink)
     st = stats("13")
-    assert st.text("role") == "tool" and st.text("prompt").endswith("\n\nsunny")
+    assert st.text("role") == "user"
+    assert st.text("prompt").endswith("\n\n<tool_response>\nsunny\n</tool_response>")
     assert '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}' in st.text("prompt")
-    assert sink.text.endswith("SUNNY")
+    assert sink.text.endswith("SUNNY </TOOL_RESPONSE>")
 
 
 def test_tools_in_the_system_prompt_without_the_tool_api(make_rt: Any) -> None:

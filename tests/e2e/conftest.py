@@ -20,7 +20,7 @@ Start = Callable[..., tuple[DaemonProc, str]]
 def fake_libs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """The C double built with gcc once per session for each supported layout."""
     out = tmp_path_factory.mktemp("fakelibs")
-    return {"1.2": build_fake("1.2", out), "1.3": build_fake("1.3", out)}
+    return {"1.2": build_fake("1.2", out), "1.3": build_fake("1.3", out), "1.3.1": build_fake("1.3.1", out)}
 
 
 @pytest.fixture(scope="session")

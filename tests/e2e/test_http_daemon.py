@@ -339,7 +339,7 @@ def test_openai_tool_use_over_two_turns_on_the_double(served: Served) -> None:
     ]
     r = served.client().chat.completions.create(model="fake", messages=messages, tools=[tool])
     assert r.choices[0].finish_reason == "stop" and not r.choices[0].message.tool_calls
-    assert (r.choices[0].message.content or "").endswith("SNOW")
+    assert (r.choices[0].message.content or "").endswith("<TOOL_RESPONSE> SNOW </TOOL_RESPONSE>")
     bad = [*messages[:2], {"role": "tool", "tool_call_id": "nope", "content": "snow"}]
     with pytest.raises(openai.BadRequestError, match="matches no earlier tool call"):
         served.client().chat.completions.create(model="fake", messages=bad, tools=[tool])

@@ -19,7 +19,7 @@ def stream_of(probe: Probe, base: str, rid: str, timeout: float = 20.0) -> list[
     return [m.json() for m in msgs]
 
 
-@pytest.mark.parametrize("abi", ["1.2", "1.3"])
+@pytest.mark.parametrize("abi", ["1.2", "1.3", "1.3.1"])
 def test_stream_is_ordered_complete_and_matches_final_reply(
     start_daemon: Start, mqtt_probe: Probe, abi: str
 ) -> None:

@@ -45,7 +45,7 @@ def refused(probe: Probe, base: str, payload: dict[str, Any]) -> dict[str, Any]:
     return final_of(probe, f"reply/{rid}")
 
 
-@pytest.mark.parametrize("abi", ["1.2", "1.3"])
+@pytest.mark.parametrize("abi", ["1.2", "1.3", "1.3.1"])
 def test_tool_call_then_result_over_mqtt(start_daemon: Start, mqtt_probe: Probe, abi: str) -> None:
     """A call split across tokens becomes tool_calls; the result goes back and the model answers."""
     _d, base = start_daemon(abi)
@@ -69,7 +69,8 @@ def test_tool_call_then_result_over_mqtt(start_daemon: Start, mqtt_probe: Probe,
     _, reply = ask(mqtt_probe, base, {"id": "c2", "messages": messages, "tools": [WEATHER]})
     data = reply["data"]
     assert reply["status"] == "ok" and data["finish_reason"] == "stop" and data["tool_calls"] == []
-    assert data["text"].endswith("SUNNY AND WARM")
+    # after the transcript of the call, the result is a <tool_response> block in a user turn
+    assert data["text"].endswith("<TOOL_RESPONSE> SUNNY AND WARM </TOOL_RESPONSE>")
 
 
 def test_malformed_call_and_bad_input_are_answered(start_daemon: Start, mqtt_probe: Probe) -> None:

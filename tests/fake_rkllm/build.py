@@ -169,7 +169,14 @@ STRUCT_FIELDS: dict[str, dict[str, list[str]]] = {
 # 1.3.1: 1.3.0 plus the audio part of the multimodal input.
 STRUCT_FIELDS["131"] = {
     **STRUCT_FIELDS["13"],
-    "RKLLMAudioInput": ["audio_embed", "n_audio_tokens", "n_audio", "audio_start", "audio_end", "audio_content"],
+    "RKLLMAudioInput": [
+        "audio_embed",
+        "n_audio_tokens",
+        "n_audio",
+        "audio_start",
+        "audio_end",
+        "audio_content",
+    ],
     "RKLLMMultiModalInput": ["prompt", "image", "video", "audio"],
 }
 

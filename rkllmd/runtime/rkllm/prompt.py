@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from rkllmd import finitejson
 from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
 
@@ -67,14 +68,11 @@ def prompt_text(cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool)
     earlier turns of a chat would be lost, so they go in front as a plain transcript (the
     runtime offers no way to send a multi-turn template of ours).
     """
-    turns = [m for m in inp.messages if m.role != "system"]
+    turns, n_results, earlier = _split(inp)
     # Tool results at the end are one input: role "tool" (several as a JSON array, as the
-    # runtime asks), or Hermes <tool_response> text where the release has no tool API.
-    n_results = 0
-    while n_results < len(turns) and turns[len(turns) - 1 - n_results].role == "tool":
-        n_results += 1
-    last = _last_input(turns[len(turns) - n_results :], native_tools) if n_results else inp.last_user
-    earlier = turns[: len(turns) - (n_results or 1)]
+    # runtime asks), or Hermes <tool_response> text in a user turn (input_role).
+    as_tool = input_role(cfg, inp, native_tools) == "tool"
+    last = _last_input(turns[len(turns) - n_results :], as_tool) if n_results else inp.last_user
     if cfg.keep_history or not earlier:
         return last
     names = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
@@ -82,9 +80,38 @@ def prompt_text(cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool)
     return "Conversation so far:\n" + "\n".join(lines) + "\n\n" + last
 
 
-def _last_input(results: list[ChatMessage], native_tools: bool) -> str:
-    if not native_tools:
+def input_role(cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool) -> str:
+    """RKLLMInput.role of this run: "tool" only when its input is the trailing tool results alone.
+
+    The runtime takes nothing but JSON text with role "tool" (1.3.1's rkllm_run returns -1
+    otherwise), so results that follow a transcript of earlier turns (no keep_history), or that
+    a release without the tool API (1.2.0, 1.2.1b1) gets, go as Hermes text in a user turn.
+    """
+    _turns, n_results, earlier = _split(inp)
+    return "tool" if n_results and native_tools and (cfg.keep_history or not earlier) else "user"
+
+
+def _split(inp: GenerateInput) -> tuple[list[ChatMessage], int, list[ChatMessage]]:
+    """The non-system turns, how many tool results end them, and the turns before the input."""
+    turns = [m for m in inp.messages if m.role != "system"]
+    n_results = 0
+    while n_results < len(turns) and turns[len(turns) - 1 - n_results].role == "tool":
+        n_results += 1
+    return turns, n_results, turns[: len(turns) - (n_results or 1)]
+
+
+def _last_input(results: list[ChatMessage], as_tool: bool) -> str:
+    if not as_tool:
         return "\n".join(response_block(m.content) for m in results)
     if len(results) == 1:
-        return results[0].content
+        return _json_text(results[0].content)
     return json.dumps([m.content for m in results], ensure_ascii=False)
+
+
+def _json_text(content: str) -> str:
+    """A tool result as JSON text: as it is when it parses as JSON, else as a JSON string."""
+    try:
+        finitejson.loads(content)
+    except (ValueError, RecursionError):
+        return json.dumps(content, ensure_ascii=False)
+    return content

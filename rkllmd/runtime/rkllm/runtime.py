@@ -31,7 +31,14 @@ from rkllmd.runtime.rkllm._lib import RkllmLibrary, find_library
 from rkllmd.runtime.rkllm.cacheslot import CacheSlot, PrefixRun
 from rkllmd.runtime.rkllm.counter import count_with, load_tokenizer
 from rkllmd.runtime.rkllm.param import make_param, raise_nofile, sampling_param
-from rkllmd.runtime.rkllm.prompt import CHATML, TOOL_RESPONSE, prompt_text, render, wanted_template
+from rkllmd.runtime.rkllm.prompt import (
+    CHATML,
+    TOOL_RESPONSE,
+    input_role,
+    prompt_text,
+    render,
+    wanted_template,
+)
 from rkllmd.runtime.rkllm.promptcache import Prefix
 
 if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names (rkllmd.runtime.base)
@@ -166,9 +173,7 @@ class RkllmRuntime(Runtime):
         limit = max(1, inp.max_tokens)
         if self.cfg.max_new_tokens:
             limit = min(limit, self.cfg.max_new_tokens)
-        last_role = next((m.role for m in reversed(inp.messages) if m.role in ("user", "tool")), "user")
-        if last_role == "tool" and not self._native_tools:
-            last_role = "user"  # the results go as Hermes text in a user turn (prompt_text)
+        last_role = input_role(self.cfg, inp, self._native_tools)  # "tool" only for JSON results alone
         prompt = self.prompt_text(inp).encode()
         rin = spec.Input()
         if spec.has_role:
