@@ -33,7 +33,7 @@ from rkllmd.journal import Journal
 from rkllmd.loop import InferenceLoop, Limits, Stats
 from rkllmd.mqttconnect import ConnectCancelled
 from rkllmd.plugins.host import PluginHost
-from rkllmd.protocol import Incoming, Topics
+from rkllmd.protocol import Incoming, Topics, model_facts
 from rkllmd.runtime import registry
 from rkllmd.runtime.base import TokenCounter
 from rkllmd.sdnotify import Notifier
@@ -270,19 +270,17 @@ class Daemon:
 
     def _info(self) -> dict[str, Any]:
         """The retained info topic (dispatcher and main thread)."""
+        loaded, default = self.loop.loaded_model, self.settings.default
         return {
             "version": __version__,
             "protocol": 1,
             "base_topic": self.topics.base,
             "node": self.topics.node,
             "group": self.settings.fleet.group,
-            "default_model": self.settings.default,
-            "loaded_model": self.loop.loaded_model,
+            "default_model": default,
+            "loaded_model": loaded,
             "runtime": self.loop.runtime_info(),
-            "models": [
-                {"name": n, "runtime": c.runtime, "description": c.description}
-                for n, c in self.settings.models.items()
-            ],
+            "models": [m.brief() for m in model_facts(self.settings.models, loaded, default)],
         }
 
 

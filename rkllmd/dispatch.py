@@ -30,6 +30,7 @@ import structlog
 
 from rkllmd import protocol
 from rkllmd.bus import Bus
+from rkllmd.commands import handler_of
 from rkllmd.exchange import Exchange, Final, Token
 from rkllmd.journal import Journal
 from rkllmd.loop import Event, Stats
@@ -219,7 +220,8 @@ class Dispatcher:
             finally:  # the state after it goes out whatever became of the reply
                 if body is not None:
                     self.bus.publish_json(self.topics.stats, body, retain=True)
-        if ended and job.command in ("load", "unload"):
+        command = handler_of(job.command)
+        if ended and command is not None and command.changes_model:
             self.publish_info()
             self.on_model_change()
         if self.plugins.has_routers and job.address is not None:
@@ -248,8 +250,10 @@ class Dispatcher:
 
     def _end_messages(self, final: Final) -> None:
         """The stream's end message and its /text end, the sentences' last (bus calls only)."""
-        job = final.request
-        if job.command == "generate" and job.stream and job.id is not None:
+        job, command = final.request, handler_of(final.request.command)
+        if command is None or not command.generates or job.id is None:
+            return
+        if job.stream:
             finish = str(final.data.get("finish_reason", "stop")) if final.ok else "error"
             self.bus.publish(
                 self.topics.stream(job.id),
@@ -257,7 +261,7 @@ class Dispatcher:
             )
             if self.stream.text_topic:
                 self.bus.publish(self.topics.stream_text(job.id), b"\n")
-        if job.command == "generate" and job.sentences and job.id is not None:
+        if job.sentences:
             self._end_sentences(job.id, final)
 
     def _say(self, request_id: str, sentences: list[str]) -> None:

@@ -196,7 +196,8 @@ class Fleet:
             pending.timer.cancel()
         ex = pending.ex
         if obj.get("found"):
-            self._answer(Final(ex, "ok", {"cancelled": ex.id, "was": obj.get("was"), "cancelled_on": node}))
+            assert ex.id is not None  # a cancel is admitted with the id it cancels
+            self._answer(Final(ex, "ok", protocol.cancel_data(ex.id, str(obj.get("was")), node)))
         else:
             self._answer(self._not_found(ex))
 

@@ -4,8 +4,9 @@ Threads: ``Ingress`` runs the *ingress* thread, fed by ``put`` (paho's network t
 plugins' ``inject`` only enqueue). Plugin topic handlers and preprocessors run here too.
 ``admit`` is a pure function of one message and a ``Gate``: it reads the topic, the payload and
 the reply address, runs the preprocessors, validates and resolves the model, and neither queues
-nor publishes. ``Ingress`` then serves what was admitted (rkllmd.protocol.COMMANDS says how) and
-hands every answer it makes, refusals included, to the dispatcher, which publishes and routes it.
+nor publishes. ``Ingress`` then serves what was admitted as its command says (rkllmd/commands/:
+queued, or answered here) and hands every answer it makes, refusals included, to the dispatcher,
+which publishes and routes it.
 """
 
 from __future__ import annotations
@@ -21,14 +22,15 @@ from typing import Any
 import structlog
 
 from rkllmd import protocol
+from rkllmd.commands import COMMANDS, Handler
 from rkllmd.dispatch import Dispatcher
-from rkllmd.errors import Interrupted, NotFound, RequestError, RkllmdError, ShuttingDown, UnknownCommand
-from rkllmd.exchange import Exchange, Final, check_model, resolve
+from rkllmd.errors import Interrupted, RequestError, RkllmdError, ShuttingDown, UnknownCommand
+from rkllmd.exchange import Exchange, Final
 from rkllmd.fleet import Fleet
 from rkllmd.journal import Journal, Unanswered
 from rkllmd.loop import InferenceLoop
 from rkllmd.plugins.host import PluginHost
-from rkllmd.protocol import COMMANDS, Address, Incoming, LocalMessage, Receipt, Topics
+from rkllmd.protocol import Address, Incoming, LocalMessage, Receipt, Topics
 from rkllmd.settings import Settings
 
 log = structlog.get_logger("rkllmd")
@@ -71,9 +73,9 @@ def admit(msg: Incoming, gate: Gate) -> Exchange | Final:
     try:
         if bad_response_topic is not None:
             with contextlib.suppress(UnknownCommand):
-                command, topic_model = gate.topics.parse_request_topic(msg.topic)
-                address.topic = gate.topics.response(command)
-                ex.command, ex.topic_model = command, topic_model
+                command, topic_model = gate.topics.parse_request_topic(msg.topic, COMMANDS)
+                address.topic = gate.topics.response(command.name)
+                ex.command, ex.topic_model = command.name, topic_model
             # the id and transaction are still echoed; a reply_to does not replace the bad topic
             take_address(_address_of_refused(msg, gate), address, True, gate)
             raise RequestError(bad_response_topic)
@@ -86,16 +88,16 @@ def _admit(msg: Incoming, ex: Exchange, address: Address, gate: Gate) -> Exchang
     topics, settings = gate.topics, gate.settings
     v5 = msg.response_topic is not None
     try:
-        command, topic_model = topics.parse_request_topic(msg.topic)
+        command, topic_model = topics.parse_request_topic(msg.topic, COMMANDS)
     except UnknownCommand:
         if not v5:
             address.topic = topics.response("error")
         take_address(_address_of_refused(msg, gate), address, v5, gate)
         raise
     if not v5:
-        address.topic = topics.response(command)
+        address.topic = topics.response(command.name)
     # Known before the payload is read, so routers see the command of a refused payload too.
-    ex.command, ex.topic_model = command, topic_model
+    ex.command, ex.topic_model = command.name, topic_model
     try:
         obj = protocol.decode_payload(msg.payload, command, settings.limits.max_payload_bytes)
     except RkllmdError:
@@ -117,28 +119,9 @@ def _admit(msg: Incoming, ex: Exchange, address: Address, gate: Gate) -> Exchang
     ex.id = req.id
     if gate.stopping():
         raise ShuttingDown("rkllmd is shutting down; request not accepted")
-    serve = COMMANDS[command].serve
-    if isinstance(req, protocol.GenerateRequest):
-        target = resolve(settings, req.model, topic_model, req.max_tokens)
-        cap = settings.limits.max_tokens_cap
-        if target.max_tokens > cap:
-            raise RequestError(f"max_tokens {target.max_tokens} is over the limit of {cap}")
-        ex.model, ex.inp = target.model, req.to_input(target.max_tokens)
-        ex.stream = req.stream and not address.local
-        ex.sentences = req.sentences and not address.local
-    elif serve == "cancel":
-        if req.id is None:
-            raise RequestError("cancel needs the id of the request to cancel")
-        address.request_id = req.id
-        return ex
-    elif serve == "models":
-        return ex
-    else:
-        model: str | None = getattr(req, "model", None)
-        if model is not None:
-            check_model(settings, model)
-        ex.model = settings.default if command == "load" and model is None else model
-    ex.id = address.request_id = req.id or protocol.new_request_id()
+    command.admit(req, ex, settings)
+    if command.queued:  # a job has an id in the queue, its stats and its reply, given or made
+        ex.id = address.request_id = req.id or protocol.new_request_id()
     return ex
 
 
@@ -225,12 +208,6 @@ class Ingress:
         self.gate = Gate(settings, topics, plugins.preprocess, lambda: self.stopping, plugins.reserved)
         self._inbox: queue.Queue[Incoming | None] = queue.Queue()
         self._thread = threading.Thread(target=self._main, name="ingress", daemon=True)
-        self._serve: dict[protocol.Serve, Callable[[Exchange], None]] = {
-            "generate": self._queue,
-            "queue": self._queue,
-            "cancel": self._cancel,
-            "models": self._models,
-        }
 
     # --- any thread ------------------------------------------------------------------------
 
@@ -241,6 +218,10 @@ class Ingress:
     @property
     def thread(self) -> threading.Thread:
         return self._thread
+
+    @property
+    def topics(self) -> Topics:
+        return self.gate.topics
 
     def start(self) -> None:
         self._thread.start()
@@ -291,8 +272,15 @@ class Ingress:
             return
         if msg.dup and self._duplicate(admitted, msg):
             return
+        command = COMMANDS[admitted.command]
         try:
-            self._serve[COMMANDS[admitted.command].serve](admitted)
+            if command.queued:
+                self._queue(admitted, command)
+            else:
+                assert command.answer is not None
+                answer = command.answer(admitted, self)
+                if answer is not None:
+                    self.out.put(answer)
         except Exception as exc:
             self.out.put(refusal(admitted, exc))
 
@@ -303,7 +291,8 @@ class Ingress:
     def _duplicate(self, ex: Exchange, msg: Incoming) -> bool:
         """A message the broker sent again (DUP) whose request was answered lately or is here now:
         it must not run twice (docs/FLEET.md, "The exact semantics")."""
-        if ex.command != "generate" or ex.id is None:
+        command = COMMANDS.get(ex.command)
+        if command is None or not command.generates or ex.id is None:
             return False
         seen = self.journal.seen_again(ex.id, msg.receipt)
         if seen == "answered":
@@ -318,7 +307,7 @@ class Ingress:
             return True
         return False
 
-    def _queue(self, ex: Exchange) -> None:
+    def _queue(self, ex: Exchange, command: Handler) -> None:
         if ex.id is not None:
             with self._recovery_lock:
                 old = self._recovering.pop(ex.id, None)
@@ -333,26 +322,11 @@ class Ingress:
         # Held behind a full queue rather than refused busy: in a fleet, what the broker gives this
         # board (it stopped giving more at the Receive Maximum); anywhere, a request the broker
         # sends again after a restart, which rkllmd had already taken once.
-        fleet_mqtt = self.fleet is not None and not ex.local and ex.command == "generate"
+        fleet_mqtt = self.fleet is not None and not ex.local and command.generates
         again = ex.address is not None and ex.address.receipt is not None and ex.address.receipt.dup
         self.loop.submit(ex, may_hold=fleet_mqtt or again)
-        if ex.command == "generate":
+        if command.generates:
             log.info("request queued", request_id=ex.id, model=ex.model, queue_depth=self.loop.queue_depth())
-
-    def _cancel(self, ex: Exchange) -> None:
-        assert ex.id is not None and ex.address is not None  # admit refuses a cancel without an id
-        try:
-            # Only a cancel whose reply goes where the request's does (its owner's) may cancel
-            # it; another user's is answered not_found, which tells nothing (docs/PROTOCOL.md).
-            # NotFound is answered like any refusal.
-            where = self.loop.cancel(ex.id, owner=protocol.reply_folder(ex.address.topic))
-        except NotFound:
-            if self.fleet is None or ex.topic != self.gate.topics.group_request("cancel"):
-                raise
-            self.fleet.pass_on_cancel(ex)  # another board may run it; the fleet answers once
-            return
-        log.info("cancel", request_id=ex.id, was=where)
-        self.out.put(Final(ex, "ok", {"cancelled": ex.id, "was": where}))
 
     # --- main thread, then a timer thread --------------------------------------------------
 
@@ -395,18 +369,3 @@ class Ingress:
                     ),
                 )
             )
-
-    def _models(self, ex: Exchange) -> None:
-        loaded, default = self.loop.loaded_model, self.settings.default
-        out = [
-            {
-                "name": name,
-                "runtime": cfg.runtime,
-                "description": cfg.description,
-                "context_length": cfg.max_context_len,
-                "loaded": name == loaded,
-                "default": name == default,
-            }
-            for name, cfg in self.settings.models.items()
-        ]
-        self.out.put(Final(ex, "ok", {"models": out, "loaded": loaded, "default": default}))

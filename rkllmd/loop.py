@@ -11,9 +11,10 @@ Threads:
 The loop never publishes: it hands events (``Token``, ``Final``, ``Stats``) to ``emit``, which
 only enqueues them for the dispatcher thread (rkllmd/dispatch.py), so MQTT and plugin code never
 runs on the inference thread. A job is the request's own record, an ``Exchange``; the loop
-writes only its ``run`` state and its ``model``. What a generate job does once its run starts
-(the tool-call parser and direct stream in front of the sink, the final reply) is rkllmd.jobs';
-the loop keeps the queue, cancel, the watchdog, loading and the crash budget.
+writes only its ``run`` state and its ``model``. What a job does is its command's
+(``Handler.run`` in rkllmd/commands/, called with the loop as its ``Engine``); the loop keeps the
+queue, cancel, the watchdog, the timeouts, loading and the crash budget, and reads of a command
+only whether it ``generates`` (a streamed run: cancellable by id, watched).
 A ``Stats`` event follows every change of the queue or of the running job (queued, refused busy,
 started, finished, cancelled, dropped at shutdown), from whichever thread made the change; the
 dispatcher rate-limits what it publishes.
@@ -31,6 +32,7 @@ from typing import Any, Literal
 
 import structlog
 
+from rkllmd.commands import handler_of
 from rkllmd.errors import (
     Busy,
     NotFound,
@@ -41,16 +43,16 @@ from rkllmd.errors import (
     ShuttingDown,
 )
 from rkllmd.exchange import AbortReason, Exchange, Final, Token
-from rkllmd.jobs import DirectStream, final_of, run_generation, timeout_error
-from rkllmd.outcome import check_output, final_data, partial
-from rkllmd.protocol import control_data, owned_by
+from rkllmd.jobs import DirectStream, timeout_error
+from rkllmd.outcome import final_data, partial
+from rkllmd.protocol import owned_by
 from rkllmd.restarts import RestartBudget
-from rkllmd.runtime.base import GenerateResult, Perf, Runtime, check_context
+from rkllmd.runtime.base import GenerateResult, Perf, Runtime
 from rkllmd.runtime.models import ModelRegistry
 
 log = structlog.get_logger("rkllmd.loop")
 
-Job = Exchange  # what the loop runs: generate, load, unload or clear_cache
+Job = Exchange  # what the loop runs: a request of a queued command (rkllmd/commands/)
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class InferenceLoop:
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("rkllmd is shutting down; request not accepted")
-            if job.command == "generate" and (self._queued_locked(job.id) or self._running_locked(job.id)):
+            if _generates(job) and (self._queued_locked(job.id) or self._running_locked(job.id)):
                 raise RequestError(f"a request with id {job.id!r} is already queued or running")
             # Control jobs (load/unload/clear) may wait too but count against the same bound,
             # so a flood of anything cannot grow memory without limit.
@@ -163,12 +165,12 @@ class InferenceLoop:
     def _queued_locked(self, request_id: str | None) -> Job | None:
         """The queued (or held) generate job with this id, or None (holding ``_cond``)."""
         waiting = itertools.chain(self._pending, self._held)
-        return next((j for j in waiting if j.id == request_id and j.command == "generate"), None)
+        return next((j for j in waiting if j.id == request_id and _generates(j)), None)
 
     def _running_locked(self, request_id: str | None) -> Job | None:
         """The running job if it is the generate job with this id, else None (holding ``_cond``)."""
         cur = self._current
-        return cur if cur is not None and cur.id == request_id and cur.command == "generate" else None
+        return cur if cur is not None and cur.id == request_id and _generates(cur) else None
 
     def cancel(self, request_id: str, *, owner: str | None = None) -> Literal["queued", "running"]:
         """Cancel a queued job (answered at once) or abort the running one; raise NotFound.
@@ -256,11 +258,12 @@ class InferenceLoop:
                 self._do(job)
             except RkllmdError as exc:
                 self._stats["errors"] += 1
-                self.emit(Final.failed(job, exc, partial(job)))
+                self.emit(Final.failed(job, exc, partial(job, _generates(job))))
             except Exception as exc:  # a bug must cost one request, never the loop
                 log.exception("job failed unexpectedly", request_id=job.id)
                 self._stats["errors"] += 1
-                self.emit(Final.failed(job, RuntimeFailure(f"internal error: {exc}"), partial(job)))
+                failure = RuntimeFailure(f"internal error: {exc}")
+                self.emit(Final.failed(job, failure, partial(job, _generates(job))))
             finally:
                 structlog.contextvars.unbind_contextvars("request_id")
                 with self._cond:
@@ -270,24 +273,52 @@ class InferenceLoop:
         self._unload()
 
     def _do(self, job: Job) -> None:
-        if job.command == "load":
-            self._ensure_loaded(job.model or self.default_model)
-            self.emit(Final(job, "ok", control_data("load", self._loaded)))
-        elif job.command == "unload":
-            name = job.model or self._loaded
-            if name is not None:
-                self.registry.check(name)
-            if name is not None and name == self._loaded:
-                self._unload()
-            self.emit(Final(job, "ok", control_data("unload", name)))
-        elif job.command == "clear_cache":
-            if self._runtime is not None and (job.model is None or job.model == self._loaded):
-                self._runtime.clear_cache(keep_system_prompt=True)
-            self.emit(Final(job, "ok", control_data("clear_cache", self._loaded)))
-        elif job.command == "generate":
-            self._generate(job)
-        else:
+        handler = handler_of(job.command)
+        if handler is None or handler.run is None:
             raise RkllmdError(f"unknown job kind {job.command}")
+        self.emit(handler.run(job, self))
+
+    # --- the Engine a command's job runs with (rkllmd.commands.Engine; inference thread) -------
+
+    @property
+    def counters(self) -> dict[str, Any]:
+        return self._stats
+
+    @property
+    def runtime(self) -> Runtime | None:
+        return self._runtime
+
+    def load(self, name: str) -> Runtime:
+        return self._ensure_loaded(name)
+
+    def unload(self) -> None:
+        self._unload()
+
+    def begin(self, job: Job) -> None:
+        """A generation's run starts: the watchdog watches it from now."""
+        job.run.started_at = time.monotonic()
+        self._wake_watchdog()
+        self._stats["requests"] += 1
+
+    def survive(self, job: Job, run: Callable[[], GenerateResult]) -> GenerateResult:
+        """``run()``, with the crash rules: a worker that died is forgotten and reloaded after the
+        job (within the restart budget); the job ends by what made it die."""
+        try:
+            return run()
+        except RuntimeCrashed as exc:
+            name = job.model or self.default_model
+            self._crashed(name)
+            why = job.run.abort_reason
+            if why is not None and why in ("timeout", "first_token_timeout", "stalled"):
+                raise timeout_error(self.limits, why, "; the wedged runtime was killed") from exc
+            if why is None:  # it died on its own: say whether it comes back
+                raise RuntimeCrashed(f"{exc.message}; {self._budget.after_crash(name)}", **exc.data) from exc
+            # Killed because it ignored the cancel (or the stop) asked for: the request ends as
+            # asked, with what it produced; the crash is rkllmd's doing, not the runtime's.
+            log.warning(
+                "runtime killed after ignoring abort", reason=why, after=self._budget.after_crash(name)
+            )
+            return GenerateResult("aborted", Perf())
 
     def _ensure_loaded(self, name: str) -> Runtime:
         self.registry.check(name)
@@ -333,38 +364,6 @@ class InferenceLoop:
             log.info("unloading model", model=name)
             rt.close()
 
-    def _generate(self, job: Job) -> None:
-        assert job.inp is not None
-        rt = self._ensure_loaded(job.model or self.default_model)
-        job.model = self._loaded
-        n_prompt = None if rt.checks_context else check_context(rt, job.inp, job.model)
-        if job.run.abort_reason is not None:  # cancelled between dequeue and start
-            self.emit(Final(job, "ok", final_data(job, "cancelled")))
-            return
-        job.run.started_at = time.monotonic()
-        self._wake_watchdog()
-        self._stats["requests"] += 1
-
-        try:
-            result = run_generation(job, rt, self.emit, self.direct)
-        except RuntimeCrashed as exc:
-            name = job.model or self.default_model
-            self._crashed(name)
-            why = job.run.abort_reason
-            if why is not None and why in ("timeout", "first_token_timeout", "stalled"):
-                raise timeout_error(self.limits, why, "; the wedged runtime was killed") from exc
-            if why is None:  # it died on its own: say whether it comes back
-                raise RuntimeCrashed(f"{exc.message}; {self._budget.after_crash(name)}", **exc.data) from exc
-            # Killed because it ignored the cancel (or the stop) asked for: the request ends as
-            # asked, with what it produced; the crash is rkllmd's doing, not the runtime's.
-            log.warning(
-                "runtime killed after ignoring abort", reason=why, after=self._budget.after_crash(name)
-            )
-            result = GenerateResult("aborted", Perf())
-        if result.finish_reason != "aborted":
-            check_output(job)
-        self.emit(final_of(job, result, n_prompt, self.limits, self._stats))
-
     def _emit_stats_locked(self) -> None:
         """Queue a stats snapshot for the dispatcher (any thread, holding ``_cond``)."""
         self.emit(Stats(self.snapshot_locked()))
@@ -403,7 +402,7 @@ class InferenceLoop:
         or None when nothing is to be watched until the next generation starts (watchdog thread)."""
         lim = self.limits
         job = self._current
-        if job is None or job.command != "generate" or job.run.started_at is None:
+        if job is None or job.run.started_at is None:  # only a generation's run is started (begin)
             return None
         run, started = job.run, job.run.started_at
         if run.abort_reason is not None:
@@ -434,3 +433,9 @@ class InferenceLoop:
         run.aborted_at = now
         self._abort_runtime()
         return lim.abort_grace_s
+
+
+def _generates(job: Job) -> bool:
+    """Whether ``job`` is a generation: cancellable by id, unique by id in the queue, watched."""
+    handler = handler_of(job.command)
+    return handler is not None and handler.generates

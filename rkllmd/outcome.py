@@ -91,9 +91,9 @@ def final_data(
     return data
 
 
-def partial(job: Exchange) -> dict[str, Any]:
-    """What an error reply carries of a run that failed: its text so far."""
-    return partial_data(job.command, job.model, job.run.text, job.run.seq)
+def partial(job: Exchange, generates: bool) -> dict[str, Any]:
+    """What an error reply carries of a job that failed: a generation's text so far, else the model."""
+    return partial_data(job.model, job.run.text, job.run.seq) if generates else partial_data(job.model)
 
 
 def _ms(seconds: float) -> float:

@@ -29,6 +29,7 @@ import paho.mqtt.client as mqtt
 from pydantic import BaseModel
 
 from rkllmd import protocol
+from rkllmd.commands import COMMANDS
 from rkllmd.errors import NotFound
 from rkllmd.exchange import resolve
 from rkllmd.generation import GenerateInput
@@ -187,12 +188,12 @@ class PluginHarness:
         whose ``key`` the daemon puts on the reply's address (see :meth:`local_request`)."""
         raw = payload if isinstance(payload, str) else json.dumps(payload)
         topic = topic or self.topics.request(command)
-        command, topic_model = self.topics.parse_request_topic(topic)
-        obj = protocol.decode_payload(raw.encode(), command, self.settings.limits.max_payload_bytes)
-        response = self.topics.response(command)
+        cmd, topic_model = self.topics.parse_request_topic(topic, COMMANDS)
+        obj = protocol.decode_payload(raw.encode(), cmd, self.settings.limits.max_payload_bytes)
+        response = self.topics.response(cmd.name)
         address = protocol.Address(response, local=True, key=key) if local else None
         return Request(
-            command=command,
+            command=cmd.name,
             topic=topic,
             payload=obj,
             topic_model=topic_model,
@@ -203,8 +204,8 @@ class PluginHarness:
     def local_request(self, msg: protocol.LocalMessage) -> Request:
         """A Request as the daemon's ingress builds it from a LocalMessage a plugin injected: its
         payload, topic and key, and (as a generate request accepted) its id and model."""
-        command, _ = self.topics.parse_request_topic(msg.topic)
-        req = self.request(msg.payload.decode(), command, msg.topic, local=True, key=msg.key)
+        cmd, _ = self.topics.parse_request_topic(msg.topic, COMMANDS)
+        req = self.request(msg.payload.decode(), cmd.name, msg.topic, local=True, key=msg.key)
         req.id = req.payload.get("id")
         req.model = req.payload.get("model")
         return req
@@ -215,7 +216,7 @@ class PluginHarness:
         """Run the preprocessor chain; raises the RkllmdError the daemon would reply with."""
         req = payload if isinstance(payload, Request) else self.request(payload, command, topic)
         req = self.host.preprocess(req)
-        validated = protocol.validate(req.command, req.payload)
+        validated = protocol.validate(COMMANDS[req.command], req.payload)
         self._ids += 1
         req.id = validated.id or f"req{self._ids}"
         if isinstance(validated, protocol.GenerateRequest):
@@ -224,7 +225,7 @@ class PluginHarness:
 
     def generate_input(self, req: Request) -> GenerateInput:
         """What the inference loop would be asked to run for a preprocessed generate request."""
-        validated = protocol.validate("generate", req.payload)
+        validated = protocol.validate(COMMANDS["generate"], req.payload)
         assert isinstance(validated, protocol.GenerateRequest)
         target = resolve(self.settings, validated.model, req.topic_model, validated.max_tokens)
         return validated.to_input(target.max_tokens)

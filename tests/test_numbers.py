@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from rkllmd import protocol
+from rkllmd.commands import COMMANDS
 from rkllmd.errors import NotFound, RkllmdError
 from rkllmd.exchange import Exchange, Final
 from rkllmd.ingress import Gate, admit
@@ -57,11 +58,11 @@ def with_number(body: dict[str, Any], path: list[str], literal: str) -> bytes:
 @pytest.mark.parametrize("name", INTEGERS)
 def test_mqtt_integer_fields_take_whole_floats(name: str) -> None:
     """max_tokens, top_k and seed take 40.0 as 40; 40.5, true and "40" are wrong_type naming the field."""
-    req = protocol.validate("generate", {"prompt": "x", name: 40.0})
+    req = protocol.validate(COMMANDS["generate"], {"prompt": "x", name: 40.0})
     assert getattr(req, name) == 40 and isinstance(getattr(req, name), int)
     for bad in (40.5, True, "40"):
         with pytest.raises(RkllmdError) as err:
-            protocol.validate("generate", {"prompt": "x", name: bad})
+            protocol.validate(COMMANDS["generate"], {"prompt": "x", name: bad})
         assert err.value.code == "wrong_type" and f"{name}: expected an integer" in err.value.message
 
 
@@ -70,7 +71,7 @@ def test_mqtt_integer_fields_take_whole_floats(name: str) -> None:
 def test_mqtt_payload_refuses_non_finite_numbers(name: str, literal: str) -> None:
     """Every numeric field: 1e999, -1e999, NaN and Infinity are bad_json, saying why."""
     with pytest.raises(RkllmdError) as err:
-        protocol.decode_payload(with_number({"prompt": "x"}, [name], literal), "generate", 65536)
+        protocol.decode_payload(with_number({"prompt": "x"}, [name], literal), COMMANDS["generate"], 65536)
     assert err.value.code == "bad_json" and "finite numbers only" in err.value.message
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from rkllmd import protocol
+from rkllmd.commands import COMMANDS
 from rkllmd.errors import PayloadTooLarge, RequestError, RkllmdError, WrongType
 from rkllmd.ingress import take_address as _address_from
 from rkllmd.protocol import Address as ReplyTo
@@ -18,7 +19,7 @@ LIMIT = 4096
 
 def refusal(command: str, obj: dict[str, Any]) -> RkllmdError:
     with pytest.raises(RkllmdError) as info:
-        protocol.validate(command, obj)
+        protocol.validate(COMMANDS[command], obj)
     return info.value
 
 
@@ -29,7 +30,7 @@ def test_lone_surrogate_is_refused_but_its_address_is_readable() -> None:
     """A cut emoji from JSON.stringify is bad_request naming the field, and id and reply_to still read."""
     raw = b'{"id":"s1","prompt":"\\ud800 smile","reply_to":"x/y","transaction":7}'
     with pytest.raises(RequestError) as info:
-        protocol.decode_payload(raw, "generate", LIMIT)
+        protocol.decode_payload(raw, COMMANDS["generate"], LIMIT)
     assert info.value.code == "bad_request" and info.value.message.startswith("prompt:")
     assert protocol.read_address(raw, LIMIT) == {"id": "s1", "reply_to": "x/y", "transaction": 7}
 
@@ -42,7 +43,7 @@ def test_too_large_payload_is_read_for_its_address_up_to_four_times_the_limit() 
         return head + b"a" * (size - len(head) - 2) + b'"}'
 
     with pytest.raises(PayloadTooLarge):
-        protocol.decode_payload(big(LIMIT + 1), "generate", LIMIT)
+        protocol.decode_payload(big(LIMIT + 1), COMMANDS["generate"], LIMIT)
     assert protocol.read_address(big(LIMIT + 1), LIMIT) == {"id": "big1", "reply_to": "me/reply"}
     assert protocol.read_address(big(4 * LIMIT), LIMIT) == {"id": "big1", "reply_to": "me/reply"}
     assert protocol.read_address(big(4 * LIMIT + 1), LIMIT) == {}
@@ -94,7 +95,7 @@ def test_address_from_takes_each_field_only_if_valid_on_its_own() -> None:
 def test_nul_in_text_is_bad_request_naming_the_field(obj: dict[str, Any], field: str) -> None:
     """A NUL would cut the text where C reads it: refused before the runtime, naming the field."""
     raw = json.dumps(obj).encode()  # NUL travels as \\u0000
-    exc = refusal("generate", protocol.decode_payload(raw, "generate", LIMIT))
+    exc = refusal("generate", protocol.decode_payload(raw, COMMANDS["generate"], LIMIT))
     assert exc.code == "bad_request"
     assert f"{field}: must not contain a NUL" in exc.message
 
@@ -102,7 +103,7 @@ def test_nul_in_text_is_bad_request_naming_the_field(obj: dict[str, Any], field:
 def test_nul_in_plain_text_is_refused() -> None:
     """A plain-text prompt with a NUL is bad_request too, before it becomes a prompt."""
     with pytest.raises(RequestError) as info:
-        protocol.decode_payload(b"alpha \x00 beta", "generate", LIMIT)
+        protocol.decode_payload(b"alpha \x00 beta", COMMANDS["generate"], LIMIT)
     assert info.value.code == "bad_request"
 
 
@@ -112,7 +113,7 @@ def test_nul_in_plain_text_is_refused() -> None:
 def test_json_after_a_bom_is_json() -> None:
     """A UTF-8 BOM before a JSON object is dropped: reply_to and max_tokens are read, not prompted."""
     raw = b'\xef\xbb\xbf{"prompt":"alpha beta","reply_to":"me/r","max_tokens":1}'
-    assert protocol.decode_payload(raw, "generate", LIMIT) == {
+    assert protocol.decode_payload(raw, COMMANDS["generate"], LIMIT) == {
         "prompt": "alpha beta",
         "reply_to": "me/r",
         "max_tokens": 1,
@@ -122,8 +123,8 @@ def test_json_after_a_bom_is_json() -> None:
 
 def test_plain_text_after_a_bom_has_no_bom() -> None:
     """The BOM is not part of a plain-text prompt, nor of a plain-text id."""
-    assert protocol.decode_payload("\ufeffhello".encode(), "generate", LIMIT) == {"prompt": "hello"}
-    assert protocol.decode_payload("\ufeff r1 ".encode(), "cancel", LIMIT) == {"id": "r1"}
+    assert protocol.decode_payload("\ufeffhello".encode(), COMMANDS["generate"], LIMIT) == {"prompt": "hello"}
+    assert protocol.decode_payload("\ufeff r1 ".encode(), COMMANDS["cancel"], LIMIT) == {"id": "r1"}
 
 
 # --- wrong value versus wrong type -----------------------------------------------------------------

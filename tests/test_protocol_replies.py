@@ -1,4 +1,4 @@
-"""Reply bodies as rkllmd.protocol lays them out, and the one command table."""
+"""Reply bodies as rkllmd.protocol lays them out, and the commands found in rkllmd/commands/."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import json
 import pytest
 
 from rkllmd import protocol
+from rkllmd.commands import COMMANDS
+from rkllmd.errors import UnknownCommand
 from rkllmd.exchange import Exchange, Final
-from rkllmd.protocol import COMMANDS, Address
+from rkllmd.protocol import Address
 
 
 def test_error_reply_carries_id_transaction_code_and_data() -> None:
@@ -48,22 +50,40 @@ def test_generation_and_control_data() -> None:
     """Generate data sums usage (an unknown prompt count as 0); control data names the model."""
     data = protocol.generation_data("m", "ab", "stop", None, 2, {"queue_ms": 1.0})
     assert data["usage"] == {"prompt_tokens": None, "completion_tokens": 2, "total_tokens": 2}
-    assert protocol.partial_data("generate", "m", "ab", 2) == {
-        "model": "m",
-        "text": "ab",
-        "completion_tokens": 2,
+    assert protocol.partial_data("m", "ab", 2) == {"model": "m", "text": "ab", "completion_tokens": 2}
+    assert protocol.partial_data("m") == {"model": "m"}
+    assert protocol.loaded_data("m", False) == {"model": "m", "loaded": False}
+    assert protocol.cleared_data("m") == {"model": "m", "cleared": True}
+
+
+def test_one_cancel_shape_here_and_on_another_board() -> None:
+    """A cancel's data is the same whether this board had the request or another board of the fleet."""
+    assert protocol.cancel_data("r1", "queued") == {"cancelled": "r1", "was": "queued"}
+    assert protocol.cancel_data("r1", "running", "b2") == {
+        "cancelled": "r1",
+        "was": "running",
+        "cancelled_on": "b2",
     }
-    assert protocol.partial_data("load", "m", "", 0) == {"model": "m"}
-    assert protocol.control_data("unload", "m") == {"model": "m", "loaded": False}
 
 
-def test_one_command_table_drives_topics_and_plain_text() -> None:
-    """Every command's topic parses, and a plain-text payload fills the table's field."""
+def test_every_command_module_is_found_with_its_flags() -> None:
+    """Every command module is found, with the flags the loop, ingress and dispatcher read."""
+    assert set(COMMANDS) == {"generate", "cancel", "models", "load", "unload", "clear_cache"}
+    assert sorted(c.name for c in COMMANDS.values() if not c.queued) == ["cancel", "models"]
+    assert [c.name for c in COMMANDS.values() if c.generates] == ["generate"]
+    assert sorted(c.name for c in COMMANDS.values() if c.changes_model) == ["load", "unload"]
+
+
+def test_the_commands_drive_topics_and_plain_text() -> None:
+    """Every command's topic parses, and a plain-text payload fills the command's field."""
     topics = protocol.Topics("B")
     for name, cmd in COMMANDS.items():
-        assert topics.parse_request_topic(f"B/request/{name}") == (name, None)
-        obj = protocol.decode_payload(b"abc", name, 100)
+        assert topics.parse_request_topic(f"B/request/{name}", COMMANDS) == (cmd, None)
+        obj = protocol.decode_payload(b"abc", cmd, 100)
         assert obj == ({cmd.plain_field: "abc"} if cmd.plain_field else {})
+    assert topics.parse_request_topic("B/request/generate/m", COMMANDS) == (COMMANDS["generate"], "m")
+    with pytest.raises(UnknownCommand):
+        topics.parse_request_topic("B/request/load/m", COMMANDS)  # only a generation names a model there
 
 
 @pytest.mark.parametrize(

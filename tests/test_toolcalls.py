@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from rkllmd import protocol
+from rkllmd.commands import COMMANDS
 from rkllmd.errors import RequestError
 from rkllmd.toolcalls import HERMES, HermesParser, call_block, check_schema, hermes_system_block, validate
 
@@ -143,14 +144,14 @@ def test_check_schema_refuses_bad_and_large() -> None:
 
 
 def gen(**fields: Any) -> protocol.GenerateRequest:
-    req = protocol.validate("generate", fields)
+    req = protocol.validate(COMMANDS["generate"], fields)
     assert isinstance(req, protocol.GenerateRequest)
     return req
 
 
 def refused(**fields: Any) -> str:
     with pytest.raises(RequestError) as ei:
-        protocol.validate("generate", fields)
+        protocol.validate(COMMANDS["generate"], fields)
     assert ei.value.code == "bad_request"
     return ei.value.message
 

@@ -1,4 +1,4 @@
-"""The MQTT protocol: topic names, the command table, request parsing, every reply body.
+"""The MQTT protocol: topic names, what a command is, request parsing, every reply body.
 
 Pure functions and data only: no network, no threads. docs/PROTOCOL.md describes the same
 thing for users; keep the two in step.
@@ -8,7 +8,7 @@ The modules import one way only, each from those above it:
     numbers.py    JSON text refusing non-finite numbers; the generate request's numeric fields
     address.py    the reply Address, id and reply-topic checks, reading a refused payload's address
     requests.py   the request models; tools, tool_choice, format and tool-turn checks
-    commands.py   the command table (COMMANDS)
+    commands.py   what a command is to the protocol (Command); rkllmd/commands/ declares each one
     topics.py     Topics and the messages that arrive on them (Incoming, LocalMessage)
     payload.py    bytes to a request dict (decode_payload), then to its model (validate)
     replies.py    every reply body and stream chunk
@@ -33,12 +33,17 @@ from rkllmd.protocol.address import (
     read_address,
     reply_folder,
 )
-from rkllmd.protocol.commands import COMMANDS, Command, Serve
+from rkllmd.protocol.commands import Command
 from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, NumberKind, as_number, loads
 from rkllmd.protocol.payload import MAX_JSON_DEPTH, decode_payload, validate
 from rkllmd.protocol.replies import (
-    control_data,
+    ModelFacts,
+    cancel_data,
+    cleared_data,
     generation_data,
+    loaded_data,
+    model_facts,
+    models_data,
     partial_data,
     reply_body,
     stream_chunk,
@@ -61,7 +66,6 @@ from rkllmd.protocol.topics import Incoming, LocalMessage, Topics, reply_to_refu
 __all__ = [
     "ADDRESS_FIELDS",
     "ADDRESS_READ_FACTOR",
-    "COMMANDS",
     "GENERATE_NUMBERS",
     "ID_RE",
     "MAX_JSON_DEPTH",
@@ -75,22 +79,26 @@ __all__ = [
     "Incoming",
     "LocalMessage",
     "MessageIn",
+    "ModelFacts",
     "ModelRequest",
     "NoArgsRequest",
     "NotANumber",
     "NumberKind",
     "Receipt",
     "Req",
-    "Serve",
     "ToolCallIn",
     "Topics",
     "as_number",
+    "cancel_data",
     "check_publish_topic",
-    "control_data",
+    "cleared_data",
     "decode_payload",
     "echoable",
     "generation_data",
+    "loaded_data",
     "loads",
+    "model_facts",
+    "models_data",
     "new_request_id",
     "owned_by",
     "partial_data",

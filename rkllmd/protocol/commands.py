@@ -1,41 +1,33 @@
-"""The command table: every ``<base>/request/<name>`` topic, its payload model and how it is served.
+"""What a command is, as the protocol sees it: its request topic, payload model and plain-text field.
 
-Pure functions and data only: no network, no threads. One table, so that topic parsing (topics.py),
-payload decoding and validation (payload.py) and serving (rkllmd/ingress.py) cannot disagree
-about which commands exist.
+Pure data only: no network, no threads, no table. Each command declares itself in its own module
+of ``rkllmd/commands/`` (which adds how rkllmd serves it, ``rkllmd.commands.Handler``, a
+subclass); topic parsing (topics.py) and payload decoding and validation (payload.py) are given
+the command, or the table, and read these facts only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from rkllmd.protocol.requests import CancelRequest, GenerateRequest, ModelRequest, NoArgsRequest, Req
-
-Serve = Literal["generate", "cancel", "models", "queue"]
+from rkllmd.protocol.requests import Req
 
 
 @dataclass(frozen=True)
 class Command:
-    """One request topic ``<base>/request/<name>``: its payload model, the field a plain-text
-    payload fills, and how rkllmd serves it (rkllmd/ingress.py): ``queue`` goes through the
-    inference queue as a control job, ``models`` and ``cancel`` are answered at once."""
+    """One request topic ``<base>/request/<name>`` and what the protocol knows of it.
+
+    ``plain_field``: the field a plain-text payload fills (None: plain text is an empty request).
+    ``generates``: the command streams tokens: its topic may name the model
+    (``<base>/request/<name>/<model>``), its plain text is the prompt as written (an empty one is
+    refused ``empty_prompt``), and the rest of rkllmd gives it a stream, the watchdog and cancel.
+    ``queued``: served through the inference queue; else answered at once by the ingress thread.
+    ``changes_model``: its reply is followed by the info topic again (the loaded model changed).
+    """
 
     name: str
     request: type[Req]
-    plain_field: str | None
-    serve: Serve
-
-
-# The one command table: topics, validation, plain-text payloads and serving all read it.
-COMMANDS: dict[str, Command] = {
-    c.name: c
-    for c in (
-        Command("generate", GenerateRequest, "prompt", "generate"),
-        Command("cancel", CancelRequest, "id", "cancel"),
-        Command("models", NoArgsRequest, None, "models"),
-        Command("load", ModelRequest, "model", "queue"),
-        Command("unload", ModelRequest, "model", "queue"),
-        Command("clear_cache", ModelRequest, "model", "queue"),
-    )
-}
+    plain_field: str | None = None
+    generates: bool = False
+    queued: bool = True
+    changes_model: bool = False

@@ -21,7 +21,7 @@ from rkllmd.errors import (
 )
 from rkllmd.protocol import numbers
 from rkllmd.protocol.address import UTF8_BOM, echoable
-from rkllmd.protocol.commands import COMMANDS
+from rkllmd.protocol.commands import Command
 from rkllmd.protocol.requests import EmptyPromptValue, Req
 
 # Far deeper than any real request; a bound so the depth walk and pydantic stay cheap on hostile input.
@@ -44,8 +44,9 @@ def _depth(obj: Any, limit: int) -> int:
     return deepest
 
 
-def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, Any]:
-    """Turn raw bytes into a request dict: JSON object, or plain text for the command's main field."""
+def decode_payload(payload: bytes, command: Command, max_bytes: int) -> dict[str, Any]:
+    """Turn raw bytes into a request dict: JSON object, or plain text for the command's main field
+    (a generating command's prompt as written; any other's stripped)."""
     if len(payload) > max_bytes:
         raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {max_bytes}")
     payload = payload.removeprefix(UTF8_BOM)  # Windows tools write one; it is not part of the text
@@ -73,20 +74,18 @@ def decode_payload(payload: bytes, command: str, max_bytes: int) -> dict[str, An
     if "\x00" in text:
         raise RequestError("plain-text payload contains NUL")
     if not stripped:
-        if command == "generate":
+        if command.generates:
             raise EmptyPrompt("the prompt is empty")
         return {}
-    field_name = COMMANDS[command].plain_field
-    if field_name is None:
+    if command.plain_field is None:
         return {}
-    return {field_name: text if command == "generate" else stripped}
+    return {command.plain_field: text if command.generates else stripped}
 
 
-def validate(command: str, obj: dict[str, Any]) -> Req:
-    """Validate a request dict into its typed model, mapping problems to error codes."""
-    model = COMMANDS[command].request
+def validate(command: Command, obj: dict[str, Any]) -> Req:
+    """Validate a request dict into the command's typed model, mapping problems to error codes."""
     try:
-        return model.model_validate(obj)
+        return command.request.model_validate(obj)
     except ValidationError as exc:
         problems = []
         wrong_type = False

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import json.encoder
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from rkllmd.protocol.address import Address
@@ -64,20 +66,81 @@ def generation_data(
     }
 
 
-def partial_data(command: str, model: str | None, text: str, completion_tokens: int) -> dict[str, Any]:
-    """The ``data`` of an error reply: what a generation produced before it failed."""
-    if command != "generate":
+def partial_data(model: str | None, text: str | None = None, completion_tokens: int = 0) -> dict[str, Any]:
+    """The ``data`` of an error reply: what a generation produced before it failed (``text``;
+    None for a command that does not generate, whose error data names the model only)."""
+    if text is None:
         return {"model": model}
     return {"model": model, "text": text, "completion_tokens": completion_tokens}
 
 
-def control_data(command: str, model: str | None) -> dict[str, Any]:
-    """The ``data`` of a load, unload or clear_cache reply."""
-    if command == "load":
-        return {"model": model, "loaded": True}
-    if command == "unload":
-        return {"model": model, "loaded": False}
+def loaded_data(model: str | None, loaded: bool) -> dict[str, Any]:
+    """The ``data`` of a load (``loaded`` true) or unload reply."""
+    return {"model": model, "loaded": loaded}
+
+
+def cleared_data(model: str | None) -> dict[str, Any]:
+    """The ``data`` of a clear_cache reply: the model whose cache was cleared (the loaded one)."""
     return {"model": model, "cleared": True}
+
+
+def cancel_data(request_id: str, was: str, on: str | None = None) -> dict[str, Any]:
+    """The ``data`` of a cancel that found its request: ``was`` ``queued`` or ``running``; ``on``:
+    the board that had it, when another board of a fleet did (docs/FLEET.md)."""
+    out: dict[str, Any] = {"cancelled": request_id, "was": was}
+    if on is not None:
+        out["cancelled_on"] = on
+    return out
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """One configured model as every list of models shows it (the models reply, the info topic,
+    the HTTP and Ollama lists): each list picks the facts its wire shape carries."""
+
+    name: str
+    runtime: str
+    description: str
+    context_length: int
+    loaded: bool
+    default: bool
+    path: str | None = None  # the model's file, if it has one: only Ollama's list reads it (size, date)
+
+    def brief(self) -> dict[str, Any]:
+        """The model in the retained info topic: name, runtime, description."""
+        return {"name": self.name, "runtime": self.runtime, "description": self.description}
+
+
+def model_facts(models: Mapping[str, Any], loaded: str | None, default: str) -> list[ModelFacts]:
+    """Every configured model (``[models.X]`` tables by name: ``Settings.models``) as its facts."""
+    return [
+        ModelFacts(
+            name=name,
+            runtime=str(cfg.runtime),
+            description=cfg.description,
+            context_length=int(cfg.max_context_len),
+            loaded=name == loaded,
+            default=name == default,
+            path=str(cfg.path) if getattr(cfg, "path", None) else None,
+        )
+        for name, cfg in models.items()
+    ]
+
+
+def models_data(models: list[ModelFacts], loaded: str | None, default: str) -> dict[str, Any]:
+    """The ``data`` of a models reply: every configured model, the loaded one and the default."""
+    out = [
+        {
+            "name": m.name,
+            "runtime": m.runtime,
+            "description": m.description,
+            "context_length": m.context_length,
+            "loaded": m.loaded,
+            "default": m.default,
+        }
+        for m in models
+    ]
+    return {"models": out, "loaded": loaded, "default": default}
 
 
 def stream_chunk(request_id: str, seq: int, delta: str, attempt: int = 1) -> bytes:

@@ -6,12 +6,15 @@ paho's network thread; nothing here holds a connection.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from rkllmd.errors import UnknownCommand
 from rkllmd.protocol.address import Receipt
-from rkllmd.protocol.commands import COMMANDS
+from rkllmd.protocol.commands import Command
+
+C = TypeVar("C", bound=Command)
 
 
 @dataclass(frozen=True)
@@ -98,21 +101,21 @@ class Topics:
         inside = topic == self.base or topic.startswith(f"{self.base}/")
         return inside and not topic.startswith(f"{self.base}/response/")
 
-    def parse_request_topic(self, topic: str) -> tuple[str, str | None]:
+    def parse_request_topic(self, topic: str, commands: Mapping[str, C]) -> tuple[C, str | None]:
         """Split ``<base>/request/<command>[/<model>]`` (or this board's own request topic) into
-        (command, model); raise UnknownCommand."""
+        the command of ``commands`` (rkllmd.commands.COMMANDS) and the model; raise UnknownCommand."""
         rest = topic
         for prefix in (f"{self.own}/request/", f"{self.base}/request/"):
             if topic.startswith(prefix):
                 rest = topic[len(prefix) :]
                 break
         parts = rest.split("/")
-        command = parts[0]
-        if command not in COMMANDS:
-            raise UnknownCommand(f"unknown command {command!r}; known: {', '.join(COMMANDS)}")
+        command = commands.get(parts[0])
+        if command is None:
+            raise UnknownCommand(f"unknown command {parts[0]!r}; known: {', '.join(commands)}")
         if len(parts) == 1:
             return command, None
-        if command == "generate" and len(parts) == 2 and parts[1]:
+        if command.generates and len(parts) == 2 and parts[1]:  # only a generation names its model here
             return command, parts[1]
         raise UnknownCommand(f"unknown request topic {topic!r}")
 

@@ -1,0 +1,51 @@
+"""``generate``: a prompt or a conversation in, a streamed answer out (docs/PROTOCOL.md).
+
+Admission (ingress thread) resolves the model and max_tokens and builds the runtime's input; the
+job (inference thread) loads the model, checks the context, and runs the generation
+(rkllmd/jobs.py: the tool-call parser and direct stream in front of the token sink, the final
+reply); the loop's watchdog and crash rules apply around it.
+"""
+
+from __future__ import annotations
+
+from rkllmd.commands._base import Engine, Handler
+from rkllmd.errors import RequestError
+from rkllmd.exchange import Exchange, Final, resolve
+from rkllmd.jobs import final_of, run_generation
+from rkllmd.outcome import check_output, final_data
+from rkllmd.protocol import GenerateRequest, Req
+from rkllmd.runtime.base import check_context
+from rkllmd.settings import Settings
+
+
+def admit(req: Req, ex: Exchange, settings: Settings) -> None:
+    """The model, max_tokens (under ``limits.max_tokens_cap``) and the runtime input (ingress thread)."""
+    assert isinstance(req, GenerateRequest) and ex.address is not None
+    target = resolve(settings, req.model, ex.topic_model, req.max_tokens)
+    cap = settings.limits.max_tokens_cap
+    if target.max_tokens > cap:
+        raise RequestError(f"max_tokens {target.max_tokens} is over the limit of {cap}")
+    ex.model, ex.inp = target.model, req.to_input(target.max_tokens)
+    # what only changes what is published: not for a plugin's request, which MQTT never sees
+    ex.stream = req.stream and not ex.address.local
+    ex.sentences = req.sentences and not ex.address.local
+
+
+def run(job: Exchange, loop: Engine) -> Final:
+    """Load the model and run the generation to its final reply (inference thread)."""
+    assert job.inp is not None
+    rt = loop.load(job.model or loop.default_model)
+    job.model = loop.loaded_model
+    n_prompt = None if rt.checks_context else check_context(rt, job.inp, job.model)
+    if job.run.abort_reason is not None:  # cancelled between dequeue and start
+        return Final(job, "ok", final_data(job, "cancelled"))
+    loop.begin(job)
+    result = loop.survive(job, lambda: run_generation(job, rt, loop.emit, loop.direct))
+    if result.finish_reason != "aborted":
+        check_output(job)
+    return final_of(job, result, n_prompt, loop.limits, loop.counters)
+
+
+HANDLER = Handler(
+    "generate", GenerateRequest, plain_field="prompt", generates=True, queued=True, admit=admit, run=run
+)
