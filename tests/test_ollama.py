@@ -13,6 +13,7 @@ from rkllmd.plugins import PluginError
 from rkllmd.plugins.builtin import _spoken as spoken
 from rkllmd.plugins.builtin._httpbase import HttpError, Keys, load_keys
 from rkllmd.plugins.builtin.ollama import models, wire
+from rkllmd.protocol import model_facts
 from rkllmd.settings import Settings
 
 
@@ -205,12 +206,13 @@ def test_names_and_listings() -> None:
     name = settings.default
     assert wire.tag(name) == f"{name}:latest" and wire.untag(f"{name}:latest") == name
     assert wire.tag("qwen:1.5b") == "qwen:1.5b"
-    listed = models.tags(settings)["models"]
+    listed = models.tags(model_facts(settings.models, None, name))["models"]
     assert listed[0]["model"] == f"{name}:latest" and len(listed[0]["digest"]) == 64
-    assert models.ps(settings, None) == {"models": []}
-    loaded = models.ps(settings, name)["models"][0]
+    assert models.ps(model_facts(settings.models, None, name)) == {"models": []}
+    facts = model_facts(settings.models, name, name)
+    loaded = models.ps(facts)["models"][0]
     assert loaded["context_length"] == settings.models[name].max_context_len
-    info = models.show(name, settings, ["completion"])["model_info"]
+    info = models.show(next(m for m in facts if m.name == name), ["completion"])["model_info"]
     assert info[f"{info['general.architecture']}.context_length"] == settings.models[name].max_context_len
 
 

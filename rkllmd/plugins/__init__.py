@@ -36,6 +36,7 @@ from rkllmd.plugins.contract import (
 )
 from rkllmd.plugins.host import PluginHost
 from rkllmd.plugins.loader import PluginLoadError, discover, load_plugin
+from rkllmd.protocol import ModelFacts, reply_body
 from rkllmd.sentences import SentenceChunker, Utterances
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "Final",
     "LocalMessage",
     "Message",
+    "ModelFacts",
     "NotReady",
     "Plugin",
     "PluginConfig",
@@ -57,4 +59,5 @@ __all__ = [
     "Utterances",
     "discover",
     "load_plugin",
+    "reply_body",
 ]

@@ -27,7 +27,7 @@ from rkllmd.plugins.contract import (
     StatsContributor,
 )
 from rkllmd.plugins.hooks import Hooks
-from rkllmd.protocol import Topics, check_publish_topic
+from rkllmd.protocol import ModelFacts, Topics, check_publish_topic, model_facts
 
 if TYPE_CHECKING:
     from rkllmd.settings import Settings
@@ -158,6 +158,15 @@ class PluginContext:
 
     def context_length(self, model: str) -> int:
         return int(self.settings.models[model].max_context_len)
+
+    def models(self) -> list[ModelFacts]:
+        """Every configured model as rkllmd lists it (the models reply, the info topic): name,
+        runtime, description, context length, whether it is loaded or the default, its file;
+        the one source for a plugin's own list of models (any thread)."""
+        loaded = self.stats().get("loaded_model")
+        return model_facts(
+            self.settings.models, loaded if isinstance(loaded, str) else None, self.settings.default
+        )
 
     # internals
 

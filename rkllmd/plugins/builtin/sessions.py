@@ -27,7 +27,7 @@ from pydantic import Field
 
 from rkllmd.errors import RequestError, UnknownModel, WrongType
 from rkllmd.exchange import resolve
-from rkllmd.plugins import Final, Message, Plugin, PluginConfig, PluginContext, Request, Token
+from rkllmd.plugins import Final, Message, Plugin, PluginConfig, PluginContext, Request, Token, reply_body
 
 SESSION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 
@@ -185,9 +185,9 @@ def setup(ctx: PluginContext, config: Config) -> None:
             except (json.JSONDecodeError, AttributeError):
                 sid = None
         if isinstance(sid, str) and SESSION_RE.match(sid):
-            body = {"status": "ok", "data": {"session": sid, "cleared": store.clear(sid)}}
+            body = reply_body("ok", {"session": sid, "cleared": store.clear(sid)}, None, None, None)
         else:
-            body = {"status": "error", "code": "bad_request", "error": "give a session id", "data": {}}
+            body = reply_body("error", {}, "bad_request", "give a session id", None)
         to = msg.response_topic
         if to is None or ctx.topics.in_namespace(to):  # never onto rkllmd's own topics (PROTOCOL.md)
             to = ctx.topic("response")

@@ -62,7 +62,7 @@ class Api(ApiBase):
         self._authorize(h)
         if path == "/v1/models":
             self._only(method, "GET", path)
-            return await h.send_json(200, models(list(self.ctx.settings.models), self._created))
+            return await h.send_json(200, models([m.name for m in self.ctx.models()], self._created))
         if path.startswith("/v1/models/"):
             self._only(method, "GET", path)
             name = path.removeprefix("/v1/models/")

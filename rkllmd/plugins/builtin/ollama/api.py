@@ -66,20 +66,20 @@ class Api(ApiBase):
         if why is not None:
             h.close_connection = True  # the body (if any) is not read
             raise HttpError(401, f"unauthorized: {why}")
-        settings = self.ctx.settings
         if path == "/api/version":
             self._only(method, ("GET",))
             return await h.send_json(200, {"version": VERSION})
         if path == "/api/tags":
             self._only(method, ("GET",))
-            return await h.send_json(200, models.tags(settings))
+            return await h.send_json(200, models.tags(self.ctx.models()))
         if path == "/api/ps":
             self._only(method, ("GET",))
-            return await h.send_json(200, models.ps(settings, self.ctx.stats().get("loaded_model")))
+            return await h.send_json(200, models.ps(self.ctx.models()))
         if path == "/api/show":
             self._only(method, ("POST",))
             name = self._model(await self._name(h))
-            return await h.send_json(200, models.show(name, settings, _capabilities()))
+            facts = next(m for m in self.ctx.models() if m.name == name)
+            return await h.send_json(200, models.show(facts, _capabilities()))
         if path == "/api/chat":
             self._only(method, ("POST",))
             return await self._chat(h)

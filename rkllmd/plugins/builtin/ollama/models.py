@@ -1,8 +1,9 @@
 """The configured models as Ollama lists and shows them: ``/api/tags``, ``/api/ps``, ``/api/show``.
 
-Pure functions over rkllmd's settings (and a stat of each model file), called on HTTP handler
-threads. Ollama names carry a tag: a configured ``smollm2`` is listed as ``smollm2:latest``, which
-is the name Home Assistant's integration matches the chosen model against.
+Pure functions over the models' facts (``PluginContext.models()``, the one source every list of
+models is built from) and a stat of each model file, called on HTTP handler threads. Ollama names
+carry a tag: a configured ``smollm2`` is listed as ``smollm2:latest``, which is the name Home
+Assistant's integration matches the chosen model against.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rkllmd.settings import Settings
+from rkllmd.plugins import ModelFacts
 
 from .wire import tag
 
@@ -20,14 +21,9 @@ _FOREVER = "2318-01-01T00:00:00Z"  # rkllmd keeps a model loaded; Ollama shows t
 _FORMATS = {"rkllm": "rkllm", "llamacpp": "gguf"}
 
 
-def _file(cfg: Any) -> Path | None:
-    path = getattr(cfg, "path", None)
-    return Path(path) if path else None
-
-
-def _stat(cfg: Any) -> tuple[int, str]:
+def _stat(m: ModelFacts) -> tuple[int, str]:
     """Size and modification time of the model's file, as far as it can be read."""
-    path = _file(cfg)
+    path = Path(m.path) if m.path else None
     try:
         st = path.stat() if path is not None else None
     except OSError:
@@ -36,13 +32,13 @@ def _stat(cfg: Any) -> tuple[int, str]:
     return (st.st_size if st else 0), when.isoformat().replace("+00:00", "Z")
 
 
-def _digest(name: str, cfg: Any) -> str:
+def _digest(m: ModelFacts) -> str:
     """A stable stand-in for Ollama's content digest: rkllmd does not hash model files."""
-    return hashlib.sha256(f"{name}\0{_file(cfg) or ''}".encode()).hexdigest()
+    return hashlib.sha256(f"{m.name}\0{m.path or ''}".encode()).hexdigest()
 
 
-def details(cfg: Any) -> dict[str, Any]:
-    runtime = str(cfg.runtime)
+def details(m: ModelFacts) -> dict[str, Any]:
+    runtime = m.runtime
     return {
         "parent_model": "",
         "format": _FORMATS.get(runtime, runtime),
@@ -53,50 +49,50 @@ def details(cfg: Any) -> dict[str, Any]:
     }
 
 
-def _entry(name: str, cfg: Any) -> dict[str, Any]:
-    size, modified = _stat(cfg)
+def _entry(m: ModelFacts) -> dict[str, Any]:
+    size, modified = _stat(m)
     return {
-        "name": tag(name),
-        "model": tag(name),
+        "name": tag(m.name),
+        "model": tag(m.name),
         "modified_at": modified,
         "size": size,
-        "digest": _digest(name, cfg),
-        "details": details(cfg),
+        "digest": _digest(m),
+        "details": details(m),
     }
 
 
-def tags(settings: Settings) -> dict[str, Any]:
+def tags(models: list[ModelFacts]) -> dict[str, Any]:
     """``GET /api/tags``: every configured model."""
-    return {"models": [_entry(name, cfg) for name, cfg in settings.models.items()]}
+    return {"models": [_entry(m) for m in models]}
 
 
-def ps(settings: Settings, loaded: str | None) -> dict[str, Any]:
+def ps(models: list[ModelFacts]) -> dict[str, Any]:
     """``GET /api/ps``: the loaded model, if any (rkllmd holds one at a time)."""
-    if not loaded or loaded not in settings.models:
-        return {"models": []}
-    cfg = settings.models[loaded]
-    entry = _entry(loaded, cfg)
-    del entry["modified_at"]
-    entry.update(expires_at=_FOREVER, size_vram=0, context_length=int(cfg.max_context_len))
-    return {"models": [entry]}
+    out = []
+    for m in models:
+        if m.loaded:
+            entry = _entry(m)
+            del entry["modified_at"]
+            entry.update(expires_at=_FOREVER, size_vram=0, context_length=m.context_length)
+            out.append(entry)
+    return {"models": out}
 
 
-def show(name: str, settings: Settings, capabilities: list[str]) -> dict[str, Any]:
+def show(m: ModelFacts, capabilities: list[str]) -> dict[str, Any]:
     """``POST /api/show``: details and ``model_info`` with the context length."""
-    cfg = settings.models[name]
-    arch = str(cfg.runtime)
+    arch = m.runtime
     info: dict[str, Any] = {
         "general.architecture": arch,
-        "general.basename": name,
-        f"{arch}.context_length": int(cfg.max_context_len),
+        "general.basename": m.name,
+        f"{arch}.context_length": m.context_length,
     }
-    _, modified = _stat(cfg)
+    _, modified = _stat(m)
     return {
-        "modelfile": f"# served by rkllmd; configured as [models.{name}]\n",
+        "modelfile": f"# served by rkllmd; configured as [models.{m.name}]\n",
         "parameters": "",
         "template": "",
         "license": "",
-        "details": details(cfg),
+        "details": details(m),
         "model_info": info,
         "capabilities": capabilities,
         "modified_at": modified,
