@@ -6,7 +6,8 @@ plugins' ``inject`` only enqueue). Plugin topic handlers and preprocessors run h
 the reply address, runs the preprocessors, validates and resolves the model, and neither queues
 nor publishes. ``Ingress`` then serves what was admitted as its command says (rkllmd/commands/:
 queued, or answered here) and hands every answer it makes, refusals included, to the dispatcher,
-which publishes and routes it.
+which publishes and routes it. What is published from this thread is never a request's reply:
+the fleet's own messages, and what plugins' topic handlers publish themselves.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """The inference loop: one thread owns the runtime; a bounded queue in front of it.
 
 Threads:
-- the *inference thread* (``InferenceLoop._run``) runs every job in order: load, unload,
-  generate, clear-cache. It alone calls the runtime, except ``abort``.
+- the *inference thread* (``InferenceLoop._run``) runs every job in order (generate, load,
+  unload, clear_cache: its command's ``run``). It alone calls the runtime, except ``abort``.
 - the *watchdog thread* ends generations that overrun their first-token, total or stall time
   limit by calling ``abort``, the one runtime call allowed from another thread. It sleeps until
   the running generation's next deadline, and with nothing running it does not wake at all.
