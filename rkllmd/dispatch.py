@@ -30,7 +30,7 @@ import structlog
 
 from rkllmd import protocol
 from rkllmd.bus import Bus
-from rkllmd.commands import handler_of
+from rkllmd.commands import spec_of
 from rkllmd.exchange import Exchange, Final, Token
 from rkllmd.journal import Journal
 from rkllmd.loop import Event, Stats
@@ -220,7 +220,7 @@ class Dispatcher:
             finally:  # the state after it goes out whatever became of the reply
                 if body is not None:
                     self.bus.publish_json(self.topics.stats, body, retain=True)
-        command = handler_of(job.command)
+        command = spec_of(job.command)
         if ended and command is not None and command.changes_model:
             self.publish_info()
             self.on_model_change()
@@ -250,7 +250,7 @@ class Dispatcher:
 
     def _end_messages(self, final: Final) -> None:
         """The stream's end message and its /text end, the sentences' last (bus calls only)."""
-        job, command = final.request, handler_of(final.request.command)
+        job, command = final.request, spec_of(final.request.command)
         if command is None or not command.generates or job.id is None:
             return
         if job.stream:

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from rkllmd import protocol
-from rkllmd.commands import COMMANDS, Handler
+from rkllmd.commands import COMMANDS, CommandSpec
 from rkllmd.dispatch import Dispatcher
 from rkllmd.errors import Interrupted, RequestError, RkllmdError, ShuttingDown, UnknownCommand
 from rkllmd.exchange import Exchange, Final
@@ -308,7 +308,7 @@ class Ingress:
             return True
         return False
 
-    def _queue(self, ex: Exchange, command: Handler) -> None:
+    def _queue(self, ex: Exchange, command: CommandSpec) -> None:
         if ex.id is not None:
             with self._recovery_lock:
                 old = self._recovering.pop(ex.id, None)

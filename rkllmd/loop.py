@@ -12,7 +12,7 @@ The loop never publishes: it hands events (``Token``, ``Final``, ``Stats``) to `
 only enqueues them for the dispatcher thread (rkllmd/dispatch.py), so MQTT and plugin code never
 runs on the inference thread. A job is the request's own record, an ``Exchange``; the loop
 writes only its ``run`` state and its ``model``. What a job does is its command's
-(``Handler.run`` in rkllmd/commands/, called with the loop as its ``Engine``); the loop keeps the
+(``CommandSpec.run`` in rkllmd/commands/, called with the loop as its ``Engine``); the loop keeps the
 queue, cancel, the watchdog, the timeouts, loading and the crash budget, and reads of a command
 only whether it ``generates`` (a streamed run: cancellable by id, watched).
 A ``Stats`` event follows every change of the queue or of the running job (queued, refused busy,
@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import structlog
 
-from rkllmd.commands import handler_of
+from rkllmd.commands import spec_of
 from rkllmd.errors import (
     Busy,
     NotFound,
@@ -273,10 +273,10 @@ class InferenceLoop:
         self._unload()
 
     def _do(self, job: Job) -> None:
-        handler = handler_of(job.command)
-        if handler is None or handler.run is None:
+        spec = spec_of(job.command)
+        if spec is None or spec.run is None:
             raise RkllmdError(f"unknown job kind {job.command}")
-        self.emit(handler.run(job, self))
+        self.emit(spec.run(job, self))
 
     # --- the Engine a command's job runs with (rkllmd.commands.Engine; inference thread) -------
 
@@ -437,5 +437,5 @@ class InferenceLoop:
 
 def _generates(job: Job) -> bool:
     """Whether ``job`` is a generation: cancellable by id, unique by id in the queue, watched."""
-    handler = handler_of(job.command)
-    return handler is not None and handler.generates
+    spec = spec_of(job.command)
+    return spec is not None and spec.generates

@@ -1,11 +1,12 @@
-"""What a command module declares (``Handler``) and what its code may ask of the daemon.
+"""What a command module declares (``CommandSpec``) and what its code may ask of the daemon.
 
-A ``Handler`` is the protocol's ``Command`` (rkllmd.protocol: topic, request model, plain-text
+A ``CommandSpec`` is the protocol's ``Command`` (rkllmd.protocol: topic, request model, plain-text
 field, flags) plus how rkllmd serves it: ``admit`` on the ingress thread once the request
 validates; then either ``answer`` at once on the ingress thread, or ``run`` as a job on the
 inference thread, with the loaded runtime (``Engine``, which rkllmd.loop.InferenceLoop is).
-Nothing here runs a thread or imports a runtime: ``Engine`` and ``Desk`` are the interfaces the
-loop and the ingress offer, so that command modules import neither.
+Nothing here runs a thread or imports a runtime implementation (only its interface,
+rkllmd.runtime.base): ``Engine`` and ``Desk`` are what the loop and the ingress offer, so that
+command modules import neither.
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ def admit_nothing(req: Req, ex: Exchange, settings: Settings) -> None:
 
 
 @dataclass(frozen=True)
-class Handler(Command):
-    """A command and how rkllmd serves it; each module of rkllmd/commands/ declares one, ``HANDLER``.
+class CommandSpec(Command):
+    """A command and how rkllmd serves it; each module of rkllmd/commands/ declares one, ``COMMAND``.
 
     ``admit`` (ingress thread): reads the validated request into the exchange (model, input, reply
     address) or raises the RkllmdError it is refused with. A queued command has ``run`` (inference

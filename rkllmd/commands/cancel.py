@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import structlog
 
-from rkllmd.commands._base import Desk, Handler
+from rkllmd.commands._base import CommandSpec, Desk
 from rkllmd.errors import NotFound, RequestError
 from rkllmd.exchange import Exchange, Final
 from rkllmd.protocol import CancelRequest, Req, cancel_data, reply_folder
@@ -42,4 +42,4 @@ def answer(ex: Exchange, desk: Desk) -> Final | None:
     return Final(ex, "ok", cancel_data(ex.id, where))
 
 
-HANDLER = Handler("cancel", CancelRequest, plain_field="id", queued=False, admit=admit, answer=answer)
+COMMAND = CommandSpec("cancel", CancelRequest, plain_field="id", queued=False, admit=admit, answer=answer)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rkllmd.commands._base import Engine, Handler
+from rkllmd.commands._base import CommandSpec, Engine
 from rkllmd.commands._model import admit_model
 from rkllmd.exchange import Exchange, Final
 from rkllmd.protocol import ModelRequest, cleared_data
@@ -15,4 +15,4 @@ def run(job: Exchange, loop: Engine) -> Final:
     return Final(job, "ok", cleared_data(loop.loaded_model))
 
 
-HANDLER = Handler("clear_cache", ModelRequest, plain_field="model", admit=admit_model, run=run)
+COMMAND = CommandSpec("clear_cache", ModelRequest, plain_field="model", admit=admit_model, run=run)

@@ -8,7 +8,7 @@ reply); the loop's watchdog and crash rules apply around it.
 
 from __future__ import annotations
 
-from rkllmd.commands._base import Engine, Handler
+from rkllmd.commands._base import CommandSpec, Engine
 from rkllmd.errors import RequestError
 from rkllmd.exchange import Exchange, Final, resolve
 from rkllmd.jobs import final_of, run_generation
@@ -46,6 +46,6 @@ def run(job: Exchange, loop: Engine) -> Final:
     return final_of(job, result, n_prompt, loop.limits, loop.counters)
 
 
-HANDLER = Handler(
+COMMAND = CommandSpec(
     "generate", GenerateRequest, plain_field="prompt", generates=True, queued=True, admit=admit, run=run
 )

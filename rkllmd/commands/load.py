@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rkllmd.commands._base import Engine, Handler
+from rkllmd.commands._base import CommandSpec, Engine
 from rkllmd.commands._model import admit_model
 from rkllmd.exchange import Exchange, Final
 from rkllmd.protocol import ModelRequest, Req, loaded_data
@@ -19,4 +19,4 @@ def run(job: Exchange, loop: Engine) -> Final:
     return Final(job, "ok", loaded_data(loop.loaded_model, True))
 
 
-HANDLER = Handler("load", ModelRequest, plain_field="model", changes_model=True, admit=admit, run=run)
+COMMAND = CommandSpec("load", ModelRequest, plain_field="model", changes_model=True, admit=admit, run=run)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rkllmd.commands._base import Desk, Handler
+from rkllmd.commands._base import CommandSpec, Desk
 from rkllmd.exchange import Exchange, Final
 from rkllmd.protocol import NoArgsRequest, model_facts, models_data
 
@@ -13,4 +13,4 @@ def answer(ex: Exchange, desk: Desk) -> Final:
     return Final(ex, "ok", models_data(facts, loaded, settings.default))
 
 
-HANDLER = Handler("models", NoArgsRequest, queued=False, answer=answer)
+COMMAND = CommandSpec("models", NoArgsRequest, queued=False, answer=answer)

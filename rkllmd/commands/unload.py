@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rkllmd.commands._base import Engine, Handler
+from rkllmd.commands._base import CommandSpec, Engine
 from rkllmd.commands._model import admit_model
 from rkllmd.exchange import Exchange, Final
 from rkllmd.protocol import ModelRequest, loaded_data
@@ -17,4 +17,6 @@ def run(job: Exchange, loop: Engine) -> Final:
     return Final(job, "ok", loaded_data(name, False))
 
 
-HANDLER = Handler("unload", ModelRequest, plain_field="model", changes_model=True, admit=admit_model, run=run)
+COMMAND = CommandSpec(
+    "unload", ModelRequest, plain_field="model", changes_model=True, admit=admit_model, run=run
+)
