@@ -338,3 +338,41 @@ def test_a_router_sees_tokens_only_when_it_asked_for_them() -> None:
     only_finals = Hooks([])
     only_finals.add("route", ("b", lambda e: None, False, False))
     assert not only_finals.routes_tokens(mqtt)
+
+
+def test_ctx_models_lists_every_configured_model_and_marks_the_loaded_one(tmp_path: Path) -> None:
+    """ctx.models() is the list every interface builds its own from: each configured model, the
+    default, and the loaded one as the daemon's stats say, changing when the loaded model does."""
+    toml = tmp_path / "rkllmd.toml"
+    toml.write_text(
+        textwrap.dedent(
+            """
+            default_model = "a"
+            [models.a]
+            runtime = "rkllm"
+            path = "/models/a.rkllm"
+            description = "first"
+            max_context_len = 2048
+            [models.b]
+            runtime = "rkllm"
+            path = "/models/b.rkllm"
+            """
+        )
+    )
+    seen: list[PluginContext] = []
+    with PluginHarness(
+        make_plugin("lister", lambda ctx, cfg: seen.append(ctx)), settings=load_settings(toml)
+    ) as h:
+        ctx = seen[0]
+        first = {m.name: m for m in ctx.models()}
+        assert list(first) == ["a", "b"]
+        assert first["a"].default and first["a"].loaded and not first["b"].loaded  # the kit's daemon loaded a
+        assert (first["a"].description, first["a"].context_length, first["a"].path) == (
+            "first",
+            2048,
+            "/models/a.rkllm",
+        )
+        h.services.current_stats["loaded_model"] = "b"
+        assert [m.name for m in ctx.models() if m.loaded] == ["b"]
+        h.services.current_stats["loaded_model"] = None
+        assert not any(m.loaded for m in ctx.models())
