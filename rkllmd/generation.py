@@ -9,8 +9,8 @@ pydantic, unpickles it from the pipe.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
 
 
 @dataclass(frozen=True)
@@ -42,18 +42,104 @@ class ChatMessage:
     name: str | None = None
 
 
+OptionKind = Literal["integer", "number", "strings"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """One sampling option as every layer knows it (``SAMPLING_OPTIONS``, read from ``Sampling``).
+
+    The MQTT request model's field and its checks (protocol/requests.py), the numbers table
+    (protocol/numbers.py), the OpenAI and Ollama request mappings (the http and ollama plugins)
+    and docs/PROTOCOL.md's field table are all read from here; each runtime names the options it
+    honours (its ``SAMPLING`` table). ``kind`` "strings" is a string or a list of strings.
+    """
+
+    name: str  # the generate request's field and the ``Sampling`` attribute
+    kind: OptionKind
+    doc: str  # what it does, for error messages and docs
+    example: Any  # a valid value, for docs and for the tests that walk every interface
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    #: its name in an OpenAI request body, and in an Ollama request's ``options``; None: not taken there
+    openai: str | None = None
+    ollama: str | None = None
+
+    @property
+    def bounds(self) -> dict[str, float]:
+        """The bounds as pydantic's ``Field`` takes them."""
+        out = {"ge": self.ge, "gt": self.gt, "le": self.le}
+        return {k: v for k, v in out.items() if v is not None}
+
+
+def _option(kind: OptionKind, doc: str, example: Any, **kw: Any) -> Any:
+    """A ``Sampling`` field (None: the model's configured value) that carries its declaration."""
+    default: Any = () if kind == "strings" else None
+    return field(default=default, metadata={"option": Option("", kind, doc, example, **kw)})
+
+
 @dataclass(frozen=True)
 class Sampling:
-    """Per-request sampling overrides; None means the model's configured default."""
+    """Per-request sampling overrides; None (no stop strings) means the model's configured value.
 
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repeat_penalty: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
+    Each field is one option's declaration: adding a field here adds the option to the MQTT
+    request, the OpenAI and Ollama APIs and docs/PROTOCOL.md's table (a test checks each); the
+    runtimes that should honour it add it to their ``SAMPLING`` table.
+    """
+
+    temperature: float | None = _option(
+        "number", "randomness; 0 is greedy", 0.2, ge=0, le=5, openai="temperature", ollama="temperature"
+    )
+    top_p: float | None = _option(
+        "number", "nucleus sampling", 0.5, gt=0, le=1, openai="top_p", ollama="top_p"
+    )
+    top_k: int | None = _option(
+        "integer", "sample from the k likeliest tokens", 7, ge=0, le=100_000, openai="top_k", ollama="top_k"
+    )
+    repeat_penalty: float | None = _option(
+        "number",
+        "penalty on repeated tokens",
+        1.3,
+        ge=0,
+        le=10,
+        openai="repeat_penalty",
+        ollama="repeat_penalty",
+    )
+    frequency_penalty: float | None = _option(
+        "number",
+        "penalty by a token's count so far",
+        0.4,
+        ge=-2,
+        le=2,
+        openai="frequency_penalty",
+        ollama="frequency_penalty",
+    )
+    presence_penalty: float | None = _option(
+        "number",
+        "penalty on any token seen so far",
+        0.6,
+        ge=-2,
+        le=2,
+        openai="presence_penalty",
+        ollama="presence_penalty",
+    )
+    seed: int | None = _option(
+        "integer", "sampling seed", 1234, ge=0, le=2**31 - 1, openai="seed", ollama="seed"
+    )
+    stop: tuple[str, ...] = _option("strings", "stop strings", ("\n\n",), openai="stop", ollama="stop")
+
+    def value(self, name: str, cfg: Any) -> Any:
+        """Option ``name`` for this run: the request's, else the model's configured ``cfg.<name>``
+        (None when the model's table has no such key). Runs on the inference thread."""
+        mine = getattr(self, name)
+        return getattr(cfg, name, None) if mine is None else mine
+
+
+SAMPLING_OPTIONS: tuple[Option, ...] = tuple(
+    replace(f.metadata["option"], name=f.name) for f in fields(Sampling)
+)
+SAMPLING_BY_NAME: dict[str, Option] = {o.name: o for o in SAMPLING_OPTIONS}
 
 
 @dataclass(frozen=True)

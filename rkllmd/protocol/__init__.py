@@ -13,12 +13,16 @@ The modules import one way only, each from those above it:
     payload.py    bytes to a request dict (decode_payload), then to its model (validate)
     replies.py    every reply body and stream chunk
 
+The sampling options (``SAMPLING_OPTIONS``, declared on ``rkllmd.generation.Sampling``) are
+re-exported here for the interfaces that map their own request fields onto them.
+
 Importers use ``rkllmd.protocol`` itself: the names below are the package's surface, so a
 module can move inside the package without any importer changing.
 """
 
 from __future__ import annotations
 
+from rkllmd.generation import SAMPLING_OPTIONS, Option
 from rkllmd.protocol.address import (
     ADDRESS_FIELDS,
     ADDRESS_READ_FACTOR,
@@ -34,7 +38,7 @@ from rkllmd.protocol.address import (
     reply_folder,
 )
 from rkllmd.protocol.commands import Command
-from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, NumberKind, as_number, loads
+from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, NumberKind, as_number, describe, loads, what
 from rkllmd.protocol.payload import MAX_JSON_DEPTH, decode_payload, validate
 from rkllmd.protocol.replies import (
     ModelFacts,
@@ -69,6 +73,7 @@ __all__ = [
     "GENERATE_NUMBERS",
     "ID_RE",
     "MAX_JSON_DEPTH",
+    "SAMPLING_OPTIONS",
     "UTF8_BOM",
     "Address",
     "CancelRequest",
@@ -84,6 +89,7 @@ __all__ = [
     "NoArgsRequest",
     "NotANumber",
     "NumberKind",
+    "Option",
     "Receipt",
     "Req",
     "ToolCallIn",
@@ -93,6 +99,7 @@ __all__ = [
     "check_publish_topic",
     "cleared_data",
     "decode_payload",
+    "describe",
     "echoable",
     "generation_data",
     "loaded_data",
@@ -110,4 +117,5 @@ __all__ = [
     "stream_end",
     "to_json",
     "validate",
+    "what",
 ]

@@ -21,23 +21,18 @@ import math
 from typing import Any, Literal
 
 from rkllmd.finitejson import loads
+from rkllmd.generation import SAMPLING_OPTIONS
 
 __all__ = ["GENERATE_NUMBERS", "NotANumber", "NumberKind", "as_number", "describe", "loads", "what"]
 
 NumberKind = Literal["integer", "number"]
 
-# The generate request's numeric fields and their kind: the one table (rkllmd/protocol/requests.py
-# validates with it, and the http and ollama plugins check their own fields against it).
-GENERATE_NUMBERS: dict[str, NumberKind] = {
-    "max_tokens": "integer",
-    "temperature": "number",
-    "top_p": "number",
-    "top_k": "integer",
-    "repeat_penalty": "number",
-    "frequency_penalty": "number",
-    "presence_penalty": "number",
-    "seed": "integer",
-}
+# The generate request's numeric fields and their kind: max_tokens and every numeric sampling
+# option (rkllmd.generation.SAMPLING_OPTIONS). protocol/requests.py validates with it.
+GENERATE_NUMBERS: dict[str, NumberKind] = {"max_tokens": "integer"}
+for _option in SAMPLING_OPTIONS:
+    if _option.kind != "strings":
+        GENERATE_NUMBERS[_option.name] = _option.kind
 
 
 class NotANumber(ValueError):

@@ -9,7 +9,7 @@ nothing of topics or of the command table, which builds on them (commands.py).
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -17,12 +17,21 @@ from pydantic import (
     Field,
     StrictBool,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
-from rkllmd.generation import ChatMessage, GenerateInput, Sampling, ToolCall
+from rkllmd.generation import (
+    SAMPLING_OPTIONS,
+    ChatMessage,
+    GenerateInput,
+    Option,
+    OptionKind,
+    Sampling,
+    ToolCall,
+)
 from rkllmd.protocol.address import ID_RE, check_publish_topic
 from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, as_number, loads
 from rkllmd.toolcalls import check_schema, new_call_id
@@ -170,27 +179,35 @@ def _check_format(v: Any) -> Any:
     return v
 
 
-class GenerateRequest(Req):
+_STRINGS = tuple(o.name for o in SAMPLING_OPTIONS if o.kind == "strings")
+_OPTION_TYPES: dict[OptionKind, Any] = {"integer": int, "number": float, "strings": str | list[str]}
+
+# The sampling options' fields, one per rkllmd.generation.SAMPLING_OPTIONS entry (None: the model's
+# value), with their bounds. mypy sees the plain base; the options are read by name (to_input).
+if TYPE_CHECKING:
+    _WithOptions = Req
+else:
+    _WithOptions = create_model(
+        "_WithOptions",
+        __base__=Req,
+        __module__=__name__,
+        **{o.name: (_OPTION_TYPES[o.kind] | None, Field(None, **o.bounds)) for o in SAMPLING_OPTIONS},
+    )
+
+
+class GenerateRequest(_WithOptions):
     prompt: str | None = None
     messages: list[MessageIn] | None = Field(None, max_length=1000)
     system: str | None = None
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = Field(None, ge=0, le=5)
-    top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=0, le=100_000)
-    repeat_penalty: float | None = Field(None, ge=0, le=10)
-    frequency_penalty: float | None = Field(None, ge=-2, le=2)
-    presence_penalty: float | None = Field(None, ge=-2, le=2)
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    stop: str | list[str] | None = None
     stream: StrictBool = True
     sentences: StrictBool = False  # whole sentences on <base>/stream/<id>/sentences (the dispatcher's)
     tools: Any = None
     tool_choice: Any = None
     format: Any = None
 
-    _text_ok = field_validator("prompt", "system", "stop")(_no_nul)
+    _text_ok = field_validator("prompt", "system", *_STRINGS)(_no_nul)
     _tools_ok = field_validator("tools")(_check_tools)
     _tool_choice_ok = field_validator("tool_choice")(_check_tool_choice)
     _format_ok = field_validator("format")(_check_format)
@@ -252,25 +269,21 @@ class GenerateRequest(Req):
         else:
             assert self.prompt is not None
             msgs.append(ChatMessage("user", self.prompt))
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return GenerateInput(
             messages=tuple(msgs),
             max_tokens=max_tokens,
-            sampling=Sampling(
-                temperature=self.temperature,
-                top_p=self.top_p,
-                top_k=self.top_k,
-                repeat_penalty=self.repeat_penalty,
-                frequency_penalty=self.frequency_penalty,
-                presence_penalty=self.presence_penalty,
-                seed=self.seed,
-                stop=stop,
-            ),
+            sampling=Sampling(**{o.name: self._option(o) for o in SAMPLING_OPTIONS}),
             tools=tuple(self.tools or ()),
             tool_choice="function" if isinstance(self.tool_choice, dict) else self.tool_choice or "auto",
             tool_name=self.tool_choice["function"]["name"] if isinstance(self.tool_choice, dict) else None,
             format=self.format,
         )
+
+    def _option(self, option: Option) -> Any:
+        value = getattr(self, option.name)
+        if option.kind == "strings":  # one string or a list; none given is no strings
+            return (value,) if isinstance(value, str) else tuple(value or ())
+        return value
 
 
 def _chat_message(m: MessageIn) -> ChatMessage:

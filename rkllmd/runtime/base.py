@@ -211,7 +211,9 @@ class RuntimeKind:
     package's ``__init__``) and the runtime only reads its settings' attributes.
     ``check(name, cfg)`` lists what would stop the model from loading, without loading it;
     ``token_counter(cfg)`` gives a counter for the model, or None when it cannot count.
-    ``sigill_hint`` says what an illegal instruction in its native code means.
+    ``sigill_hint`` says what an illegal instruction in its native code means. ``sampling``
+    names the sampling options (rkllmd.generation.SAMPLING_OPTIONS) its runtime honours; a
+    request may carry the others, which it then ignores.
     """
 
     name: str
@@ -220,6 +222,7 @@ class RuntimeKind:
     check: Callable[[str, Any], list[str]]
     token_counter: Callable[[Any], TokenCounter | None]
     sigill_hint: str | None = None
+    sampling: frozenset[str] = frozenset()
 
     def crash_hint(self, exitcode: int | None) -> str | None:
         """What a worker's death with ``exitcode`` means for the user, or None when it says nothing."""

@@ -12,6 +12,7 @@ from rkllmd.runtime.base import RuntimeKind
 from rkllmd.runtime.llamacpp import open_runtime
 from rkllmd.runtime.llamacpp._lib import INSTALL_EMBEDDED, INSTALL_EXTRA, embedded_model_path
 from rkllmd.runtime.llamacpp.counter import token_counter
+from rkllmd.runtime.llamacpp.runtime import HONOURED
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 
 __all__ = ["KIND", "check"]
@@ -39,6 +40,7 @@ KIND = RuntimeKind(
     open_runtime=open_runtime,
     check=check,
     token_counter=token_counter,
+    sampling=HONOURED,
     sigill_hint=(
         "SIGILL is an illegal instruction: the llama.cpp build (llama-cpp-python) does not fit "
         "this CPU, e.g. a wheel built on another machine. Rerun scripts/setup.sh, which probes this "

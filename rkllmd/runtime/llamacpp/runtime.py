@@ -35,6 +35,19 @@ if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (r
 
 log = structlog.get_logger("llamacpp")
 
+# The sampling options (rkllmd.generation.SAMPLING_OPTIONS) this runtime passes to
+# llama_cpp.Llama.generate, by that method's names; the request's value, else the model's.
+SAMPLING = {
+    "temperature": "temp",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "repeat_penalty": "repeat_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "presence_penalty": "presence_penalty",
+}
+# ... and every option it honours: seed and stop too, applied apart (set_seed, the stop-string scan).
+HONOURED = frozenset(SAMPLING) | {"seed", "stop"}
+
 # Used only when a GGUF file carries no chat template of its own.
 _CHATML = (
     "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
@@ -202,20 +215,11 @@ class LlamaCppRuntime(Runtime):
             raise ContextExceeded(f"prompt takes {len(prompt)} tokens; the context holds {n_ctx}")
         budget = min(inp.max_tokens, n_ctx - len(prompt))
         stops = [x for x in s.stop if x]
-        seed = s.seed if s.seed is not None else cfg.seed
+        seed = s.value("seed", cfg)
         llm.set_seed(seed if seed >= 0 else lib.LLAMA_DEFAULT_SEED)
         grammar = grammar_for(inp)  # before the run, so a bad schema costs no evaluation
-        tokens = llm.generate(
-            prompt,
-            temp=cfg.temperature if s.temperature is None else s.temperature,
-            top_p=cfg.top_p if s.top_p is None else s.top_p,
-            top_k=cfg.top_k if s.top_k is None else s.top_k,
-            repeat_penalty=cfg.repeat_penalty if s.repeat_penalty is None else s.repeat_penalty,
-            frequency_penalty=cfg.frequency_penalty if s.frequency_penalty is None else s.frequency_penalty,
-            presence_penalty=cfg.presence_penalty if s.presence_penalty is None else s.presence_penalty,
-            reset=True,
-            grammar=grammar,
-        )
+        knobs = {native: s.value(name, cfg) for name, native in SAMPLING.items()}
+        tokens = llm.generate(prompt, **knobs, reset=True, grammar=grammar)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
         completion: list[int] = []
         held = ""  # decoded text that might be the start of a stop string

@@ -9,6 +9,7 @@ from __future__ import annotations
 from rkllmd.runtime.base import RuntimeKind
 from rkllmd.runtime.rkllm import open_runtime
 from rkllmd.runtime.rkllm.counter import token_counter
+from rkllmd.runtime.rkllm.param import SAMPLING
 from rkllmd.runtime.rkllm.settings import RkllmModelSettings
 
 __all__ = ["KIND", "check"]
@@ -30,6 +31,7 @@ KIND = RuntimeKind(
     open_runtime=open_runtime,
     check=check,
     token_counter=token_counter,
+    sampling=frozenset(SAMPLING),
     sigill_hint=(
         "SIGILL is an illegal instruction: this librkllmrt.so uses instructions this CPU lacks. "
         "Use a librkllmrt.so release built for this board (some prebuilt releases need SVE, "

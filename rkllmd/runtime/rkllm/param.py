@@ -42,6 +42,11 @@ def raise_nofile() -> None:
             log.warning("rkllm_nofile_not_raised", soft=soft, hard=hard, error=str(exc))
 
 
+# The sampling options (rkllmd.generation.SAMPLING_OPTIONS) this runtime honours: fields of the
+# same names in RKLLMParam (the model's, at load) and RKLLMSamplingParam (1.3+, a request's per run).
+SAMPLING = ("top_k", "top_p", "temperature", "repeat_penalty", "frequency_penalty", "presence_penalty")
+
+
 def make_param(lib: RkllmLibrary, cfg: RkllmModelSettings, model: str) -> Structure:
     """RKLLMParam for rkllm_init from the model's settings; ModelLoadError for a bad CPU list."""
     mask = 0
@@ -55,13 +60,9 @@ def make_param(lib: RkllmLibrary, cfg: RkllmModelSettings, model: str) -> Struct
     p.model_path = str(cfg.path).encode()
     p.max_context_len = cfg.max_context_len
     p.max_new_tokens = cfg.max_new_tokens or -1
-    p.top_k = cfg.top_k
+    for name in SAMPLING:  # the model's values; 1.3+ takes a request's per run (sampling_param)
+        setattr(p, name, getattr(cfg, name))
     p.n_keep = cfg.n_keep
-    p.top_p = cfg.top_p
-    p.temperature = cfg.temperature
-    p.repeat_penalty = cfg.repeat_penalty
-    p.frequency_penalty = cfg.frequency_penalty
-    p.presence_penalty = cfg.presence_penalty
     p.mirostat, p.mirostat_tau, p.mirostat_eta = 0, 5.0, 0.1
     p.skip_special_token = cfg.skip_special_token
     p.is_async = False
@@ -81,13 +82,8 @@ def make_param(lib: RkllmLibrary, cfg: RkllmModelSettings, model: str) -> Struct
 
 def sampling_param(cls: type[Structure], cfg: RkllmModelSettings, inp: GenerateInput) -> Structure:
     """A run's sampling parameters (1.3+): the request's overrides, else the model's settings."""
-    s = inp.sampling
     sp = cls()
-    sp.top_k = cfg.top_k if s.top_k is None else s.top_k
-    sp.top_p = cfg.top_p if s.top_p is None else s.top_p
-    sp.temperature = cfg.temperature if s.temperature is None else s.temperature
-    sp.repeat_penalty = cfg.repeat_penalty if s.repeat_penalty is None else s.repeat_penalty
-    sp.frequency_penalty = cfg.frequency_penalty if s.frequency_penalty is None else s.frequency_penalty
-    sp.presence_penalty = cfg.presence_penalty if s.presence_penalty is None else s.presence_penalty
+    for name in SAMPLING:
+        setattr(sp, name, inp.sampling.value(name, cfg))
     sp.mirostat, sp.mirostat_tau, sp.mirostat_eta = 0, 5.0, 0.1
     return sp

@@ -14,16 +14,15 @@ from typing import Any, Literal
 from rkllmd import protocol
 from rkllmd.exchange import Final
 from rkllmd.plugins.builtin._httpbase import ErrorBody, Errors, HttpError
-from rkllmd.protocol.numbers import describe, what
 
 Kind = Literal["chat", "text"]
 
-# Request fields passed to rkllmd after a type check: the numbers rkllmd's generate request takes
-# under the same names (their kinds are protocol.GENERATE_NUMBERS; max_tokens comes from either
-# of OpenAI's names below). ``tools``, ``tool_choice`` and ``response_format`` are mapped onto
+# Request fields passed to rkllmd after a type check: the sampling options OpenAI's API names
+# (protocol.SAMPLING_OPTIONS: each option's ``openai`` name; max_tokens comes from either of
+# OpenAI's names below). ``tools``, ``tool_choice`` and ``response_format`` are mapped onto
 # rkllmd's fields (which rkllmd validates); anything else a client sends (user, logprobs, ...) is
 # ignored, as OpenAI-compatible servers do.
-_SAMPLING = tuple(name for name in protocol.GENERATE_NUMBERS if name != "max_tokens")
+_SAMPLING = tuple(o for o in protocol.SAMPLING_OPTIONS if o.openai)
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _ROLES |= {"tool": "tool", "function": "tool"}
 
@@ -121,22 +120,16 @@ def parse(kind: Kind, body: dict[str, Any]) -> Ask:
         if _opt(body, "echo", bool, "a boolean"):
             ask.echo = prompt
     fields = ask.fields
-    for name in _SAMPLING:
-        value = _number(body, name, protocol.GENERATE_NUMBERS[name])
+    for option in _SAMPLING:
+        value = _option(body, option)
         if value is not None:
-            fields[name] = value
+            fields[option.name] = value
     # max_completion_tokens replaced max_tokens for chat; either is honoured, the newer first.
     limit = _number(body, "max_completion_tokens", "integer")
     if limit is None:
         limit = _number(body, "max_tokens", "integer")
     if limit is not None:
         fields["max_tokens"] = limit
-    stop = body.get("stop")
-    if isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) for s in stop)):
-        if stop:
-            fields["stop"] = stop
-    elif stop is not None:
-        raise _wrong_type("stop", "a string or an array of strings", stop)
     n = _number(body, "n", "integer")
     if n is not None and n != 1:
         raise ApiError(
@@ -264,6 +257,20 @@ def _opt(obj: dict[str, Any], key: str, types: Any, what: str, where: str | None
     return value
 
 
+def _option(body: dict[str, Any], option: protocol.Option) -> Any:
+    """A sampling option under its OpenAI name: a number of its kind, or a string or an array of
+    strings (an empty one is none); None when absent."""
+    assert option.openai is not None
+    if option.kind != "strings":
+        return _number(body, option.openai, option.kind)
+    value = body.get(option.openai)
+    if isinstance(value, str) or (isinstance(value, list) and all(isinstance(s, str) for s in value)):
+        return value or None
+    if value is not None:
+        raise _wrong_type(option.openai, "a string or an array of strings", value)
+    return None
+
+
 def _number(obj: dict[str, Any], key: str, kind: protocol.NumberKind) -> int | float | None:
     """``obj[key]`` as a number of ``kind`` if present and not null (a whole float is an integer)."""
     value = obj.get(key)
@@ -272,14 +279,14 @@ def _number(obj: dict[str, Any], key: str, kind: protocol.NumberKind) -> int | f
     try:
         return protocol.as_number(value, kind)
     except protocol.NotANumber:
-        raise _wrong_type(key, what(kind), value) from None
+        raise _wrong_type(key, protocol.what(kind), value) from None
 
 
 def _wrong_type(param: str, expected: str, got: Any) -> ApiError:
     names = {str: "a string", bool: "a boolean", int: "an integer", float: "a number", list: "an array"}
     got_name = "null" if got is None else names.get(type(got), "an object")
     if isinstance(got, float):  # 4096.5 for an integer: say which number
-        got_name = describe(got)
+        got_name = protocol.describe(got)
     return ApiError(
         400,
         f"Invalid type for '{param}': expected {expected}, but got {got_name} instead.",

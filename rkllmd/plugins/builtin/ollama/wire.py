@@ -17,13 +17,12 @@ from typing import Any, Literal
 from rkllmd import protocol
 from rkllmd.exchange import Final
 from rkllmd.plugins.builtin._httpbase import HttpError
-from rkllmd.protocol.numbers import describe, what
 
 Kind = Literal["chat", "generate"]
 
-# The sampling options rkllmd honours carry the names of rkllmd's own generate fields, whose
-# kinds (integer or number) are protocol.GENERATE_NUMBERS; num_predict and num_ctx are read below.
-_SAMPLING = tuple(name for name in protocol.GENERATE_NUMBERS if name != "max_tokens")
+# The sampling options Ollama's ``options`` name (protocol.SAMPLING_OPTIONS: each option's
+# ``ollama`` name), by that name; num_predict and num_ctx are read below.
+_SAMPLING = {o.ollama: o for o in protocol.SAMPLING_OPTIONS if o.ollama}
 _THINK_LEVELS = ("low", "medium", "high")
 _ROLES = ("system", "user", "assistant", "tool")
 _DURATION = re.compile(r"^(-?)((?:\d+(?:\.\d*)?|\.\d+)(?:ns|us|µs|ms|s|m|h))+$")
@@ -113,21 +112,18 @@ def _options(ask: Ask, options: dict[str, Any]) -> None:
         if value is None:
             continue
         where = f"options.{name}"
-        if name in _SAMPLING:
-            ask.fields[name] = _number(value, protocol.GENERATE_NUMBERS[name], where)
+        option = _SAMPLING.get(name)
+        if option is not None:
+            kind = option.kind
+            value = _strings(value, where) if kind == "strings" else _number(value, kind, where)
+            if value != []:  # no stop strings is none
+                ask.fields[option.name] = value
         elif name == "num_predict":
             limit = _number(value, "integer", where)
             if limit > 0:  # -1 (infinite) and -2 (fill the context) mean "no cap of the client's"
                 ask.fields["max_tokens"] = limit
         elif name == "num_ctx":
             ask.num_ctx = int(_number(value, "integer", where))
-        elif name == "stop":
-            if isinstance(value, str):
-                value = [value]
-            if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-                raise HttpError(400, f"invalid type for {where}: expected an array of strings")
-            if value:
-                ask.fields["stop"] = value
         else:  # num_thread, mirostat, min_p, ...: Ollama's runner knobs with no rkllmd equivalent
             ask.ignored.append(name)
 
@@ -229,7 +225,16 @@ def _opt(obj: dict[str, Any], key: str, types: Any, what: str) -> Any:
 
 def _check(value: Any, types: tuple[type, ...], expected: str, where: str) -> None:
     if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
-        raise HttpError(400, f"invalid type for {where}: expected {expected}, got {describe(value)}")
+        raise HttpError(400, f"invalid type for {where}: expected {expected}, got {protocol.describe(value)}")
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    """Stop strings as Ollama takes them: an array of strings, or one string."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise HttpError(400, f"invalid type for {where}: expected an array of strings")
+    return value
 
 
 def _number(value: Any, kind: protocol.NumberKind, where: str) -> int | float:
@@ -237,9 +242,9 @@ def _number(value: Any, kind: protocol.NumberKind, where: str) -> int | float:
     try:
         return protocol.as_number(value, kind)
     except protocol.NotANumber:
-        expected = what(kind)
+        expected = protocol.what(kind)
         raise HttpError(
-            400, f"invalid type for {where}: expected {expected}, got {describe(value)}"
+            400, f"invalid type for {where}: expected {expected}, got {protocol.describe(value)}"
         ) from None
 
 
