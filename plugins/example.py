@@ -14,8 +14,17 @@ from pathlib import Path
 
 from pydantic import Field
 
-from rkllmd.errors import WrongType
-from rkllmd.plugins import Final, Message, NotReady, Plugin, PluginConfig, PluginContext, Request, Token
+from rkllmd.plugins import (
+    Final,
+    Message,
+    NotReady,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    Request,
+    Token,
+    WrongType,
+)
 
 
 class Config(PluginConfig):

@@ -117,13 +117,13 @@ def _run(settings: object) -> int:
 
 
 def _check_config(settings: object) -> int:
-    from rkllmd.runtime.registry import check_model
+    from rkllmd.runtime.registry import load_problems
     from rkllmd.settings import Settings
 
     assert isinstance(settings, Settings)
     problems: list[str] = []
     for name, cfg in settings.models.items():
-        problems.extend(check_model(name, cfg))
+        problems.extend(load_problems(name, cfg))
     if problems:
         print(f"rkllmd: {len(problems)} problem(s):", file=sys.stderr)
         for p in problems:
@@ -133,7 +133,8 @@ def _check_config(settings: object) -> int:
     print(f"configuration OK: broker {m.host}:{m.port} (MQTT {m.protocol}), base topic {m.base_topic!r}")
     for name, cfg in settings.models.items():
         mark = " (default)" if name == settings.default else ""
-        print(f"  model {name}{mark}: runtime {cfg.runtime}, path {cfg.path or 'embedded SmolLM2-135M'}")
+        path = getattr(cfg, "path", None) or "embedded SmolLM2-135M"  # a runtime may have no file
+        print(f"  model {name}{mark}: runtime {cfg.runtime}, path {path}")
     # Plugin config problems were reported by load_settings already (with plugins.<name>.<key>).
     from rkllmd.plugins.loader import load_plugin
 

@@ -130,12 +130,12 @@ def resolve(settings: Settings, model: str | None, topic_model: str | None, max_
     (``limits.max_tokens_cap``) is checked at admission, not here.
     """
     name = model or topic_model or settings.default
-    check_model(settings, name)
+    require_model(settings, name)
     cfg = settings.models[name]
     return Target(name, max_tokens or cfg.max_new_tokens or settings.limits.max_tokens)
 
 
-def check_model(settings: Settings, name: str) -> None:
+def require_model(settings: Settings, name: str) -> None:
     """Raise UnknownModel unless ``name`` is a configured model."""
     if name not in settings.models:
         raise UnknownModel(f"unknown model {name!r}; configured: {', '.join(settings.models)}")

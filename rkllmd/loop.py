@@ -321,7 +321,7 @@ class InferenceLoop:
             return GenerateResult("aborted", Perf())
 
     def _ensure_loaded(self, name: str) -> Runtime:
-        self.registry.check(name)
+        self.registry.require_model(name)
         if self._loaded == name and self._runtime is not None:
             return self._runtime
         self._budget.check(name)

@@ -10,7 +10,7 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
@@ -20,11 +20,12 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from rkllmd.config_base import Strict
+from rkllmd.config_base import ModelCommon, Strict
 from rkllmd.errors import ConfigError
 from rkllmd.private import read_secret
+from rkllmd.runtime.kinds import discover
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
-from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
+from rkllmd.runtime.rkllm.settings import RkllmSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/rkllmd/rkllmd.toml")
 EMBEDDED_MODEL_NAME = "smollm2"
@@ -178,8 +179,15 @@ class StreamSettings(Strict):
         return self
 
 
-# A [models.X] table is the settings model of its runtime (rkllmd.runtime.registry.kinds()).
-ModelSettings = Annotated[RkllmModelSettings | LlamaCppModelSettings, Field(discriminator="runtime")]
+# A [models.X] table is the settings model of its runtime, whose kind is found by looking
+# (rkllmd.runtime.kinds): adding a runtime package adds its table here. mypy sees the common keys.
+if TYPE_CHECKING:
+    ModelSettings = ModelCommon
+else:
+    ModelSettings = Annotated[
+        Union[tuple(kind.settings for kind in discover().values())],  # noqa: UP007 (a runtime tuple)
+        Field(discriminator="runtime"),
+    ]
 
 
 class PluginConfigProblems(ValueError):

@@ -11,10 +11,11 @@ from pathlib import Path
 import pytest
 import structlog
 
+from rkllmd.runtime.kinds import discover, find_kinds
 from rkllmd.runtime.llamacpp import embedded_model_path
 from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
-from rkllmd.runtime.registry import check_model, kind_of, kinds, make_runtime, token_counter
+from rkllmd.runtime.registry import kind_of, kinds, load_problems, make_runtime, token_counter
 from rkllmd.runtime.rkllm.runtime import RkllmRuntime
 from rkllmd.runtime.rkllm.settings import RkllmModelSettings
 from rkllmd.runtime.worker import WorkerRuntime
@@ -60,15 +61,15 @@ def test_make_runtime_isolates_unless_told_not_to(tmp_path: Path) -> None:
     assert isinstance(make_runtime("r", threads.models["r"], threads), RkllmRuntime)
 
 
-def test_check_model_asks_the_kind(tmp_path: Path) -> None:
-    """check_model reports missing files by their dotted key, without loading anything."""
+def test_load_problems_asks_the_kind(tmp_path: Path) -> None:
+    """load_problems reports missing files by their dotted key, without loading anything."""
     cfg = RkllmModelSettings(runtime="rkllm", path=tmp_path / "m.rkllm", tokenizer=tmp_path / "t.json")
-    assert check_model("m", cfg) == [
+    assert load_problems("m", cfg) == [
         f"models.m.path: {tmp_path / 'm.rkllm'} does not exist",
         f"models.m.tokenizer: {tmp_path / 't.json'} does not exist",
     ]
     missing = tmp_path / "x.gguf"
-    assert f"models.l.path: {missing} does not exist" in check_model(
+    assert f"models.l.path: {missing} does not exist" in load_problems(
         "l", LlamaCppModelSettings(runtime="llamacpp", path=missing)
     )
 
@@ -124,3 +125,67 @@ def test_runtime_packages_do_not_import_the_configuration() -> None:
             names = [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             names += [a.name for a in node.names] if isinstance(node, ast.Import) else []
             assert not any(n == "rkllmd.settings" or n.startswith("rkllmd.settings.") for n in names), path
+
+
+def runtime_package(root: Path, package: str, kinds: dict[str, str | None]) -> Path:
+    """A package under ``root`` with one subpackage per entry: its kind.py text, or none."""
+    folder = root / package
+    folder.mkdir()
+    (folder / "__init__.py").write_text("")
+    (folder / "helper.py").write_text("")  # a module, not a runtime package
+    for name, text in kinds.items():
+        (folder / name).mkdir()
+        (folder / name / "__init__.py").write_text("")
+        if text is not None:
+            (folder / name / "kind.py").write_text(text)
+    return folder
+
+
+DEMO_KIND = """
+from typing import Literal
+from rkllmd.config_base import ModelCommon
+from rkllmd.runtime.base import RuntimeKind
+
+class DemoSettings(ModelCommon):
+    runtime: Literal["demo"]
+
+KIND = RuntimeKind("demo", DemoSettings, lambda *a: None, lambda n, c: [], lambda c: None)
+"""
+
+
+def test_a_runtime_is_a_package_with_a_kind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kinds are found by looking: a package with a kind.py is one; a package without is not."""
+    folder = runtime_package(tmp_path, "fakert_ok", {"demo": DEMO_KIND, "parts": None})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    found = find_kinds(folder, "fakert_ok")
+    assert list(found) == ["demo"] and found["demo"].settings.__name__ == "DemoSettings"
+    assert list(discover()) == ["llamacpp", "rkllm"] and discover() is kinds()
+
+
+def test_a_kind_py_without_a_kind_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = runtime_package(tmp_path, "fakert_bad", {"broken": "KIND = 'not a kind'\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(TypeError, match=r"fakert_bad\.broken\.kind declares no KIND"):
+        find_kinds(folder, "fakert_bad")
+
+
+@pytest.mark.parametrize(
+    "module",
+    [
+        "rkllmd.settings",
+        "rkllmd.runtime.registry",
+        "rkllmd.runtime.kinds",
+        "rkllmd.runtime.llamacpp.kind",
+        "rkllmd.runtime.rkllm.kind",
+        "rkllmd.config",
+        "rkllmd.plugins",
+        "rkllmd.protocol",
+        "rkllmd.generation",
+    ],
+)
+def test_each_module_imports_first(module: str) -> None:
+    """No import cycle between settings, the kinds and the registry: each imports on its own, first."""
+    out = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert out.returncode == 0, out.stderr

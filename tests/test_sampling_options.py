@@ -109,7 +109,7 @@ def test_every_option_is_honoured_by_a_runtime_and_every_runtime_honours_declare
 
 def test_llamacpp_passes_its_options_under_names_llama_generate_takes() -> None:
     llama_cpp = pytest.importorskip("llama_cpp")
-    from rkllmd.runtime.llamacpp.runtime import SAMPLING
+    from rkllmd.runtime.llamacpp.sampling import SAMPLING
 
     params = inspect.signature(llama_cpp.Llama.generate).parameters
     assert set(SAMPLING.values()) <= set(params), set(SAMPLING.values()) - set(params)

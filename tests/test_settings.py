@@ -114,11 +114,11 @@ def test_check_config_names_the_missing_extra(monkeypatch: pytest.MonkeyPatch) -
     import importlib.util
 
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
-    from rkllmd.runtime.registry import check_model
+    from rkllmd.runtime.registry import load_problems
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "llama_cpp" else real(n, *a))
-    problems = check_model("m", LlamaCppModelSettings(runtime="llamacpp"))
+    problems = load_problems("m", LlamaCppModelSettings(runtime="llamacpp"))
     assert any("pip install 'rkllmd[llamacpp]'" in p for p in problems)
 
 

@@ -38,6 +38,7 @@ FORBIDDEN = (
     "rkllmd.settings",
     "rkllmd.config_base",
     "rkllmd.runtime.registry",
+    "rkllmd.runtime.kinds",
     "rkllmd.runtime.worker",
     "rkllmd.runtime.rkllm.kind",
     "rkllmd.runtime.llamacpp.kind",

@@ -113,7 +113,7 @@ def new_report(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
             m: {
                 "runtime": settings.models[m].runtime,
                 "description": settings.models[m].description,
-                "path": str(settings.models[m].path or "embedded SmolLM2-135M"),
+                "path": str(getattr(settings.models[m], "path", None) or "embedded SmolLM2-135M"),
                 "info": {},
             }
             for m in opts.models

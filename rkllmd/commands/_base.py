@@ -25,7 +25,7 @@ from rkllmd.settings import Settings
 class Models(Protocol):
     """The configured models the loop loads from (rkllmd.runtime.models.ModelRegistry)."""
 
-    def check(self, name: str) -> None: ...
+    def require_model(self, name: str) -> None: ...
 
 
 class Engine(Protocol):

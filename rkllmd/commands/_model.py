@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rkllmd.exchange import Exchange, check_model
+from rkllmd.exchange import Exchange, require_model
 from rkllmd.protocol import ModelRequest, Req
 from rkllmd.settings import Settings
 
@@ -11,5 +11,5 @@ def admit_model(req: Req, ex: Exchange, settings: Settings) -> None:
     """The request's model, which must be a configured one; None: the command's own default."""
     assert isinstance(req, ModelRequest)
     if req.model is not None:
-        check_model(settings, req.model)
+        require_model(settings, req.model)
     ex.model = req.model

@@ -11,7 +11,7 @@ from rkllmd.protocol import ModelRequest, loaded_data
 def run(job: Exchange, loop: Engine) -> Final:
     name = job.model or loop.loaded_model
     if name is not None:
-        loop.registry.check(name)
+        loop.registry.require_model(name)
     if name is not None and name == loop.loaded_model:
         loop.unload()
     return Final(job, "ok", loaded_data(name, False))

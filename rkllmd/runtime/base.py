@@ -209,7 +209,7 @@ class RuntimeKind:
     there, not at import. In a worker process ``cfg`` and ``settings`` are :class:`Table` s of
     the same names, so ``open_runtime`` lives in a module that imports no pydantic (the
     package's ``__init__``) and the runtime only reads its settings' attributes.
-    ``check(name, cfg)`` lists what would stop the model from loading, without loading it;
+    ``load_problems(name, cfg)`` lists what would stop the model from loading, without loading it;
     ``token_counter(cfg)`` gives a counter for the model, or None when it cannot count.
     ``sigill_hint`` says what an illegal instruction in its native code means. ``sampling``
     names the sampling options (rkllmd.generation.SAMPLING_OPTIONS) its runtime honours; a
@@ -219,7 +219,7 @@ class RuntimeKind:
     name: str
     settings: type[ModelCommon]
     open_runtime: Callable[[str, Any, Any], Runtime]
-    check: Callable[[str, Any], list[str]]
+    load_problems: Callable[[str, Any], list[str]]
     token_counter: Callable[[Any], TokenCounter | None]
     sigill_hint: str | None = None
     sampling: frozenset[str] = frozenset()

@@ -22,9 +22,10 @@ class ModelRegistry:
         return list(self._factories)
 
     def create(self, name: str) -> Runtime:
-        self.check(name)
+        self.require_model(name)
         return self._factories[name]()
 
-    def check(self, name: str) -> None:
+    def require_model(self, name: str) -> None:
+        """Raise UnknownModel unless ``name`` is a configured model (inference thread)."""
         if name not in self._factories:
             raise UnknownModel(f"unknown model {name!r}; configured: {', '.join(self._factories)}")

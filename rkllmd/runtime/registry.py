@@ -1,29 +1,21 @@
-"""Every kind of runtime rkllmd knows, and building a model's runtime from its settings.
+"""Building a model's runtime from its settings, whatever its kind.
 
-Each runtime package declares one :class:`RuntimeKind` (``KIND``); ``runtime = "<name>"`` in a
-``[models.X]`` table picks it. Importing this module imports those packages' faces only: the
-runtimes themselves, ``llama_cpp``, ``tokenizers`` and librkllmrt.so are loaded when a model
-needs them.
-
-A new runtime is a package beside ``rkllm`` and ``llamacpp``: ``settings.py`` (its table, a
-:class:`~rkllmd.config_base.ModelCommon` with ``runtime: Literal["<name>"]``), ``runtime.py`` (its
-:class:`~rkllmd.runtime.base.Runtime`), ``__init__.py`` with its ``open_runtime`` (no pydantic
-imported: the worker process imports it) and ``kind.py`` declaring ``KIND``; then its ``KIND``
-goes in ``_KINDS`` below and its table in ``rkllmd.settings.ModelSettings``.
+The kinds are found by ``rkllmd.runtime.kinds.discover`` (each package under ``rkllmd/runtime/``
+with a ``kind.py``); ``runtime = "<name>"`` in a ``[models.X]`` table picks one. Importing this
+module imports those packages' faces only: the runtimes themselves, ``llama_cpp``,
+``tokenizers`` and librkllmrt.so are loaded when a model needs them.
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Mapping
-from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from rkllmd.config_base import ModelCommon
 from rkllmd.runtime.base import Runtime, RuntimeKind, TokenCounter
-from rkllmd.runtime.llamacpp.kind import KIND as LLAMACPP
+from rkllmd.runtime.kinds import discover
 from rkllmd.runtime.models import ModelRegistry
-from rkllmd.runtime.rkllm.kind import KIND as RKLLM
 from rkllmd.runtime.worker import WorkerRuntime
 
 if TYPE_CHECKING:
@@ -32,24 +24,22 @@ if TYPE_CHECKING:
 __all__ = [
     "RuntimeKind",
     "build_registry",
-    "check_model",
     "kind_of",
     "kinds",
+    "load_problems",
     "make_runtime",
     "token_counter",
 ]
 
-_KINDS: Mapping[str, RuntimeKind] = MappingProxyType({k.name: k for k in (RKLLM, LLAMACPP)})
-
 
 def kinds() -> Mapping[str, RuntimeKind]:
     """Every runtime kind by the name a ``[models.X]`` table gives as its ``runtime``."""
-    return _KINDS
+    return discover()
 
 
 def kind_of(cfg: ModelCommon) -> RuntimeKind:
     """The kind of runtime the model ``cfg`` runs on."""
-    return _KINDS[cfg.runtime]
+    return discover()[cfg.runtime]
 
 
 def make_runtime(name: str, cfg: ModelCommon, settings: Settings, *, isolate: bool = True) -> Runtime:
@@ -71,9 +61,9 @@ def build_registry(settings: Settings) -> ModelRegistry:
     return ModelRegistry(factories)
 
 
-def check_model(name: str, cfg: ModelCommon) -> list[str]:
+def load_problems(name: str, cfg: ModelCommon) -> list[str]:
     """Problems that would stop ``name`` from loading, found without loading it."""
-    return kind_of(cfg).check(name, cfg)
+    return kind_of(cfg).load_problems(name, cfg)
 
 
 def token_counter(cfg: ModelCommon) -> TokenCounter | None:

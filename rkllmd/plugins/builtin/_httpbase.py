@@ -27,9 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, field_validator
 
-from rkllmd.plugins import NotReady, PluginConfig, PluginContext
+from rkllmd.plugins import NotReady, PluginConfig, PluginContext, read_secret
 from rkllmd.plugins.builtin._relay import ClientGone, Relay
-from rkllmd.private import read_secret
 
 if TYPE_CHECKING:  # the transport imports aiohttp: only an enabled plugin's setup loads it
     from rkllmd.plugins.builtin._httpserver import Handler, Server

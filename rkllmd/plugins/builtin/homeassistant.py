@@ -42,9 +42,16 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from rkllmd import __version__
-from rkllmd.errors import NotFound
-from rkllmd.plugins import Final, Message, Plugin, PluginConfig, PluginContext, Token
+from rkllmd.plugins import (
+    RKLLMD_VERSION,
+    Final,
+    Message,
+    NotFound,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    Token,
+)
 
 STATE_CHARS = 250
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -136,7 +143,7 @@ def fleet_discovery_payload(ctx: PluginContext, config: Config) -> dict[str, Any
     dev = {"ids": [fid], "name": f"{config.device_name} fleet {group}", "mf": "rkllmd", "mdl": "LLM fleet"}
     return {
         "dev": dev,
-        "o": {"name": "rkllmd", "sw": __version__},
+        "o": {"name": "rkllmd", "sw": RKLLMD_VERSION},
         "cmps": cmps,
         "qos": ctx.settings.mqtt.qos,
     }
@@ -255,7 +262,7 @@ def discovery_payload(ctx: PluginContext, config: Config) -> dict[str, Any]:
         "name": f"{config.device_name} {t.node}" if fleet.enabled else config.device_name,
         "mf": "rkllmd",
         "mdl": "LLM over MQTT",
-        "sw": __version__,
+        "sw": RKLLMD_VERSION,
     }
     if config.suggested_area:
         dev["sa"] = config.suggested_area
@@ -263,7 +270,7 @@ def discovery_payload(ctx: PluginContext, config: Config) -> dict[str, Any]:
         dev["via_device"] = _fleet_id(ctx, fleet.group or "")
     return {
         "dev": dev,
-        "o": {"name": "rkllmd", "sw": __version__},
+        "o": {"name": "rkllmd", "sw": RKLLMD_VERSION},
         "avty": [
             {
                 "topic": t.state,

@@ -32,10 +32,20 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from rkllmd.errors import WrongType
-from rkllmd.plugins import Final, Plugin, PluginConfig, PluginContext, Request, Token
+from rkllmd.plugins import (
+    MAX_CHARS,
+    MIN_CHARS,
+    Final,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    Request,
+    SentenceChunker,
+    Token,
+    Utterances,
+    WrongType,
+)
 from rkllmd.protocol import check_publish_topic
-from rkllmd.sentences import MAX_CHARS, MIN_CHARS, SentenceChunker, Utterances
 
 VARIABLES = {
     "id",

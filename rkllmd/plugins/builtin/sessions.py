@@ -25,9 +25,20 @@ from typing import Any
 
 from pydantic import Field
 
-from rkllmd.errors import RequestError, UnknownModel, WrongType
-from rkllmd.exchange import resolve
-from rkllmd.plugins import Final, Message, Plugin, PluginConfig, PluginContext, Request, Token, reply_body
+from rkllmd.plugins import (
+    Final,
+    Message,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    Request,
+    RequestError,
+    Token,
+    UnknownModel,
+    WrongType,
+    reply_body,
+    resolve,
+)
 
 SESSION_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,64}$")
 

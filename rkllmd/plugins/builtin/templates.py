@@ -19,9 +19,17 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from rkllmd.errors import RequestError, UnknownModel, WrongType
-from rkllmd.exchange import resolve
-from rkllmd.plugins import Message, Plugin, PluginConfig, PluginContext, Request
+from rkllmd.plugins import (
+    Message,
+    Plugin,
+    PluginConfig,
+    PluginContext,
+    Request,
+    RequestError,
+    UnknownModel,
+    WrongType,
+    resolve,
+)
 
 
 def _fields(template: str) -> list[str]:

@@ -19,8 +19,7 @@ from typing import Any
 
 from pydantic import Field
 
-from rkllmd.plugins import Final, Plugin, PluginConfig, PluginContext, Token
-from rkllmd.private import open_private, tighten
+from rkllmd.plugins import Final, Plugin, PluginConfig, PluginContext, Token, open_private, tighten
 
 
 class Config(PluginConfig):

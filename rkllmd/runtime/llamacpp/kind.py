@@ -1,4 +1,4 @@
-"""What rkllmd.runtime.registry knows of the llama.cpp runtime: ``KIND``, with the check below.
+"""What rkllmd.runtime.registry knows of the llama.cpp runtime: ``KIND``, with its load_problems below.
 
 The daemon's side only: this module imports the table's pydantic model, which the worker
 process does without (it imports the package's ``open_runtime``).
@@ -12,13 +12,13 @@ from rkllmd.runtime.base import RuntimeKind
 from rkllmd.runtime.llamacpp import open_runtime
 from rkllmd.runtime.llamacpp._lib import INSTALL_EMBEDDED, INSTALL_EXTRA, embedded_model_path
 from rkllmd.runtime.llamacpp.counter import token_counter
-from rkllmd.runtime.llamacpp.runtime import HONOURED
+from rkllmd.runtime.llamacpp.sampling import HONOURED
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 
-__all__ = ["KIND", "check"]
+__all__ = ["KIND", "load_problems"]
 
 
-def check(name: str, cfg: LlamaCppModelSettings) -> list[str]:
+def load_problems(name: str, cfg: LlamaCppModelSettings) -> list[str]:
     """Problems that would stop ``name`` from loading, found without loading it."""
     problems: list[str] = []
     if importlib.util.find_spec("llama_cpp") is None:
@@ -38,7 +38,7 @@ KIND = RuntimeKind(
     name="llamacpp",
     settings=LlamaCppModelSettings,
     open_runtime=open_runtime,
-    check=check,
+    load_problems=load_problems,
     token_counter=token_counter,
     sampling=HONOURED,
     sigill_hint=(

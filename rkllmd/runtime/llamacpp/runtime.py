@@ -28,25 +28,13 @@ from rkllmd.runtime.llamacpp._lib import (
     route_native_logs,
 )
 from rkllmd.runtime.llamacpp.grammar import grammar_for, llama_class
+from rkllmd.runtime.llamacpp.sampling import SAMPLING
 from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
 
 if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 
 log = structlog.get_logger("llamacpp")
-
-# The sampling options (rkllmd.generation.SAMPLING_OPTIONS) this runtime passes to
-# llama_cpp.Llama.generate, by that method's names; the request's value, else the model's.
-SAMPLING = {
-    "temperature": "temp",
-    "top_p": "top_p",
-    "top_k": "top_k",
-    "repeat_penalty": "repeat_penalty",
-    "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty",
-}
-# ... and every option it honours: seed and stop too, applied apart (set_seed, the stop-string scan).
-HONOURED = frozenset(SAMPLING) | {"seed", "stop"}
 
 # Used only when a GGUF file carries no chat template of its own.
 _CHATML = (

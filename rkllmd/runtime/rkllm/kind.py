@@ -1,4 +1,4 @@
-"""What rkllmd.runtime.registry knows of the RKLLM runtime: ``KIND``, with the check below.
+"""What rkllmd.runtime.registry knows of the RKLLM runtime: ``KIND``, with its load_problems below.
 
 The daemon's side only: this module imports the settings' pydantic models, which the worker
 process does without (it imports the package's ``open_runtime``).
@@ -12,10 +12,10 @@ from rkllmd.runtime.rkllm.counter import token_counter
 from rkllmd.runtime.rkllm.param import SAMPLING
 from rkllmd.runtime.rkllm.settings import RkllmModelSettings
 
-__all__ = ["KIND", "check"]
+__all__ = ["KIND", "load_problems"]
 
 
-def check(name: str, cfg: RkllmModelSettings) -> list[str]:
+def load_problems(name: str, cfg: RkllmModelSettings) -> list[str]:
     """Problems that would stop ``name`` from loading, found without loading it."""
     problems: list[str] = []
     if not cfg.path.is_file():
@@ -29,7 +29,7 @@ KIND = RuntimeKind(
     name="rkllm",
     settings=RkllmModelSettings,
     open_runtime=open_runtime,
-    check=check,
+    load_problems=load_problems,
     token_counter=token_counter,
     sampling=frozenset(SAMPLING),
     sigill_hint=(

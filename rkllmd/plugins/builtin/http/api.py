@@ -16,11 +16,9 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from rkllmd.exchange import Final
-from rkllmd.plugins import LocalMessage
+from rkllmd.plugins import Final, LocalMessage, load_problems
 from rkllmd.plugins.builtin._httpbase import ApiBase, HttpError, Keys, answer
 from rkllmd.plugins.builtin._relay import ClientGone, Waiter, answer_deadline_s
-from rkllmd.runtime.registry import check_model
 
 from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
 
@@ -105,7 +103,7 @@ class Api(ApiBase):
         # A host that does not report its connection (the testing kit) counts as connected.
         connected = stats.get("connected") is not False
         loaded = stats.get("loaded_model")
-        problems = [] if loaded else check_model(settings.default, settings.models[settings.default])
+        problems = [] if loaded else load_problems(settings.default, settings.models[settings.default])
         healthy = connected and not problems
         body = {
             "status": "ok" if healthy else "unavailable",

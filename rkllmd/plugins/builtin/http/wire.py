@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from rkllmd import protocol
-from rkllmd.exchange import Final
+from rkllmd.plugins import Final
 from rkllmd.plugins.builtin._httpbase import ErrorBody, Errors, HttpError
 
 Kind = Literal["chat", "text"]

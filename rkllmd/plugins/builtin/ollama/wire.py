@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from rkllmd import protocol
-from rkllmd.exchange import Final
+from rkllmd.plugins import Final
 from rkllmd.plugins.builtin._httpbase import HttpError
 
 Kind = Literal["chat", "generate"]
