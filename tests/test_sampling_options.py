@@ -131,3 +131,12 @@ def test_every_option_is_documented_on_each_interface(option: Option) -> None:
     assert f"| `{option.name}`" in protocol_md or f"`{option.name}` |" in protocol_md
     assert f"`{option.openai}`" in (DOCS / "HTTP.md").read_text()
     assert f"`{option.ollama}`" in (DOCS / "HOMEASSISTANT.md").read_text()
+
+
+def test_every_honoured_number_has_a_model_default() -> None:
+    """A runtime reads ``Sampling.value(name, cfg)``: the request's value, else the model's. An
+    option a runtime honours needs a key in that runtime's [models.X] table, or runs would get None."""
+    for kind in kinds().values():
+        numbers = {o.name for o in SAMPLING_OPTIONS if o.kind != "strings" and o.name in kind.sampling}
+        missing = numbers - set(kind.settings.model_fields)
+        assert not missing, f"[models.X] of runtime {kind.name} has no default for {missing}"
