@@ -6,7 +6,7 @@ import os
 import random
 import threading
 
-from rkllmd.runtime._child import K_LOG, K_REPLY, K_TOKENS, FrameReader, Outbox, _frame, tokens_text
+from rkllmd.runtime.pipe import K_LOG, K_REPLY, K_TOKENS, FrameReader, Outbox, _frame, tokens_text
 
 
 def test_frames_split_across_reads_of_any_size_arrive_whole_and_in_order() -> None:

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from rkllmd.runtime._child import K_CMD, write_frame
 from rkllmd.runtime.base import Table
+from rkllmd.runtime.pipe import K_CMD, write_frame
 from rkllmd.runtime.registry import kind_of
 from rkllmd.runtime.worker import WorkerRuntime, table
 from rkllmd.settings import Settings
@@ -24,7 +24,7 @@ from tests.helpers import REPO
 from tests.rkllm_conftest_fixtures import ask, expected_text, fake_library
 
 # Nothing of these may be in the worker: pydantic (the settings models), the configuration loader,
-# MQTT, structlog's real package (its face stands in for it), what pydantic brings along, and
+# MQTT, structlog (the runtime modules log through rkllmd.logface), what pydantic brings along, and
 # OpenSSL (hashlib, secrets), subprocess and tempfile (ctypes.util), which a model without a
 # prompt cache and with its library's path configured does without.
 FORBIDDEN = (
@@ -45,7 +45,7 @@ FORBIDDEN = (
     "rkllmd.runtime.rkllm.settings",
     "rkllmd.runtime.llamacpp.settings",
     "paho",
-    "structlog._config",
+    "structlog",
     "asyncio",
     "email",
     "decimal",
@@ -55,8 +55,8 @@ FORBIDDEN = (
 # The worker's own start, up to building the runtime from the opening command (read from stdin).
 CHILD = """
 import pickle, sys
-from rkllmd.runtime._child import install_log_face
-install_log_face(None, "info")
+from rkllmd.runtime._child import send_logs
+send_logs(None, "info")
 open_runtime, name, cfg, settings, level = pickle.loads(sys.stdin.buffer.read())
 rt = open_runtime(name, cfg, settings)
 forbidden = {forbidden!r}

@@ -8,7 +8,12 @@ A :class:`TokenCounter` counts apart from the loaded runtime, on any thread. A
 :class:`RuntimeKind` is what a runtime package declares (``KIND``) for rkllmd.runtime.registry.
 A :class:`Table` is a model's settings as the worker process sees them. What a generation is
 asked to do (:class:`~rkllmd.generation.GenerateInput` and its parts) is rkllmd.generation's.
-Nothing here imports pydantic: the worker process imports this module.
+Nothing here imports pydantic or structlog: the worker process imports this module.
+
+The methods marked :func:`served` are the ones the worker process serves: the daemon's proxy
+(rkllmd.runtime.worker) forwards each as one generic call over the worker pipe, and the worker
+refuses any other name. A method added to the interface with the mark reaches every runtime
+through the worker with no change to the pipe, the proxy or the worker.
 """
 
 from __future__ import annotations
@@ -18,16 +23,38 @@ import signal
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.generation import GenerateInput
 
 if TYPE_CHECKING:
     from rkllmd.config_base import ModelCommon
 
-log = structlog.get_logger("rkllmd.runtime")
+log = logface.get_logger("rkllmd.runtime")
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+_SERVED = "__rkllmd_served__"
+
+
+def served(method: _F) -> _F:
+    """Marks a :class:`Runtime` method the worker process serves (the module's docstring).
+
+    Its arguments and return value cross the pipe pickled, so they are plain data; one argument
+    may be a :data:`TokenSink`, whose tokens then come back while the call runs. Methods that
+    need no round trip stay unmarked: ``open`` and ``close`` (the worker's own start and end),
+    ``abort`` (its own pipe, any thread), ``context_length`` and ``describe`` (known once open).
+    """
+    setattr(method, _SERVED, True)
+    return method
+
+
+def served_methods(cls: type) -> frozenset[str]:
+    """The names of the methods ``cls`` or a class it derives from marks :func:`served`; a
+    runtime that overrides a served method without the mark still serves it."""
+    return frozenset(
+        name for klass in cls.__mro__ for name, v in vars(klass).items() if getattr(v, _SERVED, False)
+    )
 
 
 @dataclass
@@ -91,9 +118,22 @@ class Runtime(abc.ABC):
     def open(self) -> None:
         """Load the model; raises ModelLoadError / RuntimeNotInstalled / LibraryVersionError."""
 
+    @served
     @abc.abstractmethod
     def generate(self, inp: GenerateInput, sink: TokenSink) -> GenerateResult:
         """Run one generation to its end, feeding text deltas to ``sink``; raises RuntimeFailure."""
+
+    @served
+    def generate_checked(self, inp: GenerateInput, sink: TokenSink, model: str | None) -> GenerateResult:
+        """:func:`check_context`, then :meth:`generate`, its result counting the prompt when the
+        runtime reported no count: the check the loop makes for a runtime that does not check
+        itself, and the generation, in one call. The worker proxy asks the worker for this one,
+        so the check costs no round trip to it."""
+        n_prompt = check_context(self, inp, model)
+        result = self.generate(inp, sink)
+        if result.perf.prompt_tokens is None:  # as the loop falls back to its own count
+            result.perf.prompt_tokens = n_prompt
+        return result
 
     @abc.abstractmethod
     def abort(self) -> None:
@@ -103,13 +143,16 @@ class Runtime(abc.ABC):
     def close(self) -> None:
         """Release the model and all native memory. Idempotent."""
 
-    def clear_cache(self, keep_system_prompt: bool = True) -> None:  # noqa: B027 - optional hook
+    @served  # noqa: B027 - an optional hook, empty on purpose
+    def clear_cache(self, keep_system_prompt: bool = True) -> None:
         """Drop conversation state (KV cache) kept between generations; a no-op by default."""
 
+    @served
     def count_tokens(self, text: str) -> int | None:
         """Tokens ``text`` takes in this model, or None when no tokenizer is available."""
         return None
 
+    @served
     def prompt_tokens(self, inp: GenerateInput) -> int | None:
         """Tokens the whole rendered prompt of ``inp`` takes, or None when unknown."""
         return None

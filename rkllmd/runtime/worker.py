@@ -6,8 +6,11 @@ gets a ``runtime_crashed`` error, the loop reloads the model (within a restart b
 MQTT side never notices. Unloading a model ends its worker, which returns all native memory.
 
 The worker is ``python -m rkllmd.runtime._child`` started with three inherited pipes (no
-multiprocessing, so no resource-tracker process); that module describes the frames and what
-the worker imports. It receives the model's table and the tables of the configuration its
+multiprocessing, so no resource-tracker process); that module says what the worker imports,
+rkllmd.runtime.pipe what crosses the pipes. Every method of the interface marked served
+(rkllmd.runtime.base.served) is forwarded by the same code, as one call (:meth:`WorkerRuntime._call`):
+:func:`forwards_served` writes the forwarders, so a method added to the interface needs no
+change here. It receives the model's table and the tables of the configuration its
 runtime reads (:func:`runtime_settings`), not the whole configuration, and as plain data
 (:func:`table`): unpickling the pydantic models would import pydantic into the worker.
 
@@ -21,6 +24,7 @@ Threads and processes:
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import os
 import pickle
@@ -29,7 +33,8 @@ import signal
 import subprocess
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
 from pydantic import BaseModel
@@ -38,8 +43,19 @@ from rkllmd import errors
 from rkllmd.config_base import ModelCommon
 from rkllmd.errors import ModelLoadError, RkllmdError, RuntimeCrashed, RuntimeFailure
 from rkllmd.generation import GenerateInput
-from rkllmd.runtime._child import K_CMD, K_LOG, K_REPLY, K_TOKENS, FrameReader, tokens_text, write_frame
-from rkllmd.runtime.base import GenerateResult, Runtime, RuntimeKind, Table, TokenSink
+from rkllmd.runtime.base import GenerateResult, Runtime, RuntimeKind, Table, TokenSink, served_methods
+from rkllmd.runtime.pipe import (
+    CALL,
+    CLOSE,
+    K_CMD,
+    K_LOG,
+    K_REPLY,
+    K_TOKENS,
+    Arg,
+    FrameReader,
+    tokens_text,
+    write_frame,
+)
 
 if TYPE_CHECKING:
     from rkllmd.settings import Settings
@@ -68,6 +84,33 @@ def runtime_settings(settings: Settings) -> Table:
     return Table({"rkllm": table(settings.rkllm)})
 
 
+_R = TypeVar("_R", bound=type[Runtime])
+
+
+def forwards_served(cls: _R) -> _R:
+    """Give the proxy class ``cls`` a forwarder for each served method that neither it nor a
+    proxy class it derives from defines: the method's name and arguments go to the worker as one
+    call (:meth:`WorkerRuntime._call`), and its reply comes back. The forwarders take their
+    types from the interface, where each method is declared."""
+    for method in sorted(served_methods(cls)):
+        owner = next(k for k in cls.__mro__ if method in vars(k))
+        if owner is not cls and not vars(owner).get("_forwards_served", False):
+            setattr(cls, method, _forwarder(method, getattr(cls, method)))
+    cls._forwards_served = True  # type: ignore[attr-defined]
+    abc.update_abstractmethods(cls)  # an abstract method of the interface has its forwarder now
+    return cls
+
+
+def _forwarder(method: str, declared: Callable[..., Any]) -> Callable[..., Any]:
+    def forward(self: WorkerRuntime, *args: Any, **kwargs: Any) -> Any:
+        return self._call(method, *args, **kwargs)
+
+    forward.__name__ = forward.__qualname__ = method
+    forward.__doc__ = declared.__doc__
+    return forward
+
+
+@forwards_served
 class WorkerRuntime(Runtime):
     """Proxy to a real runtime of ``runtime_kind`` living in a child process, which builds it
     with ``runtime_kind.open_runtime`` from the pickled model settings."""
@@ -128,8 +171,8 @@ class WorkerRuntime(Runtime):
         if not ready:
             self.close()
             raise ModelLoadError(f"model {self.name!r} did not load within {self.load_timeout_s:g} s")
-        reply = self._reply()
-        if reply[0] == "error":
+        reply = self._reply(None)
+        if reply[0] != "ok":
             self.close()
             raise _rebuild(reply)
         self._facts = reply[1]
@@ -150,38 +193,8 @@ class WorkerRuntime(Runtime):
         )
 
     def generate(self, inp: GenerateInput, sink: TokenSink) -> GenerateResult:
-        self._send(("generate", inp))
-        while True:
-            frames = self._frames()
-            texts: list[str] = []
-            reply: tuple[Any, ...] | None = None
-            for i, (kind, payload) in enumerate(frames):
-                if kind == K_TOKENS:
-                    texts.append(tokens_text(payload))
-                elif kind == K_REPLY:
-                    reply = pickle.loads(payload)
-                    self._pending = frames[i + 1 :]
-                    break
-                elif kind == K_LOG:
-                    self._log(payload)
-            if texts:  # all the tokens this read brought, as one delta
-                sink("".join(texts), None)
-            if reply is not None:
-                if reply[0] == "done":
-                    result: GenerateResult = reply[1]
-                    return result
-                raise _rebuild(reply)
-
-    def clear_cache(self, keep_system_prompt: bool = True) -> None:
-        self._call("clear_cache", keep_system_prompt)
-
-    def count_tokens(self, text: str) -> int | None:
-        n: int | None = self._call("count_tokens", text)
-        return n
-
-    def prompt_tokens(self, inp: GenerateInput) -> int | None:
-        n: int | None = self._call("prompt_tokens", inp)
-        return n
+        # The worker checks the prompt's length before it generates: no round trip for it.
+        return self.generate_checked(inp, sink, self.name)
 
     @property
     def context_length(self) -> int | None:
@@ -201,7 +214,7 @@ class WorkerRuntime(Runtime):
             return
         if proc.poll() is None and cmd is not None:
             try:
-                write_frame(cmd, K_CMD, pickle.dumps(("close",)))
+                write_frame(cmd, K_CMD, pickle.dumps((CLOSE,)))
                 proc.wait(timeout=30)
             except (OSError, subprocess.TimeoutExpired):
                 pass
@@ -239,9 +252,26 @@ class WorkerRuntime(Runtime):
 
     # --- plumbing --------------------------------------------------------------------------------
 
-    def _call(self, op: str, *args: Any) -> Any:
-        self._send((op, *args))
-        msg = self._reply()
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """The served ``method`` of the runtime in the worker, called with these arguments: its
+        return value, or its error raised here. A callable argument is a token sink (one at
+        most): the worker passes its own in its place, and the tokens it gets meanwhile are
+        handed to this one, all the tokens one read of the pipe brings as one delta."""
+        sinks: list[TokenSink] = []
+
+        def arg(value: Any) -> Any:
+            if callable(value):
+                sinks.append(value)
+                return Arg.SINK
+            return value
+
+        call = (CALL, method, tuple(arg(a) for a in args), {k: arg(v) for k, v in kwargs.items()})
+        if len(sinks) > 1:
+            raise RuntimeFailure(
+                f"a call to the worker takes one token sink at most ({method}: {len(sinks)})"
+            )
+        self._send(call)
+        msg = self._reply(sinks[0] if sinks else None)
         if msg[0] != "ok":
             raise _rebuild(msg)
         return msg[1]
@@ -269,17 +299,26 @@ class WorkerRuntime(Runtime):
             raise self._crashed()
         return frames
 
-    def _reply(self) -> tuple[Any, ...]:
-        """The reply to the last command; log records before it are logged, tokens cannot come."""
+    def _reply(self, sink: TokenSink | None) -> tuple[Any, ...]:
+        """The reply to the last command; the tokens before it go to ``sink`` (only a call that
+        passed one gets any), the log records before it are logged."""
         while True:
             frames = self._frames()
+            texts: list[str] = []
+            reply: tuple[Any, ...] | None = None
             for i, (kind, payload) in enumerate(frames):
-                if kind == K_REPLY:
+                if kind == K_TOKENS:
+                    texts.append(tokens_text(payload))
+                elif kind == K_REPLY:
+                    reply = pickle.loads(payload)
                     self._pending = frames[i + 1 :]
-                    msg: tuple[Any, ...] = pickle.loads(payload)
-                    return msg
-                if kind == K_LOG:
+                    break
+                elif kind == K_LOG:
                     self._log(payload)
+            if texts and sink is not None:  # all the tokens this read brought, as one delta
+                sink("".join(texts), None)
+            if reply is not None:
+                return reply
 
     def _log(self, payload: bytes) -> None:
         """A record the worker logged, through this process's logging (worker=<model> included)."""

@@ -16,12 +16,10 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
-from rkllmd import finitejson
+from rkllmd import finitejson, logface
 from rkllmd.generation import ToolCall
 
-log = structlog.get_logger("rkllmd.toolcalls")
+log = logface.get_logger("rkllmd.toolcalls")
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"

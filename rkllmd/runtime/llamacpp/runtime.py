@@ -15,8 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.errors import ContextExceeded, ModelLoadError, RuntimeFailure
 from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.runtime.base import FinishReason, GenerateResult, Perf, Runtime, TokenSink
@@ -34,7 +33,7 @@ from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
 if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 
-log = structlog.get_logger("llamacpp")
+log = logface.get_logger("llamacpp")
 
 # Used only when a GGUF file carries no chat template of its own.
 _CHATML = (

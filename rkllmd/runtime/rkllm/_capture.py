@@ -3,7 +3,7 @@
 librkllmrt writes its ``I rkllm: …`` / ``E rkllm: …`` lines with fprintf+fflush to stdout (fd 1).
 Under systemd fd 1 is the journal, but when rkllmd runs under a parent that never reads its stdout
 pipe, a full pipe would block inference. While at least one model is open (refcounted), a pipe is
-dup2'ed over fd 1 and a reader thread turns each line into a structlog record with logger name
+dup2'ed over fd 1 and a reader thread turns each line into a log record with logger name
 "rkllm"; the last release puts the original fd 1 back.
 
 Side effect worth knowing: anything else written to fd 1 meanwhile (print() included) is logged
@@ -19,7 +19,7 @@ import os
 import sys
 import threading
 
-import structlog
+from rkllmd import logface
 
 MARKER = "rkllm-stdout"  # value of the ``src`` key on every record we emit
 
@@ -85,7 +85,7 @@ class Fd1Capture:
     @staticmethod
     def _reader(fd: int, passthrough: int) -> None:
         """Runs on the "rkllm-stdout" thread: read lines until EOF and log them."""
-        logger = structlog.get_logger("rkllm")
+        logger = logface.get_logger("rkllm")
         buf = b""
         try:
             while True:
@@ -106,7 +106,7 @@ class Fd1Capture:
             os.close(passthrough)
 
 
-def _emit(logger: structlog.typing.FilteringBoundLogger, raw: bytes, passthrough: int) -> None:
+def _emit(logger: logface.Logger, raw: bytes, passthrough: int) -> None:
     text = raw.decode("utf-8", "replace").rstrip()
     if not text:
         return

@@ -17,13 +17,12 @@ from ctypes import POINTER, Structure, byref, c_float, c_int, c_int32, c_void_p,
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.errors import LibraryVersionError, RuntimeCallError, RuntimeFailure
 from rkllmd.runtime.rkllm._abi_common import RKLLMCrossAttnParam, RKLLMLoraAdapter
 from rkllmd.runtime.rkllm._lib import RkllmLibrary
 
-log = structlog.get_logger(__name__)
+log = logface.get_logger(__name__)
 
 # Called with (state, result or None) for every callback of a run; its return value is ignored.
 ResultHandler = Callable[[int, Any], None]

@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.errors import LibraryVersionError, RuntimeNotInstalled
 from rkllmd.runtime.rkllm._abi_common import FUNCTION_SINCE, AbiSpec
 from rkllmd.runtime.rkllm._elf import LINUX_BUILD, check_loadable, read_elf
 
-log = structlog.get_logger(__name__)
+log = logface.get_logger(__name__)
 
 LIB_NAME = "librkllmrt.so"
 SEARCH_DIRS: tuple[Path, ...] = (

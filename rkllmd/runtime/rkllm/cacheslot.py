@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.errors import LibraryVersionError, RuntimeCallError
 from rkllmd.runtime.rkllm.promptcache import Prefix, PromptCacheStore, model_identity
 
@@ -26,7 +25,7 @@ if TYPE_CHECKING:
     from rkllmd.runtime.rkllm._lib import RkllmLibrary
 
 # The runtime's own logger: these lines are the runtime's, as they were before the slot had a module.
-log = structlog.get_logger("rkllmd.runtime.rkllm.runtime")
+log = logface.get_logger("rkllmd.runtime.rkllm.runtime")
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,7 @@ import resource
 from ctypes import Structure
 from typing import TYPE_CHECKING
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.errors import ModelLoadError
 from rkllmd.generation import GenerateInput
 
@@ -22,7 +21,7 @@ if TYPE_CHECKING:
     from rkllmd.runtime.rkllm.settings import RkllmModelSettings
 
 # The runtime's own logger: these lines are the runtime's, as before they had a module.
-log = structlog.get_logger("rkllmd.runtime.rkllm.runtime")
+log = logface.get_logger("rkllmd.runtime.rkllm.runtime")
 
 NOFILE_WANTED = 102400  # what the vendor demos set before rkllm_init (one fd per NPU buffer)
 

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
+from rkllmd import logface
 
-log = structlog.get_logger(__name__)
+log = logface.get_logger(__name__)
 
 FORMAT = 1  # of the sidecar; a different one is a mismatch
 CACHE_SUFFIX = ".cache"

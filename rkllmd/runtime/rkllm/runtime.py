@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.errors import ModelLoadError, RuntimeCallError, RuntimeFailure
 from rkllmd.generation import GenerateInput
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime, TokenSink
@@ -44,7 +43,7 @@ from rkllmd.runtime.rkllm.promptcache import Prefix
 if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
 
-log = structlog.get_logger(__name__)
+log = logface.get_logger(__name__)
 
 
 @dataclass
