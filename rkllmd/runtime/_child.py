@@ -145,8 +145,8 @@ def main(argv: list[str]) -> int:
 def _serve(rt: Runtime, served: frozenset[str], msg: tuple[Any, ...], out: Outbox) -> None:
     """One call, ``(CALL, method, args, kwargs)``: the method's return value, or the error it
     raised, is the reply; a method the interface does not mark served is refused."""
-    _, method, args, kwargs = msg
     try:
+        _, method, args, kwargs = msg
         if method not in served:
             log.error("call refused: not a served method of the runtime", method=method)
             raise RuntimeFailure(
