@@ -28,7 +28,7 @@ ECHO = RuntimeKind(
     name="echo",
     settings=ModelCommon,
     open_runtime=open_runtime,
-    check=lambda name, cfg: [],
+    load_problems=lambda name, cfg: [],
     token_counter=lambda cfg: None,
 )
 
