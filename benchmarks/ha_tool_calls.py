@@ -85,7 +85,8 @@ def right_entity(args: dict[str, Any]) -> bool:
 
 def classify(raw: str, intent: str, schemas: dict[str, Any]) -> tuple[str, bool]:
     """(category, whether call markup is left in the text the user gets)."""
-    from rkllmd.toolcalls import HermesParser, validate
+    from rkllmd.toolcalls import validate
+    from rkllmd.toolcalls.formats.hermes import HermesParser
 
     parser = HermesParser()
     text = parser.feed(raw) + parser.finish()

@@ -6,7 +6,9 @@ on these, so a runtime package never needs to import the configuration it is par
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from rkllmd import toolcalls
 
 
 class Strict(BaseModel):
@@ -32,4 +34,15 @@ class ModelCommon(Strict):
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
     system_prompt: str | None = None
+    tool_format: str = Field(
+        "auto",
+        description='how the model writes tool calls: "auto" (from its template or name) or a format name',
+    )
     runtime: str
+
+    @field_validator("tool_format")
+    @classmethod
+    def _known_format(cls, v: str) -> str:
+        if v not in toolcalls.names():
+            raise ValueError(f"unknown tool format {v!r}; one of: {', '.join(toolcalls.names())}")
+        return v

@@ -16,7 +16,6 @@ from rkllmd.errors import GenerationTimeout, RkllmdError, ShuttingDown
 from rkllmd.exchange import Exchange, Final, Token
 from rkllmd.outcome import final_data
 from rkllmd.runtime.base import GenerateResult, Runtime
-from rkllmd.toolcalls import HERMES
 
 
 class DirectStream(Protocol):
@@ -48,7 +47,7 @@ def run_generation(
     assert job.inp is not None
     # With tools, the model's call markup is taken out of the text here, for every runtime:
     # streamed deltas never carry it (nor a malformed call's), the calls go into the final reply.
-    parser = HERMES.parser() if job.inp.active_tools else None
+    parser = rt.tool_format.parser(job.inp.active_tools) if job.inp.active_tools else None
     # Where the sink runs on this thread (a worker process's pipe) and nothing but the stream
     # wants the tokens, chunks go out from here: one thread wake-up fewer per token.
     if direct is not None and not (rt.sink_on_caller and direct.streams_directly(job)):

@@ -289,7 +289,7 @@ def test_grammar_forces_a_hermes_tool_call(rt: LlamaCppRuntime) -> None:
         (ChatMessage("user", "What is the weather in Rome?"),), 120, GREEDY, WEATHER, "required"
     )
     result, deltas = run(rt, inp)
-    from rkllmd.toolcalls import HermesParser
+    from rkllmd.toolcalls.formats.hermes import HermesParser
 
     parser = HermesParser()
     text = parser.feed("".join(deltas)) + parser.finish()

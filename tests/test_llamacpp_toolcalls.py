@@ -24,7 +24,9 @@ from rkllmd.runtime.llamacpp import runtime as llamacpp
 from rkllmd.runtime.llamacpp.grammar import LazyGrammar, _gbnf, _lazy_sampler
 from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
-from rkllmd.toolcalls import HERMES, HermesParser, validate
+from rkllmd.toolcalls import validate
+from rkllmd.toolcalls.formats.hermes import FORMAT as HERMES
+from rkllmd.toolcalls.formats.hermes import HermesParser
 
 pytestmark = pytest.mark.model
 

@@ -11,7 +11,9 @@ import pytest
 from rkllmd import protocol
 from rkllmd.commands import COMMANDS
 from rkllmd.errors import RequestError
-from rkllmd.toolcalls import HERMES, HermesParser, call_block, check_schema, hermes_system_block, validate
+from rkllmd.toolcalls import check_schema, validate
+from rkllmd.toolcalls.formats.hermes import FORMAT as HERMES
+from rkllmd.toolcalls.formats.hermes import HermesParser, call_block, system_block
 
 CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
@@ -111,7 +113,7 @@ def test_a_call_with_a_number_no_reply_can_carry_is_malformed(args: str) -> None
 
 def test_rendering_is_hermes() -> None:
     """The system block lists each tool as JSON inside <tools>; a call renders back as it parses."""
-    block = hermes_system_block(TOOLS)
+    block = system_block(TOOLS)
     assert "<tools>\n" + json.dumps(TOOLS[0]) + "\n</tools>" in block and "<tool_call>" in block
     _, _, p = run([call_block("f", {"a": [1, 2]})])
     assert (p.calls[0].name, p.calls[0].arguments) == ("f", {"a": [1, 2]})

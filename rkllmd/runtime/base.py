@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar
 
-from rkllmd import logface
+from rkllmd import logface, toolcalls
 from rkllmd.generation import GenerateInput
 
 if TYPE_CHECKING:
@@ -161,6 +161,12 @@ class Runtime(abc.ABC):
     def context_length(self) -> int | None:
         """The context window of the loaded model in tokens, or None when unknown."""
         return None
+
+    @property
+    def tool_format(self) -> toolcalls.ToolFormat:
+        """How the loaded model writes tool calls (its ``tool_format``, ``auto`` resolved when it
+        opened): the loop puts this format's parser in front of the sink. Hermes by default."""
+        return toolcalls.get("hermes")
 
     def describe(self) -> dict[str, Any]:
         """Facts for the info topic: runtime kind, version, library path and the like."""

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from pydantic import BaseModel
 
-from rkllmd import errors
+from rkllmd import errors, toolcalls
 from rkllmd.config_base import ModelCommon
 from rkllmd.errors import ModelLoadError, RkllmdError, RuntimeCrashed, RuntimeFailure
 from rkllmd.generation import GenerateInput
@@ -200,6 +200,11 @@ class WorkerRuntime(Runtime):
     def context_length(self) -> int | None:
         n: int | None = self._facts.get("context_length")
         return n
+
+    @property
+    def tool_format(self) -> toolcalls.ToolFormat:
+        # The worker's runtime resolved it when it opened, and says so in its describe().
+        return toolcalls.get(self._facts.get("describe", {}).get("tool_format", "hermes"))
 
     def describe(self) -> dict[str, Any]:
         proc = self._proc

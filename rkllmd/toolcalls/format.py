@@ -1,29 +1,32 @@
-"""A tool-call format in one place: its tags, its parser, and the grammar that holds a call.
+"""What a tool-call format is: the interface every module in ``rkllmd/toolcalls/formats/`` fills in.
 
-A runtime with grammars (llama.cpp) asks the format for the GBNF of "one or more calls to the
-offered tools" and for the trigger patterns that switch that grammar on once the model opens a
-call on its own (a *lazy* grammar); a runtime without grammars only uses the parser. A model
-family with another call syntax gets a format of its own here, so the runtimes do not change.
-Pure functions and data; the JSON-schema-to-GBNF converter is passed in (llama.cpp's own).
+A format is how one model family writes its calls and reads its tools: a streaming parser for
+the calls in its output, the text of tools, call turns and tool results for runtimes that do not
+render them through the model's own template, the grammar (GBNF and lazy trigger) that keeps a
+started call well formed on llama.cpp, and how to recognise the family from its chat template or
+name (``tool_format = "auto"``). The runtimes and the loop only ever talk to this interface, so a
+new family is one new module (docs/ARCHITECTURE.md, "Adding a tool-call format").
+
+Pure functions and data. The parser runs on the token sink's thread, one parser per generation;
+rendering and grammars run on the inference thread.
 """
 
 from __future__ import annotations
 
+import abc
 import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from rkllmd.toolcalls.parser import CLOSE, OPEN, HermesParser
-from rkllmd.toolcalls.schema import tool_call_schema
+if TYPE_CHECKING:
+    from rkllmd.generation import ChatMessage, ToolCall
 
 #: a JSON schema in, GBNF rules out, with the start rule named ``root`` (llama.cpp's converter)
 ToGbnf = Callable[[dict[str, Any]], str]
-
-# Whitespace the grammar allows around the tags and between calls: what Hermes models write
-# ("\n"), bounded so a model cannot pad a call with newlines until max_tokens.
-_WS = "[ \\t\\n]{0,4}"
+#: the tools of one request, OpenAI-shaped (``{"type": "function", "function": {...}}``), checked
+Tools = Sequence[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -40,40 +43,105 @@ class CallGrammar:
     triggers: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class CallFormat:
-    """How a model family writes a call: ``open`` + a JSON body + ``close``."""
+class CallParser(Protocol):
+    """The calls in one generation's output, taken out of its text as it streams.
 
-    name: str
-    open: str
-    close: str
+    The contract every format's parser keeps (tests/test_toolformats.py checks it for each):
+    text outside calls is never lost and never reordered; while streaming, only what could still
+    become call markup is held back (and ``finish`` returns what turned out not to be); call
+    markup never comes out as text; a malformed or unterminated call is withheld and the reason
+    appended to ``problems`` with a warning logged (the loop then answers ``invalid_output`` when
+    no call came; docs/TOOLS.md says why). Each call gets a fresh ``call_<hex>`` id.
+    """
 
-    def parser(self) -> HermesParser:
-        return HermesParser()
+    calls: list[ToolCall]
+    problems: list[str]
 
-    def grammar(
-        self, tools: Sequence[dict[str, Any]], to_gbnf: ToGbnf, only: str | None = None
-    ) -> CallGrammar:
-        """The grammar of the calls to ``tools`` (or to ``only``): the name one of theirs, the
-        arguments matching that tool's ``parameters``; after a call only another call or the end.
+    def feed(self, delta: str) -> str:
+        """Take one delta; return the text that is certainly outside any call."""
+        ...
+
+    def finish(self) -> str:
+        """The end of the output: what was held and is not a call; an open call is a problem."""
+        ...
+
+
+class ToolFormat(abc.ABC):
+    """One model family's tool-call conventions. A module in ``formats/`` sets ``FORMAT`` to one."""
+
+    #: what ``tool_format = "<name>"`` in a ``[models.X]`` table names
+    name: ClassVar[str]
+    #: the order ``auto`` asks the formats in, highest first: a format whose template also
+    #: matches a more general one's ``detect`` (Qwen3-Coder's XML inside ``<tool_call>``) ranks
+    #: above it; ties go by name
+    priority: ClassVar[int] = 0
+    #: special tokens of the call syntax (``<|python_tag|>``, ``[TOOL_CALLS]``) that a runtime
+    #: must put in the text it streams, where it would otherwise drop control tokens (llama.cpp)
+    visible_tokens: ClassVar[tuple[str, ...]] = ()
+
+    @abc.abstractmethod
+    def detect(self, chat_template: str | None, model_name: str) -> bool:
+        """Whether a model is of this family: its chat template's text (the GGUF's on llama.cpp,
+        the configured one on RKLLM; None when unknown) or its name (the config's name and the
+        model file's, lower case)."""
+
+    @abc.abstractmethod
+    def parser(self, tools: Tools) -> CallParser:
+        """A fresh parser for one generation offered ``tools`` (formats whose arguments are not
+        JSON read the parameters' types from them)."""
+
+    @abc.abstractmethod
+    def render_tools(self, system: str | None, tools: Tools) -> str:
+        """The system prompt offering ``tools``: ``system`` (if any) with the family's tool
+        section, for a runtime whose template does not render tools itself."""
+
+    @abc.abstractmethod
+    def render_call_turn(self, message: ChatMessage) -> str:
+        """An earlier assistant turn as text: its content, then its calls as the model writes them."""
+
+    @abc.abstractmethod
+    def render_tool_result(self, message: ChatMessage) -> str:
+        """One ``role: tool`` message as the family reads a result (the runtime puts it in a user
+        turn, or the role its template has for results)."""
+
+    def grammar(self, tools: Tools, to_gbnf: ToGbnf, only: str | None = None) -> CallGrammar | None:
+        """The grammar of one or more calls to ``tools`` (or to ``only``) and its lazy triggers,
+        or None where the format has none (its calls are then only parsed, as on RKLLM).
         ValueError (from ``to_gbnf``) when a schema cannot be expressed."""
-        body = re.sub(
-            r"^root ::=", "tool-call-body ::=", to_gbnf(tool_call_schema(tools, only)), count=1, flags=re.M
-        )
-        rules = (
-            f"root ::= tool-call (tool-ws tool-call)* tool-ws\n"
-            f"tool-call ::= {json.dumps(self.open)} tool-ws tool-call-body tool-ws {json.dumps(self.close)}\n"
-            f"tool-ws ::= {_WS}\n"
-        )
-        # The body is a JSON object whose first key is "name": after the tag, only whitespace,
-        # "{" and the key's opening quote are certain to be accepted, whatever the converter's
-        # whitespace rules.
-        trigger = f'({_ecma_escape(self.open)}){_WS}(?:\\{{"?)?$'
-        return CallGrammar(rules + body, (trigger,))
+        return None
 
 
-def _ecma_escape(text: str) -> str:
+# --- helpers a format may use ---------------------------------------------------------------
+
+
+def held_suffix(text: str, tags: Sequence[str]) -> int:
+    """Length of the longest suffix of ``text`` that is a proper prefix of one of ``tags`` (it
+    could still become that tag, so a streaming parser holds it back)."""
+    for k in range(min(max(map(len, tags)) - 1, len(text)), 0, -1):
+        if any(t.startswith(text[-k:]) for t in tags):
+            return k
+    return 0
+
+
+def ecma_escape(text: str) -> str:
+    """``text`` as a literal in an ECMAScript regex (a lazy trigger)."""
     return re.sub(r"([.^$|()*+?\[\]{}\\/-])", r"\\\1", text)
 
 
-HERMES = CallFormat("hermes", OPEN, CLOSE)
+def tagged_json_grammar(
+    open_tag: str, close_tag: str, body_schema: dict[str, Any], to_gbnf: ToGbnf, ws: str
+) -> CallGrammar:
+    """The grammar of calls written ``open_tag`` + a JSON body matching ``body_schema`` +
+    ``close_tag``, one or more with ``ws`` between them, triggered at ``open_tag``.
+
+    The body is a JSON object: after the tag, only ``ws``, ``{`` and a key's opening quote are
+    certain to be accepted, whatever the converter's whitespace rules, so the trigger stops there.
+    """
+    body = re.sub(r"^root ::=", "tool-call-body ::=", to_gbnf(body_schema), count=1, flags=re.M)
+    rules = (
+        f"root ::= tool-call (tool-ws tool-call)* tool-ws\n"
+        f"tool-call ::= {json.dumps(open_tag)} tool-ws tool-call-body tool-ws {json.dumps(close_tag)}\n"
+        f"tool-ws ::= {ws}\n"
+    )
+    trigger = f'({ecma_escape(open_tag)}){ws}(?:\\{{"?)?$'
+    return CallGrammar(rules + body, (trigger,))

@@ -20,7 +20,7 @@ from typing import Any
 from rkllmd import logface
 from rkllmd.errors import RequestError
 from rkllmd.generation import GenerateInput
-from rkllmd.toolcalls import HERMES, format_schema
+from rkllmd.toolcalls import CallGrammar, ToolFormat, format_schema
 
 log = logface.get_logger("llamacpp")
 
@@ -33,24 +33,27 @@ class LazyGrammar:
     triggers: tuple[str, ...]
 
 
-def grammar_for(inp: GenerateInput) -> Any:
+def grammar_for(inp: GenerateInput, fmt: ToolFormat) -> Any:
     """What holds ``inp``'s output, or None (free text): a grammar for a required tool call or a
-    ``format``, a lazy one for calls the model may make (``tool_choice`` auto).
+    ``format``, a lazy one for calls the model may make (``tool_choice`` auto), both in the model's
+    tool-call format ``fmt`` (a format without a grammar leaves its calls to the parser).
 
     A schema the converter cannot express is RequestError where the grammar is what the request
     asked for; for optional calls it only costs the lazy grammar (the parser still checks them).
     """
     tools = inp.active_tools
     if tools and inp.call_required:
-        return _module().LlamaGrammar.from_string(_calls(inp, inp.tool_name).gbnf, verbose=False)
+        required = _calls(fmt, inp, inp.tool_name)
+        if required is not None:
+            return _module().LlamaGrammar.from_string(required.gbnf, verbose=False)
     if inp.format is not None:
         return _module().LlamaGrammar.from_string(_gbnf(format_schema(inp.format)), verbose=False)
-    if tools and _lazy_supported():
+    if tools and not inp.call_required and _lazy_supported():
         try:
-            calls = _calls(inp, None)
+            calls = _calls(fmt, inp, None)
         except RequestError:
             return None
-        return LazyGrammar(calls.gbnf, calls.triggers)
+        return LazyGrammar(calls.gbnf, calls.triggers) if calls is not None else None
     return None
 
 
@@ -67,9 +70,8 @@ def _lazy_supported() -> bool:
     return ok
 
 
-def _calls(inp: GenerateInput, only: str | None) -> Any:
-    # Hermes is the one call format rkllmd writes and parses today (rkllmd/toolcalls/format.py).
-    return HERMES.grammar(inp.active_tools, _gbnf, only)
+def _calls(fmt: ToolFormat, inp: GenerateInput, only: str | None) -> CallGrammar | None:
+    return fmt.grammar(inp.active_tools, _gbnf, only)
 
 
 def _gbnf(schema: dict[str, Any]) -> str:

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkllmd import logface
+from rkllmd import logface, toolcalls
 from rkllmd.errors import ContextExceeded, ModelLoadError, RuntimeFailure
 from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.runtime.base import FinishReason, GenerateResult, Perf, Runtime, TokenSink
@@ -28,7 +28,6 @@ from rkllmd.runtime.llamacpp._lib import (
 )
 from rkllmd.runtime.llamacpp.grammar import grammar_for, llama_class
 from rkllmd.runtime.llamacpp.sampling import SAMPLING
-from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
 
 if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
@@ -64,6 +63,12 @@ class LlamaCppRuntime(Runtime):
         self._llm: Any = None
         self._formatter: Any = None
         self._template_has_tools = False  # the GGUF's template renders ``tools`` itself
+        # How the model writes calls: as configured; ``auto`` is resolved again from the GGUF's
+        # template in open(). _visible: ids of the format's special tokens, streamed as text.
+        self._tool_format = toolcalls.choose(
+            cfg.tool_format, None, f"{name} {cfg.path.name if cfg.path else ''}"
+        )
+        self._visible: frozenset[int] = frozenset()
         self._abort = threading.Event()
         self._state_lock = threading.Lock()
         self._running = False
@@ -107,7 +112,11 @@ class LlamaCppRuntime(Runtime):
                 llm.close()
             raise ModelLoadError(f"llama.cpp could not load {path}: {exc}", path=str(path)) from exc
         self._lib, self._llm, self._formatter, self.model_path = lib, llm, formatter, path
-        self._template_has_tools = "tools" in str(llm.metadata.get("tokenizer.chat_template") or "")
+        template = llm.metadata.get("tokenizer.chat_template") or None
+        self._template_has_tools = "tools" in str(template or "")
+        self._tool_format = fmt = toolcalls.choose(self.cfg.tool_format, template, f"{self.name} {path.name}")
+        self._visible = _single_tokens(llm, fmt.visible_tokens)
+        log.info("tool_format", model=self.name, format=fmt.name, setting=self.cfg.tool_format)
         self._vocab = lib.llama_model_get_vocab(llm.model)
         self._abort_cb = lib.ggml_abort_callback(self._abort_requested)
         log.info("model loaded", model=self.name, path=str(path), n_ctx=llm.n_ctx(), threads=llm.n_threads)
@@ -145,17 +154,17 @@ class LlamaCppRuntime(Runtime):
     def render(self, inp: GenerateInput) -> str:
         """The prompt text ``inp`` becomes through the model's own chat template.
 
-        Tools go to the template as ``tools=`` when it renders them (Qwen2.5/Qwen3 and other
-        Hermes-style templates); a template that ignores them (SmolLM2, plain ChatML) gets the
-        Hermes system block instead, and tool turns as Hermes text, so no call or result is lost.
+        Tools go to the template as ``tools=`` when it renders them (Qwen2.5/Qwen3, Llama 3.1, ...);
+        a template that ignores them (SmolLM2, plain ChatML) gets the model's tool format's system
+        section instead, and tool turns as that format's text, so no call or result is lost.
         """
         self._require()
         system = inp.system if inp.system is not None else self.cfg.system_prompt
-        native = self._template_has_tools
+        native, fmt = self._template_has_tools, self._tool_format
         tools = list(inp.active_tools)
         if tools and not native:
-            system = system_with_tools(system, tools)
-        messages = [_message(m, native) for m in inp.messages if m.role != "system"]
+            system = fmt.render_tools(system, tools)
+        messages = [_message(m, native, fmt) for m in inp.messages if m.role != "system"]
         if system is not None:
             messages.insert(0, {"role": "system", "content": system})
         extra: dict[str, Any] = {"tools": tools} if tools and native else {}
@@ -176,10 +185,11 @@ class LlamaCppRuntime(Runtime):
     def _piece(self, token: int) -> bytes:
         """The bytes of one token (possibly part of a UTF-8 character); control tokens are empty."""
         vocab = self._vocab
-        n = self._lib.llama_token_to_piece(vocab, token, self._piece_buf, len(self._piece_buf), 0, False)
+        special = token in self._visible  # a control token of the call syntax is text here
+        n = self._lib.llama_token_to_piece(vocab, token, self._piece_buf, len(self._piece_buf), 0, special)
         if n < 0:
             self._piece_buf = ctypes.create_string_buffer(-n)
-            n = self._lib.llama_token_to_piece(vocab, token, self._piece_buf, -n, 0, False)
+            n = self._lib.llama_token_to_piece(vocab, token, self._piece_buf, -n, 0, special)
         return bytes(self._piece_buf.raw[:n])
 
     @property
@@ -204,7 +214,7 @@ class LlamaCppRuntime(Runtime):
         stops = [x for x in s.stop if x]
         seed = s.value("seed", cfg)
         llm.set_seed(seed if seed >= 0 else lib.LLAMA_DEFAULT_SEED)
-        grammar = grammar_for(inp)  # before the run, so a bad schema costs no evaluation
+        grammar = grammar_for(inp, self._tool_format)  # before the run, so a bad schema costs no evaluation
         knobs = {native: s.value(name, cfg) for name, native in SAMPLING.items()}
         tokens = llm.generate(prompt, **knobs, reset=True, grammar=grammar)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="ignore")
@@ -302,9 +312,17 @@ class LlamaCppRuntime(Runtime):
         if self._llm is not None:
             self._llm.reset()
 
+    @property
+    def tool_format(self) -> toolcalls.ToolFormat:
+        return self._tool_format
+
     def describe(self) -> dict[str, Any]:
-        """Runtime kind, llama-cpp-python version, model path and n_ctx for the info topic."""
-        info: dict[str, Any] = {"runtime": self.kind, "model_path": str(self.model_path or "")}
+        """Runtime kind, llama-cpp-python version, model path, n_ctx and tool format for the info topic."""
+        info: dict[str, Any] = {
+            "runtime": self.kind,
+            "model_path": str(self.model_path or ""),
+            "tool_format": self._tool_format.name,
+        }
         if self._lib is not None:
             info["version"] = str(getattr(self._lib, "__version__", "unknown"))
         if self._llm is not None:
@@ -327,9 +345,15 @@ def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
     return text[: len(text) - hold], text[len(text) - hold :], False
 
 
-def _message(m: ChatMessage, native: bool) -> dict[str, Any]:
+def _single_tokens(llm: Any, texts: tuple[str, ...]) -> frozenset[int]:
+    """The ids of those ``texts`` that are one token each in this model's vocabulary."""
+    ids = (llm.tokenize(t.encode(), add_bos=False, special=True) for t in texts)
+    return frozenset(i[0] for i in ids if len(i) == 1)
+
+
+def _message(m: ChatMessage, native: bool, fmt: toolcalls.ToolFormat) -> dict[str, Any]:
     """One turn for the chat template: tool calls and results as the template's own fields when it
-    renders tools (``native``), else as Hermes text in the content."""
+    renders tools (``native``), else as the format's text in the content."""
     if native:
         out: dict[str, Any] = {"role": m.role, "content": m.content}
         if m.tool_calls:
@@ -340,7 +364,7 @@ def _message(m: ChatMessage, native: bool) -> dict[str, Any]:
                 out["name"] = m.name
         return out
     if m.role == "tool":
-        return {"role": "user", "content": response_block(m.content)}
+        return {"role": "user", "content": fmt.render_tool_result(m)}
     if not m.tool_calls:
         return {"role": m.role, "content": m.content}
-    return {"role": m.role, "content": assistant_text(m.content, m.tool_calls)}
+    return {"role": m.role, "content": fmt.render_call_turn(m)}

@@ -4,7 +4,8 @@ The runtime renders the model's own template around one user turn; rkllmd choose
 three-part template (system, prefix, postfix; ChatML when a system prompt is wanted and none is
 configured) and the text of that turn. Pure functions of the model's settings (a pydantic model
 or, in a worker process, a Table of the same names), the input, and whether the loaded release
-takes tools itself (rkllm_set_function_tools, 1.2.1+). Called on the inference thread.
+takes tools itself (rkllm_set_function_tools, 1.2.1+); where it does not, the model's tool-call
+format (rkllmd.toolcalls) writes tools, calls and results as text. Called on the inference thread.
 """
 
 from __future__ import annotations
@@ -15,10 +16,10 @@ from typing import TYPE_CHECKING
 
 from rkllmd import finitejson
 from rkllmd.generation import ChatMessage, GenerateInput
-from rkllmd.toolcalls import assistant_text, response_block, system_with_tools
 
 if TYPE_CHECKING:
     from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmModelSettings
+    from rkllmd.toolcalls import ToolFormat
 
 
 @dataclass(frozen=True)
@@ -41,13 +42,13 @@ TOOL_RESPONSE = "tool_response"  # the tag the runtime wraps role="tool" input i
 
 
 def wanted_template(
-    cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool
+    cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool, fmt: ToolFormat
 ) -> tuple[str, str, str] | None:
     """The template strings this run wants, or None for the model's built-in template."""
     system = inp.system or cfg.system_prompt
     if inp.active_tools and not native_tools:
-        # 1.2.0 / 1.2.1b1: no tool API, so the Hermes block goes into the system prompt.
-        system = system_with_tools(system, inp.active_tools)
+        # 1.2.0 / 1.2.1b1: no tool API, so the format's tool section goes into the system prompt.
+        system = fmt.render_tools(system, inp.active_tools)
     tpl = cfg.chat_template
     if tpl is None and system is None:
         return None
@@ -60,7 +61,7 @@ def render(tpl: ChatTemplate | Template, system: str) -> tuple[str, str, str]:
     return (sys_text, tpl.prefix, tpl.postfix)
 
 
-def prompt_text(cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool) -> str:
+def prompt_text(cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool, fmt: ToolFormat) -> str:
     """The text one run sends as ``prompt_input``.
 
     The runtime wraps it in the model's own template as one user turn. With keep_history
@@ -70,13 +71,13 @@ def prompt_text(cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool)
     """
     turns, n_results, earlier = _split(inp)
     # Tool results at the end are one input: role "tool" (several as a JSON array, as the
-    # runtime asks), or Hermes <tool_response> text in a user turn (input_role).
+    # runtime asks), or the format's result text in a user turn (input_role).
     as_tool = input_role(cfg, inp, native_tools) == "tool"
-    last = _last_input(turns[len(turns) - n_results :], as_tool) if n_results else inp.last_user
+    last = _last_input(turns[len(turns) - n_results :], as_tool, fmt) if n_results else inp.last_user
     if cfg.keep_history or not earlier:
         return last
     names = {"user": "User", "assistant": "Assistant", "tool": "Tool"}
-    lines = [f"{names.get(m.role, m.role)}: {assistant_text(m.content, m.tool_calls)}" for m in earlier]
+    lines = [f"{names.get(m.role, m.role)}: {_turn_text(m, fmt)}" for m in earlier]
     return "Conversation so far:\n" + "\n".join(lines) + "\n\n" + last
 
 
@@ -85,7 +86,7 @@ def input_role(cfg: RkllmModelSettings, inp: GenerateInput, native_tools: bool) 
 
     The runtime takes nothing but JSON text with role "tool" (1.3.1's rkllm_run returns -1
     otherwise), so results that follow a transcript of earlier turns (no keep_history), or that
-    a release without the tool API (1.2.0, 1.2.1b1) gets, go as Hermes text in a user turn.
+    a release without the tool API (1.2.0, 1.2.1b1) gets, go as the format's text in a user turn.
     """
     _turns, n_results, earlier = _split(inp)
     return "tool" if n_results and native_tools and (cfg.keep_history or not earlier) else "user"
@@ -100,9 +101,13 @@ def _split(inp: GenerateInput) -> tuple[list[ChatMessage], int, list[ChatMessage
     return turns, n_results, turns[: len(turns) - (n_results or 1)]
 
 
-def _last_input(results: list[ChatMessage], as_tool: bool) -> str:
+def _turn_text(m: ChatMessage, fmt: ToolFormat) -> str:
+    return fmt.render_call_turn(m) if m.tool_calls else m.content
+
+
+def _last_input(results: list[ChatMessage], as_tool: bool, fmt: ToolFormat) -> str:
     if not as_tool:
-        return "\n".join(response_block(m.content) for m in results)
+        return "\n".join(fmt.render_tool_result(m) for m in results)
     if len(results) == 1:
         return _json_text(results[0].content)
     return json.dumps([m.content for m in results], ensure_ascii=False)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rkllmd import logface
+from rkllmd import logface, toolcalls
 from rkllmd.errors import ModelLoadError, RuntimeCallError, RuntimeFailure
 from rkllmd.generation import GenerateInput
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime, TokenSink
@@ -95,6 +95,7 @@ class RkllmRuntime(Runtime):
         self._last_tools: tuple[str, str] | None = None  # (system, tools JSON) last set natively
         self._tokenizer: Any = None
         self._cache = CacheSlot(name)  # the prompt cache it holds (docs/RKLLM.md#prompt-cache)
+        self._tool_format = _choose_format(name, cfg)
 
     # ---- open / close --------------------------------------------------------------------------
 
@@ -352,7 +353,7 @@ class RkllmRuntime(Runtime):
         self._last_tools = wanted
 
     def _wanted_template(self, inp: GenerateInput) -> tuple[str, str, str] | None:
-        return wanted_template(self.cfg, inp, self._native_tools)
+        return wanted_template(self.cfg, inp, self._native_tools, self._tool_format)
 
     def _apply_template(self, inp: GenerateInput) -> None:
         wanted = self._wanted_template(inp)
@@ -367,7 +368,7 @@ class RkllmRuntime(Runtime):
 
     def prompt_text(self, inp: GenerateInput) -> str:
         """The text one run sends as ``prompt_input`` (rkllmd.runtime.rkllm.prompt)."""
-        return prompt_text(self.cfg, inp, self._native_tools)
+        return prompt_text(self.cfg, inp, self._native_tools, self._tool_format)
 
     # ---- the rest of the interface -----------------------------------------------------------------
 
@@ -412,6 +413,10 @@ class RkllmRuntime(Runtime):
     def library_path(self) -> Path | None:
         return self.lib.path if self.lib is not None else None
 
+    @property
+    def tool_format(self) -> toolcalls.ToolFormat:
+        return self._tool_format
+
     def describe(self) -> dict[str, Any]:
         det = self.lib.detection if self.lib is not None else None
         return {
@@ -422,4 +427,15 @@ class RkllmRuntime(Runtime):
             "abi_family": self.lib.spec.family if self.lib is not None else None,
             "library": str(det.path) if det else None,
             "context_length": self.context_length,
+            "tool_format": self._tool_format.name,
         }
+
+
+def _choose_format(name: str, cfg: RkllmModelSettings) -> toolcalls.ToolFormat:
+    """The model's tool-call format: as configured, or for ``auto`` from what RKLLM lets us see,
+    the configured three-part template (the built-in one cannot be read) and the model's names."""
+    tpl = cfg.chat_template
+    text = None if tpl is None else tpl.system + tpl.prefix + tpl.postfix
+    fmt = toolcalls.choose(cfg.tool_format, text, f"{name} {os.path.basename(str(cfg.path))}")
+    log.info("tool_format", model=name, format=fmt.name, setting=cfg.tool_format)
+    return fmt
