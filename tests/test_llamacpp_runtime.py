@@ -249,6 +249,21 @@ def test_describe_and_context_length(rt: LlamaCppRuntime) -> None:
     assert info["runtime"] == "llamacpp" and info["version"]
     assert info["model_path"].endswith(".gguf")
     assert info["n_ctx"] == rt.context_length == 1024
+    # SmolLM2's template has no tool syntax: ``auto`` falls back to Hermes, and says so.
+    assert info["tool_format"] == rt.tool_format.name == "hermes"
+
+
+@pytest.mark.model
+def test_a_formats_control_tokens_reach_the_text(rt: LlamaCppRuntime) -> None:
+    """A control token a format names in ``visible_tokens`` (``<|python_tag|>``, ``[TOOL_CALLS]``)
+    is streamed as its text, where every other control token stays out of it."""
+    from rkllmd.runtime.llamacpp.runtime import _single_tokens
+
+    llm = rt._llm
+    (im_start,) = _single_tokens(llm, ("<|im_start|>", "<tool_call>"))  # <tool_call>: many tokens here
+    assert rt._piece(im_start) == b""
+    rt._visible = frozenset({im_start})
+    assert rt._piece(im_start) == b"<|im_start|>"
 
 
 WEATHER = (

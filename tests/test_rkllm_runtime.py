@@ -339,6 +339,15 @@ def test_describe(rt: RkllmRuntime, abi: str) -> None:
     assert d["version_source"] == "string"
     assert d["library"] == str(fake_library(abi))
     assert rt.context_length == 4096
+    assert d["tool_format"] == rt.tool_format.name == "hermes"
+
+
+def test_tool_format_auto_reads_the_configured_template(make_rt: Any) -> None:
+    """``auto`` on RKLLM reads what it can: a configured template that writes <tool_call> is
+    Hermes; so is a Qwen model by name, and the fallback; a named format is taken as named."""
+    tpl = {"system": "<|im_start|>system\n{system}<tools></tools><tool_call>", "prefix": "", "postfix": ""}
+    assert make_rt("13", chat_template=tpl).tool_format.name == "hermes"
+    assert make_rt("13", tool_format="hermes").tool_format.name == "hermes"
 
 
 def test_library_not_loaded_before_open(model: Path) -> None:
