@@ -81,9 +81,10 @@ class ToolFormat(abc.ABC):
 
     @abc.abstractmethod
     def detect(self, chat_template: str | None, model_name: str) -> bool:
-        """Whether a model is of this family: its chat template's text (the GGUF's on llama.cpp,
-        the configured one on RKLLM; None when unknown) or its name (the config's name and the
-        model file's, lower case)."""
+        """Whether a model is of this family, asked twice by ``auto``: first with its chat
+        template's text alone (the GGUF's on llama.cpp, the configured one on RKLLM; the name
+        empty), then, if no format knew the template, with its names alone (the config's and the
+        model file's, lower case; the template None)."""
 
     @abc.abstractmethod
     def parser(self, tools: Tools) -> CallParser:

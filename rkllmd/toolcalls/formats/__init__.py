@@ -49,11 +49,15 @@ def get(name: str) -> ToolFormat:
 
 def choose(setting: str, chat_template: str | None, model_name: str) -> ToolFormat:
     """The format of a model: the one ``setting`` names, or for ``auto`` the first whose
-    ``detect`` recognises its chat template or name (lower-cased here), else Hermes."""
+    ``detect`` recognises its chat template, else the first that recognises its name (lower-cased
+    here), else Hermes. The template goes first: it is what the model was trained to write
+    (Hermes-3-Llama-3.1 is named Llama and writes Hermes calls)."""
     if setting != AUTO:
         return get(setting)
     name = model_name.lower()
-    for fmt in all_formats().values():
-        if fmt.detect(chat_template, name):
-            return fmt
+    asks = ([(chat_template, "")] if chat_template else []) + [(None, name)]
+    for template, names_ in asks:
+        for fmt in all_formats().values():
+            if fmt.detect(template, names_):
+                return fmt
     return get(FALLBACK)
