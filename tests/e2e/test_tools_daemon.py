@@ -97,3 +97,23 @@ def test_malformed_call_and_bad_input_are_answered(start_daemon: Start, mqtt_pro
         {"id": "m5", "prompt": say('{"city": "Paris"}'), "format": WEATHER["function"]["parameters"]},
     )
     assert reply["status"] == "ok" and reply["data"]["text"] == '{"city": "Paris"}'
+
+
+def test_a_model_set_to_llama_json_has_its_calls_parsed_in_that_format(
+    start_daemon: Start, mqtt_probe: Probe
+) -> None:
+    """``tool_format = "llama3_json"`` reaches the job through the worker process: a Llama JSON
+    call split across tokens becomes tool_calls, and Hermes markup is that model's text."""
+    _d, base = start_daemon(model={"tool_format": "llama3_json"})
+    llama_call = '{"name": "get_weather", "parameters": {"city": "Paris"}}'
+    chunks, reply = ask(mqtt_probe, base, {"id": "l1", "prompt": say(llama_call), "tools": [WEATHER]})
+    data = reply["data"]
+    assert reply["status"] == "ok" and data["finish_reason"] == "tool_calls" and data["text"] == ""
+    assert data["tool_calls"][0]["function"] == {"name": "get_weather", "arguments": {"city": "Paris"}}
+    assert "".join(c.get("delta", "") for c in chunks) == ""
+    _, reply = ask(mqtt_probe, base, {"id": "l2", "prompt": say("ok " + CALL), "tools": [WEATHER]})
+    assert (
+        reply["status"] == "ok"
+        and reply["data"]["text"] == "ok " + CALL
+        and reply["data"]["tool_calls"] == []
+    )
