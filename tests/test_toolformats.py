@@ -220,3 +220,25 @@ def test_unknown_format_name_is_a_config_error_naming_the_choices(tmp_path: Path
     assert load_settings(p).models["m"].tool_format == "hermes"
     with pytest.raises(ValueError, match="unknown tool_format 'x'"):
         toolcalls.get("x")
+
+
+def test_held_suffix_is_the_longest_tail_that_could_still_become_a_tag() -> None:
+    """The shared helper against its definition, over every short text of tag-like characters."""
+    import itertools
+
+    from rkllmd.toolcalls.format import held_suffix
+
+    tags = ("<tool_call>", "<|python_tag|>", "[TOOL_CALLS]")
+
+    def by_definition(text: str) -> int:
+        return max(
+            (k for k in range(1, len(text) + 1) for t in tags if len(t) > k and t.startswith(text[-k:])),
+            default=0,
+        )
+
+    for n in range(6):
+        for chars in itertools.product("<t|[o_", repeat=n):
+            text = "".join(chars)
+            assert held_suffix(text, tags) == by_definition(text), text
+    assert held_suffix("see <tool_c", tags) == 7 and held_suffix("a <|python_t", tags) == 10
+    assert held_suffix("x <tool_call>", tags) == 0  # a whole tag is the parser's, not held

@@ -117,11 +117,19 @@ class ToolFormat(abc.ABC):
 
 def held_suffix(text: str, tags: Sequence[str]) -> int:
     """Length of the longest suffix of ``text`` that is a proper prefix of one of ``tags`` (it
-    could still become that tag, so a streaming parser holds it back)."""
-    for k in range(min(max(map(len, tags)) - 1, len(text)), 0, -1):
-        if any(t.startswith(text[-k:]) for t in tags):
-            return k
-    return 0
+    could still become that tag, so a streaming parser holds it back).
+
+    Runs per token: only positions holding a tag's first character are tried, left to right
+    (the longest candidate first), so text without one costs a single ``find`` per tag."""
+    best, n = 0, len(text)
+    for tag in tags:
+        i = text.find(tag[0], max(0, n - len(tag) + 1))
+        while i >= 0:
+            if tag.startswith(text[i:]):
+                best = max(best, n - i)
+                break
+            i = text.find(tag[0], i + 1)
+    return best
 
 
 def ecma_escape(text: str) -> str:
