@@ -61,8 +61,11 @@ def format_schema(fmt: str | dict[str, Any]) -> dict[str, Any]:
     return {"type": "object"} if fmt == "json" else fmt  # type: ignore[return-value]
 
 
-def tool_call_schema(tools: Sequence[dict[str, Any]], only: str | None = None) -> dict[str, Any]:
-    """The schema of one call body ``{"name", "arguments"}`` to one of ``tools`` (or to ``only``)."""
+def tool_call_schema(
+    tools: Sequence[dict[str, Any]], only: str | None = None, args_key: str = "arguments"
+) -> dict[str, Any]:
+    """The schema of one call body ``{"name", <args_key>}`` to one of ``tools`` (or to ``only``);
+    ``args_key`` is what the format calls the arguments (Llama 3: ``parameters``)."""
     alts = []
     for t in tools:
         fn = t["function"]
@@ -72,8 +75,8 @@ def tool_call_schema(tools: Sequence[dict[str, Any]], only: str | None = None) -
         alts.append(
             {
                 "type": "object",
-                "properties": {"name": {"const": fn["name"]}, "arguments": params},
-                "required": ["name", "arguments"],
+                "properties": {"name": {"const": fn["name"]}, args_key: params},
+                "required": ["name", args_key],
             }
         )
     return alts[0] if len(alts) == 1 else {"anyOf": alts}

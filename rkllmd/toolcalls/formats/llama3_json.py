@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from rkllmd import finitejson
 from rkllmd.toolcalls.calls import one_call
 from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, held_suffix
+from rkllmd.toolcalls.schema import tool_call_schema
 
 if TYPE_CHECKING:
     from rkllmd.generation import ChatMessage, ToolCall
@@ -155,27 +156,16 @@ class Llama3Json(ToolFormat):
         """Calls as the whole output: one object, or several joined by ``;``. The lazy trigger is
         the start of the output opening an object (whitespace, ``{``, part of ``"name"``), which
         the converter's object rule accepts; later ``{`` in prose never triggers."""
-        body = re.sub(r"^root ::=", "tool-call ::=", to_gbnf(_schema(tools, only)), count=1, flags=re.M)
+        body = re.sub(
+            r"^root ::=",
+            "tool-call ::=",
+            to_gbnf(tool_call_schema(tools, only, "parameters")),
+            count=1,
+            flags=re.M,
+        )
         rules = f'root ::= tool-call (tool-ws ";" tool-ws tool-call)* tool-ws\ntool-ws ::= {_WS}\n'
         trigger = f'^{_WS}(\\{{)(?:"(?:n(?:a(?:m(?:e"?)?)?)?)?)?$'
         return CallGrammar(rules + body, (trigger,))
-
-
-def _schema(tools: Tools, only: str | None) -> dict[str, Any]:
-    """One call body ``{"name", "parameters"}`` to one of ``tools`` (or to ``only``)."""
-    alts = [
-        {
-            "type": "object",
-            "properties": {
-                "name": {"const": t["function"]["name"]},
-                "parameters": t["function"].get("parameters") or {"type": "object"},
-            },
-            "required": ["name", "parameters"],
-        }
-        for t in tools
-        if only is None or t["function"]["name"] == only
-    ]
-    return alts[0] if len(alts) == 1 else {"anyOf": alts}
 
 
 FORMAT = Llama3Json()
