@@ -242,3 +242,21 @@ def test_held_suffix_is_the_longest_tail_that_could_still_become_a_tag() -> None
             assert held_suffix(text, tags) == by_definition(text), text
     assert held_suffix("see <tool_c", tags) == 7 and held_suffix("a <|python_t", tags) == 10
     assert held_suffix("x <tool_call>", tags) == 0  # a whole tag is the parser's, not held
+
+
+@pytest.mark.parametrize(
+    ("output", "start"),
+    [("[TOOL_CALLS]", 0), ("ok [TOOL_CALLS] [", 3), ('[TOOL_CALLS][{"', 0), ("[TOOL_CALLS]\n[{", 0)],
+)
+def test_tagged_grammar_for_a_list_body_without_a_close_tag(output: str, start: int) -> None:
+    """The shared helper fits a family that writes a tag then a JSON list and no close tag
+    (Mistral's ``[TOOL_CALLS][...]``): no close literal, a trigger that waits for ``[{"``."""
+    from rkllmd.toolcalls.format import tagged_json_grammar
+
+    g = tagged_json_grammar("[TOOL_CALLS]", "", {"type": "array"}, fake_gbnf, "[ \\t\\n]{0,4}", '[{"')
+    assert g.gbnf.splitlines()[1] == 'tool-call ::= "[TOOL_CALLS]" tool-ws tool-call-body'
+    (trigger,) = g.triggers
+    m = ecma_search(trigger, output)
+    assert m is not None and m.start(1) == start
+    for late in ('[TOOL_CALLS]{"', "[TOOL_CALLS][x", '[TOOL_CALLS][{"n'):
+        assert ecma_search(trigger, late) is None

@@ -138,19 +138,36 @@ def ecma_escape(text: str) -> str:
 
 
 def tagged_json_grammar(
-    open_tag: str, close_tag: str, body_schema: dict[str, Any], to_gbnf: ToGbnf, ws: str
+    open_tag: str,
+    close_tag: str,
+    body_schema: dict[str, Any],
+    to_gbnf: ToGbnf,
+    ws: str,
+    body_start: str = '{"',
 ) -> CallGrammar:
     """The grammar of calls written ``open_tag`` + a JSON body matching ``body_schema`` +
-    ``close_tag``, one or more with ``ws`` between them, triggered at ``open_tag``.
+    ``close_tag`` (none when empty: Mistral's ``[TOOL_CALLS][...]``), one or more with ``ws``
+    between them, triggered at ``open_tag``.
 
-    The body is a JSON object: after the tag, only ``ws``, ``{`` and a key's opening quote are
-    certain to be accepted, whatever the converter's whitespace rules, so the trigger stops there.
+    ``body_start`` is what the body certainly begins with whatever the converter's whitespace
+    rules: ``{"`` for an object whose first key is quoted, ``[{"`` for a list of them. The
+    trigger accepts the tag, ``ws`` and any prefix of it, and nothing more.
     """
     body = re.sub(r"^root ::=", "tool-call-body ::=", to_gbnf(body_schema), count=1, flags=re.M)
+    close = f" tool-ws {json.dumps(close_tag)}" if close_tag else ""
     rules = (
         f"root ::= tool-call (tool-ws tool-call)* tool-ws\n"
-        f"tool-call ::= {json.dumps(open_tag)} tool-ws tool-call-body tool-ws {json.dumps(close_tag)}\n"
+        f"tool-call ::= {json.dumps(open_tag)} tool-ws tool-call-body{close}\n"
         f"tool-ws ::= {ws}\n"
     )
-    trigger = f'({ecma_escape(open_tag)}){ws}(?:\\{{"?)?$'
+    trigger = f"({ecma_escape(open_tag)}){ws}{optional_prefixes(body_start)}$"
     return CallGrammar(rules + body, (trigger,))
+
+
+def optional_prefixes(text: str) -> str:
+    """An ECMAScript regex matching any prefix of ``text``, the empty one included:
+    ``{"`` gives ``(?:\\{(?:")?)?``."""
+    out = ""
+    for ch in reversed(text):
+        out = f"(?:{ecma_escape(ch)}{out})?"
+    return out
