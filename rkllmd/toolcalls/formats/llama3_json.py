@@ -20,9 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import structlog
-
-from rkllmd import finitejson
+from rkllmd import finitejson, logface
 from rkllmd.toolcalls.calls import one_call
 from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, held_suffix
 from rkllmd.toolcalls.schema import tool_call_schema
@@ -30,7 +28,7 @@ from rkllmd.toolcalls.schema import tool_call_schema
 if TYPE_CHECKING:
     from rkllmd.generation import ChatMessage, ToolCall
 
-log = structlog.get_logger("rkllmd.toolcalls")
+log = logface.get_logger("rkllmd.toolcalls")
 
 PYTHON_TAG = "<|python_tag|>"
 _CALL_START = re.compile(r'\{\s*"name"')  # the start of a call object, whitespace as JSON allows
