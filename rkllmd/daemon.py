@@ -1,7 +1,9 @@
 """Wires the parts together: bus → ingress → inference loop → dispatcher → bus.
 
 Threads:
-- *main*: ``run`` connects, starts the others, waits for a stop signal, shuts down in order.
+- *main*: ``run`` connects, starts the others, waits for a stop, shuts down in order.
+- *signals* (rkllmd/signals.py): a SIGTERM or SIGINT, taken by any thread: logs it and sets the
+  stop the main thread waits for (the handler itself does nothing).
 - *ingress* (rkllmd/ingress.py): admits every incoming message; plugin preprocessors and topic
   handlers.
 - *inference* and *watchdog* (rkllmd/loop.py): run the jobs, one at a time.
@@ -11,14 +13,10 @@ docs/ARCHITECTURE.md follows one request through them.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import select
 import signal
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import Any
 
 import structlog
@@ -38,6 +36,7 @@ from rkllmd.runtime import registry
 from rkllmd.runtime.base import TokenCounter
 from rkllmd.sdnotify import Notifier
 from rkllmd.settings import Settings
+from rkllmd.signals import SignalWatch
 
 log = structlog.get_logger("rkllmd")
 
@@ -136,8 +135,7 @@ class Daemon:
             journal=self.journal,
             fleet=self.fleet,
         )
-        self._stop = threading.Event()
-        self._wake_fd: int | None = None  # wakes the main thread's wait for a stop (_wait_for_stop)
+        self._stop = threading.Event()  # set by the signals thread or request_stop()
         self.notifier = Notifier()  # systemd Type=notify; a no-op outside systemd
         self._live: tuple[Any, ...] = ()
         self._live_since = time.monotonic()
@@ -150,8 +148,10 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._on_signal)
+        with SignalWatch((signal.SIGTERM, signal.SIGINT), self._on_signal):
+            return self._serve()
+
+    def _serve(self) -> int:
         self.ingress.recover(self.journal.recover())  # before any thread can write to the journal
         if self.fleet is not None and self.settings.mqtt.clean_start:
             log.warning(
@@ -193,44 +193,19 @@ class Daemon:
         if self.fleet is not None:
             log.info("serving as a board of a fleet", group=self.fleet.group, node=self.fleet.node)
         self.notifier.start_watchdog(self._liveness)
-        self._wait_for_stop()
+        # No timer: the signals thread sets the event, whichever thread the kernel gave the signal.
+        self._stop.wait()
         self.shutdown()
         return 0
 
-    def _wait_for_stop(self) -> None:
-        """Sleep until a stop signal or request_stop(), with no timer.
-
-        A plain Event.wait() is not enough: the kernel may deliver SIGTERM to any thread, and then
-        the main thread, asleep in the wait, never runs the Python handler. The signal's wakeup fd
-        (written by whichever thread takes the signal) wakes it instead.
-        """
-        r, w = os.pipe()
-        os.set_blocking(r, False)
-        os.set_blocking(w, False)
-        self._wake_fd = w
-        old = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
-        try:
-            while not self._stop.is_set():
-                select.select([r], [], [])  # the handler runs when this returns to Python code
-                with contextlib.suppress(BlockingIOError):
-                    os.read(r, 512)
-        finally:
-            signal.set_wakeup_fd(old)
-            self._wake_fd = None
-            os.close(r)
-            os.close(w)
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        log.info("stop requested", signal=signal.Signals(signum).name)
+    def _on_signal(self, signum: int) -> None:
+        """The signals thread: SIGTERM or SIGINT (also one that came while stopping already)."""
+        log.info("stop requested", signal=signal.Signals(signum).name, stopping=self._stop.is_set())
         self._stop.set()
 
     def request_stop(self) -> None:
         """Any thread: stop as a signal would."""
         self._stop.set()
-        fd = self._wake_fd
-        if fd is not None:
-            with contextlib.suppress(OSError):
-                os.write(fd, b"\0")
 
     def shutdown(self) -> None:
         """Stop taking requests, end the current one within the grace period, say ``stopped``."""

@@ -22,33 +22,19 @@ _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARN
 class _Lines:
     """stderr for structlog's lines: one write and a flush each, under one lock for every logger.
 
-    A signal handler runs on the main thread between two bytecodes, also in the middle of a line
-    being written there, and it logs ("stop requested"). A plain lock would deadlock the main thread
-    on itself, and writing from inside the write raises (buffered files are not reentrant): so the
-    lock is reentrant, and a line logged from inside a write is written right after it."""
+    No line is logged from a signal handler (rkllmd.signals acts on signals on a thread of its
+    own), so a write is never entered again on the thread in it, and a plain lock does."""
 
     def __init__(self, stream: TextIO) -> None:
-        self._stream, self._lock = stream, threading.RLock()
-        self._writing = False  # under _lock: a write is in progress (on the thread holding it)
-        self._after: list[str] = []  # lines logged from inside that write
+        self._stream, self._lock = stream, threading.Lock()
 
     def write(self, line: str) -> None:
         with self._lock:
-            if self._writing:
-                self._after.append(line)
-                return
-            self._writing = True
             try:
-                lines = [line]
-                while lines:
-                    try:
-                        self._stream.write("".join(f"{text}\n" for text in lines))
-                        self._stream.flush()
-                    except (OSError, ValueError):  # stderr gone (a closed pipe or file): as stdlib
-                        pass  # logging, a line that cannot be written never takes its thread down
-                    lines, self._after = self._after, []
-            finally:
-                self._writing = False
+                self._stream.write(f"{line}\n")
+                self._stream.flush()
+            except (OSError, ValueError):  # stderr gone (a closed pipe or file): as stdlib logging,
+                pass  # a line that cannot be written never takes its thread down
 
 
 class _Logger:

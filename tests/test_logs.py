@@ -7,14 +7,15 @@ import io
 import json
 import logging
 import os
+import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 
 import pytest
 import structlog
 
 from rkllmd import logs
+from tests.helpers import REPO
 
 
 @pytest.fixture
@@ -62,39 +63,62 @@ def test_a_line_to_a_closed_stderr_is_dropped_not_raised(
             gone.close()
 
 
-def test_a_line_logged_while_another_is_being_written_does_not_deadlock(
-    restore_logging: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A signal handler that logs can run in the middle of a line's write on the same thread (the
-    daemon's "stop requested"): both lines are written, the thread goes on."""
+# Logs lines on the main thread while another thread sends it signals, to the main thread itself
+# and to the process, as fast as it can; the signals are acted on (and logged) by rkllmd.signals.
+_SIGNALLED = r"""
+import os, signal, sys, threading
+import structlog
+from rkllmd import logs
+from tests.helpers import REPO
+from rkllmd.signals import SignalWatch
 
-    class Interrupted(io.StringIO):
-        """A stream whose first write runs a log call, as a signal handler arriving then would;
-        not reentrant, as a buffered file is not."""
+logs.configure("info", "json")
+log = structlog.get_logger("rkllmd.test")
+seen = 0
 
-        nested = writing = False
+def on_signal(signum):
+    global seen
+    seen += 1
+    log.info("signal", n=seen)
 
-        def write(self, s: str) -> int:
-            if self.writing:
-                raise RuntimeError("reentrant call inside the stream")
-            self.writing = True
-            try:
-                n = super().write(s)
-                if not self.nested:
-                    self.nested = True
-                    structlog.get_logger("rkllmd").info("stop requested")
-            finally:
-                self.writing = False
-            return n
+lines, most = int(sys.argv[1]), int(sys.argv[2])
+sent, done, main = 0, threading.Event(), threading.main_thread().ident
 
-    out = Interrupted()
-    monkeypatch.setattr(sys, "stderr", out)
-    logs.configure("info", "json")
-    worker = threading.Thread(
-        target=lambda: structlog.get_logger("rkllmd").info("shutting down"), daemon=True
+def sender():
+    global sent
+    while not done.is_set() and sent < most:
+        if sent % 2:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        else:
+            signal.pthread_kill(main, signal.SIGUSR1)
+        sent += 1
+
+with SignalWatch((signal.SIGUSR1,), on_signal):
+    t = threading.Thread(target=sender)
+    t.start()
+    for i in range(lines):
+        log.info("line", i=i, pad="x" * 300)
+    done.set()
+    t.join()
+print(seen, sent)
+"""
+
+
+def test_signals_arriving_while_lines_are_written_lose_and_corrupt_none() -> None:
+    """A process sent signals in a loop while it logs: every line it logged arrives whole and in
+    order, those of the main thread and one per signal acted on, and it exits."""
+    lines = 3000
+    out = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED, str(lines), "20000"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )
-    worker.start()
-    worker.join(10)
-    assert not worker.is_alive(), "the nested log call deadlocked"
-    events = [json.loads(line)["event"] for line in out.getvalue().splitlines()]
-    assert events == ["shutting down", "stop requested"]
+    assert out.returncode == 0, out.stderr[-2000:]
+    seen, sent = map(int, out.stdout.split())
+    events = [json.loads(line) for line in out.stderr.splitlines()]
+    assert [e["i"] for e in events if e["event"] == "line"] == list(range(lines))
+    assert [e["n"] for e in events if e["event"] == "signal"] == list(range(1, seen + 1))
+    assert len(events) == lines + seen
+    assert 0 < seen <= sent  # signals sent while one is pending are merged by the kernel

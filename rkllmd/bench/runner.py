@@ -22,6 +22,7 @@ from rkllmd.bench.progress import Progress
 from rkllmd.bench.stats import Sample, summarise_samples
 from rkllmd.bench.suite import Case
 from rkllmd.settings import Settings
+from rkllmd.signals import SignalWatch
 
 FORMAT = "rkllmd-bench/1"
 
@@ -45,30 +46,42 @@ class StopOnInterrupt:
     """Ctrl-C handling: the first aborts the run in progress and stops after it; a second kills.
 
     A plain KeyboardInterrupt is not enough: raised inside a runtime's ctypes callback it is
-    printed and swallowed, and the generation runs on. The abort is sent from a thread because
-    the handler may interrupt code that holds the runtime's own (non-reentrant) lock.
+    printed and swallowed, and the generation runs on. So the first Ctrl-C is acted on by the
+    signals thread (rkllmd.signals), not in the handler, which may interrupt the main thread in
+    the middle of a line's write or holding the runtime's own (non-reentrant) lock; the handler
+    only counts, and raises KeyboardInterrupt at the second.
     """
 
     def __init__(self, paths: list[BenchPath]) -> None:
         self.paths, self.hit = paths, False
-        self._old: Any = None
+        self._watch: SignalWatch | None = None
+        self._aborting = False  # the signals thread has aborted the runs (once)
 
     def __enter__(self) -> StopOnInterrupt:
         if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGINT, self._handle)
+            self._watch = SignalWatch((signal.SIGINT,), self._abort, handler=self._handle)
+            self._watch.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._old is not None:
-            signal.signal(signal.SIGINT, self._old)
+        if self._watch is not None:
+            self._watch.__exit__(*exc)
+            self._watch = None
 
-    def _handle(self, signum: int, frame: Any) -> None:
+    def _handle(self, signum: int) -> None:
+        """Main thread, inside the signal handler: count, and quit at the second."""
         if self.hit:
             raise KeyboardInterrupt
         self.hit = True
+
+    def _abort(self, signum: int) -> None:
+        """The signals thread: the first Ctrl-C ends the runs in progress."""
+        if self._aborting:
+            return
+        self._aborting = True
         print("\nstopping after the run in progress (Ctrl-C again to quit at once)", file=sys.stderr)
         for p in self.paths:
-            threading.Thread(target=p.abort, daemon=True).start()
+            threading.Thread(target=p.abort, daemon=True).start()  # one stuck abort holds no other
 
     def check(self) -> None:
         if self.hit:
