@@ -44,7 +44,7 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from rkllmd import mqttwire
+from rkllmd import mqttwire, pahoprivate
 from rkllmd.errors import ConfigError
 from rkllmd.mqttconnect import BrokerUnavailable, make_client, refusal, retry_connect, set_nodelay
 from rkllmd.mqttloop import NetworkLoop
@@ -129,10 +129,10 @@ class Bus:
                     props.ReceiveMaximum = self._receive_maximum
                 kw["properties"] = props
             self._connecting = True
-            with self._io:  # host, port and the rest for _create_socket; closes an earlier attempt's socket
+            with self._io:  # host, port and the rest for open_socket; closes an earlier attempt's socket
                 self._client.connect_async(cfg.host, cfg.port, **kw)
             try:
-                sock = self._client._create_socket()  # TCP and TLS, without the lock
+                sock = pahoprivate.open_socket(self._client)  # TCP and TLS, without the lock
             except ssl.SSLCertVerificationError as exc:
                 msg = f"TLS: the broker's certificate did not verify: {exc.verify_message}"
                 raise ConnectionError(msg) from exc
@@ -223,7 +223,7 @@ class Bus:
         ``then`` is called once the broker has the message (its PUBACK, on the bus's network thread,
         so it must only enqueue), at once for QoS 0, and at once if paho refused the publish."""
         q = self.cfg.qos if qos is None else qos
-        if droppable and not self.connected.is_set() and len(self._client._out_messages) >= STREAM_BACKLOG:
+        if droppable and not self.connected.is_set() and pahoprivate.unacked(self._client) >= STREAM_BACKLOG:
             return
         props = None
         if self.v5 and (correlation_data is not None or content_type is not None):
@@ -320,7 +320,7 @@ class Bus:
         """Give paho time to flush queued QoS>0 messages (used before a clean stop)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if not self._client._out_messages:  # paho has no public "all acked" check
+            if not pahoprivate.unacked(self._client):
                 return
             time.sleep(0.02)
 

@@ -29,8 +29,9 @@ from tenacity import (
     wait_exponential,
 )
 
+from rkllmd import pahoprivate
 from rkllmd.errors import ConfigError, RkllmdError
-from rkllmd.mqttloop import Client, check_paho
+from rkllmd.pahoprivate import Client
 from rkllmd.settings import MqttSettings
 
 log = structlog.get_logger("rkllmd.bus")
@@ -73,7 +74,7 @@ def make_client(cfg: MqttSettings, will_topic: str, will_payload: bytes) -> Clie
     if not v5:
         client_kw["clean_session"] = cfg.clean_start
     client = Client(**client_kw)
-    check_paho(client)
+    pahoprivate.check(client)
     client.enable_logger(None)  # paho's own logger stays quiet; we log events ourselves
     client.will_set(will_topic, will_payload, qos=1, retain=True)
     # Unbounded: a final reply must never be refused by a full queue (rkllmd/bus.py's docstring).

@@ -7,9 +7,8 @@ every second), and reconnects on a socket opened without the lock, after a ``Bac
 into the client that can read or write holds ``io``, the bus's lock (rkllmd/bus.py, module
 docstring); it is not held across select() nor across a reconnect's TCP/TLS connect.
 
-What of paho-mqtt 2.x beyond its documented API this needs is listed in ``PAHO_INTERNALS`` and
-checked when the bus is made (``check_paho``), so an upgrade that moves them fails at start,
-naming the version, instead of mid-stream.
+What of paho-mqtt 2.x beyond its documented API this needs, it reaches through
+rkllmd/pahoprivate.py (the one module that names paho's private parts).
 """
 
 from __future__ import annotations
@@ -21,37 +20,16 @@ import select
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.enums import _ConnectionState
 
-from rkllmd.errors import RkllmdError
+from rkllmd import pahoprivate
+from rkllmd.pahoprivate import Client
 
 log = structlog.get_logger("rkllmd.bus")
-
-# What of paho's client beyond its documented API the bus uses (paho-mqtt 2.x): the socket opened
-# beforehand, its network loop driven from here, bytes queued behind a half-done write, and the
-# count of publishes waiting (Bus.publish, wait_published).
-PAHO_INTERNALS = (
-    "_create_socket",
-    "_packet_queue",
-    "_loop_rc_handle",
-    "_state",
-    "_keepalive",
-    "_msgtime_mutex",
-    "_last_msg_out",
-    "_last_bytes_received",
-    "_out_messages",
-    "_out_packet",
-)
-
-# The command byte the bus gives bytes it queues in paho (the rest of a stream write the socket did
-# not take): 0 is no MQTT packet type, so paho writes them out and acts on nothing.
-RAW = 0
-
 
 # Reconnect waits (Backoff). A restarted broker must hear rkllmd's subscriptions again within a
 # fraction of a second of its return: without broker persistence, requests published before then
@@ -67,50 +45,11 @@ MAX_WAIT_REFUSED_S = 30.0
 STABLE_S = 2.0  # a connection that lasted this long starts the next outage's waits from the first
 _SHUTTING_DOWN = 0x8B  # MQTT 5 DISCONNECT reason "Server shutting down": a restart, come back at once
 
-# paho's states after disconnect(): the network thread then neither reconnects nor waits on.
-_CLOSED = (_ConnectionState.MQTT_CS_DISCONNECTING, _ConnectionState.MQTT_CS_DISCONNECTED)
-
-
-class Client(mqtt.Client):
-    """paho's client, whose next socket may be one opened beforehand (``premade``).
-
-    paho's ``reconnect()`` opens the TCP (and TLS) connection itself, a blocking call of up to
-    ``connect_timeout``; the bus opens it first, without its lock, so publishers do not stall
-    while a broker that is away is tried, and lets ``reconnect()`` take that socket.
-    """
-
-    premade: Any = None
-
-    def _create_socket(self) -> Any:
-        sock, self.premade = self.premade, None
-        return sock if sock is not None else super()._create_socket()
-
-    @contextlib.contextmanager
-    def taking(self, sock: Any) -> Iterator[None]:
-        """A connect() or reconnect() inside takes ``sock``; closed if it was not taken."""
-        self.premade = sock
-        try:
-            yield
-        finally:
-            if self.premade is not None:
-                self.premade = None
-                sock.close()
-
 
 def _tls_pending(sock: Any) -> bool:
     """Decrypted bytes the TLS layer holds that select() on the socket cannot see."""
     pending = getattr(sock, "pending", None)
     return pending is not None and pending() > 0
-
-
-def check_paho(client: mqtt.Client) -> None:
-    """RkllmdError unless ``client`` has every internal this module and the bus use."""
-    missing = [name for name in PAHO_INTERNALS if not hasattr(client, name)]
-    if missing:
-        raise RkllmdError(
-            f"paho-mqtt {getattr(mqtt, '__version__', '?')} lacks what rkllmd's bus uses of it "
-            f"({', '.join(missing)}): install the paho-mqtt release constraints.txt names"
-        )
 
 
 class Backoff:
@@ -192,7 +131,7 @@ class NetworkLoop:
             log.debug("stream write failed", error=str(exc))
             return
         if sent < len(data):
-            self.client._packet_queue(RAW, data[sent:], 0, 0)
+            pahoprivate.queue_raw(self.client, data[sent:])
             self.kick()
 
     def kick(self) -> None:
@@ -247,7 +186,7 @@ class NetworkLoop:
             self._watched = sock
             want_write = c.want_write()
             pending = _tls_pending(sock)
-            closed = c._state in _CLOSED
+            closed = pahoprivate.closed(c)
         if halt.is_set() and (sock is None or not want_write or time.monotonic() >= self._flush_until):
             return False
         if sock is None:
@@ -284,18 +223,17 @@ class NetworkLoop:
             log.exception("MQTT network loop failed; reconnecting")
             with self.io, contextlib.suppress(Exception):
                 if c.socket() is sock:
-                    c._loop_rc_handle(mqtt.MQTT_ERR_UNKNOWN)
+                    pahoprivate.drop_connection(c, mqtt.MQTT_ERR_UNKNOWN)
         return True
 
     def _misc_timeout(self) -> float | None:
         """Seconds until loop_misc has something to do (a keepalive ping, or a PINGRESP overdue);
         None without a keepalive. paho's own loop woke every second instead."""
         c = self.client
-        keepalive = c._keepalive
+        keepalive = pahoprivate.keepalive(c)
         if not keepalive:
             return None
-        with c._msgtime_mutex:
-            last = min(c._last_msg_out, c._last_bytes_received)
+        last = pahoprivate.last_traffic(c)
         return min(float(keepalive), max(0.0, last + keepalive - time.monotonic()) + 0.01)
 
     def _reconnect(self, halt: threading.Event) -> None:
@@ -305,12 +243,12 @@ class NetworkLoop:
         if halt.wait(self.backoff.next()):
             return
         try:
-            sock = c._create_socket()
+            sock = pahoprivate.open_socket(c)
         except Exception as exc:  # refused, unreachable, TLS: try again after the next wait
             log.debug("reconnect failed", error=str(exc))
             return
         with self.io:
-            if halt.is_set() or c.socket() is not None or c._state in _CLOSED:
+            if halt.is_set() or c.socket() is not None or pahoprivate.closed(c):
                 sock.close()
                 return
             try:

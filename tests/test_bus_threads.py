@@ -11,9 +11,10 @@ import time
 import uuid
 from collections.abc import Iterator
 
+import paho.mqtt.client as mqtt
 import pytest
 
-from rkllmd import mqttloop
+from rkllmd import pahoprivate
 from rkllmd.bus import Bus
 from rkllmd.protocol import Incoming
 from rkllmd.settings import Settings
@@ -80,7 +81,7 @@ def test_publishes_from_two_threads_arrive_whole_and_in_order(broker: Broker, pr
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_stream_writes_interleave_whole_with_publishes_and_finish_when_the_socket_was_full(
-    broker: Broker, probe: Probe, protocol: str
+    broker: Broker, probe: Probe, protocol: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Bus.stream builds its QoS 0 packets itself and writes them in one send(): with a tiny send
     buffer most writes are cut short, and what the socket did not take goes out before anything
@@ -94,14 +95,13 @@ def test_stream_writes_interleave_whole_with_publishes_and_finish_when_the_socke
     assert type(sock) is socket.socket
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
     queued: list[int] = []
-    real_queue = bus._client._packet_queue
+    real_queue = pahoprivate.queue_raw
 
-    def counting_queue(command: int, packet: bytes, mid: int, qos: int, info: object = None) -> object:
-        if command == mqttloop.RAW:
-            queued.append(len(packet))
-        return real_queue(command, packet, mid, qos, info)  # type: ignore[arg-type]
+    def counting_queue(client: mqtt.Client, data: bytes) -> None:
+        queued.append(len(data))
+        real_queue(client, data)
 
-    bus._client._packet_queue = counting_queue  # type: ignore[method-assign]
+    monkeypatch.setattr(pahoprivate, "queue_raw", counting_queue)
     per_thread = 300
 
     def payload(name: str, i: int) -> bytes:  # sizes around the 1-, 2- and 3-byte length limits
