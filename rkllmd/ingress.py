@@ -60,29 +60,36 @@ def admit(msg: Incoming, gate: Gate) -> Exchange | Final:
     The refusal goes to the address the request asked for wherever its bytes allow reading it
     (docs/PROTOCOL.md, "Where refusals go").
     """
+    ex = Exchange(command="", topic=msg.topic)
+    try:
+        return admit_or_raise(msg, gate, ex)
+    except Exception as exc:  # the daemon never dies on input
+        return refusal(ex, exc)
+
+
+def admit_or_raise(msg: Incoming, gate: Gate, ex: Exchange | None = None) -> Exchange:
+    """``admit``, raising the error a refusal would carry (also the test kit's admission);
+    ``ex`` is filled in as far as the message allows, its reply address first."""
+    ex = ex if ex is not None else Exchange(command="", topic=msg.topic)
     bad_response_topic = _check_response_topic(msg.response_topic, gate)
     if bad_response_topic is not None:
         msg = dataclasses.replace(msg, response_topic=None)
-    address = Address(
+    ex.address = address = Address(
         topic=msg.response_topic or gate.topics.response("error"),
         correlation_data=msg.correlation_data,
         local=isinstance(msg, LocalMessage),
         key=msg.key if isinstance(msg, LocalMessage) else None,
         receipt=msg.receipt,
     )
-    ex = Exchange(command="", topic=msg.topic, address=address)
-    try:
-        if bad_response_topic is not None:
-            with contextlib.suppress(UnknownCommand):
-                command, topic_model = gate.topics.parse_request_topic(msg.topic, COMMANDS)
-                address.topic = gate.topics.response(command.name)
-                ex.command, ex.topic_model = command.name, topic_model
-            # the id and transaction are still echoed; a reply_to does not replace the bad topic
-            take_address(_address_of_refused(msg, gate), address, True, gate)
-            raise RequestError(bad_response_topic)
-        return _admit(msg, ex, address, gate)
-    except Exception as exc:  # the daemon never dies on input
-        return refusal(ex, exc)
+    if bad_response_topic is not None:
+        with contextlib.suppress(UnknownCommand):
+            command, topic_model = gate.topics.parse_request_topic(msg.topic, COMMANDS)
+            address.topic = gate.topics.response(command.name)
+            ex.command, ex.topic_model = command.name, topic_model
+        # the id and transaction are still echoed; a reply_to does not replace the bad topic
+        take_address(_address_of_refused(msg, gate), address, True, gate)
+        raise RequestError(bad_response_topic)
+    return _admit(msg, ex, address, gate)
 
 
 def _admit(msg: Incoming, ex: Exchange, address: Address, gate: Gate) -> Exchange:

@@ -10,7 +10,8 @@
             assert h.published("rkllmd/plugins/example/last")[-1].json()["text"] == "Hello Ada!"
 
 The harness runs the real :class:`rkllmd.plugins.PluginHost` (the same chains, status topics
-and error wrapping as the daemon) against :class:`FakeServices`, which records what a plugin
+and error wrapping as the daemon), the daemon's own admission (``rkllmd.ingress.admit_or_raise``)
+and reply data (``rkllmd.protocol``), against :class:`FakeServices`, which records what a plugin
 publishes and lets a test play the daemon: send messages to plugin topics, finish requests,
 set the stats the plugin sees. Everything runs on the calling thread.
 """
@@ -28,10 +29,9 @@ from typing import Any, Literal
 import paho.mqtt.client as mqtt
 from pydantic import BaseModel
 
-from rkllmd import protocol
+from rkllmd import ingress, protocol
 from rkllmd.commands import COMMANDS
 from rkllmd.errors import NotFound
-from rkllmd.exchange import resolve
 from rkllmd.generation import GenerateInput
 from rkllmd.plugins import Final, Message, Plugin, PluginHost, Request, Token, load_plugin
 from rkllmd.protocol import Topics
@@ -144,7 +144,6 @@ class PluginHarness:
             self.services.count = count_tokens
         self.host = PluginHost(self.services, [(self.plugin, self.config)], remove_disabled=False)
         self.host.retry_initial_s = 0.01
-        self._ids = 0
 
     # lifecycle
 
@@ -202,33 +201,43 @@ class PluginHarness:
         )
 
     def local_request(self, msg: protocol.LocalMessage) -> Request:
-        """A Request as the daemon's ingress builds it from a LocalMessage a plugin injected: its
-        payload, topic and key, and (as a generate request accepted) its id and model."""
-        cmd, _ = self.topics.parse_request_topic(msg.topic, COMMANDS)
-        req = self.request(msg.payload.decode(), cmd.name, msg.topic, local=True, key=msg.key)
-        req.id = req.payload.get("id")
-        req.model = req.payload.get("model")
-        return req
+        """A Request as the daemon's ingress admits a LocalMessage a plugin injected (the
+        preprocessors, the checks, its id and model; its key on the address); raises the RkllmdError
+        the daemon would answer the plugin's router with."""
+        return ingress.admit_or_raise(msg, self._gate(self.host.preprocess))
 
     def preprocess(
         self, payload: dict[str, Any] | str | Request, command: str = "generate", topic: str | None = None
     ) -> Request:
-        """Run the preprocessor chain; raises the RkllmdError the daemon would reply with."""
+        """Admit a request as the daemon's ingress does: the preprocessor chain, then validation, its
+        id and model (a Request: its topic and payload as they would arrive, and its ``meta``);
+        raises the RkllmdError the daemon would reply with."""
         req = payload if isinstance(payload, Request) else self.request(payload, command, topic)
-        req = self.host.preprocess(req)
-        validated = protocol.validate(COMMANDS[req.command], req.payload)
-        self._ids += 1
-        req.id = validated.id or f"req{self._ids}"
-        if isinstance(validated, protocol.GenerateRequest):
-            req.model = resolve(self.settings, validated.model, req.topic_model, validated.max_tokens).model
-        return req
+
+        def chain(ex: Request) -> Request:
+            ex.meta.update(req.meta)
+            return self.host.preprocess(ex)
+
+        return ingress.admit_or_raise(self._incoming(req), self._gate(chain))
 
     def generate_input(self, req: Request) -> GenerateInput:
-        """What the inference loop would be asked to run for a preprocessed generate request."""
-        validated = protocol.validate(COMMANDS["generate"], req.payload)
-        assert isinstance(validated, protocol.GenerateRequest)
-        target = resolve(self.settings, validated.model, req.topic_model, validated.max_tokens)
-        return validated.to_input(target.max_tokens)
+        """What the inference loop would be asked to run for a generate request: an admitted one's
+        own, else (a Request from :meth:`request`) its payload admitted as it is, no preprocessor
+        run; raises the RkllmdError the daemon would reply with."""
+        if req.inp is None:
+            req = ingress.admit_or_raise(self._incoming(req), self._gate(lambda ex: ex))
+        assert req.inp is not None, f"a {req.command} request runs no generation"
+        return req.inp
+
+    def _gate(self, preprocess: Callable[[Request], Request]) -> ingress.Gate:
+        return ingress.Gate(self.settings, self.topics, preprocess, reserved=self.host.reserved)
+
+    def _incoming(self, req: Request) -> protocol.Incoming:
+        """The message a Request came in: its topic and its payload's bytes (a LocalMessage's key)."""
+        raw = json.dumps(req.payload).encode()
+        if req.address is not None and req.address.local:
+            return protocol.LocalMessage(req.topic, raw, key=req.address.key)
+        return protocol.Incoming(req.topic, raw)
 
     def stream(self, req: Request, deltas: Iterable[str]) -> None:
         for seq, delta in enumerate(deltas):
@@ -245,18 +254,14 @@ class PluginHarness:
         finish_reason: str = "stop",
         data: dict[str, Any] | None = None,
     ) -> Final:
-        """Route the final reply of ``req`` through the routers, as the dispatcher would."""
+        """Route the final reply of ``req`` through the routers, as the dispatcher would: its data
+        as the loop builds it (a token a word of ``text``), unless ``data`` is given."""
         if data is None:
+            n = word_count(text)
             data = (
-                {
-                    "model": req.model,
-                    "text": text,
-                    "finish_reason": finish_reason,
-                    "usage": {"prompt_tokens": None, "completion_tokens": word_count(text)},
-                    "timings": {},
-                }
+                protocol.generation_data(req.model, text, finish_reason, None, n, {})
                 if status == "ok"
-                else {"model": req.model, "text": text}
+                else protocol.partial_data(req.command, req.model, text, n)
             )
         final = Final(req, status, data, code, error)
         self.host.route(final)

@@ -24,6 +24,7 @@ from rkllmd.plugins import (
     Request,
 )
 from rkllmd.plugins import loader as plugins
+from rkllmd.protocol import LocalMessage
 from rkllmd.testing import FakeServices, PluginHarness, wait_until
 
 
@@ -55,6 +56,27 @@ def test_example_plugin_uses_every_hook() -> None:
         assert h.status()["state"] == "running"
     assert h.services.subscriptions == {}
     assert h.status()["state"] == "stopped"
+
+
+def test_the_kit_admits_and_answers_as_the_daemon_does() -> None:
+    """The kit's requests pass the daemon's own admission (the max_tokens cap, no reply into
+    rkllmd's topics, an id made for a request without one, the injected request's checks), and its
+    final reply carries the data the loop builds."""
+    with PluginHarness("example", {"prefix": "Q: "}) as h:
+        cap = h.settings.limits.max_tokens_cap
+        with pytest.raises(RequestError, match=f"over the limit of {cap}"):
+            h.preprocess({"prompt": "x", "max_tokens": cap + 1})
+        with pytest.raises(RequestError, match="reply_to"):
+            h.preprocess({"prompt": "x", "reply_to": "rkllmd/state"})
+        req = h.preprocess({"prompt": "x", "max_tokens": 7})
+        assert req.id and req.address is not None and req.address.request_id == req.id
+        assert req.inp is not None and req.inp.max_tokens == 7 and h.generate_input(req) is req.inp
+        final = h.finish(req, "one two three")
+        assert final.data["usage"] == {"prompt_tokens": None, "completion_tokens": 3, "total_tokens": 3}
+        assert final.as_reply()["data"]["text"] == "one two three"
+        msg = LocalMessage("rkllmd/request/generate", b'{"prompt": "x", "temperature": "hot"}', key="k1")
+        with pytest.raises(RequestError, match="temperature"):
+            h.local_request(msg)
 
 
 def test_example_plugin_waits_for_its_file(tmp_path: Path) -> None:
