@@ -110,7 +110,7 @@ class Bus:
     def connect(self, stop: threading.Event | None = None) -> None:
         """Connect, retrying with exponential backoff; raise BrokerUnavailable or ConfigError.
 
-        ``stop`` (set by the main thread's signal handler) ends the backoff at once with
+        ``stop`` (set on a SIGTERM by the signals thread, rkllmd/signals.py) ends the backoff at once with
         ConnectCancelled: a SIGTERM while the broker is away must not wait out a minute of retries.
         """
         cfg = self.cfg

@@ -106,7 +106,7 @@ def retry_connect(cfg: MqttSettings, attempt: Callable[[], None], stop: threadin
     """Call ``attempt`` until it returns, with exponential backoff between tries (main thread).
 
     An OSError or ConnectionError is retried, up to ``cfg.connect_retries`` tries in all; then
-    BrokerUnavailable. ``stop`` (set by the signal handler) ends the backoff at once with
+    BrokerUnavailable. ``stop`` (set on a SIGTERM by the signals thread) ends the backoff at once with
     ConnectCancelled. Any other error (a ConfigError) is raised as it is.
     """
 
