@@ -148,7 +148,9 @@ class Daemon:
 
     def run(self) -> int:
         """Serve until SIGTERM/SIGINT; returns the process exit code."""
-        with SignalWatch((signal.SIGTERM, signal.SIGINT), self._on_signal):
+        # Once stopped, a late SIGTERM or Ctrl-C has nothing left to stop: ignored, so that it
+        # does not turn this clean exit into a death by signal.
+        with SignalWatch((signal.SIGTERM, signal.SIGINT), self._on_signal, then=signal.SIG_IGN):
             return self._serve()
 
     def _serve(self) -> int:

@@ -30,7 +30,8 @@ class SignalWatch:
     to ``on_signal`` on the ``signals`` thread.
 
     ``handler``, if given, is called in the handler itself, on the main thread: for what must
-    happen there (raise KeyboardInterrupt), never for I/O, logging or a lock."""
+    happen there (raise KeyboardInterrupt), never for I/O, logging or a lock. ``then``: what the
+    signals do once it is left (a ``signal.signal`` handler; by default what they did before)."""
 
     def __init__(
         self,
@@ -38,9 +39,10 @@ class SignalWatch:
         on_signal: Callable[[int], None],
         *,
         handler: Callable[[int], None] | None = None,
+        then: Any = None,
     ) -> None:
         self._signums = frozenset(int(s) for s in signums)
-        self._on_signal, self._handler = on_signal, handler
+        self._on_signal, self._handler, self._then = on_signal, handler, then
         self._old: dict[int, Any] = {}
         self._old_fd = -1
         self._w = -1
@@ -63,7 +65,7 @@ class SignalWatch:
 
     def __exit__(self, *exc: object) -> None:
         for s, old in self._old.items():
-            signal.signal(s, old)
+            signal.signal(s, old if self._then is None else self._then)
         signal.set_wakeup_fd(self._old_fd)
         os.close(self._w)  # the signals thread reads the end of the pipe and ends
         if self._thread is not None and self._thread is not threading.current_thread():
