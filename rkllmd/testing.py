@@ -261,7 +261,7 @@ class PluginHarness:
             data = (
                 protocol.generation_data(req.model, text, finish_reason, None, n, {})
                 if status == "ok"
-                else protocol.partial_data(req.command, req.model, text, n)
+                else protocol.partial_data(req.model, text if COMMANDS[req.command].generates else None, n)
             )
         final = Final(req, status, data, code, error)
         self.host.route(final)
