@@ -52,8 +52,6 @@ from rkllmd.runtime.models import ModelRegistry
 
 log = structlog.get_logger("rkllmd.loop")
 
-Job = Exchange  # what the loop runs: a request of a queued command (rkllmd/commands/)
-
 
 @dataclass(frozen=True)
 class Stats:
@@ -98,9 +96,9 @@ class InferenceLoop:
         self.emit = emit
         self.direct = direct
         self._cond = threading.Condition()
-        self._pending: collections.deque[Job] = collections.deque()
-        self._held: collections.deque[Job] = collections.deque()  # behind a full queue (Limits.hold)
-        self._current: Job | None = None
+        self._pending: collections.deque[Exchange] = collections.deque()
+        self._held: collections.deque[Exchange] = collections.deque()  # behind a full queue (Limits.hold)
+        self._current: Exchange | None = None
         self._waiting = False  # the inference thread sleeps on _cond with nothing to do
         self._runtime: Runtime | None = None
         self._loaded: str | None = None
@@ -131,7 +129,7 @@ class InferenceLoop:
         with self._cond:
             return len(self._pending) + len(self._held)
 
-    def submit(self, job: Job, *, may_hold: bool = False) -> None:
+    def submit(self, job: Exchange, *, may_hold: bool = False) -> None:
         """Queue a job or raise Busy / ShuttingDown / RequestError (an id in use) at once; never blocks.
 
         ``may_hold``: a full queue holds the job behind it (up to ``Limits.hold``) instead of Busy."""
@@ -162,12 +160,12 @@ class InferenceLoop:
                 self._emit_stats_locked()
             self._cond.notify_all()
 
-    def _queued_locked(self, request_id: str | None) -> Job | None:
+    def _queued_locked(self, request_id: str | None) -> Exchange | None:
         """The queued (or held) generate job with this id, or None (holding ``_cond``)."""
         waiting = itertools.chain(self._pending, self._held)
         return next((j for j in waiting if j.id == request_id and _generates(j)), None)
 
-    def _running_locked(self, request_id: str | None) -> Job | None:
+    def _running_locked(self, request_id: str | None) -> Exchange | None:
         """The running job if it is the generate job with this id, else None (holding ``_cond``)."""
         cur = self._current
         return cur if cur is not None and cur.id == request_id and _generates(cur) else None
@@ -272,7 +270,7 @@ class InferenceLoop:
             self._reload_crashed()
         self._unload()
 
-    def _do(self, job: Job) -> None:
+    def _do(self, job: Exchange) -> None:
         spec = spec_of(job.command)
         if spec is None or spec.run is None:
             raise RkllmdError(f"unknown job kind {job.command}")
@@ -294,13 +292,13 @@ class InferenceLoop:
     def unload(self) -> None:
         self._unload()
 
-    def begin(self, job: Job) -> None:
+    def begin(self, job: Exchange) -> None:
         """A generation's run starts: the watchdog watches it from now."""
         job.run.started_at = time.monotonic()
         self._wake_watchdog()
         self._stats["requests"] += 1
 
-    def survive(self, job: Job, run: Callable[[], GenerateResult]) -> GenerateResult:
+    def survive(self, job: Exchange, run: Callable[[], GenerateResult]) -> GenerateResult:
         """``run()``, with the crash rules: a worker that died is forgotten and reloaded after the
         job (within the restart budget); the job ends by what made it die."""
         try:
@@ -435,7 +433,7 @@ class InferenceLoop:
         return lim.abort_grace_s
 
 
-def _generates(job: Job) -> bool:
+def _generates(job: Exchange) -> bool:
     """Whether ``job`` is a generation: cancellable by id, unique by id in the queue, watched."""
     spec = spec_of(job.command)
     return spec is not None and spec.generates
