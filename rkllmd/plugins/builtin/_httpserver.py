@@ -33,6 +33,7 @@ from typing import Any
 from aiohttp import web
 
 from rkllmd.plugins.builtin._httpbase import ErrorBody, Errors, HttpConfig, HttpError
+from rkllmd.plugins.builtin._streamwrite import Format, StreamWriter
 
 Respond = Callable[["Handler", str], Awaitable[None]]
 _SERVER = "rkllmd"  # the Server header: no library or Python version
@@ -52,6 +53,7 @@ class Handler:
         self.response: web.StreamResponse | None = None
         self.gone = False
         self._on_gone: list[Callable[[], None]] = []
+        self._writer: StreamWriter | None = None
 
     def on_gone(self, fn: Callable[[], None]) -> None:
         """Call ``fn`` (on the server thread) once the client disconnects, at once if it has."""
@@ -62,6 +64,8 @@ class Handler:
 
     def lost(self) -> None:
         """The connection is gone (server thread): tell whoever waits for this request."""
+        if self._writer is not None:
+            self._writer.close()  # before the socket is closed: asyncio closes it after this
         if not self.gone:
             self.gone = True
             for fn in self._on_gone:
@@ -148,6 +152,19 @@ class Handler:
         if data:
             assert self.response is not None
             await self.response.write(data)
+
+    def stream_writer(self, fmt: Format) -> StreamWriter | None:
+        """A writer of this stream's token events from the thread they arrive on (_streamwrite),
+        once the stream has begun; None where the transport is not a plain socket."""
+        transport, conn = self.request.transport, self.request.protocol
+        if not self.streaming or self.gone or not isinstance(transport, asyncio.Transport):
+            return None
+        sock = transport.get_extra_info("socket")
+        if sock is None or transport.get_extra_info("sslcontext") is not None:
+            return None
+        assert isinstance(conn, _Conn)
+        self._writer = StreamWriter(transport, sock.fileno(), fmt, lambda: conn.expire(""))
+        return self._writer
 
     async def end_chunked(self) -> None:
         assert self.response is not None

@@ -3,11 +3,14 @@
 Shared by the HTTP interface plugins (``http``, ``ollama``): each has its own Relay.
 
 The router runs on rkllmd's inference thread for tokens (a direct router: no dispatcher wake-up
-per token) and on its dispatcher thread for final replies: it only looks up the request's queue
-and hands the event to the loop that owns it (``call_soon_threadsafe``: never blocks, never
-touches a socket). Each request's endpoint (a coroutine on the plugin's server thread) reads its
-queue through a :class:`Waiter`, which is told when the client disconnects and then cancels the
-generation.
+per token) and on its dispatcher thread for final replies: it looks up the request's
+:class:`Slot` and hands the event to the loop that owns it (one ``call_soon_threadsafe`` for all
+the events that came since the loop last took them; never blocks). Once a streamed answer has
+begun, its endpoint attaches a writer (_streamwrite) and the router writes each token to the
+client's socket itself, as rkllmd's inference thread publishes an MQTT stream's chunks: the loop
+is not woken per token (docs/ARCHITECTURE.md, "One exception, for cost"). Each request's endpoint
+(a coroutine on the plugin's server thread) reads its slot through a :class:`Waiter`, which is
+told when the client disconnects and then cancels the generation.
 
 Every request a plugin injects ends: it is injected as a LocalMessage whose ``key`` is its slot's
 nonce, and ingress puts that key on the reply's Address before reading the payload, so the final
@@ -23,7 +26,6 @@ import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 
 from rkllmd.plugins import Final, NotFound, Request, Settings, Token
 
@@ -61,15 +63,52 @@ def no_answer(deadline_s: float) -> Final:
     )
 
 
-@dataclass
-class _Slot:
-    items: asyncio.Queue[Item]
-    loop: asyncio.AbstractEventLoop
+class Slot:
+    """One request's events on their way to its endpoint (on the server's event loop).
+
+    Events are collected under a lock and the loop is woken once for all that came since it last
+    looked (one ``call_soon_threadsafe`` per batch, not per token). Once the endpoint has begun
+    its stream it may attach a writer (:meth:`Waiter.direct`): a token is then written by the
+    thread routing it, and the loop is not woken at all until the final reply."""
+
+    def __init__(self) -> None:
+        self.items: asyncio.Queue[Item] = asyncio.Queue()
+        self.loop = asyncio.get_running_loop()
+        self._lock = threading.Lock()
+        self._pending: list[Item] = []  # put, not yet handed to the loop
+        self._writer: Callable[[str], bool] | None = None
 
     def put(self, item: Item) -> None:
-        """Any thread: hand ``item`` to the waiting endpoint on its loop."""
+        """Any thread: write a token through the attached writer, or hand ``item`` to the waiting
+        endpoint on its loop; never blocks."""
+        with self._lock:
+            if self._writer is not None and isinstance(item, str) and self._writer(item):
+                return
+            self._pending.append(item)
+            if len(self._pending) > 1:  # the loop is already called for the ones before
+                return
         with contextlib.suppress(RuntimeError):  # the loop is closed: the plugin has stopped
-            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+            self.loop.call_soon_threadsafe(self._hand_over)
+
+    def _hand_over(self) -> None:  # the server thread
+        with self._lock:
+            items, self._pending = self._pending, []
+        for item in items:
+            self.items.put_nowait(item)
+
+    def attach(self, writer: Callable[[str], bool]) -> bool:
+        """Server thread: tokens go to ``writer`` from now on; False (nothing attached) while
+        some are still on their way to the endpoint, which writes those first."""
+        with self._lock:
+            if self._pending or not self.items.empty():
+                return False
+            self._writer = writer
+            return True
+
+    def detach(self) -> None:
+        """Server thread: no more tokens to the writer; one being written is finished first."""
+        with self._lock:
+            self._writer = None
 
 
 class Relay:
@@ -78,25 +117,26 @@ class Relay:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._slots: dict[str, _Slot] = {}
+        self._slots: dict[str, Slot] = {}
         self._closed = False
 
     @contextlib.contextmanager
-    def track(self, nonce: str) -> Iterator[asyncio.Queue[Item]]:
+    def track(self, nonce: str) -> Iterator[Slot]:
         """Register a request before it is injected, so no event can come before its queue
         (server thread, in the endpoint's coroutine); the slot goes when the endpoint is done.
         The request must be injected as a LocalMessage with ``key=nonce``: that is how its
         events are found, since its payload may be refused before rkllmd reads an id from it."""
-        slot = _Slot(asyncio.Queue(), asyncio.get_running_loop())
+        slot = Slot()
         with self._lock:
             if self._closed:
                 slot.items.put_nowait(_STOPPED)
             self._slots[nonce] = slot
         try:
-            yield slot.items
+            yield slot
         finally:
             with self._lock:
                 self._slots.pop(nonce, None)
+            slot.detach()  # a router that found the slot just before writes nothing more
 
     def route(self, event: Token | Final) -> None:
         """Router (inference thread for tokens, dispatcher thread for finals): hand the event to
@@ -134,7 +174,7 @@ class Waiter:
 
     def __init__(
         self,
-        items: asyncio.Queue[Item],
+        slot: Slot,
         cancel: Callable[[], object],
         on_gone: Callable[[Callable[[], None]], None] | None = None,
         *,
@@ -145,7 +185,8 @@ class Waiter:
         :meth:`~rkllmd.plugins.builtin._httpserver.Handler.on_gone`); None: nobody watches.
         ``deadline_s``: from now, the longest to wait for the final reply (answer_deadline_s);
         ``abandon_s``: how long a cancel looks for a request rkllmd has not taken yet."""
-        self._items, self._cancel = items, cancel
+        self._slot, self._items, self._cancel = slot, slot.items, cancel
+        items = slot.items
         self._deadline_s, self._abandon_s = deadline_s, abandon_s
         # One timer for the whole request, not one per token: at the deadline it queues _EXPIRED.
         self._timer = asyncio.get_running_loop().call_later(deadline_s, items.put_nowait, _EXPIRED)
@@ -159,6 +200,8 @@ class Waiter:
         A non-streaming client writes nothing back, so only the transport's word that the
         connection was lost tells it has gone: that comes into the same queue."""
         item = await self._items.get()
+        if not isinstance(item, str):  # the tokens are over: the endpoint writes from here on
+            self._slot.detach()
         if item is _GONE:
             await self.abandon()
             raise ClientGone
@@ -168,6 +211,13 @@ class Waiter:
         if isinstance(item, Final):
             self._timer.cancel()
         return item
+
+    def direct(self, writer: Callable[[str], bool]) -> bool:
+        """The endpoint has begun its stream (server thread): the tokens still to come are
+        written by ``writer`` (a _streamwrite.StreamWriter's) on the thread that routes them,
+        and :meth:`next` returns only the final reply, or the tokens the writer refused. False
+        while tokens are still on their way here: write those (:meth:`next`), then ask again."""
+        return self._slot.attach(writer)
 
     async def final(self) -> Final:
         """The final reply, skipping the deltas before it (they add up to its text)."""

@@ -5,7 +5,8 @@ A completion request is checked, turned into an rkllmd generate request and inje
 :class:`rkllmd.plugins.LocalMessage` on ``<base>/request/generate``: rkllmd's ingress thread takes
 it exactly like an MQTT request (plugin preprocessors, validation, the one bounded queue, in
 arrival order), and because it is local nothing about it is published over MQTT. The router
-(_relay.Relay.route, dispatcher thread) copies its tokens and final reply to the waiting handler.
+(_relay.Relay.route) hands its final reply (dispatcher thread) and its first tokens to the waiting
+handler; once a stream has begun, it writes the tokens to the client itself (inference thread).
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from rkllmd.plugins import Final, LocalMessage, load_problems
 from rkllmd.plugins.builtin._httpbase import ApiBase, HttpError, Keys, answer
 from rkllmd.plugins.builtin._relay import ClientGone, Waiter, answer_deadline_s
+from rkllmd.plugins.builtin._streamwrite import hole, string, template
 
 from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
 
@@ -127,14 +130,14 @@ class Api(ApiBase):
         payload = {**ask.fields, "id": rid, "model": model, "stream": False, "transaction": nonce}
         data = _encode(payload, self.ctx.settings.limits.max_payload_bytes)
         shape = Shape(kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + hexid, int(time.time()), model)
-        with self.relay.track(nonce) as items:
+        with self.relay.track(nonce) as slot:
             self.ctx.inject(
                 LocalMessage(
                     self.ctx.topics.request("generate"), data, received_at=time.monotonic(), key=nonce
                 )
             )
             deadline_s = answer_deadline_s(self.ctx.settings)
-            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.on_gone, deadline_s=deadline_s)
+            waiter = Waiter(slot, lambda: self.ctx.cancel(rid), h.on_gone, deadline_s=deadline_s)
             try:
                 if ask.stream:
                     await self._stream(h, waiter, ask, shape, rid)
@@ -171,13 +174,18 @@ class Api(ApiBase):
             raise self._error(item, ask)
         await h.start_events({"X-Request-Id": rid})
         u = ask.include_usage
+        event = _delta_event(shape, u)
         try:
             if shape.kind == "chat":
                 await h.send_event(shape.chunk(first=True, usage_null=u))
             elif ask.echo:
                 await h.send_event(shape.chunk(delta=ask.echo, usage_null=u))
+            writer, direct = h.stream_writer(event), False
             while not isinstance(item, Final):
-                await h.send_event(shape.chunk(delta=item, usage_null=u))
+                await h.send_chunk(event(item))
+                # The tokens still to come are written where they arrive (_streamwrite).
+                if writer is not None and not direct:
+                    direct = waiter.direct(writer.write)
                 item = await waiter.next()
             if item.status == "error":  # failed part-way: OpenAI's clients raise on an error event
                 await h.send_event(self._error(item, ask).body())
@@ -203,6 +211,14 @@ def _no_model(name: str) -> ApiError:
     return ApiError(
         404, f"The model '{name}' does not exist; see GET /v1/models.", param="model", code="model_not_found"
     )
+
+
+def _delta_event(shape: Shape, usage_null: bool) -> Callable[[str], bytes]:
+    """A text delta's whole server-sent event, as ``send_event(shape.chunk(delta=...))`` writes it,
+    from pieces made once: this runs per token, on the thread that routes the tokens."""
+    head, tail = template(shape.chunk(delta=hole("delta"), usage_null=usage_null), "delta")
+    head, tail = b"data: " + head, tail + b"\n\n"
+    return lambda delta: head + string(delta) + tail
 
 
 def _encode(payload: dict[str, Any], limit: int) -> bytes:

@@ -5,7 +5,8 @@ A chat or generate request is checked, turned into an rkllmd generate request an
 :class:`rkllmd.plugins.LocalMessage` on ``<base>/request/generate``: rkllmd's ingress thread takes
 it exactly like an MQTT request (plugin preprocessors, validation, the one bounded queue, in
 arrival order), and nothing about it is published over MQTT. The router (the shared
-_relay.Relay, on the dispatcher thread) copies its tokens and final reply to the waiting handler.
+_relay.Relay) hands its final reply (dispatcher thread) and its first tokens to the waiting
+handler; once a stream has begun, it writes the tokens to the client itself (inference thread).
 Loading and unloading (an empty prompt, ``keep_alive: 0``) are rkllmd's own load and unload
 commands, injected the same way, so they too wait their turn in the queue.
 """
@@ -15,12 +16,14 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from rkllmd.plugins import LocalMessage
 from rkllmd.plugins.builtin._httpbase import ApiBase, HttpError, answer
 from rkllmd.plugins.builtin._relay import ClientGone, Item, Waiter, answer_deadline_s
+from rkllmd.plugins.builtin._streamwrite import hole, string, template
 
 from .. import _spoken as spoken
 from . import models, wire
@@ -225,10 +228,10 @@ class Api(ApiBase):
             return await h.send_json(200, shape.control("unload" if unload else "load"))
         rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
         payload = {**ask.fields, "id": rid, "model": name, "stream": False, "transaction": nonce}
-        with self.relay.track(nonce) as items:
+        with self.relay.track(nonce) as slot:
             self._inject("generate", payload, key=nonce)
             deadline_s = answer_deadline_s(self.ctx.settings)
-            waiter = Waiter(items, lambda: self.ctx.cancel(rid), h.on_gone, deadline_s=deadline_s)
+            waiter = Waiter(slot, lambda: self.ctx.cancel(rid), h.on_gone, deadline_s=deadline_s)
             try:
                 if ask.stream:
                     await self._stream(h, waiter, shape, rid)
@@ -254,9 +257,14 @@ class Api(ApiBase):
         if not isinstance(item, str) and item.status == "error":
             raise wire.outcome_error(item, self._retry_after)
         await h.start_chunked(_NDJSON, {"X-Request-Id": rid})
+        line = _part_line(shape)
+        writer, direct = h.stream_writer(line), False
         try:
             while isinstance(item, str):
-                await h.send_chunk(_line(shape.part(item)))
+                await h.send_chunk(line(item))
+                # The tokens still to come are written where they arrive (_streamwrite).
+                if writer is not None and not direct:
+                    direct = waiter.direct(writer.write)
                 item = await waiter.next()
             if item.status == "error":  # failed part-way: the client raises on an error line
                 raise wire.outcome_error(item, self._retry_after)
@@ -273,10 +281,10 @@ class Api(ApiBase):
     async def _control(self, command: str, model: str) -> None:
         """Load or unload ``model`` through the queue and wait for rkllmd's answer."""
         rid, nonce = f"ollama-{secrets.token_hex(12)}", secrets.token_hex(8)
-        with self.relay.track(nonce) as items:
+        with self.relay.track(nonce) as slot:
             self._inject(command, {"id": rid, "model": model, "transaction": nonce}, key=nonce)
             deadline_s = answer_deadline_s(self.ctx.settings)
-            outcome = await Waiter(items, lambda: self.ctx.cancel(rid), deadline_s=deadline_s).final()
+            outcome = await Waiter(slot, lambda: self.ctx.cancel(rid), deadline_s=deadline_s).final()
         if outcome.status == "error":
             raise wire.outcome_error(outcome, self._retry_after)
 
@@ -309,6 +317,16 @@ def _named(body: dict[str, Any]) -> str:
 def _capabilities() -> list[str]:
     """What ``/api/show`` reports: every rkllmd model takes tools (docs/PROTOCOL.md), none images."""
     return ["completion", "tools"]
+
+
+def _part_line(shape: Shape) -> Callable[[str], bytes]:
+    """A text piece's whole NDJSON line, as ``_line(shape.part(text))`` writes it, from pieces
+    made once: this runs per token, on the thread that routes the tokens."""
+    part = shape.part(hole("text"))
+    part["created_at"] = hole("at")
+    a, b, c = template(part, "at", "text")
+    c += b"\n"
+    return lambda text: b"".join((a, string(wire.now_iso()), b, string(text), c))
 
 
 def _line(obj: Any) -> bytes:
