@@ -185,8 +185,8 @@ class Waiter:
         :meth:`~rkllmd.plugins.builtin._httpserver.Handler.on_gone`); None: nobody watches.
         ``deadline_s``: from now, the longest to wait for the final reply (answer_deadline_s);
         ``abandon_s``: how long a cancel looks for a request rkllmd has not taken yet."""
-        self._slot, self._items, self._cancel = slot, slot.items, cancel
         items = slot.items
+        self._slot, self._items, self._cancel = slot, items, cancel
         self._deadline_s, self._abandon_s = deadline_s, abandon_s
         # One timer for the whole request, not one per token: at the deadline it queues _EXPIRED.
         self._timer = asyncio.get_running_loop().call_later(deadline_s, items.put_nowait, _EXPIRED)

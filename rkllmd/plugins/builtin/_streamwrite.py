@@ -79,7 +79,12 @@ class StreamWriter:
         """Any thread: write ``delta``'s event; False when the event loop must write it instead
         (the transport holds unsent bytes, or a write before this one was taken only in part).
         True once written, or dropped because the client is gone."""
-        body = self._fmt(delta)
+        try:
+            body = self._fmt(delta)
+        except ValueError:  # e.g. a lone surrogate: the endpoint meets it (and the rest) as ever
+            with self._lock:
+                self.state = self.BEHIND if self.state == self.OPEN else self.state
+                return self.state == self.CLOSED
         data = b"%x\r\n%b\r\n" % (len(body), body)  # a chunk of the chunked transfer encoding
         with self._lock:
             if self.state != self.OPEN:
