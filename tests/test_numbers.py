@@ -28,7 +28,7 @@ from rkllmd.commands import COMMANDS
 from rkllmd.errors import NotFound, RkllmdError
 from rkllmd.exchange import Exchange, Final
 from rkllmd.ingress import Gate, admit
-from rkllmd.plugins.builtin._httpbase import HttpError
+from rkllmd.plugins.builtin._httpconfig import HttpError
 from rkllmd.plugins.builtin._relay import Item, Relay, Waiter
 from rkllmd.plugins.builtin.http import wire as openai_wire
 from rkllmd.plugins.builtin.ollama import wire as ollama_wire

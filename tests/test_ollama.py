@@ -11,7 +11,7 @@ from rkllmd import bus, errors
 from rkllmd.exchange import Exchange, Final
 from rkllmd.plugins import PluginError
 from rkllmd.plugins.builtin import _spoken as spoken
-from rkllmd.plugins.builtin._httpbase import HttpError, Keys, load_keys
+from rkllmd.plugins.builtin._httpconfig import HttpError, Keys, load_keys
 from rkllmd.plugins.builtin.ollama import models, wire
 from rkllmd.protocol import model_facts
 from rkllmd.settings import Settings

@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from rkllmd.plugins.builtin._httpbase import ErrorBody, Errors, HttpConfig, HttpError
+from rkllmd.plugins.builtin._httpconfig import ErrorBody, Errors, HttpConfig, HttpError
 from rkllmd.plugins.builtin._streamwrite import Format, StreamWriter
 
 Respond = Callable[["Handler", str], Awaitable[None]]

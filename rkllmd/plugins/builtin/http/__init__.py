@@ -23,7 +23,8 @@ from __future__ import annotations
 from pydantic import Field
 
 from rkllmd.plugins import Plugin, PluginContext
-from rkllmd.plugins.builtin._httpbase import HttpConfig, start
+from rkllmd.plugins.builtin._httpbase import start
+from rkllmd.plugins.builtin._httpconfig import HttpConfig
 
 from .api import Api
 from .wire import OpenAIErrors, error_body

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from rkllmd.plugins import Final, LocalMessage, load_problems
-from rkllmd.plugins.builtin._httpbase import ApiBase, HttpError, Keys, answer
+from rkllmd.plugins.builtin._httpbase import ApiBase, answer
+from rkllmd.plugins.builtin._httpconfig import HttpError, Keys
 from rkllmd.plugins.builtin._relay import ClientGone, Waiter, answer_deadline_s
 from rkllmd.plugins.builtin._streamwrite import hole, string, template
 

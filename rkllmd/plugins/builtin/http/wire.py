@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from rkllmd import protocol
 from rkllmd.plugins import Final
-from rkllmd.plugins.builtin._httpbase import ErrorBody, Errors, HttpError
+from rkllmd.plugins.builtin._httpconfig import ErrorBody, Errors, HttpError
 
 Kind = Literal["chat", "text"]
 

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
 from rkllmd.plugins import LocalMessage
-from rkllmd.plugins.builtin._httpbase import ApiBase, HttpError, answer
+from rkllmd.plugins.builtin._httpbase import ApiBase, answer
+from rkllmd.plugins.builtin._httpconfig import HttpError
 from rkllmd.plugins.builtin._relay import ClientGone, Item, Waiter, answer_deadline_s
 from rkllmd.plugins.builtin._streamwrite import hole, string, template
 

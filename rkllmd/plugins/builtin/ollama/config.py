@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from rkllmd.plugins.builtin._httpbase import HttpConfig
+from rkllmd.plugins.builtin._httpconfig import HttpConfig
 
 
 class Config(HttpConfig):

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from rkllmd import protocol
 from rkllmd.plugins import Final
-from rkllmd.plugins.builtin._httpbase import HttpError
+from rkllmd.plugins.builtin._httpconfig import HttpError
 
 Kind = Literal["chat", "generate"]
 
