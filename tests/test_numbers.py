@@ -29,7 +29,7 @@ from rkllmd.errors import NotFound, RkllmdError
 from rkllmd.exchange import Exchange, Final
 from rkllmd.ingress import Gate, admit
 from rkllmd.plugins.builtin._httpconfig import HttpError
-from rkllmd.plugins.builtin._relay import Item, Relay, Waiter
+from rkllmd.plugins.builtin._relay import Item, Relay, Slot, Waiter
 from rkllmd.plugins.builtin.http import wire as openai_wire
 from rkllmd.plugins.builtin.ollama import wire as ollama_wire
 from rkllmd.protocol import LocalMessage, Topics
@@ -154,11 +154,11 @@ def test_a_refused_local_message_reaches_its_relay_whatever_its_payload() -> Non
     gate = Gate(SETTINGS, Topics("B"), lambda ex: ex)
 
     async def one(payload: bytes) -> Item:  # the relay's queues live on the plugin's event loop
-        with relay.track("nonce-1") as items:
+        with relay.track("nonce-1") as slot:
             out = admit(LocalMessage("B/request/generate", payload, key="nonce-1"), gate)
             assert isinstance(out, Final) and out.code == "bad_json"
             relay.route(out)
-            return await asyncio.wait_for(items.get(), 1)
+            return await asyncio.wait_for(slot.items.get(), 1)
 
     for payload in (b'{"id":"http-1","prompt":"x","temperature":Infinity}', b"{not json", b'["x"]'):
         got = asyncio.run(one(payload))
@@ -171,14 +171,14 @@ def test_an_mqtt_request_is_never_routed_to_a_plugin_slot() -> None:
     gate = Gate(SETTINGS, Topics("B"), lambda ex: ex)
 
     async def routed() -> bool:
-        with relay.track("nonce-1") as items:
+        with relay.track("nonce-1") as slot:
             out = admit(
                 protocol.Incoming("B/request/generate", b'{"id":"http-1","transaction":"nonce-1"}'), gate
             )
             assert isinstance(out, Final)
             relay.route(out)
             await asyncio.sleep(0)  # an event routed to the slot would be in its queue by now
-            return not items.empty()
+            return not slot.items.empty()
 
     assert not asyncio.run(routed())
 
@@ -193,8 +193,7 @@ def test_a_waiter_past_its_deadline_answers_an_error_and_gives_up_cancelling() -
         raise NotFound("no such request")
 
     async def wait() -> Final:
-        items: asyncio.Queue[Item] = asyncio.Queue()
-        return await Waiter(items, cancel, deadline_s=0.3, abandon_s=0.5).final()
+        return await Waiter(Slot(), cancel, deadline_s=0.3, abandon_s=0.5).final()
 
     final = asyncio.run(wait())
     assert final.status == "error" and final.code == "internal_error"
@@ -208,9 +207,9 @@ def test_abandon_ends_when_the_final_reply_comes() -> None:
         raise NotFound("not yet")
 
     async def abandon() -> bool:
-        items: asyncio.Queue[Item] = asyncio.Queue()
-        items.put_nowait(Final(Exchange("generate", "t"), "error", {}, "bad_json", "x"))
-        return await Waiter(items, cancel, deadline_s=60).abandon()
+        slot = Slot()
+        slot.put(Final(Exchange("generate", "t"), "error", {}, "bad_json", "x"))
+        return await Waiter(slot, cancel, deadline_s=60).abandon()
 
     assert asyncio.run(abandon())
 
@@ -233,8 +232,8 @@ def test_a_local_message_ingress_fails_on_still_gets_a_final_for_its_relay() -> 
     relay = Relay()
 
     async def routed() -> Item:
-        with relay.track("nonce-9") as items:
+        with relay.track("nonce-9") as slot:
             relay.route(final)
-            return await asyncio.wait_for(items.get(), 1)
+            return await asyncio.wait_for(slot.items.get(), 1)
 
     assert asyncio.run(routed()) is not None
