@@ -31,8 +31,13 @@ def test_tiny_relay_run(broker: Broker, tmp_path: Path) -> None:
     throttled, unthrottled = r["rates"]
     assert throttled["delay_ms"] == 10 and unthrottled["rate"] == "unthrottled"
     for row in r["rates"]:
-        assert row["requests"] == 2 and row["runtime_tps"] > 0 and row["received_tps"] > 0
-        assert row["ratio"] > 0 and row["ttft_added_p50_ms"] <= row["ttft_added_p99_ms"]
+        assert row["requests"] == 2 and row["runtime_tps"] > 0
+        assert row["ttft_added_p50_ms"] <= row["ttft_added_p99_ms"]
+    # Tokens 10 ms apart arrive in several chunks: a rate. Unthrottled, a loaded machine may get
+    # all ten in one chunk: no rate to tell (None), never zero or NaN.
+    assert throttled["received_tps"] > 0 and throttled["ratio"] > 0
+    fast = unthrottled["received_tps"]
+    assert fast is None or (fast > 0 and unthrottled["ratio"] > 0)
     # A subscriber cannot receive tokens faster than the double made them (small timing slack).
     assert throttled["received_tps"] < throttled["runtime_tps"] * 1.5
     # Tokens 10 ms apart: the worker sleeps between them and the daemon waits for each one.

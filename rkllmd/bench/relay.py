@@ -140,8 +140,10 @@ def _rate_row(client: BenchClient, cpu: _Cpu, rate: float, opts: RelayOptions) -
         "delay_ms": delay,
         "requests": len(runs),
         "runtime_tps": med(runtime, 50),
-        "received_tps": med(received, 50),
-        "ratio": med(received, 50) / med(runtime, 50) if runtime and med(runtime, 50) else None,
+        # None when every run's tokens came in one chunk (the dispatcher joins what is queued):
+        # too fast to tell a rate from, not a rate of zero
+        "received_tps": med(received, 50) if received else None,
+        "ratio": med(received, 50) / med(runtime, 50) if received and runtime and med(runtime, 50) else None,
         "ttft_added_p50_ms": med(added, 50),
         "ttft_added_p99_ms": med(added, 99),
         # rkllmd and its worker, as before the broker was counted too
