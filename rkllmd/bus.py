@@ -84,6 +84,10 @@ class Bus:
         self._generation = 0
         self._live_generations: set[int] = set()
         self.session_present = False  # of the latest CONNACK
+        # From a CONNACK with the session kept until the next SUBACK: what arrives then is what the
+        # broker held for rkllmd while it was away (mosquitto writes it right after the CONNACK,
+        # before it reads a SUBSCRIBE), marked Receipt.backlog. Network thread only.
+        self._resending = False
         self._subs: dict[str, int] = {}
         self._retained: dict[str, tuple[bytes, int]] = {}
         self._lock = threading.Lock()
@@ -350,6 +354,7 @@ class Bus:
             self._live_generations.clear()
         self._live_generations.add(self._generation)
         self.session_present = present
+        self._resending = present
         log.info(
             "connected to broker",
             host=self.cfg.host,
@@ -379,6 +384,7 @@ class Bus:
             log.warning("disconnected from broker; reconnects with backoff", reason=str(reason))
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        self._resending = False  # the broker reads SUBSCRIBEs after it has sent what it held
         with self._sub_cond:
             topic = self._sub_sent.pop(mid, None)
             for rc in reasons or ():
@@ -414,7 +420,11 @@ class Bus:
                 response_topic=response_topic or None,
                 correlation_data=bytes(corr) if corr is not None else None,
                 received_at=time.monotonic(),
-                receipt=Receipt(self._generation, msg.mid, msg.qos, bool(msg.dup)) if msg.qos > 0 else None,
+                receipt=(
+                    Receipt(self._generation, msg.mid, msg.qos, bool(msg.dup), self._resending)
+                    if msg.qos > 0
+                    else None
+                ),
                 dup=bool(msg.dup),
             )
         )

@@ -115,7 +115,7 @@ class Daemon:
                 lim.abort_grace_s,
                 lim.restart_budget,
                 lim.restart_window_s,
-                hold=in_flight or lim.queue_size + 1,
+                hold=lim.backlog_max,
             ),
             self.dispatcher.put,
             direct=self.dispatcher,

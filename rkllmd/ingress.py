@@ -327,11 +327,12 @@ class Ingress:
             # The broker sent it before: a run before this one may have streamed part of it.
             ex.attempt = max(ex.attempt, 2)
         self.journal.took(ex)
-        # Held behind a full queue rather than refused busy: in a fleet, what the broker gives this
-        # board (it stopped giving more at the Receive Maximum); anywhere, a request the broker
-        # sends again after a restart, which rkllmd had already taken once.
+        # Held behind a full queue rather than refused busy (up to limits.backlog_max): in a fleet,
+        # what the broker gives this board; anywhere, what the broker held for rkllmd while it was
+        # away or sends again after a restart (docs/FLEET.md, "A backlog waits its turn").
         fleet_mqtt = self.fleet is not None and not ex.local and command.generates
-        again = ex.address is not None and ex.address.receipt is not None and ex.address.receipt.dup
+        receipt = ex.address.receipt if ex.address is not None else None
+        again = receipt is not None and (receipt.dup or receipt.backlog)
         self.loop.submit(ex, may_hold=fleet_mqtt or again)
         if command.generates:
             log.info("request queued", request_id=ex.id, model=ex.model, queue_depth=self.loop.queue_depth())

@@ -73,7 +73,7 @@ class Limits:
     restart_budget: int = 3
     restart_window_s: float = 600.0
     # Requests that find the queue full but may not be refused busy (submit's may_hold: a fleet's
-    # requests, a broker's redelivery) wait behind it, up to this many.
+    # requests, a broker's backlog or redelivery) wait behind it, up to this many (limits.backlog_max).
     hold: int = 0
 
 

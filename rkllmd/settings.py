@@ -96,6 +96,13 @@ class MqttSettings(Strict):
 
 class LimitSettings(Strict):
     queue_size: int = Field(8, ge=1, le=10_000, description="requests waiting behind the running one")
+    backlog_max: int = Field(
+        1000,
+        ge=1,
+        le=100_000,
+        description="MQTT requests the broker sends beyond queue_size that wait instead of busy: its "
+        "backlog after a restart, a fleet's requests (docs/FLEET.md, 'A backlog waits its turn')",
+    )
     max_payload_bytes: int = Field(256 * 1024, ge=64)
     max_tokens: int = Field(512, ge=1, description="default completion cap per request")
     max_tokens_cap: int = Field(8192, ge=1, description="largest max_tokens a request may ask for")

@@ -31,6 +31,9 @@ class Receipt:
     mid: int
     qos: int
     dup: bool = False  # sent again by the broker (after a reconnect): rkllmd may have taken it before
+    # Held for rkllmd by the broker while it was away (a kept session's queue), sent at once on the
+    # reconnect: it waits its turn rather than being answered busy (docs/FLEET.md).
+    backlog: bool = False
 
 
 @dataclass
