@@ -26,7 +26,7 @@ from rkllmd.bus import Bus
 from rkllmd.dispatch import Dispatcher
 from rkllmd.exchange import Exchange
 from rkllmd.fleet import Fleet
-from rkllmd.ingress import Ingress
+from rkllmd.ingress import Ingress, admit
 from rkllmd.journal import Journal
 from rkllmd.loop import InferenceLoop, Limits, Stats
 from rkllmd.mqttconnect import ConnectCancelled
@@ -135,6 +135,9 @@ class Daemon:
             journal=self.journal,
             fleet=self.fleet,
         )
+        if self.fleet is not None:
+            self.fleet.watch.inject = self.ingress.put
+            self.fleet.watch.admit = lambda msg: admit(msg, self.ingress.gate)
         self._stop = threading.Event()  # set by the signals thread or request_stop()
         self.notifier = Notifier()  # systemd Type=notify; a no-op outside systemd
         self._live: tuple[Any, ...] = ()
@@ -179,6 +182,10 @@ class Daemon:
         else:
             self.bus.subscribe(self.topics.request_wildcard)
         self.bus.wait_subscribed()  # a subscription refused by the broker's ACL ends startup here
+        if self.fleet is not None:
+            # What a leader took over from this board's session while it was away is not this
+            # board's to answer again (docs/FLEET.md, "When a board dies").
+            self.ingress.handed_over(self.fleet.watch.own_handed(1.0 if self.ingress.recovering() else 0.2))
         wait = self.settings.mqtt.redelivery_wait_s if self.bus.session_present else 0.0
         self.ingress.answer_unrecovered(wait)
         self.bus.publish_json(self.topics.state, {"state": "online"}, retain=True)
@@ -218,6 +225,8 @@ class Daemon:
         self.dispatcher.put(Stats(self.loop.snapshot()))
         self.dispatcher.stop()
         self.plugins.stop()
+        if self.fleet is not None:
+            self.fleet.watch.stop()
         self.bus.publish_json(self.topics.state, {"state": "stopped"}, retain=True)
         self.bus.wait_published(5)
         self.bus.disconnect()

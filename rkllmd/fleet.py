@@ -31,6 +31,7 @@ from rkllmd import protocol
 from rkllmd.bus import Bus
 from rkllmd.errors import NotFound
 from rkllmd.exchange import Exchange, Final
+from rkllmd.fleetwatch import FleetWatch
 from rkllmd.loop import InferenceLoop
 from rkllmd.protocol import Incoming, Topics
 from rkllmd.settings import Settings
@@ -77,6 +78,8 @@ class Fleet:
         self._model_subs: dict[str, Callable[[], None]] = {}
         self._last_view: bytes | None = None
         self._state_prefix = f"{topics.base}/node/"  # where every board's state and stats live
+        # availability, unserved models, a dead board's session (rkllmd/fleetwatch.py)
+        self.watch = FleetWatch(settings, topics, bus, answer)
 
     # --- main thread ---------------------------------------------------------------------------
 
@@ -87,9 +90,12 @@ class Fleet:
         self.bus.subscribe(share + t.group_request("+"))
         self.bus.subscribe(t.own_request_wildcard)
         for kind in ("state", "stats"):
-            self.bus.subscribe(t.node_topic("+", kind))
+            # QoS 0: retained, sent again on every subscribe; at QoS 1 a dead board's kept session
+            # would fill with the others' stats, up to the broker's limit, and crowd out requests
+            self.bus.subscribe(t.node_topic("+", kind), qos=0)
         self.bus.subscribe(t.fleet_cancel)
         self.bus.subscribe(t.fleet_cancel_report)
+        self.watch.start()
         self.model_changed()
 
     # --- dispatcher thread (and main, from start) ---------------------------------------------
@@ -113,17 +119,21 @@ class Fleet:
                 topic = f"$share/{self.group}/{self.topics.group_request('generate')}/{name}"
                 self._model_subs[name] = self.bus.subscribe(topic)
                 log.info("serving a model's topic", model=name, topic=topic)
+        self.watch.publish_serves(wanted)
 
     # --- ingress thread ------------------------------------------------------------------------
 
     def handles(self, topic: str) -> bool:
         t = self.topics
-        if topic in (t.fleet_cancel, t.fleet_cancel_report):
+        if topic in (t.fleet_cancel, t.fleet_cancel_report) or self.watch.handles(topic):
             return True
         return topic.startswith(self._state_prefix) and topic.rsplit("/", 1)[-1] in ("state", "stats")
 
     def deliver(self, msg: Incoming) -> None:
         """A fleet message: another board's state or stats, a passed-on cancel, a cancel report."""
+        if self.watch.handles(msg.topic):
+            self.watch.deliver(msg)
+            return
         try:
             obj = json.loads(msg.payload) if msg.payload else {}
         except ValueError:
@@ -225,6 +235,9 @@ class Fleet:
                 m.stats = obj
             leader = min(self._online_locked(), default=None)
             view = self._view_locked(leader) if leader == self.node else None
+            states = {n: mm.state for n, mm in self._members.items()} if kind == "state" else None
+        if states is not None:
+            self.watch.states_changed(states, leader)
         if view is not None:
             data = json.dumps(view, separators=(",", ":")).encode()
             if data != self._last_view:

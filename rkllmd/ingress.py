@@ -347,6 +347,21 @@ class Ingress:
         with self._recovery_lock:
             self._recovering = {u.request_id: u for u in left}
 
+    def recovering(self) -> bool:
+        """Whether requests of the previous run still wait to be recovered (main thread)."""
+        with self._recovery_lock:
+            return bool(self._recovering)
+
+    def handed_over(self, ids: list[str]) -> None:
+        """Requests of the previous run that a fleet's leader took over from this board's session
+        while it was away (rkllmd/fleetwatch.py): answered there, so not here (main thread)."""
+        for rid in ids:
+            with self._recovery_lock:
+                old = self._recovering.pop(rid, None)
+            if old is not None:
+                log.info("request taken over by the fleet's leader while this board was away", request_id=rid)
+                self.journal.forget(old.key)
+
     def answer_unrecovered(self, grace_s: float) -> None:
         """After the connect: wait ``grace_s`` for the broker's redeliveries, then tell every
         request still unrecovered that it was interrupted (at once when the session is gone)."""

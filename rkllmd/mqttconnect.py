@@ -62,21 +62,33 @@ class BrokerUnavailable(RkllmdError):
     code = "broker_unavailable"
 
 
-def make_client(cfg: MqttSettings, will_topic: str, will_payload: bytes) -> Client:
-    """The bus's paho client, configured and not yet connected; ConfigError for bad TLS files."""
+def make_client(
+    cfg: MqttSettings,
+    will_topic: str | None,
+    will_payload: bytes,
+    *,
+    client_id: str | None = None,
+    reconnect: bool = True,
+) -> Client:
+    """The bus's paho client, configured and not yet connected; ConfigError for bad TLS files.
+
+    A fleet's side connections (rkllmd/sidelink.py) give their own ``client_id``, no Will
+    (``will_topic`` None) or another one, and ``reconnect=False`` where a lost connection ends them."""
     v5 = cfg.protocol == "5"
     client_kw: dict[str, Any] = {
         "callback_api_version": CallbackAPIVersion.VERSION2,
-        "client_id": cfg.client_id,
+        "client_id": cfg.client_id if client_id is None else client_id,
         "protocol": mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
         "manual_ack": True,
+        "reconnect_on_failure": reconnect,
     }
     if not v5:
         client_kw["clean_session"] = cfg.clean_start
     client = Client(**client_kw)
     pahoprivate.check(client)
     client.enable_logger(None)  # paho's own logger stays quiet; we log events ourselves
-    client.will_set(will_topic, will_payload, qos=1, retain=True)
+    if will_topic is not None:
+        client.will_set(will_topic, will_payload, qos=1, retain=True)
     # Unbounded: a final reply must never be refused by a full queue (rkllmd/bus.py's docstring).
     client.max_queued_messages_set(0)
     if cfg.username is not None:

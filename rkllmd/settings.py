@@ -129,6 +129,12 @@ class FleetSettings(Strict):
         None, ge=1, le=65535, description="requests in flight to this board; default limits.queue_size + 1"
     )
     cancel_timeout_s: float = Field(2.0, gt=0, description="wait this long for every board's cancel report")
+    takeover: bool = Field(
+        True, description="the leader takes over a dead board's kept session and serves what it held"
+    )
+    takeover_grace_s: float = Field(
+        60.0, ge=0, description="how long a board may stay offline before the leader takes its session over"
+    )
 
     @field_validator("group", "node_id")
     @classmethod

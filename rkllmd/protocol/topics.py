@@ -52,6 +52,12 @@ class Topics:
         return f"{self.base}/fleet/stats"
 
     @property
+    def fleet_state(self) -> str:
+        """The group's availability, retained: ``online`` with the boards online (the leader's), or
+        ``offline`` (the leader's Will: the last board died)."""
+        return f"{self.base}/fleet/state"
+
+    @property
     def fleet_cancel(self) -> str:
         """A cancel passed on to every board by the board that received it."""
         return f"{self.base}/fleet/cancel"

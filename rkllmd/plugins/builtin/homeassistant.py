@@ -107,7 +107,8 @@ def _fleet_id(ctx: PluginContext, group: str) -> str:
 def fleet_discovery_payload(ctx: PluginContext, config: Config) -> dict[str, Any]:
     """The fleet's own device: queue and boards across the group, which board answered last,
     and a prompt to the group's topic. Every board publishes the same message (it depends on the
-    configuration only), so it stays while any board runs; no availability: the view is the leader's.
+    configuration only), so it stays while any board runs. Available while ``<base>/fleet/state``
+    says online: the leader's, whose Will turns it offline when the last board dies.
     """
     t = ctx.topics
     group = ctx.settings.fleet.group or ""
@@ -144,6 +145,12 @@ def fleet_discovery_payload(ctx: PluginContext, config: Config) -> dict[str, Any
     return {
         "dev": dev,
         "o": {"name": "rkllmd", "sw": RKLLMD_VERSION},
+        "avty": [
+            {
+                "topic": t.fleet_state,
+                "value_template": "{{ 'online' if value_json.state == 'online' else 'offline' }}",
+            }
+        ],
         "cmps": cmps,
         "qos": ctx.settings.mqtt.qos,
     }

@@ -1,0 +1,422 @@
+"""What a fleet does about boards that are gone: its availability, requests no live board serves,
+and a dead board's kept session (docs/FLEET.md, "When a board dies").
+
+- **Availability.** The leader (the online board with the lowest node id, rkllmd/fleet.py) keeps
+  ``<base>/fleet/state`` retained: ``online`` and which boards are. It holds a second connection,
+  the *presence* link (rkllmd/sidelink.py), whose Will sets that topic ``offline``: a Will cannot
+  count boards, but only the leader's fires there, and when the last board dies it is the leader.
+  A leader that dies while others live leaves ``offline`` for the moment the next one takes to
+  say ``online`` again; every leader corrects an ``offline`` it sees while it runs.
+- **Unserved models.** The presence link also subscribes ``generate/+`` in a share group of its
+  own, so one leader gets a copy of every per-model request. One that no board serves (no online
+  board has the model, nor a dead board whose kept session still takes its requests) has no other
+  subscriber: the broker dropped it, and the leader answers it ``unknown_model``, once.
+- **Takeover.** A board whose state went offline (or stopped) with a kept session and that is not
+  back within ``fleet.takeover_grace_s`` has its session taken over by the leader: it connects
+  with the dead board's client id and that session (session expiry 0, so the session ends with
+  the link), unsubscribes its share subscriptions, and serves what the broker held for it: group
+  requests are run here (``DUP`` ones again, with ``attempt`` 2: a generation has no effect but
+  its reply), a model's request this board lacks is published again to that model's topic, a
+  request meant for that board alone is answered ``interrupted``. Each id it took is written,
+  before its acknowledgement, to ``<base>/node/<dead>/handed`` (retained), so the dead board, when
+  it returns, does not answer them again from its journal. A board that returns while its session
+  is taken over takes it back (the broker sends the taker away: the takeover ends there).
+
+Each board publishes ``<base>/node/<node>/serves`` (retained): its models, whether its session is
+kept, and its client id (what a takeover connects with).
+
+Threads: ``deliver`` and ``states_changed`` run on the ingress thread; the presence link's and a
+takeover link's callbacks on paho's threads (they only inject into ingress, publish and ack);
+grace timers on timer threads; ``start``, ``own_handed`` and ``stop`` on the main thread. One lock.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from rkllmd import protocol
+from rkllmd.bus import Bus
+from rkllmd.errors import Interrupted, RkllmdError, UnknownModel
+from rkllmd.exchange import Final
+from rkllmd.protocol import Incoming, Receipt, Topics
+from rkllmd.settings import Settings
+from rkllmd.sidelink import SideLink
+
+log = structlog.get_logger("rkllmd.fleet")
+
+OFFLINE = b'{"state":"offline","boards_online":0}'
+QUIET_S = 0.7  # a takeover ends once its link has been quiet this long after the broker's resend
+TAKEOVER_MAX_S = 30.0
+
+
+@dataclass
+class _Board:
+    state: str = "unknown"
+    models: set[str] = field(default_factory=set)
+    kept: bool = False
+    client_id: str | None = None
+    ended: bool = False  # its kept session was taken over and ended: it takes no requests now
+
+
+@dataclass(frozen=True)
+class Refused(Incoming):
+    """A request a fleet link received (on ``original_topic``) that is answered ``error``, never run:
+    handed to the ingress thread, which reads its reply address as for any request."""
+
+    original_topic: str = ""
+    error: RkllmdError | None = None
+
+
+class FleetWatch:
+    """See the module docstring."""
+
+    def __init__(self, settings: Settings, topics: Topics, bus: Bus, answer: Callable[[Final], None]) -> None:
+        cfg = settings.fleet
+        assert cfg.group is not None and topics.node is not None
+        self.settings, self.topics, self.bus, self._answer = settings, topics, bus, answer
+        self.group, self.node = cfg.group, topics.node
+        self.inject: Callable[[Incoming], None] = lambda msg: None  # ingress.put, set by the daemon
+        self.admit: Callable[[Incoming], Any] = lambda msg: None  # ingress.admit with its gate
+        self._lock = threading.Lock()
+        self._boards: dict[str, _Board] = {}
+        self._leader = False
+        self._presence: SideLink | None = None
+        self._last_state: bytes | None = None
+        self._timers: dict[str, threading.Timer] = {}
+        self._taking: set[str] = set()
+        self._handed = threading.Event()
+        self._handed_ids: list[str] = []
+        self._stopping = False
+        self.refused_topic = f"{topics.base}/fleet/refused"  # never published: ingress hands Refused here
+
+    # --- main thread ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        t = self.topics
+        for kind in ("serves", "handed"):
+            self.bus.subscribe(t.node_topic("+", kind))
+        self.bus.subscribe(t.fleet_state)
+
+    def own_handed(self, timeout: float) -> list[str]:
+        """The ids a leader took over from this board's session while it was away (retained for it),
+        waited for up to ``timeout``; the record is cleared, so it is read once."""
+        self._handed.wait(timeout)
+        with self._lock:
+            ids, self._handed_ids = self._handed_ids, []
+        if self._handed.is_set():
+            self.bus.publish(self.topics.node_topic(self.node, "handed"), b"", retain=True)
+        return ids
+
+    def stop(self) -> None:
+        """A stop: the presence link goes with its Will (a last board leaves the fleet offline)."""
+        with self._lock:
+            self._stopping = True
+            presence, self._presence = self._presence, None
+            timers = list(self._timers.values())
+            self._timers.clear()
+        for timer in timers:
+            timer.cancel()
+        if presence is not None:
+            presence.close(with_will=True)
+
+    # --- dispatcher / main thread ----------------------------------------------------------------
+
+    def publish_serves(self, models: set[str]) -> None:
+        """This board's models, session and client id, retained for every board."""
+        mq = self.settings.mqtt
+        body = {
+            "models": sorted(models),
+            "session": "clean" if mq.clean_start else "kept",
+            "client_id": mq.client_id,
+        }
+        self.bus.publish_json(self.topics.node_topic(self.node, "serves"), body, retain=True)
+
+    # --- ingress thread ------------------------------------------------------------------------
+
+    def handles(self, topic: str) -> bool:
+        if topic in (self.topics.fleet_state, self.refused_topic):
+            return True
+        prefix = f"{self.topics.base}/node/"
+        return topic.startswith(prefix) and topic.rsplit("/", 1)[-1] in ("serves", "handed")
+
+    def deliver(self, msg: Incoming) -> None:
+        if isinstance(msg, Refused):
+            self._refuse(msg)
+            return
+        try:
+            obj = json.loads(msg.payload) if msg.payload else {}
+        except ValueError:
+            return
+        if not isinstance(obj, dict):
+            return
+        if msg.topic == self.topics.fleet_state:
+            if obj.get("state") == "online":
+                return  # a leader's word (two may lead for a moment: neither answers the other)
+            with self._lock:
+                lead = self._leader
+                self._last_state = None  # a dead leader's Will: the leader says online again
+            if lead:
+                self._publish_state()
+            return
+        node, kind = msg.topic[len(f"{self.topics.base}/node/") :].split("/", 1)
+        with self._lock:
+            b = self._boards.setdefault(node, _Board())
+            if kind == "serves":
+                b.models = {str(m) for m in obj.get("models") or []}
+                b.kept = obj.get("session") == "kept"
+                cid = obj.get("client_id")
+                b.client_id = cid if isinstance(cid, str) else None
+            else:  # handed: a leader took this board's session over
+                b.ended = bool(obj.get("ended"))
+                if node == self.node:
+                    self._handed_ids = [str(i) for i in obj.get("ids") or []]
+        if kind == "handed" and node == self.node:
+            self._handed.set()
+
+    def states_changed(self, states: dict[str, str], leader: str | None) -> None:
+        """Every board's state as the fleet knows it now, and who leads (after a state message)."""
+        start: SideLink | None = None
+        stop: SideLink | None = None
+        with self._lock:
+            for name, state in states.items():
+                b = self._boards.setdefault(name, _Board())
+                was, b.state = b.state, state
+                if state == "online":
+                    b.ended = False
+                    timer = self._timers.pop(name, None)
+                    if timer is not None:
+                        timer.cancel()
+                elif was != state and name != self.node and name not in self._timers:
+                    self._arm_locked(name)
+            lead = leader == self.node and not self._stopping
+            if lead and self._presence is None:
+                start = self._presence = self._new_presence()
+            elif not lead and self._presence is not None:
+                stop, self._presence = self._presence, None
+            self._leader = lead
+        if start is not None:
+            start.start()
+        if stop is not None:
+            stop.close()
+        if lead:
+            self._publish_state()
+
+    # --- holding the lock ----------------------------------------------------------------------
+
+    def _arm_locked(self, name: str) -> None:
+        if not self.settings.fleet.takeover:
+            return
+        timer = threading.Timer(self.settings.fleet.takeover_grace_s, self._grace_over, args=(name,))
+        timer.daemon = True
+        self._timers[name] = timer
+        timer.start()
+
+    def _served_locked(self, model: str) -> bool:
+        """Whether a request on ``model``'s topic reaches a board: an online one, or a dead one
+        whose kept session still takes its share (until it is taken over and ended)."""
+        for b in self._boards.values():
+            if model in b.models and (b.state == "online" or (b.kept and not b.ended)):
+                return True
+        return False
+
+    def _new_presence(self) -> SideLink:
+        mq = self.settings.mqtt
+        link = SideLink(
+            mq,
+            f"{mq.client_id or 'rkllmd-' + self.node}-presence",
+            name="presence",
+            will=(self.topics.fleet_state, OFFLINE),
+            on_message=self._unserved,
+        )
+        link.subscribe(f"$share/{self.group}-unserved/{self.topics.group_request('generate')}/+", 0)
+        return link
+
+    # --- the leader's view ---------------------------------------------------------------------
+
+    def _publish_state(self) -> None:
+        with self._lock:
+            online = sorted(n for n, b in self._boards.items() if b.state == "online")
+            body = {"state": "online", "boards_online": len(online), "boards": online, "leader": self.node}
+            data = json.dumps(body, separators=(",", ":")).encode()
+            if data == self._last_state or not self._leader:
+                return
+            self._last_state = data
+        self.bus.publish(self.topics.fleet_state, data, retain=True)
+
+    # --- the presence link's thread -------------------------------------------------------------
+
+    def _unserved(self, msg: mqtt.MQTTMessage) -> None:
+        """A copy of a per-model request: answered here only if no board can get the original."""
+        model = msg.topic.rsplit("/", 1)[-1]
+        with self._lock:
+            if self._served_locked(model):
+                return
+            online = sorted(n for n, b in self._boards.items() if b.state == "online")
+        log.info("a request on a model's topic no board serves", model=model, topic=msg.topic)
+        err = UnknownModel(
+            f"no board of fleet {self.group!r} serves model {model!r} now (boards online: "
+            f"{', '.join(online) or 'none'}); configure it on a board or load it there"
+        )
+        self.inject(self._refused(msg, err))
+
+    def _refused(self, msg: mqtt.MQTTMessage, err: RkllmdError) -> Refused:
+        props = getattr(msg, "properties", None)
+        corr = getattr(props, "CorrelationData", None)
+        return Refused(
+            topic=self.refused_topic,
+            payload=bytes(msg.payload),
+            response_topic=getattr(props, "ResponseTopic", None) or None,
+            correlation_data=bytes(corr) if corr is not None else None,
+            received_at=time.monotonic(),
+            original_topic=msg.topic,
+            error=err,
+        )
+
+    # --- ingress thread: a refusal ---------------------------------------------------------------
+
+    def _refuse(self, msg: Refused) -> None:
+        orig = Incoming(
+            topic=msg.original_topic,
+            payload=msg.payload,
+            response_topic=msg.response_topic,
+            correlation_data=msg.correlation_data,
+            received_at=msg.received_at,
+        )
+        admitted = self.admit(orig)
+        if isinstance(admitted, Final):  # refused for its own reasons first: that answer it is
+            self._answer(admitted)
+        elif admitted is not None and msg.error is not None:
+            self._answer(Final.failed(admitted, msg.error))
+
+    # --- takeover (a timer thread, then the takeover's own thread and its link's) ----------------
+
+    def _grace_over(self, name: str) -> None:
+        with self._lock:
+            self._timers.pop(name, None)
+            b = self._boards.get(name)
+            if (
+                not self._leader
+                or self._stopping
+                or b is None
+                or b.state == "online"
+                or not b.kept
+                or b.ended
+                or not b.client_id
+                or name in self._taking
+            ):
+                return
+            self._taking.add(name)
+            b.ended = True  # from here its share is this board's to serve (unserved copies included)
+            client_id, models = b.client_id, set(b.models)
+        threading.Thread(
+            target=self._take, args=(name, client_id, models), name=f"takeover-{name}", daemon=True
+        ).start()
+
+    def _take(self, name: str, client_id: str, models: set[str]) -> None:
+        """Takeover thread: connect as the dead board, serve what its session held, end the session."""
+        took: list[str] = []
+        last = [time.monotonic()]
+        gone = threading.Event()
+        handed_topic = self.topics.node_topic(name, "handed")
+        base, mine = self.topics.base, set(self.settings.models)
+
+        def on_connect(present: bool) -> None:
+            log.warning("took over a dead board's session", node=name, session_present=present)
+            share = f"$share/{self.group}/"
+            t = self.topics
+            subs = [share + t.group_request("+"), f"{base}/node/{name}/request/#"]
+            subs += [f"{share}{t.group_request('generate')}/{m}" for m in sorted(models)]
+            subs += [t.node_topic("+", k) for k in ("state", "stats", "serves", "handed")]
+            subs += [t.fleet_state, t.fleet_cancel, t.fleet_cancel_report]
+            link.unsubscribe(subs)  # the broker stops giving it new requests; what it holds still comes
+            last[0] = time.monotonic()
+
+        def on_message(msg: mqtt.MQTTMessage) -> None:
+            request = msg.topic.startswith(f"{base}/request/") or msg.topic.startswith(
+                f"{base}/node/{name}/request/"
+            )
+            if request and msg.qos > 0:
+                last[0] = time.monotonic()  # the quiet that ends the takeover counts requests only
+                rid = protocol.read_address(bytes(msg.payload), 1 << 20).get("id")
+                if isinstance(rid, str):
+                    took.append(rid)
+                    record = {"by": self.node, "ids": took[-1000:], "ended": True}
+                    link.publish(handed_topic, json.dumps(record).encode(), qos=1, retain=True)
+                self._serve_taken(link, msg, name, mine)
+            if msg.qos > 0:
+                link.ack(msg.mid, msg.qos)  # after the handed record: the broker has that first
+
+        def on_gone(reason: str) -> None:
+            log.warning("a takeover link closed", node=name, reason=reason)
+            gone.set()
+
+        link = SideLink(
+            self.settings.mqtt,
+            client_id,
+            name=f"takeover-{name}",
+            clean=False,
+            session_expiry_s=0,  # the session ends with this link
+            reconnect=False,
+            on_message=on_message,
+            on_connect=on_connect,
+            on_gone=on_gone,
+        )
+        link.start()
+        deadline = time.monotonic() + TAKEOVER_MAX_S
+        while not gone.is_set() and time.monotonic() < deadline:
+            if link.connected.is_set() and time.monotonic() - last[0] > QUIET_S:
+                break
+            gone.wait(0.1)
+        if not gone.is_set():
+            link.publish(
+                handed_topic, json.dumps({"by": self.node, "ids": took[-1000:], "ended": True}).encode()
+            )
+        link.close()
+        log.warning("ended a dead board's session", node=name, requests=len(took), taken_back=gone.is_set())
+        with self._lock:
+            self._taking.discard(name)
+
+    def _serve_taken(self, link: SideLink, msg: mqtt.MQTTMessage, name: str, mine: set[str]) -> None:
+        """A request the dead board's session held: run it here, pass it to its model's boards, or
+        answer it (paho's thread of the takeover link)."""
+        props = getattr(msg, "properties", None)
+        if msg.topic.startswith(f"{self.topics.base}/node/"):
+            err = Interrupted(f"board {name!r} went offline and did not come back; send it to another board")
+            self.inject(self._refused(msg, err))
+            return
+        model = (
+            msg.topic.rsplit("/", 1)[-1]
+            if msg.topic.count("/") > self.topics.group_request("generate").count("/")
+            else None
+        )
+        if model is not None and model not in mine:
+            out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+            for prop in ("ResponseTopic", "CorrelationData"):
+                value = getattr(props, prop, None)
+                if value is not None:
+                    setattr(out, prop, value)
+            link.publish(msg.topic, bytes(msg.payload), properties=out)
+            return
+        corr = getattr(props, "CorrelationData", None)
+        self.inject(
+            Incoming(
+                topic=msg.topic,
+                payload=bytes(msg.payload),
+                response_topic=getattr(props, "ResponseTopic", None) or None,
+                correlation_data=bytes(corr) if corr is not None else None,
+                received_at=time.monotonic(),
+                # connection -1: no bus connection acknowledges it (the takeover link did already)
+                receipt=Receipt(-1, msg.mid, msg.qos, bool(msg.dup)),
+                dup=bool(msg.dup),
+            )
+        )

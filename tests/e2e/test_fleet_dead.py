@@ -1,0 +1,76 @@
+"""A fleet with a board that dies and stays dead: three boards on the C double, one real mosquitto.
+
+Clients publish at a steady pace while one board is killed with -9 and left dead past
+``fleet.takeover_grace_s``: every request is answered exactly once, none is silently lost, and
+the board's return answers nothing twice (docs/FLEET.md, "When a board dies").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections import Counter
+from typing import Any
+
+from tests.e2e import test_fleet
+from tests.e2e.test_fleet import Board, _finals, _prompt, _quiet, _send
+from tests.helpers import Broker, DaemonProc, Probe, probe
+
+fleet = test_fleet.fleet  # the same boards fixture
+
+GRACE_S = 2.0
+BIG = {"big": {"runtime": "rkllm", "path": "/dev/null", "library": "/dev/null"}}
+
+
+def _fleet_cfg(node: str) -> dict[str, Any]:
+    return {"fleet": {"group": "home", "node_id": node, "takeover_grace_s": GRACE_S}}
+
+
+def _kill(d: DaemonProc) -> None:
+    os.kill(d.proc.pid, signal.SIGKILL)
+    d.proc.wait(10)
+
+
+def _paced(p: Probe, base: str, prefix: str, count: int, every_s: float, at: dict[int, Any]) -> list[str]:
+    """Send ``count`` requests one every ``every_s``; ``at[i]()`` runs just before request ``i``."""
+    ids = []
+    for i in range(count):
+        if i in at:
+            at[i]()
+        rid = f"{prefix}{i}"
+        _send(p, base, rid, _prompt(f"paced {rid}", delay_ms=20, tokens=15))
+        ids.append(rid)
+        time.sleep(every_s)
+    return ids
+
+
+def _summary(finals: list[dict[str, Any]]) -> list[str]:
+    return sorted(
+        f"{f['id']} {f.get('node')} {f.get('code') or f['data'].get('finish_reason')}" for f in finals
+    )
+
+
+def test_a_dead_boards_kept_session_is_taken_over_and_nothing_is_lost_or_doubled(
+    fleet: tuple[str, Board], broker: Broker
+) -> None:
+    """Kept sessions: what mosquitto keeps routing to the dead board is served by the others once the
+    grace is over (its in-flight requests run again); a request for a model only it had is answered
+    unknown_model; its return answers nothing twice."""
+    base, board = fleet
+    board("b0", sections=_fleet_cfg("b0"))
+    board("b1", sections=_fleet_cfg("b1"))
+    victim = board("b2", sections=_fleet_cfg("b2"), extra_models=BIG)
+    with probe(broker) as p:
+        p.subscribe(f"{base}-test/reply")
+        ids = _paced(p, base, "k", 40, 0.2, {6: lambda: _kill(victim)})
+        _send(p, base, "big1", "hello", topic=f"{base}/request/generate/big")
+        finals = _finals(p, base, len(ids) + 1, timeout=40)
+        board("b2", sections=_fleet_cfg("b2"), extra_models=BIG)
+        finals += _quiet(p, base, 3.0)
+    count = Counter(f["id"] for f in finals)
+    assert count == Counter([*ids, "big1"]), _summary(finals)
+    by_id = {f["id"]: f for f in finals}
+    assert by_id["big1"]["code"] == "unknown_model", by_id["big1"]
+    assert all(by_id[i]["status"] == "ok" for i in ids), _summary(finals)
+    assert "b2" not in {by_id[i]["node"] for i in ids[8:]}, _summary(finals)
