@@ -258,6 +258,7 @@ def test_home_assistant_sees_one_device_per_board_and_one_for_the_fleet(
     f = fleet_dev[0]["cmps"]
     assert f["prompt"]["cmd_t"] == f"{base}/request/generate"
     assert f["queue_depth"]["stat_t"] == f"{base}/fleet/stats"
+    assert [a["topic"] for a in fleet_dev[0]["avty"]] == [f"{base}/fleet/state"]  # offline with no board
     stats_topics = sorted(b["cmps"]["queue_depth"]["stat_t"] for b in boards)
     assert stats_topics == [f"{base}/node/b0/stats", f"{base}/node/b1/stats"]
     assert {b["cmps"]["prompt"]["cmd_t"] for b in boards} == {

@@ -74,3 +74,61 @@ def test_a_dead_boards_kept_session_is_taken_over_and_nothing_is_lost_or_doubled
     assert by_id["big1"]["code"] == "unknown_model", by_id["big1"]
     assert all(by_id[i]["status"] == "ok" for i in ids), _summary(finals)
     assert "b2" not in {by_id[i]["node"] for i in ids[8:]}, _summary(finals)
+
+
+def test_with_clean_sessions_the_others_serve_at_once_and_the_dead_boards_requests_say_interrupted(
+    fleet: tuple[str, Board], broker: Broker
+) -> None:
+    """Clean sessions: mosquitto drops the dead board's requests in flight (eclipse-mosquitto #2662);
+    new ones go to the others at once, a model only it had is answered at once, and what it held is
+    answered `interrupted` from its journal when it returns, once."""
+    base, board = fleet
+    clean = {"clean_start": True}
+    board("b0", sections=_fleet_cfg("b0"), mqtt=clean)
+    board("b1", sections=_fleet_cfg("b1"), mqtt=clean)
+    victim = board("b2", sections=_fleet_cfg("b2"), extra_models=BIG, mqtt=clean)
+    with probe(broker) as p:
+        p.subscribe(f"{base}-test/reply")
+        ids = _paced(p, base, "c", 24, 0.2, {6: lambda: _kill(victim)})
+        _send(p, base, "big2", "hello", topic=f"{base}/request/generate/big")
+        time.sleep(1.0)  # every request that still had a board is answered by now or soon
+        board("b2", sections=_fleet_cfg("b2"), extra_models=BIG, mqtt=clean)
+        finals = _finals(p, base, len(ids) + 1, timeout=40)
+        finals += _quiet(p, base, 2.0)
+    assert Counter(f["id"] for f in finals) == Counter([*ids, "big2"]), _summary(finals)
+    by_id = {f["id"]: f for f in finals}
+    assert by_id["big2"]["code"] == "unknown_model", by_id["big2"]
+    interrupted = [i for i in ids if by_id[i].get("code") == "interrupted"]
+    assert interrupted and all(by_id[i]["node"] == "b2" for i in interrupted), _summary(finals)
+    assert all(by_id[i]["status"] == "ok" for i in ids if i not in interrupted), _summary(finals)
+
+
+def test_the_leaders_death_then_every_boards_is_told_by_the_retained_fleet_state(
+    fleet: tuple[str, Board], broker: Broker
+) -> None:
+    """The leader dies: the next one takes its session over and says the fleet is online with two
+    boards; all die: the retained fleet state says offline; one returns: online, and it serves."""
+    base, board = fleet
+    boards = {n: board(n, sections=_fleet_cfg(n)) for n in ("b0", "b1", "b2")}
+    state = f"{base}/fleet/state"
+    with probe(broker) as p:
+        p.subscribe(f"{base}-test/reply", state)
+        ids = _paced(p, base, "l", 24, 0.2, {6: lambda: _kill(boards["b0"])})
+        finals = _finals(p, base, len(ids), timeout=40)
+        two = p.collect_until(state, lambda m: m.json().get("boards_online") == 2, timeout=10)[-1].json()
+        _kill(boards["b1"])
+        _kill(boards["b2"])
+        time.sleep(0.5)
+    assert Counter(f["id"] for f in finals) == Counter(ids), _summary(finals)
+    assert all(f["status"] == "ok" for f in finals), _summary(finals)
+    assert two["state"] == "online" and two["boards"] == ["b1", "b2"], two
+    with probe(broker) as p:  # a client that comes later reads the retained state
+        p.subscribe(state)
+        assert p.get(state, timeout=5).json()["state"] == "offline"
+        board("b2", sections=_fleet_cfg("b2"))
+        back = p.collect_until(state, lambda m: m.json().get("state") == "online", timeout=10)[-1].json()
+        p.subscribe(f"{base}-test/reply")
+        _send(p, base, "again", _prompt("again"))
+        again = _finals(p, base, 1)[0]
+    assert back["boards_online"] == 1 and back["leader"] == "b2", back
+    assert again["status"] == "ok" and again["node"] == "b2"
