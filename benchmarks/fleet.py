@@ -1,4 +1,4 @@
-"""A fleet's throughput: requests/s and TTFT for 1, 2 and 3 boards behind one request topic.
+"""A fleet's throughput (1, 2, 3 boards) and what a board's death costs it.
 
 Starts a loopback mosquitto and N rkllmd boards (fleet group ``bench``) on the RKLLM C double
 at a fixed token rate, then lets ``--clients`` clients each send ``--per-client`` requests one
@@ -7,8 +7,15 @@ Prints requests/s, TTFT p50/p99 (publish to first stream chunk, queueing include
 broker spread the requests, and the ratio of each fleet's throughput to one board's. Figures
 are printed and written to --out, never asserted: they depend on the machine and its load.
 
+Then (``--death``) three boards with clients publishing at a steady pace (open loop): one board
+is killed with -9 and left dead. Printed: the time from the kill until its share is served by the
+others (the answer of the request it held that came last: the grace, the takeover, the queue),
+requests lost (no answer by the end; goal 0), answered twice, and the replies by code, with kept
+sessions (the leader takes the dead board's session over after ``--grace`` s) and with clean ones.
+
     .venv/bin/python benchmarks/fleet.py                     # about two minutes on two cores
     .venv/bin/python benchmarks/fleet.py --boards 1,3 --per-client 8
+    .venv/bin/python benchmarks/fleet.py --boards '' --death --grace 60 --dead-s 90
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _board_config(lib: Path, model: Path, host: str, port: int, base: str, node: str) -> dict[str, Any]:
+def _board_config(
+    lib: Path, model: Path, host: str, port: int, base: str, node: str, **fleet: Any
+) -> dict[str, Any]:
     return {
         "default_model": "fake",
         "mqtt": {
@@ -43,7 +52,7 @@ def _board_config(lib: Path, model: Path, host: str, port: int, base: str, node:
         "log": {"level": "info", "format": "json"},
         "limits": {"queue_size": 8},
         "models": {"fake": {"runtime": "rkllm", "path": str(model), "library": str(lib)}},
-        "fleet": {"group": "bench", "node_id": node},
+        "fleet": {"group": "bench", "node_id": node, **fleet},
     }
 
 
@@ -167,6 +176,119 @@ def run_one(boards: int, lib: Path, work: Path, args: argparse.Namespace) -> dic
     }
 
 
+def _paced_client(
+    host: str, port: int, base: str, rate: float, seconds: float, prompt: str, kill_at: float, kill: Any
+) -> tuple[dict[str, float], dict[str, list[tuple[float, str]]], float]:
+    """Open loop: ``rate`` requests/s for ``seconds``; ``kill()`` at ``kill_at`` s. Returns when each
+    id was sent, every reply per id (time, code), and the kill's time (perf_counter)."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    cid = "fd-" + uuid.uuid4().hex[:8]
+    reply_topic = f"{base}-bench/{cid}"
+    sent: dict[str, float] = {}
+    got: dict[str, list[tuple[float, str]]] = {}
+    lock = threading.Lock()
+
+    def on_message(cl: Any, u: Any, m: Any) -> None:
+        reply = json.loads(m.payload)
+        with lock:
+            got.setdefault(str(reply.get("id")), []).append(
+                (time.perf_counter(), str(reply.get("code") or reply.get("status")))
+            )
+
+    c = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2, client_id=cid, protocol=mqtt.MQTTv5)
+    c.on_message = on_message
+    c.connect(host, port)
+    c.loop_start()
+    c.subscribe(reply_topic, 1)
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    killed_at = 0.0
+    i = 0
+    while (now := time.perf_counter() - t0) < seconds:
+        if not killed_at and now >= kill_at:
+            kill()
+            killed_at = time.perf_counter()
+        rid = f"{cid}-{i}"
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = reply_topic
+        sent[rid] = time.perf_counter()
+        c.publish(
+            f"{base}/request/generate", json.dumps({"id": rid, "prompt": prompt}), qos=1, properties=props
+        )
+        i += 1
+        time.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+    return sent, got, killed_at
+
+
+def run_death(lib: Path, work: Path, args: argparse.Namespace, clean: bool) -> dict[str, Any]:
+    """Three boards; one killed with -9 at 5 s and left dead (module docstring)."""
+    from rkllmd.bench.broker import LocalBroker
+    from rkllmd.bench.daemonproc import DaemonProcess, to_toml
+
+    folder = work / f"death-{'clean' if clean else 'kept'}"
+    folder.mkdir()
+    broker = LocalBroker(folder)
+    base = f"fd{uuid.uuid4().hex[:6]}"
+    model = folder / "fake.rkllm"
+    model.write_bytes(b"RKLLM fake model for the fleet benchmark\n")
+    procs = []
+    try:
+        for i in range(3):
+            cfg = folder / f"b{i}.toml"
+            conf = _board_config(
+                lib, model, broker.host, broker.port, base, f"b{i}", takeover_grace_s=args.grace
+            )
+            conf["mqtt"]["clean_start"] = clean
+            conf["state_dir"] = str(folder / f"state-b{i}")
+            cfg.write_text(to_toml(conf))
+            procs.append(DaemonProcess(cfg, folder / f"b{i}.log"))
+        deadline = time.monotonic() + 60
+        while not all("rkllmd ready" in p.log_tail(10**6) for p in procs):
+            if time.monotonic() > deadline or not all(p.alive() for p in procs):
+                raise RuntimeError("a board did not start")
+            time.sleep(0.1)
+        time.sleep(1.0)
+        delay_ms = round(1000 / args.rate)
+        prompt = f"[[delay_ms={delay_ms}]] [[len={args.tokens}]] fleet death benchmark"
+        victim = procs[2]  # not the leader: the leader's death adds its own Will's moment
+
+        def kill() -> None:
+            victim.proc.kill()
+
+        seconds = 5.0 + args.dead_s
+        sent, got, killed_at = _paced_client(
+            broker.host, broker.port, base, args.death_rate, seconds, prompt, 5.0, kill
+        )
+        time.sleep(args.grace + 20.0)  # what the dead board held: after the grace, the takeover, the queue
+    finally:
+        for p in procs:
+            if p.alive():
+                p.stop()
+        broker.stop()
+    answered = {rid: replies for rid, replies in got.items() if rid in sent}
+    lost = [rid for rid in sent if rid not in answered]
+    twice = [rid for rid, r in answered.items() if len(r) > 1]
+    normal = sorted(r[0][0] - sent[rid] for rid, r in answered.items() if sent[rid] < killed_at - 2)
+    typical = normal[len(normal) // 2] if normal else 0.0
+    held = [r[0][0] for rid, r in answered.items() if r[0][0] - sent[rid] > 3 * typical + 1.0]
+    codes = Counter(r[0][1] for r in answered.values())
+    return {
+        "session": "clean" if clean else "kept",
+        "grace_s": args.grace,
+        "dead_s": args.dead_s,
+        "requests": len(sent),
+        "lost": len(lost),
+        "answered_twice": len(twice),
+        "codes": dict(codes),
+        "death_to_share_served_s": round(max(held) - killed_at, 2) if held else 0.0,
+        "typical_latency_s": round(typical, 2),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--boards", default="1,2,3", help="fleet sizes, comma-separated")
@@ -174,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-client", type=int, default=4, help="requests each client sends, one after another")
     ap.add_argument("--rate", type=float, default=30.0, help="the double's tok/s")
     ap.add_argument("--tokens", type=int, default=30, help="tokens per answer")
+    ap.add_argument("--death", action="store_true", help="also kill a board of three and leave it dead")
+    ap.add_argument("--grace", type=float, default=10.0, help="fleet.takeover_grace_s for --death")
+    ap.add_argument("--dead-s", type=float, default=30.0, help="how long clients send after the kill")
+    ap.add_argument("--death-rate", type=float, default=1.0, help="requests/s sent during --death")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)
@@ -187,6 +313,11 @@ def main(argv: list[str] | None = None) -> int:
             row = run_one(n, lib, Path(tmp), args)
             rows.append(row)
             print(json.dumps(row), flush=True)
+        deaths = []
+        if args.death:
+            for clean in (False, True):
+                deaths.append(run_death(lib, Path(tmp), args, clean))
+                print(json.dumps(deaths[-1]), flush=True)
     one = next((r["requests_per_s"] for r in rows if r["boards"] == 1), None)
     lines = [
         f"fleet benchmark, {platform.node()} ({platform.machine()}), "
@@ -203,12 +334,27 @@ def main(argv: list[str] | None = None) -> int:
             f"| {r['boards']} | {r['requests_per_s']:.2f} | {ratio} | {r['ttft_p50_ms']:.0f} ms | "
             f"{r['ttft_p99_ms']:.0f} ms | {r['busy']} | {r['served']} |"
         )
+    if deaths:
+        lines += [
+            "",
+            f"a board of three killed -9 and left dead, {args.death_rate:g} requests/s",
+            "",
+            "| session | grace | requests | lost | answered twice | death to share served | replies |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for d in deaths:
+            lines.append(
+                f"| {d['session']} | {d['grace_s']:g} s | {d['requests']} | {d['lost']} | "
+                f"{d['answered_twice']} | {d['death_to_share_served_s']:g} s | {d['codes']} |"
+            )
     text = "\n".join(lines)
     print(text)
     if not args.no_save:
         args.out.mkdir(parents=True, exist_ok=True)
         stamp = f"{dt.datetime.now(dt.UTC):%Y%m%d-%H%M%S}"
-        (args.out / f"fleet-{stamp}.json").write_text(json.dumps(rows, indent=2))
+        (args.out / f"fleet-{stamp}.json").write_text(
+            json.dumps({"throughput": rows, "death": deaths}, indent=2)
+        )
         (args.out / f"fleet-{stamp}.txt").write_text(text + "\n")
     return 0
 

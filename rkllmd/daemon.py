@@ -98,7 +98,7 @@ class Daemon:
         journal_path = None
         if settings.state_dir is not None:
             journal_path = settings.state_dir / f"journal-{settings.mqtt.client_id}.jsonl"
-        self.journal = Journal(journal_path)
+        self.journal = Journal(journal_path, fsync=settings.journal_fsync)
         # The services reach the parts below only when a plugin calls them, after they exist.
         self.plugins = PluginHost.from_settings(_PluginServices(self))
         self.dispatcher = Dispatcher(

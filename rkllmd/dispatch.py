@@ -304,12 +304,13 @@ class Dispatcher:
         address = final.request.address
         if address is None:
             return
-        if address.receipt is not None:
-            self.bus.ack(address.receipt)
         # Remembered by id for a redelivery's sake only if it ran (a cancel's address names the
-        # request it cancelled; a refusal of a reused id names the request that holds it).
+        # request it cancelled; a refusal of a reused id names the request that holds it). On disk
+        # before the acknowledgement: a power cut between them must not answer it twice.
         queued = final.request.run.enqueued_at is not None
         again = self.journal.answered(final.request.run.journal_key, address.request_id if queued else None)
+        if address.receipt is not None:
+            self.bus.ack(address.receipt)
         for receipt in again:  # the broker sent it again under another packet id while it was open
             self.bus.ack(receipt)
 

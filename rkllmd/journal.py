@@ -12,9 +12,11 @@ not run twice either: the original's reply answers it. docs/FLEET.md has the exa
 Threads: ``took`` and ``seen_again`` run on the ingress thread, ``answered`` on the dispatcher
 thread, and ``recover`` on the main thread before either starts; one lock, so a redelivery is
 either still open here or answered, never neither. The file is optional (with
-``state_dir`` set): JSON lines, appended without fsync (a killed process's writes survive in the
-page cache; a power cut may lose the last ones), rewritten short at startup and when it grows.
-Prompts are never written, only where each reply goes.
+``state_dir`` set): JSON lines, each fsynced before it counts (``fsync``, default on: a request
+taken is on disk before it is queued, an answer before its request is acknowledged, so a power
+cut loses neither; a killed process's writes survive in the page cache even without), rewritten
+short (fsynced, renamed, the folder fsynced) at startup and when it grows. Prompts are never
+written, only where each reply goes.
 """
 
 from __future__ import annotations
@@ -92,9 +94,10 @@ def _address_of(obj: dict[str, Any]) -> Address:
 class Journal:
     """Open requests and recently answered ids, in memory and (with a path) in a file."""
 
-    def __init__(self, path: Path | None, window_s: float = 600.0) -> None:
+    def __init__(self, path: Path | None, window_s: float = 600.0, *, fsync: bool = True) -> None:
         self.path = path
         self.window_s = window_s
+        self.fsync = fsync
         self._lock = threading.Lock()
         self._open: dict[str, dict[str, Any]] = {}  # journal key -> its line
         self._answered: collections.OrderedDict[str, float] = collections.OrderedDict()  # id -> monotonic
@@ -270,6 +273,8 @@ class Journal:
                 self._file = open_private(self.path, "a")  # 0600: every request's reply address
             self._file.write(json.dumps(entry, ensure_ascii=False) + "\n")
             self._file.flush()  # into the page cache: it survives a kill -9 of this process
+            if self.fsync:
+                os.fsync(self._file.fileno())  # and onto the disk: it survives a power cut
             self._appended += 1
         except OSError as exc:
             log.error("cannot write the request journal", path=str(self.path), error=str(exc))
@@ -292,7 +297,16 @@ class Journal:
                     fh.write(json.dumps(line, ensure_ascii=False) + "\n")
                 for entry in self._open.values():
                     fh.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                if self.fsync:
+                    fh.flush()
+                    os.fsync(fh.fileno())
             os.replace(tmp, self.path)
+            if self.fsync:  # the rename itself lives in the folder
+                folder = os.open(self.path.parent, os.O_RDONLY)
+                try:
+                    os.fsync(folder)
+                finally:
+                    os.close(folder)
         except OSError as exc:
             log.error("cannot rewrite the request journal", path=str(self.path), error=str(exc))
         self._appended = 0

@@ -257,6 +257,10 @@ class Settings(BaseSettings):
     state_dir: Path | None = Field(
         None, description="where rkllmd keeps its request journal (answers requests a kill interrupted)"
     )
+    journal_fsync: bool = Field(
+        True,
+        description="fsync each journal line before it counts, so a power cut loses none (docs/FLEET.md)",
+    )
     rkllm: RkllmSettings = RkllmSettings()
     default_model: str | None = None
     preload: bool = Field(True, description="load the default model at startup")
