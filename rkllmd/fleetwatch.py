@@ -378,9 +378,8 @@ class FleetWatch:
                 break
             gone.wait(0.1)
         if not gone.is_set():
-            link.publish(
-                handed_topic, json.dumps({"by": self.node, "ids": took[-1000:], "ended": True}).encode()
-            )
+            record = {"by": self.node, "ids": took[-1000:], "ended": True}  # ended even with none taken
+            link.publish(handed_topic, json.dumps(record).encode(), retain=True)
         link.close()
         log.warning("ended a dead board's session", node=name, requests=len(took), taken_back=gone.is_set())
         with self._lock:
