@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--death", action="store_true", help="also kill a board of three and leave it dead")
     ap.add_argument("--grace", type=float, default=10.0, help="fleet.takeover_grace_s for --death")
     ap.add_argument("--dead-s", type=float, default=30.0, help="how long clients send after the kill")
-    ap.add_argument("--death-rate", type=float, default=1.0, help="requests/s sent during --death")
+    ap.add_argument("--death-rate", type=float, default=2.0, help="requests/s sent during --death")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--no-save", action="store_true")
     args = ap.parse_args(argv)

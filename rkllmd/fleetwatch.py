@@ -66,6 +66,7 @@ class _Board:
     kept: bool = False
     client_id: str | None = None
     ended: bool = False  # its kept session was taken over and ended: it takes no requests now
+    down_since: float | None = None  # monotonic: when it was last seen go offline (or stopped)
 
 
 @dataclass(frozen=True)
@@ -188,17 +189,22 @@ class FleetWatch:
         start: SideLink | None = None
         stop: SideLink | None = None
         with self._lock:
+            now = time.monotonic()
             for name, state in states.items():
                 b = self._boards.setdefault(name, _Board())
-                was, b.state = b.state, state
+                b.state = state
                 if state == "online":
-                    b.ended = False
+                    b.ended, b.down_since = False, None
                     timer = self._timers.pop(name, None)
                     if timer is not None:
                         timer.cancel()
-                elif was != state and name != self.node and name not in self._timers:
-                    self._arm_locked(name)
+                elif b.down_since is None:
+                    b.down_since = now
             lead = leader == self.node and not self._stopping
+            if lead:  # every dead board's grace, counted from its death, whoever led then
+                for name, b in self._boards.items():
+                    if b.down_since is not None and name != self.node and name not in self._timers:
+                        self._arm_locked(name, b.down_since + self.settings.fleet.takeover_grace_s - now)
             if lead and self._presence is None:
                 start = self._presence = self._new_presence()
             elif not lead and self._presence is not None:
@@ -213,10 +219,12 @@ class FleetWatch:
 
     # --- holding the lock ----------------------------------------------------------------------
 
-    def _arm_locked(self, name: str) -> None:
-        if not self.settings.fleet.takeover:
+    def _arm_locked(self, name: str, delay: float) -> None:
+        b = self._boards[name]  # whether its session is kept may be known only later: checked at the end
+        clean = b.client_id is not None and not b.kept  # its serves says clean: nothing to take
+        if not self.settings.fleet.takeover or clean or b.ended or name in self._taking:
             return
-        timer = threading.Timer(self.settings.fleet.takeover_grace_s, self._grace_over, args=(name,))
+        timer = threading.Timer(max(0.0, delay), self._grace_over, args=(name,))
         timer.daemon = True
         self._timers[name] = timer
         timer.start()
@@ -326,6 +334,7 @@ class FleetWatch:
         """Takeover thread: connect as the dead board, serve what its session held, end the session."""
         took: list[str] = []
         last = [time.monotonic()]
+        reached = threading.Event()
         gone = threading.Event()
         handed_topic = self.topics.node_topic(name, "handed")
         base, mine = self.topics.base, set(self.settings.models)
@@ -340,6 +349,7 @@ class FleetWatch:
             subs += [t.fleet_state, t.fleet_cancel, t.fleet_cancel_report]
             link.unsubscribe(subs)  # the broker stops giving it new requests; what it holds still comes
             last[0] = time.monotonic()
+            reached.set()
 
         def on_message(msg: mqtt.MQTTMessage) -> None:
             request = msg.topic.startswith(f"{base}/request/") or msg.topic.startswith(
@@ -377,13 +387,21 @@ class FleetWatch:
             if link.connected.is_set() and time.monotonic() - last[0] > QUIET_S:
                 break
             gone.wait(0.1)
-        if not gone.is_set():
+        if reached.is_set() and not gone.is_set():
             record = {"by": self.node, "ids": took[-1000:], "ended": True}  # ended even with none taken
             link.publish(handed_topic, json.dumps(record).encode(), retain=True)
         link.close()
-        log.warning("ended a dead board's session", node=name, requests=len(took), taken_back=gone.is_set())
         with self._lock:
             self._taking.discard(name)
+            if not reached.is_set():  # the broker refused or never answered: try again after a grace
+                self._boards[name].ended = False
+                self._arm_locked(name, self.settings.fleet.takeover_grace_s)
+        if reached.is_set():
+            log.warning(
+                "ended a dead board's session", node=name, requests=len(took), taken_back=gone.is_set()
+            )
+        else:
+            log.error("could not take over a dead board's session; trying again", node=name)
 
     def _serve_taken(self, link: SideLink, msg: mqtt.MQTTMessage, name: str, mine: set[str]) -> None:
         """A request the dead board's session held: run it here, pass it to its model's boards, or
