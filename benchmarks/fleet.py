@@ -284,6 +284,7 @@ def run_death(lib: Path, work: Path, args: argparse.Namespace, clean: bool) -> d
         "lost": len(lost),
         "answered_twice": len(twice),
         "codes": dict(codes),
+        "death_to_first_of_share_s": round(min(held) - killed_at, 2) if held else 0.0,
         "death_to_share_served_s": round(max(held) - killed_at, 2) if held else 0.0,
         "typical_latency_s": round(typical, 2),
     }
@@ -339,13 +340,15 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"a board of three killed -9 and left dead, {args.death_rate:g} requests/s",
             "",
-            "| session | grace | requests | lost | answered twice | death to share served | replies |",
-            "|---|---|---|---|---|---|---|",
+            "| session | grace | requests | lost | answered twice | death to first of its share | "
+            "to all of it | replies |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for d in deaths:
             lines.append(
                 f"| {d['session']} | {d['grace_s']:g} s | {d['requests']} | {d['lost']} | "
-                f"{d['answered_twice']} | {d['death_to_share_served_s']:g} s | {d['codes']} |"
+                f"{d['answered_twice']} | {d['death_to_first_of_share_s']:g} s | "
+                f"{d['death_to_share_served_s']:g} s | {d['codes']} |"
             )
     text = "\n".join(lines)
     print(text)

@@ -404,8 +404,8 @@ class FleetWatch:
             log.error("could not take over a dead board's session; trying again", node=name)
 
     def _serve_taken(self, link: SideLink, msg: mqtt.MQTTMessage, name: str, mine: set[str]) -> None:
-        """A request the dead board's session held: run it here, pass it to its model's boards, or
-        answer it (paho's thread of the takeover link)."""
+        """A request the dead board's session held: publish it again for the live boards, run it
+        here (a DUP one), or answer it (paho's thread of the takeover link)."""
         props = getattr(msg, "properties", None)
         if msg.topic.startswith(f"{self.topics.base}/node/"):
             err = Interrupted(f"board {name!r} went offline and did not come back; send it to another board")
@@ -416,7 +416,9 @@ class FleetWatch:
             if msg.topic.count("/") > self.topics.group_request("generate").count("/")
             else None
         )
-        if model is not None and model not in mine:
+        if not msg.dup or (model is not None and model not in mine):
+            # For the live boards to share (the dead board's session no longer subscribes); only
+            # what the dead board had started runs here, where it can be marked a second attempt.
             out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             for prop in ("ResponseTopic", "CorrelationData"):
                 value = getattr(props, prop, None)
