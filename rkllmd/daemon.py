@@ -136,6 +136,10 @@ class Daemon:
             fleet=self.fleet,
         )
         if self.fleet is not None:
+            if (
+                settings.mqtt.clean_start
+            ):  # the broker keeps nothing of this board's: the leader may need this
+                self.journal.on_open = self.fleet.watch.publish_open
             self.fleet.watch.inject = self.ingress.put
             self.fleet.watch.admit = lambda msg: admit(msg, self.ingress.gate)
         self._stop = threading.Event()  # set by the signals thread or request_stop()
@@ -158,6 +162,7 @@ class Daemon:
 
     def _serve(self) -> int:
         self.ingress.recover(self.journal.recover())  # before any thread can write to the journal
+        self.journal.tell()
         if self.fleet is not None and self.settings.mqtt.clean_start:
             log.warning(
                 "fleet with a clean session: a board killed mid-request cannot have its requests sent "

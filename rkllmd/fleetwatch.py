@@ -12,15 +12,10 @@ and a dead board's kept session (docs/FLEET.md, "When a board dies").
   board has the model, nor a dead board whose kept session still takes its requests) has no other
   subscriber: the broker dropped it, and the leader answers it ``unknown_model``, once.
 - **Takeover.** A board whose state went offline (or stopped) with a kept session and that is not
-  back within ``fleet.takeover_grace_s`` has its session taken over by the leader: it connects
-  with the dead board's client id and that session (session expiry 0, so the session ends with
-  the link), unsubscribes its share subscriptions, and serves what the broker held for it: group
-  requests are run here (``DUP`` ones again, with ``attempt`` 2: a generation has no effect but
-  its reply), a model's request this board lacks is published again to that model's topic, a
-  request meant for that board alone is answered ``interrupted``. Each id it took is written,
-  before its acknowledgement, to ``<base>/node/<dead>/handed`` (retained), so the dead board, when
-  it returns, does not answer them again from its journal. A board that returns while its session
-  is taken over takes it back (the broker sends the taker away: the takeover ends there).
+  back within ``fleet.takeover_grace_s`` has its session taken over by the leader
+  (rkllmd/takeover.py). A dead board with a clean session lost what it had at the broker; it
+  publishes its open requests (``<base>/node/<node>/open``: where each reply goes, never a prompt)
+  while it runs, and the leader answers those ``interrupted`` after the grace.
 
 Each board publishes ``<base>/node/<node>/serves`` (retained): its models, whether its session is
 kept, and its client id (what a takeover connects with).
@@ -41,22 +36,19 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import structlog
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
-from rkllmd import protocol
 from rkllmd.bus import Bus
 from rkllmd.errors import Interrupted, RkllmdError, UnknownModel
-from rkllmd.exchange import Final
-from rkllmd.protocol import Incoming, Receipt, Topics
+from rkllmd.exchange import Exchange, Final
+from rkllmd.journal import address_of
+from rkllmd.protocol import Incoming, Topics
 from rkllmd.settings import Settings
 from rkllmd.sidelink import SideLink
+from rkllmd.takeover import Takeover
 
 log = structlog.get_logger("rkllmd.fleet")
 
 OFFLINE = b'{"state":"offline","boards_online":0}'
-QUIET_S = 0.7  # a takeover ends once its link has been quiet this long after the broker's resend
-TAKEOVER_MAX_S = 30.0
 
 
 @dataclass
@@ -67,6 +59,7 @@ class _Board:
     client_id: str | None = None
     ended: bool = False  # its kept session was taken over and ended: it takes no requests now
     down_since: float | None = None  # monotonic: when it was last seen go offline (or stopped)
+    open: list[dict[str, Any]] = field(default_factory=list)  # a clean-session board's open requests
 
 
 @dataclass(frozen=True)
@@ -104,8 +97,8 @@ class FleetWatch:
 
     def start(self) -> None:
         t = self.topics
-        for kind in ("serves", "handed"):
-            self.bus.subscribe(t.node_topic("+", kind))
+        for kind in ("serves", "handed", "open"):
+            self.bus.subscribe(t.node_topic("+", kind), qos=0)  # retained: sent again on subscribe
         self.bus.subscribe(t.fleet_state)
 
     def own_handed(self, timeout: float) -> list[str]:
@@ -142,13 +135,19 @@ class FleetWatch:
         }
         self.bus.publish_json(self.topics.node_topic(self.node, "serves"), body, retain=True)
 
+    def publish_open(self, entries: list[dict[str, Any]]) -> None:
+        """A clean-session board's open requests (where each reply goes, never a prompt), retained
+        for the leader to answer if this board dies (the journal's thread, holding its lock)."""
+        body = json.dumps({"open": entries}, separators=(",", ":")).encode()
+        self.bus.publish(self.topics.node_topic(self.node, "open"), body, retain=True)
+
     # --- ingress thread ------------------------------------------------------------------------
 
     def handles(self, topic: str) -> bool:
         if topic in (self.topics.fleet_state, self.refused_topic):
             return True
         prefix = f"{self.topics.base}/node/"
-        return topic.startswith(prefix) and topic.rsplit("/", 1)[-1] in ("serves", "handed")
+        return topic.startswith(prefix) and topic.rsplit("/", 1)[-1] in ("serves", "handed", "open")
 
     def deliver(self, msg: Incoming) -> None:
         if isinstance(msg, Refused):
@@ -177,6 +176,9 @@ class FleetWatch:
                 b.kept = obj.get("session") == "kept"
                 cid = obj.get("client_id")
                 b.client_id = cid if isinstance(cid, str) else None
+            elif kind == "open":
+                entries = obj.get("open")
+                b.open = [e for e in entries if isinstance(e, dict)] if isinstance(entries, list) else []
             else:  # handed: a leader took this board's session over
                 b.ended = bool(obj.get("ended"))
                 if node == self.node:
@@ -221,8 +223,7 @@ class FleetWatch:
 
     def _arm_locked(self, name: str, delay: float) -> None:
         b = self._boards[name]  # whether its session is kept may be known only later: checked at the end
-        clean = b.client_id is not None and not b.kept  # its serves says clean: nothing to take
-        if not self.settings.fleet.takeover or clean or b.ended or name in self._taking:
+        if not self.settings.fleet.takeover or b.ended or name in self._taking:
             return
         timer = threading.Timer(max(0.0, delay), self._grace_over, args=(name,))
         timer.daemon = True
@@ -312,16 +313,14 @@ class FleetWatch:
         with self._lock:
             self._timers.pop(name, None)
             b = self._boards.get(name)
-            if (
-                not self._leader
-                or self._stopping
-                or b is None
-                or b.state == "online"
-                or not b.kept
-                or b.ended
-                or not b.client_id
-                or name in self._taking
-            ):
+            if not self._leader or self._stopping or b is None or b.state == "online" or b.ended:
+                return
+            if b.client_id is not None and not b.kept:  # a clean session: mosquitto deleted it all
+                left, b.open = b.open, []
+                if left:
+                    self._answer_open_locked(name, left)
+                return
+            if not b.kept or not b.client_id or name in self._taking:
                 return
             self._taking.add(name)
             b.ended = True  # from here its share is this board's to serve (unserved copies included)
@@ -330,112 +329,41 @@ class FleetWatch:
             target=self._take, args=(name, client_id, models), name=f"takeover-{name}", daemon=True
         ).start()
 
-    def _take(self, name: str, client_id: str, models: set[str]) -> None:
-        """Takeover thread: connect as the dead board, serve what its session held, end the session."""
-        took: list[str] = []
-        last = [time.monotonic()]
-        reached = threading.Event()
-        gone = threading.Event()
-        handed_topic = self.topics.node_topic(name, "handed")
-        base, mine = self.topics.base, set(self.settings.models)
-
-        def on_connect(present: bool) -> None:
-            log.warning("took over a dead board's session", node=name, session_present=present)
-            share = f"$share/{self.group}/"
-            t = self.topics
-            subs = [share + t.group_request("+"), f"{base}/node/{name}/request/#"]
-            subs += [f"{share}{t.group_request('generate')}/{m}" for m in sorted(models)]
-            subs += [t.node_topic("+", k) for k in ("state", "stats", "serves", "handed")]
-            subs += [t.fleet_state, t.fleet_cancel, t.fleet_cancel_report]
-            link.unsubscribe(subs)  # the broker stops giving it new requests; what it holds still comes
-            last[0] = time.monotonic()
-            reached.set()
-
-        def on_message(msg: mqtt.MQTTMessage) -> None:
-            request = msg.topic.startswith(f"{base}/request/") or msg.topic.startswith(
-                f"{base}/node/{name}/request/"
+    def _answer_open_locked(self, name: str, left: list[dict[str, Any]]) -> None:
+        """A dead board with a clean session: what it had taken is gone from the broker, and only
+        its own list (``B/node/<name>/open``) tells; answer each `interrupted`, once (timer thread)."""
+        ids = [str(e.get("id")) for e in left]
+        base = self.topics.node_topic(name, "")
+        self.bus.publish(base + "handed", json.dumps({"by": self.node, "ids": ids}).encode(), retain=True)
+        self.bus.publish(base + "open", b'{"open":[]}', retain=True)  # answered: no later leader again
+        for e in left:
+            try:
+                ex = Exchange(
+                    command=str(e["cmd"]), topic=str(e["topic"]), id=str(e["id"]), address=address_of(e["to"])
+                )
+            except (KeyError, TypeError, ValueError):
+                continue
+            log.warning("answering a dead board's request", node=name, request_id=ex.id)
+            self._answer(
+                Final.failed(
+                    ex,
+                    Interrupted(
+                        f"board {name!r} died while this request waited or ran there, and the broker "
+                        "did not keep it (a clean session); send it again"
+                    ),
+                )
             )
-            if request and msg.qos > 0:
-                last[0] = time.monotonic()  # the quiet that ends the takeover counts requests only
-                rid = protocol.read_address(bytes(msg.payload), 1 << 20).get("id")
-                if isinstance(rid, str):
-                    took.append(rid)
-                    record = {"by": self.node, "ids": took[-1000:], "ended": True}
-                    link.publish(handed_topic, json.dumps(record).encode(), qos=1, retain=True)
-                self._serve_taken(link, msg, name, mine)
-            if msg.qos > 0:
-                link.ack(msg.mid, msg.qos)  # after the handed record: the broker has that first
 
-        def on_gone(reason: str) -> None:
-            log.warning("a takeover link closed", node=name, reason=reason)
-            gone.set()
-
-        link = SideLink(
-            self.settings.mqtt,
-            client_id,
-            name=f"takeover-{name}",
-            clean=False,
-            session_expiry_s=0,  # the session ends with this link
-            reconnect=False,
-            on_message=on_message,
-            on_connect=on_connect,
-            on_gone=on_gone,
+    def _take(self, name: str, client_id: str, models: set[str]) -> None:
+        """Takeover thread (rkllmd/takeover.py); a takeover the broker refused is tried again."""
+        takeover = Takeover(
+            self.settings, self.topics, self.node, name, client_id, models, self.inject, self._refused
         )
-        link.start()
-        deadline = time.monotonic() + TAKEOVER_MAX_S
-        while not gone.is_set() and time.monotonic() < deadline:
-            if link.connected.is_set() and time.monotonic() - last[0] > QUIET_S:
-                break
-            gone.wait(0.1)
-        if reached.is_set() and not gone.is_set():
-            record = {"by": self.node, "ids": took[-1000:], "ended": True}  # ended even with none taken
-            link.publish(handed_topic, json.dumps(record).encode(), retain=True)
-        link.close()
+        reached = takeover.run()
         with self._lock:
             self._taking.discard(name)
-            if not reached.is_set():  # the broker refused or never answered: try again after a grace
+            if not reached:  # the broker refused or never answered: try again after a grace
                 self._boards[name].ended = False
                 self._arm_locked(name, self.settings.fleet.takeover_grace_s)
-        if reached.is_set():
-            log.warning(
-                "ended a dead board's session", node=name, requests=len(took), taken_back=gone.is_set()
-            )
-        else:
+        if not reached:
             log.error("could not take over a dead board's session; trying again", node=name)
-
-    def _serve_taken(self, link: SideLink, msg: mqtt.MQTTMessage, name: str, mine: set[str]) -> None:
-        """A request the dead board's session held: publish it again for the live boards, run it
-        here (a DUP one), or answer it (paho's thread of the takeover link)."""
-        props = getattr(msg, "properties", None)
-        if msg.topic.startswith(f"{self.topics.base}/node/"):
-            err = Interrupted(f"board {name!r} went offline and did not come back; send it to another board")
-            self.inject(self._refused(msg, err))
-            return
-        model = (
-            msg.topic.rsplit("/", 1)[-1]
-            if msg.topic.count("/") > self.topics.group_request("generate").count("/")
-            else None
-        )
-        if not msg.dup or (model is not None and model not in mine):
-            # For the live boards to share (the dead board's session no longer subscribes); only
-            # what the dead board had started runs here, where it can be marked a second attempt.
-            out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-            for prop in ("ResponseTopic", "CorrelationData"):
-                value = getattr(props, prop, None)
-                if value is not None:
-                    setattr(out, prop, value)
-            link.publish(msg.topic, bytes(msg.payload), properties=out)
-            return
-        corr = getattr(props, "CorrelationData", None)
-        self.inject(
-            Incoming(
-                topic=msg.topic,
-                payload=bytes(msg.payload),
-                response_topic=getattr(props, "ResponseTopic", None) or None,
-                correlation_data=bytes(corr) if corr is not None else None,
-                received_at=time.monotonic(),
-                # connection -1: no bus connection acknowledges it (the takeover link did already)
-                receipt=Receipt(-1, msg.mid, msg.qos, bool(msg.dup)),
-                dup=bool(msg.dup),
-            )
-        )

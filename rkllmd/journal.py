@@ -29,6 +29,7 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -80,6 +81,11 @@ def _address_json(a: Address) -> dict[str, Any]:
     return out
 
 
+def address_of(obj: dict[str, Any]) -> Address:
+    """The reply address a journal line's ``to`` holds (also read from a fleet board's open list)."""
+    return _address_of(obj)
+
+
 def _address_of(obj: dict[str, Any]) -> Address:
     corr = obj.get("corr")
     return Address(
@@ -106,6 +112,9 @@ class Journal:
         self._taken: dict[str, list[_Taken]] = {}
         self._file: Any = None
         self._appended = 0
+        # Told every change of the open requests, holding the lock (so in order): a fleet board with
+        # a clean session publishes them for the leader, who answers them if it dies (fleetwatch).
+        self.on_open: Callable[[list[dict[str, Any]]], None] | None = None
 
     # --- main thread, before the other threads start ------------------------------------------
 
@@ -185,12 +194,14 @@ class Journal:
             self._open[key] = entry
             self._taken.setdefault(ex.id, []).append(_Taken(key, mid))
             self._append_locked(entry)
+            self._tell_locked()
 
     def forget(self, key: str) -> None:
         """An open request of the previous run came again from the broker and is served anew."""
         with self._lock:
             if self._open.pop(key, None) is not None:
                 self._append_locked({"op": "forgotten", "key": key})
+                self._tell_locked()
 
     def answered_recently(self, request_id: str) -> bool:
         """Whether a reply to this id was delivered within the window (a redelivery of it is a duplicate)."""
@@ -235,7 +246,13 @@ class Journal:
                 return []
             line = {"op": "answered", "key": key, "id": request_id, "at": round(time.time(), 3)}
             self._append_locked(line)
+            self._tell_locked()
             return self._untake_locked(str(entry.get("id")), key)
+
+    def tell(self) -> None:
+        """Tell ``on_open`` what is open now (main thread, once it is set)."""
+        with self._lock:
+            self._tell_locked()
 
     def close(self) -> None:
         with self._lock:
@@ -245,6 +262,12 @@ class Journal:
                 self._file = None
 
     # --- holding the lock ----------------------------------------------------------------------
+
+    def _tell_locked(self) -> None:
+        if self.on_open is not None:
+            self.on_open(
+                [{k: e[k] for k in ("id", "cmd", "topic", "to") if k in e} for e in self._open.values()]
+            )
 
     def _untake_locked(self, request_id: str, key: str | None) -> list[Receipt]:
         taken = self._taken.get(request_id, [])
