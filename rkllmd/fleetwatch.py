@@ -246,6 +246,7 @@ class FleetWatch:
             name="presence",
             will=(self.topics.fleet_state, OFFLINE),
             on_message=self._unserved,
+            on_connect=self._presence_up,
         )
         link.subscribe(f"$share/{self.group}-unserved/{self.topics.group_request('generate')}/+", 0)
         return link
@@ -253,14 +254,26 @@ class FleetWatch:
     # --- the leader's view ---------------------------------------------------------------------
 
     def _publish_state(self) -> None:
+        """The leader's ``online``, only once its presence link is up: its Will must be with the
+        broker before the state it would correct, or a leader that dies at once would leave the
+        fleet ``online`` with no board. Published under the lock, so two threads keep their order."""
         with self._lock:
+            presence = self._presence
+            if not self._leader or presence is None or not presence.connected.is_set():
+                return
             online = sorted(n for n, b in self._boards.items() if b.state == "online")
             body = {"state": "online", "boards_online": len(online), "boards": online, "leader": self.node}
             data = json.dumps(body, separators=(",", ":")).encode()
-            if data == self._last_state or not self._leader:
+            if data == self._last_state:
                 return
             self._last_state = data
-        self.bus.publish(self.topics.fleet_state, data, retain=True)
+            self.bus.publish(self.topics.fleet_state, data, retain=True)
+
+    def _presence_up(self, session_present: bool) -> None:
+        """The presence link's thread: connected (again), its Will set; say online (again)."""
+        with self._lock:
+            self._last_state = None
+        self._publish_state()
 
     # --- the presence link's thread -------------------------------------------------------------
 
