@@ -9,7 +9,7 @@ The calls are read with ``ast.parse`` (eval mode) and nothing is evaluated: a ca
 dotted name) with keyword arguments whose values are literals only (strings, numbers, True/False/
 None and JSON's true/false/null, lists, dicts with string keys); anything else makes the block
 malformed. A list opens a call only where a line starts (the output's start included) with
-``[name(`` followed by ``key=`` or ``)``: a bracket in prose, ``[1, 2]``, ``[see below]`` or a
+``[name(`` followed by ``key=``, a quote or ``)``: a bracket in prose, ``[1, 2]``, ``[see below]`` or a
 Markdown link, is text. While a line's start could still become that it is held; once it is, the
 list is held until its closing bracket. Thread: whichever feeds the parser (the token sink's);
 one parser per generation.
@@ -37,9 +37,10 @@ log = logface.get_logger("rkllmd.toolcalls")
 START = "<|python_start|>"
 END = "<|python_end|>"
 _IDENT = r"[A-Za-z_]\w{0,63}"
-# A line's start that is certainly a call list: "[", a name, "(", then a keyword or ")".
+# A line's start that is certainly a call list: "[", a name, "(", then a keyword, a string or ")".
 _CALL = re.compile(
-    rf"\[[ \t]{{0,4}}[A-Za-z_][\w.]{{0,63}}[ \t]{{0,4}}\([ \t\n]{{0,4}}(?:\)|{_IDENT}[ \t]{{0,4}}=)", re.A
+    rf"\[[ \t]{{0,4}}[A-Za-z_][\w.]{{0,63}}[ \t]{{0,4}}\([ \t\n]{{0,4}}(?:\)|[\"']|{_IDENT}[ \t]{{0,4}}=)",
+    re.A,
 )
 # ... and one that could still become it (each part optional once the ones before it are there).
 _NAME_PART = r"[A-Za-z_][\w.]{0,63}"
@@ -61,6 +62,8 @@ _LITERAL_NAMES: dict[str, Any] = {
 }
 _MAX_BLOCK = 65536  # a call list longer than this is not parsed (the AST of a huge text costs memory)
 _MAX_DEPTH = 32
+# Any JSON value (the converter reads an empty schema as an object).
+_ANY_VALUE = {"type": ["string", "number", "boolean", "array", "object", "null"]}
 _WS = "[ \\t\\n]{0,4}"
 # Meta's zero-shot wording for Llama 3.2's pythonic calls, so the model reads what it was trained on.
 _HEAD = (
@@ -129,6 +132,8 @@ def _call(node: ast.expr) -> ToolCall:
     for kw in node.keywords:
         if kw.arg is None:
             raise Malformed("**arguments")
+        if kw.arg in args:
+            raise Malformed(f"argument {kw.arg!r} given twice")
         args[kw.arg] = _literal(kw.value)
     return ToolCall(new_call_id(), _name(node.func), args)
 
@@ -342,7 +347,7 @@ class Pythonic(ToolFormat):
                     kvs.append(f"{json.dumps(key + '=')} t{i}p{j}-root")
                 rules.append(f"t{i}-kv ::= {' | '.join(kvs)}")
             else:
-                rules.append(rename_rules(to_gbnf({}), f"t{i}any-"))
+                rules.append(rename_rules(to_gbnf(_ANY_VALUE), f"t{i}any-"))
                 rules.append(f't{i}-kv ::= [A-Za-z_] [A-Za-z0-9_]{{0,63}} "=" t{i}any-root')
             calls.append(f't{i}-call ::= {json.dumps(fn["name"] + "(")} (t{i}-kv ("," " "? t{i}-kv)*)? ")"')
         head = (

@@ -1,0 +1,55 @@
+"""What the per-family tool-format tests share: a parser run over deltas, and llama.cpp's lazy
+sampler for a format's grammar on SmolLM2's vocabulary (the real converter and regex engine)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rkllmd.toolcalls import ToolFormat
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def parse(fmt: ToolFormat, tools: Any, deltas: list[str]) -> tuple[str, Any]:
+    """The text a parser lets out for ``deltas`` (streamed and at the end), and the parser."""
+    p = fmt.parser(tools)
+    text = "".join(p.feed(d) for d in deltas) + p.finish()
+    return text, p
+
+
+def calls_of(p: Any) -> list[tuple[str, dict[str, Any]]]:
+    return [(c.name, c.arguments) for c in p.calls]
+
+
+@pytest.fixture(scope="module")
+def smol_vocab() -> Iterator[Any]:
+    """SmolLM2's vocabulary without its weights."""
+    lib = pytest.importorskip("llama_cpp")
+    from rkllmd.runtime.llamacpp import embedded_model_path
+
+    if embedded_model_path() is None:
+        pytest.skip("embedded model missing")
+    llm = lib.Llama(model_path=str(embedded_model_path()), vocab_only=True, verbose=False)
+    yield llm
+    llm.close()
+
+
+def allowed_after(llm: Any, fmt: ToolFormat, tools: Any, text: str) -> set[str]:
+    """The pieces ``fmt``'s lazy grammar for ``tools`` leaves possible after ``text`` (llama.cpp
+    builds it from the real converter's GBNF, so a grammar it cannot read fails here)."""
+    import llama_cpp
+
+    from rkllmd.runtime.llamacpp.grammar import LazyGrammar, _gbnf, _lazy_sampler
+    from tests.test_llamacpp_toolcalls import allowed
+
+    grammar = fmt.grammar(tools, _gbnf)
+    assert grammar is not None
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    sampler = _lazy_sampler(llama_cpp, vocab, LazyGrammar(grammar.gbnf, grammar.triggers))
+    for token in llm.tokenize(text.encode(), add_bos=False, special=False):
+        llama_cpp.llama_sampler_accept(sampler, token)
+    return allowed(llm, sampler)
