@@ -40,7 +40,8 @@ TOOLS = [
     ("output", "calls"),
     [
         (  # Llama 3.2 3B, SF and Seattle
-            "[get_weather(city='San Francisco', metric='celsius'), get_weather(city='Seattle', metric='celsius')]",
+            "[get_weather(city='San Francisco', metric='celsius'), "
+            "get_weather(city='Seattle', metric='celsius')]",
             [
                 ("get_weather", {"city": "San Francisco", "metric": "celsius"}),
                 ("get_weather", {"city": "Seattle", "metric": "celsius"}),

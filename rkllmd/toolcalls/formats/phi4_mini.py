@@ -4,8 +4,8 @@ Phi-4-mini-instruct's chat template puts the tools in the system message between
 and ``<|/tool|>`` tokens (the model card: a JSON list of ``{"name", "description",
 "parameters"}``); the model answers a call with the word ``functools`` followed by one JSON list of
 calls, no closing marker (what vLLM's ``phi4_mini_json`` parser reads). ``functools`` is plain
-text, not a control token, so only ``functools[`` opens calls: the word in prose ("Python's
-functools module") is text.
+text, not a control token, so only ``functools[`` as a word of its own opens calls: the word in
+prose ("Python's functools module", ``my_functools[0]``) is text.
 
 Text before ``functools[`` streams at once (only a suffix that could still become it is held);
 from there everything is held and parsed at the end of the output; text after a well-formed list
@@ -42,6 +42,7 @@ log = logface.get_logger("rkllmd.toolcalls")
 
 WORD = "functools"
 OPEN = WORD + "["  # what opens calls: the word and the list's bracket
+_OPEN = re.compile(r"(?<![A-Za-z0-9_])functools\[")  # ... as a word of its own (not my_functools[0])
 _WS = "[ \\t\\n]{0,4}"
 _OBJECT_START = optional_prefixes('{"')  # what the list's first call certainly begins with
 _TEMPLATE_MARKS = ("<|tool|>", "<|/tool|>")
@@ -71,18 +72,19 @@ class Phi4MiniParser:
     problems: list[str] = field(default_factory=list)
     _buf: str = ""
     _in_call: bool = False
+    _last: str = ""  # the last character let out
 
     def feed(self, delta: str) -> str:
         """Take one delta; return the text that is certainly outside any call."""
         self._buf += delta
         if self._in_call:
             return ""
-        i = self._buf.find(OPEN)
-        if i >= 0:
-            out, self._buf, self._in_call = self._buf[:i], self._buf[i:], True
-            return out
-        hold = held_suffix(self._buf, (OPEN,))
-        out, self._buf = self._buf[: len(self._buf) - hold], self._buf[len(self._buf) - hold :]
+        # The last character let out goes in front, so the marker's word boundary is seen
+        # across deltas (``my_`` out, then ``functools[``).
+        m = _OPEN.search(self._last + self._buf)
+        i = len(self._buf) - held_suffix(self._buf, (OPEN,)) if m is None else m.start() - len(self._last)
+        out, self._buf, self._in_call = self._buf[:i], self._buf[i:], m is not None
+        self._last = (self._last + out)[-1:]
         return out
 
     def finish(self) -> str:
@@ -94,10 +96,11 @@ class Phi4MiniParser:
         self._in_call = False
         text: list[str] = []
         while rest:
-            i = rest.find(OPEN)
-            if i < 0:
+            m = _OPEN.search(rest)
+            if m is None:
                 text.append(rest)
                 break
+            i = m.start()
             text.append(rest[:i])
             calls, after = split_list(rest[i + len(WORD) :])
             if calls is None:
