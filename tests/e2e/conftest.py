@@ -105,19 +105,28 @@ def final_of(probe: Probe, topic: str, timeout: float = 20.0) -> dict[str, Any]:
     return json.loads(probe.get(topic, timeout=timeout).payload)
 
 
-def start_with_both_apis(tmp: Path, broker: Broker, lib: Path, base: str) -> tuple[DaemonProc, int, int]:
-    """rkllmd on the double with the http and ollama plugins in their default config, both listening.
+def start_with_both_apis(
+    tmp: Path,
+    broker: Broker,
+    lib: Path,
+    base: str,
+    *,
+    model: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+) -> tuple[DaemonProc, int, int]:
+    """rkllmd on the double with the http and ollama plugins in their default config, both listening;
+    ``model`` adds to the default model's table, ``env`` to the process's environment.
 
     Returns the process and the OpenAI and Ollama ports.
     """
     openai_port, ollama_port = free_port(), free_port()
-    cfg = rkllm_config(tmp, broker, lib, base, limits={"max_payload_bytes": 65536})
+    cfg = rkllm_config(tmp, broker, lib, base, limits={"max_payload_bytes": 65536}, model=model)
     with cfg.open("a") as f:
         f.write(
             f'\n[plugins]\nenabled = ["http", "ollama"]\n[plugins.http]\nport = {openai_port}\n'
             f"[plugins.ollama]\nport = {ollama_port}\n"
         )
-    d = DaemonProc(cfg, tmp)
+    d = DaemonProc(cfg, tmp, env=env)
     d.wait_ready(30)
     d.wait_log("OpenAI-compatible API listening")
     d.wait_log("Ollama-compatible API listening")
