@@ -173,3 +173,40 @@ def test_the_grammar_holds_the_list_form_once_it_has_begun(smol_vocab: Any) -> N
     assert after_name and all("get_current_weather".startswith(p) for p in after_name)
     assert len(allowed_after(smol_vocab, MISTRAL, TOOLS, "[TOOL_CALLS]get_current_weather")) > 40000
     assert len(allowed_after(smol_vocab, MISTRAL, TOOLS, "Sure, [")) > 40000
+
+
+# The id check of Mistral Nemo's template (tests/fixtures/mistral-nemo-instruct-2407.jinja), around
+# a minimal loop over the turns.
+ID_CHECKING_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.tool_calls is defined and message.tool_calls is not none %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if not tool_call.id is defined or tool_call.id|length != 9 %}"
+    '{{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}{%- endif %}'
+    "{{- '[TOOL_CALLS]' + tool_call.id }}{%- endfor %}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if message.tool_call_id|length != 9 %}"
+    '{{- raise_exception("Tool call IDs should be alphanumeric strings with length 9!") }}{%- endif %}'
+    "{{- '[TOOL_RESULTS]' + message.tool_call_id }}"
+    "{%- else %}{{- message.content }}{%- endif %}{%- endfor %}"
+)
+
+
+def test_llamacpp_gives_mistrals_own_template_ids_it_accepts() -> None:
+    """On llama.cpp a Mistral GGUF's template renders earlier turns itself and refuses rkllmd's
+    ``call_<hex>`` ids: the turns it gets carry the 9-character ids, the same for the call and its
+    result (llama-cpp-python's Jinja2 formatter, as the runtime uses it)."""
+    lib = pytest.importorskip("llama_cpp")
+    from rkllmd.runtime.llamacpp.runtime import _message
+
+    call = ToolCall("call_4f1c2a9b8e7d6c5b4a3f2e1d", "get_current_weather", dict(PARIS[1]))
+    turns = [
+        ChatMessage("user", "weather?"),
+        ChatMessage("assistant", "", (call,)),
+        ChatMessage("tool", "sunny", tool_call_id=call.id),
+    ]
+    formatter = lib.llama_chat_format.Jinja2ChatFormatter(ID_CHECKING_TEMPLATE, "</s>", "<s>")
+    prompt = formatter(messages=[_message(m, True, MISTRAL) for m in turns]).prompt
+    assert prompt.endswith("[TOOL_CALLS]b4a3f2e1d[TOOL_RESULTS]b4a3f2e1d")
+    with pytest.raises(Exception, match="length 9"):  # what the ids were before
+        formatter(messages=[_message(m, True, toolcalls.get("hermes")) for m in turns])

@@ -105,6 +105,12 @@ class ToolFormat(abc.ABC):
         """One ``role: tool`` message as the family reads a result (the runtime puts it in a user
         turn, or the role its template has for results)."""
 
+    def template_call_id(self, call_id: str) -> str:
+        """A call's id as the model's own chat template sees it where the runtime renders earlier
+        turns through it (llama.cpp): unchanged, unless the family's templates refuse some ids
+        (Mistral's take 9 letters and digits only). A call and its result map alike."""
+        return call_id
+
     def grammar(self, tools: Tools, to_gbnf: ToGbnf, only: str | None = None) -> CallGrammar | None:
         """The grammar of one or more calls to ``tools`` (or to ``only``) and its lazy triggers,
         or None where the format has none (its calls are then only parsed, as on RKLLM).

@@ -356,10 +356,10 @@ def _message(m: ChatMessage, native: bool, fmt: toolcalls.ToolFormat) -> dict[st
     renders tools (``native``), else as the format's text in the content."""
     if native:
         out: dict[str, Any] = {"role": m.role, "content": m.content}
-        if m.tool_calls:
-            out["tool_calls"] = [c.as_dict() for c in m.tool_calls]
+        if m.tool_calls:  # ids as the template takes them (Mistral's refuse all but 9 letters and digits)
+            out["tool_calls"] = [{**c.as_dict(), "id": fmt.template_call_id(c.id)} for c in m.tool_calls]
         if m.role == "tool":
-            out["tool_call_id"] = m.tool_call_id
+            out["tool_call_id"] = None if m.tool_call_id is None else fmt.template_call_id(m.tool_call_id)
             if m.name:
                 out["name"] = m.name
         return out

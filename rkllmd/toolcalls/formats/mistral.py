@@ -181,6 +181,9 @@ class Mistral(ToolFormat):
         )
         return f"[TOOL_RESULTS]{body}[/TOOL_RESULTS]"
 
+    def template_call_id(self, call_id: str) -> str:
+        return mistral_id(call_id)
+
     def grammar(self, tools: Tools, to_gbnf: ToGbnf, only: str | None = None) -> CallGrammar:
         """The v3 form: the tag, then a JSON list of calls of the offered tools. Triggered once
         the list has begun (``[TOOL_CALLS][``): a v11+ model writing ``[TOOL_CALLS]name[ARGS]``
