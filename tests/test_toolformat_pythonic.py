@@ -171,3 +171,20 @@ def test_the_grammar_holds_a_started_list_to_the_tools_and_their_parameters(smol
     assert allowed_after(smol_vocab, PYTHONIC, TOOLS, "[get_weather(metric=") == {'"'}
     assert "x" in allowed_after(smol_vocab, PYTHONIC, TOOLS, "[get_user_info(")
     assert len(allowed_after(smol_vocab, PYTHONIC, TOOLS, "Sure [get_weather(")) > 40000
+
+
+def test_tools_no_python_call_can_name_are_left_out_of_the_grammar(smol_vocab: Any) -> None:
+    """``my-tool(...)`` or ``my-key=`` is not Python: the grammar never offers them (it would hold
+    the model to a call the parser refuses); with no tool left there is no grammar."""
+    odd = [
+        {"type": "function", "function": {"name": "my-tool", "parameters": {"type": "object"}}},
+        {
+            "type": "function",
+            "function": {
+                "name": "lights",
+                "parameters": {"type": "object", "properties": {"my-key": {"type": "string"}}},
+            },
+        },
+    ]
+    assert PYTHONIC.grammar(odd[:1], lambda s: 'root ::= "x"\n') is None
+    assert allowed_after(smol_vocab, PYTHONIC, odd, "[lights(") == {")", "),", ")]"}

@@ -37,6 +37,7 @@ log = logface.get_logger("rkllmd.toolcalls")
 START = "<|python_start|>"
 END = "<|python_end|>"
 _IDENT = r"[A-Za-z_]\w{0,63}"
+_PY_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*", re.A)  # what a call's name can be here
 # A line's start that is certainly a call list: "[", a name, "(", then a keyword, a string or ")".
 _CALL = re.compile(
     rf"\[[ \t]{{0,4}}[A-Za-z_][\w.]{{0,63}}[ \t]{{0,4}}\([ \t\n]{{0,4}}(?:\)|[\"']|{_IDENT}[ \t]{{0,4}}=)",
@@ -321,35 +322,42 @@ class Pythonic(ToolFormat):
         head = f"Result of {message.name}" if message.name else "Result"
         return f"{head}: {message.content}"
 
-    def grammar(self, tools: Tools, to_gbnf: ToGbnf, only: str | None = None) -> CallGrammar:
+    def grammar(self, tools: Tools, to_gbnf: ToGbnf, only: str | None = None) -> CallGrammar | None:
         """A list of calls to the offered tools, each argument one of the tool's parameters
         (``name=`` then a JSON value of its schema: JSON's literals are Python's, and the parser
         reads true/false/null); a tool without ``properties`` takes any keyword with any JSON
         value. The order, repeats and required arguments are not held (the parser and the
         schema check after the run see them). Triggered at the start of the output on ``[`` and
-        a tool's name and ``(``: a bracket in prose never triggers."""
+        a tool's name and ``(``: a bracket in prose never triggers. A tool whose name is no
+        Python name (``my-tool``) cannot be called in this syntax and is left out; None when
+        no tool is left (its calls are then only parsed)."""
         rules: list[str] = []
         calls: list[str] = []
         names: list[str] = []
         for i, t in enumerate(tools):
             fn = t["function"]
-            if only is not None and fn["name"] != only:
+            if (only is not None and fn["name"] != only) or not _PY_NAME.fullmatch(fn["name"]):
                 continue
             names.append(fn["name"])
             params = fn.get("parameters") or {}
             props = params.get("properties") if isinstance(params, dict) else None
+            kvs = []
             if isinstance(props, dict) and props:
-                kvs = []
                 for j, (key, schema) in enumerate(props.items()):
-                    rules.append(
-                        rename_rules(to_gbnf(schema if isinstance(schema, dict) else {}), f"t{i}p{j}-")
-                    )
+                    if not _PY_NAME.fullmatch(key) or "." in key:
+                        continue  # no keyword argument can name it
+                    value = schema if isinstance(schema, dict) and schema else _ANY_VALUE
+                    rules.append(rename_rules(to_gbnf(value), f"t{i}p{j}-"))
                     kvs.append(f"{json.dumps(key + '=')} t{i}p{j}-root")
-                rules.append(f"t{i}-kv ::= {' | '.join(kvs)}")
             else:
                 rules.append(rename_rules(to_gbnf(_ANY_VALUE), f"t{i}any-"))
-                rules.append(f't{i}-kv ::= [A-Za-z_] [A-Za-z0-9_]{{0,63}} "=" t{i}any-root')
-            calls.append(f't{i}-call ::= {json.dumps(fn["name"] + "(")} (t{i}-kv ("," " "? t{i}-kv)*)? ")"')
+                kvs.append(f'[A-Za-z_] [A-Za-z0-9_]{{0,63}} "=" t{i}any-root')
+            args = f'(t{i}-kv ("," " "? t{i}-kv)*)? ' if kvs else ""
+            if kvs:
+                rules.append(f"t{i}-kv ::= {' | '.join(kvs)}")
+            calls.append(f't{i}-call ::= {json.dumps(fn["name"] + "(")} {args}")"')
+        if not names:
+            return None
         head = (
             'root ::= "[" call ("," " "? call)* "]" tool-ws\n'
             f"call ::= {' | '.join(c.split(' ::=')[0] for c in calls)}\n"
