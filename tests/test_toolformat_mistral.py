@@ -11,6 +11,7 @@ v13 ``name[ARGS]`` per call. Templates: tests/fixtures/README.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -19,7 +20,15 @@ from rkllmd import toolcalls
 from rkllmd.generation import ChatMessage, ToolCall
 from rkllmd.toolcalls.formats.mistral import FORMAT as MISTRAL
 from rkllmd.toolcalls.formats.mistral import mistral_id
-from tests.toolformat_helpers import FIXTURES, allowed_after, calls_of, parse, smol_vocab
+from tests.toolformat_helpers import (
+    FIXTURES,
+    allowed_after,
+    calls_of,
+    parse,
+    required_call,
+    smol_vocab,
+    smollm2_as,
+)
 
 __all__ = ["smol_vocab"]  # a fixture, used by name
 
@@ -210,3 +219,18 @@ def test_llamacpp_gives_mistrals_own_template_ids_it_accepts() -> None:
     assert prompt.endswith("[TOOL_CALLS]b4a3f2e1d[TOOL_RESULTS]b4a3f2e1d")
     with pytest.raises(Exception, match="length 9"):  # what the ids were before
         formatter(messages=[_message(m, True, toolcalls.get("hermes")) for m in turns])
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Iterator[Any]:
+    yield from smollm2_as("mistral")
+
+
+@pytest.mark.model
+def test_llamacpp_grammar_makes_the_model_write_this_familys_call(smollm2: Any) -> None:
+    """tool_choice required on llama.cpp: SmolLM2 (no tool template: rkllmd offers the tools in
+    this family's words) writes a call in this family's syntax, and the parser reads it."""
+    assert smollm2.describe()["tool_format"] == "mistral"
+    finish, text, p = required_call(smollm2, TOOLS, "What is the weather in Paris?")
+    assert finish == "stop" and text.strip() == "" and not p.problems, (text, p.problems)
+    assert [c.name for c in p.calls] and all(c.name == TOOLS[0]["function"]["name"] for c in p.calls)

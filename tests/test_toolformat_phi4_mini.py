@@ -8,6 +8,7 @@ Template: tests/fixtures/README.md.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,7 +16,15 @@ import pytest
 from rkllmd import toolcalls
 from rkllmd.generation import ChatMessage
 from rkllmd.toolcalls.formats.phi4_mini import FORMAT as PHI
-from tests.toolformat_helpers import FIXTURES, allowed_after, calls_of, parse, smol_vocab
+from tests.toolformat_helpers import (
+    FIXTURES,
+    allowed_after,
+    calls_of,
+    parse,
+    required_call,
+    smol_vocab,
+    smollm2_as,
+)
 
 __all__ = ["smol_vocab"]  # a fixture, used by name
 
@@ -122,3 +131,18 @@ def test_the_grammar_holds_the_list_once_it_has_begun(smol_vocab: Any) -> None:
     after_name = allowed_after(smol_vocab, PHI, TOOLS, 'functools[{"name": "')
     assert after_name and all("get_weather_updates".startswith(p) for p in after_name)
     assert len(allowed_after(smol_vocab, PHI, TOOLS, "I like functools")) > 40000
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Iterator[Any]:
+    yield from smollm2_as("phi4_mini")
+
+
+@pytest.mark.model
+def test_llamacpp_grammar_makes_the_model_write_this_familys_call(smollm2: Any) -> None:
+    """tool_choice required on llama.cpp: SmolLM2 (no tool template: rkllmd offers the tools in
+    this family's words) writes a call in this family's syntax, and the parser reads it."""
+    assert smollm2.describe()["tool_format"] == "phi4_mini"
+    finish, text, p = required_call(smollm2, TOOLS, "What is the weather in Paris?")
+    assert finish == "stop" and text.strip() == "" and not p.problems, (text, p.problems)
+    assert [c.name for c in p.calls] and all(c.name == TOOLS[0]["function"]["name"] for c in p.calls)

@@ -9,6 +9,7 @@ a9c89c471f793423afd4cc3ca8671d6e56fe64cb. Templates: tests/fixtures/README.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +17,15 @@ import pytest
 from rkllmd import toolcalls
 from rkllmd.toolcalls.formats.pythonic import FORMAT as PYTHONIC
 from tests.test_toolformat_llama3_json import LLAMA32_TEMPLATE
-from tests.toolformat_helpers import FIXTURES, allowed_after, calls_of, parse, smol_vocab
+from tests.toolformat_helpers import (
+    FIXTURES,
+    allowed_after,
+    calls_of,
+    parse,
+    required_call,
+    smol_vocab,
+    smollm2_as,
+)
 
 __all__ = ["smol_vocab"]  # a fixture, used by name
 
@@ -188,3 +197,18 @@ def test_tools_no_python_call_can_name_are_left_out_of_the_grammar(smol_vocab: A
     ]
     assert PYTHONIC.grammar(odd[:1], lambda s: 'root ::= "x"\n') is None
     assert allowed_after(smol_vocab, PYTHONIC, odd, "[lights(") == {")", "),", ")]"}
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Iterator[Any]:
+    yield from smollm2_as("pythonic")
+
+
+@pytest.mark.model
+def test_llamacpp_grammar_makes_the_model_write_this_familys_call(smollm2: Any) -> None:
+    """tool_choice required on llama.cpp: SmolLM2 (no tool template: rkllmd offers the tools in
+    this family's words) writes a call in this family's syntax, and the parser reads it."""
+    assert smollm2.describe()["tool_format"] == "pythonic"
+    finish, text, p = required_call(smollm2, TOOLS, "What is the weather in Paris?")
+    assert finish == "stop" and text.strip() == "" and not p.problems, (text, p.problems)
+    assert [c.name for c in p.calls] and all(c.name == TOOLS[0]["function"]["name"] for c in p.calls)

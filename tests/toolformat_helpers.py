@@ -53,3 +53,34 @@ def allowed_after(llm: Any, fmt: ToolFormat, tools: Any, text: str) -> set[str]:
     for token in llm.tokenize(text.encode(), add_bos=False, special=False):
         llama_cpp.llama_sampler_accept(sampler, token)
     return allowed(llm, sampler)
+
+
+def smollm2_as(fmt: str) -> Iterator[Any]:
+    """The embedded SmolLM2 on llama.cpp, its ``tool_format`` set to ``fmt`` (for a module fixture)."""
+    pytest.importorskip("llama_cpp")
+    from rkllmd.runtime.llamacpp import embedded_model_path
+    from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
+    from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
+
+    if embedded_model_path() is None:
+        pytest.skip("embedded model missing")
+    cfg = LlamaCppModelSettings.model_validate(
+        {"runtime": "llamacpp", "max_context_len": 1024, "n_threads": 2, "tool_format": fmt}
+    )
+    rt = LlamaCppRuntime("smollm2", cfg)
+    rt.open()
+    yield rt
+    rt.close()
+
+
+def required_call(rt: Any, tools: Any, question: str) -> tuple[str, str, Any]:
+    """One greedy run with a call required: its finish reason, the text outside calls, the parser."""
+    from rkllmd.generation import ChatMessage, GenerateInput, Sampling
+
+    inp = GenerateInput(
+        (ChatMessage("user", question),), 96, Sampling(temperature=0.0), tuple(tools), "required"
+    )
+    deltas: list[str] = []
+    result = rt.generate(inp, lambda text, _tok: deltas.append(text))
+    text, p = parse(rt.tool_format, tools, deltas)
+    return result.finish_reason, text, p

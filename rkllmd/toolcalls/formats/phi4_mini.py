@@ -31,7 +31,6 @@ from rkllmd.toolcalls.format import (
     ecma_escape,
     held_suffix,
     optional_prefixes,
-    tagged_json_grammar,
 )
 from rkllmd.toolcalls.schema import tool_call_schema
 
@@ -142,14 +141,17 @@ class Phi4Mini(ToolFormat):
         return f"<|tool_response|>{message.content}"
 
     def grammar(self, tools: Tools, to_gbnf: ToGbnf, only: str | None = None) -> CallGrammar:
-        """``functools`` then a JSON list of calls of the offered tools, triggered once the list
-        has begun (``functools[``): the word alone, in prose, never triggers."""
-        item = tool_call_schema(tools, only)
-        g = tagged_json_grammar(
-            WORD, "", {"type": "array", "items": item, "minItems": 1}, to_gbnf, _WS, '[{"'
+        """``functools`` then, with nothing between (the parser reads only ``functools[``), a
+        JSON list of calls of the offered tools; triggered once the list has begun: the word
+        alone, in prose, never triggers."""
+        schema = {"type": "array", "items": tool_call_schema(tools, only), "minItems": 1}
+        body = re.sub(r"^root ::=", "tool-call-body ::=", to_gbnf(schema), count=1, flags=re.M)
+        rules = (
+            "root ::= tool-call (tool-ws tool-call)* tool-ws\n"
+            f"tool-call ::= {json.dumps(WORD)} tool-call-body\n"
+            f"tool-ws ::= {_WS}\n"
         )
-        trigger = f"({ecma_escape(WORD)}){_WS}\\[{_OBJECT_START}$"
-        return CallGrammar(g.gbnf, (trigger,))
+        return CallGrammar(rules + body, (f"({ecma_escape(WORD)})\\[{_OBJECT_START}$",))
 
 
 FORMAT = Phi4Mini()
