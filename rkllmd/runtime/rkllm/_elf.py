@@ -176,18 +176,21 @@ def _arch_words(elf: ElfInfo) -> str:
     return f"32-bit {elf.machine_name}" if elf.bits == 32 else elf.machine_name
 
 
-def check_loadable(path: Path, elf: ElfInfo) -> None:
-    """Refuse, naming what it is, a build this process cannot or must not dlopen."""
+def check_loadable(path: Path, elf: ElfInfo, linux_build: str = LINUX_BUILD) -> None:
+    """Refuse, naming what it is, a build this process cannot or must not dlopen.
+
+    ``linux_build`` is the vendor's path of the build to use instead (the RKNN binding names its own).
+    """
     if elf.android:
         raise LibraryVersionError(
             f"{path} is an Android build ({_arch_words(elf)}): it needs Android's bionic libc and "
-            f"linker. rkllmd runs on Linux: use the Linux build of the same release ({LINUX_BUILD})",
+            f"linker. rkllmd runs on Linux: use the Linux build of the same release ({linux_build})",
             library=str(path),
         )
     if elf.bits == 32:
         raise LibraryVersionError(
             f"{path} is a {_arch_words(elf)} build; rkllmd binds the 64-bit (LP64) layouts only: "
-            f"use the aarch64 build ({LINUX_BUILD})",
+            f"use the aarch64 build ({linux_build})",
             library=str(path),
         )
     if not elf.little_endian:
