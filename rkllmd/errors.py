@@ -61,6 +61,18 @@ class NotFound(RequestError):
     code = "not_found"
 
 
+class BadImage(RequestError):
+    """An image rkllmd cannot use: not JPEG, PNG or WebP, unreadable, or cut short."""
+
+    code = "bad_image"
+
+
+class ImageTooLarge(BadImage):
+    """An image over the byte or pixel bound (decompression bombs included)."""
+
+    code = "image_too_large"
+
+
 # --- the daemon cannot take it now -------------------------------------------------------
 
 
