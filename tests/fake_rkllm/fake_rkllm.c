@@ -51,10 +51,20 @@
  * ident note, as the NDK's crtbegin_so.o adds).
  * What a run receives is checked against this build's layout: input_size is sizeof(RKLLMInput) as
  * read here, input_stray_bytes the nonzero bytes of a prompt input's union after the pointer (0 for
- * a caller whose struct has this size and is zeroed). ABI 13/131 take a multimodal input too (its
+ * a caller whose struct has this size and is zeroed). Every ABI takes a multimodal input (its
  * prompt is the text; n_image, n_video and, 131, n_audio / n_audio_tokens / audio_start /
  * audio_content are recorded), and ABI 131 refuses, as the 1.3.1 runtime does, a role "tool" input
  * that is not JSON text (-1, an "E rkllm:" line, tool_not_json).
+ * Images (n_image > 0; 1.2.0 has one, without a count): the image tags are the input's
+ * (image_start/end/content, 1.3+) or rkllm_init's (img_start/end/content, 1.2.x); the embedding
+ * width is told with [[embed_dim=N]] or FAKE_RKLLM_EMBED_DIM (the real runtime knows its own).
+ * The double's rules, not known of the runtime: a NULL image_embed, zero n_image_tokens, an
+ * unknown width, or a prompt whose "<image>" count is not n_image is refused (-1, an "E rkllm:"
+ * line, image_refused). It answers with what it saw: each "<image>" of the prompt becomes the word
+ * IMAGE<k>:<tokens>X<width>:M<mean>:F<first>:L<last> (k from 1; the embedding's mean, its first
+ * token's first value and its last token's first value, each x1000 and rounded), so the generated
+ * words carry it; recorded: last_n_image_tokens, last_image_width, last_image_height,
+ * image_placeholders, and the strings image_start, image_end, image_content, images (those words).
  * Introspection for tests: fake_rkllm_stat(name), fake_rkllm_str(name), fake_rkllm_reset_stats().
  */
 #define _GNU_SOURCE
@@ -139,7 +149,8 @@ enum {
     S_LAST_CPUS_MASK, S_LAST_CPUS_NUM, S_LIVE, S_CLEAR_KV, S_TOOLS, S_CROSS_ATTN, S_LORA,
     S_CALLBACK_TID_MATCH, S_PREFILL_COMPUTED, S_PREFILL_REUSED, S_PC_USED, S_PC_SAVES, S_PC_SAVE_FAILED,
     S_PC_LOADS, S_PC_LOAD_FAILED, S_PC_RELEASES, S_PC_LOADED_TOKENS, S_INPUT_SIZE, S_INPUT_STRAY,
-    S_MM_N_IMAGE, S_MM_N_VIDEO, S_MM_N_AUDIO, S_MM_N_AUDIO_TOKENS, S_TOOL_NOT_JSON, S_COUNT
+    S_MM_N_IMAGE, S_MM_N_VIDEO, S_MM_N_AUDIO, S_MM_N_AUDIO_TOKENS, S_TOOL_NOT_JSON,
+    S_MM_N_IMAGE_TOKENS, S_MM_IMAGE_WIDTH, S_MM_IMAGE_HEIGHT, S_MM_PLACEHOLDERS, S_MM_REFUSED, S_COUNT
 };
 static const char *stat_names[S_COUNT] = {
     "init", "run", "destroy", "abort", "set_chat_template", "pauses", "nonzero_cb_rc", "last_cb_rc",
@@ -150,11 +161,13 @@ static const char *stat_names[S_COUNT] = {
     "prompt_cache_save_failed", "prompt_cache_loads", "prompt_cache_load_failed", "prompt_cache_releases",
     "prompt_cache_loaded_tokens", "input_size", "input_stray_bytes", "last_n_image", "last_n_video",
     "last_n_audio", "last_n_audio_tokens", "tool_not_json",
+    "last_n_image_tokens", "last_image_width", "last_image_height", "image_placeholders", "image_refused",
 };
 static atomic_int stats[S_COUNT];
 static pthread_mutex_t str_lock = PTHREAD_MUTEX_INITIALIZER;
 static char last_system[65536], last_role[64], last_prompt[65536], last_tools[65536], last_pc_error[512];
 static char last_audio_start[256], last_audio_content[256];
+static char last_image_start[256], last_image_end[256], last_image_content[256], last_images[4096];
 
 int fake_rkllm_stat(const char *name) {
     for (int i = 0; name && i < S_COUNT; i++)
@@ -171,6 +184,10 @@ const char *fake_rkllm_str(const char *name) {
     if (strcmp(name, "prompt_cache_error") == 0) return last_pc_error;
     if (strcmp(name, "audio_start") == 0) return last_audio_start;
     if (strcmp(name, "audio_content") == 0) return last_audio_content;
+    if (strcmp(name, "image_start") == 0) return last_image_start;
+    if (strcmp(name, "image_end") == 0) return last_image_end;
+    if (strcmp(name, "image_content") == 0) return last_image_content;
+    if (strcmp(name, "images") == 0) return last_images;
     if (strcmp(name, "version") == 0) return FAKE_RKLLM_VERSION;
     return "";
 }
@@ -568,10 +585,24 @@ static void note_input(const RKLLMInput *in) {
     atomic_store(&stats[S_INPUT_STRAY], stray);
 }
 
+/* The image part of a multimodal input, whichever layout it came in. */
+typedef struct {
+    const char *prompt;
+    const float *embed;
+    size_t n_tokens, n_image, width, height;
+    const char *start, *end, *content;
+} ImageView;
+
+/* The multimodal input: which counts arrived where; the image view for image_words(). */
+static ImageView note_multimodal(const Fake *f, const RKLLMInput *in) {
+    ImageView v;
+    memset(&v, 0, sizeof v);
 #if RKLLM_FAMILY_F
-/* The multimodal input: which counts arrived where (embeddings are not read). */
-static const char *note_multimodal(const RKLLMMultiModalInput *m) {
-    atomic_store(&stats[S_MM_N_IMAGE], (int)m->image.n_image);
+    const RKLLMMultiModalInput *m = &in->multimodal_input;
+    (void)f;
+    v = (ImageView){m->prompt, m->image.image_embed, m->image.n_image_tokens, m->image.n_image,
+                    m->image.image_width, m->image.image_height, m->image.image_start,
+                    m->image.image_end, m->image.image_content};
     atomic_store(&stats[S_MM_N_VIDEO], (int)m->video.n_video);
 #if RKLLM_ABI == 131
     atomic_store(&stats[S_MM_N_AUDIO], (int)m->audio.n_audio);
@@ -579,9 +610,75 @@ static const char *note_multimodal(const RKLLMMultiModalInput *m) {
     copy_str(last_audio_start, sizeof last_audio_start, m->audio.audio_start);
     copy_str(last_audio_content, sizeof last_audio_content, m->audio.audio_content);
 #endif
-    return m->prompt;
-}
+#elif RKLLM_ABI == 12
+    const RKLLMMultiModalInput *m = &in->multimodal_input;
+    v = (ImageView){m->prompt, m->image_embed, m->n_image_tokens, m->n_image, m->image_width,
+                    m->image_height, f->param.img_start, f->param.img_end, f->param.img_content};
+#else
+    const RKLLMMultiModelInput *m = &in->multimodal_input;
+    v = (ImageView){m->prompt, m->image_embed, m->n_image_tokens, m->image_embed ? 1 : 0, 0, 0,
+                    f->param.img_start, f->param.img_end, f->param.img_content};
 #endif
+    atomic_store(&stats[S_MM_N_IMAGE], (int)v.n_image);
+    atomic_store(&stats[S_MM_N_IMAGE_TOKENS], (int)v.n_tokens);
+    atomic_store(&stats[S_MM_IMAGE_WIDTH], (int)v.width);
+    atomic_store(&stats[S_MM_IMAGE_HEIGHT], (int)v.height);
+    copy_str(last_image_start, sizeof last_image_start, v.start);
+    copy_str(last_image_end, sizeof last_image_end, v.end);
+    copy_str(last_image_content, sizeof last_image_content, v.content);
+    return v;
+}
+
+static int image_refused(const char *why) {
+    atomic_fetch_add(&stats[S_MM_REFUSED], 1);
+    printf("E rkllm: fake: %s\n", why);
+    fflush(stdout);
+    return -1;
+}
+
+/* x * 1000 rounded half away from zero (no libm). */
+static long milli(double x) { return (long)(x < 0 ? x * 1000.0 - 0.5 : x * 1000.0 + 0.5); }
+
+/* The prompt with each "<image>" replaced by what the double saw of that image (see the top). */
+static int image_words(const ImageView *v, int embed_dim, char **out) {
+    static const char tag[] = "<image>";
+    size_t placeholders = 0;
+    for (const char *p = strstr(v->prompt, tag); p; p = strstr(p + 1, tag)) placeholders++;
+    atomic_store(&stats[S_MM_PLACEHOLDERS], (int)placeholders);
+    if (!v->embed) return image_refused("image_embed is NULL");
+    if (v->n_tokens == 0) return image_refused("n_image_tokens is 0");
+    if (embed_dim <= 0) return image_refused("embedding width unknown: [[embed_dim=N]] or FAKE_RKLLM_EMBED_DIM");
+    if (placeholders != v->n_image) return image_refused("the prompt's <image> count is not n_image");
+    size_t per = v->n_tokens * (size_t)embed_dim;
+    size_t cap = strlen(v->prompt) + v->n_image * 96 + 1;
+    char *buf = malloc(cap), *w = buf;
+    char seen[4096] = "";
+    const char *p = v->prompt;
+    for (size_t k = 0; k < v->n_image; k++) {
+        const char *at = strstr(p, tag);
+        memcpy(w, p, (size_t)(at - p));
+        w += at - p;
+        const float *e = v->embed + k * per;
+        double sum = 0;
+        for (size_t i = 0; i < per; i++) sum += e[i];
+        char word[96];
+        snprintf(word, sizeof word, " IMAGE%zu:%zuX%d:M%ld:F%ld:L%ld ", k + 1, v->n_tokens, embed_dim,
+                 milli(sum / (double)per), milli(e[0]), milli(e[(v->n_tokens - 1) * (size_t)embed_dim]));
+        w += sprintf(w, "%s", word);
+        strncat(seen, word + 1, sizeof seen - strlen(seen) - 1);
+        p = at + sizeof tag - 1;
+    }
+    strcpy(w, p);
+    copy_str(last_images, sizeof last_images, seen);
+    *out = buf;
+    return 0;
+}
+
+static int embed_dim_of(const char *prompt) {
+    const char *d = strstr(prompt, "[[embed_dim=");
+    if (d) return atoi(d + strlen("[[embed_dim="));
+    return env_int("FAKE_RKLLM_EMBED_DIM", 0);
+}
 
 /* A small JSON checker (RFC 8259 grammar, no depth limit beyond 64): the 1.3.1 runtime refuses a
  * role "tool" input that is not JSON text (rkllm_run returns -1), and the double does too. */
@@ -660,9 +757,12 @@ static int prepare(Fake *f, RKLLMInput *in, RKLLMInferParam *ip, void *userdata,
     if (!f || !in || !ip) return -1;
     note_input(in);
     const char *text = in->input_type == RKLLM_INPUT_PROMPT ? in->prompt_input : NULL;
-#if RKLLM_FAMILY_F
-    if (in->input_type == RKLLM_INPUT_MULTIMODAL) text = note_multimodal(&in->multimodal_input);
-#endif
+    ImageView v;
+    memset(&v, 0, sizeof v);
+    if (in->input_type == RKLLM_INPUT_MULTIMODAL) {
+        v = note_multimodal(f, in);
+        text = v.prompt;
+    }
     if (!text) return -1;
     if (ip->mode != RKLLM_INFER_GENERATE) return -1;
     memset(a, 0, sizeof *a);
@@ -699,11 +799,13 @@ static int prepare(Fake *f, RKLLMInput *in, RKLLMInferParam *ip, void *userdata,
     atomic_store(&stats[S_LAST_TOP_K], f->param.top_k);
     atomic_store(&stats[S_LAST_TEMP_MILLI], (int)(f->param.temperature * 1000.0f + 0.5f));
 #endif
-    a->prompt = strdup(text);
+    char *expanded = NULL; /* the prompt with the images' words, for a run with images */
+    if (v.n_image > 0 && image_words(&v, embed_dim_of(text), &expanded) != 0) return -1;
+    a->prompt = expanded ? expanded : strdup(text);
     a->userdata = userdata;
     a->caller = pthread_self();
     copy_str(last_role, sizeof last_role, a->role);
-    copy_str(last_prompt, sizeof last_prompt, a->prompt);
+    copy_str(last_prompt, sizeof last_prompt, text);
     return 0;
 }
 
