@@ -180,3 +180,14 @@ def test_a_function_the_build_lacks_names_the_release_it_needs() -> None:
         LibraryVersionError, match=r"rknn_set_core_mask requires runtime ≥ 1\.6\.0 built with it"
     ):
         lib.fn("rknn_set_core_mask")
+
+
+def test_the_encoder_imports_no_structlog_nor_pydantic() -> None:
+    """It runs in the runtime's worker process, which imports neither (tests/test_worker_imports.py)."""
+    code = (
+        "import rkllmd.runtime.rknn.encoder, rkllmd.runtime.rkllm.multimodal, sys\n"
+        "bad = [m for m in ('structlog', 'pydantic', 'subprocess') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

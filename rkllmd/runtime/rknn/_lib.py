@@ -29,14 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.errors import LibraryVersionError, RuntimeNotInstalled
 from rkllmd.runtime.rkllm._elf import check_loadable, read_elf
 from rkllmd.runtime.rkllm._lib import git_blob_id
 from rkllmd.runtime.rknn._abi import FUNCTION_SINCE, FUNCTIONS, REQUIRED
 
-log = structlog.get_logger(__name__)
+log = logface.get_logger(__name__)
 
 LIB_NAME = "librknnrt.so"
 LINUX_BUILD = "rknpu2/runtime/Linux/librknn_api/aarch64/librknnrt.so"

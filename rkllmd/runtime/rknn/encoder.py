@@ -22,8 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.errors import ModelLoadError, RuntimeCallError, RuntimeFailure
 from rkllmd.runtime.rknn._abi import (
     RKNN_QUERY_IN_OUT_NUM,
@@ -50,7 +49,7 @@ from rkllmd.runtime.rknn._lib import RknnLibrary, load_library
 from rkllmd.vision.families import FAMILIES, VisionFamily, family
 from rkllmd.vision.images import DEFAULT_LIMITS, ImageLimits, prepare
 
-log = structlog.get_logger(__name__)
+log = logface.get_logger(__name__)
 
 
 @dataclass(frozen=True)
