@@ -73,6 +73,12 @@ class ImageTooLarge(BadImage):
     code = "image_too_large"
 
 
+class ImagesUnsupported(RequestError):
+    """Images sent to a model that cannot see them (no vision encoder configured)."""
+
+    code = "images_unsupported"
+
+
 # --- the daemon cannot take it now -------------------------------------------------------
 
 

@@ -40,6 +40,8 @@ class ChatMessage:
     tool_calls: tuple[ToolCall, ...] = ()
     tool_call_id: str | None = None
     name: str | None = None
+    #: encoded images (JPEG, PNG, WebP bytes) a user turn carries (docs/VISION.md)
+    images: tuple[bytes, ...] = ()
 
 
 OptionKind = Literal["integer", "number", "strings"]
@@ -171,6 +173,11 @@ class GenerateInput:
     def system(self) -> str | None:
         sys = [m.content for m in self.messages if m.role == "system"]
         return "\n".join(sys) if sys else None
+
+    @property
+    def images(self) -> tuple[bytes, ...]:
+        """Every image of the conversation, in order (a runtime without vision refuses them)."""
+        return tuple(img for m in self.messages for img in m.images)
 
     @property
     def last_user(self) -> str:

@@ -9,8 +9,7 @@ input size). Where the image tags go depends on the release: 1.1.0 … 1.2.3 tak
 1.2.0's input has only ``image_embed`` and ``n_image_tokens``: one image per run. The vendor
 demo's prompts carry ``<image>`` where the image goes (``"<image>What is in the image?"``).
 
-Pure struct filling; the run itself is ``RkllmHandle.run`` on the inference thread. Not yet
-called by ``RkllmRuntime.generate`` (docs/VISION.md, "Not wired yet").
+Pure struct filling, for ``vision.py``; the run itself is ``RkllmHandle.run`` on the inference thread.
 """
 
 from __future__ import annotations

@@ -39,6 +39,7 @@ from rkllmd.runtime.rkllm.prompt import (
     wanted_template,
 )
 from rkllmd.runtime.rkllm.promptcache import Prefix
+from rkllmd.runtime.rkllm.vision import ModelVision
 
 if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
@@ -96,6 +97,7 @@ class RkllmRuntime(Runtime):
         self._tokenizer: Any = None
         self._cache = CacheSlot(name)  # the prompt cache it holds (docs/RKLLM.md#prompt-cache)
         self._tool_format = _choose_format(name, cfg)
+        self.vision = ModelVision(name, cfg)  # its vision encoder, if it has one (docs/VISION.md)
 
     # ---- open / close --------------------------------------------------------------------------
 
@@ -108,6 +110,7 @@ class RkllmRuntime(Runtime):
         if not self.cfg.path.is_file():
             raise ModelLoadError(f"model file {self.cfg.path} does not exist", model=self.name)
         param = make_param(lib, self.cfg, self.name)
+        self.vision.set_init_tags(param)  # 1.2.x takes the image tags at init
         raise_nofile()
         if self.rk.log_level is not None:
             os.environ["RKLLM_LOG_LEVEL"] = str(self.rk.log_level)  # read by the runtime at init
@@ -127,6 +130,7 @@ class RkllmRuntime(Runtime):
                 rc=exc.rc,
                 model=self.name,
             ) from exc
+        self.vision.open(undo=(handle.destroy, self._release_capture))  # its encoder, if it has one
         self.lib, self.handle = lib, handle
         self._last_template = None
         self._last_tools = None
@@ -141,6 +145,7 @@ class RkllmRuntime(Runtime):
             if handle.running:
                 handle.abort()
             handle.destroy()
+        self.vision.close()
         self._release_capture()
 
     def _release_capture(self) -> None:
@@ -181,6 +186,9 @@ class RkllmRuntime(Runtime):
             rin.enable_thinking = False
         rin.input_type = c.RKLLM_INPUT_PROMPT
         rin.prompt_input = prompt
+        # A run with images is RKLLM_INPUT_MULTIMODAL; ``images`` keeps its buffers to the end.
+        images = self.vision.run_input(spec, inp, self.prompt_text, last_role) if inp.images else None
+        rin = images.struct if images is not None else rin
         infer = spec.InferParam()
         infer.mode = c.RKLLM_INFER_GENERATE
         infer.keep_history = int(self.cfg.keep_history)
@@ -195,7 +203,7 @@ class RkllmRuntime(Runtime):
             rc = handle.run(rin, infer)
         finally:
             self._run = None
-        del prompt, sampling  # kept alive until here on purpose: the runtime reads them during the run
+        del prompt, sampling, images  # kept alive until here on purpose: the runtime reads them in the run
         if run.sink_error is not None:
             raise run.sink_error
         if run.error or rc != 0:
@@ -403,7 +411,7 @@ class RkllmRuntime(Runtime):
             return None
         tpl = self._wanted_template(inp)
         parts = [*(tpl or ()), self.prompt_text(inp)]
-        return sum(self.count_tokens(p) or 0 for p in parts if p)
+        return sum(self.count_tokens(p) or 0 for p in parts if p) + self.vision.extra_tokens(inp)
 
     @property
     def context_length(self) -> int | None:

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from rkllmd.config_base import ModelCommon, Strict
+from rkllmd.vision.families import family
 
 DEFAULT_PROMPT_CACHE_DIR = Path("/var/cache/rkllmd/prompt-cache")
 
@@ -51,8 +52,25 @@ class RkllmModelSettings(ModelCommon):
         "on first use and load it when the model loads (docs/RKLLM.md#prompt-cache)",
     )
     prompt_cache_dir: Path | None = Field(None, description="default [rkllm].prompt_cache_dir")
+    vision_encoder: Path | None = Field(
+        None,
+        description="the vision encoder (.rknn) of a vision-language model; without it images are refused",
+    )
+    vision_family: str = Field(
+        "qwen2-vl", description="image tags, pad colour and mean/std of the model family (docs/VISION.md)"
+    )
+    vision_library: Path | None = Field(None, description="librknnrt.so; default the search path")
+    vision_core_mask: int | None = Field(
+        None, ge=0, le=7, description="NPU cores for the encoder (7: all three)"
+    )
+    max_images: int = Field(4, ge=1, le=16, description="images one request may carry")
 
     _dir_absolute = field_validator("prompt_cache_dir")(_absolute)
+
+    @field_validator("vision_family")
+    @classmethod
+    def _known_family(cls, v: str) -> str:
+        return family(v).name  # ValueError naming the known families
 
 
 class RkllmSettings(Strict):

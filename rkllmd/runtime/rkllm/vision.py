@@ -1,0 +1,133 @@
+"""A model's vision encoder, opened and closed with it, and the multimodal input of a run with images.
+
+A ``[models.X]`` table with ``vision_encoder`` gets a ``VisionEncoder`` (rkllmd.runtime.rknn) after
+``rkllm_init`` (the vendor demo's order) and loses it at close. A run whose request carries images
+encodes each (decode, preprocessing and the encoder: timed and logged), puts one ``<image>`` per
+image in the last user turn (where the user wrote them, else in front of the text), and sends
+``RKLLM_INPUT_MULTIMODAL`` (rkllmd.runtime.rkllm.multimodal). Images on a model without an
+encoder are ``ImagesUnsupported``; images on an earlier turn, or more than ``max_images``, a
+``RequestError``. Pillow and the RKNN binding are imported only when an encoder is configured.
+
+Inference thread (or the worker process); settings are read as attributes (a Table in the worker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from rkllmd import logface
+from rkllmd.errors import ImagesUnsupported, ModelLoadError, RequestError
+from rkllmd.generation import GenerateInput
+from rkllmd.runtime.rkllm.multimodal import ImageTags, MultimodalInput, multimodal_input, place_images
+from rkllmd.vision.families import family
+
+if TYPE_CHECKING:
+    from ctypes import Structure
+
+    from rkllmd.runtime.rkllm._abi_common import AbiSpec
+    from rkllmd.runtime.rkllm.settings import RkllmModelSettings
+    from rkllmd.runtime.rknn.encoder import VisionEncoder
+
+log = logface.get_logger("rkllmd.runtime.rkllm.runtime")
+
+
+class ModelVision:
+    """The vision side of one RKLLM model: nothing unless ``vision_encoder`` is configured."""
+
+    def __init__(self, name: str, cfg: RkllmModelSettings) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.path = getattr(cfg, "vision_encoder", None)
+        fam = family(getattr(cfg, "vision_family", "qwen2-vl"))
+        self.family = fam
+        self.tags = ImageTags.of(fam)
+        self.encoder: VisionEncoder | None = None
+        self.last_timings: dict[str, float] = {}  # the last run's image decode and encode ms
+
+    @property
+    def configured(self) -> bool:
+        return self.path is not None
+
+    def set_init_tags(self, param: Structure) -> None:
+        """1.1.0 … 1.2.3 take the image tags at rkllm_init; later releases take them per run."""
+        if self.configured:
+            from rkllmd.runtime.rkllm.multimodal import set_param_tags
+
+            set_param_tags(param, self.tags)
+
+    def open(self, undo: Sequence[Callable[[], object]] = ()) -> None:
+        """Open the encoder (after rkllm_init); on failure call ``undo`` (release the LLM), then raise."""
+        try:
+            self._open()
+        except BaseException:
+            for fn in undo:
+                fn()
+            raise
+
+    def _open(self) -> None:
+        if not self.configured or self.encoder is not None:
+            return
+        from rkllmd.runtime.rknn.encoder import VisionEncoder
+
+        try:
+            self.encoder = VisionEncoder(
+                self.path,  # type: ignore[arg-type]
+                family_name=self.family,
+                library=self.cfg.vision_library,
+                core_mask=self.cfg.vision_core_mask,
+            )
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # the RKNN library missing or refused, rknn_init failing: the model fails
+            raise ModelLoadError(
+                f"the vision encoder {self.path} of model {self.name!r} cannot be opened: {exc}",
+                model=self.name,
+            ) from exc
+
+    def close(self) -> None:
+        encoder, self.encoder = self.encoder, None
+        if encoder is not None:
+            encoder.close()
+
+    def extra_tokens(self, inp: GenerateInput) -> int:
+        """The image tokens a run adds to its prompt (for the context-length check)."""
+        return len(inp.images) * self.encoder.n_image_tokens if self.encoder is not None and inp.images else 0
+
+    def run_input(
+        self, spec: AbiSpec, inp: GenerateInput, prompt_text: Callable[[GenerateInput], str], role: str
+    ) -> MultimodalInput:
+        """The RKLLMInput of a run with ``inp.images``; errors as the module says."""
+        images = inp.images
+        if self.encoder is None:
+            raise ImagesUnsupported(
+                f"model {self.name!r} does not take images: it has no vision_encoder (docs/VISION.md)",
+                model=self.name,
+            )
+        last = max((i for i, m in enumerate(inp.messages) if m.role == "user"), default=-1)
+        if last < 0 or len(inp.messages[last].images) != len(images):
+            raise RequestError("images are taken on the last user message only")
+        if len(images) > self.cfg.max_images:
+            raise RequestError(
+                f"{len(images)} images, model {self.name!r} takes at most {self.cfg.max_images}"
+            )
+        msg = inp.messages[last]
+        placed = dataclasses.replace(msg, content=place_images(msg.content, len(images)))
+        text = prompt_text(
+            dataclasses.replace(inp, messages=(*inp.messages[:last], placed, *inp.messages[last + 1 :]))
+        )
+        embeddings = [self.encoder.encode(img) for img in images]
+        log.info(
+            "rkllm_images_encoded",
+            model=self.name,
+            images=len(images),
+            tokens=sum(e.n_tokens for e in embeddings),
+            decode_ms=round(sum(e.decode_ms for e in embeddings), 1),
+            encode_ms=round(sum(e.encode_ms for e in embeddings), 1),
+        )
+        self.last_timings = {
+            "image_decode_ms": sum(e.decode_ms for e in embeddings),
+            "image_encode_ms": sum(e.encode_ms for e in embeddings),
+        }
+        return multimodal_input(spec, text, embeddings, self.tags, role=role)
