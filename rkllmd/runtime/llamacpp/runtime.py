@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkllmd import logface, toolcalls
-from rkllmd.errors import ContextExceeded, ModelLoadError, RuntimeFailure
+from rkllmd.errors import ContextExceeded, ImagesUnsupported, ModelLoadError, RuntimeFailure
 from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.runtime.base import FinishReason, GenerateResult, Perf, Runtime, TokenSink
 from rkllmd.runtime.llamacpp._lib import (
@@ -205,6 +205,8 @@ class LlamaCppRuntime(Runtime):
         The KV cache keeps the previous prompt, so a prompt sharing a prefix with it (same
         system prompt, a conversation growing turn by turn) only evaluates the new tokens.
         """
+        if inp.images:  # llama.cpp's own vision path (an mmproj file) is not wired yet: docs/VISION.md
+            raise ImagesUnsupported(f"model {self.name!r} does not take images", model=self.name)
         llm, lib, cfg, s = self._require(), self._lib, self.cfg, inp.sampling
         prompt = self._prompt_ids(inp)
         n_ctx = llm.n_ctx()

@@ -1,0 +1,44 @@
+"""A model that cannot see answers images with images_unsupported, never by ignoring them:
+llama.cpp (its mmproj path is not wired yet) on the real SmolLM2, as the RKLLM runtime without a
+vision_encoder does (tests/test_rkllm_vision.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from rkllmd.errors import ImagesUnsupported
+from rkllmd.generation import ChatMessage, GenerateInput
+from rkllmd.runtime.llamacpp import embedded_model_path
+from rkllmd.runtime.llamacpp import runtime as llamacpp
+from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
+from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
+
+
+@pytest.fixture(scope="module")
+def rt() -> Iterator[LlamaCppRuntime]:
+    pytest.importorskip("llama_cpp")
+    if embedded_model_path() is None:
+        pytest.skip(f"embedded model missing: {llamacpp.INSTALL_EMBEDDED}")
+    cfg = LlamaCppModelSettings.model_validate(
+        {"runtime": "llamacpp", "max_context_len": 512, "n_threads": 2}
+    )
+    runtime = LlamaCppRuntime("smollm2", cfg)
+    runtime.open()
+    yield runtime
+    runtime.close()
+
+
+@pytest.mark.model
+def test_llamacpp_refuses_images_and_goes_on(rt: LlamaCppRuntime) -> None:
+    jpeg = b"\xff\xd8\xff\xe0" + bytes(64)
+    inp = GenerateInput(messages=(ChatMessage("user", "what is this?", images=(jpeg,)),), max_tokens=4)
+    with pytest.raises(ImagesUnsupported, match="'smollm2' does not take images") as info:
+        rt.generate(inp, lambda text, _tok: None)
+    assert info.value.code == "images_unsupported"
+    out: list[str] = []
+    rt.generate(
+        GenerateInput(messages=(ChatMessage("user", "Hi"),), max_tokens=4), lambda t, _k: out.append(t)
+    )
+    assert "".join(out)
