@@ -126,8 +126,7 @@ def orient(img: Image.Image) -> Image.Image:
     """The image turned as its EXIF orientation tag says (a phone photo taken sideways stands up)."""
     try:
         return ImageOps.exif_transpose(img)
-    except (OSError, SyntaxError, ValueError) as exc:  # a malformed EXIF block: keep the image as stored
-        del exc
+    except (OSError, SyntaxError, ValueError):  # a malformed EXIF block: keep the image as stored
         return img
 
 
