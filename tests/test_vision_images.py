@@ -13,7 +13,7 @@ from PIL import Image
 from rkllmd.errors import BadImage, ImageTooLarge
 from rkllmd.vision import images
 from rkllmd.vision.families import FAMILIES, family
-from rkllmd.vision.images import ImageLimits
+from rkllmd.vision.limits import ImageLimits
 
 
 def encode(img: Image.Image, fmt: str, **kw: object) -> bytes:

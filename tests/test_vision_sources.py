@@ -16,7 +16,7 @@ from PIL import Image
 
 from rkllmd.errors import BadImage, ImageTooLarge
 from rkllmd.vision import images, sources
-from rkllmd.vision.images import ImageLimits
+from rkllmd.vision.limits import ImageLimits
 
 
 def jpeg() -> bytes:

@@ -27,23 +27,10 @@ from typing import Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rkllmd.errors import BadImage, ImageTooLarge
+from rkllmd.vision.limits import DEFAULT_LIMITS, ImageLimits
 
-# Pillow format name -> MIME type of the formats accepted.
-FORMATS: dict[str, str] = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 Layout = Literal["NHWC", "NCHW"]
 RGB = tuple[int, int, int]
-
-
-@dataclass(frozen=True)
-class ImageLimits:
-    """Bounds on one image: its encoded size, its pixel count, its longest side."""
-
-    max_bytes: int = 20 * 1024 * 1024
-    max_pixels: int = 40_000_000  # 8K UHD is 33.2 M
-    max_side: int = 16384
-
-
-DEFAULT_LIMITS = ImageLimits()
 
 
 def sniff_format(data: bytes) -> str:

@@ -47,7 +47,8 @@ from rkllmd.runtime.rknn._abi import (
 )
 from rkllmd.runtime.rknn._lib import RknnLibrary, load_library
 from rkllmd.vision.families import FAMILIES, VisionFamily, family
-from rkllmd.vision.images import DEFAULT_LIMITS, ImageLimits, prepare
+from rkllmd.vision.images import prepare
+from rkllmd.vision.limits import DEFAULT_LIMITS, ImageLimits
 
 log = logface.get_logger(__name__)
 
