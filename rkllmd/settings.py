@@ -115,6 +115,15 @@ class LimitSettings(Strict):
     restart_window_s: float = Field(600.0, gt=0)
 
 
+class ImageSettings(Strict):
+    """Images in requests (docs/VISION.md)."""
+
+    folder: Path | None = Field(
+        None, description="MQTT requests may name image files under this folder (none: base64 only)"
+    )
+    max_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest encoded image accepted")
+
+
 class FleetSettings(Strict):
     """Several boards behind one request topic through MQTT v5 shared subscriptions (docs/FLEET.md)."""
 
@@ -254,6 +263,7 @@ class Settings(BaseSettings):
     log: LogSettings = LogSettings()
     stream: StreamSettings = StreamSettings()
     fleet: FleetSettings = FleetSettings()
+    images: ImageSettings = ImageSettings()
     state_dir: Path | None = Field(
         None, description="where rkllmd keeps its request journal (answers requests a kill interrupted)"
     )

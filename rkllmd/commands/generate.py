@@ -25,7 +25,9 @@ def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     cap = settings.limits.max_tokens_cap
     if target.max_tokens > cap:
         raise RequestError(f"max_tokens {target.max_tokens} is over the limit of {cap}")
-    ex.model, ex.inp = target.model, req.to_input(target.max_tokens)
+    images = settings.images
+    ex.model = target.model
+    ex.inp = req.to_input(target.max_tokens, image_folder=images.folder, max_image_bytes=images.max_bytes)
     # what only changes what is published: not for a plugin's request, which MQTT never sees
     ex.stream = req.stream and not ex.address.local
     ex.sentences = req.sentences and not ex.address.local

@@ -9,6 +9,7 @@ nothing of topics or of the command table, which builds on them (commands.py).
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import (
@@ -23,6 +24,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from rkllmd.errors import BadImage
 from rkllmd.generation import (
     SAMPLING_OPTIONS,
     ChatMessage,
@@ -35,6 +37,7 @@ from rkllmd.generation import (
 from rkllmd.protocol.address import ID_RE, check_publish_topic
 from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, as_number, loads
 from rkllmd.toolcalls import check_schema, new_call_id
+from rkllmd.vision.limits import DEFAULT_LIMITS, ImageLimits
 
 
 class Req(BaseModel):
@@ -101,6 +104,18 @@ class ToolCallIn(BaseModel):
     index: int | None = None  # OpenAI clients echo the stream index back; not used
 
 
+class ImagePathIn(BaseModel):
+    """An image file under the configured ``[images] folder``, for a sender that has it on disk."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    path: str
+
+
+# An image: its bytes base64-encoded (a string), or {"path": …} (docs/PROTOCOL.md, docs/VISION.md).
+ImageIn = str | ImagePathIn
+
+
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -109,6 +124,7 @@ class MessageIn(BaseModel):
     tool_calls: list[ToolCallIn] | None = Field(None, max_length=64)
     tool_call_id: str | None = None
     name: str | None = None
+    images: list[ImageIn] | None = Field(None, max_length=16)
 
     _content_ok = field_validator("content")(_no_nul)
 
@@ -117,6 +133,8 @@ class MessageIn(BaseModel):
         # Only an assistant turn that called tools may come without text.
         if self.content is None and not (self.role == "assistant" and self.tool_calls):
             raise ValueError("content is required")
+        if self.images and self.role != "user":
+            raise ValueError("images go on a user message")
         return self
 
 
@@ -206,6 +224,7 @@ class GenerateRequest(_WithOptions):
     tools: Any = None
     tool_choice: Any = None
     format: Any = None
+    images: list[ImageIn] | None = Field(None, max_length=16)  # with ``prompt``; messages carry their own
 
     _text_ok = field_validator("prompt", "system", *_STRINGS)(_no_nul)
     _tools_ok = field_validator("tools")(_check_tools)
@@ -232,6 +251,8 @@ class GenerateRequest(_WithOptions):
             raise EmptyPromptValue("a generate request needs a prompt or messages")
         if self.prompt is not None and not self.prompt.strip():
             raise EmptyPromptValue("the prompt is empty")
+        if self.images and self.messages is not None:
+            raise _located("images: with messages, images go on the user message (messages[i].images)")
         if self.messages is not None and not any(
             m.role in ("user", "tool") and (m.content or "").strip() for m in self.messages
         ):
@@ -260,15 +281,25 @@ class GenerateRequest(_WithOptions):
             if m.tool_call_id is None and not any_call:
                 raise _located(f"messages[{i}]: a tool result, but no earlier assistant turn has tool_calls")
 
-    def to_input(self, max_tokens: int) -> GenerateInput:
+    def to_input(
+        self, max_tokens: int, *, image_folder: Path | None = None, max_image_bytes: int | None = None
+    ) -> GenerateInput:
+        """The runtime's input; images are decoded here (BadImage / ImageTooLarge naming the field)."""
         msgs: list[ChatMessage] = []
         if self.system:
             msgs.append(ChatMessage("system", self.system))
+
+        def images(items: list[ImageIn] | None, where: str) -> tuple[bytes, ...]:
+            return _images(items, where, image_folder, max_image_bytes)
+
         if self.messages is not None:
-            msgs.extend(_chat_message(m) for m in self.messages)
+            msgs.extend(
+                _chat_message(m, images(m.images, f"messages[{i}].images"))
+                for i, m in enumerate(self.messages)
+            )
         else:
             assert self.prompt is not None
-            msgs.append(ChatMessage("user", self.prompt))
+            msgs.append(ChatMessage("user", self.prompt, images=images(self.images, "images")))
         return GenerateInput(
             messages=tuple(msgs),
             max_tokens=max_tokens,
@@ -286,12 +317,33 @@ class GenerateRequest(_WithOptions):
         return value
 
 
-def _chat_message(m: MessageIn) -> ChatMessage:
+def _chat_message(m: MessageIn, images: tuple[bytes, ...]) -> ChatMessage:
     calls = tuple(
         ToolCall(c.id or new_call_id(), c.function.name, dict(c.function.arguments))  # type: ignore[arg-type]
         for c in m.tool_calls or ()
     )
-    return ChatMessage(m.role, m.content or "", calls, m.tool_call_id, m.name)
+    return ChatMessage(m.role, m.content or "", calls, m.tool_call_id, m.name, images)
+
+
+def _images(
+    items: list[ImageIn] | None, where: str, folder: Path | None, max_bytes: int | None
+) -> tuple[bytes, ...]:
+    """Each image's bytes: base64 decoded, or read from ``folder`` (rkllmd.vision.sources)."""
+    if not items:
+        return ()
+    from rkllmd.vision import sources  # no Pillow: the bytes only; the runtime decodes the pixels
+
+    limits = ImageLimits(max_bytes=max_bytes) if max_bytes else DEFAULT_LIMITS
+    out = []
+    for i, item in enumerate(items):
+        try:
+            if isinstance(item, ImagePathIn):
+                out.append(sources.from_file(item.path, folder, limits))
+            else:
+                out.append(sources.from_base64(item, limits))
+        except BadImage as exc:
+            raise type(exc)(f"{where}[{i}]: {exc.message}", **exc.data) from None
+    return tuple(out)
 
 
 class EmptyPromptValue(ValueError):

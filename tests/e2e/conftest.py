@@ -47,6 +47,7 @@ def rkllm_config(
     model: dict[str, Any] | None = None,
     mqtt: dict[str, Any] | None = None,
     extra_models: dict[str, dict[str, Any]] | None = None,
+    top: dict[str, Any] | None = None,
 ) -> Path:
     model_file = tmp / "fake-model.rkllm"
     model_file.write_bytes(b"RKLLM fake model for tests\n")
@@ -79,6 +80,7 @@ def rkllm_config(
             "other": {"runtime": "rkllm", "path": str(model_file), "library": str(lib)},
             **(extra_models or {}),
         },
+        **(top or {}),
     }
     return write_config(tmp / f"{base}.toml", cfg)
 
