@@ -34,6 +34,9 @@ _SENTENCES: dict[str, str] = {
     "unknown_model": "The model chosen for this assistant is not configured in rkllmd.",
     "invalid_output": "The model's answer did not have the required form. Please try again.",
     "plugin_error": "An rkllmd plugin could not handle the request. Its log says why.",
+    "bad_image": "I could not read that image. Please send a JPEG, PNG or WebP picture.",
+    "image_too_large": "That image is too large for me. Please send a smaller picture.",
+    "images_unsupported": "This model cannot see images. Choose a vision model in rkllmd for pictures.",
 }
 _INVALID = "rkllmd refused the request as invalid. Its log says why."  # the client's (or rkllmd's) bug
 _OTHER = "Something went wrong in the language model server. Its log says what."
