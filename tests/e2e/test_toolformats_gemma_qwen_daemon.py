@@ -1,0 +1,223 @@
+"""Gemma 3, Gemma 4 and Qwen3-Coder calls end to end: rkllmd as a process on the C runtime double
+(real mosquitto, both HTTP plugins), a model set to each format, its calls asked for over MQTT,
+the OpenAI API (the ``openai`` client) and the Ollama API (the ``ollama`` client), streamed and not.
+
+The double says each family's call text from ``FAKE_RKLLM_SCRIPT`` (a request's needle picks the
+text), in pieces of ``[[chunk=N]]`` bytes: one byte at a time for the parallel calls, so every
+tag is split at every position it can be. What must come out: the calls as structured
+``tool_calls`` (arguments typed), the text before them as the content, and no call markup in any
+content, stream chunk or final text. One daemon per format serves all three interfaces.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import ollama
+import openai
+import pytest
+
+from tests.e2e.conftest import final_of, start_with_both_apis
+from tests.helpers import Broker, DaemonProc, Probe
+
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+            "required": ["city"],
+        },
+    },
+}
+TURN_ON = {
+    "type": "function",
+    "function": {
+        "name": "HassTurnOn",
+        "parameters": {"type": "object", "properties": {"name": {"type": "string"}}},
+    },
+}
+TOOLS = [WEATHER, TURN_ON]
+BEFORE = "Let me check.\n"
+PARIS = ("get_weather", {"city": "Paris", "days": 2})
+KITCHEN = ("HassTurnOn", {"name": "Kitchen Light"})
+# What each family writes: a call after a sentence, and two calls.
+SAID = {
+    "gemma3": {
+        "single": BEFORE + '```tool_code\nprint(get_weather(city="Paris", days=2))\n```',
+        "parallel": '```tool_code\nget_weather(city="Paris", days=2)\nHassTurnOn(name="Kitchen Light")\n```',
+        "malformed": BEFORE + "```tool_code\nget_weather(city=paris)\n```",
+    },
+    "gemma4": {
+        "single": BEFORE + '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:2}<tool_call|>',
+        "parallel": (
+            '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:2}<tool_call|>'
+            '<|tool_call>call:HassTurnOn{name:<|"|>Kitchen Light<|"|>}<tool_call|>'
+        ),
+        "malformed": BEFORE + "<|tool_call>call:get_weather{city:Paris}<tool_call|>",
+    },
+    "qwen3_coder": {
+        "single": BEFORE
+        + "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+        + "<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>",
+        "parallel": "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n"
+        "<parameter=days>\n2\n</parameter>\n</function>\n</tool_call>\n"
+        "<tool_call>\n<function=HassTurnOn>\n<parameter=name>\nKitchen Light\n</parameter>\n"
+        "</function>\n</tool_call>",
+        "malformed": BEFORE + "<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</function>\n"
+        "</tool_call>",
+    },
+}
+EXPECTED = {"single": (BEFORE, [PARIS]), "parallel": ("", [PARIS, KITCHEN])}
+CHUNK = {"single": 3, "parallel": 1}
+MARKUP = ("tool_code", "<|", "|>", "<tool_call", "<function", "<parameter", "```", "get_weather(")
+
+
+class Served:
+    def __init__(
+        self, fmt: str, proc: DaemonProc, openai_port: int, ollama_port: int, broker: Broker
+    ) -> None:
+        self.fmt, self.proc, self.broker, self.base = fmt, proc, broker, f"tf{fmt.replace('_', '')}"
+        self.ollama = ollama.Client(host=f"http://127.0.0.1:{ollama_port}", timeout=30)
+        self.openai = openai.OpenAI(
+            base_url=f"http://127.0.0.1:{openai_port}/v1", api_key="x", max_retries=0, timeout=30
+        )
+
+
+@pytest.fixture(scope="module", params=sorted(SAID))
+def served(
+    request: pytest.FixtureRequest,
+    broker: Broker,
+    fake_libs: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Served]:
+    """rkllmd with the model set to one format, its script saying that family's calls."""
+    fmt: str = request.param
+    tmp = tmp_path_factory.mktemp(f"tf-{fmt}")
+    script = tmp / "script.tsv"
+    script.write_text(
+        "".join(
+            f"*\t{fmt}-{kind}\t{base64.b64encode(text.encode()).decode()}\n"
+            for kind, text in SAID[fmt].items()
+        )
+    )
+    base = f"tf{fmt.replace('_', '')}"
+    d, openai_port, ollama_port = start_with_both_apis(
+        tmp,
+        broker,
+        fake_libs["1.3"],
+        base,
+        model={"tool_format": fmt},
+        env={"FAKE_RKLLM_SCRIPT": str(script)},
+    )
+    assert f'"format": "{fmt}"' in d.log_text()  # the tool_format line at load
+    yield Served(fmt, d, openai_port, ollama_port, broker)
+    assert d.stop() == 0
+
+
+def ask_text(served: Served, kind: str) -> str:
+    """The user's message: the needle that picks the family's text, and the piece size."""
+    return f"[[chunk={CHUNK[kind]}]] weather {served.fmt}-{kind} please"
+
+
+def no_markup(text: str) -> bool:
+    return not any(m in text for m in MARKUP)
+
+
+def over_mqtt(served: Served, kind: str, stream: bool) -> tuple[str, list[tuple[str, dict[str, Any]]], str]:
+    probe = Probe(served.broker)
+    try:
+        rid = f"{served.fmt}-{kind}-{int(stream)}"
+        probe.subscribe(f"{served.base}/stream/{rid}", f"reply/{rid}")
+        payload = {"id": rid, "prompt": ask_text(served, kind), "tools": TOOLS, "stream": stream}
+        probe.publish(f"{served.base}/request/generate", payload, response_topic=f"reply/{rid}")
+        streamed = ""
+        if stream:
+            chunks = probe.collect_until(f"{served.base}/stream/{rid}", lambda m: m.json().get("done"))
+            streamed = "".join(m.json().get("delta", "") for m in chunks)
+        reply = final_of(probe, f"reply/{rid}")
+    finally:
+        probe.close()
+    assert reply["status"] == "ok", reply
+    data = reply["data"]
+    assert data["finish_reason"] == "tool_calls" and (not stream or streamed == data["text"])
+    got = [(c["function"]["name"], c["function"]["arguments"]) for c in data["tool_calls"]]
+    assert all(c["id"].startswith("call_") and c["type"] == "function" for c in data["tool_calls"])
+    return data["text"], got, streamed
+
+
+def over_openai(served: Served, kind: str, stream: bool) -> tuple[str, list[tuple[str, dict[str, Any]]], str]:
+    messages: Any = [{"role": "user", "content": ask_text(served, kind)}]
+    tools: Any = TOOLS
+    if not stream:
+        answer = served.openai.chat.completions.create(model="fake", messages=messages, tools=tools)
+        choice = answer.choices[0]
+        assert choice.finish_reason == "tool_calls"
+        got = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or []]
+        return choice.message.content or "", got, ""
+    content, names, args, finish = "", dict[int, str](), dict[int, str](), None
+    for chunk in served.openai.chat.completions.create(
+        model="fake", messages=messages, tools=tools, stream=True
+    ):
+        for c in chunk.choices:
+            content += c.delta.content or ""
+            for tc in c.delta.tool_calls or []:
+                names[tc.index] = names.get(tc.index, "") + (tc.function.name or "" if tc.function else "")
+                args[tc.index] = args.get(tc.index, "") + (tc.function.arguments or "" if tc.function else "")
+            finish = c.finish_reason or finish
+    assert finish == "tool_calls"
+    return content, [(names[i], json.loads(args[i])) for i in sorted(names)], content
+
+
+def over_ollama(served: Served, kind: str, stream: bool) -> tuple[str, list[tuple[str, dict[str, Any]]], str]:
+    messages = [{"role": "user", "content": ask_text(served, kind)}]
+    if stream:
+        parts = list(served.ollama.chat(model="fake", messages=messages, tools=TOOLS, stream=True))
+    else:
+        parts = [served.ollama.chat(model="fake", messages=messages, tools=TOOLS, stream=False)]
+    content = "".join(p.message.content or "" for p in parts)
+    got = [(c.function.name, dict(c.function.arguments)) for p in parts for c in p.message.tool_calls or []]
+    assert parts[-1].done
+    return content, got, content if stream else ""
+
+
+WAYS = {"mqtt": over_mqtt, "openai": over_openai, "ollama": over_ollama}
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest.mark.parametrize("kind", ["single", "parallel"])
+@pytest.mark.parametrize("way", sorted(WAYS))
+def test_calls_come_out_structured_and_never_as_text(
+    served: Served, way: str, kind: str, stream: bool
+) -> None:
+    """The family's call text split across tokens becomes ``tool_calls`` with typed arguments,
+    in order; the content is the text before the calls, and no markup is in it or its stream."""
+    content, got, streamed = WAYS[way](served, kind, stream)
+    before, expected = EXPECTED[kind]
+    assert got == expected
+    # whitespace between blocks is the model's text, as with Hermes (a newline between calls)
+    assert content.strip() == before.strip() and no_markup(streamed)
+
+
+def test_a_malformed_call_is_invalid_output_and_never_streamed(served: Served) -> None:
+    """The family's call gone wrong: the text before it streams, the markup does not, and the
+    reply says no tool was called."""
+    probe = Probe(served.broker)
+    try:
+        rid = f"{served.fmt}-bad"
+        probe.subscribe(f"{served.base}/stream/{rid}", f"reply/{rid}")
+        payload = {"id": rid, "prompt": f"[[chunk=2]] {served.fmt}-malformed", "tools": TOOLS}
+        probe.publish(f"{served.base}/request/generate", payload, response_topic=f"reply/{rid}")
+        chunks = probe.collect_until(f"{served.base}/stream/{rid}", lambda m: m.json().get("done"))
+        reply = final_of(probe, f"reply/{rid}")
+    finally:
+        probe.close()
+    assert reply["code"] == "invalid_output" and "not well formed" in reply["error"]
+    assert reply["data"]["text"] == BEFORE == "".join(m.json().get("delta", "") for m in chunks)
+    assert "malformed tool call withheld" in served.proc.log_text()
