@@ -38,6 +38,17 @@ class ModelCommon(Strict):
         "auto",
         description='how the model writes tool calls: "auto" (from its template or name) or a format name',
     )
+    # A thinking model's thought (docs/THINKING.md): its tags, whether its template opens the
+    # block in the prompt (DeepSeek-R1-Distill), and how much thought a run may have.
+    thinking_tags: tuple[str, str] = Field(
+        ("<think>", "</think>"), description="the tags around a thinking model's thought"
+    )
+    thinking_starts_open: bool = Field(
+        False, description="the model's template opens the thought block itself (DeepSeek-R1-Distill)"
+    )
+    max_thinking_tokens: int | None = Field(
+        None, ge=1, description="thought deltas a run may have before it is stopped; default no cap"
+    )
     runtime: str
 
     @field_validator("tool_format")
@@ -45,4 +56,11 @@ class ModelCommon(Strict):
     def _known_format(cls, v: str) -> str:
         if v not in toolcalls.names():
             raise ValueError(f"unknown tool format {v!r}; one of: {', '.join(toolcalls.names())}")
+        return v
+
+    @field_validator("thinking_tags")
+    @classmethod
+    def _tags(cls, v: tuple[str, str]) -> tuple[str, str]:
+        if not v[0].strip() or not v[1].strip() or v[0] == v[1]:
+            raise ValueError("thinking_tags must be two different non-blank tags: ['<think>', '</think>']")
         return v

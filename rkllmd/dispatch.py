@@ -167,19 +167,21 @@ class Dispatcher:
             return job.address is not None and self.plugins.routes_tokens(job, direct=True)
         return job.stream and job.id is not None
 
-    def publish_chunk(self, job: Exchange, seq: int, delta: str) -> None:
-        """One stream chunk and its bare text, or a local request's token to the direct routers
-        (the inference thread for a direct stream, else this dispatcher's). The bus writes in call
-        order, so a run's chunks precede its end message."""
+    def publish_chunk(self, job: Exchange, seq: int, delta: str, thinking: str = "") -> None:
+        """One stream chunk and its bare text (and thought), or a local request's token to the
+        direct routers (the inference thread for a direct stream, else this dispatcher's). The bus
+        writes in call order, so a run's chunks precede its end message."""
         if job.local:
-            self.plugins.route_direct(Token(job, seq, delta))
+            self.plugins.route_direct(Token(job, seq, delta, thinking))
             return
         assert job.id is not None
-        chunk = (self.topics.stream(job.id), protocol.stream_chunk(job.id, seq, delta, job.attempt))
-        if self.stream.text_topic:  # the chunk and its text copy in one write
-            self.bus.stream((chunk, (self.topics.stream_text(job.id), delta.encode())), self.stream.qos)
-        else:
-            self.bus.stream((chunk,), self.stream.qos)
+        body = protocol.stream_chunk(job.id, seq, delta, job.attempt, thinking)
+        messages = [(self.topics.stream(job.id), body)]
+        if delta and self.stream.text_topic:  # the chunk and its copies in one write
+            messages.append((self.topics.stream_text(job.id), delta.encode()))
+        if thinking and self.stream.thinking_topic:
+            messages.append((self.topics.stream_thinking(job.id), thinking.encode()))
+        self.bus.stream(messages, self.stream.qos)
 
     # --- dispatcher thread -----------------------------------------------------------------
 
@@ -188,8 +190,8 @@ class Dispatcher:
         if isinstance(ev, Token):
             job = ev.request
             if job.stream and job.id is not None:
-                self.publish_chunk(job, ev.seq, ev.delta)
-            if job.sentences and job.id is not None:
+                self.publish_chunk(job, ev.seq, ev.delta, ev.thinking)
+            if job.sentences and job.id is not None and ev.delta:  # thought is never spoken
                 speech = self._speech.get(job.id) or self._speech.setdefault(
                     job.id, Utterances(self.stream.sentence_max_chars, self.stream.sentence_min_chars)
                 )
@@ -249,7 +251,8 @@ class Dispatcher:
             )
 
     def _end_messages(self, final: Final) -> None:
-        """The stream's end message and its /text end, the sentences' last (bus calls only)."""
+        """The stream's end message, its /text end (and /thinking's, when the run thought or was
+        asked to), the sentences' last (bus calls only)."""
         job, command = final.request, spec_of(final.request.command)
         if command is None or not command.generates or job.id is None:
             return
@@ -261,6 +264,8 @@ class Dispatcher:
             )
             if self.stream.text_topic:
                 self.bus.publish(self.topics.stream_text(job.id), b"\n")
+            if self.stream.thinking_topic and (job.run.thoughts or (job.inp and job.inp.thinking.on)):
+                self.bus.publish(self.topics.stream_thinking(job.id), b"\n")
         if job.sentences:
             self._end_sentences(job.id, final)
 
@@ -376,11 +381,12 @@ def _soonest(*waits: float | None) -> float | None:
 class _Stream:
     """One request's chunks so far (ChunkJoiner)."""
 
-    __slots__ = ("job", "last", "sent", "texts")
+    __slots__ = ("job", "last", "sent", "texts", "thoughts")
 
     def __init__(self, job: Exchange) -> None:
         self.job = job
         self.texts: list[str] = []  # deltas not yet in a chunk
+        self.thoughts: list[str] = []  # their thought (a thinking model's), joined apart
         self.sent = 0  # chunks handed on; the next chunk's seq
         self.last: float | None = None  # monotonic time of the last chunk
 
@@ -409,6 +415,8 @@ class ChunkJoiner:
                 if st is None:
                     st = self._streams[id(ev.request)] = _Stream(ev.request)
                 st.texts.append(ev.delta)
+                if ev.thinking:
+                    st.thoughts.append(ev.thinking)
                 continue
             if isinstance(ev, Final):  # the request's last text goes before its reply
                 st = self._streams.get(id(ev.request))
@@ -438,6 +446,6 @@ class ChunkJoiner:
         return flush or st.last is None or now - st.last >= self.window_s
 
     def _chunk(self, st: _Stream, now: float) -> Token:
-        tok = Token(st.job, st.sent, "".join(st.texts))
-        st.texts, st.sent, st.last = [], st.sent + 1, now
+        tok = Token(st.job, st.sent, "".join(st.texts), "".join(st.thoughts))
+        st.texts, st.thoughts, st.sent, st.last = [], [], st.sent + 1, now
         return tok

@@ -18,7 +18,8 @@ from rkllmd.generation import GenerateInput
 from rkllmd.protocol import Address
 from rkllmd.settings import Settings
 
-AbortReason = Literal["cancelled", "timeout", "first_token_timeout", "stalled", "shutdown"]
+# thinking_limit: the run's thought reached its cap (rkllmd/thinking.py, docs/THINKING.md)
+AbortReason = Literal["cancelled", "timeout", "first_token_timeout", "stalled", "shutdown", "thinking_limit"]
 
 
 @dataclass
@@ -32,6 +33,8 @@ class Run:
     abort_reason: AbortReason | None = None
     aborted_at: float | None = None
     pieces: list[str] = field(default_factory=list)
+    thoughts: list[str] = field(default_factory=list)  # a thinking model's thought, apart from the text
+    thought_unclosed: bool = False  # the output ended inside the thought block
     seq: int = 0
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # in the reply's shape
     bad_calls: list[str] = field(default_factory=list)  # why each malformed call was withheld
@@ -41,6 +44,10 @@ class Run:
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+    @property
+    def thinking(self) -> str:
+        return "".join(self.thoughts)
 
 
 @dataclass
@@ -80,11 +87,13 @@ class Exchange:
 
 @dataclass(frozen=True)
 class Token:
-    """A streamed text delta of a generate request."""
+    """A streamed text delta of a generate request, and the thought that came with it (a
+    thinking model's, never part of the text: rkllmd/thinking.py)."""
 
     request: Exchange
     seq: int
     delta: str
+    thinking: str = ""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """What one generation is asked to do: the request vocabulary every layer shares.
 
-``GenerateInput`` and its parts (``ChatMessage``, ``ToolCall``, ``Sampling``) are built by
+``GenerateInput`` and its parts (``ChatMessage``, ``ToolCall``, ``Sampling``, ``Thinking``) are built by
 protocol (from a request), read by the runtimes (and their tool-call code), and carried on the
 ``Exchange``. Plain frozen data with no imports of rkllmd: it sits below protocol, toolcalls and
 runtime alike, so none of them imports another for it; and the worker process, which imports no
@@ -145,6 +145,24 @@ SAMPLING_BY_NAME: dict[str, Option] = {o.name: o for o in SAMPLING_OPTIONS}
 
 
 @dataclass(frozen=True)
+class Thinking:
+    """Whether this run may think aloud, and how the model writes its thought (docs/THINKING.md).
+
+    ``on`` is the request's switch (``think``; off unless asked): the runtimes pass it to the
+    model (RKLLMInput.enable_thinking, the GGUF template's ``enable_thinking``). The rest is the
+    model's configuration, resolved at admission: the tags around the thought, whether its
+    template opens the block in the prompt (DeepSeek-R1-Distill: the output starts inside the
+    thought), and the cap on thought (deltas inside the block; None: only ``max_tokens``).
+    """
+
+    on: bool = False
+    open_tag: str = "<think>"
+    close_tag: str = "</think>"
+    starts_open: bool = False
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
 class GenerateInput:
     """What one generation is asked to do; ``messages`` ends with the user's turn."""
 
@@ -158,6 +176,8 @@ class GenerateInput:
     tool_name: str | None = None
     #: structured output: "json" or a JSON schema object (docs/TOOLS.md)
     format: str | dict[str, Any] | None = None
+    #: the think switch and the model's thought format (rkllmd/thinking.py)
+    thinking: Thinking = field(default_factory=Thinking)
 
     @property
     def active_tools(self) -> tuple[dict[str, Any], ...]:

@@ -1,9 +1,10 @@
 """What the inference loop does with a generate job once its model is loaded and its run started.
 
-``run_generation`` puts the tool-call parser and the direct stream in front of the runtime's
-token sink and runs the generation; ``final_of`` turns how it ended into the request's final
-reply. Both run on the inference thread; the sink runs on whichever thread the runtime delivers
-tokens on (rkllmd/loop.py keeps the queue, cancel, the watchdog and the crash budget).
+``run_generation`` puts the thought splitter, the tool-call parser and the direct stream in
+front of the runtime's token sink and runs the generation; ``final_of`` turns how it ended into
+the request's final reply. Both run on the inference thread; the sink runs on whichever thread
+the runtime delivers tokens on (rkllmd/loop.py keeps the queue, cancel, the watchdog and the
+crash budget).
 """
 
 from __future__ import annotations
@@ -12,10 +13,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import structlog
+
 from rkllmd.errors import GenerationTimeout, RkllmdError, ShuttingDown
 from rkllmd.exchange import Exchange, Final, Token
 from rkllmd.outcome import final_data
 from rkllmd.runtime.base import GenerateResult, Runtime
+from rkllmd.thinking import ThoughtSplitter
+
+log = structlog.get_logger("rkllmd.loop")
 
 
 class DirectStream(Protocol):
@@ -23,7 +29,7 @@ class DirectStream(Protocol):
 
     def streams_directly(self, job: Exchange) -> bool: ...
 
-    def publish_chunk(self, job: Exchange, seq: int, delta: str) -> None: ...
+    def publish_chunk(self, job: Exchange, seq: int, delta: str, thinking: str = "") -> None: ...
 
 
 class Timeouts(Protocol):
@@ -54,14 +60,24 @@ def run_generation(
         direct = None
     job.run.direct_stream = direct is not None
 
-    def text_out(text: str) -> None:
-        if text:
-            job.run.pieces.append(text)
+    # A thinking model's thought is taken apart first: the tool-call parser sees the answer only.
+    thought = ThoughtSplitter(job.inp.thinking)
+    cap = job.inp.thinking.max_tokens
+
+    def text_out(text: str, thinking: str = "") -> None:
+        if text or thinking:
+            if text:
+                job.run.pieces.append(text)
+            if thinking:
+                job.run.thoughts.append(thinking)
             if direct is not None:
-                direct.publish_chunk(job, job.run.seq, text)
+                direct.publish_chunk(job, job.run.seq, text, thinking)
             else:
-                emit(Token(job, job.run.seq, text))
+                emit(Token(job, job.run.seq, text, thinking))
             job.run.seq += 1
+
+    def answer(text: str) -> str:
+        return parser.feed(text) if parser is not None and text else text
 
     # Runs on whatever thread the runtime delivers tokens on: copy, count, enqueue.
     def sink(delta: str, token_id: int | None) -> None:
@@ -71,17 +87,34 @@ def run_generation(
         if job.run.first_token_at is None:
             job.run.first_token_at = now
         job.run.last_token_at = now
-        text_out(parser.feed(delta) if parser is not None else delta)
+        thinking, text = thought.feed(delta)
+        text_out(answer(text), thinking)
+        if cap is not None and thought.in_thought and thought.thought_deltas >= cap:
+            stop_thinking(job)
         if job.run.abort_reason is not None:
             # A cancel that raced the start of the run may have found nothing to abort.
             rt.abort()
 
     try:
         return rt.generate(job.inp, sink)
-    finally:
-        if parser is not None:  # held-back text is never lost, whatever ended the run
+    finally:  # held-back text is never lost, whatever ended the run
+        thinking, text = thought.finish()
+        text_out(answer(text), thinking)
+        if thought.unclosed:
+            job.run.thought_unclosed = True
+            log.warning("the model's thought never closed", request_id=job.id, deltas=thought.thought_deltas)
+        if parser is not None:
             text_out(parser.finish())
             job.run.tool_calls, job.run.bad_calls = [c.as_dict() for c in parser.calls], parser.problems
+
+
+def stop_thinking(job: Exchange) -> None:
+    """The thought reached its cap (``max_thinking_tokens``): the run stops there, answered with
+    finish_reason ``thinking_limit`` (the sink's thread; the sink then aborts the runtime)."""
+    if job.run.abort_reason is None:
+        log.warning("thought cap reached; generation stopped", request_id=job.id)
+        job.run.abort_reason = "thinking_limit"
+        job.run.aborted_at = time.monotonic()
 
 
 def final_of(
@@ -91,8 +124,8 @@ def final_of(
     reason = result.finish_reason
     if reason == "aborted":
         why = job.run.abort_reason or "cancelled"
-        if why == "cancelled":
-            return Final(job, "ok", final_data(job, "cancelled", result, n_prompt))
+        if why in ("cancelled", "thinking_limit"):  # ended as asked: the text so far is the answer
+            return Final(job, "ok", final_data(job, why, result, n_prompt))
         data = final_data(job, why, result, n_prompt)
         err: RkllmdError = (
             ShuttingDown("generation interrupted by shutdown")

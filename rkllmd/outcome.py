@@ -58,8 +58,8 @@ def check_output(job: Exchange) -> None:
 def final_data(
     job: Exchange, finish_reason: str, result: GenerateResult | None = None, n_prompt: int | None = None
 ) -> dict[str, Any]:
-    """A run's reply data: text, finish reason, usage, timings from the run and the runtime's
-    counters, and its tool calls."""
+    """A run's reply data: text, its thought (if any), finish reason, usage, timings from the run
+    and the runtime's counters, and its tool calls."""
     now = time.monotonic()
     perf = result.perf if result is not None else None
     prompt_tokens = perf.prompt_tokens if perf and perf.prompt_tokens is not None else n_prompt
@@ -84,6 +84,8 @@ def final_data(
         if perf.memory_mb is not None:
             timings["memory_mb"] = round(perf.memory_mb, 1)
     data = generation_data(job.model, job.run.text, finish_reason, prompt_tokens, completion, timings)
+    if job.run.thoughts:  # a thinking model's thought, never in the text (docs/THINKING.md)
+        data["thinking"] = job.run.thinking
     if job.inp is not None and job.inp.active_tools:
         data["tool_calls"] = list(job.run.tool_calls)
         if job.run.tool_calls and finish_reason in ("stop", "length"):

@@ -180,6 +180,9 @@ class StreamSettings(Strict):
 
     qos: Literal[0, 1, 2] = Field(0, description="QoS of stream chunks; the final reply keeps mqtt.qos")
     text_topic: bool = Field(True, description="also publish the bare deltas on <base>/stream/<id>/text")
+    thinking_topic: bool = Field(
+        True, description="also publish a thinking model's bare thought on <base>/stream/<id>/thinking"
+    )
     coalesce_ms: float = Field(
         0.0,
         ge=0,

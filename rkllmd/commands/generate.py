@@ -16,6 +16,7 @@ from rkllmd.outcome import check_output, final_data
 from rkllmd.protocol import GenerateRequest, Req
 from rkllmd.runtime.base import check_context
 from rkllmd.settings import Settings
+from rkllmd.thinking import with_model_thinking
 
 
 def admit(req: Req, ex: Exchange, settings: Settings) -> None:
@@ -26,8 +27,8 @@ def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     if target.max_tokens > cap:
         raise RequestError(f"max_tokens {target.max_tokens} is over the limit of {cap}")
     images = settings.images
-    ex.model = target.model
-    ex.inp = req.to_input(target.max_tokens, image_folder=images.folder, max_image_bytes=images.max_bytes)
+    inp = req.to_input(target.max_tokens, image_folder=images.folder, max_image_bytes=images.max_bytes)
+    ex.model, ex.inp = target.model, with_model_thinking(inp, settings.models[target.model])
     # what only changes what is published: not for a plugin's request, which MQTT never sees
     ex.stream = req.stream and not ex.address.local
     ex.sentences = req.sentences and not ex.address.local

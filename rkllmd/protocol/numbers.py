@@ -27,9 +27,9 @@ __all__ = ["GENERATE_NUMBERS", "NotANumber", "NumberKind", "as_number", "describ
 
 NumberKind = Literal["integer", "number"]
 
-# The generate request's numeric fields and their kind: max_tokens and every numeric sampling
+# The generate request's numeric fields and their kind: the caps and every numeric sampling
 # option (rkllmd.generation.SAMPLING_OPTIONS). protocol/requests.py validates with it.
-GENERATE_NUMBERS: dict[str, NumberKind] = {"max_tokens": "integer"}
+GENERATE_NUMBERS: dict[str, NumberKind] = {"max_tokens": "integer", "max_thinking_tokens": "integer"}
 for _option in SAMPLING_OPTIONS:
     if _option.kind != "strings":
         GENERATE_NUMBERS[_option.name] = _option.kind

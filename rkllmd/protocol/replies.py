@@ -143,12 +143,15 @@ def models_data(models: list[ModelFacts], loaded: str | None, default: str) -> d
     return {"models": out, "loaded": loaded, "default": default}
 
 
-def stream_chunk(request_id: str, seq: int, delta: str, attempt: int = 1) -> bytes:
+def stream_chunk(request_id: str, seq: int, delta: str, attempt: int = 1, thinking: str = "") -> bytes:
     """``{"id": …, "seq": …, "delta": …}`` exactly as json.dumps(ensure_ascii=False) writes it,
     built from the C string escaper: a chunk goes out per token, and dumps() makes an encoder each time.
-    A request run again (``attempt`` 2 or more) says so in every chunk: its stream restarts at seq 0."""
+    A request run again (``attempt`` 2 or more) says so in every chunk: its stream restarts at seq 0.
+    A thinking model's thought comes in ``thinking``, apart from the text (``delta`` "" then)."""
     again = f', "attempt": {int(attempt)}' if attempt > 1 else ""
-    return f'{{"id": {_quote(request_id)}, "seq": {int(seq)}{again}, "delta": {_quote(delta)}}}'.encode()
+    thought = f', "thinking": {_quote(thinking)}' if thinking else ""
+    head = f'{{"id": {_quote(request_id)}, "seq": {int(seq)}{again}'
+    return f'{head}, "delta": {_quote(delta)}{thought}}}'.encode()
 
 
 def stream_end(request_id: str, seq: int, finish_reason: str, status: str = "ok", attempt: int = 1) -> bytes:

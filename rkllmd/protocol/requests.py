@@ -32,6 +32,7 @@ from rkllmd.generation import (
     Option,
     OptionKind,
     Sampling,
+    Thinking,
     ToolCall,
 )
 from rkllmd.protocol.address import ID_RE, check_publish_topic
@@ -225,6 +226,9 @@ class GenerateRequest(_WithOptions):
     tool_choice: Any = None
     format: Any = None
     images: list[ImageIn] | None = Field(None, max_length=16)  # with ``prompt``; messages carry their own
+    # a thinking model may think aloud (docs/THINKING.md); Ollama's effort levels mean true
+    think: StrictBool | Literal["low", "medium", "high"] = False
+    max_thinking_tokens: int | None = Field(None, ge=1)
 
     _text_ok = field_validator("prompt", "system", *_STRINGS)(_no_nul)
     _tools_ok = field_validator("tools")(_check_tools)
@@ -308,6 +312,7 @@ class GenerateRequest(_WithOptions):
             tool_choice="function" if isinstance(self.tool_choice, dict) else self.tool_choice or "auto",
             tool_name=self.tool_choice["function"]["name"] if isinstance(self.tool_choice, dict) else None,
             format=self.format,
+            thinking=Thinking(on=self.think is not False, max_tokens=self.max_thinking_tokens),
         )
 
     def _option(self, option: Option) -> Any:

@@ -84,6 +84,10 @@ class Topics:
     def stream_text(self, request_id: str) -> str:
         return f"{self.base}/stream/{request_id}/text"
 
+    def stream_thinking(self, request_id: str) -> str:
+        """The bare thought of request ``request_id`` (a thinking model's), as ``/text`` has its text."""
+        return f"{self.base}/stream/{request_id}/thinking"
+
     def stream_sentences(self, request_id: str) -> str:
         """Whole sentences of request ``request_id``, as plain text to speak (``"sentences": true``)."""
         return f"{self.base}/stream/{request_id}/sentences"

@@ -22,6 +22,11 @@
  *                                        such as <tool_call> arrives split across tokens; ignored in
  *                                        a run with role "tool" (a tool result gets the usual words)
  *   [[say_tools]]   (prompt only)        emit the last rkllm_set_function_tools JSON verbatim
+ *   [[think=B64]]   (prompt only)        a thinking model (Qwen3): when the run's enable_thinking is
+ *                                        set, "<think>\n" + the decoded thought + "\n</think>\n\n"
+ *                                        comes before the reply (in the same pieces as [[say]]);
+ *                                        without it the model answers at once, as Qwen3 does when
+ *                                        its template closes the block (last_enable_thinking: 0/1)
  *   FAKE_RKLLM_SCRIPT=PATH (environment only) canned replies for runs whose prompt a real client
  *                                        writes, so no directive can be put in it (Home Assistant's):
  *                                        each line "ROLE<TAB>NEEDLE<TAB>B64"; a run with no [[say]]
@@ -150,7 +155,8 @@ enum {
     S_CALLBACK_TID_MATCH, S_PREFILL_COMPUTED, S_PREFILL_REUSED, S_PC_USED, S_PC_SAVES, S_PC_SAVE_FAILED,
     S_PC_LOADS, S_PC_LOAD_FAILED, S_PC_RELEASES, S_PC_LOADED_TOKENS, S_INPUT_SIZE, S_INPUT_STRAY,
     S_MM_N_IMAGE, S_MM_N_VIDEO, S_MM_N_AUDIO, S_MM_N_AUDIO_TOKENS, S_TOOL_NOT_JSON,
-    S_MM_N_IMAGE_TOKENS, S_MM_IMAGE_WIDTH, S_MM_IMAGE_HEIGHT, S_MM_PLACEHOLDERS, S_MM_REFUSED, S_COUNT
+    S_MM_N_IMAGE_TOKENS, S_MM_IMAGE_WIDTH, S_MM_IMAGE_HEIGHT, S_MM_PLACEHOLDERS, S_MM_REFUSED,
+    S_ENABLE_THINKING, S_COUNT
 };
 static const char *stat_names[S_COUNT] = {
     "init", "run", "destroy", "abort", "set_chat_template", "pauses", "nonzero_cb_rc", "last_cb_rc",
@@ -162,6 +168,7 @@ static const char *stat_names[S_COUNT] = {
     "prompt_cache_loaded_tokens", "input_size", "input_stray_bytes", "last_n_image", "last_n_video",
     "last_n_audio", "last_n_audio_tokens", "tool_not_json",
     "last_n_image_tokens", "last_image_width", "last_image_height", "image_placeholders", "image_refused",
+    "last_enable_thinking",
 };
 static atomic_int stats[S_COUNT];
 static pthread_mutex_t str_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -239,6 +246,7 @@ static int count_words(const char *s) {
 typedef struct {
     int delay_ms, len, fail_at, split, crash_at, hang_at, sigill_at, prefill_us;
     char *say;    /* exact text to emit ([[say=...]]), or NULL */
+    char *think;  /* the thought of [[think=...]], or NULL */
     int chunk;    /* bytes per token of the exact text */
     char *buf;    /* prompt copy with directives blanked out, words upper-cased */
     char **words; /* pointers into buf */
@@ -288,6 +296,9 @@ static void plan_parse(Plan *p, const char *prompt) {
         else if (strcmp(key, "say") == 0 && val) {
             free(p->say);
             p->say = b64_decode(val);
+        } else if (strcmp(key, "think") == 0 && val) {
+            free(p->think);
+            p->think = b64_decode(val);
         } else if (strcmp(key, "say_tools") == 0) {
             free(p->say);
             pthread_mutex_lock(&str_lock);
@@ -336,6 +347,7 @@ static char *script_reply(const char *role, const char *prompt) {
 
 static void plan_free(Plan *p) {
     free(p->say);
+    free(p->think);
     free(p->words);
     free(p->buf);
 }
@@ -449,19 +461,36 @@ typedef struct {
     char cache_path[4096]; /* where to save it */
     int keep_history;
     int run_limit;
+    int enable_thinking;
     void *userdata;
     pthread_t caller;
 } RunArgs;
 
+/* [[think]] with thinking enabled: the thought block, then the reply ([[say]]'s, or the words). */
+static void think_first(Plan *p) {
+    size_t cap = strlen(p->think) + 32 + (p->say ? strlen(p->say) : 0);
+    for (int i = 0; i < p->n_words; i++) cap += strlen(p->words[i]) + 1;
+    char *out = malloc(cap);
+    int o = snprintf(out, cap, "<think>\n%s\n</think>\n\n", p->think);
+    if (p->say) {
+        snprintf(out + o, cap - (size_t)o, "%s", p->say);
+    } else {
+        for (int i = 0; i < p->n_words; i++) o += snprintf(out + o, cap - (size_t)o, "%s%s", i ? " " : "", p->words[i]);
+    }
+    free(p->say);
+    p->say = out;
+}
+
 static int do_run(Fake *f, RunArgs *a) {
     Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, 0, 0, 0, f->env_prefill_us,
-              NULL, 3, NULL, NULL, 0};
+              NULL, NULL, 3, NULL, NULL, 0};
     plan_parse(&p, a->prompt);
     if (p.say && strcmp(a->role, "tool") == 0) {
         free(p.say);
         p.say = NULL;
     }
     if (!p.say) p.say = script_reply(a->role, a->prompt);
+    if (p.think && a->enable_thinking) think_first(&p);
     if (p.chunk < 1) p.chunk = 1;
     if (p.chunk > 200) p.chunk = 200;
     int say_len = p.say ? (int)strlen(p.say) : 0;
@@ -769,6 +798,10 @@ static int prepare(Fake *f, RKLLMInput *in, RKLLMInferParam *ip, void *userdata,
 #if RKLLM_ABI != 120
     if (in->role && strcmp(in->role, "user") != 0 && strcmp(in->role, "tool") != 0) return -1;
     snprintf(a->role, sizeof a->role, "%s", in->role ? in->role : "");
+    a->enable_thinking = in->enable_thinking ? 1 : 0;
+    atomic_store(&stats[S_ENABLE_THINKING], a->enable_thinking);
+#else
+    atomic_store(&stats[S_ENABLE_THINKING], -1); /* 1.2.0 has no such field */
 #endif
 #if RKLLM_ABI == 131
     if (in->role && strcmp(in->role, "tool") == 0 && !is_json(text)) {

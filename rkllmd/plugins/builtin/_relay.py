@@ -26,6 +26,7 @@ import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 from rkllmd.plugins import Final, NotFound, Request, Settings, Token
 
@@ -36,7 +37,16 @@ ABANDON_S = 10.0
 # A runtime's model load is bounded by the worker's own timeout (rkllmd/runtime/worker.py).
 _LOAD_S = 600.0
 
-Item = str | Final  # a text delta, or the final reply
+
+@dataclass(frozen=True)
+class Thought:
+    """A piece of a thinking model's thought: never part of the answer's text (rkllmd/thinking.py)."""
+
+    text: str
+
+
+Piece = str | Thought  # what a token brings: a text delta, or a piece of thought
+Item = Piece | Final  # ... or the final reply
 
 
 class ClientGone(Exception):
@@ -76,13 +86,13 @@ class Slot:
         self.loop = asyncio.get_running_loop()
         self._lock = threading.Lock()
         self._pending: list[Item] = []  # put, not yet handed to the loop
-        self._writer: Callable[[str], bool] | None = None
+        self._writer: Callable[[Piece], bool] | None = None
 
     def put(self, item: Item) -> None:
         """Any thread: write a token through the attached writer, or hand ``item`` to the waiting
         endpoint on its loop; never blocks."""
         with self._lock:
-            if self._writer is not None and isinstance(item, str) and self._writer(item):
+            if self._writer is not None and not isinstance(item, Final) and self._writer(item):
                 return
             self._pending.append(item)
             if len(self._pending) > 1:  # the loop is already called for the ones before
@@ -96,7 +106,7 @@ class Slot:
         for item in items:
             self.items.put_nowait(item)
 
-    def attach(self, writer: Callable[[str], bool]) -> bool:
+    def attach(self, writer: Callable[[Piece], bool]) -> bool:
         """Server thread: tokens go to ``writer`` from now on; False (nothing attached) while
         some are still on their way to the endpoint, which writes those first."""
         with self._lock:
@@ -149,7 +159,10 @@ class Relay:
         if slot is None:
             return
         if isinstance(event, Token):
-            slot.put(event.delta)
+            if event.thinking:
+                slot.put(Thought(event.thinking))
+            if event.delta:
+                slot.put(event.delta)
         else:
             slot.put(dataclasses.replace(event, data=dict(event.data)))  # a copy: nothing shared
 
@@ -200,7 +213,7 @@ class Waiter:
         A non-streaming client writes nothing back, so only the transport's word that the
         connection was lost tells it has gone: that comes into the same queue."""
         item = await self._items.get()
-        if not isinstance(item, str):  # the tokens are over: the endpoint writes from here on
+        if isinstance(item, Final):  # the tokens are over: the endpoint writes from here on
             self._slot.detach()
         if item is _GONE:
             await self.abandon()
@@ -212,7 +225,7 @@ class Waiter:
             self._timer.cancel()
         return item
 
-    def direct(self, writer: Callable[[str], bool]) -> bool:
+    def direct(self, writer: Callable[[Piece], bool]) -> bool:
         """The endpoint has begun its stream (server thread): the tokens still to come are
         written by ``writer`` (a _streamwrite.StreamWriter's) on the thread that routes them,
         and :meth:`next` returns only the final reply, or the tokens the writer refused. False

@@ -32,7 +32,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-Format = Callable[[str], bytes]  # a text delta -> its whole event (an SSE event, an NDJSON line)
+# a token's piece (a text delta, a piece of thought) -> its whole event (an SSE event, an NDJSON
+# line); b"" when the stream has no place for it
+Format = Callable[[Any], bytes]
 
 _MARK = "\x00rkllmd-hole-{}\x00"  # stands for a value; nothing else in an event (ids, names) has it
 
@@ -75,16 +77,18 @@ class StreamWriter:
         self._lock = threading.Lock()
         self.state = self.OPEN
 
-    def write(self, delta: str) -> bool:
+    def write(self, delta: Any) -> bool:
         """Any thread: write ``delta``'s event; False when the event loop must write it instead
         (the transport holds unsent bytes, or a write before this one was taken only in part).
-        True once written, or dropped because the client is gone."""
+        True once written, or dropped because the client is gone (or its event is empty)."""
         try:
             body = self._fmt(delta)
         except ValueError:  # e.g. a lone surrogate: the endpoint meets it (and the rest) as ever
             with self._lock:
                 self.state = self.BEHIND if self.state == self.OPEN else self.state
                 return self.state == self.CLOSED
+        if not body:  # no event (an empty chunk would end the chunked body)
+            return True
         data = b"%x\r\n%b\r\n" % (len(body), body)  # a chunk of the chunked transfer encoding
         with self._lock:
             if self.state != self.OPEN:

@@ -157,6 +157,7 @@ class LlamaCppRuntime(Runtime):
         Tools go to the template as ``tools=`` when it renders them (Qwen2.5/Qwen3, Llama 3.1, ...);
         a template that ignores them (SmolLM2, plain ChatML) gets the model's tool format's system
         section instead, and tool turns as that format's text, so no call or result is lost.
+        The request's ``think`` goes to the template as ``enable_thinking``.
         """
         self._require()
         system = inp.system if inp.system is not None else self.cfg.system_prompt
@@ -168,6 +169,9 @@ class LlamaCppRuntime(Runtime):
         if system is not None:
             messages.insert(0, {"role": "system", "content": system})
         extra: dict[str, Any] = {"tools": tools} if tools and native else {}
+        # The thinking switch of Qwen3-style templates (a template without one ignores it);
+        # Jinja2ChatFormatter hands extra keywords to the template.
+        extra["enable_thinking"] = inp.thinking.on
         return str(self._formatter(messages=messages, **extra).prompt)
 
     def _prompt_ids(self, inp: GenerateInput) -> list[int]:

@@ -52,7 +52,11 @@ def wanted_template(
     tpl = cfg.chat_template
     if tpl is None and system is None:
         return None
-    return render(tpl or CHATML, system or "")
+    sys_text, prefix, postfix = render(tpl or CHATML, system or "")
+    # Under a template of ours the runtime ignores enable_thinking: a thinking model's switch
+    # is then the template's own (Qwen3: an empty block after the assistant tag turns it off).
+    off = getattr(tpl, "no_thinking", "") if not inp.thinking.on else ""
+    return (sys_text, prefix, postfix + off)
 
 
 def render(tpl: ChatTemplate | Template, system: str) -> tuple[str, str, str]:

@@ -181,9 +181,11 @@ class RkllmRuntime(Runtime):
         last_role = input_role(self.cfg, inp, self._native_tools)  # "tool" only for JSON results alone
         prompt = self.prompt_text(inp).encode()
         rin = spec.Input()
-        if spec.has_role:
+        if spec.has_role:  # ignored by the runtime under a template of ours (prompt.py then)
             rin.role = last_role.encode()
-            rin.enable_thinking = False
+            rin.enable_thinking = inp.thinking.on
+        elif inp.thinking.on:
+            log.warning("rkllm_cannot_switch_thinking", version=self.lib.version if self.lib else None)
         rin.input_type = c.RKLLM_INPUT_PROMPT
         rin.prompt_input = prompt
         # A run with images is RKLLM_INPUT_MULTIMODAL; ``images`` keeps its buffers to the end.

@@ -25,6 +25,11 @@ class ChatTemplate(Strict):
     system: str = ""
     prefix: str = ""
     postfix: str = ""
+    no_thinking: str = Field(
+        "",
+        description="appended to postfix when a run does not think (Qwen3: '<think>\\n\\n</think>\\n\\n'); "
+        "under this template the runtime ignores enable_thinking",
+    )
 
 
 class RkllmModelSettings(ModelCommon):

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 from rkllmd.plugins import Final, LocalMessage, load_problems
 from rkllmd.plugins.builtin._httpbase import ApiBase, answer
 from rkllmd.plugins.builtin._httpconfig import HttpError, Keys
-from rkllmd.plugins.builtin._relay import ClientGone, Waiter, answer_deadline_s
+from rkllmd.plugins.builtin._relay import ClientGone, Piece, Thought, Waiter, answer_deadline_s
 from rkllmd.plugins.builtin._streamwrite import hole, string, template
 
 from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
@@ -175,7 +175,7 @@ class Api(ApiBase):
             raise self._error(item, ask)
         await h.start_events({"X-Request-Id": rid})
         u = ask.include_usage
-        event = _delta_event(shape, u)
+        event = _token_event(shape, u)
         try:
             if shape.kind == "chat":
                 await h.send_event(shape.chunk(first=True, usage_null=u))
@@ -183,7 +183,9 @@ class Api(ApiBase):
                 await h.send_event(shape.chunk(delta=ask.echo, usage_null=u))
             writer, direct = h.stream_writer(event), False
             while not isinstance(item, Final):
-                await h.send_chunk(event(item))
+                body = event(item)
+                if body:  # empty: thought, which a completion has no place for
+                    await h.send_chunk(body)
                 # The tokens still to come are written where they arrive (_streamwrite).
                 if writer is not None and not direct:
                     direct = waiter.direct(writer.write)
@@ -214,12 +216,22 @@ def _no_model(name: str) -> ApiError:
     )
 
 
-def _delta_event(shape: Shape, usage_null: bool) -> Callable[[str], bytes]:
+def _token_event(shape: Shape, usage_null: bool) -> Callable[[Piece], bytes]:
     """A text delta's whole server-sent event, as ``send_event(shape.chunk(delta=...))`` writes it,
-    from pieces made once: this runs per token, on the thread that routes the tokens."""
+    from pieces made once: this runs per token, on the thread that routes the tokens. A piece of
+    thought is a chat's ``reasoning_content`` delta; a completion has none (b"": nothing sent)."""
     head, tail = template(shape.chunk(delta=hole("delta"), usage_null=usage_null), "delta")
     head, tail = b"data: " + head, tail + b"\n\n"
-    return lambda delta: head + string(delta) + tail
+    t_head, t_tail = template(shape.chunk(thinking=hole("thinking"), usage_null=usage_null), "thinking")
+    t_head, t_tail = b"data: " + t_head, t_tail + b"\n\n"
+    chat = shape.kind == "chat"
+
+    def event(item: Piece) -> bytes:
+        if isinstance(item, Thought):
+            return t_head + string(item.text) + t_tail if chat else b""
+        return head + string(item) + tail
+
+    return event
 
 
 def _encode(payload: dict[str, Any], limit: int) -> bytes:

@@ -13,7 +13,10 @@ from typing import Any, Literal
 
 from rkllmd import protocol
 from rkllmd.plugins import Final
-from rkllmd.plugins.builtin._httpconfig import ErrorBody, Errors, HttpError
+
+from .errors import ApiError, OpenAIErrors, error_body
+
+__all__ = ["ApiError", "Ask", "Kind", "OpenAIErrors", "Shape", "error_body", "parse"]
 
 Kind = Literal["chat", "text"]
 
@@ -25,59 +28,6 @@ Kind = Literal["chat", "text"]
 _SAMPLING = tuple(o for o in protocol.SAMPLING_OPTIONS if o.openai)
 _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 _ROLES |= {"tool": "tool", "function": "tool"}
-
-
-class ApiError(HttpError):
-    """An error answered as OpenAI does: a status code and ``{"error": {...}}``."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(status, message, headers)
-        self.type, self.param, self.code = type, param, code
-
-    def body(self, shape: ErrorBody | None = None) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-def error_body(status: int, message: str) -> dict[str, Any]:
-    """OpenAI's error shape for an error without a code (the HTTP parser's own: a bad request line)."""
-    return ApiError(status, message, code=None).body()
-
-
-class OpenAIErrors(Errors):
-    """The errors the HTTP plumbing answers by itself, worded and coded as OpenAI's."""
-
-    def busy(self) -> HttpError:
-        return ApiError(503, "Too many connections; try again later.", type="server_error", code="busy")
-
-    def chunked(self) -> HttpError:
-        return self._length_required()
-
-    def no_length(self) -> HttpError | None:
-        return self._length_required()
-
-    def bad_length(self) -> HttpError:
-        return ApiError(400, "Invalid Content-Length header.", code="bad_request")
-
-    def too_large(self, length: int, limit: int) -> HttpError:
-        return ApiError(
-            413, f"The request body is {length} bytes; the limit is {limit}.", code="payload_too_large"
-        )
-
-    def internal(self, exc: Exception) -> HttpError:
-        return ApiError(500, f"internal error: {exc}", type="server_error", code="internal_error")
-
-    @staticmethod
-    def _length_required() -> HttpError:
-        return ApiError(411, "A Content-Length header is required.", code="length_required")
 
 
 @dataclass
@@ -137,6 +87,9 @@ def parse(kind: Kind, body: dict[str, Any]) -> Ask:
         )
     if kind == "chat":
         _tools(body, fields)
+    think = _think(body)
+    if think is not None:
+        fields["think"] = think
     ask.stream = bool(_opt(body, "stream", bool, "a boolean"))
     options = _opt(body, "stream_options", dict, "an object") or {}
     ask.include_usage = bool(
@@ -169,6 +122,42 @@ def _tools(body: dict[str, Any], fields: dict[str, Any]) -> None:
         param="response_format.type",
         code="invalid_value",
     )
+
+
+_EFFORT = {"none": False, "minimal": False, "low": True, "medium": True, "high": True}
+
+
+def _think(body: dict[str, Any]) -> bool | None:
+    """The thinking switch as OpenAI-compatible servers take it, the first one given:
+    ``chat_template_kwargs.enable_thinking`` (vLLM, llama.cpp's server), ``think`` (Ollama's
+    name), ``reasoning_effort`` (OpenAI's: none and minimal are off); None when none is."""
+    kwargs = _opt(body, "chat_template_kwargs", dict, "an object") or {}
+    on = _opt(kwargs, "enable_thinking", bool, "a boolean", "chat_template_kwargs.enable_thinking")
+    if on is not None:
+        return bool(on)
+    think = body.get("think")
+    if think is not None:
+        if isinstance(think, bool):
+            return think
+        if think in ("low", "medium", "high"):
+            return True
+        raise ApiError(
+            400,
+            f"Invalid value for 'think': {think!r}; use true, false, low, medium or high.",
+            param="think",
+            code="invalid_value",
+        )
+    effort = _opt(body, "reasoning_effort", str, "a string")
+    if effort is None:
+        return None
+    if effort not in _EFFORT:
+        raise ApiError(
+            400,
+            f"Invalid value for 'reasoning_effort': {effort!r}; use none, minimal, low, medium or high.",
+            param="reasoning_effort",
+            code="invalid_value",
+        )
+    return _EFFORT[effort]
 
 
 def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -328,8 +317,11 @@ def api_error(outcome: Final, *, retry_after_s: int, param: str) -> ApiError:
 
 def finish_reason(data: dict[str, Any]) -> str:
     """OpenAI knows stop, length, tool_calls, content_filter: a cancelled run ended on request,
-    which strict clients can only take as ``stop`` (the text so far is all there is)."""
+    which strict clients can only take as ``stop`` (the text so far is all there is); a thought
+    stopped at its cap (``thinking_limit``) ran out of tokens: ``length``."""
     reason = data.get("finish_reason")
+    if reason == "thinking_limit":
+        return "length"
     return reason if reason in ("length", "tool_calls") else "stop"
 
 
@@ -373,6 +365,8 @@ class Shape:
         reason = finish_reason(data)
         if self.kind == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
+            if data.get("thinking"):  # the name vLLM, llama.cpp's server and DeepSeek use
+                message["reasoning_content"] = data["thinking"]
             calls = tool_calls(data)
             if calls:
                 message["tool_calls"] = calls
@@ -389,13 +383,17 @@ class Shape:
         first: bool = False,
         finish: str | None = None,
         usage_null: bool = False,
+        thinking: str | None = None,
     ) -> dict[str, Any]:
         """One stream chunk. Chat: the first carries the role, the last an empty delta and the
-        finish reason. Completions: text pieces, the last with the finish reason."""
+        finish reason; a thinking model's thought comes as ``reasoning_content`` deltas.
+        Completions: text pieces, the last with the finish reason."""
         if self.kind == "chat":
             d: dict[str, Any] = {"role": "assistant", "content": ""} if first else {}
             if delta is not None:
                 d["content"] = delta
+            if thinking is not None:
+                d["reasoning_content"] = thinking
             choice: dict[str, Any] = {"index": 0, "delta": d, "logprobs": None, "finish_reason": finish}
             out = {**self._head("chat.completion.chunk"), "choices": [choice]}
         else:

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from rkllmd.plugins import LocalMessage
+from rkllmd.plugins import Final, LocalMessage
 from rkllmd.plugins.builtin._httpbase import ApiBase, answer
 from rkllmd.plugins.builtin._httpconfig import HttpError
-from rkllmd.plugins.builtin._relay import ClientGone, Item, Waiter, answer_deadline_s
+from rkllmd.plugins.builtin._relay import ClientGone, Item, Piece, Thought, Waiter, answer_deadline_s
 from rkllmd.plugins.builtin._streamwrite import hole, string, template
 
 from .. import _spoken as spoken
@@ -220,8 +220,8 @@ class Api(ApiBase):
                 context_length=limit,
                 model=name,
             )
-        if ask.ignored or ask.think is not None:
-            self.log.debug("ollama fields accepted and ignored", options=ask.ignored, think=ask.think)
+        if ask.ignored:
+            self.log.debug("ollama fields accepted and ignored", options=ask.ignored)
         shape = Shape(kind, shown)
         if ask.empty:  # Ollama's load / unload request
             unload = ask.keep_alive_s == 0
@@ -248,20 +248,21 @@ class Api(ApiBase):
         item = await waiter.final()
         if item.status == "error":
             raise wire.outcome_error(item, self._retry_after)
-        body = shape.done(item.text, item.data, wire.tool_calls(item.data) or None)
+        thought = str(item.data.get("thinking") or "")
+        body = shape.done(item.text, item.data, wire.tool_calls(item.data) or None, thought)
         await h.send_json(200, body, {"X-Request-Id": rid})
 
     async def _stream(self, h: Handler, waiter: Waiter, shape: Shape, rid: str) -> None:
         """NDJSON. The status line waits for the first token, so that a request refused in the
         queue (busy, context too long, a bad schema) still gets its status code."""
         item: Item = await waiter.next()
-        if not isinstance(item, str) and item.status == "error":
+        if isinstance(item, Final) and item.status == "error":
             raise wire.outcome_error(item, self._retry_after)
         await h.start_chunked(_NDJSON, {"X-Request-Id": rid})
         line = _part_line(shape)
         writer, direct = h.stream_writer(line), False
         try:
-            while isinstance(item, str):
+            while not isinstance(item, Final):
                 await h.send_chunk(line(item))
                 # The tokens still to come are written where they arrive (_streamwrite).
                 if writer is not None and not direct:
@@ -275,7 +276,7 @@ class Api(ApiBase):
             await h.send_chunk(_line(shape.done("", item.data)))
             await h.end_chunked()
         except OSError:  # a write failed: the client is gone
-            if isinstance(item, str):
+            if not isinstance(item, Final):
                 await waiter.abandon()
             raise ClientGone from None
 
@@ -320,14 +321,22 @@ def _capabilities() -> list[str]:
     return ["completion", "tools"]
 
 
-def _part_line(shape: Shape) -> Callable[[str], bytes]:
-    """A text piece's whole NDJSON line, as ``_line(shape.part(text))`` writes it, from pieces
-    made once: this runs per token, on the thread that routes the tokens."""
-    part = shape.part(hole("text"))
-    part["created_at"] = hole("at")
+def _part_line(shape: Shape) -> Callable[[Piece], bytes]:
+    """A text piece's whole NDJSON line, as ``_line(shape.part(text))`` writes it (a piece of
+    thought's as ``_line(shape.part("", thinking=...))``), from pieces made once: this runs per
+    token, on the thread that routes the tokens."""
+    part, thought = shape.part(hole("text")), shape.part("", thinking=hole("text"))
+    part["created_at"] = thought["created_at"] = hole("at")
     a, b, c = template(part, "at", "text")
-    c += b"\n"
-    return lambda text: b"".join((a, string(wire.now_iso()), b, string(text), c))
+    ta, tb, tc = template(thought, "at", "text")
+    c, tc = c + b"\n", tc + b"\n"
+
+    def line(item: Piece) -> bytes:
+        if isinstance(item, Thought):
+            return b"".join((ta, string(wire.now_iso()), tb, string(item.text), tc))
+        return b"".join((a, string(wire.now_iso()), b, string(item), c))
+
+    return line
 
 
 def _line(obj: Any) -> bytes:

@@ -45,7 +45,7 @@ class Ask:
     stream: bool = True  # Ollama streams unless told not to
     keep_alive_s: float | None = None  # None: keep loaded; 0: unload after the answer
     num_ctx: int | None = None
-    think: bool | str | None = None  # accepted; rkllmd's models do not think aloud (HOMEASSISTANT.md)
+    think: bool | str | None = None  # the thinking switch: true/false or an effort level (= true)
     images: bool = False  # the request carries images
     ignored: list[str] = field(default_factory=list)  # options rkllmd has no use for, for the log
 
@@ -102,6 +102,8 @@ def parse(kind: Kind, body: dict[str, Any]) -> Ask:
     if think is not None and not isinstance(think, bool) and think not in _THINK_LEVELS:
         raise HttpError(400, f"invalid think value {think!r}: expected true, false, low, medium or high")
     ask.think = think
+    if think is not None:
+        ask.fields["think"] = think
     ask.keep_alive_s = keep_alive_seconds(body.get("keep_alive"))
     _options(ask, _opt(body, "options", dict, "an object") or {})
     return ask
@@ -162,7 +164,8 @@ def _messages(body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
                     pending.remove(call_id)
             elif pending:
                 msg["tool_call_id"] = pending.pop(0)
-        # "thinking" of earlier assistant turns is dropped: the model never thought aloud here.
+        # "thinking" of earlier assistant turns is dropped: thought is not prefilled again
+        # (docs/THINKING.md); rkllmd takes thought tags out of the content itself.
         out.append(msg)
     return out, images
 
@@ -304,8 +307,10 @@ def now_iso() -> str:
 
 
 def done_reason(data: dict[str, Any]) -> str:
-    """Ollama knows stop and length (a tool call ends with stop there too; so does a cancel)."""
-    return "length" if data.get("finish_reason") == "length" else "stop"
+    """Ollama knows stop and length (a tool call ends with stop there too; so does a cancel);
+    a thought stopped at its cap says ``thinking_limit`` (the client keeps any reason)."""
+    reason = data.get("finish_reason")
+    return reason if reason in ("length", "thinking_limit") else "stop"
 
 
 def durations(data: dict[str, Any]) -> dict[str, int]:
@@ -351,24 +356,34 @@ class Shape:
     kind: Kind
     model: str
 
-    def part(self, text: str, calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        """One streamed line with a piece of the answer (or the tool calls)."""
+    def part(
+        self, text: str, calls: list[dict[str, Any]] | None = None, thinking: str = ""
+    ) -> dict[str, Any]:
+        """One streamed line with a piece of the answer, of the thought, or the tool calls."""
         out: dict[str, Any] = {"model": self.model, "created_at": now_iso()}
         if self.kind == "chat":
             message: dict[str, Any] = {"role": "assistant", "content": text}
+            if thinking:
+                message["thinking"] = thinking
             if calls:
                 message["tool_calls"] = calls
             out["message"] = message
         else:
             out["response"] = text
+            if thinking:
+                out["thinking"] = thinking
         out["done"] = False
         return out
 
     def done(
-        self, text: str, data: dict[str, Any], calls: list[dict[str, Any]] | None = None
+        self,
+        text: str,
+        data: dict[str, Any],
+        calls: list[dict[str, Any]] | None = None,
+        thinking: str = "",
     ) -> dict[str, Any]:
         """The last line of a stream (text "") or the whole answer: done, its reason, the timings."""
-        out = self.part(text, calls)
+        out = self.part(text, calls, thinking)
         out["done"] = True
         out["done_reason"] = done_reason(data)
         out.update(durations(data))
