@@ -95,7 +95,7 @@ def test_every_option_is_checked_against_its_declared_bounds(option: Option) -> 
 
 def test_the_numbers_table_is_the_declaration() -> None:
     numeric = {o.name: o.kind for o in SAMPLING_OPTIONS if o.kind != "strings"}
-    assert {"max_tokens": "integer", **numeric} == GENERATE_NUMBERS
+    assert {"max_tokens": "integer", "max_thinking_tokens": "integer", **numeric} == GENERATE_NUMBERS
 
 
 def test_every_option_is_honoured_by_a_runtime_and_every_runtime_honours_declared_options() -> None:

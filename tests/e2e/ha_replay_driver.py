@@ -52,8 +52,10 @@ async def _ollama(spec: dict[str, Any], sent: list[Any]) -> dict[str, Any]:
     kwargs = dict(spec["kwargs"])
     kwargs["messages"] = [_ollama_message(ollama, m) for m in kwargs["messages"]]
     try:
-        stream = await client.chat(**kwargs)
-        parts = [part.model_dump(exclude_none=True) async for part in stream]
+        result = await client.chat(**kwargs)
+        if kwargs.get("stream") is False:  # one response, not a stream of parts
+            return {"parts": [result.model_dump(exclude_none=True)]}
+        parts = [part.model_dump(exclude_none=True) async for part in result]
     except ollama.ResponseError as err:
         return {"error": {"status_code": err.status_code, "message": err.error}}
     return {"parts": parts}
