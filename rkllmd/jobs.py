@@ -19,7 +19,7 @@ from rkllmd.errors import GenerationTimeout, RkllmdError, ShuttingDown
 from rkllmd.exchange import Exchange, Final, Token
 from rkllmd.outcome import final_data
 from rkllmd.runtime.base import GenerateResult, Runtime
-from rkllmd.thinking import ThoughtSplitter
+from rkllmd.thinking import ThoughtSplitter, opened_by_prompt
 
 log = structlog.get_logger("rkllmd.loop")
 
@@ -61,7 +61,7 @@ def run_generation(
     job.run.direct_stream = direct is not None
 
     # A thinking model's thought is taken apart first: the tool-call parser sees the answer only.
-    thought = ThoughtSplitter(job.inp.thinking)
+    thought = ThoughtSplitter(opened_by_prompt(job.inp.thinking, rt.describe()))
     cap = job.inp.thinking.max_tokens
 
     def text_out(text: str, thinking: str = "") -> None:

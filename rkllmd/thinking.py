@@ -16,10 +16,10 @@ docs/THINKING.md describes the whole feature.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rkllmd.generation import ChatMessage, GenerateInput, Thinking
 
@@ -140,6 +140,15 @@ def without_thought(messages: Iterable[ChatMessage], spec: Thinking) -> tuple[Ch
                 m = replace(m, content=text)
         out.append(m)
     return tuple(out)
+
+
+def opened_by_prompt(spec: Thinking, facts: Mapping[str, Any]) -> Thinking:
+    """``spec`` with ``starts_open`` also when the loaded runtime found that its prompt ends
+    inside the block (``facts``: its describe(); llama.cpp reads the GGUF template at load)."""
+    opens = facts.get("thought_opens_in_prompt") or {}
+    if spec.starts_open or not opens.get("think" if spec.on else "no_think"):
+        return spec
+    return replace(spec, starts_open=True)
 
 
 def with_model_thinking(inp: GenerateInput, cfg: ModelCommon) -> GenerateInput:

@@ -137,3 +137,34 @@ def test_smollm2_which_does_not_think_is_unchanged_by_the_switch(smollm2: LlamaC
     assert smollm2.render(on) == smollm2.render(inp)
     answer = generate(smollm2, on)
     assert "Paris" in answer and answer == generate(smollm2, inp)
+
+
+# DeepSeek-R1-Distill-Qwen's generation prompt (tokenizer_config.json of
+# deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B, 2025-02 revision): the Assistant tag, then "<think>\n".
+R1_TAIL = (
+    "{% for m in messages %}{% if m.role == 'user' %}{{ '<\uff5cUser\uff5c>' + m.content }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<\uff5cAssistant\uff5c><think>\\n' }}{% endif %}"
+)
+
+
+def test_a_template_that_opens_the_thought_is_found_at_load() -> None:
+    """R1's template opens <think> whatever is asked: its output starts inside the thought, so
+    the splitter starts there (describe()'s fact, read by the loop for each run); Qwen3's and
+    SmolLM2's do not."""
+    lib = pytest.importorskip("llama_cpp")
+    from rkllmd.runtime.llamacpp.runtime import thought_opens
+    from rkllmd.thinking import opened_by_prompt
+
+    def formatter(template: str) -> object:
+        return lib.llama_chat_format.Jinja2ChatFormatter(template=template, eos_token="", bos_token="")
+
+    r1 = thought_opens(formatter(R1_TAIL), "<think>")
+    assert r1 == {"think": True, "no_think": True}
+    assert thought_opens(formatter(QWEN3_TAIL), "<think>") == {"think": False, "no_think": False}
+    facts = {"thought_opens_in_prompt": r1}
+    assert opened_by_prompt(Thinking(on=False), facts).starts_open
+    assert not opened_by_prompt(Thinking(on=True), {}).starts_open
+
+
+def test_smollm2_reports_that_its_template_opens_nothing(smollm2: LlamaCppRuntime) -> None:
+    assert smollm2.describe()["thought_opens_in_prompt"] == {"think": False, "no_think": False}

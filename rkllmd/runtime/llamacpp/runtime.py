@@ -69,6 +69,7 @@ class LlamaCppRuntime(Runtime):
             cfg.tool_format, None, f"{name} {cfg.path.name if cfg.path else ''}"
         )
         self._visible: frozenset[int] = frozenset()
+        self._opens_thought: dict[str, bool] = {}  # its prompt ends inside a thought (thought_opens)
         self._abort = threading.Event()
         self._state_lock = threading.Lock()
         self._running = False
@@ -117,6 +118,7 @@ class LlamaCppRuntime(Runtime):
         self._tool_format = fmt = toolcalls.choose(self.cfg.tool_format, template, f"{self.name} {path.name}")
         self._visible = _single_tokens(llm, fmt.visible_tokens)
         log.info("tool_format", model=self.name, format=fmt.name, setting=self.cfg.tool_format)
+        self._opens_thought = thought_opens(formatter, self.cfg.thinking_tags[0])
         self._vocab = lib.llama_model_get_vocab(llm.model)
         self._abort_cb = lib.ggml_abort_callback(self._abort_requested)
         log.info("model loaded", model=self.name, path=str(path), n_ctx=llm.n_ctx(), threads=llm.n_threads)
@@ -334,7 +336,22 @@ class LlamaCppRuntime(Runtime):
         if self._llm is not None:
             info["n_ctx"] = int(self._llm.n_ctx())
             info["n_threads"] = int(self._llm.n_threads)
+            info["thought_opens_in_prompt"] = dict(self._opens_thought)
         return info
+
+
+def thought_opens(formatter: Any, open_tag: str) -> dict[str, bool]:
+    """Whether the template's generation prompt opens the thought block itself (DeepSeek-R1-
+    Distill's, Qwen3-Thinking-2507's end with ``<think>\n``), with thinking asked for and not:
+    the model's output then starts inside the thought (rkllmd/thinking.py, ``starts_open``)."""
+    out = {}
+    for key, on in (("think", True), ("no_think", False)):
+        try:
+            prompt = str(formatter(messages=[{"role": "user", "content": "hi"}], enable_thinking=on).prompt)
+        except Exception:  # a template that refuses a bare user turn tells nothing either way
+            prompt = ""
+        out[key] = prompt.rstrip().endswith(open_tag)
+    return out
 
 
 def _split_stop(text: str, stops: list[str]) -> tuple[str, str, bool]:
