@@ -239,9 +239,11 @@ class PluginHarness:
             return protocol.LocalMessage(req.topic, raw, key=req.address.key)
         return protocol.Incoming(req.topic, raw)
 
-    def stream(self, req: Request, deltas: Iterable[str]) -> None:
-        for seq, delta in enumerate(deltas):
-            self.host.route(Token(req, seq, delta))
+    def stream(self, req: Request, deltas: Iterable[str], thinking: Iterable[str] = ()) -> None:
+        """Route ``req``'s tokens: the pieces of a thinking model's thought first, then the text."""
+        tokens = [Token(req, 0, "", t) for t in thinking] + [Token(req, 0, d) for d in deltas]
+        for seq, tok in enumerate(tokens):
+            self.host.route(Token(req, seq, tok.delta, tok.thinking))
 
     def finish(
         self,

@@ -638,3 +638,66 @@ def test_bad_tools_are_refused_in_openai_shape() -> None:
         body = {"messages": messages, "response_format": {"type": "yaml"}}
         status, _, raw = call(port, "POST", "/v1/chat/completions", body)
     assert status == 400 and error_of(raw)["param"] == "response_format.type"
+
+
+# --- thinking models ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "think"),
+    [
+        ({"chat_template_kwargs": {"enable_thinking": True}, "reasoning_effort": "none"}, True),
+        ({"think": "low"}, True),
+        ({"reasoning_effort": "minimal"}, False),
+        ({"reasoning_effort": "high"}, True),
+        ({}, None),
+    ],
+)
+def test_the_thinking_switch_as_openai_servers_take_it(extra: dict[str, Any], think: bool | None) -> None:
+    from rkllmd.plugins.builtin.http.wire import parse
+
+    assert parse("chat", {**CHAT, **extra}).fields.get("think") == think
+
+
+def test_bad_thinking_switches_are_400_naming_the_field() -> None:
+    with served() as (_h, port):
+        for body, param in (
+            ({**CHAT, "reasoning_effort": "max"}, "reasoning_effort"),
+            ({**CHAT, "think": "lots"}, "think"),
+            (
+                {**CHAT, "chat_template_kwargs": {"enable_thinking": "yes"}},
+                "chat_template_kwargs.enable_thinking",
+            ),
+        ):
+            status, _, raw = call(port, "POST", "/v1/chat/completions", body)
+            assert status == 400 and error_of(raw)["param"] == param, body
+
+
+def test_thought_is_reasoning_content_streamed_and_not(bg: Callable[..., Future[Any]]) -> None:
+    """With the openai client: ``reasoning_content`` deltas before the content ones, and on the
+    whole message; never in ``content``."""
+    with served() as (h, port):
+        fut = bg(
+            lambda: list(
+                client(port).chat.completions.create(
+                    model="smollm2", messages=[{"role": "user", "content": "hi"}], stream=True
+                )
+            )
+        )
+        req = injected(h)
+        h.stream(req, ["Hi", "!"], thinking=["Greet ", "back."])
+        h.finish(
+            req, data={"model": "smollm2", "text": "Hi!", "thinking": "Greet back.", "finish_reason": "stop"}
+        )
+        chunks = fut.result(10)
+        deltas = [c.choices[0].delta for c in chunks if c.choices]
+        assert [getattr(d, "reasoning_content", None) for d in deltas[1:3]] == ["Greet ", "back."]
+        assert "".join(d.content or "" for d in deltas) == "Hi!"
+
+        fut = bg(lambda: client(port).chat.completions.create(**CHAT))
+        req = injected(h, 2)
+        h.finish(
+            req, data={"model": "smollm2", "text": "Hi!", "thinking": "Greet back.", "finish_reason": "stop"}
+        )
+        message = fut.result(10).choices[0].message
+        assert message.content == "Hi!" and getattr(message, "reasoning_content", None) == "Greet back."

@@ -86,11 +86,11 @@ def test_bad_keep_alive_is_400(value: Any) -> None:
 
 
 def test_format_tools_and_think() -> None:
-    """format "json" or a schema and tools pass through; think is checked and kept aside."""
+    """format "json" or a schema and tools pass through; think is checked and passed on."""
     schema = {"type": "object", "properties": {"a": {"type": "string"}}}
     tools = [{"type": "function", "function": {"name": "HassTurnOn", "parameters": {"type": "object"}}}]
     ask = chat(format=schema, tools=tools, think="high")
-    assert ask.fields["format"] == schema and ask.fields["tools"] == tools and ask.think == "high"
+    assert ask.fields["format"] == schema and ask.fields["tools"] == tools and ask.fields["think"] == "high"
     assert chat(format="json").fields["format"] == "json"
     assert "format" not in chat(format="").fields
     assert refused(chat, **{"format": "yaml"}).status == 400
@@ -248,3 +248,18 @@ def test_every_failure_a_request_can_end_with_has_its_own_sentence() -> None:
 
 def _subclasses(cls: type) -> list[type]:
     return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]
+
+
+def test_thought_goes_to_message_thinking_never_content() -> None:
+    """think reaches rkllmd as its own field; thought comes back as ``message.thinking`` (chat) or
+    ``thinking`` (generate), a capped one with done_reason thinking_limit."""
+    assert chat(think=True).fields["think"] is True and "think" not in chat().fields
+    shape = wire.Shape("chat", "qwen3:latest")
+    part = shape.part("", thinking="Let me see")
+    assert part["message"] == {"role": "assistant", "content": "", "thinking": "Let me see"}
+    assert "thinking" not in shape.part("Hi")["message"]
+    done = shape.done("Hi", {"finish_reason": "stop"}, None, "Let me see")
+    assert done["message"]["thinking"] == "Let me see" and done["message"]["content"] == "Hi"
+    gen = wire.Shape("generate", "qwen3:latest").part("", thinking="hmm")
+    assert gen["response"] == "" and gen["thinking"] == "hmm"
+    assert wire.done_reason({"finish_reason": "thinking_limit"}) == "thinking_limit"
