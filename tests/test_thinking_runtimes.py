@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from rkllmd import toolcalls
 from rkllmd.generation import ChatMessage, GenerateInput, Sampling, Thinking
 from rkllmd.runtime.llamacpp import embedded_model_path
 from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
@@ -21,6 +22,7 @@ from rkllmd.runtime.rkllm.runtime import RkllmRuntime
 from rkllmd.runtime.rkllm.settings import RkllmSettings
 from tests.rkllm_conftest_fixtures import FakeIntrospect, ask, fake_library, model_settings
 
+HERMES = toolcalls.get("hermes")
 THOUGHT = "The user greets me; a greeting back will do."
 NO_THINK = "<think>\n\n</think>\n\n"
 
@@ -82,15 +84,38 @@ def test_under_our_template_the_switch_is_the_template_suffix(model: Path) -> No
     tpl = {"system": "<|im_start|>system\n{system}<|im_end|>\n", "prefix": "U:", "postfix": "A:\n"}
     cfg = model_settings(model, fake_library("13"), chat_template={**tpl, "no_thinking": NO_THINK})
     off = ask("hi", system="Be brief.")
-    assert wanted_template(cfg, off, True) == (
+    assert wanted_template(cfg, off, True, HERMES) == (
         tpl["system"].replace("{system}", "Be brief."),
         "U:",
         "A:\n" + NO_THINK,
     )
     on = replace(off, thinking=Thinking(on=True))
-    assert wanted_template(cfg, on, True)[2] == "A:\n"
+    assert wanted_template(cfg, on, True, HERMES)[2] == "A:\n"
     plain = model_settings(model, fake_library("13"), chat_template=tpl)  # a model that does not think
-    assert wanted_template(plain, off, True)[2] == "A:\n"
+    assert wanted_template(plain, off, True, HERMES)[2] == "A:\n"
+
+
+@pytest.mark.parametrize("no_thinking", [NO_THINK, ""])
+def test_the_template_suffix_is_what_switches_thinking_under_our_template(
+    model: Path, no_thinking: str
+) -> None:
+    """With a system prompt rkllmd sets its own template, and the double (as the vendor runtime)
+    then ignores enable_thinking: the configured no_thinking suffix is what keeps a Qwen3 model
+    from thinking; without one it thinks anyway (and jobs.py keeps that thought apart)."""
+    tpl = {"system": "S:{system}\n", "prefix": "U:", "postfix": "A:\n", "no_thinking": no_thinking}
+    lib = fake_library("13")
+    rt = RkllmRuntime(
+        "m", model_settings(model, lib, chat_template=tpl), RkllmSettings(), capture_stdout=False
+    )
+    rt.open()
+    try:
+        inp = ask(thinking_prompt("Hello!"), system="Be brief.")
+        off = generate(rt, inp)
+        assert off == ("Hello!" if no_thinking else f"<think>\n{THOUGHT}\n</think>\n\nHello!")
+        on = generate(rt, replace(inp, thinking=Thinking(on=True)))
+        assert on == f"<think>\n{THOUGHT}\n</think>\n\nHello!"
+    finally:
+        rt.close()
 
 
 # --- llama.cpp --------------------------------------------------------------------------------

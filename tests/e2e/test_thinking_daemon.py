@@ -100,14 +100,16 @@ def generate(probe: Probe, payload: dict[str, Any]) -> dict[str, Any]:
 # --- MQTT ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 7])
+@pytest.mark.parametrize(("chunk", "sentences"), [(1, True), (2, False), (7, True)])
 def test_mqtt_thought_apart_from_the_answer_and_never_spoken(
-    served: Served, mqtt_probe: Probe, chunk: int
+    served: Served, mqtt_probe: Probe, chunk: int, sentences: bool
 ) -> None:
     """Tags cut at every byte (chunk 1): the thought comes in the chunks' ``thinking`` and on
-    /thinking, the answer in ``delta``, /text, the sentences and the reply's ``text``."""
+    /thinking, the answer in ``delta``, /text, the sentences and the reply's ``text``. Without
+    sentences the chunks go out from the inference thread itself (the direct stream)."""
     rid = f"t{chunk}"
-    got = generate(mqtt_probe, {"id": rid, "prompt": thinks(chunk=chunk), "think": True, "sentences": True})
+    payload = {"id": rid, "prompt": thinks(chunk=chunk), "think": True, "sentences": sentences}
+    got = generate(mqtt_probe, payload)
     data = got["data"]
     assert got["reply"]["status"] == "ok" and data["finish_reason"] == "stop"
     assert (data["text"], data["thinking"]) == (ANSWER, THOUGHT)
@@ -118,7 +120,8 @@ def test_mqtt_thought_apart_from_the_answer_and_never_spoken(
     assert got["text"] == ANSWER.encode() + b"\n"
     thought = mqtt_probe.collect_until(f"{BASE}/stream/{rid}/thinking", lambda m: m.payload == b"\n")
     assert b"".join(m.payload for m in thought) == THOUGHT.encode() + b"\n"
-    assert " ".join(got["sentences"]) == ANSWER and "HassTurnOn" not in "".join(got["sentences"])
+    if sentences:
+        assert " ".join(got["sentences"]) == ANSWER and "HassTurnOn" not in "".join(got["sentences"])
 
 
 def test_mqtt_thinking_is_off_unless_asked(served: Served, mqtt_probe: Probe) -> None:

@@ -26,7 +26,10 @@
  *                                        set, "<think>\n" + the decoded thought + "\n</think>\n\n"
  *                                        comes before the reply (in the same pieces as [[say]]);
  *                                        without it the model answers at once, as Qwen3 does when
- *                                        its template closes the block (last_enable_thinking: 0/1)
+ *                                        its template closes the block (last_enable_thinking: 0/1).
+ *                                        After rkllm_set_chat_template the switch is ignored, as the
+ *                                        vendor documents: it thinks unless that postfix ends with
+ *                                        the closed empty block "</think>\n\n"
  *   FAKE_RKLLM_SCRIPT=PATH (environment only) canned replies for runs whose prompt a real client
  *                                        writes, so no directive can be put in it (Home Assistant's):
  *                                        each line "ROLE<TAB>NEEDLE<TAB>B64"; a run with no [[say]]
@@ -466,7 +469,17 @@ typedef struct {
     pthread_t caller;
 } RunArgs;
 
-/* [[think]] with thinking enabled: the thought block, then the reply ([[say]]'s, or the words). */
+/* Whether a [[think]] run thinks, as Qwen3 on the vendor runtime: enable_thinking under the
+ * model's own template; under rkllm_set_chat_template's (which makes the runtime ignore the
+ * switch) unless the postfix closes an empty block itself, as Qwen3's template does for "off". */
+static int thinks(const Fake *f, const RunArgs *a) {
+    if (!f->tpl_postfix) return a->enable_thinking;
+    const char *closed = "</think>\n\n";
+    size_t n = strlen(f->tpl_postfix), k = strlen(closed);
+    return !(n >= k && strcmp(f->tpl_postfix + n - k, closed) == 0);
+}
+
+/* [[think]] with thinking on: the thought block, then the reply ([[say]]'s, or the words). */
 static void think_first(Plan *p) {
     size_t cap = strlen(p->think) + 32 + (p->say ? strlen(p->say) : 0);
     for (int i = 0; i < p->n_words; i++) cap += strlen(p->words[i]) + 1;
@@ -490,7 +503,7 @@ static int do_run(Fake *f, RunArgs *a) {
         p.say = NULL;
     }
     if (!p.say) p.say = script_reply(a->role, a->prompt);
-    if (p.think && a->enable_thinking) think_first(&p);
+    if (p.think && thinks(f, a)) think_first(&p);
     if (p.chunk < 1) p.chunk = 1;
     if (p.chunk > 200) p.chunk = 200;
     int say_len = p.say ? (int)strlen(p.say) : 0;
