@@ -73,3 +73,18 @@ def test_home_assistants_default_num_ctx_is_served_with_the_models_context(clien
     with pytest.raises(ollama.ResponseError) as err:
         list(client.chat(model="smollm2:latest", messages=long, stream=True, options=options))
     assert err.value.status_code == 400 and "2048" in err.value.error
+
+
+def test_think_reaches_a_model_that_does_not_think_and_changes_nothing(client: ollama.Client) -> None:
+    """HA's "Think before responding" on SmolLM2 (its template has no thinking switch): the same
+    greedy answer as without, all of it content, no thinking."""
+
+    def ask(think: bool) -> list[ollama.ChatResponse]:
+        return list(
+            client.chat(model="smollm2:latest", messages=FRANCE, stream=True, think=think, options=GREEDY)
+        )
+
+    on, off = ask(True), ask(False)
+    text = "".join(p.message.content or "" for p in on)
+    assert "Paris" in text and text == "".join(p.message.content or "" for p in off)
+    assert not any(p.message.thinking for p in on)
