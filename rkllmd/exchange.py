@@ -34,7 +34,6 @@ class Run:
     aborted_at: float | None = None
     pieces: list[str] = field(default_factory=list)
     thoughts: list[str] = field(default_factory=list)  # a thinking model's thought, apart from the text
-    thought_unclosed: bool = False  # the output ended inside the thought block
     seq: int = 0
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # in the reply's shape
     bad_calls: list[str] = field(default_factory=list)  # why each malformed call was withheld

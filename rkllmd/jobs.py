@@ -100,8 +100,7 @@ def run_generation(
     finally:  # held-back text is never lost, whatever ended the run
         thinking, text = thought.finish()
         text_out(answer(text), thinking)
-        if thought.unclosed:
-            job.run.thought_unclosed = True
+        if thought.unclosed and job.run.abort_reason is None:  # not stopped: the model left it open
             log.warning("the model's thought never closed", request_id=job.id, deltas=thought.thought_deltas)
         if parser is not None:
             text_out(parser.finish())
