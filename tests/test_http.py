@@ -701,3 +701,18 @@ def test_thought_is_reasoning_content_streamed_and_not(bg: Callable[..., Future[
         )
         message = fut.result(10).choices[0].message
         assert message.content == "Hi!" and getattr(message, "reasoning_content", None) == "Greet back."
+
+
+def test_a_completion_stream_leaves_thought_out_and_stays_whole(bg: Callable[..., Future[Any]]) -> None:
+    """/v1/completions has no field for thought: its pieces are skipped, and the chunked body
+    (an empty chunk would end it) carries every text event to [DONE]."""
+    with served() as (h, port):
+        body = {"model": "smollm2", "prompt": "Once", "stream": True}
+        fut = bg(call, port, "POST", "/v1/completions", body)
+        req = injected(h)
+        h.stream(req, [" upon", " a"], thinking=["hmm", "right"])
+        h.finish(req, " upon a")
+        status, _, raw = fut.result(10)
+        evs = events(raw)
+    assert status == 200 and [e["choices"][0]["text"] for e in evs[:-1]] == [" upon", " a", ""]
+    assert evs[-1] == "[DONE]" and b"hmm" not in raw

@@ -222,13 +222,14 @@ def _token_event(shape: Shape, usage_null: bool) -> Callable[[Piece], bytes]:
     thought is a chat's ``reasoning_content`` delta; a completion has none (b"": nothing sent)."""
     head, tail = template(shape.chunk(delta=hole("delta"), usage_null=usage_null), "delta")
     head, tail = b"data: " + head, tail + b"\n\n"
-    t_head, t_tail = template(shape.chunk(thinking=hole("thinking"), usage_null=usage_null), "thinking")
-    t_head, t_tail = b"data: " + t_head, t_tail + b"\n\n"
-    chat = shape.kind == "chat"
+    t_head = t_tail = b""
+    if shape.kind == "chat":
+        t_head, t_tail = template(shape.chunk(thinking=hole("thinking"), usage_null=usage_null), "thinking")
+        t_head, t_tail = b"data: " + t_head, t_tail + b"\n\n"
 
     def event(item: Piece) -> bytes:
         if isinstance(item, Thought):
-            return t_head + string(item.text) + t_tail if chat else b""
+            return t_head + string(item.text) + t_tail if t_head else b""
         return head + string(item) + tail
 
     return event
