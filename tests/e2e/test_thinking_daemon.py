@@ -210,6 +210,12 @@ def test_openai_reasoning_content(served: Served, stream: bool) -> None:
         deltas = [c["choices"][0]["delta"] for c in on["chunks"] if c["choices"]]
         assert "".join(d.get("reasoning_content", "") for d in deltas) == THOUGHT
         assert "".join(d.get("content") or "" for d in deltas) == ANSWER
+        kinds = [
+            "thought" if d.get("reasoning_content") else "text"
+            for d in deltas
+            if d.get("reasoning_content") or d.get("content")
+        ]
+        assert kinds == sorted(kinds, key=lambda k: k != "thought")  # in order: all thought, then the answer
     else:
         message = on["completion"]["choices"][0]["message"]
         assert (message["content"], message["reasoning_content"]) == (ANSWER, THOUGHT)
@@ -249,6 +255,12 @@ def test_ollama_message_thinking(served: Served, stream: bool) -> None:
     parts = out["parts"]
     assert "".join(p["message"].get("thinking", "") for p in parts) == THOUGHT
     assert "".join(p["message"].get("content", "") for p in parts) == ANSWER
+    kinds = [
+        "thought" if p["message"].get("thinking") else "text"
+        for p in parts
+        if p["message"].get("thinking") or p["message"].get("content")
+    ]
+    assert kinds == sorted(kinds, key=lambda k: k != "thought")  # in order: all thought, then the answer
     assert parts[-1]["done"] and parts[-1]["done_reason"] == "stop"
 
     history = [
