@@ -272,3 +272,22 @@ def test_ollama_message_thinking(served: Served, stream: bool) -> None:
     assert again["sent"][0]["messages"][1]["thinking"] == "private musing"
     echoed = "".join(p["message"].get("content", "") for p in again["parts"])
     assert "DONE." in echoed and "SECRET" not in echoed and "MUSING" not in echoed
+
+
+def test_ollama_capped_thought_is_told_not_silent(served: Served) -> None:
+    """Home Assistant speaks the content: a thought stopped at its cap, with no answer, is told in a
+    sentence (done_reason thinking_limit says why to a program), never read out as thought."""
+    out = replay(
+        "ollama",
+        "0.6.2",
+        served.ollama,
+        model="r1capped:latest",
+        messages=[{"role": "user", "content": says("hmm " * 100, 4) + " [[delay_ms=3]]"}],
+        stream=True,
+        think=True,
+    )
+    parts = out["parts"]
+    said = "".join(p["message"].get("content", "") for p in parts)
+    assert said.startswith("I thought about that for too long") and "hmm" not in said
+    assert "".join(p["message"].get("thinking", "") for p in parts).startswith("hmm hmm")
+    assert parts[-1]["done_reason"] == "thinking_limit"

@@ -249,7 +249,8 @@ class Api(ApiBase):
         if item.status == "error":
             raise wire.outcome_error(item, self._retry_after)
         thought = str(item.data.get("thinking") or "")
-        body = shape.done(item.text, item.data, wire.tool_calls(item.data) or None, thought)
+        text = item.text or self._no_answer(h, shape, item.data)
+        body = shape.done(text, item.data, wire.tool_calls(item.data) or None, thought)
         await h.send_json(200, body, {"X-Request-Id": rid})
 
     async def _stream(self, h: Handler, waiter: Waiter, shape: Shape, rid: str) -> None:
@@ -273,12 +274,23 @@ class Api(ApiBase):
             calls = wire.tool_calls(item.data)
             if calls:
                 await h.send_chunk(_line(shape.part("", calls)))
+            said = "" if item.text else self._no_answer(h, shape, item.data)
+            if said:
+                await h.send_chunk(_line(shape.part(said)))
             await h.send_chunk(_line(shape.done("", item.data)))
             await h.end_chunked()
         except OSError:  # a write failed: the client is gone
             if not isinstance(item, Final):
                 await waiter.abandon()
             raise ClientGone from None
+
+    def _no_answer(self, h: Handler, shape: Shape, data: dict[str, Any]) -> str:
+        """What a chat client that speaks its answers (:meth:`_speaks`) hears when the model's
+        thought reached its cap and left no answer: a sentence, not silence (the done line still
+        says ``thinking_limit``); "" otherwise."""
+        if data.get("finish_reason") != "thinking_limit" or shape.kind != "chat" or not self._speaks(h):
+            return ""
+        return spoken.sentence("thinking_limit")
 
     async def _control(self, command: str, model: str) -> None:
         """Load or unload ``model`` through the queue and wait for rkllmd's answer."""
