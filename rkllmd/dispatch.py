@@ -251,8 +251,7 @@ class Dispatcher:
             )
 
     def _end_messages(self, final: Final) -> None:
-        """The stream's end message, its /text end (and /thinking's, when the run thought or was
-        asked to), the sentences' last (bus calls only)."""
+        """The stream's end message, its /text and /thinking ends, the sentences' last (bus calls)."""
         job, command = final.request, spec_of(final.request.command)
         if command is None or not command.generates or job.id is None:
             return

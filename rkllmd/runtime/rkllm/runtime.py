@@ -181,11 +181,10 @@ class RkllmRuntime(Runtime):
         last_role = input_role(self.cfg, inp, self._native_tools)  # "tool" only for JSON results alone
         prompt = self.prompt_text(inp).encode()
         rin = spec.Input()
-        if spec.has_role:  # ignored by the runtime under a template of ours (prompt.py then)
-            rin.role = last_role.encode()
-            rin.enable_thinking = inp.thinking.on
-        elif inp.thinking.on:
-            log.warning("rkllm_cannot_switch_thinking", version=self.lib.version if self.lib else None)
+        if spec.has_role:  # enable_thinking: ignored under a template of ours (prompt.py then)
+            rin.role, rin.enable_thinking = last_role.encode(), inp.thinking.on
+        elif inp.thinking.on:  # 1.2.0, 1.2.1b1: no switch
+            log.warning("rkllm_cannot_switch_thinking", model=self.name)
         rin.input_type = c.RKLLM_INPUT_PROMPT
         rin.prompt_input = prompt
         # A run with images is RKLLM_INPUT_MULTIMODAL; ``images`` keeps its buffers to the end.
