@@ -15,13 +15,13 @@ from pathlib import Path
 from pydantic import Field
 
 from rkllmd.plugins import (
+    Exchange,
     Final,
     Message,
     NotReady,
     Plugin,
     PluginConfig,
     PluginContext,
-    Request,
     Token,
     WrongType,
 )
@@ -38,7 +38,7 @@ def setup(ctx: PluginContext, config: Config) -> None:
         raise NotReady(f"waiting for {config.wait_for}")
     answers = 0
 
-    def preprocess(req: Request) -> Request:  # ingress thread
+    def preprocess(req: Exchange) -> Exchange:  # ingress thread
         shout = req.payload.pop("shout", False)
         if not isinstance(shout, bool):
             raise WrongType("shout must be true or false")

@@ -53,11 +53,14 @@ class Run:
 class Exchange:
     """One request: as it arrived, as plugins rewrite it, as it runs, until its final reply.
 
-    The first fields are what plugins see (``rkllmd.plugins.Request`` is this class): ``payload``
-    is the decoded JSON object (or ``{"prompt": text}`` for plain text) before validation, which
-    a preprocessor may rewrite; ``meta`` is scratch space carried from preprocessors to routers;
-    ``id`` and ``model`` are filled in once the request is accepted. ``address`` is where the final
-    reply goes (None for rkllmd's own jobs, such as the startup load, which nobody is answered for).
+    The first fields are what plugins see (``rkllmd.plugins.Exchange``; a ``Token``'s or a
+    ``Final``'s ``request`` is one): ``payload`` is the decoded JSON object (or ``{"prompt":
+    text}`` for plain text) before validation, which a preprocessor may rewrite; ``meta`` is
+    scratch space carried from preprocessors to routers; ``id`` and ``model`` are filled in once
+    the request is accepted. ``address`` is where the final reply goes (None for rkllmd's own
+    jobs, such as the startup load, which nobody is answered for). The validated payload (a
+    ``protocol.Req``, such as ``GenerateRequest``) is not kept: its command's ``admit`` fills
+    what the job reads (``model``, ``inp``) from it.
     """
 
     command: str

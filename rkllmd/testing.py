@@ -33,7 +33,7 @@ from rkllmd import ingress, protocol
 from rkllmd.commands import COMMANDS
 from rkllmd.errors import NotFound
 from rkllmd.generation import GenerateInput
-from rkllmd.plugins import Final, Message, Plugin, PluginHost, Request, Token, load_plugin
+from rkllmd.plugins import Exchange, Final, Message, Plugin, PluginHost, Token, load_plugin
 from rkllmd.protocol import Topics
 from rkllmd.settings import Settings
 
@@ -181,8 +181,8 @@ class PluginHarness:
         *,
         local: bool = False,
         key: str | None = None,
-    ) -> Request:
-        """A Request as the daemon builds it from a payload (JSON object or plain text); ``local``:
+    ) -> Exchange:
+        """An Exchange as the daemon builds it from a payload (JSON object or plain text); ``local``:
         as from a plugin's LocalMessage (answered to routers only; "local" routers see its tokens),
         whose ``key`` the daemon puts on the reply's address (see :meth:`local_request`)."""
         raw = payload if isinstance(payload, str) else json.dumps(payload)
@@ -191,7 +191,7 @@ class PluginHarness:
         obj = protocol.decode_payload(raw.encode(), cmd, self.settings.limits.max_payload_bytes)
         response = self.topics.response(cmd.name)
         address = protocol.Address(response, local=True, key=key) if local else None
-        return Request(
+        return Exchange(
             command=cmd.name,
             topic=topic,
             payload=obj,
@@ -200,46 +200,46 @@ class PluginHarness:
             address=address,
         )
 
-    def local_request(self, msg: protocol.LocalMessage) -> Request:
-        """A Request as the daemon's ingress admits a LocalMessage a plugin injected (the
+    def local_request(self, msg: protocol.LocalMessage) -> Exchange:
+        """An Exchange as the daemon's ingress admits a LocalMessage a plugin injected (the
         preprocessors, the checks, its id and model; its key on the address); raises the RkllmdError
         the daemon would answer the plugin's router with."""
         return ingress.admit_or_raise(msg, self._gate(self.host.preprocess))
 
     def preprocess(
-        self, payload: dict[str, Any] | str | Request, command: str = "generate", topic: str | None = None
-    ) -> Request:
+        self, payload: dict[str, Any] | str | Exchange, command: str = "generate", topic: str | None = None
+    ) -> Exchange:
         """Admit a request as the daemon's ingress does: the preprocessor chain, then validation, its
-        id and model (a Request: its topic and payload as they would arrive, and its ``meta``);
+        id and model (an Exchange: its topic and payload as they would arrive, and its ``meta``);
         raises the RkllmdError the daemon would reply with."""
-        req = payload if isinstance(payload, Request) else self.request(payload, command, topic)
+        req = payload if isinstance(payload, Exchange) else self.request(payload, command, topic)
 
-        def chain(ex: Request) -> Request:
+        def chain(ex: Exchange) -> Exchange:
             ex.meta.update(req.meta)
             return self.host.preprocess(ex)
 
         return ingress.admit_or_raise(self._incoming(req), self._gate(chain))
 
-    def generate_input(self, req: Request) -> GenerateInput:
+    def generate_input(self, req: Exchange) -> GenerateInput:
         """What the inference loop would be asked to run for a generate request: an admitted one's
-        own, else (a Request from :meth:`request`) its payload admitted as it is, no preprocessor
+        own, else (an Exchange from :meth:`request`) its payload admitted as it is, no preprocessor
         run; raises the RkllmdError the daemon would reply with."""
         if req.inp is None:
             req = ingress.admit_or_raise(self._incoming(req), self._gate(lambda ex: ex))
         assert req.inp is not None, f"a {req.command} request runs no generation"
         return req.inp
 
-    def _gate(self, preprocess: Callable[[Request], Request]) -> ingress.Gate:
+    def _gate(self, preprocess: Callable[[Exchange], Exchange]) -> ingress.Gate:
         return ingress.Gate(self.settings, self.topics, preprocess, reserved=self.host.reserved)
 
-    def _incoming(self, req: Request) -> protocol.Incoming:
-        """The message a Request came in: its topic and its payload's bytes (a LocalMessage's key)."""
+    def _incoming(self, req: Exchange) -> protocol.Incoming:
+        """The message an Exchange came in: its topic and its payload's bytes (a LocalMessage's key)."""
         raw = json.dumps(req.payload).encode()
         if req.address is not None and req.address.local:
             return protocol.LocalMessage(req.topic, raw, key=req.address.key)
         return protocol.Incoming(req.topic, raw)
 
-    def stream(self, req: Request, deltas: Iterable[str], thinking: Iterable[str] = ()) -> None:
+    def stream(self, req: Exchange, deltas: Iterable[str], thinking: Iterable[str] = ()) -> None:
         """Route ``req``'s tokens: the pieces of a thinking model's thought first, then the text."""
         tokens = [Token(req, 0, "", t) for t in thinking] + [Token(req, 0, d) for d in deltas]
         for seq, tok in enumerate(tokens):
@@ -247,7 +247,7 @@ class PluginHarness:
 
     def finish(
         self,
-        req: Request,
+        req: Exchange,
         text: str = "",
         *,
         status: Literal["ok", "error"] = "ok",

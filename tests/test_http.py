@@ -20,7 +20,7 @@ import openai
 import pytest
 
 from rkllmd.bench.broker import free_port
-from rkllmd.plugins import Final, LocalMessage, Request
+from rkllmd.plugins import Exchange, Final, LocalMessage
 from rkllmd.settings import Settings
 from rkllmd.testing import PluginHarness, wait_until
 
@@ -35,7 +35,7 @@ def served(config: dict[str, Any] | None = None, **kw: Any) -> Iterator[tuple[Pl
         yield h, port
 
 
-def injected(h: PluginHarness, n: int = 1) -> Request:
+def injected(h: PluginHarness, n: int = 1) -> Exchange:
     """The ``n``-th request the plugin injected, as the daemon's ingress would have accepted it."""
     assert wait_until(lambda: len(h.services.injected) >= n, 5), "nothing injected"
     msg = h.services.injected[n - 1]

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from rkllmd.bench.broker import free_port
-from rkllmd.plugins import LocalMessage, Request
+from rkllmd.plugins import Exchange, LocalMessage
 from rkllmd.testing import PluginHarness, wait_until
 
 # Quotes, backslashes, newlines, control characters and non-ASCII: each must be escaped as JSON.
@@ -89,7 +89,7 @@ def served(plugin: str, **config: Any) -> Iterator[tuple[PluginHarness, int]]:
         yield h, port
 
 
-def injected(h: PluginHarness) -> Request:
+def injected(h: PluginHarness) -> Exchange:
     assert wait_until(lambda: len(h.services.injected) >= 1, 5), "nothing injected"
     msg = h.services.injected[0]
     assert isinstance(msg, LocalMessage)
@@ -104,7 +104,7 @@ def read_until(s: socket.socket, marker: bytes, got: bytes = b"") -> bytes:
     return got
 
 
-def stream_started(h: PluginHarness, s: socket.socket, req: Request) -> None:
+def stream_started(h: PluginHarness, s: socket.socket, req: Exchange) -> None:
     """The first token sent and read by the client: the endpoint has begun its stream and hands
     the tokens to come to the thread that routes them."""
     h.stream(req, ["first"])

@@ -14,6 +14,7 @@ from rkllmd import cli
 from rkllmd.config import load_settings
 from rkllmd.errors import ConfigError, EmptyPrompt, RequestError
 from rkllmd.plugins import (
+    Exchange,
     Final,
     NotReady,
     Plugin,
@@ -21,7 +22,6 @@ from rkllmd.plugins import (
     PluginContext,
     PluginError,
     PluginHost,
-    Request,
 )
 from rkllmd.plugins import loader as plugins
 from rkllmd.protocol import LocalMessage
@@ -193,7 +193,7 @@ def test_setup_in_order_teardown_in_reverse() -> None:
         def setup(ctx: PluginContext, cfg: Any) -> None:
             calls.append(f"setup {name}")
 
-            def pre(req: Request) -> Request:
+            def pre(req: Exchange) -> Exchange:
                 req.payload["prompt"] += name
                 return req
 
@@ -203,7 +203,7 @@ def test_setup_in_order_teardown_in_reverse() -> None:
 
     host, _ = host_of(plugin("a"), plugin("b"))
     host.start()
-    assert host.preprocess(Request("generate", "t", {"prompt": ">"})).payload["prompt"] == ">ab"
+    assert host.preprocess(Exchange("generate", "t", {"prompt": ">"})).payload["prompt"] == ">ab"
     host.stop()
     assert calls == ["setup a", "setup b", "teardown b", "teardown a"]
 
@@ -254,7 +254,7 @@ def test_raising_preprocessor_becomes_error_naming_plugin() -> None:
     """A preprocessor bug is a plugin_error reply naming the plugin; a RequestError keeps its code."""
 
     def setup(ctx: PluginContext, cfg: Any) -> None:
-        def pre(req: Request) -> Request:
+        def pre(req: Exchange) -> Exchange:
             if req.payload.get("prompt") == "boom":
                 raise KeyError("area")
             if req.payload.get("prompt") == "empty":
@@ -291,7 +291,7 @@ def test_raising_router_does_not_stop_the_others() -> None:
 
     host, _ = host_of(make_plugin("broken", broken), make_plugin("ok", ok))
     host.start()
-    host.route(Final(Request("generate", "t"), "ok", {"text": "hi"}))
+    host.route(Final(Exchange("generate", "t"), "ok", {"text": "hi"}))
     assert seen == ["hi"]
 
 

@@ -5,7 +5,7 @@ where modules are found). Only plugins listed in ``[plugins] enabled`` run, in t
 config tables are validated with the rest of the configuration (rkllmd.config) before anything
 starts.
 
-- ``contract``: the events hooks get (``Request``, ``Token``, ``Final``) and the daemon's services;
+- ``contract``: the events hooks get (``Exchange``, ``Token``, ``Final``) and the daemon's services;
 - ``context``: what a plugin declares (``Plugin``) and the ``PluginContext`` handed to ``setup``;
 - ``loader``: finding, importing and checking plugins and their config;
 - ``hooks`` and ``host``: the chains and the lifecycle, for the daemon and the testing kit;
@@ -32,13 +32,13 @@ from rkllmd.exchange import resolve
 from rkllmd.plugins.context import Plugin, PluginContext
 from rkllmd.plugins.contract import (
     API_VERSION,
+    Exchange,
     Final,
     LocalMessage,
     Message,
     NotReady,
     PluginConfig,
     PluginError,
-    Request,
     Services,
     Token,
 )
@@ -55,6 +55,7 @@ __all__ = [
     "MAX_CHARS",
     "MIN_CHARS",
     "RKLLMD_VERSION",
+    "Exchange",
     "Final",
     "LocalMessage",
     "Message",
@@ -67,7 +68,6 @@ __all__ = [
     "PluginError",
     "PluginHost",
     "PluginLoadError",
-    "Request",
     "RequestError",
     "RkllmdError",
     "SentenceChunker",

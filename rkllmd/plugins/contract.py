@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict
 
 from rkllmd.errors import RkllmdError
 
-# Token, Final and LocalMessage are the daemon's own types, re-exported for plugins.
-from rkllmd.exchange import Exchange
+# Exchange, Token, Final and LocalMessage are the daemon's own types, re-exported for plugins.
+from rkllmd.exchange import Exchange as Exchange
 from rkllmd.exchange import Final as Final
 from rkllmd.exchange import Token as Token
 from rkllmd.protocol import Incoming, Topics
@@ -32,9 +32,6 @@ SUPPORTED_API_VERSIONS = frozenset({1})
 
 #: An MQTT message as plugins see it (topic, payload bytes, v5 response topic, correlation data).
 Message = Incoming
-
-#: One incoming request as preprocessors and routers see it: the daemon's own record of it.
-Request = Exchange
 
 
 class PluginConfig(BaseModel):
@@ -53,7 +50,7 @@ class PluginError(RkllmdError):
     code = "plugin_error"
 
 
-Preprocessor = Callable[[Request], Request]
+Preprocessor = Callable[[Exchange], Exchange]
 Router = Callable[[Token | Final], None]
 Handler = Callable[[Message], None]
 StatsContributor = Callable[[], dict[str, Any] | None]

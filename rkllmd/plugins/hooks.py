@@ -16,13 +16,12 @@ from typing import Any, Literal
 import structlog
 
 from rkllmd.errors import RkllmdError
-from rkllmd.exchange import Final, Token
+from rkllmd.exchange import Exchange, Final, Token
 from rkllmd.plugins.contract import (
     Handler,
     Message,
     PluginError,
     Preprocessor,
-    Request,
     Router,
     Services,
     StatsContributor,
@@ -114,7 +113,7 @@ class Hooks:
             except Exception:
                 log.exception("plugin topic handler failed", topic=msg.topic)
 
-    def preprocess(self, req: Request) -> Request:
+    def preprocess(self, req: Exchange) -> Exchange:
         """Run the preprocessor chain; a failure becomes an error reply naming the plugin."""
         with self._lock:
             chain = [(n, fn) for n, fn, cmds in self._pre if req.command in cmds]
@@ -131,9 +130,9 @@ class Hooks:
                 raise PluginError(
                     f"plugin {name!r} failed: {type(exc).__name__}: {exc}", plugin=name
                 ) from exc
-            if not isinstance(out, Request):
+            if not isinstance(out, Exchange):
                 got = type(out).__name__
-                raise PluginError(f"plugin {name!r}: its preprocessor returned {got}, not the request")
+                raise PluginError(f"plugin {name!r}: its preprocessor returned {got}, not the Exchange")
             req = out
         return req
 
@@ -143,7 +142,7 @@ class Hooks:
     def has_routers(self) -> bool:
         return bool(self._route)
 
-    def routes_tokens(self, request: Request, *, direct: bool | None = None) -> bool:
+    def routes_tokens(self, request: Exchange, *, direct: bool | None = None) -> bool:
         """Whether some router wants this request's tokens (any thread); ``direct``: only the
         routers that may (True) or may not (False) run on the thread the tokens arrive on."""
         with self._lock:
@@ -194,7 +193,7 @@ def _nothing() -> None:
     pass
 
 
-def _sees(tokens: bool | Literal["local"], request: Request) -> bool:
+def _sees(tokens: bool | Literal["local"], request: Exchange) -> bool:
     return tokens is True or (tokens == "local" and request.local)
 
 

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from rkllmd.plugins import Final, NotFound, Request, Settings, Token
+from rkllmd.plugins import Exchange, Final, NotFound, Settings, Token
 
 TICK_S = 0.2  # how often a cancel that found no request yet is tried again
 # How long a cancel keeps trying to find a request that rkllmd has not taken yet: ingress takes an
@@ -65,7 +65,7 @@ def answer_deadline_s(settings: Settings) -> float:
 def no_answer(deadline_s: float) -> Final:
     """The final reply a Waiter makes up when rkllmd gave none within its deadline (a bug)."""
     return Final(
-        Request("generate", ""),
+        Exchange("generate", ""),
         "error",
         {},
         "internal_error",
@@ -175,11 +175,11 @@ class Relay:
             slot.put(_STOPPED)
 
 
-_STOPPED = Final(Request("generate", ""), "error", {}, "shutdown", "rkllmd is shutting down")
+_STOPPED = Final(Exchange("generate", ""), "error", {}, "shutdown", "rkllmd is shutting down")
 # Put by the transport when the client disconnects, and by the Waiter's timer at its deadline;
 # never answered, only read by the Waiter.
-_GONE = Final(Request("generate", ""), "error", {}, "client_gone", "the client disconnected")
-_EXPIRED = Final(Request("generate", ""), "error", {}, "internal_error", "no answer in time")
+_GONE = Final(Exchange("generate", ""), "error", {}, "client_gone", "the client disconnected")
+_EXPIRED = Final(Exchange("generate", ""), "error", {}, "internal_error", "no answer in time")
 
 
 class Waiter:

@@ -35,11 +35,11 @@ from pydantic import Field, field_validator, model_validator
 from rkllmd.plugins import (
     MAX_CHARS,
     MIN_CHARS,
+    Exchange,
     Final,
     Plugin,
     PluginConfig,
     PluginContext,
-    Request,
     SentenceChunker,
     Token,
     Utterances,
@@ -60,7 +60,7 @@ VARIABLES = {
     "session",
 }
 SENTENCE_VARIABLES = {"id", "model", "text", "seq", "topic", "session"}
-_SPEECH = "republish.sentences"  # Request.meta key: the request's _Speech
+_SPEECH = "republish.sentences"  # Exchange.meta key: the request's _Speech
 
 
 class Route(PluginConfig):
@@ -133,7 +133,7 @@ def render(route: Route, final: Final) -> bytes | dict[str, Any]:
     return route.payload.format_map(values).encode()
 
 
-def render_sentence(route: Route, req: Request, seq: int, text: str) -> bytes | dict[str, Any]:
+def render_sentence(route: Route, req: Exchange, seq: int, text: str) -> bytes | dict[str, Any]:
     if route.payload == "json":
         return {"id": req.id, "seq": seq, "text": text}
     values = {
@@ -152,7 +152,7 @@ def setup(ctx: PluginContext, config: Config) -> None:
     for r in config.routes:  # a speaker's topic: a request's reply_to must not make it say JSON
         ctx.reserve(r.topic)
 
-    def preprocess(req: Request) -> Request:
+    def preprocess(req: Exchange) -> Exchange:
         flags = req.meta.setdefault("republish", set())
         for f in fields:
             if f in req.payload:
@@ -163,14 +163,14 @@ def setup(ctx: PluginContext, config: Config) -> None:
                     flags.add(f)
         return req
 
-    def applies(r: Route, req: Request, model: str | None) -> bool:
+    def applies(r: Route, req: Exchange, model: str | None) -> bool:
         if req.command not in r.commands or (r.models and model not in r.models):
             return False
         return not r.when_field or r.when_field in req.meta.get("republish", ())
 
     speaking = [r for r in config.routes if r.sentences]
 
-    def say(req: Request, speech: _Speech, sentences: list[str]) -> None:
+    def say(req: Exchange, speech: _Speech, sentences: list[str]) -> None:
         for text in sentences:
             for r in speaking:
                 if applies(r, req, req.model):

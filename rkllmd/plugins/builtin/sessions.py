@@ -26,12 +26,12 @@ from typing import Any
 from pydantic import Field
 
 from rkllmd.plugins import (
+    Exchange,
     Final,
     Message,
     Plugin,
     PluginConfig,
     PluginContext,
-    Request,
     RequestError,
     Token,
     UnknownModel,
@@ -132,7 +132,7 @@ def setup(ctx: PluginContext, config: Config) -> None:
 
         return count
 
-    def preprocess(req: Request) -> Request:  # ingress thread
+    def preprocess(req: Exchange) -> Exchange:  # ingress thread
         p = req.payload
         sid = p.pop("session", None)
         reset = p.pop("session_reset", False)

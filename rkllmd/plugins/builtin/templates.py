@@ -20,11 +20,11 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from rkllmd.plugins import (
+    Exchange,
     Message,
     Plugin,
     PluginConfig,
     PluginContext,
-    Request,
     RequestError,
     UnknownModel,
     WrongType,
@@ -64,7 +64,7 @@ class Config(PluginConfig):
     topics: bool = Field(True, description="serve each named template on <base>/plugins/templates/<name>")
 
 
-def _render(name: str, tpl: Template, req: Request) -> None:
+def _render(name: str, tpl: Template, req: Exchange) -> None:
     p = req.payload
     used: set[str] = set()
 
@@ -98,7 +98,7 @@ def setup(ctx: PluginContext, config: Config) -> None:
     if unknown:
         raise ValueError(f"templates for unknown models: {', '.join(unknown)}")
 
-    def preprocess(req: Request) -> Request:
+    def preprocess(req: Exchange) -> Exchange:
         name = req.payload.pop("template", None)
         if name is not None:
             if not isinstance(name, str):
