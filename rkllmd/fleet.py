@@ -161,6 +161,7 @@ class Fleet:
         pending = _PendingCancel(ex)
         timer = threading.Timer(self.settings.fleet.cancel_timeout_s, self._timed_out, args=(key,))
         timer.daemon = True
+        timer.name = "fleet-cancel-timeout"
         pending.timer = timer
         with self._lock:
             self._pending[key] = pending

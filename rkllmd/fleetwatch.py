@@ -227,6 +227,7 @@ class FleetWatch:
             return
         timer = threading.Timer(max(0.0, delay), self._grace_over, args=(name,))
         timer.daemon = True
+        timer.name = f"takeover-grace-{name}"
         self._timers[name] = timer
         timer.start()
 

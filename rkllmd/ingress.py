@@ -375,6 +375,7 @@ class Ingress:
             return
         timer = threading.Timer(grace_s, self._interrupted)
         timer.daemon = True
+        timer.name = "recovery-grace"
         timer.start()
 
     def _interrupted(self) -> None:

@@ -81,7 +81,8 @@ class StopOnInterrupt:
         self._aborting = True
         print("\nstopping after the run in progress (Ctrl-C again to quit at once)", file=sys.stderr)
         for p in self.paths:
-            threading.Thread(target=p.abort, daemon=True).start()  # one stuck abort holds no other
+            # a thread each: one stuck abort holds no other
+            threading.Thread(target=p.abort, name="bench-abort", daemon=True).start()
 
     def check(self) -> None:
         if self.hit:
