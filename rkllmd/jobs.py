@@ -48,8 +48,9 @@ class Timeouts(Protocol):
 def run_generation(
     job: Exchange, rt: Runtime, emit: Callable[[Token], None], direct: DirectStream | None
 ) -> GenerateResult:
-    """Run ``job`` on ``rt`` to its end (inference thread); raises what ``rt.generate`` raises,
-    after the text the tool-call parser held back is out and the calls are on ``job.run``."""
+    """Run ``job`` on ``rt`` to its end (inference thread); raises what ``rt.generate_checked``
+    raises (ContextExceeded for a prompt the model's context cannot hold), after the text the
+    tool-call parser held back is out and the calls are on ``job.run``."""
     assert job.inp is not None
     # With tools, the model's call markup is taken out of the text here, for every runtime:
     # streamed deltas never carry it (nor a malformed call's), the calls go into the final reply.
@@ -96,7 +97,8 @@ def run_generation(
             rt.abort()
 
     try:
-        return rt.generate(job.inp, sink)
+        # The prompt's length is checked first, in the same call: in a worker process, there.
+        return rt.generate_checked(job.inp, sink, job.model)
     finally:  # held-back text is never lost, whatever ended the run
         thinking, text = thought.finish()
         text_out(answer(text), thinking)
@@ -116,16 +118,14 @@ def stop_thinking(job: Exchange) -> None:
         job.run.aborted_at = time.monotonic()
 
 
-def final_of(
-    job: Exchange, result: GenerateResult, n_prompt: int | None, lim: Timeouts, stats: dict[str, Any]
-) -> Final:
+def final_of(job: Exchange, result: GenerateResult, lim: Timeouts, stats: dict[str, Any]) -> Final:
     """The final reply of a run that ended with ``result``; counts it in the loop's ``stats``."""
     reason = result.finish_reason
     if reason == "aborted":
         why = job.run.abort_reason or "cancelled"
         if why in ("cancelled", "thinking_limit"):  # ended as asked: the text so far is the answer
-            return Final(job, "ok", final_data(job, why, result, n_prompt))
-        data = final_data(job, why, result, n_prompt)
+            return Final(job, "ok", final_data(job, why, result))
+        data = final_data(job, why, result)
         err: RkllmdError = (
             ShuttingDown("generation interrupted by shutdown")
             if why == "shutdown"
@@ -133,7 +133,7 @@ def final_of(
         )
         stats["errors"] += 1
         return Final.failed(job, err, data)
-    data = final_data(job, reason, result, n_prompt)
+    data = final_data(job, reason, result)
     timings = data["timings"]
     stats["completion_tokens"] += data["usage"]["completion_tokens"]
     stats["last_ttft_ms"] = timings.get("ttft_ms")

@@ -225,3 +225,43 @@ def test_output_not_matching_format_or_tool_choice_is_an_error(
     loop.submit(j)
     _, final = final_of(events, "f3")
     assert final.code == "invalid_output" and "tool call" in (final.error or "")
+
+
+class CountingRuntime(EchoRuntime):
+    """An in-process runtime that counts a prompt (a token a word) in a context of 4 tokens and
+    reports no prompt count of its own, as a runtime without perf stats does."""
+
+    context_length = 4
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.runs = 0
+
+    def prompt_tokens(self, inp: GenerateInput) -> int | None:
+        return len(inp.last_user.split())
+
+    def generate(self, inp: GenerateInput, sink: TokenSink) -> GenerateResult:
+        self.runs += 1
+        result = super().generate(inp, sink)
+        result.perf.prompt_tokens = None
+        return result
+
+
+def test_an_in_process_runtime_gets_the_context_check_a_worker_does() -> None:
+    """The loop checks the prompt against the context for a runtime in its own process as the
+    worker does for its own (one call, ``generate_checked``): an overlong prompt is refused with
+    its overshoot before the runtime generates, and a fitting one's count is in the usage."""
+    rt = CountingRuntime()
+    events: queue.Queue[Event] = queue.Queue()
+    loop = InferenceLoop(ModelRegistry({"echo": lambda: rt}), "echo", Limits(2, 5.0, 10.0), events.put)
+    loop.start()
+    try:
+        loop.submit(job("long", "a b c d e"))
+        deltas, refused = final_of(events, "long")
+        assert not refused.ok and refused.code == "context_exceeded" and deltas == [] and rt.runs == 0
+        assert refused.error is not None and "2 token(s) too many" in refused.error
+        loop.submit(job("fits", "one two three"))
+        _, final = final_of(events, "fits")
+        assert final.ok and rt.runs == 1 and final.data["usage"]["prompt_tokens"] == 3
+    finally:
+        loop.stop(1.0)

@@ -1,7 +1,7 @@
 """``generate``: a prompt or a conversation in, a streamed answer out (docs/PROTOCOL.md).
 
 Admission (ingress thread) resolves the model and max_tokens and builds the runtime's input; the
-job (inference thread) loads the model, checks the context, and runs the generation
+job (inference thread) loads the model and runs the generation, the context checked first
 (rkllmd/jobs.py: the tool-call parser and direct stream in front of the token sink, the final
 reply); the loop's watchdog and crash rules apply around it.
 """
@@ -14,7 +14,6 @@ from rkllmd.exchange import Exchange, Final, resolve
 from rkllmd.jobs import final_of, run_generation
 from rkllmd.outcome import check_output, final_data
 from rkllmd.protocol import GenerateRequest, Req
-from rkllmd.runtime.base import check_context
 from rkllmd.settings import Settings
 from rkllmd.thinking import with_model_thinking
 
@@ -39,14 +38,13 @@ def run(job: Exchange, loop: Engine) -> Final:
     assert job.inp is not None
     rt = loop.load(job.model or loop.default_model)
     job.model = loop.loaded_model
-    n_prompt = None if rt.checks_context else check_context(rt, job.inp, job.model)
     if job.run.abort_reason is not None:  # cancelled between dequeue and start
         return Final(job, "ok", final_data(job, "cancelled"))
     loop.begin(job)
     result = loop.survive(job, lambda: run_generation(job, rt, loop.emit, loop.direct))
     if result.finish_reason != "aborted":
         check_output(job)
-    return final_of(job, result, n_prompt, loop.limits, loop.counters)
+    return final_of(job, result, loop.limits, loop.counters)
 
 
 COMMAND = CommandSpec(

@@ -109,10 +109,6 @@ class Runtime(abc.ABC):
     #: True when ``generate`` calls the sink on the thread that called it (the worker proxy reads
     #: its pipe there), never on a native callback thread: the loop may then publish from the sink.
     sink_on_caller: bool = False
-    #: True when ``generate`` itself refuses, with ContextExceeded, a prompt its context cannot
-    #: hold (:func:`check_context`); else the loop asks first. The worker proxy checks in the worker:
-    #: asking from here would cost a round trip to it, two process wake-ups, per request.
-    checks_context: bool = False
 
     @abc.abstractmethod
     def open(self) -> None:
@@ -126,9 +122,9 @@ class Runtime(abc.ABC):
     @served
     def generate_checked(self, inp: GenerateInput, sink: TokenSink, model: str | None) -> GenerateResult:
         """:func:`check_context`, then :meth:`generate`, its result counting the prompt when the
-        runtime reported no count: the check the loop makes for a runtime that does not check
-        itself, and the generation, in one call. The worker proxy asks the worker for this one,
-        so the check costs no round trip to it."""
+        runtime reported no count: what the loop calls, on every runtime. On the worker proxy it
+        is one call to the worker, which checks there: no round trip, two process wake-ups, for the
+        count."""
         n_prompt = check_context(self, inp, model)
         result = self.generate(inp, sink)
         if result.perf.prompt_tokens is None:  # as the loop falls back to its own count
