@@ -157,8 +157,8 @@ class Dispatcher:
 
     def streams_directly(self, job: Exchange) -> bool:
         """Whether ``job``'s chunks may be published, and its tokens routed, by the thread they
-        arrive on instead of this dispatcher's (rkllmd/loop.py asks once per run, and only when
-        that thread is its own inference thread, never a runtime's callback thread): nothing but
+        arrive on instead of this dispatcher's (rkllmd/jobs.py asks once per run, and only when
+        that thread is the inference thread, never a runtime's callback thread): nothing but
         the stream and direct routers (an HTTP plugin's relay) want its tokens, so skipping the
         hand-over costs nothing and saves a thread wake-up per token."""
         if job.sentences or self.stream.coalesce_ms != 0 or self.plugins.routes_tokens(job, direct=False):
