@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -106,8 +105,6 @@ def _run(settings: object) -> int:
     from rkllmd.settings import Settings
 
     assert isinstance(settings, Settings)
-    if settings.rkllm.log_level is not None:
-        os.environ["RKLLM_LOG_LEVEL"] = str(settings.rkllm.log_level)
     logs.configure(settings.log.level, settings.log.format)
     try:
         return serve(settings)

@@ -8,11 +8,19 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -23,9 +31,9 @@ from pydantic_settings import (
 from rkllmd.config_base import ModelCommon, Strict
 from rkllmd.errors import ConfigError
 from rkllmd.private import read_secret
+from rkllmd.runtime.base import RuntimeKind
 from rkllmd.runtime.kinds import discover
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
-from rkllmd.runtime.rkllm.settings import RkllmSettings
 
 DEFAULT_CONFIG_PATH = Path("/etc/rkllmd/rkllmd.toml")
 EMBEDDED_MODEL_NAME = "smollm2"
@@ -215,6 +223,23 @@ else:
     ]
 
 
+def runtime_tables(kinds: Mapping[str, RuntimeKind]) -> type[BaseSettings]:
+    """A base for :class:`Settings` with a section ``[<name>]`` for each kind that declares a
+    runtime-wide table (``RuntimeKind.table``: RKLLM's ``[rkllm]``), defaulted as its model is."""
+    fields: dict[str, Any] = {
+        name: (kind.table, Field(default_factory=kind.table)) for name, kind in kinds.items() if kind.table
+    }
+    return create_model("RuntimeTables", __base__=BaseSettings, __module__=__name__, **fields)
+
+
+# The runtimes' own top-level tables, found as the kinds are: a runtime package adds its table
+# here. mypy sees none of them; a runtime reads its own as ``settings.<kind>`` (rkllmd.runtime.base).
+if TYPE_CHECKING:
+    _RuntimeTables = BaseSettings
+else:
+    _RuntimeTables = runtime_tables(discover())
+
+
 class PluginConfigProblems(ValueError):
     """Raised while validating [plugins]; each problem names its dotted key (plugins.<name>.<key>)."""
 
@@ -251,8 +276,9 @@ class PluginsSettings(BaseModel):
 PluginCheck = Callable[[list[str], dict[str, Any], list[Path]], list[str]]
 
 
-class Settings(BaseSettings):
-    """Everything rkllmd reads at startup."""
+class Settings(_RuntimeTables):
+    """Everything rkllmd reads at startup (the runtimes' own tables, such as ``[rkllm]``, come
+    from ``_RuntimeTables``)."""
 
     model_config = SettingsConfigDict(
         env_prefix="RKLLMD_",
@@ -274,7 +300,6 @@ class Settings(BaseSettings):
         True,
         description="fsync each journal line before it counts, so a power cut loses none (docs/FLEET.md)",
     )
-    rkllm: RkllmSettings = RkllmSettings()
     default_model: str | None = None
     preload: bool = Field(True, description="load the default model at startup")
     isolation: Literal["process", "thread"] = Field(
@@ -342,6 +367,10 @@ class Settings(BaseSettings):
         assert self.default_model is not None
         return self.default_model
 
+
+_CLASH = set(_RuntimeTables.model_fields) & set(Settings.__annotations__)
+if _CLASH:  # a runtime named after a section of the configuration: found at import, not at run
+    raise TypeError(f"runtime kinds {sorted(_CLASH)} name a section rkllmd's configuration has already")
 
 # The TOML path and the plugin check are handed to the validators through these dicts because
 # pydantic-settings builds sources from the class; load_settings() sets and clears them.

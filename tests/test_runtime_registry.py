@@ -7,10 +7,13 @@ import subprocess
 import sys
 import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
+from pydantic import ValidationError
 
+from rkllmd.runtime.base import Table
 from rkllmd.runtime.kinds import discover, find_kinds
 from rkllmd.runtime.llamacpp import embedded_model_path
 from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
@@ -18,8 +21,8 @@ from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 from rkllmd.runtime.registry import kind_of, kinds, load_problems, make_runtime, token_counter
 from rkllmd.runtime.rkllm.runtime import RkllmRuntime
 from rkllmd.runtime.rkllm.settings import RkllmModelSettings
-from rkllmd.runtime.worker import WorkerRuntime
-from rkllmd.settings import ModelSettings, Settings
+from rkllmd.runtime.worker import WorkerRuntime, runtime_settings
+from rkllmd.settings import ModelSettings, Settings, runtime_tables
 from tests.helpers import REPO
 
 
@@ -160,6 +163,41 @@ def test_a_runtime_is_a_package_with_a_kind(tmp_path: Path, monkeypatch: pytest.
     found = find_kinds(folder, "fakert_ok")
     assert list(found) == ["demo"] and found["demo"].settings.__name__ == "DemoSettings"
     assert list(discover()) == ["llamacpp", "rkllm"] and discover() is kinds()
+
+
+TABLE_KIND = """
+from typing import Literal
+from rkllmd.config_base import ModelCommon, Strict
+from rkllmd.runtime.base import RuntimeKind
+
+class DemoSettings(ModelCommon):
+    runtime: Literal["demo"]
+
+class DemoTable(Strict):
+    device: str = "/dev/demo0"
+
+KIND = RuntimeKind("demo", DemoSettings, lambda *a: None, lambda n, c: [], lambda c: None, table=DemoTable)
+"""
+
+
+def test_a_kind_s_own_table_is_a_section_and_all_its_worker_gets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A runtime with a table of its own declares it on its kind and nothing else changes: the
+    configuration gains ``[demo]`` (read, defaulted, typos refused) and a worker of that kind is
+    handed that table alone, as a Table; a kind without one is handed none."""
+    folder = runtime_package(tmp_path, "fakert_table", {"demo": TABLE_KIND})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    kind = find_kinds(folder, "fakert_table")["demo"]
+    sections = runtime_tables({"demo": kind, "llamacpp": kinds()["llamacpp"]})
+    assert list(sections.model_fields) == ["demo"]
+    got: Any = sections.model_validate({"demo": {"device": "/dev/demo1"}})
+    fresh: Any = sections()
+    assert got.demo.device == "/dev/demo1" and fresh.demo.device == "/dev/demo0"
+    with pytest.raises(ValidationError, match="extra"):
+        sections.model_validate({"demo": {"devcie": "x"}})
+    assert runtime_settings(got, kind) == Table({"demo": Table({"device": "/dev/demo1"})})
+    assert runtime_settings(got, kinds()["llamacpp"]) == Table({})
 
 
 def test_a_kind_py_without_a_kind_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

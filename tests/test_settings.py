@@ -10,6 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from rkllmd.errors import ConfigError
+from rkllmd.runtime.kinds import discover
 from rkllmd.settings import Settings, load_settings
 from tests.helpers import REPO
 
@@ -20,7 +21,9 @@ def test_example_config_is_valid_and_complete() -> None:
     assert s.default == "qwen"
     assert set(s.models) == {"qwen", "smollm2"}
     text = (REPO / "config" / "rkllmd.example.toml").read_text()
-    for section, model in (("mqtt", s.mqtt), ("limits", s.limits), ("log", s.log), ("stream", s.stream)):
+    sections = [("mqtt", s.mqtt), ("limits", s.limits), ("log", s.log), ("stream", s.stream)]
+    sections += [(name, getattr(s, name)) for name, kind in discover().items() if kind.table is not None]
+    for section, model in sections:
         for key in type(model).model_fields:
             documented = f"{key} =" in text or f"[{section}.{key}]" in text
             assert documented, f"{section}.{key} undocumented"
@@ -43,6 +46,27 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("RKLLMD_MQTT__PORT", "2000")
     s = load_settings(p)
     assert s.mqtt.port == 2000 and s.mqtt.host == "a"
+
+
+def test_a_runtime_s_own_table_is_read_as_users_write_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """[rkllm], the table RKLLM's kind declares, is a section as before: read from the file and
+    from RKLLMD_RKLLM__*, defaulted when absent, and a typo in it is named."""
+    assert load_settings(None, env={}).rkllm.prompt_cache_keep == 4
+    p = tmp_path / "c.toml"
+    p.write_text("[rkllm]\nlibrary = '/opt/librkllmrt.so'\nprompt_cache_keep = 2\n")
+    monkeypatch.setenv("RKLLMD_RKLLM__LOG_LEVEL", "1")
+    s = load_settings(p)
+    assert (s.rkllm.library, s.rkllm.prompt_cache_keep, s.rkllm.log_level) == (
+        Path("/opt/librkllmrt.so"),
+        2,
+        1,
+    )
+    p.write_text("[rkllm]\nlibary = '/opt/librkllmrt.so'\nprompt_cache_dir = 'relative'\n")
+    with pytest.raises(ConfigError) as ei:
+        load_settings(p)
+    assert "rkllm.libary: unknown key" in ei.value.message and "rkllm.prompt_cache_dir" in ei.value.message
 
 
 def test_no_config_serves_embedded_model() -> None:

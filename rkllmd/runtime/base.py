@@ -29,7 +29,7 @@ from rkllmd import logface, toolcalls
 from rkllmd.generation import GenerateInput
 
 if TYPE_CHECKING:
-    from rkllmd.config_base import ModelCommon
+    from rkllmd.config_base import ModelCommon, Strict
 
 log = logface.get_logger("rkllmd.runtime")
 
@@ -258,7 +258,10 @@ class RuntimeKind:
     ``token_counter(cfg)`` gives a counter for the model, or None when it cannot count.
     ``sigill_hint`` says what an illegal instruction in its native code means. ``sampling``
     names the sampling options (rkllmd.generation.SAMPLING_OPTIONS) its runtime honours; a
-    request may carry the others, which it then ignores.
+    request may carry the others, which it then ignores. ``table`` is the model of the kind's
+    runtime-wide table, ``[<name>]`` in the configuration (RKLLM's ``[rkllm]``), or None:
+    rkllmd.settings gives ``Settings`` a section for it, and ``open_runtime`` reads it as
+    ``settings.<name>`` (a worker gets that table alone).
     """
 
     name: str
@@ -268,6 +271,7 @@ class RuntimeKind:
     token_counter: Callable[[Any], TokenCounter | None]
     sigill_hint: str | None = None
     sampling: frozenset[str] = frozenset()
+    table: type[Strict] | None = None
 
     def crash_hint(self, exitcode: int | None) -> str | None:
         """What a worker's death with ``exitcode`` means for the user, or None when it says nothing."""

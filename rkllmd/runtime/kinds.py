@@ -2,7 +2,8 @@
 ``rkllmd/runtime/`` with a ``kind.py`` declaring ``KIND`` (a :class:`RuntimeKind`).
 
 A new runtime is a new package (docs/ARCHITECTURE.md, "Adding a runtime"); nothing here or in
-``rkllmd.settings`` (whose ``[models.X]`` tables are the kinds' settings models) names it.
+``rkllmd.settings`` (whose ``[models.X]`` tables are the kinds' settings models, and whose
+runtime-wide sections such as ``[rkllm]`` the kinds' ``table``) names it.
 This module imports the kinds' faces only (their ``kind.py``, which imports its settings model
 and its package's ``open_runtime``): the runtimes, ``llama_cpp`` and librkllmrt.so are loaded
 when a model needs them. It imports neither ``rkllmd.settings`` nor the registry, which both

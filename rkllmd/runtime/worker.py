@@ -10,8 +10,8 @@ multiprocessing, so no resource-tracker process); that module says what the work
 rkllmd.runtime.pipe what crosses the pipes. Every method of the interface marked served
 (rkllmd.runtime.base.served) is forwarded by the same code, as one call (:meth:`WorkerRuntime._call`):
 :func:`forwards_served` writes the forwarders, so a method added to the interface needs no
-change here. It receives the model's table and the tables of the configuration its
-runtime reads (:func:`runtime_settings`), not the whole configuration, and as plain data
+change here. It receives the model's table and its kind's own table of the configuration
+(:func:`runtime_settings`), not the whole configuration, and as plain data
 (:func:`table`): unpickling the pydantic models would import pydantic into the worker.
 
 Threads and processes:
@@ -78,10 +78,14 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def runtime_settings(settings: Settings) -> Table:
-    """The tables of the whole configuration a runtime's ``open_runtime`` reads (``[rkllm]``),
-    as a :class:`Table`: unpickling the whole Settings would import the configuration loader."""
-    return Table({"rkllm": table(settings.rkllm)})
+def runtime_settings(settings: Settings, kind: RuntimeKind) -> Table:
+    """What a runtime's ``open_runtime`` reads of the whole configuration: its kind's own table
+    (``RuntimeKind.table``, ``[rkllm]`` for RKLLM) under its name, as a :class:`Table`, or no
+    table at all: unpickling the whole Settings would import the configuration loader."""
+    if kind.table is None:
+        return Table({})
+    own: BaseModel = getattr(settings, kind.name)
+    return Table({kind.name: table(own)})
 
 
 _R = TypeVar("_R", bound=type[Runtime])
@@ -187,7 +191,7 @@ class WorkerRuntime(Runtime):
             self.runtime_kind.open_runtime,
             self.name,
             table(self.cfg),
-            runtime_settings(self.settings),
+            runtime_settings(self.settings, self.runtime_kind),
             self.settings.log.level,
         )
 

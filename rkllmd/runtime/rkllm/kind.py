@@ -10,7 +10,7 @@ from rkllmd.runtime.base import RuntimeKind
 from rkllmd.runtime.rkllm import open_runtime
 from rkllmd.runtime.rkllm.counter import token_counter
 from rkllmd.runtime.rkllm.param import SAMPLING
-from rkllmd.runtime.rkllm.settings import RkllmModelSettings
+from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
 
 __all__ = ["KIND", "load_problems"]
 
@@ -32,6 +32,7 @@ KIND = RuntimeKind(
     load_problems=load_problems,
     token_counter=token_counter,
     sampling=frozenset(SAMPLING),
+    table=RkllmSettings,  # [rkllm]
     sigill_hint=(
         "SIGILL is an illegal instruction: this librkllmrt.so uses instructions this CPU lacks. "
         "Use a librkllmrt.so release built for this board (some prebuilt releases need SVE, "
