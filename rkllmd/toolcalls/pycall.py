@@ -13,6 +13,7 @@ Pure functions; any thread (a format's parser calls them on the token sink's thr
 from __future__ import annotations
 
 import ast
+import json
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +22,8 @@ from typing import Any
 MAX_SOURCE = 16_384
 #: lines read at most: each unfinished line is parsed again with the next one
 MAX_LINES = 100
+#: how deep lists and dicts nest in an argument at most
+MAX_DEPTH = 32
 _JSON_NAMES = {"true": True, "false": False, "null": None}
 
 
@@ -66,7 +69,7 @@ def _calls_of(node: ast.expr, tools: Sequence[dict[str, Any]]) -> list[tuple[str
         return [c for item in node.elts for c in _calls_of(item, tools)]
     if not isinstance(node, ast.Call):
         raise ValueError(f"not a call: {type(node).__name__}")
-    name = _dotted(node.func)
+    name = dotted(node.func)
     if name == "print" and len(node.args) == 1 and not node.keywords:
         return _calls_of(node.args[0], tools)  # print(f(...)): what Gemma writes, the call inside
     names = {t.get("function", {}).get("name") for t in tools}
@@ -78,20 +81,31 @@ def _calls_of(node: ast.expr, tools: Sequence[dict[str, Any]]) -> list[tuple[str
         raise ValueError(f"{name}: a positional argument with no parameter to bind it to")
     for param, value in zip(params, node.args, strict=False):
         args[param] = literal(value)
+    return [(name, keyword_args(node, args))]
+
+
+def keyword_args(
+    node: ast.Call, args: dict[str, Any] | None = None, *, tuples: bool = True
+) -> dict[str, Any]:
+    """``args`` (the positional arguments already bound) with the call's ``name=value``
+    arguments added, each a literal; ValueError for ``**kwargs`` or a name given twice."""
+    args = {} if args is None else args
     for kw in node.keywords:
         if kw.arg is None:
-            raise ValueError(f"{name}: **arguments are not literals")
+            raise ValueError("**arguments are not literals")
         if kw.arg in args:
-            raise ValueError(f"{name}: argument {kw.arg!r} given twice")
-        args[kw.arg] = literal(kw.value)
-    return [(name, args)]
+            raise ValueError(f"argument {kw.arg!r} given twice")
+        args[kw.arg] = literal(kw.value, tuples=tuples)
+    return args
 
 
-def _dotted(node: ast.expr) -> str:
+def dotted(node: ast.expr) -> str:
+    """The called name, dotted when it is an attribute (``default_api.f``); ValueError when
+    the call is of something else (``f()()``, ``x[0]()``)."""
     if isinstance(node, ast.Name):
         return node.id
     if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
+        return f"{dotted(node.value)}.{node.attr}"
     raise ValueError(f"not a function name: {type(node).__name__}")
 
 
@@ -104,46 +118,52 @@ def _param_order(name: str, tools: Sequence[dict[str, Any]]) -> list[str]:
     return []
 
 
-def literal(node: ast.expr) -> Any:
+def literal(node: ast.expr, *, tuples: bool = True, depth: int = 0) -> Any:
     """The JSON value a literal's syntax tree stands for; ValueError for anything that is not one
-    (a name, an operator, a set, bytes, a number no JSON can carry)."""
+    (a name, an operator, a set, bytes, a number no JSON can carry, nesting past MAX_DEPTH).
+    ``tuples=False`` for formats whose parsers take lists only (the pythonic one, as vLLM's)."""
+    if depth > MAX_DEPTH:
+        raise ValueError("arguments nested too deeply")
     if isinstance(node, ast.Constant):
         v = node.value
-        if v is None or isinstance(v, str | bool | int):
-            return v
-        if isinstance(v, float) and math.isfinite(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("a number that is not finite")
+        if v is None or isinstance(v, str | bool | int | float):
             return v
         raise ValueError(f"not a JSON literal: {v!r:.40}")
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub | ast.UAdd):
-        v = literal(node.operand)
+        v = literal(node.operand, tuples=tuples, depth=depth + 1)
         if isinstance(v, int | float) and not isinstance(v, bool):
             return -v if isinstance(node.op, ast.USub) else v
         raise ValueError("a sign before something that is not a number")
-    if isinstance(node, ast.List | ast.Tuple):
-        return [literal(e) for e in node.elts]
+    if isinstance(node, ast.List) or (tuples and isinstance(node, ast.Tuple)):
+        return [literal(e, tuples=tuples, depth=depth + 1) for e in node.elts]
     if isinstance(node, ast.Dict):
         out: dict[str, Any] = {}
         for k_node, v_node in zip(node.keys, node.values, strict=True):
-            key = literal(k_node) if k_node is not None else None
-            if not isinstance(key, str):
+            if not (isinstance(k_node, ast.Constant) and isinstance(k_node.value, str)):
                 raise ValueError("a dict key that is not a string")
-            out[key] = literal(v_node)
+            out[k_node.value] = literal(v_node, tuples=tuples, depth=depth + 1)
         return out
     if isinstance(node, ast.Name) and node.id in _JSON_NAMES:
         return _JSON_NAMES[node.id]
-    raise ValueError(f"not a literal: {type(node).__name__}")
+    raise ValueError(f"not a literal: {ast.unparse(node)[:60]}")
 
 
-def py_literal(value: Any) -> str:
-    """``value`` (JSON data) written as a Python literal, as a model of the family writes it."""
+def py_literal(value: Any, *, json_strings: bool = False) -> str:
+    """``value`` (JSON data) written as a Python literal, as a model of the family writes it:
+    strings double-quoted where they hold no double quote (Gemma), or always in JSON's
+    spelling with ``json_strings`` (the pythonic format, whose prompt is JSON)."""
     if isinstance(value, bool) or value is None:
         return repr(value)
+    quote = _json_quoted if json_strings else _quoted
     if isinstance(value, str):
-        return _quoted(value)
+        return quote(value)
     if isinstance(value, list):
-        return "[" + ", ".join(py_literal(v) for v in value) + "]"
+        return "[" + ", ".join(py_literal(v, json_strings=json_strings) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{_quoted(str(k))}: {py_literal(v)}" for k, v in value.items()) + "}"
+        items = (f"{quote(str(k))}: {py_literal(v, json_strings=json_strings)}" for k, v in value.items())
+        return "{" + ", ".join(items) + "}"
     return repr(value)
 
 
@@ -155,6 +175,11 @@ def _quoted(text: str) -> str:
     return out
 
 
-def call_text(name: str, arguments: dict[str, Any]) -> str:
+def _json_quoted(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+def call_text(name: str, arguments: dict[str, Any], *, json_strings: bool = False) -> str:
     """One call in Python syntax: ``get_weather(city="Paris", days=2)``."""
-    return f"{name}({', '.join(f'{k}={py_literal(v)}' for k, v in arguments.items())})"
+    args = ", ".join(f"{k}={py_literal(v, json_strings=json_strings)}" for k, v in arguments.items())
+    return f"{name}({args})"

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import re
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
 
 from rkllmd import logface
 from rkllmd.generation import ToolCall
+from rkllmd.toolcalls import pycall
 from rkllmd.toolcalls.calls import new_call_id
 from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, ecma_escape, held_suffix
 
@@ -53,16 +53,7 @@ _MAYBE = re.compile(
     + r"[ \t]{0,4})?)?)?)?)?)?",
     re.A,
 )
-_LITERAL_NAMES: dict[str, Any] = {
-    "True": True,
-    "False": False,
-    "None": None,
-    "true": True,
-    "false": False,
-    "null": None,
-}
 _MAX_BLOCK = 65536  # a call list longer than this is not parsed (the AST of a huge text costs memory)
-_MAX_DEPTH = 32
 # Any JSON value (the converter reads an empty schema as an object).
 _ANY_VALUE = {"type": ["string", "number", "boolean", "array", "object", "null"]}
 _WS = "[ \\t\\n]{0,4}"
@@ -84,59 +75,15 @@ class Malformed(ValueError):
     """Why a call list is not calls (recorded in ``problems``)."""
 
 
-def _literal(node: ast.expr, depth: int = 0) -> Any:
-    """The value of a literal node; Malformed for anything that would need evaluating."""
-    if depth > _MAX_DEPTH:
-        raise Malformed("arguments nested too deeply")
-    value: Any
-    if isinstance(node, ast.Constant) and (node.value is None or type(node.value) in (str, bool, int, float)):
-        value = node.value
-    elif (
-        isinstance(node, ast.UnaryOp)
-        and isinstance(node.op, ast.USub | ast.UAdd)
-        and isinstance(node.operand, ast.Constant)
-        and type(node.operand.value) in (int, float)
-    ):
-        number = cast("int | float", node.operand.value)
-        value = -number if isinstance(node.op, ast.USub) else number
-    elif isinstance(node, ast.Name) and node.id in _LITERAL_NAMES:
-        value = _LITERAL_NAMES[node.id]
-    elif isinstance(node, ast.List):
-        value = [_literal(e, depth + 1) for e in node.elts]
-    elif isinstance(node, ast.Dict):
-        value = {}
-        for k, v in zip(node.keys, node.values, strict=True):
-            if not (isinstance(k, ast.Constant) and isinstance(k.value, str)):
-                raise Malformed("a dict key that is not a string")
-            value[k.value] = _literal(v, depth + 1)
-    else:
-        raise Malformed(f"an argument that is not a literal: {ast.unparse(node)[:60]}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise Malformed("a number that is not finite")
-    return value
-
-
-def _name(node: ast.expr) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_name(node.value)}.{node.attr}"
-    raise Malformed("a call of something that is not a name")
-
-
 def _call(node: ast.expr) -> ToolCall:
     if not isinstance(node, ast.Call):
         raise Malformed("a list item that is not a call")
     if node.args:
         raise Malformed("positional arguments (only name=value is read)")
-    args: dict[str, Any] = {}
-    for kw in node.keywords:
-        if kw.arg is None:
-            raise Malformed("**arguments")
-        if kw.arg in args:
-            raise Malformed(f"argument {kw.arg!r} given twice")
-        args[kw.arg] = _literal(kw.value)
-    return ToolCall(new_call_id(), _name(node.func), args)
+    try:  # lists only, as vLLM's pythonic parser reads them
+        return ToolCall(new_call_id(), pycall.dotted(node.func), pycall.keyword_args(node, tuples=False))
+    except ValueError as exc:
+        raise Malformed(str(exc)) from None
 
 
 def parse_list(text: str, bare_call: bool = False) -> list[ToolCall]:
@@ -269,20 +216,8 @@ class PythonicParser:
         return rest
 
 
-def py_literal(value: Any) -> str:
-    """A JSON value as the Python literal a model writes (strings in double quotes)."""
-    if value is None or isinstance(value, bool):
-        return repr(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(py_literal(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(str(k))}: {py_literal(v)}" for k, v in value.items()) + "}"
-    return json.dumps(value, ensure_ascii=False)
-
-
 def call_list(calls: tuple[ToolCall, ...]) -> str:
-    items = (f"{c.name}({', '.join(f'{k}={py_literal(v)}' for k, v in c.arguments.items())})" for c in calls)
-    return "[" + ", ".join(items) + "]"
+    return "[" + ", ".join(pycall.call_text(c.name, c.arguments, json_strings=True) for c in calls) + "]"
 
 
 def rename_rules(gbnf: str, prefix: str) -> str:
