@@ -7,8 +7,8 @@ started call well formed on llama.cpp, and how to recognise the family from its 
 name (``tool_format = "auto"``). The runtimes and the loop only ever talk to this interface, so a
 new family is one new module (docs/ARCHITECTURE.md, "Adding a tool-call format").
 
-Pure functions and data. The parser runs on the token sink's thread, one parser per generation;
-rendering and grammars run on the inference thread.
+Data and pure functions (``withhold`` also logs). The parser runs on the token sink's thread,
+one parser per generation; rendering and grammars run on the inference thread.
 """
 
 from __future__ import annotations
@@ -16,12 +16,16 @@ from __future__ import annotations
 import abc
 import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from rkllmd import logface
+
 if TYPE_CHECKING:
     from rkllmd.generation import ChatMessage, ToolCall
+
+log = logface.get_logger("rkllmd.toolcalls")
 
 #: a JSON schema in, GBNF rules out, with the start rule named ``root`` (llama.cpp's converter)
 ToGbnf = Callable[[dict[str, Any]], str]
@@ -136,6 +140,43 @@ def held_suffix(text: str, tags: Sequence[str]) -> int:
                 break
             i = text.find(tag[0], i + 1)
     return best
+
+
+def withhold(problems: list[str], why: str, text: str) -> None:
+    """Record why a call block is withheld (a parser's ``problems``) and log it with the block's start."""
+    problems.append(why)
+    log.warning("malformed tool call withheld", why=why, text=text[:200])
+
+
+def offered(tools: Tools, only: str | None) -> Iterator[tuple[int, dict[str, Any], dict[str, Any]]]:
+    """The tools a call grammar admits (all, or only the one named ``only``), each with its
+    index in ``tools`` (rule names carry it), its function and its parameters' properties."""
+    for i, t in enumerate(tools):
+        fn = t.get("function", {})
+        if only is None or fn.get("name") == only:
+            yield i, fn, (fn.get("parameters") or {}).get("properties") or {}
+
+
+def keyword_call_rules(
+    i: int,
+    head: str,
+    props: dict[str, Any],
+    value_rule: Callable[[Any], str],
+    *,
+    key_end: str,
+    sep: str,
+    close: str,
+) -> list[str]:
+    """GBNF rules ``fn-<i>`` of one call written ``head`` (the name and its opening), then
+    ``key<key_end>value`` arguments in any order with ``sep`` (GBNF) between them, each a
+    parameter of ``props`` whose value follows ``value_rule(schema)``, then ``close`` (GBNF)."""
+    opening = json.dumps(head, ensure_ascii=False)
+    if not props:
+        return [f"fn-{i} ::= {opening} {close}"]
+    alts = " | ".join(
+        f"{json.dumps(k + key_end, ensure_ascii=False)} {value_rule(v)}" for k, v in props.items()
+    )
+    return [f"fn-{i} ::= {opening} (fn-{i}-p ({sep} fn-{i}-p)*)? {close}", f"fn-{i}-p ::= {alts}"]
 
 
 def ecma_escape(text: str) -> str:

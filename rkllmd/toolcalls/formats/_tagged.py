@@ -16,13 +16,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rkllmd import logface
-from rkllmd.toolcalls.format import held_suffix
+from rkllmd.toolcalls.format import held_suffix, withhold
 
 if TYPE_CHECKING:
     from rkllmd.generation import ToolCall
-
-log = logface.get_logger("rkllmd.toolcalls")
 
 #: a block's body (between its tags) to its calls; ValueError saying why it is not calls
 ReadBody = Callable[[str], "list[ToolCall]"]
@@ -90,8 +87,7 @@ class TaggedParser:
                 self._bad(block, f"not a call: {e}")
 
     def _bad(self, block: str, why: str) -> None:
-        self.problems.append(why)
-        log.warning("malformed tool call withheld", why=why, text=block[:200])
+        withhold(self.problems, why, block)
 
 
 def _first(text: str, tags: tuple[str, ...], start: int) -> tuple[int, str]:

@@ -32,7 +32,16 @@ from typing import TYPE_CHECKING, Any
 from rkllmd.generation import ToolCall
 from rkllmd.toolcalls import pycall
 from rkllmd.toolcalls.calls import new_call_id, parse_calls
-from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, ecma_escape, optional_prefixes
+from rkllmd.toolcalls.format import (
+    CallGrammar,
+    ToGbnf,
+    ToolFormat,
+    Tools,
+    ecma_escape,
+    keyword_call_rules,
+    offered,
+    optional_prefixes,
+)
 from rkllmd.toolcalls.formats._tagged import ReadBody, TaggedParser
 
 if TYPE_CHECKING:
@@ -133,21 +142,10 @@ def call_grammar(tools: Tools, only: str | None) -> CallGrammar:
     of the tools' parameters in any order, each value a Python literal of its schema's type."""
     rules = ['root ::= "' + OPEN + '\\n" py-call ("\\n" py-call)* "\\n' + CLOSE + '"']
     fns: list[str] = []
-    for i, t in enumerate(tools):
-        fn = t.get("function", {})
-        if only is not None and fn.get("name") != only:
-            continue
+    for i, fn, props in offered(tools, only):
         fns.append(f"fn-{i}")
-        props = (fn.get("parameters") or {}).get("properties") or {}
-        head = json.dumps(f"{fn.get('name', '')}(", ensure_ascii=False)
-        if props:
-            rules.append(f'fn-{i} ::= {head} (fn-{i}-p ("," " "? fn-{i}-p)*)? ")"')
-            alts = " | ".join(
-                f"{json.dumps(f'{k}=', ensure_ascii=False)} {_arg_rule(v)}" for k, v in props.items()
-            )
-            rules.append(f"fn-{i}-p ::= {alts}")
-        else:
-            rules.append(f'fn-{i} ::= {head} ")"')
+        head = f"{fn.get('name', '')}("
+        rules += keyword_call_rules(i, head, props, _arg_rule, key_end="=", sep='"," " "?', close='")"')
     rules.append(f"py-call ::= {' | '.join(fns)}")
     trigger = f"({ecma_escape(OPEN)}){optional_prefixes(chr(10))}$"
     return CallGrammar("\n".join(rules) + "\n" + _PY_RULES, (trigger,))

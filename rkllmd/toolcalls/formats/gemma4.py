@@ -26,7 +26,16 @@ from typing import TYPE_CHECKING, Any
 
 from rkllmd.generation import ToolCall
 from rkllmd.toolcalls.calls import new_call_id
-from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, ecma_escape, optional_prefixes
+from rkllmd.toolcalls.format import (
+    CallGrammar,
+    ToGbnf,
+    ToolFormat,
+    Tools,
+    ecma_escape,
+    keyword_call_rules,
+    offered,
+    optional_prefixes,
+)
 from rkllmd.toolcalls.formats._tagged import TaggedParser, text_until
 
 if TYPE_CHECKING:
@@ -260,21 +269,10 @@ def call_grammar(tools: Tools, only: str | None) -> CallGrammar:
     each value of its schema's type; the lazy trigger at ``<|tool_call>``."""
     rules = ["root ::= tool-call (tool-ws tool-call)* tool-ws", "tool-ws ::= [ \\t\\n]{0,4}"]
     fns: list[str] = []
-    for i, t in enumerate(tools):
-        fn = t.get("function", {})
-        if only is not None and fn.get("name") != only:
-            continue
+    for i, fn, props in offered(tools, only):
         fns.append(f"fn-{i}")
-        props = (fn.get("parameters") or {}).get("properties") or {}
-        head = json.dumps(f"{fn.get('name', '')}{{", ensure_ascii=False)
-        if props:
-            rules.append(f'fn-{i} ::= {head} (fn-{i}-p ("," fn-{i}-p)*)? "}}"')
-            alts = " | ".join(
-                f"{json.dumps(f'{k}:', ensure_ascii=False)} {_value_rule(v)}" for k, v in props.items()
-            )
-            rules.append(f"fn-{i}-p ::= {alts}")
-        else:
-            rules.append(f'fn-{i} ::= {head} "}}"')
+        head = f"{fn.get('name', '')}{{"
+        rules += keyword_call_rules(i, head, props, _value_rule, key_end=":", sep='","', close='"}"')
     rules.append(f'tool-call ::= "{OPEN}call:" ({" | ".join(fns)}) "{CLOSE}"')
     trigger = f"({ecma_escape(OPEN)}){optional_prefixes('call:')}$"
     return CallGrammar("\n".join(rules) + "\n" + _VALUE_RULES + text_until("s", Q), (trigger,))

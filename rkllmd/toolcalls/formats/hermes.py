@@ -16,15 +16,20 @@ import json
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rkllmd import logface
 from rkllmd.toolcalls.calls import parse_calls
-from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, held_suffix, tagged_json_grammar
+from rkllmd.toolcalls.format import (
+    CallGrammar,
+    ToGbnf,
+    ToolFormat,
+    Tools,
+    held_suffix,
+    tagged_json_grammar,
+    withhold,
+)
 from rkllmd.toolcalls.schema import tool_call_schema
 
 if TYPE_CHECKING:
     from rkllmd.generation import ChatMessage, ToolCall
-
-log = logface.get_logger("rkllmd.toolcalls")
 
 OPEN = "<tool_call>"
 CLOSE = "</tool_call>"
@@ -103,8 +108,7 @@ class HermesParser:
         return rest
 
     def _bad(self, block: str, why: str) -> None:
-        self.problems.append(why)
-        log.warning("malformed tool call withheld", why=why, text=block[:200])
+        withhold(self.problems, why, block)
 
 
 def system_block(tools: Tools) -> str:

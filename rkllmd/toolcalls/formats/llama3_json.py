@@ -20,15 +20,13 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rkllmd import finitejson, logface
+from rkllmd import finitejson
 from rkllmd.toolcalls.calls import one_call
-from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, held_suffix
+from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, held_suffix, withhold
 from rkllmd.toolcalls.schema import tool_call_schema
 
 if TYPE_CHECKING:
     from rkllmd.generation import ChatMessage, ToolCall
-
-log = logface.get_logger("rkllmd.toolcalls")
 
 PYTHON_TAG = "<|python_tag|>"
 _CALL_START = re.compile(r'\{\s*"name"')  # the start of a call object, whitespace as JSON allows
@@ -113,8 +111,7 @@ class Llama3Parser:
                 if ok
                 else "a JSON object that is not a call"
             )
-            self.problems.append(why)
-            log.warning("malformed tool call withheld", why=why, text=rest[:200])
+            withhold(self.problems, why, rest)
             return ""
         return after
 

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rkllmd import finitejson, logface
+from rkllmd import finitejson
 from rkllmd.toolcalls.calls import new_call_id, one_call
 from rkllmd.toolcalls.format import (
     CallGrammar,
@@ -37,13 +37,12 @@ from rkllmd.toolcalls.format import (
     held_suffix,
     optional_prefixes,
     tagged_json_grammar,
+    withhold,
 )
 from rkllmd.toolcalls.schema import tool_call_schema
 
 if TYPE_CHECKING:
     from rkllmd.generation import ChatMessage, ToolCall
-
-log = logface.get_logger("rkllmd.toolcalls")
 
 TAG = "[TOOL_CALLS]"
 ARGS = "[ARGS]"
@@ -137,8 +136,7 @@ class MistralParser:
             try:
                 calls, tail = parse_segment(seg)
             except Malformed as exc:
-                self.problems.append(str(exc))
-                log.warning("malformed tool call withheld", why=str(exc), text=(TAG + seg)[:200])
+                withhold(self.problems, str(exc), TAG + seg)
                 continue
             self.calls += calls
             after.append(tail)

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from rkllmd import finitejson, logface
+from rkllmd import finitejson
 from rkllmd.toolcalls.calls import one_call
 from rkllmd.toolcalls.format import (
     CallGrammar,
@@ -31,13 +31,12 @@ from rkllmd.toolcalls.format import (
     ecma_escape,
     held_suffix,
     optional_prefixes,
+    withhold,
 )
 from rkllmd.toolcalls.schema import tool_call_schema
 
 if TYPE_CHECKING:
     from rkllmd.generation import ChatMessage, ToolCall
-
-log = logface.get_logger("rkllmd.toolcalls")
 
 WORD = "functools"
 OPEN = WORD + "["  # what opens calls: the word and the list's bracket
@@ -104,8 +103,7 @@ class Phi4MiniParser:
             calls, after = split_list(rest[i + len(WORD) :])
             if calls is None:
                 why = 'not a JSON list [{"name": ..., "arguments": {...}}, ...]'
-                self.problems.append(why)
-                log.warning("malformed tool call withheld", why=why, text=rest[i : i + 200])
+                withhold(self.problems, why, rest[i:])
                 break
             self.calls += calls
             rest = after

@@ -23,16 +23,13 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from rkllmd import logface
 from rkllmd.generation import ToolCall
 from rkllmd.toolcalls import pycall
 from rkllmd.toolcalls.calls import new_call_id
-from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, ecma_escape, held_suffix
+from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, ecma_escape, held_suffix, withhold
 
 if TYPE_CHECKING:
     from rkllmd.generation import ChatMessage
-
-log = logface.get_logger("rkllmd.toolcalls")
 
 START = "<|python_start|>"
 END = "<|python_end|>"
@@ -199,8 +196,7 @@ class PythonicParser:
             self._bad(block, str(exc))
 
     def _bad(self, block: str, why: str) -> None:
-        self.problems.append(why)
-        log.warning("malformed tool call withheld", why=why, text=block[:200])
+        withhold(self.problems, why, block)
 
     def finish(self) -> str:
         """The end of the output: a start that never became a call is text; an open list is a

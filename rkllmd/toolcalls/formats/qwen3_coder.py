@@ -37,7 +37,15 @@ from typing import TYPE_CHECKING, Any
 
 from rkllmd.generation import ToolCall
 from rkllmd.toolcalls.calls import new_call_id, parse_calls
-from rkllmd.toolcalls.format import CallGrammar, ToGbnf, ToolFormat, Tools, ecma_escape, optional_prefixes
+from rkllmd.toolcalls.format import (
+    CallGrammar,
+    ToGbnf,
+    ToolFormat,
+    Tools,
+    ecma_escape,
+    offered,
+    optional_prefixes,
+)
 from rkllmd.toolcalls.formats._tagged import ReadBody, TaggedParser, text_until
 from rkllmd.toolcalls.pycall import literal
 
@@ -220,12 +228,8 @@ def xml_grammar(tools: Tools, only: str | None) -> CallGrammar:
         f"tool-ws ::= {_WS}",
     ]
     fns: list[str] = []
-    for i, t in enumerate(tools):
-        fn = t.get("function", {})
-        if only is not None and fn.get("name") != only:
-            continue
+    for i, fn, props in offered(tools, only):
         fns.append(f"fn-{i}")
-        props = (fn.get("parameters") or {}).get("properties") or {}
         params = [f"fn-{i}-p-{j}" for j in range(len(props))]
         head = json.dumps(f"<function={fn.get('name', '')}>\n", ensure_ascii=False)
         body = f" ({' | '.join(params)})*" if params else ""
