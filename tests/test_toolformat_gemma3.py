@@ -11,7 +11,6 @@ file itself was not reachable here. It renders no tools, so rkllmd always writes
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +22,11 @@ from rkllmd.generation import ChatMessage
 from rkllmd.toolcalls import pycall
 from rkllmd.toolcalls.formats.gemma3 import FORMAT as GEMMA3
 from tests.chat_templates import render
+from tests.toolformat_helpers import FIXTURES, allowed_after, calls_of, smol_vocab
+from tests.toolformat_helpers import parse as parse_with
 
-FIXTURES = Path(__file__).parent / "fixtures"
+__all__ = ["smol_vocab"]  # a fixture, used by name
+
 TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
@@ -53,13 +55,7 @@ PARIS = ("get_weather", {"city": "Paris"})
 
 
 def parse(deltas: list[str]) -> tuple[str, Any]:
-    p = GEMMA3.parser(TOOLS)
-    text = "".join(p.feed(d) for d in deltas) + p.finish()
-    return text, p
-
-
-def calls(p: Any) -> list[tuple[str, dict[str, Any]]]:
-    return [(c.name, c.arguments) for c in p.calls]
+    return parse_with(GEMMA3, TOOLS, deltas)
 
 
 @pytest.mark.parametrize(
@@ -102,7 +98,7 @@ def test_what_gemma_writes_is_a_call_whatever_the_token_boundaries(
     """Each documented shape, whole and one character at a time: the calls, no text."""
     for deltas in ([output], list(output)):
         text, p = parse(deltas)
-        assert text == "" and calls(p) == expected and not p.problems
+        assert text == "" and calls_of(p) == expected and not p.problems
 
 
 def test_text_around_blocks_and_a_python_example_are_kept() -> None:
@@ -158,7 +154,7 @@ def test_a_cut_off_or_reopened_block_is_withheld() -> None:
     text, p = parse(['Sure.\n```tool_code\nget_weather(city="Pa'])
     assert text == "Sure.\n" and not p.calls and p.problems == ["unterminated: the output ended inside it"]
     text, p = parse(['```tool_code\nget_weather(\n```tool_code\nget_weather(city="Paris")\n```'])
-    assert text == "" and calls(p) == [PARIS] and len(p.problems) == 1
+    assert text == "" and calls_of(p) == [PARIS] and len(p.problems) == 1
 
 
 def test_literals_read_as_json_values() -> None:
@@ -180,7 +176,7 @@ def test_calls_it_renders_are_python_that_reads_back() -> None:
     turn = GEMMA3.render_call_turn(ChatMessage("assistant", "", (ToolCall("c", "get_weather", args),)))
     assert turn.startswith("```tool_code\nget_weather(city=") and turn.endswith("\n```")
     _, p = parse([turn])
-    assert calls(p) == [("get_weather", args)]
+    assert calls_of(p) == [("get_weather", args)]
 
 
 def test_the_tool_prompt_is_the_cookbooks() -> None:
@@ -219,41 +215,12 @@ def test_auto_recognises_gemma3_by_template_and_name() -> None:
 # --- the grammar on the real llama.cpp (SmolLM2's vocabulary) ----------------------------------
 
 
-@pytest.fixture(scope="module")
-def smol_vocab() -> Iterator[Any]:
-    """SmolLM2's vocabulary without its weights."""
-    lib = pytest.importorskip("llama_cpp")
-    from rkllmd.runtime.llamacpp import embedded_model_path
-
-    if embedded_model_path() is None:
-        pytest.skip("embedded model missing")
-    llm = lib.Llama(model_path=str(embedded_model_path()), vocab_only=True, verbose=False)
-    yield llm
-    llm.close()
-
-
-def lazy_after(llm: Any, text: str) -> Any:
-    """This format's lazy sampler for TOOLS after accepting ``text`` token by token."""
-    import llama_cpp
-
-    from rkllmd.runtime.llamacpp.grammar import LazyGrammar, _gbnf, _lazy_sampler
-
-    grammar = GEMMA3.grammar(TOOLS, _gbnf)
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    sampler = _lazy_sampler(llama_cpp, vocab, LazyGrammar(grammar.gbnf, grammar.triggers))
-    assert sampler is not None
-    for token in llm.tokenize(text.encode(), add_bos=False, special=False):
-        llama_cpp.llama_sampler_accept(sampler, token)
-    return sampler
-
-
 def test_the_grammar_holds_the_block_to_offered_calls_with_typed_literals(smol_vocab: Any) -> None:
     """From the fence on: an offered tool's name, its keyword arguments, digits for an integer, a
     quote for a string; an ordinary ```python fence, or prose, stays free."""
-    from tests.test_llamacpp_toolcalls import allowed
 
     def after(text: str) -> set[str]:
-        return allowed(smol_vocab, lazy_after(smol_vocab, "Sure.\n```tool_code\n" + text))
+        return allowed_after(smol_vocab, GEMMA3, TOOLS, "Sure.\n```tool_code\n" + text)
 
     names = after("")
     assert names and all("get_weather(".startswith(p) or "HassTurnOn(".startswith(p) for p in names)
@@ -261,17 +228,16 @@ def test_the_grammar_holds_the_block_to_offered_calls_with_typed_literals(smol_v
     assert all(p[0] in "-0123456789" for p in after("get_weather(days="))
     assert all(p[0] in "\"'" for p in after("get_weather(city="))
     assert len(after('get_weather(city="Par')) > 40000
-    assert len(allowed(smol_vocab, lazy_after(smol_vocab, "Sure.\n```python\n"))) > 40000
+    assert len(allowed_after(smol_vocab, GEMMA3, TOOLS, "Sure.\n```python\n")) > 40000
 
 
 def test_a_call_it_renders_passes_the_grammar_then_another_call_or_the_fence(smol_vocab: Any) -> None:
     """A rendered call with quotes and unicode in a string goes through the grammar; after its
     line only another offered call or the closing fence may come."""
     from rkllmd.generation import ToolCall
-    from tests.test_llamacpp_toolcalls import allowed
 
     call = ToolCall("c", "get_weather", {"city": 'Zürich "ZH"', "days": -2})
     turn = GEMMA3.render_call_turn(ChatMessage("assistant", "", (call,)))
     assert turn.endswith("\n```")
-    nxt = allowed(smol_vocab, lazy_after(smol_vocab, "Ok.\n" + turn[:-3]))
+    nxt = allowed_after(smol_vocab, GEMMA3, TOOLS, "Ok.\n" + turn[:-3])
     assert nxt and all(any(w.startswith(p) for w in ("```", "get_weather(", "HassTurnOn(")) for p in nxt)

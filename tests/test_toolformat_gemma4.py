@@ -10,8 +10,6 @@ chat template llama.cpp keeps for Gemma 4 (models/templates/gemma4.jinja at llam
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,8 +18,11 @@ import structlog
 from rkllmd import toolcalls
 from rkllmd.toolcalls.formats.gemma4 import FORMAT as GEMMA4
 from tests.chat_templates import render
+from tests.toolformat_helpers import FIXTURES, allowed_after, calls_of, smol_vocab
+from tests.toolformat_helpers import parse as parse_with
 
-FIXTURES = Path(__file__).parent / "fixtures"
+__all__ = ["smol_vocab"]  # a fixture, used by name
+
 TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
@@ -45,19 +46,13 @@ LONDON = '<|tool_call>call:get_current_temperature{location:<|"|>London<|"|>}<to
 
 
 def parse(deltas: list[str]) -> tuple[str, Any]:
-    p = GEMMA4.parser(TOOLS)
-    text = "".join(p.feed(d) for d in deltas) + p.finish()
-    return text, p
-
-
-def calls(p: Any) -> list[tuple[str, dict[str, Any]]]:
-    return [(c.name, c.arguments) for c in p.calls]
+    return parse_with(GEMMA4, TOOLS, deltas)
 
 
 def test_googles_example_call_split_at_every_position() -> None:
     for cut in range(1, len(LONDON)):
         text, p = parse([LONDON[:cut], LONDON[cut:]])
-        assert text == "" and calls(p) == [("get_current_temperature", {"location": "London"})], cut
+        assert text == "" and calls_of(p) == [("get_current_temperature", {"location": "London"})], cut
 
 
 def test_parallel_calls_back_to_back_after_text() -> None:
@@ -77,7 +72,7 @@ def test_values_of_every_kind_and_strings_holding_syntax() -> None:
     )
     text, p = parse(list(out))
     assert text == "" and not p.problems
-    assert calls(p) == [
+    assert calls_of(p) == [
         (
             "get_current_temperature",
             {
@@ -124,7 +119,7 @@ def test_the_templates_own_rendering_of_calls_parses_back() -> None:
     prompt = render("gemma4.jinja", messages, tools=TOOLS)
     turn = prompt.split("<|turn>model\n", 1)[1].split("<turn|>")[0]
     text, p = parse(list(turn))
-    assert text == "" and calls(p) == [("get_current_temperature", a) for a in args]
+    assert text == "" and calls_of(p) == [("get_current_temperature", a) for a in args]
     from rkllmd.generation import ChatMessage
 
     assert GEMMA4.render_call_turn(ChatMessage("assistant", "", tuple(p.calls))) == turn
@@ -161,45 +156,15 @@ def test_auto_recognises_gemma4_by_template_and_name() -> None:
 # --- the grammar on the real llama.cpp (SmolLM2's vocabulary, which spells the tokens out) -------
 
 
-@pytest.fixture(scope="module")
-def smol_vocab() -> Iterator[Any]:
-    """SmolLM2's vocabulary without its weights: Gemma 4's control tokens are several tokens in
-    it, so the grammar is checked on their text, as llama.cpp matches a token's text."""
-    lib = pytest.importorskip("llama_cpp")
-    from rkllmd.runtime.llamacpp import embedded_model_path
-
-    if embedded_model_path() is None:
-        pytest.skip("embedded model missing")
-    llm = lib.Llama(model_path=str(embedded_model_path()), vocab_only=True, verbose=False)
-    yield llm
-    llm.close()
-
-
-def lazy_after(llm: Any, text: str) -> Any:
-    """This format's lazy sampler for TOOLS after accepting ``text`` token by token."""
-    import llama_cpp
-
-    from rkllmd.runtime.llamacpp.grammar import LazyGrammar, _gbnf, _lazy_sampler
-
-    grammar = GEMMA4.grammar(TOOLS, _gbnf)
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    sampler = _lazy_sampler(llama_cpp, vocab, LazyGrammar(grammar.gbnf, grammar.triggers))
-    assert sampler is not None
-    for token in llm.tokenize(text.encode(), add_bos=False, special=False):
-        llama_cpp.llama_sampler_accept(sampler, token)
-    return sampler
-
-
 START = "Sure. <|tool_call>call:"
 
 
 def test_the_grammar_holds_a_started_call_to_its_tool_parameters_and_types(smol_vocab: Any) -> None:
     """From <|tool_call> on: the offered tool's name, its parameters, an enum's strings, digits
     for an integer, a string's delimiter; inside a string, any text."""
-    from tests.test_llamacpp_toolcalls import allowed
 
     def after(text: str) -> set[str]:
-        return allowed(smol_vocab, lazy_after(smol_vocab, START + text))
+        return allowed_after(smol_vocab, GEMMA4, TOOLS, START + text)
 
     assert all("get_current_temperature{".startswith(p) for p in after(""))
     keys = after("get_current_temperature{")
@@ -209,18 +174,17 @@ def test_the_grammar_holds_a_started_call_to_its_tool_parameters_and_types(smol_
     assert unit and all('<|"|>celsius'.startswith(p) or '<|"|>fahrenheit'.startswith(p) for p in unit)
     assert all('<|"|>'.startswith(p) for p in after("get_current_temperature{location:"))
     assert len(after('get_current_temperature{location:<|"|>Lon')) > 40000
-    assert len(allowed(smol_vocab, lazy_after(smol_vocab, "Sure. call:"))) > 40000  # no tag, no grammar
+    assert len(allowed_after(smol_vocab, GEMMA4, TOOLS, "Sure. call:")) > 40000  # no tag, no grammar
 
 
 def test_a_whole_call_passes_the_grammar_and_only_another_call_or_the_end_follows(smol_vocab: Any) -> None:
     from rkllmd.generation import ChatMessage, ToolCall
-    from tests.test_llamacpp_toolcalls import allowed
 
     args = {"location": 'Paris, "TX" <b>{x}</b>', "unit": "celsius", "days": -2}
     call = GEMMA4.render_call_turn(
         ChatMessage("assistant", "", (ToolCall("c", "get_current_temperature", args),))
     )
-    after = allowed(smol_vocab, lazy_after(smol_vocab, "Ok. " + call))
+    after = allowed_after(smol_vocab, GEMMA4, TOOLS, "Ok. " + call)
     assert after and all(
         p.strip(" \t\n") == "" or "<|tool_call>".startswith(p.lstrip(" \t\n")) for p in after
     )

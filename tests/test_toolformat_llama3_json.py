@@ -13,7 +13,10 @@ import pytest
 from rkllmd import toolcalls
 from rkllmd.generation import ChatMessage, GenerateInput, Sampling
 from rkllmd.toolcalls.formats.llama3_json import FORMAT as LLAMA3
-from tests.test_llamacpp_toolcalls import allowed
+from tests.toolformat_helpers import FIXTURES, allowed_after, smol_vocab, smollm2_as
+from tests.toolformat_helpers import parse as parse_with
+
+__all__ = ["smol_vocab"]  # a fixture, used by name
 
 TOOLS = [
     {
@@ -39,9 +42,7 @@ LLAMA32_TEMPLATE = (
 
 
 def parse(deltas: list[str]) -> tuple[str, Any]:
-    p = LLAMA3.parser(TOOLS)
-    text = "".join(p.feed(d) for d in deltas) + p.finish()
-    return text, p
+    return parse_with(LLAMA3, TOOLS, deltas)
 
 
 @pytest.mark.parametrize(
@@ -105,7 +106,7 @@ def test_text_before_the_python_tag_streams_at_once() -> None:
 def test_auto_recognises_llama_by_template_and_by_name() -> None:
     """Llama 3.2's template is Llama JSON; Qwen2.5's stays Hermes; a Hermes-3 Llama fine-tune whose
     template writes <tool_call> is Hermes although its name says Llama; by name alone, Llama 3."""
-    qwen = (Path(__file__).parent / "fixtures" / "qwen2.5-instruct.jinja").read_text()
+    qwen = (FIXTURES / "qwen2.5-instruct.jinja").read_text()
     assert toolcalls.choose("auto", LLAMA32_TEMPLATE, "model.gguf").name == "llama3_json"
     assert toolcalls.choose("auto", qwen, "llama-3.2-1b.gguf").name == "hermes"
     assert toolcalls.choose("auto", None, "Llama-3.2-1B-Instruct_W8A8_RK3588.rkllm").name == "llama3_json"
@@ -136,20 +137,7 @@ def make_rkllm(tmp_path: Path) -> Any:
 @pytest.fixture(scope="module")
 def smollm2_llama3() -> Iterator[Any]:
     """The embedded SmolLM2 told to write Llama JSON calls."""
-    pytest.importorskip("llama_cpp")
-    from rkllmd.runtime.llamacpp import embedded_model_path
-    from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
-    from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
-
-    if embedded_model_path() is None:
-        pytest.skip("embedded model missing")
-    cfg = LlamaCppModelSettings.model_validate(
-        {"runtime": "llamacpp", "max_context_len": 1024, "n_threads": 2, "tool_format": "llama3_json"}
-    )
-    rt = LlamaCppRuntime("smollm2", cfg)
-    rt.open()
-    yield rt
-    rt.close()
+    yield from smollm2_as("llama3_json")
 
 
 def generate(rt: Any, choice: str) -> tuple[str, Any]:
@@ -187,35 +175,8 @@ def test_llamacpp_lazy_trigger_runs_and_leaves_the_answer_parseable(smollm2_llam
     assert p.calls or text.strip()
 
 
-def lazy_after(llm: Any, text: str) -> Any:
-    """Llama JSON's lazy sampler for TOOLS after accepting ``text`` token by token."""
-    import llama_cpp
-
-    from rkllmd.runtime.llamacpp.grammar import LazyGrammar, _gbnf, _lazy_sampler
-
-    grammar = LLAMA3.grammar(TOOLS, _gbnf)
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    sampler = _lazy_sampler(llama_cpp, vocab, LazyGrammar(grammar.gbnf, grammar.triggers))
-    for token in llm.tokenize(text.encode(), add_bos=False, special=False):
-        llama_cpp.llama_sampler_accept(sampler, token)
-    return sampler
-
-
-@pytest.fixture(scope="module")
-def smol_vocab() -> Iterator[Any]:
-    """SmolLM2's vocabulary without its weights."""
-    lib = pytest.importorskip("llama_cpp")
-    from rkllmd.runtime.llamacpp import embedded_model_path
-
-    if embedded_model_path() is None:
-        pytest.skip("embedded model missing")
-    llm = lib.Llama(model_path=str(embedded_model_path()), vocab_only=True, verbose=False)
-    yield llm
-    llm.close()
-
-
 def test_the_grammar_takes_over_only_at_the_start_of_the_output(smol_vocab: Any) -> None:
     """An output opening with ``{"`` is held to a call from there (only ``name`` may follow);
     the same characters after words leave the text free (llama.cpp's regex honours the anchor)."""
-    assert allowed(smol_vocab, lazy_after(smol_vocab, '{"')) == {"n", "na", "nam", "name"}
-    assert len(allowed(smol_vocab, lazy_after(smol_vocab, 'Sure: {"'))) > 40000
+    assert allowed_after(smol_vocab, LLAMA3, TOOLS, '{"') == {"n", "na", "nam", "name"}
+    assert len(allowed_after(smol_vocab, LLAMA3, TOOLS, 'Sure: {"')) > 40000

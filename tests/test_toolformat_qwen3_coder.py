@@ -11,8 +11,6 @@ from a fork at b354d7c9, line endings made LF). The Hugging Face originals were 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +19,11 @@ import structlog
 from rkllmd import toolcalls
 from rkllmd.toolcalls.formats.qwen3_coder import FORMAT as CODER
 from tests.chat_templates import render
+from tests.toolformat_helpers import FIXTURES, allowed_after, calls_of, smol_vocab
+from tests.toolformat_helpers import parse as parse_with
 
-FIXTURES = Path(__file__).parent / "fixtures"
+__all__ = ["smol_vocab"]  # a fixture, used by name
+
 TOOLS: list[dict[str, Any]] = [
     {
         "type": "function",
@@ -60,19 +61,13 @@ WEATHER = (
 
 
 def parse(deltas: list[str]) -> tuple[str, Any]:
-    p = CODER.parser(TOOLS)
-    text = "".join(p.feed(d) for d in deltas) + p.finish()
-    return text, p
-
-
-def calls(p: Any) -> list[tuple[str, dict[str, Any]]]:
-    return [(c.name, c.arguments) for c in p.calls]
+    return parse_with(CODER, TOOLS, deltas)
 
 
 def test_the_templates_call_one_character_at_a_time() -> None:
     """The call shape the template asks for, fed a character at a time: one call, no text."""
     text, p = parse(list(WEATHER))
-    assert text == "" and calls(p) == [("get_weather", {"city": "Paris"})] and not p.problems
+    assert text == "" and calls_of(p) == [("get_weather", {"city": "Paris"})] and not p.problems
 
 
 def test_reasoning_before_and_parallel_calls() -> None:
@@ -88,7 +83,10 @@ def test_reasoning_before_and_parallel_calls() -> None:
     for cut in range(1, len(out)):
         text, p = parse([out[:cut], out[cut:]])
         assert text.strip() == "I'll check both cities.", cut
-        assert calls(p) == [("get_weather", {"city": "Paris"}), ("get_weather", {"city": "Rome", "days": 3})]
+        assert calls_of(p) == [
+            ("get_weather", {"city": "Paris"}),
+            ("get_weather", {"city": "Rome", "days": 3}),
+        ]
 
 
 def test_values_take_their_schema_types() -> None:
@@ -104,7 +102,7 @@ def test_values_take_their_schema_types() -> None:
     )
     text, p = parse([out])
     assert text == "" and not p.problems
-    assert calls(p) == [
+    assert calls_of(p) == [
         (
             "get_weather",
             {
@@ -129,7 +127,7 @@ def test_a_value_that_is_not_its_type_stays_text_and_unknown_tools_get_text() ->
         "<tool_call>\n<function=other>\n<parameter=n>\n5\n</parameter>\n</function>\n</tool_call>"
     )
     _, p = parse([out])
-    assert calls(p) == [
+    assert calls_of(p) == [
         ("get_weather", {"city": "null", "days": "three", "extra": "5"}),
         ("other", {"n": "5"}),
     ]
@@ -137,7 +135,7 @@ def test_a_value_that_is_not_its_type_stays_text_and_unknown_tools_get_text() ->
 
 def test_hermes_json_in_the_block_is_read_too() -> None:
     _, p = parse(['<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>'])
-    assert calls(p) == [("get_weather", {"city": "Paris"})] and not p.problems
+    assert calls_of(p) == [("get_weather", {"city": "Paris"})] and not p.problems
 
 
 @pytest.mark.parametrize(
@@ -163,7 +161,7 @@ def test_a_malformed_block_is_withheld_and_recorded(output: str) -> None:
 def test_a_block_opened_again_is_dropped_and_the_next_one_read() -> None:
     """A call abandoned half-way for a new <tool_call>: the first is a problem, the second acts."""
     text, p = parse(["<tool_call>\n<function=get_weather>\n<parameter=ci", WEATHER])
-    assert text == "" and calls(p) == [("get_weather", {"city": "Paris"})] and len(p.problems) == 1
+    assert text == "" and calls_of(p) == [("get_weather", {"city": "Paris"})] and len(p.problems) == 1
 
 
 def test_the_templates_own_rendering_of_a_call_parses_back() -> None:
@@ -181,7 +179,7 @@ def test_the_templates_own_rendering_of_a_call_parses_back() -> None:
     prompt = render("qwen3-coder.jinja", messages, tools=TOOLS)
     turn = prompt.split("<|im_start|>assistant\n", 1)[1].split("<|im_end|>")[0]
     text, p = parse(list(turn))
-    assert text == "" and calls(p) == [("get_weather", args)]
+    assert text == "" and calls_of(p) == [("get_weather", args)]
 
 
 def test_tools_are_offered_as_the_template_writes_them() -> None:
@@ -218,64 +216,34 @@ def test_auto_tells_qwen3_coder_from_qwen25_and_qwen3() -> None:
 # --- the grammar on the real llama.cpp (SmolLM2's vocabulary; the model for one generation) ------
 
 
-@pytest.fixture(scope="module")
-def smol_vocab() -> Iterator[Any]:
-    """SmolLM2's vocabulary without its weights."""
-    lib = pytest.importorskip("llama_cpp")
-    from rkllmd.runtime.llamacpp import embedded_model_path
-
-    if embedded_model_path() is None:
-        pytest.skip("embedded model missing")
-    llm = lib.Llama(model_path=str(embedded_model_path()), vocab_only=True, verbose=False)
-    yield llm
-    llm.close()
-
-
-def lazy_after(llm: Any, text: str) -> Any:
-    """This format's lazy sampler for TOOLS after accepting ``text`` token by token."""
-    import llama_cpp
-
-    from rkllmd.runtime.llamacpp.grammar import LazyGrammar, _gbnf, _lazy_sampler
-
-    grammar = CODER.grammar(TOOLS, _gbnf)
-    vocab = llama_cpp.llama_model_get_vocab(llm.model)
-    sampler = _lazy_sampler(llama_cpp, vocab, LazyGrammar(grammar.gbnf, grammar.triggers))
-    assert sampler is not None
-    for token in llm.tokenize(text.encode(), add_bos=False, special=False):
-        llama_cpp.llama_sampler_accept(sampler, token)
-    return sampler
-
-
 CALL_START = "Sure. <tool_call>\n<function="
 
 
 def test_the_grammar_holds_a_started_call_to_offered_tools_and_typed_values(smol_vocab: Any) -> None:
     """Free text, then from <tool_call> on: only an offered tool's name, only its parameters, a
     typed value where the schema gives a type; a string value is free up to its closing tag."""
-    from tests.test_llamacpp_toolcalls import allowed
 
-    names = allowed(smol_vocab, lazy_after(smol_vocab, CALL_START))
+    names = allowed_after(smol_vocab, CODER, TOOLS, CALL_START)
     assert names and all("get_weather>".startswith(p) or "write_file>".startswith(p) for p in names)
-    params = allowed(smol_vocab, lazy_after(smol_vocab, CALL_START + "get_weather>\n<parameter="))
+    params = allowed_after(smol_vocab, CODER, TOOLS, CALL_START + "get_weather>\n<parameter=")
     assert params and all(
         any(n.startswith(p) for n in TOOLS[0]["function"]["parameters"]["properties"]) for p in params
     )
-    days = allowed(smol_vocab, lazy_after(smol_vocab, CALL_START + "get_weather>\n<parameter=days>\n"))
+    days = allowed_after(smol_vocab, CODER, TOOLS, CALL_START + "get_weather>\n<parameter=days>\n")
     assert days and all(p[0] in "-0123456789" for p in days)
-    hourly = allowed(smol_vocab, lazy_after(smol_vocab, CALL_START + "get_weather>\n<parameter=hourly>\n"))
+    hourly = allowed_after(smol_vocab, CODER, TOOLS, CALL_START + "get_weather>\n<parameter=hourly>\n")
     assert hourly and all("true".startswith(p) or "false".startswith(p) for p in hourly)
-    city = allowed(smol_vocab, lazy_after(smol_vocab, CALL_START + "get_weather>\n<parameter=city>\n"))
+    city = allowed_after(smol_vocab, CODER, TOOLS, CALL_START + "get_weather>\n<parameter=city>\n")
     assert len(city) > 40000  # any text: the value is free
-    assert len(allowed(smol_vocab, lazy_after(smol_vocab, "Sure. <function="))) > 40000  # no tag, no grammar
+    assert len(allowed_after(smol_vocab, CODER, TOOLS, "Sure. <function=")) > 40000  # no tag, no grammar
 
 
 def test_a_whole_call_passes_the_grammar_and_only_another_call_or_the_end_follows(smol_vocab: Any) -> None:
     """A call rendered as the template writes it, with a string value holding markup-like text,
     goes through the grammar token by token; after it, only whitespace or another call."""
     from rkllmd.generation import ChatMessage, ToolCall
-    from tests.test_llamacpp_toolcalls import allowed
 
     args = {"city": "a </param> b <x>", "days": -2, "hourly": False}
     call = CODER.render_call_turn(ChatMessage("assistant", "", (ToolCall("c", "get_weather", args),)))
-    after = allowed(smol_vocab, lazy_after(smol_vocab, "Ok. " + call))
+    after = allowed_after(smol_vocab, CODER, TOOLS, "Ok. " + call)
     assert after and all(p.strip(" \t\n") == "" or "<tool_call>".startswith(p.lstrip(" \t\n")) for p in after)

@@ -84,3 +84,12 @@ def required_call(rt: Any, tools: Any, question: str) -> tuple[str, str, Any]:
     result = rt.generate(inp, lambda text, _tok: deltas.append(text))
     text, p = parse(rt.tool_format, tools, deltas)
     return result.finish_reason, text, p
+
+
+def assert_writes_its_call(rt: Any, tools: Any) -> None:
+    """tool_choice required on ``rt`` (SmolLM2 on llama.cpp, which has no tool template: rkllmd
+    offers the tools in the family's words): it writes a call of the first tool in the family's
+    syntax, and the family's parser reads it with nothing left over."""
+    finish, text, p = required_call(rt, tools, "What is the weather in Paris?")
+    assert finish == "stop" and text.strip() == "" and not p.problems, (text, p.problems)
+    assert [c.name for c in p.calls] and all(c.name == tools[0]["function"]["name"] for c in p.calls)
