@@ -11,19 +11,15 @@ format serves all three interfaces.
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import ollama
-import openai
 import pytest
 
-from tests.e2e.conftest import final_of, start_with_both_apis
-from tests.helpers import Broker, DaemonProc, Probe
+from tests.e2e.conftest import final_of
+from tests.e2e.toolformat_served import Served, ollama_chat, openai_chat, serve_format
+from tests.helpers import Broker, Probe
 
 WEATHER = {
     "type": "function",
@@ -71,27 +67,17 @@ EXPECTED = {"single": [PARIS], "parallel": [PARIS, ROME]}
 MARKUP = ("[", "]", "functools", "TOOL_CALLS", "ARGS", "get_weather", "{")
 
 
-def script(fmt: str) -> str:
+def script(fmt: str) -> list[tuple[str, str, str]]:
     """The double's script: the parallel question's needle first (the first match is said)."""
-    lines = [
-        ("Rome and Paris", SAID[fmt]["parallel"]),
-        ("weather in Paris", SAID[fmt]["single"]),
-        ("in Nowhere", MALFORMED[fmt]),
+    return [
+        ("user", "Rome and Paris", SAID[fmt]["parallel"]),
+        ("user", "weather in Paris", SAID[fmt]["single"]),
+        ("user", "in Nowhere", MALFORMED[fmt]),
     ]
-    return "".join(f"user\t{n}\t{base64.b64encode(s.encode()).decode()}\n" for n, s in lines)
 
 
 def clean(text: str) -> bool:
     return not any(m in text for m in MARKUP)
-
-
-@dataclass
-class Served:
-    fmt: str
-    base: str
-    proc: DaemonProc
-    openai: openai.OpenAI
-    ollama: ollama.Client
 
 
 @pytest.fixture(scope="module", params=sorted(SAID))
@@ -103,24 +89,7 @@ def served(
 ) -> Iterator[Served]:
     fmt: str = request.param
     tmp = tmp_path_factory.mktemp(f"fmt-{fmt}")
-    (tmp / "script.tsv").write_text(script(fmt))
-    base = f"fmt{fmt.replace('_', '')}"
-    d, openai_port, ollama_port = start_with_both_apis(
-        tmp,
-        broker,
-        fake_libs["1.3"],
-        base,
-        model={"tool_format": fmt},
-        env={"FAKE_RKLLM_SCRIPT": str(tmp / "script.tsv")},
-    )
-    yield Served(
-        fmt,
-        base,
-        d,
-        openai.OpenAI(base_url=f"http://127.0.0.1:{openai_port}/v1", api_key="x", max_retries=0, timeout=30),
-        ollama.Client(host=f"http://127.0.0.1:{ollama_port}", timeout=30),
-    )
-    assert d.stop() == 0
+    yield from serve_format(fmt, script(fmt), tmp, broker, fake_libs["1.3"], f"fmt{fmt.replace('_', '')}")
 
 
 def user(kind: str) -> list[Any]:
@@ -164,28 +133,7 @@ def test_a_malformed_call_is_invalid_output_and_never_streamed(served: Served, m
 @pytest.mark.parametrize("kind", ["single", "parallel"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_openai_client_gets_tool_calls_and_no_markup(served: Served, kind: str, stream: bool) -> None:
-    calls: dict[int, dict[str, str]] = {}
-    content = ""
-    if stream:
-        finish = None
-        for chunk in served.openai.chat.completions.create(
-            model="fake", messages=user(kind), tools=[WEATHER], stream=True
-        ):
-            for choice in chunk.choices:
-                content += choice.delta.content or ""
-                finish = choice.finish_reason or finish
-                for tc in choice.delta.tool_calls or []:
-                    got = calls.setdefault(tc.index, {"name": "", "arguments": ""})
-                    got["name"] += (tc.function.name or "") if tc.function else ""
-                    got["arguments"] += (tc.function.arguments or "") if tc.function else ""
-    else:
-        done = served.openai.chat.completions.create(model="fake", messages=user(kind), tools=[WEATHER])
-        message, finish = done.choices[0].message, done.choices[0].finish_reason
-        content = message.content or ""
-        for i, tc in enumerate(message.tool_calls or []):
-            fn = tc.function  # type: ignore[union-attr]
-            calls[i] = {"name": fn.name, "arguments": fn.arguments}
-    got = [(c["name"], json.loads(c["arguments"])) for _, c in sorted(calls.items())]
+    content, got, finish = openai_chat(served, user(kind), [WEATHER], stream)
     assert got == EXPECTED[kind] and finish == "tool_calls"
     assert clean(content), content
 
@@ -195,14 +143,6 @@ def test_openai_client_gets_tool_calls_and_no_markup(served: Served, kind: str, 
 def test_ollama_client_gets_tool_calls_and_no_markup(served: Served, kind: str, stream: bool) -> None:
     """As Home Assistant's client reads it: the calls in ``message.tool_calls``; nothing of them
     in ``message.content``, which HA would speak."""
-    if stream:
-        parts = list(served.ollama.chat(model="fake", messages=user(kind), tools=[WEATHER], stream=True))
-    else:
-        parts = [served.ollama.chat(model="fake", messages=user(kind), tools=[WEATHER], stream=False)]
-    got = [
-        (tc.function.name, dict(tc.function.arguments)) for p in parts for tc in p.message.tool_calls or []
-    ]
+    said, got = ollama_chat(served, user(kind), [WEATHER], stream)
     assert got == EXPECTED[kind]
-    said = "".join(p.message.content or "" for p in parts)
     assert clean(said), said
-    assert parts[-1].done

@@ -11,18 +11,15 @@ content, stream chunk or final text. One daemon per format serves all three inte
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import ollama
-import openai
 import pytest
 
-from tests.e2e.conftest import final_of, start_with_both_apis
-from tests.helpers import Broker, DaemonProc, Probe
+from tests.e2e.conftest import final_of
+from tests.e2e.toolformat_served import Call, Served, ollama_chat, openai_chat, serve_format
+from tests.helpers import Broker, Probe
 
 WEATHER = {
     "type": "function",
@@ -79,17 +76,6 @@ CHUNK = {"single": 3, "parallel": 1}
 MARKUP = ("tool_code", "<|", "|>", "<tool_call", "<function", "<parameter", "```", "get_weather(")
 
 
-class Served:
-    def __init__(
-        self, fmt: str, proc: DaemonProc, openai_port: int, ollama_port: int, broker: Broker
-    ) -> None:
-        self.fmt, self.proc, self.broker, self.base = fmt, proc, broker, f"tf{fmt.replace('_', '')}"
-        self.ollama = ollama.Client(host=f"http://127.0.0.1:{ollama_port}", timeout=30)
-        self.openai = openai.OpenAI(
-            base_url=f"http://127.0.0.1:{openai_port}/v1", api_key="x", max_retries=0, timeout=30
-        )
-
-
 @pytest.fixture(scope="module", params=sorted(SAID))
 def served(
     request: pytest.FixtureRequest,
@@ -99,26 +85,11 @@ def served(
 ) -> Iterator[Served]:
     """rkllmd with the model set to one format, its script saying that family's calls."""
     fmt: str = request.param
+    lines = [("*", f"{fmt}-{kind}", text) for kind, text in SAID[fmt].items()]
     tmp = tmp_path_factory.mktemp(f"tf-{fmt}")
-    script = tmp / "script.tsv"
-    script.write_text(
-        "".join(
-            f"*\t{fmt}-{kind}\t{base64.b64encode(text.encode()).decode()}\n"
-            for kind, text in SAID[fmt].items()
-        )
-    )
-    base = f"tf{fmt.replace('_', '')}"
-    d, openai_port, ollama_port = start_with_both_apis(
-        tmp,
-        broker,
-        fake_libs["1.3"],
-        base,
-        model={"tool_format": fmt},
-        env={"FAKE_RKLLM_SCRIPT": str(script)},
-    )
-    assert f'"format": "{fmt}"' in d.log_text()  # the tool_format line at load
-    yield Served(fmt, d, openai_port, ollama_port, broker)
-    assert d.stop() == 0
+    for served in serve_format(fmt, lines, tmp, broker, fake_libs["1.3"], f"tf{fmt.replace('_', '')}"):
+        assert f'"format": "{fmt}"' in served.proc.log_text()  # the tool_format line at load
+        yield served
 
 
 def ask_text(served: Served, kind: str) -> str:
@@ -130,7 +101,7 @@ def no_markup(text: str) -> bool:
     return not any(m in text for m in MARKUP)
 
 
-def over_mqtt(served: Served, kind: str, stream: bool) -> tuple[str, list[tuple[str, dict[str, Any]]], str]:
+def over_mqtt(served: Served, kind: str, stream: bool) -> tuple[str, list[Call], str]:
     probe = Probe(served.broker)
     try:
         rid = f"{served.fmt}-{kind}-{int(stream)}"
@@ -152,38 +123,15 @@ def over_mqtt(served: Served, kind: str, stream: bool) -> tuple[str, list[tuple[
     return data["text"], got, streamed
 
 
-def over_openai(served: Served, kind: str, stream: bool) -> tuple[str, list[tuple[str, dict[str, Any]]], str]:
+def over_openai(served: Served, kind: str, stream: bool) -> tuple[str, list[Call], str]:
     messages: Any = [{"role": "user", "content": ask_text(served, kind)}]
-    tools: Any = TOOLS
-    if not stream:
-        answer = served.openai.chat.completions.create(model="fake", messages=messages, tools=tools)
-        choice = answer.choices[0]
-        assert choice.finish_reason == "tool_calls"
-        got = [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls or []]
-        return choice.message.content or "", got, ""
-    content, names, args, finish = "", dict[int, str](), dict[int, str](), None
-    for chunk in served.openai.chat.completions.create(
-        model="fake", messages=messages, tools=tools, stream=True
-    ):
-        for c in chunk.choices:
-            content += c.delta.content or ""
-            for tc in c.delta.tool_calls or []:
-                names[tc.index] = names.get(tc.index, "") + (tc.function.name or "" if tc.function else "")
-                args[tc.index] = args.get(tc.index, "") + (tc.function.arguments or "" if tc.function else "")
-            finish = c.finish_reason or finish
+    content, got, finish = openai_chat(served, messages, TOOLS, stream)
     assert finish == "tool_calls"
-    return content, [(names[i], json.loads(args[i])) for i in sorted(names)], content
+    return content, got, content if stream else ""
 
 
-def over_ollama(served: Served, kind: str, stream: bool) -> tuple[str, list[tuple[str, dict[str, Any]]], str]:
-    messages = [{"role": "user", "content": ask_text(served, kind)}]
-    if stream:
-        parts = list(served.ollama.chat(model="fake", messages=messages, tools=TOOLS, stream=True))
-    else:
-        parts = [served.ollama.chat(model="fake", messages=messages, tools=TOOLS, stream=False)]
-    content = "".join(p.message.content or "" for p in parts)
-    got = [(c.function.name, dict(c.function.arguments)) for p in parts for c in p.message.tool_calls or []]
-    assert parts[-1].done
+def over_ollama(served: Served, kind: str, stream: bool) -> tuple[str, list[Call], str]:
+    content, got = ollama_chat(served, [{"role": "user", "content": ask_text(served, kind)}], TOOLS, stream)
     return content, got, content if stream else ""
 
 
