@@ -9,11 +9,11 @@ import pytest
 import structlog
 
 from rkllmd.errors import LibraryVersionError
+from rkllmd.runtime._libident import git_blob_id
 from rkllmd.runtime.rkllm._lib import (
     SUPPORTED,
     RkllmLibrary,
     detect_version,
-    git_blob_id,
     scan_sdk_versions,
 )
 from rkllmd.runtime.rkllm.settings import RkllmModelSettings

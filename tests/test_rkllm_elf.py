@@ -9,9 +9,10 @@ from typing import Any
 import pytest
 
 from rkllmd.errors import LibraryVersionError
+from rkllmd.runtime._libident import git_blob_id
 from rkllmd.runtime.rkllm import _elf, _lib
 from rkllmd.runtime.rkllm._elf import read_elf
-from rkllmd.runtime.rkllm._lib import RkllmLibrary, detect_version, git_blob_id
+from rkllmd.runtime.rkllm._lib import RkllmLibrary, detect_version
 from tests.fake_rkllm.build import build_fake
 from tests.fake_rkllm.derive import make_elf, patched_header, sdk_line
 from tests.rkllm_conftest_fixtures import BUILD_DIR, fake_library

@@ -12,6 +12,7 @@ import pytest
 import structlog
 
 from rkllmd.errors import LibraryVersionError, RuntimeNotInstalled
+from rkllmd.runtime._libident import git_blob_id
 from rkllmd.runtime.rkllm import _lib
 from rkllmd.runtime.rkllm._lib import (
     BLOB_IDS,
@@ -19,7 +20,6 @@ from rkllmd.runtime.rkllm._lib import (
     RkllmLibrary,
     detect_version,
     find_library,
-    git_blob_id,
     scan_sdk_versions,
     version_key,
 )

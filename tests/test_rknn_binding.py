@@ -117,7 +117,7 @@ def test_newer_and_older_releases_are_refused() -> None:
 
 def test_blob_table_refuses_android_and_32_bit_builds() -> None:
     path = build_fake_rknn(BUILD_DIR, "2.3.0")
-    from rkllmd.runtime.rkllm._lib import git_blob_id
+    from rkllmd.runtime._libident import git_blob_id
 
     blob = git_blob_id(path)
     with pytest.raises(LibraryVersionError, match=r"android_arm64-v8a build of librknnrt 2\.3\.0"):

@@ -22,18 +22,26 @@ from __future__ import annotations
 
 import ctypes
 import importlib
-import mmap
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rkllmd import logface
 from rkllmd.errors import LibraryVersionError, RuntimeNotInstalled
+from rkllmd.runtime._libident import (
+    Detection,
+    Method,
+    declare,
+    dlopen,
+    gather,
+    is_newer,
+    scan_strings,
+    version_key,
+)
 from rkllmd.runtime.rkllm._abi_common import FUNCTION_SINCE, AbiSpec
-from rkllmd.runtime.rkllm._elf import LINUX_BUILD, check_loadable, read_elf
+from rkllmd.runtime.rkllm._elf import LINUX_BUILD
 
 log = logface.get_logger(__name__)
 
@@ -104,7 +112,6 @@ BLOB_IDS: dict[str, tuple[str, str]] = {
     "5f0bd5f39bd05263a59786733687d29e66982aa6": ("1.3.0", "android_arm64-v8a"),
     "f96c82ba91731e14905d95bda44555b191dbe996": ("1.3.0", "android_armeabi-v7a"),
 }
-_32BIT_PLATFORMS = frozenset({"linux_armhf", "android_armeabi-v7a"})
 
 # The vendor's own release line, e.g. "RKLLM SDK (version: 1.2.1b1 | target: Linux | build: …)".
 # Anchored on the whole prefix: never a bare "version:" (the same file holds "rknn llm lib version:
@@ -112,7 +119,6 @@ _32BIT_PLATFORMS = frozenset({"linux_armhf", "android_armeabi-v7a"})
 _SDK_RE = re.compile(rb"RKLLM SDK \(version: ([0-9A-Za-z][0-9A-Za-z.+_-]{0,31}) \|")
 
 # "string" = the RKLLM SDK line above.
-Method = Literal["hash", "string", "pin"]
 _BY = {"hash": "git blob id", "string": "its RKLLM SDK line", "pin": "pin"}
 
 
@@ -124,42 +130,9 @@ def newest_supported() -> str:
     return max(SUPPORTED, key=version_key)
 
 
-def version_key(version: str) -> tuple[int, int, int, int, int]:
-    """Orders releases; a beta (1.2.1b1) sorts before its release (1.2.1)."""
-    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:b(\d+))?", version)
-    if not m:
-        raise ValueError(f"not a release number: {version!r}")
-    beta = m.group(4)
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if beta else 1, int(beta or 0))
-
-
-def _sha1() -> Any:
-    """A SHA-1: CPython's own, as hashlib's maps OpenSSL's libcrypto (3.5 MB) into the worker."""
-    try:
-        mod: Any = importlib.import_module("_sha1")
-    except ImportError:  # pragma: no cover - an interpreter without it
-        import hashlib as mod
-    return mod.sha1(usedforsecurity=False)
-
-
-def git_blob_id(path: Path) -> str:
-    """The id ``git hash-object`` would give the file: sha1 of ``b"blob <len>\\0"`` + contents."""
-    h = _sha1()
-    h.update(b"blob %d\0" % path.stat().st_size)
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return str(h.hexdigest())
-
-
 def scan_sdk_versions(path: Path) -> tuple[str, ...]:
     """Every distinct X of ``RKLLM SDK (version: X | …)`` in the file, in order of appearance."""
-    with path.open("rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return ()
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            found = (m.group(1).decode("ascii") for m in _SDK_RE.finditer(mm))
-            return tuple(dict.fromkeys(found))
+    return scan_strings(path, _SDK_RE)
 
 
 def find_library(*configured: Path | None, search_dirs: tuple[Path, ...] = SEARCH_DIRS) -> Path:
@@ -193,17 +166,6 @@ def find_library(*configured: Path | None, search_dirs: tuple[Path, ...] = SEARC
     )
 
 
-@dataclass(frozen=True)
-class Detection:
-    """Which release a library file is, and how that was decided."""
-
-    path: Path
-    version: str
-    method: Method
-    blob_id: str
-    platform: str | None = None  # from the blob table, when the hash matched
-
-
 def detect_version(
     path: Path, pin: str = "auto", extra_blob_ids: Mapping[str, tuple[str, str]] | None = None
 ) -> Detection:
@@ -214,23 +176,8 @@ def detect_version(
     Android, 32-bit and foreign builds, unsupported or unknown releases, and libraries it cannot
     place.
     """
-    table = {**BLOB_IDS, **(extra_blob_ids or {})}
-    blob = git_blob_id(path)
-    by_hash = table.get(blob)
-    if by_hash:
-        _check_platform(path, *by_hash)
-    elf = read_elf(path)
-    if elf is not None:
-        check_loadable(path, elf)
-    found: tuple[str, Method] | None = None
-    sdk: tuple[str, ...] = ()
-    if by_hash:
-        found = (by_hash[0], "hash")
-    else:
-        sdk = scan_sdk_versions(path)
-        if len(sdk) == 1:
-            found = (sdk[0], "string")
-    platform_name = by_hash[1] if by_hash else None
+    seen = gather(path, {**BLOB_IDS, **(extra_blob_ids or {})}, _SDK_RE, "RKLLM", LINUX_BUILD)
+    blob, sdk, found, platform_name = seen.blob_id, seen.strings, seen.found, seen.platform
     if pin and pin != "auto":
         if pin not in SUPPORTED:
             known = "a known but unsupported" if pin in RELEASES else "an unknown"
@@ -270,7 +217,7 @@ def detect_version(
     version, method = found
     if version not in SUPPORTED:
         raise _unsupported(path, version, method)
-    if elf is None:
+    if seen.elf is None:
         raise LibraryVersionError(f"{path} is not an ELF shared library", library=str(path))
     return Detection(path, version, method, blob, platform_name)
 
@@ -286,10 +233,7 @@ def _pin_advice(lead: str = "If you know the release, pin it") -> str:
 def _unsupported(path: Path, version: str, method: Method) -> LibraryVersionError:
     """The refusal for a library placed as a release rkllmd has no layout for."""
     newest = newest_supported()
-    try:
-        newer = version_key(version) > version_key(newest)
-    except ValueError:
-        newer = False
+    newer = is_newer(version, newest)
     head = f"{path} is RKLLM runtime {version} (by {_BY[method]}), which rkllmd does not support"
     if newer:
         why = (
@@ -304,23 +248,6 @@ def _unsupported(path: Path, version: str, method: Method) -> LibraryVersionErro
         why = "it is not a release rkllmd knows, and rkllmd does not guess a layout"
         tail = _pin_advice("To try it anyway, pin the supported release you believe it matches")
     return LibraryVersionError(f"{head}: {why}. {tail}", library=str(path), version=version)
-
-
-def _check_platform(path: Path, release: str, platform_name: str) -> None:
-    """Refuse a build the blob table places on a platform rkllmd does not run on."""
-    if platform_name.startswith("android"):
-        bits = " (32-bit)" if platform_name in _32BIT_PLATFORMS else ""
-        raise LibraryVersionError(
-            f"{path} is the {platform_name} build of RKLLM {release}{bits} (by git blob id): an Android "
-            f"build. rkllmd runs on Linux: use the Linux build of the same release ({LINUX_BUILD})",
-            library=str(path),
-        )
-    if platform_name in _32BIT_PLATFORMS:
-        raise LibraryVersionError(
-            f"{path} is the {platform_name} build of RKLLM {release} (32-bit ARM, by git blob id); rkllmd "
-            f"binds the 64-bit (LP64) layouts only: use the aarch64 build ({LINUX_BUILD})",
-            library=str(path),
-        )
 
 
 def spec_for(version: str) -> AbiSpec:
@@ -375,10 +302,7 @@ class RkllmLibrary:
         """Detect, dlopen, check the symbols and declare every exported function of the release."""
         det = detect_version(path, pin, extra_blob_ids)
         spec = spec_for(det.version)
-        try:
-            cdll = ctypes.CDLL(str(path))
-        except OSError as exc:
-            raise RuntimeNotInstalled(f"cannot load {path}: {exc}", library=str(path)) from exc
+        cdll = dlopen(path)
         missing = [name for name in spec.required if not hasattr(cdll, name)]
         unexpected = [] if spec.family != "D" else [n for n in _MARKERS_1_2_1 if hasattr(cdll, n)]
         if missing or unexpected:
@@ -389,12 +313,7 @@ class RkllmLibrary:
                 f"{supported_versions()}",
                 library=str(path),
             )
-        exported = frozenset(name for name in spec.functions if hasattr(cdll, name))
-        for name in exported:
-            restype, argtypes = spec.functions[name]
-            fn = getattr(cdll, name)
-            fn.restype = restype
-            fn.argtypes = argtypes
+        exported = declare(cdll, spec.functions)
         absent = sorted(set(spec.functions) - exported)
         if absent:
             log.warning("rkllm_optional_functions_missing", library=str(path), functions=absent)

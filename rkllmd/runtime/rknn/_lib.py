@@ -21,18 +21,15 @@ runs at import.
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import re
 import threading
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from rkllmd import logface
 from rkllmd.errors import LibraryVersionError, RuntimeNotInstalled
-from rkllmd.runtime.rkllm._elf import check_loadable, read_elf
-from rkllmd.runtime.rkllm._lib import git_blob_id
+from rkllmd.runtime._libident import Detection, declare, dlopen, gather, is_newer, version_key
 from rkllmd.runtime.rknn._abi import FUNCTION_SINCE, FUNCTIONS, REQUIRED
 
 log = logface.get_logger(__name__)
@@ -83,17 +80,7 @@ BLOB_IDS: dict[str, tuple[str, str]] = {
 # so the "rknn llm lib version: …" line inside librkllmrt.so (its bundled copy) never matches.
 _VERSION_RE = re.compile(rb"librknnrt version: ([0-9][0-9A-Za-z.+_-]{0,31}) \(")
 
-Method = Literal["hash", "string", "pin"]
 _BY = {"hash": "git blob id", "string": "its 'librknnrt version' string", "pin": "pin"}
-
-
-def version_key(version: str) -> tuple[int, int, int, int, int]:
-    """Orders releases; a beta (2.0.0b0, 2.0.0-beta0) sorts before its release."""
-    m = re.fullmatch(r"(\d+)\.(\d+)\.(\d+)(?:-?b(?:eta)?(\d+))?", version)
-    if not m:
-        raise ValueError(f"not a release number: {version!r}")
-    beta = m.group(4)
-    return (int(m.group(1)), int(m.group(2)), int(m.group(3)), 0 if beta else 1, int(beta or 0))
 
 
 def in_checked_range(version: str) -> bool:
@@ -102,15 +89,6 @@ def in_checked_range(version: str) -> bool:
     except ValueError:
         return False
     return version_key(OLDEST) <= key <= version_key(NEWEST)
-
-
-def scan_versions(path: Path) -> tuple[str, ...]:
-    """Every distinct X of ``librknnrt version: X (`` in the file, in order of appearance."""
-    with path.open("rb") as f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return ()
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-            return tuple(dict.fromkeys(m.group(1).decode("ascii") for m in _VERSION_RE.finditer(mm)))
 
 
 def find_library(configured: Path | None = None, search_dirs: tuple[Path, ...] = SEARCH_DIRS) -> Path:
@@ -135,35 +113,12 @@ def find_library(configured: Path | None = None, search_dirs: tuple[Path, ...] =
     )
 
 
-@dataclass(frozen=True)
-class Detection:
-    """Which release a librknnrt.so file is, and how that was decided."""
-
-    path: Path
-    version: str
-    method: Method
-    blob_id: str
-
-
 def detect_version(
     path: Path, pin: str = "auto", extra_blob_ids: dict[str, tuple[str, str]] | None = None
 ) -> Detection:
     """Identify the release of ``path`` without loading it (hash, ELF header, string, then pin)."""
-    blob = git_blob_id(path)
-    by_hash = {**BLOB_IDS, **(extra_blob_ids or {})}.get(blob)
-    if by_hash and (by_hash[1].startswith("android") or by_hash[1].endswith(("armhf", "v7a"))):
-        raise LibraryVersionError(
-            f"{path} is the {by_hash[1]} build of librknnrt {by_hash[0]} (by git blob id); rkllmd runs "
-            f"on 64-bit Linux: use the aarch64 build ({LINUX_BUILD})",
-            library=str(path),
-        )
-    elf = read_elf(path)
-    if elf is not None:
-        check_loadable(path, elf, LINUX_BUILD)
-    strings = () if by_hash else scan_versions(path)
-    found: tuple[str, Method] | None = (by_hash[0], "hash") if by_hash else None
-    if found is None and len(strings) == 1:
-        found = (strings[0], "string")
+    seen = gather(path, {**BLOB_IDS, **(extra_blob_ids or {})}, _VERSION_RE, "librknnrt", LINUX_BUILD)
+    blob, strings, found = seen.blob_id, seen.strings, seen.found
     if pin and pin != "auto":
         if pin not in CHECKED_RELEASES:
             raise LibraryVersionError(
@@ -174,7 +129,7 @@ def detect_version(
             log.warning(
                 "rknn_version_pin_overrides", pin=pin, detected=found[0], by=found[1], library=str(path)
             )
-        return Detection(path, pin, "pin", blob)
+        return Detection(path, pin, "pin", blob, seen.platform)
     if found is None:
         several = (
             f"it holds several version strings ({', '.join(strings)})"
@@ -190,14 +145,10 @@ def detect_version(
         )
     version, method = found
     if not in_checked_range(version):
-        try:
-            newer = version_key(version) > version_key(NEWEST)
-        except ValueError:
-            newer = False
         why = (
             f"newer than {NEWEST}, the newest release whose rknn_api.h rkllmd checked; pin {NEWEST} to try "
             "it at your own risk"
-            if newer
+            if is_newer(version, NEWEST)
             else f"not between {OLDEST} and {NEWEST}, the releases whose rknn_api.h rkllmd checked; "
             f"install {NEWEST}"
         )
@@ -206,9 +157,9 @@ def detect_version(
             library=str(path),
             version=version,
         )
-    if elf is None:
+    if seen.elf is None:
         raise LibraryVersionError(f"{path} is not an ELF shared library", library=str(path))
-    return Detection(path, version, method, blob)
+    return Detection(path, version, method, blob, seen.platform)
 
 
 class RknnLibrary:
@@ -233,10 +184,7 @@ class RknnLibrary:
     ) -> RknnLibrary:
         """Detect, dlopen, check the required symbols and declare every exported function."""
         det = detect_version(path, pin, extra_blob_ids)
-        try:
-            cdll = ctypes.CDLL(str(path))
-        except OSError as exc:
-            raise RuntimeNotInstalled(f"cannot load {path}: {exc}", library=str(path)) from exc
+        cdll = dlopen(path)
         missing = [name for name in REQUIRED if not hasattr(cdll, name)]
         if missing:
             raise LibraryVersionError(
@@ -244,12 +192,7 @@ class RknnLibrary:
                 f"{', '.join(missing)}: it is not a librknnrt.so rkllmd can use",
                 library=str(path),
             )
-        exported = frozenset(name for name in FUNCTIONS if hasattr(cdll, name))
-        for name in exported:
-            restype, argtypes = FUNCTIONS[name]
-            fn = getattr(cdll, name)
-            fn.restype = restype
-            fn.argtypes = argtypes
+        exported = declare(cdll, FUNCTIONS)
         log.info("rknn_library_loaded", library=str(path), version=det.version, by=det.method)
         return cls(det, cdll, exported)
 
