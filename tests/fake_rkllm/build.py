@@ -8,13 +8,11 @@ size, alignment and every field's offset and size of each struct, and returns th
 
 from __future__ import annotations
 
-import hashlib
-import os
-import subprocess
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from tests.cdouble import build_shared, run_probe, struct_lines
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "fake_rkllm.c"
@@ -214,21 +212,6 @@ def abi_macro(abi: str) -> str:
         raise ValueError(f"unknown ABI {abi!r}; use one of {sorted(_ABIS)}") from None
 
 
-def _compile(args: list[str], out: Path) -> None:
-    # Compile to a private name and rename, so parallel test processes never see half a file.
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=out.name + ".", suffix=".tmp")
-    os.close(fd)
-    try:
-        res = subprocess.run(["gcc", *args, "-o", tmp], capture_output=True, text=True, check=False)
-        if res.returncode != 0:
-            raise RuntimeError(f"gcc failed ({res.returncode}):\n{res.stderr}")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def build_fake(
     abi: str,
     out_dir: Path,
@@ -257,31 +240,7 @@ def build_fake(
     defines += [f"-DFAKE_RKLLM_OMIT_{name}" for name in sorted(set(omit))]
     defines += [] if sdk_line else ["-DFAKE_RKLLM_NO_SDK_LINE"]
     defines += ["-DFAKE_RKLLM_ANDROID"] if android else []
-    h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), HEADER.read_bytes(), " ".join(CFLAGS + defines).encode()):
-        h.update(part)
-    out = Path(out_dir) / f"librkllmrt_fake_{macro}_{version}_{h.hexdigest()[:12]}.so"
-    if not out.exists():
-        _compile([*CFLAGS, "-shared", f"-I{HERE}", *defines, str(SOURCE)], out)
-    return out
-
-
-def _probe_source(macro: str) -> str:
-    lines = [
-        "#include <stdio.h>",
-        "#include <stddef.h>",
-        '#include "rkllm_double.h"',
-        "int main(void) {",
-    ]
-    for struct, fields in STRUCT_FIELDS[macro].items():
-        lines.append(f'printf("STRUCT {struct} %zu %zu\\n", sizeof({struct}), _Alignof({struct}));')
-        for f in fields:
-            size = f"sizeof((({struct}*)0)->{f})"
-            lines.append(f'printf("FIELD {struct} {f} %zu %zu\\n", offsetof({struct}, {f}), {size});')
-    for e in ENUMS:
-        lines.append(f'printf("ENUM {e} %d %zu\\n", (int){e}, sizeof({e}));')
-    lines += ["return 0;", "}"]
-    return "\n".join(lines) + "\n"
+    return build_shared(SOURCE, HEADER, CFLAGS, defines, Path(out_dir) / f"librkllmrt_fake_{macro}_{version}")
 
 
 def probe_layout(abi: str, out_dir: Path) -> dict[str, dict[str, Any]]:
@@ -291,23 +250,6 @@ def probe_layout(abi: str, out_dir: Path) -> dict[str, dict[str, Any]]:
     plus ``{"enums": {name: value}}``.
     """
     macro = abi_macro(abi)
-    src = _probe_source(macro)
-    digest = hashlib.sha256((src + HEADER.read_text() + macro).encode()).hexdigest()[:12]
-    exe = Path(out_dir) / f"layout_probe_{macro}_{digest}"
-    if not exe.exists():
-        c_file = Path(out_dir) / f"layout_probe_{macro}_{digest}.c"
-        c_file.parent.mkdir(parents=True, exist_ok=True)
-        c_file.write_text(src)
-        _compile(["-std=c11", "-Wall", "-Werror", f"-I{HERE}", f"-DRKLLM_ABI={macro}", str(c_file)], exe)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
-    result: dict[str, dict[str, Any]] = {"enums": {}}
-    for line in out.splitlines():
-        kind, *rest = line.split()
-        if kind == "STRUCT":
-            result[rest[0]] = {"size": int(rest[1]), "align": int(rest[2]), "fields": {}, "field_sizes": {}}
-        elif kind == "FIELD":
-            result[rest[0]]["fields"][rest[1]] = int(rest[2])
-            result[rest[0]]["field_sizes"][rest[1]] = int(rest[3])
-        elif kind == "ENUM":
-            result["enums"][rest[0]] = int(rest[1])
-    return result
+    body = struct_lines(STRUCT_FIELDS[macro])
+    body += [f'printf("ENUM {e} %d %zu\\n", (int){e}, sizeof({e}));' for e in ENUMS]
+    return run_probe(HEADER, body, Path(out_dir) / f"layout_probe_{macro}", [f"-DRKLLM_ABI={macro}"])

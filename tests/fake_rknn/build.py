@@ -9,12 +9,10 @@ double's "model file".
 
 from __future__ import annotations
 
-import hashlib
-import subprocess
 from pathlib import Path
 from typing import Any
 
-from tests.fake_rkllm.build import _compile
+from tests.cdouble import build_shared, run_probe, struct_lines
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "fake_rknn.c"
@@ -63,13 +61,7 @@ def build_fake_rknn(
     defines = [f'-DFAKE_RKNN_VERSION="{version}"']
     defines += [] if version_line else ["-DFAKE_RKNN_NO_VERSION_LINE"]
     defines += ["-DFAKE_RKNN_OMIT_SET_CORE_MASK"] if omit_core_mask else []
-    h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), HEADER.read_bytes(), " ".join(CFLAGS + defines).encode()):
-        h.update(part)
-    out = Path(out_dir) / f"librknnrt_fake_{version}_{h.hexdigest()[:12]}.so"
-    if not out.exists():
-        _compile([*CFLAGS, "-shared", f"-I{HERE}", *defines, str(SOURCE)], out)
-    return out
+    return build_shared(SOURCE, HEADER, CFLAGS, defines, Path(out_dir) / f"librknnrt_fake_{version}")
 
 
 def write_model(
@@ -100,46 +92,13 @@ def write_model(
     return path
 
 
-def _probe_source() -> str:
-    lines = ["#include <stdio.h>", "#include <stddef.h>", '#include "rknn_double.h"', "int main(void) {"]
-    for struct, fields in STRUCT_FIELDS.items():
-        lines.append(f'printf("STRUCT {struct} %zu %zu\\n", sizeof({struct}), _Alignof({struct}));')
-        for f in fields:
-            size = f"sizeof((({struct}*)0)->{f})"
-            lines.append(f'printf("FIELD {struct} {f} %zu %zu\\n", offsetof({struct}, {f}), {size});')
-    for e in ENUMS:
-        lines.append(f'printf("ENUM {e} %d\\n", (int){e});')
-    lines.append('printf("SIZEOF rknn_context %zu\\n", sizeof(rknn_context));')
-    lines.append('printf("SIZEOF rknn_tensor_type %zu\\n", sizeof(rknn_tensor_type));')
-    lines += ["return 0;", "}"]
-    return "\n".join(lines) + "\n"
-
-
 def probe_layout(out_dir: Path) -> dict[str, Any]:
     """sizeof/alignof/offsetof of every struct field of rknn_double.h, from gcc.
 
     ``{struct: {"size", "align", "fields": {name: offset}, "field_sizes": {name: size}}}`` plus
     ``{"enums": {name: value}, "sizeof": {type: size}}``.
     """
-    src = _probe_source()
-    digest = hashlib.sha256((src + HEADER.read_text()).encode()).hexdigest()[:12]
-    exe = Path(out_dir) / f"rknn_layout_probe_{digest}"
-    if not exe.exists():
-        c_file = Path(out_dir) / f"rknn_layout_probe_{digest}.c"
-        c_file.parent.mkdir(parents=True, exist_ok=True)
-        c_file.write_text(src)
-        _compile(["-std=c11", "-Wall", "-Werror", f"-I{HERE}", str(c_file)], exe)
-    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout
-    result: dict[str, Any] = {"enums": {}, "sizeof": {}}
-    for line in out.splitlines():
-        kind, *rest = line.split()
-        if kind == "STRUCT":
-            result[rest[0]] = {"size": int(rest[1]), "align": int(rest[2]), "fields": {}, "field_sizes": {}}
-        elif kind == "FIELD":
-            result[rest[0]]["fields"][rest[1]] = int(rest[2])
-            result[rest[0]]["field_sizes"][rest[1]] = int(rest[3])
-        elif kind == "ENUM":
-            result["enums"][rest[0]] = int(rest[1])
-        elif kind == "SIZEOF":
-            result["sizeof"][rest[0]] = int(rest[1])
-    return result
+    body = struct_lines(STRUCT_FIELDS)
+    body += [f'printf("ENUM {e} %d\\n", (int){e});' for e in ENUMS]
+    body += [f'printf("SIZEOF {t} %zu\\n", sizeof({t}));' for t in ("rknn_context", "rknn_tensor_type")]
+    return run_probe(HEADER, body, Path(out_dir) / "rknn_layout_probe", [])
