@@ -158,3 +158,25 @@ def declare(cdll: ctypes.CDLL, functions: Mapping[str, tuple[Any, list[Any]]]) -
         fn = getattr(cdll, name)
         fn.restype, fn.argtypes = functions[name]
     return exported
+
+
+class LoadedLibrary:
+    """A dlopened vendor library: the release it was identified as, and the functions of its
+    binding that the file exports, declared."""
+
+    def __init__(self, detection: Detection, cdll: ctypes.CDLL, exported: frozenset[str]) -> None:
+        self.detection = detection
+        self.cdll = cdll
+        self.exported = exported
+
+    @property
+    def version(self) -> str:
+        return self.detection.version
+
+    @property
+    def path(self) -> Path:
+        return self.detection.path
+
+    def has(self, name: str) -> bool:
+        """Whether ``name`` is part of the binding and exported by the loaded file."""
+        return name in self.exported

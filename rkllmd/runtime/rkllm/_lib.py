@@ -32,6 +32,7 @@ from rkllmd import logface
 from rkllmd.errors import LibraryVersionError, RuntimeNotInstalled
 from rkllmd.runtime._libident import (
     Detection,
+    LoadedLibrary,
     Method,
     declare,
     dlopen,
@@ -275,25 +276,15 @@ def _symbols_guess(cdll: ctypes.CDLL) -> str:
     return "1.2.1 … 1.3.1"
 
 
-class RkllmLibrary:
+class RkllmLibrary(LoadedLibrary):
     """A loaded librkllmrt.so with argtypes/restype declared for its release."""
 
     def __init__(
         self, detection: Detection, cdll: ctypes.CDLL, spec: AbiSpec, exported: frozenset[str] | None = None
     ) -> None:
-        self.detection = detection
-        self.cdll = cdll
-        self.spec = spec
         # The functions of spec that the file exports (all required ones, maybe not every optional).
-        self.exported = frozenset(spec.functions) if exported is None else exported
-
-    @property
-    def version(self) -> str:
-        return self.detection.version
-
-    @property
-    def path(self) -> Path:
-        return self.detection.path
+        super().__init__(detection, cdll, frozenset(spec.functions) if exported is None else exported)
+        self.spec = spec
 
     @classmethod
     def open(
@@ -326,10 +317,6 @@ class RkllmLibrary:
             layout_source=spec.layout_source,
         )
         return cls(det, cdll, spec, exported)
-
-    def has(self, name: str) -> bool:
-        """Whether ``name`` is part of this release's API and exported by the loaded file."""
-        return name in self.exported
 
     def fn(self, name: str) -> Any:
         """The declared C function ``name``; LibraryVersionError when this release or build lacks it."""

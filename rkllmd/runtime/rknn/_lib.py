@@ -20,7 +20,6 @@ runs at import.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import threading
@@ -29,7 +28,7 @@ from typing import Any
 
 from rkllmd import logface
 from rkllmd.errors import LibraryVersionError, RuntimeNotInstalled
-from rkllmd.runtime._libident import Detection, declare, dlopen, gather, is_newer, version_key
+from rkllmd.runtime._libident import Detection, LoadedLibrary, declare, dlopen, gather, is_newer, version_key
 from rkllmd.runtime.rknn._abi import FUNCTION_SINCE, FUNCTIONS, REQUIRED
 
 log = logface.get_logger(__name__)
@@ -162,21 +161,8 @@ def detect_version(
     return Detection(path, version, method, blob, seen.platform)
 
 
-class RknnLibrary:
+class RknnLibrary(LoadedLibrary):
     """A loaded librknnrt.so with argtypes/restype declared for every function rkllmd calls."""
-
-    def __init__(self, detection: Detection, cdll: ctypes.CDLL, exported: frozenset[str]) -> None:
-        self.detection = detection
-        self.cdll = cdll
-        self.exported = exported
-
-    @property
-    def version(self) -> str:
-        return self.detection.version
-
-    @property
-    def path(self) -> Path:
-        return self.detection.path
 
     @classmethod
     def open(
@@ -195,9 +181,6 @@ class RknnLibrary:
         exported = declare(cdll, FUNCTIONS)
         log.info("rknn_library_loaded", library=str(path), version=det.version, by=det.method)
         return cls(det, cdll, exported)
-
-    def has(self, name: str) -> bool:
-        return name in self.exported
 
     def fn(self, name: str) -> Any:
         """The declared C function ``name``; LibraryVersionError when the loaded file lacks it."""
