@@ -7,7 +7,6 @@ import ctypes
 import os
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,14 @@ import pytest
 from rkllmd.errors import LibraryVersionError, RuntimeNotInstalled
 from rkllmd.runtime.rknn import _abi
 from rkllmd.runtime.rknn._lib import RknnLibrary, detect_version, find_library, version_key
-from tests.fake_rknn.build import ENUMS, STRUCT_FIELDS, build_fake_rknn, probe_layout, write_model
-
-BUILD_DIR = Path(os.environ.get("RKLLMD_FAKE_BUILD_DIR", Path(tempfile.gettempdir()) / "rkllmd-fake-rknn"))
+from tests.fake_rknn.build import (
+    BUILD_DIR,
+    ENUMS,
+    STRUCT_FIELDS,
+    build_fake_rknn,
+    probe_layout,
+    write_model,
+)
 
 CTYPES: dict[str, type[ctypes.Structure]] = {
     "rknn_input_output_num": _abi.RknnInputOutputNum,
@@ -54,12 +58,6 @@ def layout() -> dict[str, object]:
 @pytest.fixture(scope="module")
 def lib() -> RknnLibrary:
     return RknnLibrary.open(build_fake_rknn(BUILD_DIR))
-
-
-def _stat(lib: RknnLibrary, name: str) -> int:
-    fn = lib.cdll.fake_rknn_stat
-    fn.restype, fn.argtypes = ctypes.c_long, [ctypes.c_char_p]
-    return int(fn(name.encode()))
 
 
 @pytest.mark.parametrize("struct", list(STRUCT_FIELDS))

@@ -3,10 +3,7 @@ order and shape, outputs are released, errors name the C call, timings are repor
 
 from __future__ import annotations
 
-import ctypes
 import io
-import os
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,20 +15,12 @@ from rkllmd.runtime.rknn._lib import RknnLibrary
 from rkllmd.runtime.rknn.encoder import VisionEncoder
 from rkllmd.vision import images
 from rkllmd.vision.families import family
-from tests.fake_rknn.build import build_fake_rknn, write_model
-
-BUILD_DIR = Path(os.environ.get("RKLLMD_FAKE_BUILD_DIR", Path(tempfile.gettempdir()) / "rkllmd-fake-rknn"))
+from tests.fake_rknn.build import BUILD_DIR, build_fake_rknn, stat, write_model
 
 
 @pytest.fixture(scope="module")
 def lib() -> RknnLibrary:
     return RknnLibrary.open(build_fake_rknn(BUILD_DIR))
-
-
-def _stat(lib: RknnLibrary, name: str) -> int:
-    fn = lib.cdll.fake_rknn_stat
-    fn.restype, fn.argtypes = ctypes.c_long, [ctypes.c_char_p]
-    return int(fn(name.encode()))
 
 
 def jpeg(img: Image.Image) -> bytes:
@@ -81,11 +70,11 @@ def test_the_embeddings_are_the_image_sent(lib: RknnLibrary, tmp_path: Path) -> 
         assert list(wide.row(15)[:3]) == pytest.approx([c / 255 for c in fam.background], abs=0.03)
         other = enc.encode(jpeg(quadrants().transpose(Image.Transpose.FLIP_LEFT_RIGHT)))
         assert list(other.data) != list(got.data)
-        assert _stat(lib, "last_input_type") == _abi.RKNN_TENSOR_UINT8
-        assert _stat(lib, "last_input_fmt") == _abi.RKNN_TENSOR_NHWC
-        assert _stat(lib, "last_input_size") == 48 * 48 * 3
-        assert _stat(lib, "last_want_float") == 1
-        assert _stat(lib, "live_outputs") == 0  # every output buffer released
+        assert stat(lib, "last_input_type") == _abi.RKNN_TENSOR_UINT8
+        assert stat(lib, "last_input_fmt") == _abi.RKNN_TENSOR_NHWC
+        assert stat(lib, "last_input_size") == 48 * 48 * 3
+        assert stat(lib, "last_want_float") == 1
+        assert stat(lib, "live_outputs") == 0  # every output buffer released
 
 
 def test_several_outputs_sit_side_by_side_per_token(lib: RknnLibrary, tmp_path: Path) -> None:
@@ -97,7 +86,7 @@ def test_several_outputs_sit_side_by_side_per_token(lib: RknnLibrary, tmp_path: 
             row = list(got.row(t))
             assert row[3:6] == pytest.approx([v + 1 for v in row[0:3]])  # output 1 after output 0
             assert row[6:9] == pytest.approx([v + 2 for v in row[0:3]])
-        assert _stat(lib, "live_outputs") == 0
+        assert stat(lib, "live_outputs") == 0
 
 
 def test_a_float_encoder_gets_normalised_pixels(lib: RknnLibrary, tmp_path: Path) -> None:
@@ -105,8 +94,8 @@ def test_a_float_encoder_gets_normalised_pixels(lib: RknnLibrary, tmp_path: Path
     fam = family("internvl3")
     with VisionEncoder(model, lib=lib, family_name="internvl3", float_input=True) as enc:
         got = enc.encode(jpeg(Image.new("RGB", (16, 16), (255, 128, 0))))
-    assert _stat(lib, "last_input_type") == _abi.RKNN_TENSOR_FLOAT32
-    assert _stat(lib, "last_input_size") == 16 * 16 * 3 * 4
+    assert stat(lib, "last_input_type") == _abi.RKNN_TENSOR_FLOAT32
+    assert stat(lib, "last_input_size") == 16 * 16 * 3 * 4
     want = [(v / 255 - m) / s for v, m, s in zip((255, 128, 0), fam.mean, fam.std, strict=True)]
     # The double averages the floats it receives as they are.
     assert list(got.row(0)) == pytest.approx(want, abs=1e-5)
@@ -121,20 +110,20 @@ def test_timings(lib: RknnLibrary, tmp_path: Path) -> None:
 
 def test_a_bad_image_leaves_the_encoder_usable(lib: RknnLibrary, tmp_path: Path) -> None:
     with VisionEncoder(write_model(tmp_path / "m.rknn"), lib=lib) as enc:
-        runs = _stat(lib, "runs")
+        runs = stat(lib, "runs")
         with pytest.raises(BadImage):
             enc.encode(b"GIF89a....")
-        assert _stat(lib, "runs") == runs  # refused before the encoder ran
+        assert stat(lib, "runs") == runs  # refused before the encoder ran
         assert enc.encode(jpeg(Image.new("RGB", (10, 10)))).n_tokens == 16
 
 
 def test_close_releases_the_context_and_refuses_later_use(lib: RknnLibrary, tmp_path: Path) -> None:
-    live = _stat(lib, "live_contexts")
+    live = stat(lib, "live_contexts")
     enc = VisionEncoder(write_model(tmp_path / "m.rknn"), lib=lib)
-    assert _stat(lib, "live_contexts") == live + 1
+    assert stat(lib, "live_contexts") == live + 1
     enc.close()
     enc.close()
-    assert enc.closed and _stat(lib, "live_contexts") == live
+    assert enc.closed and stat(lib, "live_contexts") == live
     with pytest.raises(Exception, match="is closed"):
         enc.encode_pixels(bytes(56 * 56 * 3))
 
@@ -159,13 +148,13 @@ def test_missing_function_names_the_release_it_needs(tmp_path: Path) -> None:
     model = write_model(tmp_path / "m.rknn")
     with pytest.raises(LibraryVersionError, match=r"rknn_set_core_mask requires runtime ≥ 1\.6\.0"):
         VisionEncoder(model, lib=lib, core_mask=_abi.RKNN_NPU_CORE_0_1_2)
-    assert _stat(lib, "live_contexts") == 0  # the context made before the refusal was released
+    assert stat(lib, "live_contexts") == 0  # the context made before the refusal was released
     VisionEncoder(model, lib=lib).close()  # without a core mask it is not needed
 
 
 def test_core_mask_reaches_the_runtime(lib: RknnLibrary, tmp_path: Path) -> None:
     with VisionEncoder(write_model(tmp_path / "m.rknn"), lib=lib, core_mask=_abi.RKNN_NPU_CORE_0_1_2):
-        assert _stat(lib, "core_mask") == 7
+        assert stat(lib, "core_mask") == 7
 
 
 def test_a_bad_model_file_names_the_call_and_code(lib: RknnLibrary, tmp_path: Path) -> None:
@@ -179,9 +168,9 @@ def test_a_bad_model_file_names_the_call_and_code(lib: RknnLibrary, tmp_path: Pa
 
 
 def test_a_failing_run_names_rknn_run_and_the_encoder_can_be_closed(lib: RknnLibrary, tmp_path: Path) -> None:
-    live = _stat(lib, "live_contexts")
+    live = stat(lib, "live_contexts")
     enc = VisionEncoder(write_model(tmp_path / "m.rknn", fail="run"), lib=lib)
     with pytest.raises(RuntimeCallError, match="rknn_run returned -1: RKNN_ERR_FAIL"):
         enc.encode_pixels(bytes(56 * 56 * 3))
     enc.close()
-    assert _stat(lib, "live_contexts") == live
+    assert stat(lib, "live_contexts") == live

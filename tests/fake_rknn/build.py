@@ -9,12 +9,17 @@ double's "model file".
 
 from __future__ import annotations
 
+import ctypes
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
 from tests.cdouble import build_shared, run_probe, struct_lines
 
 HERE = Path(__file__).resolve().parent
+#: where the tests build the double: RKLLMD_FAKE_BUILD_DIR, else a folder in the temp directory
+BUILD_DIR = Path(os.environ.get("RKLLMD_FAKE_BUILD_DIR", Path(tempfile.gettempdir()) / "rkllmd-fake-rknn"))
 SOURCE = HERE / "fake_rknn.c"
 HEADER = HERE / "rknn_double.h"
 CFLAGS = ["-std=c11", "-O1", "-g", "-fPIC", "-Wall", "-Wextra", "-Werror"]
@@ -62,6 +67,13 @@ def build_fake_rknn(
     defines += [] if version_line else ["-DFAKE_RKNN_NO_VERSION_LINE"]
     defines += ["-DFAKE_RKNN_OMIT_SET_CORE_MASK"] if omit_core_mask else []
     return build_shared(SOURCE, HEADER, CFLAGS, defines, Path(out_dir) / f"librknnrt_fake_{version}")
+
+
+def stat(lib: Any, name: str) -> int:
+    """One of the loaded double's counters (``runs``, ``live_contexts``, …), by fake_rknn_stat."""
+    fn = lib.cdll.fake_rknn_stat
+    fn.restype, fn.argtypes = ctypes.c_long, [ctypes.c_char_p]
+    return int(fn(name.encode()))
 
 
 def write_model(
