@@ -20,30 +20,10 @@ from rkllmd.generation import ChatMessage, ToolCall
 from rkllmd.settings import load_settings
 from rkllmd.toolcalls import ToolFormat
 from rkllmd.toolcalls.formats import all_formats
+from tests.toolformat_helpers import TOOLS
 
 FIXTURES = Path(__file__).parent / "fixtures"
 FORMATS = list(all_formats().values())
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "description": "The weather in a city",
-            "parameters": {
-                "type": "object",
-                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-                "required": ["city"],
-            },
-        },
-    },
-    {
-        "type": "function",
-        "function": {
-            "name": "HassTurnOn",
-            "parameters": {"type": "object", "properties": {"name": {"type": "string"}}},
-        },
-    },
-]
 ONE = (ToolCall("call_1", "get_weather", {"city": "Paris", "days": 2}),)
 TWO = (*ONE, ToolCall("call_2", "HassTurnOn", {"name": "kitchen light"}))
 PROSE = "The weather in Paris is mild today, 18 degrees; take a light coat."

@@ -12,6 +12,28 @@ import pytest
 from rkllmd.toolcalls import ToolFormat
 
 FIXTURES = Path(__file__).parent / "fixtures"
+#: a tool with a required and an optional parameter, and one of Home Assistant's
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "HassTurnOn",
+            "parameters": {"type": "object", "properties": {"name": {"type": "string"}}},
+        },
+    },
+]
 
 
 def parse(fmt: ToolFormat, tools: Any, deltas: list[str]) -> tuple[str, Any]:

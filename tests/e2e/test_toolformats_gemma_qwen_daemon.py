@@ -20,27 +20,8 @@ import pytest
 from tests.e2e.conftest import final_of
 from tests.e2e.toolformat_served import Call, Served, ollama_chat, openai_chat, serve_format
 from tests.helpers import Broker, Probe
+from tests.toolformat_helpers import TOOLS
 
-WEATHER = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "The weather in a city",
-        "parameters": {
-            "type": "object",
-            "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
-            "required": ["city"],
-        },
-    },
-}
-TURN_ON = {
-    "type": "function",
-    "function": {
-        "name": "HassTurnOn",
-        "parameters": {"type": "object", "properties": {"name": {"type": "string"}}},
-    },
-}
-TOOLS = [WEATHER, TURN_ON]
 BEFORE = "Let me check.\n"
 PARIS = ("get_weather", {"city": "Paris", "days": 2})
 KITCHEN = ("HassTurnOn", {"name": "Kitchen Light"})
