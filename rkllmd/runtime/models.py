@@ -6,10 +6,34 @@ alone) asks it to check a name and to create a runtime, which the loop then open
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Protocol
 
 from rkllmd.errors import UnknownModel
 from rkllmd.runtime.base import Runtime
+
+if TYPE_CHECKING:
+    from rkllmd.config_base import ModelCommon
+
+
+class LogLevel(Protocol):
+    @property
+    def level(self) -> str: ...
+
+
+class RuntimeConfig(Protocol):
+    """What the runtime layer reads of the whole configuration (rkllmd.settings.Settings is one):
+    the models, the isolation, the log level, and each kind's own table by the kind's name (read
+    with ``getattr``). A protocol, so that runtime/ never imports the settings above it."""
+
+    @property
+    def models(self) -> Mapping[str, ModelCommon]: ...
+
+    @property
+    def isolation(self) -> str: ...
+
+    @property
+    def log(self) -> LogLevel: ...
 
 
 class ModelRegistry:

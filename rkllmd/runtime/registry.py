@@ -19,7 +19,7 @@ from rkllmd.runtime.models import ModelRegistry
 from rkllmd.runtime.worker import WorkerRuntime
 
 if TYPE_CHECKING:
-    from rkllmd.settings import Settings
+    from rkllmd.runtime.models import RuntimeConfig
 
 __all__ = [
     "RuntimeKind",
@@ -42,7 +42,7 @@ def kind_of(cfg: ModelCommon) -> RuntimeKind:
     return discover()[cfg.runtime]
 
 
-def make_runtime(name: str, cfg: ModelCommon, settings: Settings, *, isolate: bool = True) -> Runtime:
+def make_runtime(name: str, cfg: ModelCommon, settings: RuntimeConfig, *, isolate: bool = True) -> Runtime:
     """A closed runtime for model ``name``; open() loads it (on the inference thread).
 
     With ``isolation = "process"`` (the default) the real runtime runs in a worker process.
@@ -53,7 +53,7 @@ def make_runtime(name: str, cfg: ModelCommon, settings: Settings, *, isolate: bo
     return kind.open_runtime(name, cfg, settings)
 
 
-def build_registry(settings: Settings) -> ModelRegistry:
+def build_registry(settings: RuntimeConfig) -> ModelRegistry:
     """The configured models, each with how to build its runtime."""
     factories: dict[str, Callable[[], Runtime]] = {
         name: functools.partial(make_runtime, name, cfg, settings) for name, cfg in settings.models.items()

@@ -58,7 +58,7 @@ from rkllmd.runtime.pipe import (
 )
 
 if TYPE_CHECKING:
-    from rkllmd.settings import Settings
+    from rkllmd.runtime.models import RuntimeConfig
 
 log = structlog.get_logger("rkllmd.worker")
 
@@ -78,7 +78,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def runtime_settings(settings: Settings, kind: RuntimeKind) -> Table:
+def runtime_settings(settings: RuntimeConfig, kind: RuntimeKind) -> Table:
     """What a runtime's ``open_runtime`` reads of the whole configuration: its kind's own table
     (``RuntimeKind.table``, ``[rkllm]`` for RKLLM) under its name, as a :class:`Table`, or no
     table at all: unpickling the whole Settings would import the configuration loader."""
@@ -126,7 +126,7 @@ class WorkerRuntime(Runtime):
         runtime_kind: RuntimeKind,
         name: str,
         cfg: ModelCommon,
-        settings: Settings,
+        settings: RuntimeConfig,
         load_timeout_s: float = 600.0,
     ) -> None:
         self.runtime_kind = runtime_kind
