@@ -49,7 +49,14 @@ class ModelCommon(Strict):
     max_thinking_tokens: int | None = Field(
         None, ge=1, description="thought deltas a run may have before it is stopped; default no cap"
     )
+    max_images: int = Field(4, ge=1, le=16, description="images one request may carry (a vision model)")
     runtime: str
+
+    @property
+    def takes_images(self) -> bool:
+        """Whether the table configures an image encoder (admission refuses images otherwise);
+        each runtime's table says which key that is (docs/VISION.md)."""
+        return False
 
     @field_validator("tool_format")
     @classmethod

@@ -29,8 +29,18 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+# A vision model (the default) and a text-only one; files need not exist to be admitted.
+MODELS = {
+    "vlm": {"runtime": "rkllm", "path": "/m/vl.rkllm", "vision_encoder": "/m/vl.rknn", "max_images": 3},
+    "text": {"runtime": "rkllm", "path": "/m/text.rkllm"},
+    "gguf": {"runtime": "llamacpp"},
+}
+
+
 def admit_with(payload: Any, **images: Any) -> Exchange | Final:
-    settings = Settings(limits={"max_payload_bytes": 65536}, images=images)
+    settings = Settings(
+        limits={"max_payload_bytes": 65536}, images=images, models=MODELS, default_model="vlm"
+    )
     gate = Gate(settings, TOPICS, lambda ex: ex, lambda: False)
     return admit(Incoming("B/request/generate", json.dumps(payload).encode(), None, None), gate)
 
@@ -95,6 +105,17 @@ def test_refusals_name_the_field_and_the_code() -> None:
         ),
         ({"prompt": "x", "images": "abc"}, "wrong_type", "images"),
         ({"prompt": "x", "images": [b64(png())] * 17}, "bad_request", "images"),
+        ({"prompt": "x", "images": [b64(png())] * 4}, "bad_request", "4 images, model 'vlm' takes at most 3"),
+        (
+            {"model": "text", "prompt": "x", "images": [b64(png())]},
+            "images_unsupported",
+            "model 'text' does not take images: it has no vision_encoder",
+        ),
+        (
+            {"model": "gguf", "messages": [{"role": "user", "content": "x", "images": ["%%%"]}]},
+            "images_unsupported",  # before any image is decoded
+            "it has no mmproj",
+        ),
     ]
     for payload, code, words in cases:
         out = admit_with(payload, max_bytes=2048)

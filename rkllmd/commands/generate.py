@@ -9,7 +9,7 @@ reply); the loop's watchdog and crash rules apply around it.
 from __future__ import annotations
 
 from rkllmd.commands._base import CommandSpec, Engine
-from rkllmd.errors import RequestError
+from rkllmd.errors import ImagesUnsupported, RequestError
 from rkllmd.exchange import Exchange, Final, resolve
 from rkllmd.jobs import final_of, run_generation
 from rkllmd.outcome import check_output, final_data
@@ -25,12 +25,29 @@ def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     cap = settings.limits.max_tokens_cap
     if target.max_tokens > cap:
         raise RequestError(f"max_tokens {target.max_tokens} is over the limit of {cap}")
+    _admit_images(req, target.model, settings)
     images = settings.images
     inp = req.to_input(target.max_tokens, image_folder=images.folder, max_image_bytes=images.max_bytes)
     ex.model, ex.inp = target.model, with_model_thinking(inp, settings.models[target.model])
     # what only changes what is published: not for a plugin's request, which MQTT never sees
     ex.stream = req.stream and not ex.address.local
     ex.sentences = req.sentences and not ex.address.local
+
+
+def _admit_images(req: GenerateRequest, model: str, settings: Settings) -> None:
+    """Images only for a model configured with an image encoder, at most its ``max_images``;
+    refused here, before any image is decoded or the model loaded (the runtime checks again)."""
+    count = len(req.images or ()) + sum(len(m.images or ()) for m in req.messages or ())
+    if not count:
+        return
+    cfg = settings.models[model]
+    if not cfg.takes_images:
+        key = "mmproj" if cfg.runtime == "llamacpp" else "vision_encoder"
+        raise ImagesUnsupported(
+            f"model {model!r} does not take images: it has no {key} (docs/VISION.md)", model=model
+        )
+    if count > cfg.max_images:
+        raise RequestError(f"{count} images, model {model!r} takes at most {cfg.max_images}")
 
 
 def run(job: Exchange, loop: Engine) -> Final:

@@ -68,7 +68,6 @@ class RkllmModelSettings(ModelCommon):
     vision_core_mask: int | None = Field(
         None, ge=0, le=7, description="NPU cores for the encoder (7: all three)"
     )
-    max_images: int = Field(4, ge=1, le=16, description="images one request may carry")
 
     _dir_absolute = field_validator("prompt_cache_dir")(_absolute)
 
@@ -76,6 +75,10 @@ class RkllmModelSettings(ModelCommon):
     @classmethod
     def _known_family(cls, v: str) -> str:
         return family(v).name  # ValueError naming the known families
+
+    @property
+    def takes_images(self) -> bool:
+        return self.vision_encoder is not None
 
 
 class RkllmSettings(Strict):
