@@ -81,6 +81,12 @@ def final_data(
             timings["decode_ms"] = round(decode_ms, 2)
             if completion and decode_ms > 0:
                 timings["decode_tokens_per_s"] = round(completion * 1000 / decode_ms, 2)
+        if perf.images:  # before the prompt: the images' decoding and the vision encoder
+            timings["images"] = perf.images
+            for key in ("image_decode_ms", "image_encode_ms"):
+                value = getattr(perf, key)
+                if value is not None:
+                    timings[key] = round(value, 2)
         if perf.memory_mb is not None:
             timings["memory_mb"] = round(perf.memory_mb, 1)
     data = generation_data(job.model, job.run.text, finish_reason, prompt_tokens, completion, timings)

@@ -66,6 +66,9 @@ class Perf:
     prefill_ms: float | None = None
     decode_ms: float | None = None
     memory_mb: float | None = None
+    images: int = 0  # images the run took, and their time before the prompt (docs/VISION.md)
+    image_decode_ms: float | None = None  # decoding and preprocessing
+    image_encode_ms: float | None = None  # the vision encoder
 
 
 FinishReason = Literal["stop", "length", "aborted"]

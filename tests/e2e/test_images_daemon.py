@@ -51,6 +51,10 @@ def test_images_over_mqtt(start_daemon: Start, mqtt_probe: Probe, tmp_path: Path
     words = reply["data"]["text"].split()
     assert words[0] == "IS" and words[1].startswith("IMAGE1:4X6:") and words[3].startswith("IMAGE2:4X6:")
     assert words[1].split(":")[2:] != words[3].split(":")[2:]  # red and blue arrived apart
+    t = reply["data"]["timings"]  # each step of the request, the images' own first
+    assert t["images"] == 2 and t["image_decode_ms"] > 0 and t["image_encode_ms"] > 0
+    assert {"queue_ms", "ttft_ms", "prefill_ms", "decode_ms", "total_ms"} <= set(t)
+    assert t["ttft_ms"] >= t["image_decode_ms"] + t["image_encode_ms"]  # encoded before the prompt
 
     msgs = [{"role": "user", "content": "[[embed_dim=6]] describe", "images": [red]}]
     reply = ask({"id": "i2", "messages": msgs})
@@ -62,6 +66,15 @@ def test_images_over_mqtt(start_daemon: Start, mqtt_probe: Probe, tmp_path: Path
 
     reply = ask({"id": "i4", "model": "other", "prompt": "what is this", "images": [red]})
     assert (reply["status"], reply["code"]) == ("error", "images_unsupported"), reply
+    assert "no vision_encoder" in reply["error"]
+    mqtt_probe.subscribe(f"{base}/response/models")
+    mqtt_probe.publish(f"{base}/request/models", "")
+    models = final_of(mqtt_probe, f"{base}/response/models", timeout=10)
+    assert models["data"]["loaded"] == "fake"  # refused at admission: "other" was never loaded
+
+    reply = ask({"id": "i6", "prompt": "[[embed_dim=6]] x", "images": [red] * 5})
+    assert (reply["status"], reply["code"]) == ("error", "bad_request"), reply
+    assert "takes at most 4" in reply["error"]
 
     reply = ask({"id": "i5", "prompt": "[[embed_dim=6]] still there?", "images": [red]})
     assert reply["status"] == "ok"  # the model serves on after every refusal

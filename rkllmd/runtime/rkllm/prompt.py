@@ -11,15 +11,18 @@ format (rkllmd.toolcalls) writes tools, calls and results as text. Called on the
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from rkllmd import finitejson
+from rkllmd import finitejson, logface, toolcalls
 from rkllmd.generation import ChatMessage, GenerateInput
 
 if TYPE_CHECKING:
     from rkllmd.runtime.rkllm.settings import ChatTemplate, RkllmModelSettings
     from rkllmd.toolcalls import ToolFormat
+
+log = logface.get_logger("rkllmd.runtime.rkllm.runtime")
 
 
 @dataclass(frozen=True)
@@ -124,3 +127,13 @@ def _json_text(content: str) -> str:
     except (ValueError, RecursionError):
         return json.dumps(content, ensure_ascii=False)
     return content
+
+
+def choose_format(name: str, cfg: RkllmModelSettings) -> toolcalls.ToolFormat:
+    """The model's tool-call format: as configured, or for ``auto`` from what RKLLM lets us see,
+    the configured three-part template (the built-in one cannot be read) and the model's names."""
+    tpl = cfg.chat_template
+    text = None if tpl is None else tpl.system + tpl.prefix + tpl.postfix
+    fmt = toolcalls.choose(cfg.tool_format, text, f"{name} {os.path.basename(str(cfg.path))}")
+    log.info("tool_format", model=name, format=fmt.name, setting=cfg.tool_format)
+    return fmt

@@ -33,6 +33,7 @@ from rkllmd.runtime.rkllm.param import make_param, raise_nofile, sampling_param
 from rkllmd.runtime.rkllm.prompt import (
     CHATML,
     TOOL_RESPONSE,
+    choose_format,
     input_role,
     prompt_text,
     render,
@@ -96,7 +97,7 @@ class RkllmRuntime(Runtime):
         self._last_tools: tuple[str, str] | None = None  # (system, tools JSON) last set natively
         self._tokenizer: Any = None
         self._cache = CacheSlot(name)  # the prompt cache it holds (docs/RKLLM.md#prompt-cache)
-        self._tool_format = _choose_format(name, cfg)
+        self._tool_format = choose_format(name, cfg)
         self.vision = ModelVision(name, cfg)  # its vision encoder, if it has one (docs/VISION.md)
 
     # ---- open / close --------------------------------------------------------------------------
@@ -222,15 +223,11 @@ class RkllmRuntime(Runtime):
 
     def _perf(self, run: _Run, inp: GenerateInput) -> Perf:
         if run.perf is None:
-            return Perf(prompt_tokens=self.prompt_tokens(inp), completion_tokens=run.tokens)
-        prefill_ms, prefill_tokens, gen_ms, _gen_tokens, mem = run.perf
-        return Perf(
-            prompt_tokens=prefill_tokens,
-            completion_tokens=run.tokens,
-            prefill_ms=prefill_ms,
-            decode_ms=gen_ms,
-            memory_mb=mem,
-        )
+            perf = Perf(prompt_tokens=self.prompt_tokens(inp), completion_tokens=run.tokens)
+        else:
+            prefill_ms, prefill_tokens, gen_ms, _gen_tokens, mem = run.perf
+            perf = Perf(prefill_tokens, run.tokens, prefill_ms, gen_ms, mem)
+        return self.vision.timed(perf, inp)  # with the images' decode and encode times
 
     def _on_result(self, state: int, result: Any) -> None:
         """The result callback's body; runs on the thread blocked in rkllm_run. Only copies data."""
@@ -438,13 +435,3 @@ class RkllmRuntime(Runtime):
             "context_length": self.context_length,
             "tool_format": self._tool_format.name,
         }
-
-
-def _choose_format(name: str, cfg: RkllmModelSettings) -> toolcalls.ToolFormat:
-    """The model's tool-call format: as configured, or for ``auto`` from what RKLLM lets us see,
-    the configured three-part template (the built-in one cannot be read) and the model's names."""
-    tpl = cfg.chat_template
-    text = None if tpl is None else tpl.system + tpl.prefix + tpl.postfix
-    fmt = toolcalls.choose(cfg.tool_format, text, f"{name} {os.path.basename(str(cfg.path))}")
-    log.info("tool_format", model=name, format=fmt.name, setting=cfg.tool_format)
-    return fmt

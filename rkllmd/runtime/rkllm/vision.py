@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from rkllmd import logface
 from rkllmd.errors import ImagesUnsupported, ModelLoadError, RequestError
 from rkllmd.generation import GenerateInput
+from rkllmd.runtime.base import Perf
 from rkllmd.runtime.rkllm.multimodal import ImageTags, MultimodalInput, multimodal_input, place_images
 from rkllmd.vision.families import family
 
@@ -91,6 +92,18 @@ class ModelVision:
         if encoder is not None:
             encoder.close()
 
+    def timed(self, perf: Perf, inp: GenerateInput) -> Perf:
+        """``perf`` with the run's images and their timings (unchanged without images)."""
+        if not inp.images or not self.last_timings:
+            return perf
+        t = self.last_timings
+        return dataclasses.replace(
+            perf,
+            images=len(inp.images),
+            image_decode_ms=t["image_decode_ms"],
+            image_encode_ms=t["image_encode_ms"],
+        )
+
     def extra_tokens(self, inp: GenerateInput) -> int:
         """The image tokens a run adds to its prompt (for the context-length check)."""
         return len(inp.images) * self.encoder.n_image_tokens if self.encoder is not None and inp.images else 0
@@ -117,6 +130,7 @@ class ModelVision:
         text = prompt_text(
             dataclasses.replace(inp, messages=(*inp.messages[:last], placed, *inp.messages[last + 1 :]))
         )
+        self.last_timings = {}
         embeddings = [self.encoder.encode(img) for img in images]
         log.info(
             "rkllm_images_encoded",
