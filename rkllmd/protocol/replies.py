@@ -105,6 +105,7 @@ class ModelFacts:
     loaded: bool
     default: bool
     path: str | None = None  # the model's file, if it has one: only Ollama's list reads it (size, date)
+    vision: bool = False  # it takes images (an image encoder is configured: docs/VISION.md)
 
     def brief(self) -> dict[str, Any]:
         """The model in the retained info topic: name, runtime, description."""
@@ -122,6 +123,7 @@ def model_facts(models: Mapping[str, Any], loaded: str | None, default: str) -> 
             loaded=name == loaded,
             default=name == default,
             path=str(cfg.path) if getattr(cfg, "path", None) else None,
+            vision=bool(getattr(cfg, "takes_images", False)),
         )
         for name, cfg in models.items()
     ]

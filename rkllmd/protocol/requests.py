@@ -113,7 +113,8 @@ class ImagePathIn(BaseModel):
     path: str
 
 
-# An image: its bytes base64-encoded (a string), or {"path": …} (docs/PROTOCOL.md, docs/VISION.md).
+# An image: its bytes base64-encoded or as a data: URI (a string), or {"path": …} (docs/PROTOCOL.md,
+# docs/VISION.md).
 ImageIn = str | ImagePathIn
 
 
@@ -344,6 +345,8 @@ def _images(
         try:
             if isinstance(item, ImagePathIn):
                 out.append(sources.from_file(item.path, folder, limits))
+            elif item.startswith("data:"):  # OpenAI's image_url, passed on by the http plugin
+                out.append(sources.from_data_uri(item, limits))
             else:
                 out.append(sources.from_base64(item, limits))
         except BadImage as exc:

@@ -7,7 +7,8 @@ Assistant pins, never the one in rkllmd's virtualenv. Standalone: imports nothin
 
     python ha_replay_driver.py '<spec as JSON>'
 
-spec: ``{"client": "ollama" | "openai", "url": ..., "key": ..., "kwargs": {...}}``; for ollama,
+spec: ``{"client": "ollama" | "openai", "url": ..., "key": ..., "kwargs": {...}, "method": "chat" |
+"generate"}`` (ollama's method, chat by default); for ollama,
 ``kwargs["messages"]`` are built into ``ollama.Message`` objects as Home Assistant's
 ``_convert_content`` builds them (images as bytes, ``images_b64`` in the spec).
 """
@@ -18,6 +19,7 @@ import asyncio
 import base64
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 
@@ -38,6 +40,8 @@ def _ollama_message(ollama: Any, m: dict[str, Any]) -> Any:
         ]
     if m.get("images_b64"):
         fields["images"] = [ollama.Image(value=base64.b64decode(b)) for b in m["images_b64"]]
+    if m.get("image_paths"):  # HA 2025.8+ (ollama/entity.py): ollama.Image(value=attachment.path)
+        fields["images"] = [ollama.Image(value=Path(p)) for p in m["image_paths"]]
     return ollama.Message(**fields)
 
 
@@ -50,10 +54,14 @@ async def _ollama(spec: dict[str, Any], sent: list[Any]) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {spec['key']}"} if spec.get("key") else None
     client = ollama.AsyncClient(host=spec["url"], headers=headers, event_hooks={"request": [record]})
     kwargs = dict(spec["kwargs"])
-    kwargs["messages"] = [_ollama_message(ollama, m) for m in kwargs["messages"]]
+    call = client.generate if spec.get("method") == "generate" else client.chat
+    if "messages" in kwargs:
+        kwargs["messages"] = [_ollama_message(ollama, m) for m in kwargs["messages"]]
+    if "images_b64" in kwargs:  # generate's images, as bytes
+        kwargs["images"] = [ollama.Image(value=base64.b64decode(b)) for b in kwargs.pop("images_b64")]
     try:
-        result = await client.chat(**kwargs)
-        if kwargs.get("stream") is False:  # one response, not a stream of parts
+        result = await call(**kwargs)
+        if not kwargs.get("stream"):
             return {"parts": [result.model_dump(exclude_none=True)]}
         parts = [part.model_dump(exclude_none=True) async for part in result]
     except ollama.ResponseError as err:

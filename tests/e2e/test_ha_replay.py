@@ -82,12 +82,13 @@ def pinned(name: str, version: str) -> Path:
     return target
 
 
-def replay(client: str, version: str, url: str, **kwargs: Any) -> dict[str, Any]:
-    """One call through the pinned client, in a subprocess: what it sent and what it got back."""
+def replay(client: str, version: str, url: str, method: str = "chat", **kwargs: Any) -> dict[str, Any]:
+    """One call through the pinned client (ollama's ``method``: chat or generate), in a
+    subprocess: what it sent and what it got back."""
     env = {**os.environ, "PYTHONPATH": str(pinned(client, version))}
     # HA's llama_cpp sends DEFAULT_API_KEY (const.py) when none is set; its ollama no key by default.
     key = "sk-0000000000000000000" if client == "openai" else ""
-    spec = {"client": client, "url": url, "key": key, "kwargs": kwargs}
+    spec = {"client": client, "url": url, "key": key, "kwargs": kwargs, "method": method}
     proc = subprocess.run(
         [sys.executable, str(DRIVER), json.dumps(spec)], env=env, capture_output=True, text=True, timeout=60
     )
@@ -186,8 +187,8 @@ def test_ha_2026_11_ollama_structured_output(served: Served) -> None:
 
 
 def test_ha_2026_11_ollama_image_is_refused_with_a_reason(served: Served) -> None:
-    """An AI task with an image: rkllmd's models read text only; HA's client hears it refused, and
-    the log says why."""
+    """An AI task with an image sent to a model without an image encoder: HA's client hears that
+    the model cannot see, and the log says why (a vision model's AI task: test_images_clients.py)."""
     out = replay(
         "ollama",
         "0.6.2",
@@ -203,8 +204,10 @@ def test_ha_2026_11_ollama_image_is_refused_with_a_reason(served: Served) -> Non
     # HA speaks the assistant's text and never catches a stream's error, so rkllmd tells its client
     # in a sentence by default (errors = "auto"); the reason itself is in rkllmd's log.
     [done] = out["parts"]
-    assert done["done"] and done["done_reason"] == "error" and "refused" in done["message"]["content"]
-    assert wait_until(lambda: "does not support images" in served.proc.log_text(), 5)
+    assert (
+        done["done"] and done["done_reason"] == "error" and "cannot see images" in done["message"]["content"]
+    )
+    assert wait_until(lambda: "does not take images" in served.proc.log_text(), 5)
 
 
 # --- Home Assistant 2025.4.4, Ollama integration, ollama==0.4.7 ---------------------------------
@@ -322,7 +325,8 @@ def test_ha_2026_11_llama_cpp_assist_turn_calls_a_tool_and_reads_its_result(serv
 
 
 def test_ha_2026_11_llama_cpp_structured_output_and_image(served: Served) -> None:
-    """response_format json_schema (strict) gets JSON of the schema; an image part a clear 400."""
+    """response_format json_schema (strict) gets JSON of the schema; an image part, to a model
+    without an image encoder, a clear 400."""
     schema = {"type": "object", "properties": {"ANSWER": {"type": "string"}}, "required": ["ANSWER"]}
     rf = {"type": "json_schema", "json_schema": {"name": "answer", "strict": True, "schema": schema}}
     out = replay(
@@ -351,5 +355,5 @@ def test_ha_2026_11_llama_cpp_structured_output_and_image(served: Served) -> Non
         max_tokens=3000.0,
         stream=True,
     )
-    assert out["error"]["status_code"] == 400
-    assert "text parts only" in out["error"]["message"]
+    assert (out["error"]["status_code"], out["error"]["code"]) == (400, "images_unsupported")
+    assert "does not take images" in out["error"]["message"]

@@ -21,6 +21,8 @@
  *                                        pieces of [[chunk=N]] bytes (default 3), so that markup
  *                                        such as <tool_call> arrives split across tokens; ignored in
  *                                        a run with role "tool" (a tool result gets the usual words)
+ *                                        ("@IMAGES@" in it, or in a script's text, becomes the
+ *                                        words of the run's images: see Images below)
  *   [[say_tools]]   (prompt only)        emit the last rkllm_set_function_tools JSON verbatim
  *   [[think=B64]]   (prompt only)        a thinking model (Qwen3): when the run's enable_thinking is
  *                                        set, "<think>\n" + the decoded thought + "\n</think>\n\n"
@@ -494,6 +496,23 @@ static void think_first(Plan *p) {
     p->say = out;
 }
 
+/* A [[say]] or script text with "@IMAGES@" replaced by the words of this run's images (the
+ * "images" string, trimmed), so a canned answer (a JSON object, say) tells what the double saw. */
+static char *with_images(char *say) {
+    static const char mark[] = "@IMAGES@";
+    char *at = strstr(say, mark);
+    if (!at) return say;
+    size_t n = strlen(last_images);
+    while (n && last_images[n - 1] == ' ') n--;
+    char *out = malloc(strlen(say) + n + 1);
+    size_t head = (size_t)(at - say);
+    memcpy(out, say, head);
+    memcpy(out + head, last_images, n);
+    strcpy(out + head + n, at + sizeof mark - 1);
+    free(say);
+    return with_images(out);
+}
+
 static int do_run(Fake *f, RunArgs *a) {
     Plan p = {f->env_delay_ms, f->env_len, f->env_fail_at, f->env_split, 0, 0, 0, f->env_prefill_us,
               NULL, NULL, 3, NULL, NULL, 0};
@@ -504,6 +523,7 @@ static int do_run(Fake *f, RunArgs *a) {
     }
     if (!p.say) p.say = script_reply(a->role, a->prompt);
     if (p.think && thinks(f, a)) think_first(&p);
+    if (p.say) p.say = with_images(p.say);
     if (p.chunk < 1) p.chunk = 1;
     if (p.chunk > 200) p.chunk = 200;
     int say_len = p.say ? (int)strlen(p.say) : 0;
@@ -846,6 +866,7 @@ static int prepare(Fake *f, RKLLMInput *in, RKLLMInferParam *ip, void *userdata,
     atomic_store(&stats[S_LAST_TEMP_MILLI], (int)(f->param.temperature * 1000.0f + 0.5f));
 #endif
     char *expanded = NULL; /* the prompt with the images' words, for a run with images */
+    if (v.n_image == 0) last_images[0] = '\0';
     if (v.n_image > 0 && image_words(&v, embed_dim_of(text), &expanded) != 0) return -1;
     a->prompt = expanded ? expanded : strdup(text);
     a->userdata = userdata;

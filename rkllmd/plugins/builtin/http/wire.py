@@ -18,6 +18,8 @@ from .errors import ApiError, OpenAIErrors, error_body
 
 __all__ = ["ApiError", "Ask", "Kind", "OpenAIErrors", "Shape", "error_body", "parse"]
 
+from . import parts
+
 Kind = Literal["chat", "text"]
 
 # Request fields passed to rkllmd after a type check: the sampling options OpenAI's API names
@@ -186,10 +188,10 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
                 param=f"{where}.role",
                 code="invalid_value",
             )
-        msg: dict[str, Any] = {
-            "role": _ROLES[role],
-            "content": _content(m.get("content"), f"{where}.content"),
-        }
+        text, images = _content(m.get("content"), f"{where}.content")
+        msg: dict[str, Any] = {"role": _ROLES[role], "content": text}
+        if images:  # data URIs, decoded and bounded at admission (parts.py)
+            msg["images"] = images
         # Tool turns pass through; rkllmd checks them (shape, a result answering an earlier call).
         for key in ("tool_calls", "tool_call_id"):
             if m.get(key) is not None:
@@ -200,23 +202,14 @@ def _messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _content(content: Any, where: str) -> str:
-    """Message content: a string, null (an assistant turn that only called tools), or text parts."""
+def _content(content: Any, where: str) -> tuple[str, list[str]]:
+    """Message content: a string, null (an assistant turn that only called tools), or content
+    parts (text, and images as data URIs: parts.py)."""
     if content is None or isinstance(content, str):
-        return content or ""
+        return content or "", []
     if not isinstance(content, list):
         raise _wrong_type(where, "a string or an array of content parts", content)
-    texts = []
-    for j, part in enumerate(content):
-        if not isinstance(part, dict) or part.get("type") != "text" or not isinstance(part.get("text"), str):
-            raise ApiError(
-                400,
-                f"Invalid content part '{where}[{j}]': rkllmd takes text parts only.",
-                param=f"{where}[{j}]",
-                code="invalid_value",
-            )
-        texts.append(part["text"])
-    return "\n".join(texts)
+    return parts.content(content, where, ApiError)
 
 
 def _prompt(body: dict[str, Any]) -> str:
@@ -348,6 +341,12 @@ def usage(data: dict[str, Any]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
+def _usage(data: dict[str, Any]) -> dict[str, Any]:
+    """``usage``, and rkllmd's ``timings`` beside it as llama.cpp's server adds its own (image
+    decode and encode, prefill, decode: docs/PROTOCOL.md); clients keep unknown fields."""
+    return {"usage": usage(data), **({"timings": data["timings"]} if data.get("timings") else {})}
+
+
 @dataclass(frozen=True)
 class Shape:
     """What every object of one response shares: ``id``, ``created``, ``model`` and its kind."""
@@ -372,9 +371,9 @@ class Shape:
                 message["tool_calls"] = calls
                 message["content"] = text or None
             choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}
-            return {**self._head("chat.completion"), "choices": [choice], "usage": usage(data)}
+            return {**self._head("chat.completion"), "choices": [choice], **_usage(data)}
         choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}
-        return {**self._head("text_completion"), "choices": [choice], "usage": usage(data)}
+        return {**self._head("text_completion"), "choices": [choice], **_usage(data)}
 
     def chunk(
         self,
@@ -431,7 +430,7 @@ class Shape:
     def usage_chunk(self, data: dict[str, Any]) -> dict[str, Any]:
         """The extra last chunk of ``stream_options.include_usage``: no choices, the usage."""
         obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        return {**self._head(obj), "choices": [], "usage": usage(data)}
+        return {**self._head(obj), "choices": [], **_usage(data)}
 
 
 def models(names: list[str], created: int) -> dict[str, Any]:

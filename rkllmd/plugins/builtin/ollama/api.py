@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from rkllmd.plugins import Final, LocalMessage
+from rkllmd.plugins import Final, LocalMessage, ModelFacts
 from rkllmd.plugins.builtin._httpbase import ApiBase, answer
 from rkllmd.plugins.builtin._httpconfig import HttpError
 from rkllmd.plugins.builtin._relay import ClientGone, Item, Piece, Thought, Waiter, answer_deadline_s
@@ -83,7 +83,7 @@ class Api(ApiBase):
             self._only(method, ("POST",))
             name = self._model(await self._name(h))
             facts = next(m for m in self.ctx.models() if m.name == name)
-            return await h.send_json(200, models.show(facts, _capabilities()))
+            return await h.send_json(200, models.show(facts, _capabilities(facts)))
         if path == "/api/chat":
             self._only(method, ("POST",))
             return await self._chat(h)
@@ -204,8 +204,6 @@ class Api(ApiBase):
         ask = wire.parse(kind, body)
         name = self._model(ask.model)
         shown = ask.model or wire.tag(name)
-        if ask.images:
-            raise HttpError(400, f"model '{shown}' does not support images")
         limit = self.ctx.context_length(name)
         if ask.num_ctx is not None and ask.num_ctx > limit:
             if isinstance(self.config, Config) and self.config.num_ctx == "refuse":
@@ -311,10 +309,14 @@ class Api(ApiBase):
         except UnicodeEncodeError:  # "\ud800" in the body: a lone surrogate nothing could echo back
             raise HttpError(400, "the request contains an unpaired surrogate escape") from None
         if len(data) > limit:
-            raise HttpError(
+            # Images are what makes most requests this large: then the spoken answer says so.
+            pictures = payload.get("images") or any(m.get("images") for m in payload.get("messages") or ())
+            raise wire.Failed(
                 413,
                 f"the request is {len(data)} bytes as rkllmd reads it; the limit is {limit} "
                 "(limits.max_payload_bytes)",
+                {},
+                "image_too_large" if pictures else "payload_too_large",
             )
         topic = self.ctx.topics.request(command)
         self.ctx.inject(LocalMessage(topic, data, received_at=time.monotonic(), key=key))
@@ -328,9 +330,10 @@ def _named(body: dict[str, Any]) -> str:
     return name
 
 
-def _capabilities() -> list[str]:
-    """What ``/api/show`` reports: every rkllmd model takes tools (docs/PROTOCOL.md), none images."""
-    return ["completion", "tools"]
+def _capabilities(facts: ModelFacts) -> list[str]:
+    """What ``/api/show`` reports: every rkllmd model takes tools (docs/PROTOCOL.md); a model
+    with an image encoder (``vision_encoder``, ``mmproj``) images too."""
+    return ["completion", "tools", *(["vision"] if facts.vision else [])]
 
 
 def _part_line(shape: Shape) -> Callable[[Piece], bytes]:

@@ -79,7 +79,10 @@ def parse(kind: Kind, body: dict[str, Any]) -> Ask:
     else:
         prompt = _opt(body, "prompt", str, "a string") or ""
         ask = Ask(kind, model, {"prompt": prompt} if prompt else {})
-        ask.images = bool(_opt(body, "images", list, "an array"))
+        pictures = _images(body.get("images"), "images")
+        if pictures:
+            ask.fields["images"] = pictures
+            ask.images = True
         system = _opt(body, "system", str, "a string")
         if system:
             ask.fields["system"] = system
@@ -147,8 +150,11 @@ def _messages(body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
         content = m.get("content")
         if content is not None and not isinstance(content, str):
             raise HttpError(400, f"invalid type for {where}.content: expected a string")
-        images = images or bool(m.get("images"))
         msg: dict[str, Any] = {"role": role, "content": content or ""}
+        pictures = _images(m.get("images"), f"{where}.images")
+        if pictures:
+            msg["images"] = pictures
+            images = True
         calls = m.get("tool_calls")
         if role == "assistant" and calls:
             msg["tool_calls"] = _calls(calls, i)
@@ -168,6 +174,16 @@ def _messages(body: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
         # (docs/THINKING.md); rkllmd takes thought tags out of the content itself.
         out.append(msg)
     return out, images
+
+
+def _images(value: Any, where: str) -> list[str]:
+    """Ollama's ``images``: base64 strings (the ollama client encodes bytes and files so), passed
+    on to rkllmd as they are: admission decodes, bounds and checks them (docs/VISION.md)."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise HttpError(400, f"invalid type for {where}: expected an array of base64 strings")
+    return value
 
 
 def _calls(calls: Any, i: int) -> list[dict[str, Any]]:
@@ -325,7 +341,10 @@ def durations(data: dict[str, Any]) -> dict[str, int]:
         "total_duration": ns(t.get("queue_ms")) + ns(t.get("total_ms")),
         "load_duration": 0,
         "prompt_eval_count": int(u.get("prompt_tokens") or 0),
-        "prompt_eval_duration": ns(t.get("prefill_ms")),
+        # Ollama's runner encodes a request's images as part of its prompt: so does this figure
+        "prompt_eval_duration": ns(t.get("prefill_ms"))
+        + ns(t.get("image_decode_ms"))
+        + ns(t.get("image_encode_ms")),
         "eval_count": int(u.get("completion_tokens") or 0),
         "eval_duration": ns(t.get("decode_ms")),
     }

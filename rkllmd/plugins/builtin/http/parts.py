@@ -1,0 +1,66 @@
+"""OpenAI's message content parts: text, and images as ``image_url`` data URIs.
+
+Pure functions (the plugin's server thread). An image part's ``url`` is passed on to rkllmd as it
+is, on the message's ``images``: admission decodes and bounds it like any image (docs/VISION.md),
+and a refusal comes back as ``bad_image`` / ``image_too_large`` in OpenAI's error shape.
+
+A remote ``http(s)://`` URL is refused here, not fetched: a daemon on the home network that
+fetches any URL a client names can be made to reach hosts the client cannot (the router's admin
+page, the NAS), waits on slow servers while its one queue waits, and the clients that matter
+(Home Assistant, Frigate, LLM Vision, Open WebUI) send the image itself as a data URI.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rkllmd.plugins.builtin._httpconfig import HttpError
+
+_IMAGE_TYPES = ("image_url", "input_image")  # input_image: the Responses API's name, same url
+
+
+def content(parts: list[Any], where: str, error: Callable[..., HttpError]) -> tuple[str, list[str]]:
+    """The text parts joined by newlines, and each image part's data URI, in order.
+
+    ``error(status, message, param=, code=)`` builds the interface's error (wire.ApiError)."""
+    texts: list[str] = []
+    images: list[str] = []
+    for j, part in enumerate(parts):
+        at = f"{where}[{j}]"
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind in _IMAGE_TYPES:
+            images.append(_url(part, at, error))
+        else:
+            raise error(
+                400,
+                f"Invalid content part '{at}': rkllmd takes text and image_url parts.",
+                param=at,
+                code="invalid_value",
+            )
+    return "\n".join(texts), images
+
+
+def _url(part: dict[str, Any], at: str, error: Callable[..., HttpError]) -> str:
+    """The part's image URL (``image_url.url``, or the string itself); ``detail`` is ignored:
+    the image is resized to the encoder's own input size whatever it asks."""
+    value = part.get("image_url")
+    url = value.get("url") if isinstance(value, dict) else value
+    if not isinstance(url, str) or not url:
+        raise error(
+            400,
+            f"Missing image URL in '{at}': send image_url.url.",
+            param=f"{at}.image_url.url",
+            code="invalid_value",
+        )
+    if url.startswith(("http://", "https://")):
+        raise error(
+            400,
+            f"Invalid image in '{at}': rkllmd does not fetch image URLs; "
+            "send the image itself as data:image/jpeg;base64,<data>.",
+            param=f"{at}.image_url.url",
+            code="invalid_image",
+        )
+    return url
