@@ -1,6 +1,7 @@
 """A model that cannot see answers images with images_unsupported, never by ignoring them:
-llama.cpp (its mmproj path is not wired yet) on the real SmolLM2, as the RKLLM runtime without a
-vision_encoder does (tests/test_rkllm_vision.py)."""
+llama.cpp without an mmproj on the real SmolLM2 (the runtime's own check, behind admission's), as
+the RKLLM runtime without a vision_encoder does (tests/test_rkllm_vision.py); with one:
+tests/test_llamacpp_vision.py."""
 
 from __future__ import annotations
 

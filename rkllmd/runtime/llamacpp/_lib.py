@@ -82,6 +82,15 @@ def route_native_logs(llama_cpp: Any) -> None:
         llama_cpp.llama_log_set(_log_state["callback"], ctypes.c_void_p(0))
 
 
+def route_mtmd_logs(mtmd: Any) -> None:
+    """libmtmd's log lines (the multimodal projector: one per prompt part and image) the same way;
+    after :func:`route_native_logs`, whose callback they share."""
+    callback = _log_state["callback"]
+    if callback is not None:
+        mtmd.mtmd_log_set(callback, ctypes.c_void_p(0))
+        mtmd.mtmd_helper_log_set(callback, ctypes.c_void_p(0))
+
+
 def demote_native_errors(on: bool) -> None:
     """While on, llama.cpp's error lines are logged as debug: an abort we asked for causes them."""
     _log_state["demote"] = on

@@ -31,6 +31,8 @@ def load_problems(name: str, cfg: LlamaCppModelSettings) -> list[str]:
             )
     elif not cfg.path.is_file():
         problems.append(f"models.{name}.path: {cfg.path} does not exist")
+    if cfg.mmproj is not None and not cfg.mmproj.is_file():
+        problems.append(f"models.{name}.mmproj: {cfg.mmproj} does not exist")
     return problems
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import dataclasses
 import os
 import threading
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkllmd import logface, toolcalls
-from rkllmd.errors import ContextExceeded, ImagesUnsupported, ModelLoadError, RuntimeFailure
+from rkllmd.errors import ContextExceeded, ImagesUnsupported, ModelLoadError, RequestError, RuntimeFailure
 from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.runtime.base import FinishReason, GenerateResult, Perf, Runtime, TokenSink
 from rkllmd.runtime.llamacpp._lib import (
@@ -28,6 +29,7 @@ from rkllmd.runtime.llamacpp._lib import (
 )
 from rkllmd.runtime.llamacpp.grammar import grammar_for, llama_class
 from rkllmd.runtime.llamacpp.sampling import SAMPLING
+from rkllmd.runtime.llamacpp.vision import LlamaVision, Prefilled
 
 if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
@@ -76,6 +78,7 @@ class LlamaCppRuntime(Runtime):
         self._piece_buf = ctypes.create_string_buffer(256)
         self._abort_cb: Any = None
         self._vocab: Any = None
+        self._vision: LlamaVision | None = None  # its mmproj, if it has one (docs/VISION.md)
         #: token ids of the last generation's completion (without the end-of-generation token)
         self.last_completion_tokens: tuple[int, ...] = ()
 
@@ -108,11 +111,17 @@ class LlamaCppRuntime(Runtime):
                 verbose=False,
             )
             formatter = self._make_formatter(lib, llm)
+            mmproj = getattr(self.cfg, "mmproj", None)
+            vision = LlamaVision(self.name, mmproj, lib, llm, self.cfg.max_images) if mmproj else None
+        except ModelLoadError:
+            llm.close()
+            raise
         except Exception as exc:
             if llm is not None:
                 llm.close()
             raise ModelLoadError(f"llama.cpp could not load {path}: {exc}", path=str(path)) from exc
         self._lib, self._llm, self._formatter, self.model_path = lib, llm, formatter, path
+        self._vision = vision
         template = llm.metadata.get("tokenizer.chat_template") or None
         self._template_has_tools = "tools" in str(template or "")
         self._tool_format = fmt = toolcalls.choose(self.cfg.tool_format, template, f"{self.name} {path.name}")
@@ -142,6 +151,7 @@ class LlamaCppRuntime(Runtime):
     def close(self) -> None:
         """Free the model and its context (inference-loop thread). Idempotent."""
         llm, self._llm = self._llm, None
+        self._vision = None  # its mtmd context is freed with the model
         if llm is not None:
             llm.close()
             log.info("model closed", model=self.name)
@@ -211,10 +221,9 @@ class LlamaCppRuntime(Runtime):
         The KV cache keeps the previous prompt, so a prompt sharing a prefix with it (same
         system prompt, a conversation growing turn by turn) only evaluates the new tokens.
         """
-        if inp.images:  # llama.cpp's own vision path (an mmproj file) is not wired yet: docs/VISION.md
-            raise ImagesUnsupported(f"model {self.name!r} does not take images", model=self.name)
         llm, lib, cfg, s = self._require(), self._lib, self.cfg, inp.sampling
-        prompt = self._prompt_ids(inp)
+        pre = self._prefill_images(inp) if inp.images else None
+        prompt = pre.ids if pre is not None else self._prompt_ids(inp)
         n_ctx = llm.n_ctx()
         if len(prompt) >= n_ctx:
             raise ContextExceeded(f"prompt takes {len(prompt)} tokens; the context holds {n_ctx}")
@@ -269,6 +278,8 @@ class LlamaCppRuntime(Runtime):
         finally:
             tokens.close()
             t_end = time.perf_counter()
+            if pre is not None:
+                LlamaVision.forget(llm, pre.spans)
             lib.llama_set_abort_callback(llm.ctx, lib.ggml_abort_callback(), None)
             with self._state_lock:
                 self._running = False
@@ -276,8 +287,26 @@ class LlamaCppRuntime(Runtime):
         if held and finish != "aborted":
             sink(held, completion[-1] if completion else None)
         self.last_completion_tokens = tuple(completion)
-        perf = self._perf(len(prompt), len(completion), t_start, t_first, t_end)
+        perf = self._perf(len(prompt), len(completion), t_start, t_first, t_end, pre)
         return GenerateResult(finish_reason=finish, perf=perf)
+
+    def _prefill_images(self, inp: GenerateInput) -> Prefilled:
+        """Evaluate the prompt with its images (the model's mmproj); refused without one."""
+        vision = self._vision
+        if vision is None:
+            raise ImagesUnsupported(
+                f"model {self.name!r} does not take images: it has no mmproj (docs/VISION.md)",
+                model=self.name,
+            )
+        last = max((i for i, m in enumerate(inp.messages) if m.role == "user"), default=-1)
+        if last < 0 or len(inp.messages[last].images) != len(inp.images):
+            raise RequestError("images are taken on the last user message only")
+        msg = inp.messages[last]
+        placed = dataclasses.replace(msg, content=vision.place(msg.content, len(inp.images)))
+        text = self.render(
+            dataclasses.replace(inp, messages=(*inp.messages[:last], placed, *inp.messages[last + 1 :]))
+        )
+        return vision.prefill(self._require(), text, inp.images)
 
     def _abort_requested(self, _data: Any) -> bool:
         # Called by llama.cpp from inside llama_decode (its compute threads) between graph nodes.
@@ -286,7 +315,9 @@ class LlamaCppRuntime(Runtime):
             return True
         return False
 
-    def _perf(self, n_prompt: int, n_completion: int, t0: float, t1: float | None, t2: float) -> Perf:
+    def _perf(
+        self, n_prompt: int, n_completion: int, t0: float, t1: float | None, t2: float, pre: Prefilled | None
+    ) -> Perf:
         """Timings from llama.cpp's own counters; wall-clock when they did not see a prompt batch.
 
         prefill_ms is the prompt evaluation (up to the logits of the first token), decode_ms the
@@ -301,8 +332,18 @@ class LlamaCppRuntime(Runtime):
         else:
             t1 = t2 if t1 is None else t1
             prefill, decode = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        if pre is None:
+            return Perf(n_prompt, n_completion, prefill, decode)
+        # the prompt and the images' embeddings went in before generate(): its prefill is the rest
         return Perf(
-            prompt_tokens=n_prompt, completion_tokens=n_completion, prefill_ms=prefill, decode_ms=decode
+            n_prompt,
+            n_completion,
+            prefill + pre.prefill_ms,
+            decode,
+            None,
+            len(pre.spans),
+            pre.decode_ms,
+            pre.encode_ms,
         )
 
     def abort(self) -> None:
