@@ -20,8 +20,8 @@ from tests.fake_rkllm.build import build_fake
 from tests.helpers import Broker, write_config
 
 
-def bench(args: list[str], **kw: Any) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RKLLMD_")}
+def bench(args: list[str], extra_env: dict[str, str] | None = None, **kw: Any) -> subprocess.Popen[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RKLLMD_")} | (extra_env or {})
     return subprocess.Popen(
         [sys.executable, "-m", "rkllmd", "bench", *args],
         stdout=subprocess.PIPE,
@@ -187,3 +187,48 @@ def test_free_port_is_outside_the_ephemeral_range_and_bindable() -> None:
         assert not lo <= port <= hi
         with socket.socket() as s:
             s.bind((LOOPBACK, port))
+
+
+def test_image_cases_on_a_vision_model_and_skipped_on_a_text_one(broker: Broker, tmp_path: Path) -> None:
+    """The suite's image cases on the doubles (the RKNN double's encoder, the RKLLM double naming
+    what it saw): each image reaches the model on both paths, the encoder's time is reported
+    beside TTFT, the answers are in the report; a model without an encoder skips them."""
+    from tests.fake_rknn.build import build_fake_rknn, write_model
+
+    lib = build_fake("1.3", tmp_path)
+    model = tmp_path / "fake.rkllm"
+    model.write_bytes(b"RKLLM stand-in\n")
+    encoder = write_model(tmp_path / "enc.rknn", size=(32, 32), grid=(2, 2), embed=6)
+    rkllm = {"runtime": "rkllm", "path": str(model), "library": str(lib)}
+    vision = {"vision_encoder": str(encoder), "vision_library": str(build_fake_rknn(tmp_path))}
+    cfg = write_config(
+        tmp_path / "vis.toml",
+        {"models": {"vis": {**rkllm, **vision}, "plain": rkllm}, "default_model": "vis"},
+    )
+    out = tmp_path / "results"
+    cases = ("--case", "door_parcel", "--case", "door_compare")
+    proc = bench(
+        [
+            *("-c", str(cfg), "-m", "vis", "-m", "plain", *cases, "--runs", "1", "--warmup", "0"),
+            *("--no-charts", "--host", broker.host, "--port", str(broker.port), "--out", str(out)),
+        ],
+        extra_env={"FAKE_RKLLM_EMBED_DIM": "6"},
+    )
+    _, stderr = proc.communicate(timeout=180)
+    assert proc.returncode == 0, stderr
+    report, md = only_report(out)
+    assert not report["errors"], report["errors"]
+    by = {(e["model"], e["case"], e["path"]): e for e in report["runs"]}
+    assert {m for m, _, _ in by} == {"vis"}  # "plain" measured nothing
+    assert len(report["skipped"]) == 4 and all("takes no images" in s for s in report["skipped"])
+    for path in ("direct", "mqtt"):
+        one = by[("vis", "door_parcel", path)]["samples"][0]
+        two = by[("vis", "door_compare", path)]["samples"][0]
+        assert [w.split(":")[0] for w in one["text"].split() if w.startswith("IMAGE")] == ["IMAGE1"]
+        seen = [w for w in two["text"].split() if w.startswith("IMAGE")]
+        assert [w.split(":")[0] for w in seen] == ["IMAGE1", "IMAGE2"] and seen[0] != seen[1]
+        assert one["image_encode_ms"] > 0 and one["image_decode_ms"] > 0
+        assert one["ttft_ms"] >= one["image_encode_ms"]
+        assert response_html(two["text"]) in md
+    assert "image encode ms" in md and "`door_parcel`: a front door with a parcel" in md
+    assert "Skipped: door_parcel on plain via direct: the model takes no images" in md

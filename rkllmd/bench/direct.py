@@ -78,5 +78,7 @@ class DirectPath:
             runtime_memory_mb=perf.memory_mb,
             ttfs_ms=first_sentence_ms(pieces, times, t0, t_end),
             finish_reason=result.finish_reason,
+            image_decode_ms=perf.image_decode_ms,
+            image_encode_ms=perf.image_encode_ms,
             text="".join(pieces),
         )

@@ -39,6 +39,8 @@ def daemon_config(
     limits = data["limits"]
     limits["max_tokens_cap"] = max(int(limits["max_tokens_cap"]), max_tokens)
     limits["max_tokens"] = min(int(limits["max_tokens"]), limits["max_tokens_cap"])
+    # image cases send their snapshots base64 in the request (rkllmd.bench.images: under 1 MiB)
+    limits["max_payload_bytes"] = max(int(limits["max_payload_bytes"]), 4 * 1024 * 1024)
     return data
 
 
@@ -142,6 +144,8 @@ class MqttPath:
             runtime_memory_mb=t.get("memory_mb"),
             ttfs_ms=first_sentence_ms(ex.deltas, ex.delta_times, ex.t_publish, ex.t_reply),
             finish_reason=str(data.get("finish_reason", "")),
+            image_decode_ms=t.get("image_decode_ms"),
+            image_encode_ms=t.get("image_encode_ms"),
             text=str(data.get("text", "".join(ex.deltas))),
         )
 

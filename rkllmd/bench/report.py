@@ -22,6 +22,7 @@ COLUMNS = [
     ("prompt_tokens", "prompt tok", 0),
     ("completion_tokens", "completion tok", 0),
     ("runtime_memory_mb", "runtime MB", 0),
+    ("image_encode_ms", "image encode ms", 1),
 ]
 
 
@@ -96,6 +97,8 @@ def markdown(report: dict[str, Any], with_charts: bool = True) -> str:
     ]
     for e in report.get("errors", []):
         out.append(f"- **Error:** {e}")
+    for s in report.get("skipped", []):
+        out.append(f"- Skipped: {s}")
     for model, meta in report["models"].items():
         out += _model_section(report, model, meta)
     if with_charts:
@@ -189,6 +192,10 @@ def _responses(report: dict[str, Any]) -> list[str]:
         if case.get("system"):
             out += ["System:", "", fence(case["system"]), ""]
         out += ["Prompt:", "", fence(case["prompt"]), ""]
+        if case.get("images"):
+            from rkllmd.bench.images import describe
+
+            out += ["Images: " + "; ".join(describe(n) for n in case["images"]), ""]
         cols = first_texts(report, case["id"])
         if not cols:
             out += ["(not measured)", ""]

@@ -128,6 +128,7 @@ def new_report(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
                 "runtime": settings.models[m].runtime,
                 "description": settings.models[m].description,
                 "path": str(getattr(settings.models[m], "path", None) or "embedded SmolLM2-135M"),
+                "vision": settings.models[m].takes_images,
                 "info": {},
             }
             for m in opts.models
@@ -136,6 +137,7 @@ def new_report(settings: Settings, opts: BenchOptions) -> dict[str, Any]:
         "runs": [],
         "memory": [],
         "errors": [],
+        "skipped": [],
     }
 
 
@@ -212,6 +214,10 @@ def _bench_model(
     report["memory"].append(mem)
     try:
         for case in opts.cases:
+            if case.images and not report["models"][model]["vision"]:
+                report["skipped"].append(f"{case.id} on {model} via {path.name}: the model takes no images")
+                progress.step(f"{model} {path.name} {case.id}", opts.warmup + opts.runs)
+                continue
             if case.kind == "ha_turn":
                 _bench_ha_turn(report, path, model, case, opts, progress, stop)
                 mem["peak_rss_mb"] = procfs.tree_peak_rss_mb(path.pid)

@@ -18,6 +18,7 @@ METRICS: dict[str, bool] = {
     "prompt_tokens": True,
     "completion_tokens": True,
     "runtime_memory_mb": False,
+    "image_encode_ms": False,
 }
 
 
@@ -44,6 +45,8 @@ class Sample:
     runtime_memory_mb: float | None = None
     ttfs_ms: float | None = None  # to the first whole sentence (rkllmd.sentences), the caller's clock
     finish_reason: str = ""
+    image_decode_ms: float | None = None  # a case with images: decoding and preprocessing them
+    image_encode_ms: float | None = None  # and the vision encoder, both before the prefill
     text: str = field(default="", repr=False)
 
     def to_json(self) -> dict[str, Any]:

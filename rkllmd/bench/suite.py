@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-_KEYS = {"id", "prompt", "system", "max_tokens", "note", "kind", "warm_prompt"}
+_KEYS = {"id", "prompt", "system", "max_tokens", "note", "kind", "warm_prompt", "images"}
 KINDS = ("single", "ha_turn")
 
 
@@ -23,6 +24,7 @@ class Case:
     note: str = ""
     kind: str = "single"  # or "ha_turn": cold, warm and reload turns (rkllmd.bench.haturn)
     warm_prompt: str = ""  # ha_turn: the question of the warm and reload turns
+    images: tuple[str, ...] = ()  # names of rkllmd.bench.images: a case for vision models only
 
     def request(self, max_tokens: int | None, temperature: float, seed: int) -> dict[str, Any]:
         """The generate payload both paths use, so direct and MQTT runs get the same input."""
@@ -34,6 +36,10 @@ class Case:
         }
         if self.system:
             req["system"] = self.system
+        if self.images:
+            from rkllmd.bench.images import image_bytes
+
+            req["images"] = [base64.b64encode(image_bytes(name)).decode() for name in self.images]
         return req
 
     def to_json(self) -> dict[str, Any]:
@@ -58,6 +64,13 @@ def load_suite(folder: Path, only: list[str] | None = None) -> list[Case]:
             kind = str(raw.get("kind", "single"))
             if kind not in KINDS:
                 raise ValueError(f"{path}: case {i}: kind must be one of {list(KINDS)}, not {kind!r}")
+            images = tuple(str(x) for x in raw.get("images", ()))
+            if images:
+                from rkllmd.bench.images import NAMES
+
+                unknown_images = sorted(set(images) - set(NAMES))
+                if unknown_images or kind != "single":
+                    raise ValueError(f"{path}: case {i}: images of a single case, one of {list(NAMES)}")
             cases.append(
                 Case(
                     id=str(raw["id"]),
@@ -68,6 +81,7 @@ def load_suite(folder: Path, only: list[str] | None = None) -> list[Case]:
                     note=str(raw.get("note", "")),
                     kind=kind,
                     warm_prompt=str(raw.get("warm_prompt", raw["prompt"])).strip(),
+                    images=images,
                 )
             )
     ids = [c.id for c in cases]
