@@ -158,7 +158,7 @@ def test_pull_and_delete(served: Served) -> None:
         (
             {"messages": [{"role": "user", "content": "hi", "images": ["aGk="]}]},
             400,
-            "does not support images",
+            "does not take images",  # a model without an image encoder (tests/e2e/test_images_clients.py)
         ),
         ({"options": {"num_ctx": 4096.5}}, 400, "options.num_ctx: expected an integer"),
         ({"keep_alive": "soon"}, 400, "keep_alive"),
