@@ -5,7 +5,7 @@ Run by tests/e2e/test_ha_replay.py in a subprocess whose PYTHONPATH is the pinne
 install (``pip install --target``), so the client under test is exactly the version Home
 Assistant pins, never the one in rkllmd's virtualenv. Standalone: imports nothing of rkllmd.
 
-    python ha_replay_driver.py '<spec as JSON>'
+    python ha_replay_driver.py '<spec as JSON>'      (or - to read it from stdin)
 
 spec: ``{"client": "ollama" | "openai", "url": ..., "key": ..., "kwargs": {...}, "method": "chat" |
 "generate"}`` (ollama's method, chat by default); for ollama,
@@ -90,7 +90,8 @@ async def _openai(spec: dict[str, Any], sent: list[Any]) -> dict[str, Any]:
 
 
 def main() -> None:
-    spec = json.loads(sys.argv[1])
+    # "-": the spec on stdin (a request with a large image is over the kernel's limit for one argument)
+    spec = json.loads(sys.stdin.read() if sys.argv[1] == "-" else sys.argv[1])
     sent: list[Any] = []
     run = _ollama if spec["client"] == "ollama" else _openai
     out = asyncio.run(run(spec, sent))

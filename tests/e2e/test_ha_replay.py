@@ -90,7 +90,12 @@ def replay(client: str, version: str, url: str, method: str = "chat", **kwargs: 
     key = "sk-0000000000000000000" if client == "openai" else ""
     spec = {"client": client, "url": url, "key": key, "kwargs": kwargs, "method": method}
     proc = subprocess.run(
-        [sys.executable, str(DRIVER), json.dumps(spec)], env=env, capture_output=True, text=True, timeout=60
+        [sys.executable, str(DRIVER), "-"],
+        input=json.dumps(spec),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -341,3 +341,13 @@ def test_home_assistant_ai_task_with_a_camera_snapshot_and_a_structure(served: S
         ]
     )
     assert seen.split(":")[2:] == data["seen"].split(":")[2:]
+
+
+def test_a_snapshot_over_the_request_limit_says_so_in_each_interface(served: Served) -> None:
+    """A body over limits.max_payload_bytes (256 KiB here) is refused before it is read; Home
+    Assistant's client hears that the picture is too large, OpenAI's gets 413."""
+    huge = b64(noise_png(300))  # ~360 KB as base64
+    [done] = ollama_chat(served, [huge])["parts"]
+    assert done["done_reason"] == "error" and "Send a smaller picture" in done["message"]["content"]
+    err = openai_chat(served, [data_uri(huge)])["error"]
+    assert (err["status_code"], err["code"]) == (413, "payload_too_large"), err

@@ -30,7 +30,9 @@ _SENTENCES: dict[str, str] = {
     "timeout": "The language model took too long to answer. Please try again.",
     "context_exceeded": "That is too long for the model's context. "
     "Expose fewer entities or keep less history.",
-    "payload_too_large": "That request is too large for rkllmd. Expose fewer entities or keep less history.",
+    # an AI Task's camera snapshot over the default 256 KiB is the likeliest cause, then a long prompt
+    "payload_too_large": "That request is too large for rkllmd. Send a smaller picture, "
+    "or expose fewer entities or keep less history.",
     "unknown_model": "The model chosen for this assistant is not configured in rkllmd.",
     "invalid_output": "The model's answer did not have the required form. Please try again.",
     "plugin_error": "An rkllmd plugin could not handle the request. Its log says why.",
