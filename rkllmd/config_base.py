@@ -6,9 +6,12 @@ on these, so a runtime package never needs to import the configuration it is par
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rkllmd import toolcalls
+from rkllmd.embedding import QWEN3_RERANK_INSTRUCTION, QWEN3_RERANK_TEMPLATE
 
 
 class Strict(BaseModel):
@@ -51,6 +54,37 @@ class ModelCommon(Strict):
     )
     max_images: int = Field(4, ge=1, le=16, description="images one request may carry (a vision model)")
     runtime: str
+    # What the model serves (docs/EMBEDDINGS.md): a request of another kind is refused.
+    kind: Literal["chat", "embedding", "rerank"] = "chat"
+    pooling: Literal["last", "mean"] = Field(
+        "last", description="embedding: the last token's hidden state, or the mean of every token's"
+    )
+    matryoshka: bool = Field(
+        False, description="embedding: trained for shorter vectors (a request's dimensions truncates)"
+    )
+    input_template: str = Field(
+        "{text}", description='embedding: each input as the model reads it, e.g. "{text}<|endoftext|>"'
+    )
+    rerank_template: str = Field(
+        QWEN3_RERANK_TEMPLATE, description="rerank: the text scored, with {instruction} {query} {document}"
+    )
+    rerank_instruction: str = QWEN3_RERANK_INSTRUCTION
+    rerank_tokens: tuple[str, str] = Field(
+        ("yes", "no"), description="rerank: the answer tokens whose logits make the score"
+    )
+    rerank_token_ids: tuple[int, int] | None = Field(
+        None,
+        description="rerank: their token ids, when the runtime cannot look them up (RKLLM without tokenizer)",
+    )
+
+    @model_validator(mode="after")
+    def _templates(self) -> ModelCommon:
+        if "{text}" not in self.input_template:
+            raise ValueError("input_template must contain {text}")
+        for slot in ("{query}", "{document}"):
+            if slot not in self.rerank_template:
+                raise ValueError(f"rerank_template must contain {slot}")
+        return self
 
     @property
     def takes_images(self) -> bool:

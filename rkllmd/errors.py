@@ -77,6 +77,22 @@ class ImagesUnsupported(RequestError):
     """Images sent to a model that cannot see them (no vision encoder configured)."""
 
     code = "images_unsupported"
+class WrongModelKind(RequestError):
+    """The model serves another kind of request (chat, embedding, rerank: its ``kind``)."""
+
+    code = "wrong_model_kind"
+
+
+class EmptyInput(RequestError):
+    """An embed or rerank request with nothing to embed or score, or an empty text in it."""
+
+    code = "empty_input"
+
+
+class TooManyInputs(RequestError):
+    """More inputs, or more tokens, in one embed or rerank job than the limits allow."""
+
+    code = "too_many_inputs"
 
 
 # --- the daemon cannot take it now -------------------------------------------------------

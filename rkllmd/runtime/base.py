@@ -21,11 +21,12 @@ from __future__ import annotations
 import abc
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NoReturn, Protocol, TypeVar
 
 from rkllmd import logface, toolcalls
+from rkllmd.embedding import EmbedResult, Progress, RerankResult
 from rkllmd.generation import GenerateInput
 
 if TYPE_CHECKING:
@@ -141,6 +142,26 @@ class Runtime(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release the model and all native memory. Idempotent."""
+
+    @served
+    def embed(self, texts: Sequence[str], progress: Progress) -> EmbedResult:
+        """One L2-normalised vector per text, in order, from a model opened as ``kind =
+        "embedding"`` (docs/EMBEDDINGS.md); ``progress`` gets embedding.PROGRESS_MARK once per text
+        done. abort() ends it between texts (``aborted``). The texts are as the model reads them
+        (its ``input_template`` applied) and each fits its context (the job checks)."""
+        from rkllmd.errors import RuntimeFailure
+
+        raise RuntimeFailure(f"the {self.kind} runtime does not compute embeddings")
+
+    @served
+    def score(self, prompts: Sequence[str], progress: Progress) -> RerankResult:
+        """Reranking's native part, from a model opened as ``kind = "rerank"``: for each prompt
+        (a query and a document in the model's ``rerank_template``, rendered by the rerank job),
+        P(yes) from the logits of its last position at the model's two answer tokens
+        (``rerank_tokens``; docs/EMBEDDINGS.md). ``progress`` and abort as for embed."""
+        from rkllmd.errors import RuntimeFailure
+
+        raise RuntimeFailure(f"the {self.kind} runtime does not rerank")
 
     @served  # noqa: B027 - an optional hook, empty on purpose
     def clear_cache(self, keep_system_prompt: bool = True) -> None:

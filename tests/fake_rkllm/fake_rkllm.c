@@ -147,6 +147,7 @@ typedef struct {
     int sys_cached;     /* the system prompt's KV is in memory (an earlier run prefilled it) */
     char *pc_words;     /* the loaded prompt cache: the words it was saved from, or NULL */
     int env_delay_ms, env_len, env_fail_at, env_split, env_prefill_us;
+    int env_embd, env_vocab, env_last_only; /* the vector modes' sizes (see do_vectors) */
     pthread_t async_thread;
     int async_active;
 } Fake;
@@ -467,6 +468,7 @@ typedef struct {
     int keep_history;
     int run_limit;
     int enable_thinking;
+    int mode; /* RKLLMInferMode */
     void *userdata;
     pthread_t caller;
 } RunArgs;
@@ -494,6 +496,101 @@ static void think_first(Plan *p) {
     }
     free(p->say);
     p->say = out;
+/* ---- the vector modes: hidden states and logits derived from the words ---------------------
+ *
+ * RKLLM_INFER_GET_LAST_HIDDEN_LAYER: one NORMAL callback whose last_hidden_layer holds a row of
+ * embd_size floats (FAKE_RKLLM_EMBD_SIZE, default 16) per word of the rendered prompt (system
+ * prompt, template prefix, input, postfix; directives removed, words upper-cased, "EMPTY" when
+ * there is none): row i, column j = unit(fnv1a(word_i), j). FAKE_RKLLM_HIDDEN_LAST_ONLY=1 gives
+ * the last row alone (num_tokens 1). RKLLM_INFER_GET_LOGITS: one NORMAL callback whose logits
+ * hold a row of vocab_size floats (FAKE_RKLLM_VOCAB_SIZE, default 64) per word: row i, column k =
+ * 4 * unit(chain_i, k), chain_i the fnv1a hash of words 0..i each followed by a space. Then
+ * FINISH with prefill_tokens = words. unit(h, j): x = h ^ (j+1)*0x9E3779B9, three xorshift32
+ * steps (13, 17, 5), then (x % 2001 - 1000) / 1000. tests/fake_rkllm/vectors.py computes the same.
+ * [[delay_ms=N]] sleeps before the result (abort ends the run), [[fail_at=1]] is an ERROR,
+ * [[crash_at=1]] a SIGSEGV, [[hang_at=1]] a run that ignores abort. */
+
+static uint32_t fnv1a(uint32_t h, const char *s) {
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 16777619u;
+    }
+    return h;
+}
+
+static float unit(uint32_t h, int j) {
+    uint32_t x = h ^ ((uint32_t)(j + 1) * 0x9E3779B9u);
+    for (int k = 0; k < 3; k++) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+    }
+    return (float)((int)(x % 2001u) - 1000) / 1000.0f;
+}
+
+static int do_vectors(Fake *f, RunArgs *a) {
+    Plan p = {.chunk = 3};
+    char *sys = system_text(f), *full = rendered_prompt(f, sys, a->prompt);
+    plan_parse(&p, full);
+    free(full), free(sys);
+    int n = p.n_words, rc = 0;
+    atomic_store(&stats[S_CALLBACK_TID_MATCH], pthread_equal(a->caller, pthread_self()) ? 1 : 0);
+    RKLLMResult r;
+    memset(&r, 0, sizeof r);
+    for (int waited = 0; waited < p.delay_ms && !atomic_load(&f->abort_flag); waited += 10) sleep_ms(10);
+    if (p.crash_at == 1) {
+        printf("E rkllm: fake crash in a vector run\n");
+        fflush(stdout);
+        raise(SIGSEGV);
+    }
+    if (p.hang_at == 1)
+        for (;;) sleep_ms(1000);
+    if (p.fail_at == 1) {
+        printf("E rkllm: fake failure in a vector run\n");
+        fflush(stdout);
+        deliver(f, &r, a->userdata, RKLLM_RUN_ERROR);
+        plan_free(&p);
+        return -1;
+    }
+    if (atomic_load(&f->abort_flag)) goto finish;
+    if (a->mode == RKLLM_INFER_GET_LAST_HIDDEN_LAYER) {
+        int d = f->env_embd > 0 ? f->env_embd : 16, first = f->env_last_only ? n - 1 : 0;
+        float *buf = malloc(sizeof(float) * (size_t)d * (size_t)(n - first));
+        for (int i = first; i < n; i++)
+            for (int j = 0; j < d; j++) buf[(size_t)(i - first) * d + j] = unit(fnv1a(2166136261u, p.words[i]), j);
+        r.last_hidden_layer.hidden_states = buf;
+        r.last_hidden_layer.embd_size = d;
+        r.last_hidden_layer.num_tokens = n - first;
+        r.token_id = -1;
+        deliver(f, &r, a->userdata, RKLLM_RUN_NORMAL);
+        free(buf); /* the runtime frees it by the next callback: a caller must copy */
+    } else {
+        int v = f->env_vocab > 0 ? f->env_vocab : 64;
+        float *buf = malloc(sizeof(float) * (size_t)v * (size_t)n);
+        uint32_t h = 2166136261u;
+        for (int i = 0; i < n; i++) {
+            h = fnv1a(fnv1a(h, p.words[i]), " ");
+            for (int k = 0; k < v; k++) buf[(size_t)i * v + k] = 4.0f * unit(h, k);
+        }
+        r.logits.logits = buf;
+        r.logits.vocab_size = v;
+        r.logits.num_tokens = n;
+        r.token_id = -1;
+        deliver(f, &r, a->userdata, RKLLM_RUN_NORMAL);
+        free(buf);
+    }
+finish:
+    memset(&r, 0, sizeof r);
+#if RKLLM_ABI != 120
+    r.perf.prefill_tokens = n;
+    r.perf.prefill_time_ms = 1.5f * (float)n;
+    r.perf.memory_usage_mb = 123.5f;
+#endif
+    r.token_id = -1;
+    deliver(f, &r, a->userdata, RKLLM_RUN_FINISH);
+    f->kv_size = f->system_tokens; /* a vector run keeps no history */
+    plan_free(&p);
+    return rc;
 }
 
 /* A [[say]] or script text with "@IMAGES@" replaced by the words of this run's images (the
@@ -826,8 +923,11 @@ static int prepare(Fake *f, RKLLMInput *in, RKLLMInferParam *ip, void *userdata,
         text = v.prompt;
     }
     if (!text) return -1;
-    if (ip->mode != RKLLM_INFER_GENERATE) return -1;
+    if (ip->mode != RKLLM_INFER_GENERATE && ip->mode != RKLLM_INFER_GET_LAST_HIDDEN_LAYER &&
+        ip->mode != RKLLM_INFER_GET_LOGITS)
+        return -1;
     memset(a, 0, sizeof *a);
+    a->mode = ip->mode;
 #if RKLLM_ABI != 120
     if (in->role && strcmp(in->role, "user") != 0 && strcmp(in->role, "tool") != 0) return -1;
     snprintf(a->role, sizeof a->role, "%s", in->role ? in->role : "");
@@ -887,7 +987,7 @@ int rkllm_run(LLMHandle handle, RKLLMInput *in, RKLLMInferParam *ip, void *userd
     }
     atomic_fetch_add(&stats[S_RUN], 1);
     atomic_store(&f->abort_flag, 0);
-    int rc = do_run(f, &a);
+    int rc = a.mode == RKLLM_INFER_GENERATE ? do_run(f, &a) : do_vectors(f, &a);
     free(a.prompt);
     atomic_store(&f->running, 0);
     return rc;
@@ -1002,6 +1102,9 @@ int rkllm_init(LLMHandle *handle, RKLLMParam *param, RKLLM_INIT_CALLBACK_T callb
     f->env_fail_at = env_int("FAKE_RKLLM_FAIL_AT", 0);
     f->env_split = env_int("FAKE_RKLLM_SPLIT_UTF8", 0);
     f->env_prefill_us = env_int("FAKE_RKLLM_PREFILL_US", 0);
+    f->env_embd = env_int("FAKE_RKLLM_EMBD_SIZE", 16);
+    f->env_vocab = env_int("FAKE_RKLLM_VOCAB_SIZE", 64);
+    f->env_last_only = env_int("FAKE_RKLLM_HIDDEN_LAST_ONLY", 0);
     printf("I rkllm: Enabled cpus num: %d\n", x->enabled_cpus_num);
     fflush(stdout);
     atomic_fetch_add(&stats[S_LIVE], 1);

@@ -5,7 +5,8 @@ rkllm_run blocks that thread and the runtime delivers its result callback on it 
 sink is called there. abort() may come from any thread.
 
 What it is handed lives beside it: the chat template and prompt text (``prompt.py``), the
-native parameter structs (``param.py``), the prompt cache it holds (``cacheslot.py``).
+native parameter structs (``param.py``), the prompt cache it holds (``cacheslot.py``), embeddings
+and rerank scores (``vectors.py``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from rkllmd.runtime.rkllm.prompt import (
 )
 from rkllmd.runtime.rkllm.promptcache import Prefix
 from rkllmd.runtime.rkllm.vision import ModelVision
+from rkllmd.runtime.rkllm.vectors import VectorModes, VectorRun
 
 if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
@@ -66,7 +68,7 @@ class _Run:
     perf: tuple[float, int, float, int, float] | None = None
 
 
-class RkllmRuntime(Runtime):
+class RkllmRuntime(VectorModes, Runtime):
     """One model behind librkllmrt.so. The library is found and loaded in open(), not before."""
 
     kind = "rkllm"
@@ -91,6 +93,7 @@ class RkllmRuntime(Runtime):
         self.handle: RkllmHandle | None = None
         self._captured = False
         self._run: _Run | None = None
+        self._vec: VectorRun | None = None  # the vector-mode run in progress (vectors.py)
         self._abort_requested = False
         self._generating = False
         self._last_template: tuple[str, str, str] | None = None
@@ -134,6 +137,9 @@ class RkllmRuntime(Runtime):
         self.vision.open(undo=(handle.destroy, self._release_capture))  # its encoder, if it has one
         self.lib, self.handle = lib, handle
         self._last_template = None
+        if self.cfg.kind != "chat":  # vectors read the text exactly as written: no chat template
+            handle.set_chat_template("", "", "")
+            self._last_template = ("", "", "")
         self._last_tools = None
         log.info("rkllm_model_open", model=self.name, version=lib.version, by=lib.detection.method)
         self._cache.open(lib, handle, self.cfg, self.rk)
@@ -231,6 +237,9 @@ class RkllmRuntime(Runtime):
 
     def _on_result(self, state: int, result: Any) -> None:
         """The result callback's body; runs on the thread blocked in rkllm_run. Only copies data."""
+        if self._vec is not None:
+            self._vec.on_result(state, result)
+            return
         run = self._run
         if run is None:
             return
