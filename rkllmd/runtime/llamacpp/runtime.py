@@ -30,6 +30,7 @@ from rkllmd.runtime.llamacpp._lib import (
 from rkllmd.runtime.llamacpp.grammar import grammar_for, llama_class
 from rkllmd.runtime.llamacpp.sampling import SAMPLING
 from rkllmd.runtime.llamacpp.vision import LlamaVision, Prefilled
+from rkllmd.runtime.llamacpp.vectors import LlamaVectors, context_options
 
 if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
@@ -52,8 +53,9 @@ def default_threads() -> int:
     return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1))
 
 
-class LlamaCppRuntime(Runtime):
-    """One GGUF model loaded through llama-cpp-python."""
+class LlamaCppRuntime(LlamaVectors, Runtime):
+    """One GGUF model loaded through llama-cpp-python; its ``kind`` decides what its context can
+    do (generate, embed or score: vectors.py)."""
 
     kind = "llamacpp"
 
@@ -109,6 +111,7 @@ class LlamaCppRuntime(Runtime):
                 n_threads_batch=n_threads,
                 seed=self.cfg.seed if self.cfg.seed >= 0 else lib.LLAMA_DEFAULT_SEED,
                 verbose=False,
+                **context_options(lib, self.cfg, self.cfg.max_context_len),
             )
             formatter = self._make_formatter(lib, llm)
             mmproj = getattr(self.cfg, "mmproj", None)
@@ -345,6 +348,13 @@ class LlamaCppRuntime(Runtime):
             pre.decode_ms,
             pre.encode_ms,
         )
+
+    def _set_running(self, running: bool) -> None:
+        """embed/score start (abort() from now on counts) or end; inference thread."""
+        with self._state_lock:
+            if running:
+                self._abort.clear()
+            self._running = running
 
     def abort(self) -> None:
         """Ask a running generate() to stop after the current token. Any thread; no-op when idle."""
