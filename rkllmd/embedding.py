@@ -32,6 +32,20 @@ PROGRESS_MARK = "."
 Progress = Callable[[str, int | None], None]
 
 
+@dataclass(frozen=True)
+class VectorInput:
+    """What an embed or rerank job runs (on its Exchange, built at admission): ``texts`` as the
+    model reads them (embed: the inputs in its ``input_template``; rerank: each document in its
+    ``rerank_template`` with the query), and what shapes the reply."""
+
+    texts: tuple[str, ...]
+    dimensions: int | None = None  # embed: Matryoshka truncation
+    encoding: str = "float"  # embed: "float" or "base64"
+    documents: tuple[str, ...] | None = None  # rerank: returned with the results when asked
+    top_n: int | None = None  # rerank
+    max_tokens: int = 16384  # the job's bound on all its tokens (limits.max_embed_tokens)
+
+
 @dataclass
 class EmbedResult:
     """Vectors of a run, in input order, each L2-normalised; ``aborted`` when abort() cut it short

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rkllmd import protocol
+from rkllmd.embedding import VectorInput
 from rkllmd.errors import RkllmdError, UnknownModel
 from rkllmd.generation import GenerateInput
 from rkllmd.protocol import Address
@@ -74,6 +75,7 @@ class Exchange:
     received_at: float = field(default_factory=time.time)
     address: Address | None = None
     inp: GenerateInput | None = None  # generate: what the runtime is asked to do
+    vectors: VectorInput | None = None  # embed, rerank: what the runtime is asked to do
     stream: bool = True  # generate: publish stream chunks
     sentences: bool = False  # generate: publish whole sentences to speak (rkllmd/sentences.py)
     # generate: 2 or more when the broker sends the request again after a previous run may have

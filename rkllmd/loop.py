@@ -14,7 +14,8 @@ runs on the inference thread. A job is the request's own record, an ``Exchange``
 writes only its ``run`` state and its ``model``. What a job does is its command's
 (``CommandSpec.run`` in rkllmd/commands/, called with the loop as its ``Engine``); the loop keeps the
 queue, cancel, the watchdog, the timeouts, loading and the crash budget, and reads of a command
-only whether it ``generates`` (a streamed run: cancellable by id, watched).
+only whether it ``generates`` (a streamed run) or is ``cancellable`` (by id, unique by id in the
+queue; a generating command always is); a job is watched once its run calls ``begin``.
 A ``Stats`` event follows every change of the queue or of the running job (queued, refused busy,
 started, finished, cancelled, dropped at shutdown), from whichever thread made the change; the
 dispatcher rate-limits what it publishes.
@@ -136,7 +137,7 @@ class InferenceLoop:
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("rkllmd is shutting down; request not accepted")
-            if _generates(job) and (self._queued_locked(job.id) or self._running_locked(job.id)):
+            if _by_id(job) and (self._queued_locked(job.id) or self._running_locked(job.id)):
                 raise RequestError(f"a request with id {job.id!r} is already queued or running")
             # Control jobs (load/unload/clear) may wait too but count against the same bound,
             # so a flood of anything cannot grow memory without limit.
@@ -161,9 +162,9 @@ class InferenceLoop:
             self._cond.notify_all()
 
     def _queued_locked(self, request_id: str | None) -> Exchange | None:
-        """The queued (or held) generate job with this id, or None (holding ``_cond``)."""
+        """The queued (or held) cancellable job with this id, or None (holding ``_cond``)."""
         waiting = itertools.chain(self._pending, self._held)
-        return next((j for j in waiting if j.id == request_id and _generates(j)), None)
+        return next((j for j in waiting if j.id == request_id and _by_id(j)), None)
 
     def _running_locked(self, request_id: str | None) -> Exchange | None:
         """The running job if it is the generate job with this id, else None (holding ``_cond``)."""
@@ -434,6 +435,12 @@ class InferenceLoop:
 
 
 def _generates(job: Exchange) -> bool:
-    """Whether ``job`` is a generation: cancellable by id, unique by id in the queue, watched."""
+    """Whether ``job`` is a generation: its error reply carries the text it made (outcome.partial)."""
     spec = spec_of(job.command)
     return spec is not None and spec.generates
+
+
+def _by_id(job: Exchange) -> bool:
+    """Whether ``job`` is cancellable by id and unique by id in the queue (Command.cancellable)."""
+    spec = spec_of(job.command)
+    return spec is not None and (spec.generates or spec.cancellable)

@@ -121,6 +121,12 @@ class LimitSettings(Strict):
     abort_grace_s: float = Field(15.0, gt=0, description="kill a worker that ignores abort for this long")
     restart_budget: int = Field(3, ge=0, description="worker crashes allowed within restart_window_s")
     restart_window_s: float = Field(600.0, gt=0)
+    max_embed_inputs: int = Field(
+        64, ge=1, le=10_000, description="texts one embed request (documents one rerank request) may hold"
+    )
+    max_embed_tokens: int = Field(
+        16384, ge=1, description="tokens of one embed or rerank job in all: how long it may hold the queue"
+    )
 
 
 class ImageSettings(Strict):

@@ -9,7 +9,7 @@ reply); the loop's watchdog and crash rules apply around it.
 from __future__ import annotations
 
 from rkllmd.commands._base import CommandSpec, Engine
-from rkllmd.errors import ImagesUnsupported, RequestError
+from rkllmd.errors import ImagesUnsupported, RequestError, WrongModelKind
 from rkllmd.exchange import Exchange, Final, resolve
 from rkllmd.jobs import final_of, run_generation
 from rkllmd.outcome import check_output, final_data
@@ -22,6 +22,10 @@ def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     """The model, max_tokens (under ``limits.max_tokens_cap``) and the runtime input (ingress thread)."""
     assert isinstance(req, GenerateRequest) and ex.address is not None
     target = resolve(settings, req.model, ex.topic_model, req.max_tokens)
+    kind = settings.models[target.model].kind
+    if kind != "chat":
+        command = "embed" if kind == "embedding" else kind
+        raise WrongModelKind(f"model {target.model!r} serves {kind} requests, not chat: use {command}")
     cap = settings.limits.max_tokens_cap
     if target.max_tokens > cap:
         raise RequestError(f"max_tokens {target.max_tokens} is over the limit of {cap}")

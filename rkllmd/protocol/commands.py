@@ -21,6 +21,8 @@ class Command:
     ``generates``: the command streams tokens: its topic may name the model
     (``<base>/request/<name>/<model>``), its plain text is the prompt as written (an empty one is
     refused ``empty_prompt``), and the rest of rkllmd gives it a stream, the watchdog and cancel.
+    ``cancellable``: its queued or running job is cancelled by its id (``cancel``) and its id is
+    unique in the queue; a generating command is, whatever this says (embed, rerank set it).
     ``queued``: served through the inference queue; else answered at once by the ingress thread.
     ``changes_model``: its reply is followed by the info topic again (the loaded model changed).
     """
@@ -30,4 +32,5 @@ class Command:
     plain_field: str | None = None
     generates: bool = False
     queued: bool = True
+    cancellable: bool = False
     changes_model: bool = False

@@ -7,8 +7,10 @@ replies, the plugins' view of a final reply (``Final.as_reply``) and docs/PROTOC
 
 from __future__ import annotations
 
+import base64
 import json
 import json.encoder
+import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -64,6 +66,54 @@ def generation_data(
         },
         "timings": timings,
     }
+
+
+def encoded_vector(vec: list[float], encoding: str) -> list[float] | str:
+    """A vector as a reply carries it: floats, or (``base64``) the little-endian float32 bytes in
+    base64, as OpenAI's ``encoding_format`` has it (a quarter of the JSON text)."""
+    if encoding == "base64":
+        return base64.b64encode(struct.pack(f"<{len(vec)}f", *vec)).decode("ascii")
+    return vec
+
+
+def embedding_data(
+    model: str | None,
+    vectors: list[list[float]],
+    encoding: str,
+    prompt_tokens: int | None,
+    timings: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``data`` of an embed reply: one vector per input, in input order."""
+    return {
+        "model": model,
+        "embeddings": [encoded_vector(v, encoding) for v in vectors],
+        "encoding": encoding,
+        "dimensions": len(vectors[0]) if vectors else 0,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+        "timings": timings,
+    }
+
+
+def rerank_data(
+    model: str | None,
+    scores: list[float],
+    documents: list[str] | None,
+    top_n: int | None,
+    prompt_tokens: int | None,
+    timings: dict[str, Any],
+) -> dict[str, Any]:
+    """The ``data`` of a rerank reply: ``results`` by relevance, highest first (ties in document
+    order), at most ``top_n``; each its document's ``index`` and ``relevance_score``, and its
+    ``document`` when ``documents`` is given (return_documents)."""
+    order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:top_n]
+    results: list[dict[str, Any]] = []
+    for i in order:
+        item: dict[str, Any] = {"index": i, "relevance_score": scores[i]}
+        if documents is not None:
+            item["document"] = {"text": documents[i]}
+        results.append(item)
+    usage = {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}
+    return {"model": model, "results": results, "usage": usage, "timings": timings}
 
 
 def partial_data(model: str | None, text: str | None = None, completion_tokens: int = 0) -> dict[str, Any]:

@@ -369,3 +369,73 @@ class ModelRequest(Req):
 
 class NoArgsRequest(Req):
     pass
+
+
+def _texts(v: Any, *, objects: bool = False) -> Any:
+    """A string or a list of strings (``objects``: a list item may be ``{"text": ...}``, as Cohere
+    and Jina take documents); a wrong type names the first item that is one."""
+    if isinstance(v, str):
+        return _no_nul(v)
+    if not isinstance(v, list):
+        raise PydanticCustomError("input_type", "must be a string or a list of strings")
+    out = []
+    for i, item in enumerate(v):
+        if objects and isinstance(item, dict) and set(item) == {"text"}:
+            item = item["text"]
+        if not isinstance(item, str):
+            what = 'a string or {"text": string}' if objects else "a string"
+            raise PydanticCustomError("input_type", f"[{i}] must be {what}, not {type(item).__name__}")
+        out.append(item)
+    return _no_nul(out)
+
+
+class EmbedRequest(Req):
+    """``embed``: one text or a list of texts to turn into vectors (docs/EMBEDDINGS.md)."""
+
+    model: str | None = None
+    input: Any = None
+    dimensions: int | None = Field(None, ge=1)
+    encoding: Literal["float", "base64"] = "float"
+
+    @field_validator("input")
+    @classmethod
+    def _input_ok(cls, v: Any) -> Any:
+        return None if v is None else _texts(v)
+
+    @field_validator("dimensions", mode="before")
+    @classmethod
+    def _whole(cls, v: Any) -> Any:
+        try:
+            return None if v is None else as_number(v, "integer")
+        except NotANumber as exc:
+            raise PydanticCustomError("number_type", str(exc)) from None
+
+
+class RerankRequest(Req):
+    """``rerank``: documents scored for their relevance to a query (docs/EMBEDDINGS.md)."""
+
+    model: str | None = None
+    query: str | None = None
+    documents: Any = None
+    top_n: int | None = Field(None, ge=1)
+    return_documents: StrictBool = False
+    instruction: str | None = None
+
+    _text_ok = field_validator("query", "instruction")(_no_nul)
+
+    @field_validator("documents")
+    @classmethod
+    def _documents_ok(cls, v: Any) -> Any:
+        if v is None:
+            return v
+        if isinstance(v, str):
+            raise PydanticCustomError("input_type", "must be a list of strings")
+        return _texts(v, objects=True)
+
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _whole(cls, v: Any) -> Any:
+        try:
+            return None if v is None else as_number(v, "integer")
+        except NotANumber as exc:
+            raise PydanticCustomError("number_type", str(exc)) from None

@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rkllmd.embedding import PROGRESS_MARK, EmbedResult, Progress, RerankResult, normalized, yes_no_score
 from rkllmd.errors import ContextExceeded, RuntimeFailure
+
+if TYPE_CHECKING:  # in a worker process the settings are a Table of the same names
+    from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 
 # Inputs per llama_decode when embedding: enough to fill the batch with short texts, few enough
 # that progress (and a cancel) is seen often.
@@ -38,7 +41,7 @@ class LlamaVectors:
     """The llama.cpp runtime's embed and score (a part of LlamaCppRuntime, which owns these)."""
 
     name: str
-    cfg: Any
+    cfg: LlamaCppModelSettings
     _lib: Any
     _abort: threading.Event
 
@@ -88,7 +91,8 @@ class LlamaVectors:
             raise RuntimeFailure(f"model {self.name!r} was not opened for reranking (kind {self.cfg.kind!r})")
         configured = self.cfg.rerank_token_ids
         yes, no = configured or tuple(self._answer_id(llm, w) for w in self.cfg.rerank_tokens)
-        n_ctx, scores, tokens = llm.n_ctx(), [], 0
+        n_ctx, tokens = llm.n_ctx(), 0
+        scores: list[float] = []
         self._set_running(True)
         try:
             for i, prompt in enumerate(prompts):

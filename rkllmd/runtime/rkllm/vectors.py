@@ -18,7 +18,7 @@ import math
 from collections.abc import Callable, Sequence
 from ctypes import c_float, c_void_p
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -34,6 +34,9 @@ from rkllmd.errors import RuntimeCallError, RuntimeFailure
 from rkllmd.runtime.rkllm import _abi_common as c
 from rkllmd.runtime.rkllm._handle import RkllmHandle
 from rkllmd.runtime.rkllm._lib import RkllmLibrary
+
+if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names
+    from rkllmd.runtime.rkllm.settings import RkllmModelSettings
 
 log = structlog.get_logger(__name__)
 
@@ -182,7 +185,7 @@ class VectorModes:
     owns the attributes declared here); inference thread."""
 
     name: str
-    cfg: Any
+    cfg: RkllmModelSettings
     handle: RkllmHandle | None
     lib: RkllmLibrary | None
     _vec: VectorRun | None
