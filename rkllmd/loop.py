@@ -167,9 +167,9 @@ class InferenceLoop:
         return next((j for j in waiting if j.id == request_id and _by_id(j)), None)
 
     def _running_locked(self, request_id: str | None) -> Exchange | None:
-        """The running job if it is the generate job with this id, else None (holding ``_cond``)."""
+        """The running job if it is the cancellable job with this id, else None (holding ``_cond``)."""
         cur = self._current
-        return cur if cur is not None and cur.id == request_id and _generates(cur) else None
+        return cur if cur is not None and cur.id == request_id and _by_id(cur) else None
 
     def cancel(self, request_id: str, *, owner: str | None = None) -> Literal["queued", "running"]:
         """Cancel a queued job (answered at once) or abort the running one; raise NotFound.

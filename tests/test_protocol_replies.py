@@ -68,10 +68,20 @@ def test_one_cancel_shape_here_and_on_another_board() -> None:
 
 def test_every_command_module_is_found_with_its_flags() -> None:
     """Every command module is found, with the flags the loop, ingress and dispatcher read."""
-    assert set(COMMANDS) == {"generate", "cancel", "models", "load", "unload", "clear_cache"}
+    assert set(COMMANDS) == {
+        "generate",
+        "cancel",
+        "models",
+        "load",
+        "unload",
+        "clear_cache",
+        "embed",
+        "rerank",
+    }
     assert sorted(c.name for c in COMMANDS.values() if not c.queued) == ["cancel", "models"]
     assert [c.name for c in COMMANDS.values() if c.generates] == ["generate"]
     assert sorted(c.name for c in COMMANDS.values() if c.changes_model) == ["load", "unload"]
+    assert sorted(c.name for c in COMMANDS.values() if c.cancellable) == ["embed", "rerank"]
 
 
 def test_the_commands_drive_topics_and_plain_text() -> None:

@@ -1,0 +1,213 @@
+"""embed and rerank over MQTT: rkllmd as a process on real mosquitto and the C double, whose
+hidden states and logits are derived from the text, so the vectors and scores are checked exactly."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rkllmd.embedding import (
+    QWEN3_RERANK_INSTRUCTION,
+    QWEN3_RERANK_TEMPLATE,
+    normalized,
+    rerank_text,
+    yes_no_score,
+)
+from tests.e2e.conftest import final_of
+from tests.fake_rkllm import vectors
+from tests.helpers import Broker, DaemonProc, Probe, write_config
+
+ISOLATION = "thread"  # the worker pipe carries embed/score once its generic call is on main
+
+
+def vector_config(
+    tmp: Path, broker: Broker, lib: Path, tokenizer: Path, base: str, limits: dict[str, Any] | None = None
+) -> Path:
+    model_file = tmp / "fake-model.rkllm"
+    model_file.write_bytes(b"RKLLM fake model for tests\n")
+    common = {"runtime": "rkllm", "path": str(model_file), "library": str(lib)}
+    return write_config(
+        tmp / f"{base}.toml",
+        {
+            "default_model": "chat",
+            "isolation": ISOLATION,
+            "mqtt": {"host": broker.host, "port": broker.port, "base_topic": base, "client_id": base},
+            "log": {"level": "debug", "format": "json"},
+            "limits": {
+                "queue_size": 4,
+                "first_token_timeout_s": 20.0,
+                "total_timeout_s": 60.0,
+                "shutdown_grace_s": 1.0,
+                "max_payload_bytes": 65536,
+                **(limits or {}),
+            },  # fmt: skip
+            "models": {
+                "chat": {**common},
+                "emb": {**common, "kind": "embedding", "pooling": "mean"},
+                "mat": {**common, "kind": "embedding", "matryoshka": True, "input_template": "query: {text}"},
+                "short": {**common, "kind": "embedding", "tokenizer": str(tokenizer), "max_context_len": 32},
+                "rr": {**common, "kind": "rerank", "rerank_token_ids": [7, 3]},
+            },
+        },
+    )
+
+
+@pytest.fixture
+def daemon(broker: Broker, fake_libs: dict[str, Path], tiny_tokenizer: Path, tmp_path: Path) -> Iterator[Any]:
+    procs: list[DaemonProc] = []
+
+    def start(**limits: Any) -> str:
+        base = f"v{len(procs)}{tmp_path.name[-6:]}"
+        d = DaemonProc(
+            vector_config(tmp_path, broker, fake_libs["1.3"], tiny_tokenizer, base, limits), tmp_path
+        )
+        procs.append(d)
+        d.wait_ready(30)
+        return base
+
+    yield start
+    for d in procs:
+        d.stop()
+
+
+def mean_vector(text: str) -> list[float]:
+    rows = vectors.hidden_rows(text)
+    return normalized([math.fsum(r[j] for r in rows) / len(rows) for j in range(16)])
+
+
+def close(a: list[float], b: list[float]) -> bool:
+    return all(math.isclose(x, y, rel_tol=1e-6, abs_tol=1e-7) for x, y in zip(a, b, strict=True))
+
+
+def ask(
+    probe: Probe, base: str, command: str, payload: dict[str, Any], timeout: float = 20.0
+) -> dict[str, Any]:
+    probe.subscribe(f"{base}/response/{command}")
+    probe.publish(f"{base}/request/{command}", payload)
+    return final_of(probe, f"{base}/response/{command}", timeout)
+
+
+def test_mosquitto_rr_embeds_plain_text_with_the_first_embedding_model(daemon: Any, broker: Broker) -> None:
+    base = daemon()
+    out = subprocess.run(
+        ["mosquitto_rr", "-h", broker.host, "-p", str(broker.port), "-t", f"{base}/request/embed",
+         "-e", f"{base}-rr/reply", "-m", "the quick brown fox", "-W", "20"],
+        check=True, capture_output=True, timeout=30,
+    )  # fmt: skip
+    reply = json.loads(out.stdout)
+    assert reply["status"] == "ok", reply
+    data = reply["data"]
+    assert data["model"] == "emb" and data["dimensions"] == 16 and data["encoding"] == "float"
+    (vec,) = data["embeddings"]
+    assert close(vec, mean_vector("the quick brown fox"))
+    assert data["usage"] == {"prompt_tokens": 4, "total_tokens": 4}
+    assert data["timings"]["total_ms"] >= 0
+
+
+def test_a_list_in_order_base64_and_matryoshka_dimensions(daemon: Any, mqtt_probe: Probe) -> None:
+    base = daemon()
+    texts = ["alpha beta", "gamma", "delta epsilon zeta"]
+    reply = ask(mqtt_probe, base, "embed", {"id": "e1", "model": "mat", "input": texts, "dimensions": 5,
+                                            "encoding": "base64"})  # fmt: skip
+    assert reply["status"] == "ok" and reply["id"] == "e1", reply
+    assert reply["data"]["dimensions"] == 5
+    for text, b64 in zip(texts, reply["data"]["embeddings"], strict=True):
+        got = list(struct.unpack("<5f", base64.b64decode(b64)))
+        full = normalized(vectors.hidden_rows(f"query: {text}")[-1])  # input_template, last pooling
+        assert close(got, normalized(full[:5]))
+
+
+def test_rerank_orders_by_the_yes_no_logits(daemon: Any, mqtt_probe: Probe) -> None:
+    base = daemon()
+    docs = ["paris is in france", "bananas are yellow", "the sky is blue", {"text": "berlin is in germany"}]
+    reply = ask(mqtt_probe, base, "rerank", {"query": "where is paris", "documents": docs, "top_n": 3,
+                                             "return_documents": True})  # fmt: skip
+    assert reply["status"] == "ok", reply
+    plain = [d if isinstance(d, str) else d["text"] for d in docs]
+    scores = []
+    for d in plain:
+        logits = vectors.last_logits(
+            rerank_text(QWEN3_RERANK_TEMPLATE, QWEN3_RERANK_INSTRUCTION, "where is paris", d)
+        )
+        scores.append(yes_no_score(logits[7], logits[3]))
+    expected = sorted(range(4), key=lambda i: -scores[i])[:3]
+    results = reply["data"]["results"]
+    assert [r["index"] for r in results] == expected
+    for r in results:
+        assert math.isclose(r["relevance_score"], scores[r["index"]], rel_tol=1e-9)
+        assert r["document"] == {"text": plain[r["index"]]}
+    assert reply["data"]["model"] == "rr" and reply["data"]["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("command", "payload", "code", "needle"),
+    [
+        ("embed", {"input": []}, "empty_input", "input is empty"),
+        ("embed", {"input": ["fine", "  "]}, "empty_input", "input[1] is empty"),
+        ("embed", {"input": ["a", 3]}, "wrong_type", "[1] must be a string"),
+        ("embed", {"input": {"text": "a"}}, "wrong_type", "a string or a list"),
+        ("embed", {"input": ["a"] * 5}, "too_many_inputs", "holds 5 texts; one request may hold 4"),
+        ("embed", {"input": "a", "model": "chat"}, "wrong_model_kind", "serves chat requests, not embedding"),
+        ("embed", {"input": "a", "model": "emb", "dimensions": 4}, "bad_request", "does not take dimensions"),
+        (
+            "embed",
+            {"input": "a", "model": "mat", "dimensions": 99},
+            "bad_request",
+            "more than model 'mat' gives",
+        ),
+        ("embed", {"input": "a " * 40, "model": "short"}, "context_exceeded", "input 0 is 40 tokens"),
+        ("embed", {"input": ["a b"] * 4, "model": "short"}, "too_many_inputs", "max_embed_tokens"),
+        ("rerank", {"query": "", "documents": ["x"]}, "empty_input", "query is empty"),
+        ("rerank", {"query": "q", "documents": "x"}, "wrong_type", "must be a list"),
+        ("rerank", {"query": "q", "documents": ["x"], "model": "emb"}, "wrong_model_kind", "not rerank"),
+        ("generate", {"prompt": "hi", "model": "emb"}, "wrong_model_kind", "use embed"),
+    ],
+)
+def test_bad_input_is_refused_in_the_protocols_shape(
+    daemon: Any, mqtt_probe: Probe, command: str, payload: dict[str, Any], code: str, needle: str
+) -> None:
+    base = daemon(max_embed_inputs=4, max_embed_tokens=7)
+    reply = ask(mqtt_probe, base, command, {"id": "bad", **payload})
+    assert reply["status"] == "error" and reply["code"] == code, reply
+    assert needle in reply["error"]
+    # nothing else is refused with it
+    ok = ask(mqtt_probe, base, "embed", {"id": "good", "input": "still fine"})
+    assert ok["status"] == "ok" and ok["id"] == "good"
+
+
+def test_cancel_ends_a_batch_and_the_queue_goes_on(daemon: Any, mqtt_probe: Probe) -> None:
+    base = daemon()
+    mqtt_probe.subscribe(f"{base}/response/embed", f"{base}/response/cancel", f"{base}/response/generate")
+    texts = [f"text {i} [[delay_ms=300]]" for i in range(30)]
+    mqtt_probe.publish(f"{base}/request/embed", {"id": "long", "input": texts})
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "voice", "prompt": "turn on the light"})
+    time.sleep(0.8)
+    t0 = time.monotonic()
+    mqtt_probe.publish(f"{base}/request/cancel", {"id": "long"})
+    got = {m.topic.rsplit("/", 1)[1]: m.json() for m in (mqtt_probe.get(timeout=20) for _ in range(3))}
+    assert got["cancel"]["status"] == "ok" and got["cancel"]["data"]["was"] == "running", json.dumps(
+        {k: {**v, "data": {**v["data"], "embeddings": None}} for k, v in got.items()}
+    )
+    assert got["embed"]["status"] == "ok" and got["embed"]["data"]["finish_reason"] == "cancelled"
+    assert got["generate"]["status"] == "ok" and got["generate"]["data"]["text"] == "TURN ON THE LIGHT"
+    assert time.monotonic() - t0 < 5.0  # within an input or two of the cancel, not the batch's 9 s
+
+
+def test_the_watchdog_ends_a_batch_that_makes_no_progress(daemon: Any, mqtt_probe: Probe) -> None:
+    base = daemon(first_token_timeout_s=1.0)
+    t0 = time.monotonic()
+    reply = ask(mqtt_probe, base, "embed", {"input": ["slow [[delay_ms=8000]]", "two"]}, timeout=30)
+    assert reply["status"] == "error" and reply["code"] == "timeout", reply
+    assert "no input done within 1 s" in reply["error"]
+    assert time.monotonic() - t0 < 5.0  # aborted, not waited out
+    ok = ask(mqtt_probe, base, "embed", {"input": ["fast", "[[delay_ms=600]] under the limit"]})
+    assert ok["status"] == "ok" and len(ok["data"]["embeddings"]) == 2
