@@ -49,7 +49,7 @@ def vector_config(
                 "shutdown_grace_s": 1.0,
                 "max_payload_bytes": 65536,
                 **(limits or {}),
-            },  # fmt: skip
+            },
             "models": {
                 "chat": {**common},
                 "emb": {**common, "kind": "embedding", "pooling": "mean"},
