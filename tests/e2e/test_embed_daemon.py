@@ -26,8 +26,6 @@ from tests.e2e.conftest import final_of
 from tests.fake_rkllm import vectors
 from tests.helpers import Broker, DaemonProc, Probe, write_config
 
-ISOLATION = "thread"  # the worker pipe carries embed/score once its generic call is on main
-
 
 def vector_config(
     tmp: Path, broker: Broker, lib: Path, tokenizer: Path, base: str, limits: dict[str, Any] | None = None
@@ -39,7 +37,6 @@ def vector_config(
         tmp / f"{base}.toml",
         {
             "default_model": "chat",
-            "isolation": ISOLATION,
             "mqtt": {"host": broker.host, "port": broker.port, "base_topic": base, "client_id": base},
             "log": {"level": "debug", "format": "json"},
             "limits": {
@@ -211,3 +208,15 @@ def test_the_watchdog_ends_a_batch_that_makes_no_progress(daemon: Any, mqtt_prob
     assert time.monotonic() - t0 < 5.0  # aborted, not waited out
     ok = ask(mqtt_probe, base, "embed", {"input": ["fast", "[[delay_ms=600]] under the limit"]})
     assert ok["status"] == "ok" and len(ok["data"]["embeddings"]) == 2
+
+
+def test_a_runtime_crash_costs_the_batch_only(daemon: Any, mqtt_probe: Probe) -> None:
+    """The runtime runs in its worker process: a native crash mid-batch is one error reply, the
+    model is loaded again, and the next request is served."""
+    base = daemon()
+    reply = ask(
+        mqtt_probe, base, "embed", {"id": "boom", "input": ["fine", "[[crash_at=1]] boom"]}, timeout=30
+    )
+    assert reply["status"] == "error" and reply["code"] == "runtime_crashed", reply
+    again = ask(mqtt_probe, base, "embed", {"id": "after", "input": "fine"}, timeout=30)
+    assert again["status"] == "ok" and close(again["data"]["embeddings"][0], mean_vector("fine"))

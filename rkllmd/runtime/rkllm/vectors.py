@@ -20,8 +20,7 @@ from ctypes import c_float, c_void_p
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import structlog
-
+from rkllmd import logface
 from rkllmd.embedding import (
     PROGRESS_MARK,
     EmbedResult,
@@ -38,7 +37,7 @@ from rkllmd.runtime.rkllm._lib import RkllmLibrary
 if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names
     from rkllmd.runtime.rkllm.settings import RkllmModelSettings
 
-log = structlog.get_logger(__name__)
+log = logface.get_logger(__name__)
 
 
 @dataclass
