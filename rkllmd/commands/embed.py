@@ -11,7 +11,7 @@ from __future__ import annotations
 from rkllmd.commands._base import CommandSpec, Engine
 from rkllmd.commands._vectors import bounded, model_for, run_job
 from rkllmd.embedding import VectorInput, embed_text, truncated
-from rkllmd.errors import RequestError
+from rkllmd.errors import EmptyInput, RequestError
 from rkllmd.exchange import Exchange, Final
 from rkllmd.protocol import EmbedRequest, Req, embedding_data
 from rkllmd.settings import Settings
@@ -21,6 +21,8 @@ def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     """The model, the texts as it reads them, and what shapes the reply (ingress thread)."""
     assert isinstance(req, EmbedRequest)
     ex.model = model_for(settings, req.model, "embedding")
+    if isinstance(req.input, str) and not req.input.strip():
+        raise EmptyInput("input is empty: nothing to embed")
     texts = [req.input] if isinstance(req.input, str) else list(req.input or [])
     bounded(texts, settings, "input")
     cfg = settings.models[ex.model]

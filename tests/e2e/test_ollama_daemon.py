@@ -193,7 +193,7 @@ def test_refused_request_with_an_unread_body_keeps_the_next_request_apart(served
     """An endpoint refused before its body is read closes the connection; a new one is served."""
     auth = {"Authorization": f"Bearer {KEY}"}
     conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=10)
-    conn.request("POST", "/api/embed", json.dumps({"model": "fake", "input": "x"}), auth)
+    conn.request("POST", "/api/create", json.dumps({"model": "fake", "from": "x"}), auth)
     resp = conn.getresponse()
     assert resp.status == 501 and "not supported" in json.loads(resp.read())["error"]
     assert resp.getheader("Connection") == "close"

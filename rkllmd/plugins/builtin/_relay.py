@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -262,3 +263,19 @@ class Waiter:
                 continue
             if isinstance(item, Final) and item is not _GONE and item is not _EXPIRED:
                 return True
+
+
+async def one_answer(
+    relay: Relay,
+    inject: Callable[[str], object],
+    cancel: Callable[[], object],
+    on_gone: Callable[[Callable[[], None]], None] | None,
+    deadline_s: float,
+) -> Final:
+    """Inject one request with no stream (``inject(nonce)`` sends it keyed by the nonce) and
+    await its final reply (server thread); ClientGone when the client leaves first (the request is
+    cancelled). An embed or rerank request is this: one answer, no tokens."""
+    nonce = secrets.token_hex(8)
+    with relay.track(nonce) as items:
+        inject(nonce)
+        return await Waiter(items, cancel, on_gone, deadline_s=deadline_s).final()

@@ -24,6 +24,7 @@ from rkllmd.plugins.builtin._httpconfig import HttpError, Keys
 from rkllmd.plugins.builtin._relay import ClientGone, Piece, Thought, Waiter, answer_deadline_s
 from rkllmd.plugins.builtin._streamwrite import hole, string, template
 
+from . import vectors
 from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ class Api(ApiBase):
         if path == "/v1/completions":
             self._only(method, "POST", path)
             return await self._generate(h, "text")
+        if path in ("/v1/embeddings", "/v1/rerank"):
+            self._only(method, "POST", path)
+            endpoint = vectors.embeddings if path == "/v1/embeddings" else vectors.rerank
+            return await endpoint(self, h)
         raise ApiError(404, f"Invalid URL ({method} {path})", code="unknown_url")
 
     @staticmethod

@@ -27,7 +27,7 @@ from rkllmd.plugins.builtin._relay import ClientGone, Item, Piece, Thought, Wait
 from rkllmd.plugins.builtin._streamwrite import hole, string, template
 
 from .. import _spoken as spoken
-from . import models, wire
+from . import models, vectors, wire
 from .config import Config
 from .wire import Kind, Shape
 
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from rkllmd.plugins.builtin._httpserver import Handler
 
 VERSION = "0.12.6"  # the Ollama API version answered: clients gate features on it (HOMEASSISTANT.md)
-_UNSUPPORTED = ("/api/create", "/api/copy", "/api/push", "/api/embed", "/api/embeddings", "/api/blobs")
+_UNSUPPORTED = ("/api/create", "/api/copy", "/api/push", "/api/blobs")
 _NDJSON = "application/x-ndjson"
 
 
@@ -83,13 +83,18 @@ class Api(ApiBase):
             self._only(method, ("POST",))
             name = self._model(await self._name(h))
             facts = next(m for m in self.ctx.models() if m.name == name)
-            return await h.send_json(200, models.show(facts, _capabilities(facts)))
+            kind = self.ctx.settings.models[name].kind
+            return await h.send_json(200, models.show(facts, _capabilities(facts, kind)))
         if path == "/api/chat":
             self._only(method, ("POST",))
             return await self._chat(h)
         if path == "/api/generate":
             self._only(method, ("POST",))
             return await self._generate(h, "generate", await self._body(h))
+        if path in ("/api/embed", "/api/embeddings"):
+            self._only(method, ("POST",))
+            endpoint = vectors.embed if path == "/api/embed" else vectors.embeddings
+            return await endpoint(self, h, await self._body(h))
         if path == "/api/pull":
             self._only(method, ("POST",))
             return await self._pull(h)
@@ -330,9 +335,12 @@ def _named(body: dict[str, Any]) -> str:
     return name
 
 
-def _capabilities(facts: ModelFacts) -> list[str]:
-    """What ``/api/show`` reports: every rkllmd model takes tools (docs/PROTOCOL.md); a model
-    with an image encoder (``vision_encoder``, ``mmproj``) images too."""
+def _capabilities(facts: ModelFacts, kind: str) -> list[str]:
+    """What ``/api/show`` reports: every chat model takes tools (docs/PROTOCOL.md), and images
+    when it has an image encoder (``vision_encoder``, ``mmproj``); an embedding model embeds
+    (/api/embed); a reranker does neither in Ollama's terms."""
+    if kind != "chat":
+        return ["embedding"] if kind == "embedding" else []
     return ["completion", "tools", *(["vision"] if facts.vision else [])]
 
 

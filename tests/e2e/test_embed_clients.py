@@ -1,0 +1,266 @@
+"""The official clients' embeddings calls against rkllmd as a process (both HTTP plugins, real
+mosquitto, loopback only): on the C double, whose vectors the test computes exactly, and on the
+real SmolLM2 through llama.cpp, where similar texts must come out closer than unrelated ones.
+
+The clients are the pinned versions the suite installs once into ~/.cache/rkllmd/clients
+(tests/e2e/test_ha_replay.py: ``pinned``), run in a subprocess (tests/e2e/embed_driver.py).
+``POST /v1/rerank`` has no official client: it is driven with http.client in the shape Jina's and
+Cohere's clients send.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from rkllmd.bench.broker import free_port
+from rkllmd.embedding import normalized
+from tests.e2e.test_embed_daemon import close, mean_vector
+from tests.e2e.test_ha_replay import pinned
+from tests.fake_rkllm import vectors
+from tests.helpers import Broker, DaemonProc, write_config
+
+DRIVER = Path(__file__).with_name("embed_driver.py")
+OPENAI, OLLAMA = ("openai", "3.26.0"), ("ollama", "0.6.2")
+
+
+class Served:
+    def __init__(self, proc: DaemonProc, openai_port: int, ollama_port: int) -> None:
+        self.proc = proc
+        self.openai_port, self.ollama_port = openai_port, ollama_port
+        self.openai = f"http://127.0.0.1:{openai_port}/v1"
+        self.ollama = f"http://127.0.0.1:{ollama_port}"
+
+
+def serve(tmp: Path, broker: Broker, base: str, models: dict[str, Any]) -> Served:
+    openai_port, ollama_port = free_port(), free_port()
+    cfg = write_config(
+        tmp / f"{base}.toml",
+        {
+            "default_model": next(iter(models)),
+            "mqtt": {"host": broker.host, "port": broker.port, "base_topic": base, "client_id": base},
+            "log": {"level": "debug", "format": "json"},
+            "limits": {"queue_size": 4, "max_payload_bytes": 262144, "max_embed_inputs": 64},
+            "models": models,
+            "plugins": {
+                "enabled": ["http", "ollama"],
+                "http": {"port": openai_port},
+                "ollama": {"port": ollama_port},
+            },
+        },
+    )
+    d = DaemonProc(cfg, tmp)
+    d.wait_ready(60)
+    d.wait_log("OpenAI-compatible API listening")
+    d.wait_log("Ollama-compatible API listening")
+    return Served(d, openai_port, ollama_port)
+
+
+@pytest.fixture(scope="module")
+def double(
+    broker: Broker, fake_libs: dict[str, Path], tiny_tokenizer: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("embedclients")
+    model = tmp / "m.rkllm"
+    model.write_bytes(b"fake")
+    common = {"runtime": "rkllm", "path": str(model), "library": str(fake_libs["1.3"])}
+    served = serve(
+        tmp,
+        broker,
+        "embclients",
+        {
+            "chat": common,
+            "emb": {**common, "kind": "embedding", "pooling": "mean"},
+            "mat": {**common, "kind": "embedding", "matryoshka": True},
+            "rr": {**common, "kind": "rerank", "rerank_token_ids": [7, 3]},
+            "short": {**common, "kind": "embedding", "tokenizer": str(tiny_tokenizer), "max_context_len": 32},
+        },
+    )
+    yield served
+    assert served.proc.stop() == 0
+
+
+def call(client: tuple[str, str], url: str, kwargs: dict[str, Any], what: str = "embed") -> dict[str, Any]:
+    env = {**os.environ, "PYTHONPATH": str(pinned(*client))}
+    spec = {"client": client[0], "url": url, "call": what, "kwargs": kwargs}
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), json.dumps(spec)], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["version"] == client[1]  # the pinned client ran, not the virtualenv's
+    return out
+
+
+TEXTS = ["the cat sat on the mat", "dogs bark", "a b c d e"]
+
+
+@pytest.mark.parametrize("encoding", [None, "float", "base64"])
+def test_openai_client_gets_the_exact_vectors(double: Served, encoding: str | None) -> None:
+    # the client asks for base64 by default and decodes it itself
+    kwargs: dict[str, Any] = {"model": "emb", "input": TEXTS}
+    if encoding is not None:
+        kwargs["encoding_format"] = encoding
+    out = call(OPENAI, double.openai, kwargs)
+    assert out["model"] == "emb"
+    for text, vec in zip(TEXTS, out["vectors"], strict=True):
+        assert close(vec, mean_vector(text))
+    assert out["usage"] == {"prompt_tokens": 6 + 2 + 5, "total_tokens": 13}
+
+
+def test_openai_client_one_string_and_matryoshka_dimensions(double: Served) -> None:
+    out = call(OPENAI, double.openai, {"model": "mat", "input": "hello there", "dimensions": 4})
+    (vec,) = out["vectors"]
+    assert close(vec, normalized(normalized(vectors.hidden_rows("hello there")[-1])[:4]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "needle"),
+    [
+        ({"model": "emb", "input": []}, 400, "input is empty"),
+        ({"model": "emb", "input": ["ok", ""]}, 400, "input[1] is empty"),
+        ({"model": "emb", "input": ["x"] * 65}, 400, "one request may hold 64"),
+        ({"model": "emb", "input": [[1, 2, 3]]}, 400, "Token arrays are not supported"),
+        ({"model": "emb", "input": "x", "dimensions": 8}, 400, "does not take dimensions"),
+        ({"model": "chat", "input": "x"}, 400, "serves chat requests, not embedding"),
+        ({"model": "nope", "input": "x"}, 404, "does not exist"),
+    ],
+)
+def test_openai_client_bad_input_is_a_clear_error(
+    double: Served, kwargs: dict[str, Any], status: int, needle: str
+) -> None:
+    out = call(OPENAI, double.openai, {**kwargs, "encoding_format": "float"})
+    assert out["error"]["status"] == status, out
+    assert needle in out["error"]["message"]
+    ok = call(OPENAI, double.openai, {"model": "emb", "input": "fine"})  # nothing else refused
+    assert close(ok["vectors"][0], mean_vector("fine"))
+
+
+def test_ollama_client_embed_and_the_older_embeddings(double: Served) -> None:
+    out = call(OLLAMA, double.ollama, {"model": "emb", "input": TEXTS})
+    assert out["model"] == "emb" and out["usage"]["prompt_tokens"] == 13
+    assert all(close(v, mean_vector(t)) for t, v in zip(TEXTS, out["vectors"], strict=True))
+    one = call(OLLAMA, double.ollama, {"model": "emb:latest", "input": "dogs bark"})
+    assert close(one["vectors"][0], mean_vector("dogs bark"))
+    old = call(OLLAMA, double.ollama, {"model": "emb", "prompt": "dogs bark"}, what="embeddings")
+    assert close(old["vectors"][0], mean_vector("dogs bark"))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "needle"),
+    [
+        ({"model": "emb", "input": []}, 400, "input is empty"),
+        ({"model": "chat", "input": "x"}, 400, "not embedding"),
+        ({"model": "short", "input": ["a", "a " * 40]}, 400, "input 1 is 40 tokens"),
+    ],
+)
+def test_ollama_client_bad_input_is_a_clear_error(
+    double: Served, kwargs: dict[str, Any], status: int, needle: str
+) -> None:
+    out = call(OLLAMA, double.ollama, kwargs)
+    assert out["error"]["status"] == status and needle in out["error"]["message"], out
+
+
+def _post(port: int, path: str, body: Any) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    conn.request("POST", path, json.dumps(body), {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    out = resp.status, json.loads(resp.read())
+    conn.close()
+    return out
+
+
+def test_wrong_types_the_clients_would_not_send(double: Served) -> None:
+    """A raw body with the wrong types: each API's error shape, naming the field."""
+    status, body = _post(double.ollama_port, "/api/embed", {"model": "emb", "input": ["a", 1]})
+    assert status == 400 and "input: [1] must be a string, not int" in body["error"], body
+    status, body = _post(double.openai_port, "/v1/embeddings", {"model": "emb", "input": 5})
+    assert status == 400 and body["error"]["code"] == "invalid_type", body
+    assert "must be a string or a list of strings" in body["error"]["message"]
+    status, body = _post(
+        double.openai_port, "/v1/embeddings", {"model": "emb", "input": "x", "encoding_format": "hex"}
+    )
+    assert status == 400 and body["error"]["param"] == "encoding_format", body
+    status, body = _post(double.ollama_port, "/api/embeddings", {"model": "emb", "prompt": ""})
+    assert status == 400 and "input is empty" in body["error"], body
+
+
+def test_rerank_endpoint_in_the_jina_cohere_shape(double: Served) -> None:
+    docs = ["paris is in france", "bananas are yellow", "the sky is blue"]
+    status, body = _post(
+        double.openai_port,
+        "/v1/rerank",
+        {
+            "model": "rr",
+            "query": "paris",
+            "documents": docs,
+            "top_n": 2,
+            "return_documents": True,
+        },
+    )
+    assert status == 200, body
+    assert body["model"] == "rr" and len(body["results"]) == 2 and body["usage"]["total_tokens"] > 0
+    scores = [r["relevance_score"] for r in body["results"]]
+    assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
+    assert all(r["document"] == {"text": docs[r["index"]]} for r in body["results"])
+    status, body = _post(double.openai_port, "/v1/rerank", {"model": "rr", "query": "paris", "documents": []})
+    assert status == 400 and body["error"]["code"] == "empty_input", body
+    status, body = _post(double.openai_port, "/v1/rerank", {"model": "emb", "query": "q", "documents": ["d"]})
+    assert status == 400 and body["error"]["code"] == "wrong_model_kind", body
+
+
+# --- the real SmolLM2 through llama.cpp ---------------------------------------------------------------
+
+SIMILAR = ["The cat sleeps on the warm sofa.", "A kitten is napping on the couch."]
+UNRELATED = "Quarterly tax filings are due in April."
+
+
+@pytest.fixture(scope="module")
+def smol(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    pytest.importorskip("llama_cpp")
+    from rkllmd.runtime.llamacpp import embedded_model_path
+
+    if embedded_model_path() is None:
+        pytest.skip("the embedded SmolLM2 model is not installed")
+    tmp = tmp_path_factory.mktemp("embsmol")
+    smol = {
+        "runtime": "llamacpp",
+        "kind": "embedding",
+        "pooling": "mean",
+        "max_context_len": 512,
+        "n_threads": 2,
+    }
+    served = serve(tmp, broker, "embsmol", {"smol": smol})
+    yield served
+    assert served.proc.stop() == 0
+
+
+def cos(a: list[float], b: list[float]) -> float:
+    return math.fsum(x * y for x, y in zip(a, b, strict=True))
+
+
+@pytest.mark.model
+@pytest.mark.parametrize("client", [OPENAI, OLLAMA])
+def test_smollm2_similar_texts_are_closer_than_unrelated_ones(smol: Served, client: tuple[str, str]) -> None:
+    url = smol.openai if client is OPENAI else smol.ollama
+    out = call(client, url, {"model": "smol", "input": [*SIMILAR, UNRELATED]})
+    cat, kitten, tax = out["vectors"]
+    assert len(cat) == 576 and math.isclose(cos(cat, cat), 1.0, rel_tol=1e-5)
+    assert cos(cat, kitten) > cos(cat, tax) + 0.05 and cos(cat, kitten) > cos(kitten, tax) + 0.05
+    assert out["usage"]["prompt_tokens"] > 10
+
+
+@pytest.mark.model
+def test_smollm2_input_longer_than_the_context_is_refused(smol: Served) -> None:
+    out = call(OPENAI, smol.openai, {"model": "smol", "input": ["fine", "word " * 600]})
+    assert out["error"]["status"] == 400 and "input 1 is" in out["error"]["message"], out
+    assert out["error"]["body"]["code"] == "context_length_exceeded"
