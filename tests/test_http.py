@@ -246,7 +246,7 @@ def test_request_errors_before_the_queue() -> None:
                 "invalid_value",
             ),
             ("POST", "/v1/chat/completions", {**CHAT, "model": "gpt-4"}, 404, "model_not_found"),
-            ("POST", "/v1/embeddings", CHAT, 404, "unknown_url"),
+            ("POST", "/v1/images/generations", CHAT, 404, "unknown_url"),
             ("GET", "/v1/chat/completions", None, 405, "method_not_allowed"),
             ("POST", "/v1/chat/completions", {**CHAT, "x": "y" * 300}, 413, "payload_too_large"),
         ]
@@ -269,7 +269,7 @@ def read_until_closed(s: socket.socket) -> bytes:
 @pytest.mark.parametrize(
     ("method", "path", "status", "code"),
     [
-        ("POST", "/v1/embeddings", 404, "unknown_url"),
+        ("POST", "/v1/images/generations", 404, "unknown_url"),
         ("PUT", "/v1/chat/completions", 405, "method_not_allowed"),
         ("POST", "/health", 405, "method_not_allowed"),
         ("POST", "/nowhere", 404, "unknown_url"),

@@ -34,6 +34,7 @@ _SENTENCES: dict[str, str] = {
     "payload_too_large": "That request is too large for rkllmd. Send a smaller picture, "
     "or expose fewer entities or keep less history.",
     "unknown_model": "The model chosen for this assistant is not configured in rkllmd.",
+    "wrong_model_kind": "The model chosen for this assistant is not a chat model. Choose one that is.",
     "invalid_output": "The model's answer did not have the required form. Please try again.",
     "plugin_error": "An rkllmd plugin could not handle the request. Its log says why.",
     "bad_image": "I could not read that image. Please send a JPEG, PNG or WebP picture.",
@@ -44,7 +45,16 @@ _SENTENCES: dict[str, str] = {
 }
 _INVALID = "rkllmd refused the request as invalid. Its log says why."  # the client's (or rkllmd's) bug
 _OTHER = "Something went wrong in the language model server. Its log says what."
-_INVALID_CODES = ("bad_request", "bad_json", "wrong_type", "empty_prompt", "not_found", "unknown_command")
+_INVALID_CODES = (
+    "bad_request",
+    "bad_json",
+    "wrong_type",
+    "empty_prompt",
+    "not_found",
+    "unknown_command",
+    "empty_input",
+    "too_many_inputs",
+)
 
 
 def sentence(code: str | None) -> str:
