@@ -14,7 +14,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-from rkllmd.plugins.builtin._httpbase import HttpError
+from rkllmd.plugins.builtin._httpconfig import HttpError
 from rkllmd.plugins.builtin._relay import ClientGone, answer_deadline_s, one_answer
 
 from . import wire
