@@ -4,9 +4,10 @@ Two models: the RKLLM C double (tests/fake_rkllm, hidden states derived from the
 dimensions as Qwen3-Embedding-0.6B has, so what it measures is rkllmd's own cost: the ctypes
 copy, pooling, the worker pipe, JSON and MQTT) and the real SmolLM2-135M through llama.cpp
 (576 dimensions, mean pooling). For each batch size: the median time of ``--runs`` calls of
-``Runtime.embed`` in this process, the median request-to-reply time of an ``embed`` request to
-a real ``rkllmd run`` (worker process, loopback mosquitto), embeddings/s of each, and the
-daemon's share of the request's time ((daemon - direct) / daemon).
+``Runtime.embed`` in this process and the median request-to-reply time of an ``embed`` request
+to a real ``rkllmd run`` (worker process, loopback mosquitto), the two taken in turn so that
+other load on the machine slows both alike; embeddings/s of each, and the daemon's share of the
+request's time ((daemon - direct) / daemon).
 
     PYTHONPATH=. .venv/bin/python benchmarks/embeddings.py [--only double|smollm2] [--runs 5]
 """
@@ -19,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,27 +43,8 @@ def texts(n: int) -> list[str]:
     return [f"{SENTENCES[i % len(SENTENCES)]} ({i})" for i in range(n)]
 
 
-def median_s(fn: Callable[[], object], runs: int) -> float:
-    fn()  # warm-up, not counted
-    times = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def direct(rt: Any, runs: int) -> dict[int, float]:
-    rt.open()
-    try:
-        return {n: median_s(lambda n=n: rt.embed(texts(n), lambda _t, _i: None), runs) for n in SIZES}
-    finally:
-        rt.close()
-
-
-def over_mqtt(work: Path, host: str, port: int, models: dict[str, Any], runs: int) -> dict[int, float]:
+def start_daemon(work: Path, host: str, port: int, models: dict[str, Any]) -> Any:
     from rkllmd.bench.daemonproc import DaemonProcess, to_toml
-    from rkllmd.bench.mqttclient import BenchClient
 
     cfg = {
         "default_model": next(iter(models)),
@@ -80,18 +61,44 @@ def over_mqtt(work: Path, host: str, port: int, models: dict[str, Any], runs: in
         if not d.alive() or time.monotonic() > deadline:
             raise RuntimeError(f"rkllmd did not load its model:\n{d.log_tail()}")
         time.sleep(0.2)
+    return d
+
+
+def measure(
+    rt: Any, work: Path, host: str, port: int, models: dict[str, Any], runs: int
+) -> tuple[dict[int, float], dict[int, float]]:
+    """Medians of the direct call and of the request over MQTT, the two taken in turn, run by run,
+    so that a machine busy with other work slows both alike."""
+    from rkllmd.bench.mqttclient import BenchClient
+
+    rt.open()
+    d = start_daemon(work, host, port, models)
     client = BenchClient(host, port, BASE)
+
+    def over_mqtt(n: int) -> None:
+        reply = client.command("embed", {"input": texts(n), "encoding": "base64"})
+        if reply.get("status") != "ok" or len(reply["data"]["embeddings"]) != n:
+            raise RuntimeError(f"embed failed: {reply}")
+
+    direct: dict[int, float] = {}
+    daemon: dict[int, float] = {}
     try:
-
-        def one(n: int) -> None:
-            reply = client.command("embed", {"input": texts(n), "encoding": "base64"})
-            if reply.get("status") != "ok" or len(reply["data"]["embeddings"]) != n:
-                raise RuntimeError(f"embed failed: {reply}")
-
-        return {n: median_s(lambda n=n: one(n), runs) for n in SIZES}
+        for n in SIZES:
+            pair: list[tuple[float, float]] = []
+            for i in range(runs + 1):  # the first pair warms up, not counted
+                t0 = time.perf_counter()
+                rt.embed(texts(n), lambda _t, _i: None)
+                t1 = time.perf_counter()
+                over_mqtt(n)
+                if i:
+                    pair.append((t1 - t0, time.perf_counter() - t1))
+            direct[n] = statistics.median(p[0] for p in pair)
+            daemon[n] = statistics.median(p[1] for p in pair)
     finally:
         client.close()
         d.stop()
+        rt.close()
+    return direct, daemon
 
 
 def table(title: str, dir_s: dict[int, float], mqtt_s: dict[int, float]) -> str:
@@ -139,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 cfg = RkllmModelSettings.model_validate(table_)
                 rt = RkllmRuntime("double", cfg, RkllmSettings(), capture_stdout=True)
-                d = direct(rt, args.runs)
-                m = over_mqtt(work, broker.host, broker.port, {"double": table_}, args.runs)
+                d, m = measure(rt, work, broker.host, broker.port, {"double": table_}, args.runs)
                 print(table(f"RKLLM C double ({EMBD} dimensions, last-token pooling)", d, m))
             if args.only in (None, "smollm2"):
                 table_ = {
@@ -150,8 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                     "max_context_len": 512,
                 }
                 rt = LlamaCppRuntime("smollm2", LlamaCppModelSettings.model_validate(table_))
-                d = direct(rt, args.runs)
-                m = over_mqtt(work, broker.host, broker.port, {"smollm2": table_}, args.runs)
+                d, m = measure(rt, work, broker.host, broker.port, {"smollm2": table_}, args.runs)
                 print(table("SmolLM2-135M through llama.cpp (576 dimensions, mean pooling)", d, m))
         finally:
             broker.stop()
