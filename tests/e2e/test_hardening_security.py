@@ -274,6 +274,22 @@ def test_acl_users_read_only_their_own_replies(acl_broker: AclBroker, acl_rkllmd
         bob.close()
 
 
+def test_acl_users_may_send_embed_and_rerank(acl_broker: AclBroker, acl_rkllmd: DaemonProc) -> None:
+    """embed and rerank are open to every user, like generate: the request reaches rkllmd, which
+    answers it (here refused wrong_model_kind: the ACL daemon serves chat models only)."""
+    alice = user_probe(acl_broker, "alice")
+    try:
+        alice.subscribe("reply/alice/v")
+        alice.publish("rkllmd/request/embed", {"input": "x", "reply_to": "reply/alice/v"})
+        assert alice.get("reply/alice/v", timeout=20).json()["code"] == "wrong_model_kind"
+        alice.publish(
+            "rkllmd/request/rerank", {"query": "q", "documents": ["d"], "reply_to": "reply/alice/v"}
+        )
+        assert alice.get("reply/alice/v", timeout=20).json()["code"] == "wrong_model_kind"
+    finally:
+        alice.close()
+
+
 def test_acl_users_cannot_speak_for_rkllmd_and_anonymous_is_refused(
     acl_broker: AclBroker, acl_rkllmd: DaemonProc
 ) -> None:
