@@ -77,6 +77,8 @@ class ImagesUnsupported(RequestError):
     """Images sent to a model that cannot see them (no vision encoder configured)."""
 
     code = "images_unsupported"
+
+
 class WrongModelKind(RequestError):
     """The model serves another kind of request (chat, embedding, rerank: its ``kind``)."""
 

@@ -496,6 +496,8 @@ static void think_first(Plan *p) {
     }
     free(p->say);
     p->say = out;
+}
+
 /* ---- the vector modes: hidden states and logits derived from the words ---------------------
  *
  * RKLLM_INFER_GET_LAST_HIDDEN_LAYER: one NORMAL callback whose last_hidden_layer holds a row of
@@ -592,6 +594,7 @@ finish:
     plan_free(&p);
     return rc;
 }
+
 
 /* A [[say]] or script text with "@IMAGES@" replaced by the words of this run's images (the
  * "images" string, trimmed), so a canned answer (a JSON object, say) tells what the double saw. */

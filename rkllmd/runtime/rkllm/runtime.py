@@ -5,8 +5,8 @@ rkllm_run blocks that thread and the runtime delivers its result callback on it 
 sink is called there. abort() may come from any thread.
 
 What it is handed lives beside it: the chat template and prompt text (``prompt.py``), the
-native parameter structs (``param.py``), the prompt cache it holds (``cacheslot.py``), embeddings
-and rerank scores (``vectors.py``).
+native parameter structs (``param.py``), the prompt cache it holds (``cacheslot.py``); its
+embeddings, rerank scores and tokenizer (``vectors.py``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from rkllmd.runtime.rkllm._capture import fd1_capture
 from rkllmd.runtime.rkllm._handle import RkllmHandle
 from rkllmd.runtime.rkllm._lib import RkllmLibrary, find_library
 from rkllmd.runtime.rkllm.cacheslot import CacheSlot, PrefixRun
-from rkllmd.runtime.rkllm.counter import count_with, load_tokenizer
+from rkllmd.runtime.rkllm.counter import count_with
 from rkllmd.runtime.rkllm.param import make_param, raise_nofile, sampling_param
 from rkllmd.runtime.rkllm.prompt import (
     CHATML,
@@ -41,8 +41,8 @@ from rkllmd.runtime.rkllm.prompt import (
     wanted_template,
 )
 from rkllmd.runtime.rkllm.promptcache import Prefix
+from rkllmd.runtime.rkllm.vectors import VectorModes
 from rkllmd.runtime.rkllm.vision import ModelVision
-from rkllmd.runtime.rkllm.vectors import VectorModes, VectorRun
 
 if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.rkllm.settings import RkllmModelSettings, RkllmSettings
@@ -93,7 +93,6 @@ class RkllmRuntime(VectorModes, Runtime):
         self.handle: RkllmHandle | None = None
         self._captured = False
         self._run: _Run | None = None
-        self._vec: VectorRun | None = None  # the vector-mode run in progress (vectors.py)
         self._abort_requested = False
         self._generating = False
         self._last_template: tuple[str, str, str] | None = None
@@ -121,7 +120,7 @@ class RkllmRuntime(VectorModes, Runtime):
         if self._capture_stdout and not self._captured:
             fd1_capture().acquire()
             self._captured = True
-        handle = RkllmHandle(lib, self._on_result)
+        handle = RkllmHandle(lib, self._on_callback)
         try:
             handle.init(param)
         except RuntimeCallError as exc:
@@ -137,9 +136,6 @@ class RkllmRuntime(VectorModes, Runtime):
         self.vision.open(undo=(handle.destroy, self._release_capture))  # its encoder, if it has one
         self.lib, self.handle = lib, handle
         self._last_template = None
-        if self.cfg.kind != "chat":  # vectors read the text exactly as written: no chat template
-            handle.set_chat_template("", "", "")
-            self._last_template = ("", "", "")
         self._last_tools = None
         log.info("rkllm_model_open", model=self.name, version=lib.version, by=lib.detection.method)
         self._cache.open(lib, handle, self.cfg, self.rk)
@@ -237,9 +233,6 @@ class RkllmRuntime(VectorModes, Runtime):
 
     def _on_result(self, state: int, result: Any) -> None:
         """The result callback's body; runs on the thread blocked in rkllm_run. Only copies data."""
-        if self._vec is not None:
-            self._vec.on_result(state, result)
-            return
         run = self._run
         if run is None:
             return
@@ -397,11 +390,6 @@ class RkllmRuntime(VectorModes, Runtime):
         if self.handle is None:
             raise RuntimeFailure("the RKLLM model is not open", model=self.name)
         return self.handle.get_kv_cache_size(1)[0]
-
-    def _tok(self) -> Any:
-        if self._tokenizer is None and self.cfg.tokenizer is not None:
-            self._tokenizer = load_tokenizer(self.cfg.tokenizer)
-        return self._tokenizer
 
     def count_tokens(self, text: str) -> int | None:
         tok = self._tok()

@@ -33,6 +33,7 @@ from rkllmd.errors import RuntimeCallError, RuntimeFailure
 from rkllmd.runtime.rkllm import _abi_common as c
 from rkllmd.runtime.rkllm._handle import RkllmHandle
 from rkllmd.runtime.rkllm._lib import RkllmLibrary
+from rkllmd.runtime.rkllm.counter import load_tokenizer
 
 if TYPE_CHECKING:  # in a worker process the settings are Tables of the same names
     from rkllmd.runtime.rkllm.settings import RkllmModelSettings
@@ -180,18 +181,35 @@ def _tokens(runs: list[VectorRun]) -> int | None:
 
 
 class VectorModes:
-    """The runtime's embed and rerank (a part of rkllmd.runtime.rkllm.runtime.RkllmRuntime, which
-    owns the attributes declared here); inference thread."""
+    """The runtime's embed and score, its result callback's way to them, and the model's
+    tokenizer (a part of rkllmd.runtime.rkllm.runtime.RkllmRuntime, which owns the attributes
+    declared here); inference thread, the callback on the thread blocked in rkllm_run."""
 
     name: str
     cfg: RkllmModelSettings
     handle: RkllmHandle | None
     lib: RkllmLibrary | None
-    _vec: VectorRun | None
+    _vec: VectorRun | None = None  # the vector-mode run in progress
+    _tokenizer: Any
+    _last_template: tuple[str, str, str] | None
     _abort_requested: bool
     _generating: bool
 
-    def _tok(self) -> Any: ...
+    def _on_result(self, state: int, result: Any) -> None: ...
+
+    def _on_callback(self, state: int, result: Any) -> None:
+        """The result callback: a vector-mode run's collector, else the generation's handler."""
+        vec = self._vec
+        if vec is not None:
+            vec.on_result(state, result)
+        else:
+            self._on_result(state, result)
+
+    def _tok(self) -> Any:
+        """The model's tokenizer.json, loaded on first use; None when it has none."""
+        if self._tokenizer is None and self.cfg.tokenizer is not None:
+            self._tokenizer = load_tokenizer(self.cfg.tokenizer)
+        return self._tokenizer
 
     def embed(self, texts: Sequence[str], progress: Progress) -> EmbedResult:
         """RKLLM_INFER_GET_LAST_HIDDEN_LAYER per text, pooled as the model says, L2-normalised."""
@@ -216,6 +234,9 @@ class VectorModes:
         handle, lib = self.handle, self.lib
         if handle is None or lib is None:
             raise RuntimeFailure("the RKLLM model is not open", model=self.name)
+        if self._last_template != ("", "", ""):  # the text exactly as the model's template wrote it
+            handle.set_chat_template("", "", "")
+            self._last_template = ("", "", "")
         self._abort_requested, self._generating = False, True
 
         def install(vr: VectorRun | None) -> None:
