@@ -29,8 +29,8 @@ from rkllmd.runtime.llamacpp._lib import (
 )
 from rkllmd.runtime.llamacpp.grammar import grammar_for, llama_class
 from rkllmd.runtime.llamacpp.sampling import SAMPLING
-from rkllmd.runtime.llamacpp.vision import LlamaVision, Prefilled
 from rkllmd.runtime.llamacpp.vectors import LlamaVectors, context_options
+from rkllmd.runtime.llamacpp.vision import LlamaVision, Prefilled
 
 if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
