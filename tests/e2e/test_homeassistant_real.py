@@ -83,13 +83,16 @@ def hermes_call(name: str, arguments: dict[str, Any]) -> str:
     return f"<tool_call>\n{json.dumps({'name': name, 'arguments': arguments})}\n</tool_call>"
 
 
-# The double's script: (role, words in the run's prompt, what it says). A tool result comes back
-# in a run of role "tool" whose prompt carries the conversation so far, the call included.
+# The double's script: (role, words in the run's prompt, what it says; the first line that matches
+# wins). A tool result comes back after a transcript of the turn so far, the model's call included
+# as Hermes writes it, so the result lines come first and look for that call: since the RKLLM
+# runtime sends a tool result that follows a transcript as a user turn (`<tool_response>`, 1.3.1's
+# rule that a role "tool" input is JSON alone), their role is "*".
 SCRIPT = [
+    ("*", '{"name": "HassTurnOn", "arguments"', "The kitchen light is on now."),
+    ("*", '{"name": "HassTurnOff", "arguments"', "The kitchen light is off now."),
     ("user", "Turn on the kitchen light", hermes_call("HassTurnOn", {"name": "Kitchen Light"})),
     ("user", "Turn off the kitchen light", hermes_call("HassTurnOff", {"name": "Kitchen Light"})),
-    ("tool", '"HassTurnOn"', "The kitchen light is on now."),
-    ("tool", '"HassTurnOff"', "The kitchen light is off now."),
 ]
 
 
