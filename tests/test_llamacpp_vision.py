@@ -105,6 +105,28 @@ def test_bad_images_are_refused_with_rkllmds_bounds_and_the_model_serves_on(rt: 
     assert red  # the image positions of earlier runs were not taken for this prompt's prefix
 
 
+@pytest.mark.model
+def test_a_follow_up_question_sees_the_earlier_turns_image(rt: LlamaCppRuntime) -> None:
+    def follow_up(image: bytes) -> tuple[str, object]:
+        out: list[str] = []
+        earlier = (
+            ChatMessage("user", "What is <image> this?", images=(image,)),
+            ChatMessage("assistant", "It is a picture."),
+        )
+        inp = GenerateInput(
+            messages=(*earlier, ChatMessage("user", "Describe the picture.")),
+            max_tokens=10,
+            sampling=Sampling(temperature=0.0, top_k=1),
+        )
+        result = rt.generate(inp, lambda t, _k: out.append(t))
+        return "".join(out), result.perf
+
+    red, perf = follow_up(RED)
+    blue, _ = follow_up(BLUE)
+    assert red and blue and red != blue  # the earlier turn's pixels reached the model
+    assert perf.images == 1 and perf.image_encode_ms > 0  # type: ignore[attr-defined]
+
+
 def test_config_and_load_problems(tmp_path: Path) -> None:
     cfg = settings(mmproj=str(tmp_path / "missing.gguf"))
     assert cfg.takes_images and not settings().takes_images

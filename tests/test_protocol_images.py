@@ -121,3 +121,56 @@ def test_refusals_name_the_field_and_the_code() -> None:
         out = admit_with(payload, max_bytes=2048)
         assert isinstance(out, Final), payload
         assert out.code == code and words in str(out.error), (out.code, str(out.error))
+
+
+def history(*turns: tuple[str, list[bytes | str]]) -> list[dict[str, Any]]:
+    """user turns with their images, an assistant answer after each but the last."""
+    out: list[dict[str, Any]] = []
+    for text, imgs in turns:
+        out.append(
+            {"role": "user", "content": text, "images": [i if isinstance(i, str) else b64(i) for i in imgs]}
+        )
+        out.append({"role": "assistant", "content": "seen"})
+    return out[:-1]
+
+
+def test_a_follow_up_keeps_the_earlier_image_in_its_own_turn() -> None:
+    door = png((1, 1, 1))
+    ex = admit_with({"messages": history(("who is at <image> the door?", [door]), ("and now?", []))})
+    assert isinstance(ex, Exchange) and ex.inp is not None
+    first, _answer, now = ex.inp.messages
+    assert first.images == (door,) and first.content == "who is at <image> the door?"
+    assert now.images == () and now.content == "and now?"
+
+
+def test_history_over_max_images_keeps_the_newest_and_marks_the_rest(capsys: Any) -> None:
+    a, b, c, d = (png((i, i, i)) for i in (1, 2, 3, 4))  # vlm takes 3: the current 2, then the newest
+    ex = admit_with({"messages": history(("one", [a]), ("two <image> here", [b]), ("compare", [c, d]))})
+    assert isinstance(ex, Exchange) and ex.inp is not None
+    assert ex.inp.images == (b, c, d)
+    assert ex.inp.messages[0].content == "[an image shown earlier] one" and ex.inp.messages[0].images == ()
+    assert (
+        ex.inp.messages[2].content == "two <image> here"
+        and ex.inp.messages[4].content == "<image><image>compare"
+    )
+    assert capsys.readouterr().out.count("earlier_images_left_out") == 1  # once per request
+
+
+def test_a_bad_earlier_image_is_left_out_but_a_bad_current_one_is_refused() -> None:
+    ok = png()
+    ex = admit_with({"messages": history(("old <image> and <image>", ["%%%", ok]), ("still there?", []))})
+    assert isinstance(ex, Exchange) and ex.inp is not None
+    assert ex.inp.images == (ok,) and ex.inp.messages[0].content == "old [an image shown earlier] and <image>"
+    out = admit_with({"messages": history(("old", [ok]), ("this one", ["%%%"]))})
+    assert isinstance(out, Final) and out.code == "bad_image" and "messages[2].images[0]:" in str(out.error)
+
+
+def test_earlier_images_never_refuse_a_request() -> None:
+    many = [png((i, 0, 0)) for i in range(5)]  # over vlm's 3 in one earlier turn
+    ex = admit_with({"messages": history(("lots", many), ("the last one?", []))})
+    assert isinstance(ex, Exchange) and ex.inp is not None and ex.inp.images == tuple(many[2:])
+    assert ex.inp.messages[0].content.startswith("[an image shown earlier] " * 2 + "<image>" * 3)
+    # a text-only model: the earlier pictures become markers, the text conversation goes on
+    ex = admit_with({"model": "text", "messages": history(("look", [many[0]]), ("and?", []))})
+    assert isinstance(ex, Exchange) and ex.inp is not None and ex.inp.images == ()
+    assert ex.inp.messages[0].content == "[an image shown earlier] look"

@@ -126,18 +126,26 @@ def test_requests_it_cannot_serve_are_refused(make: Any) -> None:
     img = png((9, 9, 9))
     with pytest.raises(RequestError, match="3 images, model 'vlm' takes at most 2"):
         run(rt, ask("three", img, img, img))
-    with pytest.raises(RequestError, match="last user message only"):
-        run(
-            rt,
-            ask(
-                "now", earlier=(ChatMessage("user", "before", images=(img,)), ChatMessage("assistant", "ok"))
-            ),
-        )
     with pytest.raises(BadImage, match="a GIF, not JPEG, PNG or WebP"):
         run(rt, ask("gif", b"GIF89a\x01\x00"))
     with pytest.raises(RequestError, match="1 <image> placeholders for 2 images"):
         run(rt, ask("<image> one", img, img))
     assert run(rt, ask("[[embed_dim=6]] after", img)).split()[1] == "AFTER"  # the model still serves
+
+
+def test_a_follow_up_sends_the_earlier_turns_image_in_its_own_turn(make: Any) -> None:
+    rt = make()
+    red = png((255, 0, 0))
+    earlier = (
+        ChatMessage("user", "[[embed_dim=6]] what is this", images=(red,)),
+        ChatMessage("assistant", "red"),
+    )
+    answer = run(rt, ask("and its colour?", earlier=earlier)).split()
+    # the transcript of the earlier turns, the image in the first user turn, then the question
+    at = next(i for i, w in enumerate(answer) if w.startswith("IMAGE1:4X6:"))
+    assert answer[at - 1] == "USER:" and answer[at + 1] == "WHAT" and answer[-2:] == ["ITS", "COLOUR?"]
+    kept = make(keep_history=True)  # the runtime remembers earlier turns: only the current images go
+    assert run(kept, ask("[[embed_dim=6]] and now?", earlier=earlier)) == "AND NOW?"
 
 
 def test_image_tokens_count_towards_the_prompt(make: Any) -> None:

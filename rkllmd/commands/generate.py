@@ -8,6 +8,7 @@ reply); the loop's watchdog and crash rules apply around it.
 
 from __future__ import annotations
 
+from rkllmd import logface
 from rkllmd.commands._base import CommandSpec, Engine
 from rkllmd.errors import ImagesUnsupported, RequestError, WrongModelKind
 from rkllmd.exchange import Exchange, Final, resolve
@@ -16,6 +17,9 @@ from rkllmd.outcome import check_output, final_data
 from rkllmd.protocol import GenerateRequest, Req
 from rkllmd.settings import Settings
 from rkllmd.thinking import with_model_thinking
+from rkllmd.vision import history
+
+log = logface.get_logger("rkllmd.commands.generate")
 
 
 def admit(req: Req, ex: Exchange, settings: Settings) -> None:
@@ -29,22 +33,37 @@ def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     cap = settings.limits.max_tokens_cap
     if target.max_tokens > cap:
         raise RequestError(f"max_tokens {target.max_tokens} is over the limit of {cap}")
-    _admit_images(req, target.model, settings)
-    images = settings.images
-    inp = req.to_input(target.max_tokens, image_folder=images.folder, max_image_bytes=images.max_bytes)
+    budget = _admit_images(req, target.model, settings)
+    images, dropped = settings.images, list[str]()
+    inp = req.to_input(
+        target.max_tokens,
+        image_folder=images.folder,
+        max_image_bytes=images.max_bytes,
+        max_images=budget,
+        dropped=dropped,
+    )
+    if dropped:  # once per request: a chat client resends its history's images on every turn
+        log.info("earlier_images_left_out", model=target.model, count=len(dropped), why=dropped)
     ex.model, ex.inp = target.model, with_model_thinking(inp, settings.models[target.model])
     # what only changes what is published: not for a plugin's request, which MQTT never sees
     ex.stream = req.stream and not ex.address.local
     ex.sentences = req.sentences and not ex.address.local
 
 
-def _admit_images(req: GenerateRequest, model: str, settings: Settings) -> None:
-    """Images only for a model configured with an image encoder, at most its ``max_images``;
-    refused here, before any image is decoded or the model loaded (the runtime checks again)."""
-    count = len(req.images or ()) + sum(len(m.images or ()) for m in req.messages or ())
-    if not count:
-        return
+def _admit_images(req: GenerateRequest, model: str, settings: Settings) -> int:
+    """How many images the model takes (0 for a text-only one). The current turn's images (the
+    last user message's) are refused here, before any is decoded or the model loaded, on a model
+    without an image encoder or over its ``max_images``; earlier turns' images are never refused,
+    only left out (rkllmd.vision.history; the runtime checks again)."""
     cfg = settings.models[model]
+    budget = cfg.max_images if cfg.takes_images else 0
+    if req.messages is None:
+        count = len(req.images or ())
+    else:
+        current = history.current_turn([m.role for m in req.messages])
+        count = len(req.messages[current].images or ()) if current >= 0 else 0
+    if not count:
+        return budget
     if not cfg.takes_images:
         key = "mmproj" if cfg.runtime == "llamacpp" else "vision_encoder"
         raise ImagesUnsupported(
@@ -52,6 +71,7 @@ def _admit_images(req: GenerateRequest, model: str, settings: Settings) -> None:
         )
     if count > cfg.max_images:
         raise RequestError(f"{count} images, model {model!r} takes at most {cfg.max_images}")
+    return budget
 
 
 def run(job: Exchange, loop: Engine) -> Final:

@@ -38,7 +38,8 @@ from rkllmd.generation import (
 from rkllmd.protocol.address import ID_RE, check_publish_topic
 from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, as_number, loads
 from rkllmd.toolcalls import check_schema, new_call_id
-from rkllmd.vision.limits import DEFAULT_LIMITS, ImageLimits
+from rkllmd.vision import history
+from rkllmd.vision.limits import DEFAULT_LIMITS, ImageLimits, sniff_format
 
 
 class Req(BaseModel):
@@ -287,24 +288,55 @@ class GenerateRequest(_WithOptions):
                 raise _located(f"messages[{i}]: a tool result, but no earlier assistant turn has tool_calls")
 
     def to_input(
-        self, max_tokens: int, *, image_folder: Path | None = None, max_image_bytes: int | None = None
+        self,
+        max_tokens: int,
+        *,
+        image_folder: Path | None = None,
+        max_image_bytes: int | None = None,
+        max_images: int = 16,
+        dropped: list[str] | None = None,
     ) -> GenerateInput:
-        """The runtime's input; images are decoded here (BadImage / ImageTooLarge naming the field)."""
+        """The runtime's input; images are decoded here (BadImage / ImageTooLarge naming the field).
+
+        The current turn's images all go (the caller refused more than ``max_images``); earlier
+        turns' images fill the rest of ``max_images``, newest first, and the ones left out or that
+        cannot be taken become a text marker (rkllmd.vision.history), each described in ``dropped``.
+        """
         msgs: list[ChatMessage] = []
         if self.system:
             msgs.append(ChatMessage("system", self.system))
 
-        def images(items: list[ImageIn] | None, where: str) -> tuple[bytes, ...]:
-            return _images(items, where, image_folder, max_image_bytes)
-
-        if self.messages is not None:
-            msgs.extend(
-                _chat_message(m, images(m.images, f"messages[{i}].images"))
-                for i, m in enumerate(self.messages)
-            )
-        else:
+        if self.messages is None:
             assert self.prompt is not None
-            msgs.append(ChatMessage("user", self.prompt, images=images(self.images, "images")))
+            imgs = _images(self.images, "images", image_folder, max_image_bytes)
+            content = history.place(self.prompt, [True] * len(imgs), strict=True) if imgs else self.prompt
+            msgs.append(ChatMessage("user", content, images=imgs))
+        else:
+            current = history.current_turn([m.role for m in self.messages])
+            counts = [len(m.images or ()) for m in self.messages]
+            kept = history.keep_newest(counts, current, max_images)
+            for i, m in enumerate(self.messages):
+                where = f"messages[{i}].images"
+                taken: list[bytes] = []
+                flags: list[bool] = []
+                for j, item in enumerate(m.images or ()):
+                    data = None
+                    if (i, j) not in kept:
+                        _note(dropped, f"{where}[{j}]: over max_images {max_images}, older than the rest")
+                    elif i == current:
+                        data = _images([item], where, image_folder, max_image_bytes, first=j)[0]
+                    else:
+                        try:
+                            data = _images([item], where, image_folder, max_image_bytes, first=j)[0]
+                        except BadImage as exc:  # an earlier turn's: dropped, not the whole request
+                            _note(dropped, exc.message)
+                    if data is not None:
+                        taken.append(data)
+                    flags.append(data is not None)
+                content = m.content or ""
+                if flags:
+                    content = history.place(content, flags, strict=i == current)
+                msgs.append(_chat_message(m, content, tuple(taken)))
         return GenerateInput(
             messages=tuple(msgs),
             max_tokens=max_tokens,
@@ -323,16 +355,21 @@ class GenerateRequest(_WithOptions):
         return value
 
 
-def _chat_message(m: MessageIn, images: tuple[bytes, ...]) -> ChatMessage:
+def _note(dropped: list[str] | None, why: str) -> None:
+    if dropped is not None:
+        dropped.append(why)
+
+
+def _chat_message(m: MessageIn, content: str, images: tuple[bytes, ...]) -> ChatMessage:
     calls = tuple(
         ToolCall(c.id or new_call_id(), c.function.name, dict(c.function.arguments))  # type: ignore[arg-type]
         for c in m.tool_calls or ()
     )
-    return ChatMessage(m.role, m.content or "", calls, m.tool_call_id, m.name, images)
+    return ChatMessage(m.role, content, calls, m.tool_call_id, m.name, images)
 
 
 def _images(
-    items: list[ImageIn] | None, where: str, folder: Path | None, max_bytes: int | None
+    items: list[ImageIn] | None, where: str, folder: Path | None, max_bytes: int | None, *, first: int = 0
 ) -> tuple[bytes, ...]:
     """Each image's bytes: base64 decoded, or read from ``folder`` (rkllmd.vision.sources)."""
     if not items:
@@ -341,7 +378,7 @@ def _images(
 
     limits = ImageLimits(max_bytes=max_bytes) if max_bytes else DEFAULT_LIMITS
     out = []
-    for i, item in enumerate(items):
+    for i, item in enumerate(items, start=first):
         try:
             if isinstance(item, ImagePathIn):
                 out.append(sources.from_file(item.path, folder, limits))
@@ -349,6 +386,7 @@ def _images(
                 out.append(sources.from_data_uri(item, limits))
             else:
                 out.append(sources.from_base64(item, limits))
+            sniff_format(out[-1])  # JPEG, PNG or WebP by its magic bytes, before it is queued
         except BadImage as exc:
             raise type(exc)(f"{where}[{i}]: {exc.message}", **exc.data) from None
     return tuple(out)

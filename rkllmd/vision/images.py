@@ -27,33 +27,10 @@ from typing import Literal
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from rkllmd.errors import BadImage, ImageTooLarge
-from rkllmd.vision.limits import DEFAULT_LIMITS, ImageLimits
+from rkllmd.vision.limits import DEFAULT_LIMITS, ImageLimits, sniff_format
 
 Layout = Literal["NHWC", "NCHW"]
 RGB = tuple[int, int, int]
-
-
-def sniff_format(data: bytes) -> str:
-    """The format named by the magic bytes (``JPEG``, ``PNG``, ``WEBP``); BadImage for anything else."""
-    if data[:3] == b"\xff\xd8\xff":
-        return "JPEG"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "PNG"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WEBP"
-    what = "an empty file" if not data else _describe(data)
-    raise BadImage(f"the image is {what}, not JPEG, PNG or WebP; send one of those formats")
-
-
-def _describe(data: bytes) -> str:
-    for magic, name in ((b"GIF8", "a GIF"), (b"BM", "a BMP"), (b"II*\0", "a TIFF"), (b"MM\0*", "a TIFF")):
-        if data.startswith(magic):
-            return name
-    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
-        return "a HEIC/AVIF"
-    if data.lstrip()[:1] in (b"<", b"{"):
-        return "text, not image data (base64 not decoded?)"
-    return "in an unknown format"
 
 
 def decode(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, *, draft: int | None = None) -> Image.Image:

@@ -5,7 +5,8 @@ allowed folder. Each source is bounded before it is decoded or read, and each re
 The interfaces pick the source their wire format has (Ollama: base64; OpenAI: ``data:`` URIs in
 ``image_url``; MQTT: base64, or a file path only under a configured folder, for an automation
 that has the snapshot on disk). A path is never guessed from text: base64 itself may begin with
-``/`` (every JPEG's does, ``/9j/``). The format is checked later, by ``images.decode``. Pure and
+``/`` (every JPEG's does, ``/9j/``). The format is checked by its magic bytes at admission
+(``limits.sniff_format``) and again, with the pixels, by ``images.decode``. Pure and
 without Pillow (the MQTT protocol imports it in the daemon); the caller's thread.
 """
 

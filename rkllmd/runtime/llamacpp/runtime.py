@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rkllmd import logface, toolcalls
-from rkllmd.errors import ContextExceeded, ImagesUnsupported, ModelLoadError, RequestError, RuntimeFailure
+from rkllmd.errors import ContextExceeded, ImagesUnsupported, ModelLoadError, RuntimeFailure
 from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.runtime.base import FinishReason, GenerateResult, Perf, Runtime, TokenSink
 from rkllmd.runtime.llamacpp._lib import (
@@ -31,6 +31,7 @@ from rkllmd.runtime.llamacpp.grammar import grammar_for, llama_class
 from rkllmd.runtime.llamacpp.sampling import SAMPLING
 from rkllmd.runtime.llamacpp.vectors import LlamaVectors, context_options
 from rkllmd.runtime.llamacpp.vision import LlamaVision, Prefilled
+from rkllmd.vision import history
 
 if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
@@ -301,14 +302,15 @@ class LlamaCppRuntime(LlamaVectors, Runtime):
                 f"model {self.name!r} does not take images: it has no mmproj (docs/VISION.md)",
                 model=self.name,
             )
-        last = max((i for i, m in enumerate(inp.messages) if m.role == "user"), default=-1)
-        if last < 0 or len(inp.messages[last].images) != len(inp.images):
-            raise RequestError("images are taken on the last user message only")
-        msg = inp.messages[last]
-        placed = dataclasses.replace(msg, content=vision.place(msg.content, len(inp.images)))
-        text = self.render(
-            dataclasses.replace(inp, messages=(*inp.messages[:last], placed, *inp.messages[last + 1 :]))
+        vision.check_count(len(inp.images))  # admission already left the oldest earlier ones out
+        current = history.current_turn([m.role for m in inp.messages])
+        placed = tuple(
+            dataclasses.replace(m, content=vision.place(m.content, len(m.images), strict=i == current))
+            if m.images
+            else m
+            for i, m in enumerate(inp.messages)
         )
+        text = self.render(dataclasses.replace(inp, messages=placed))
         return vision.prefill(self._require(), text, inp.images)
 
     def _abort_requested(self, _data: Any) -> bool:

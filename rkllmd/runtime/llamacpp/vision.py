@@ -30,6 +30,7 @@ from typing import Any
 from rkllmd import logface
 from rkllmd.errors import ContextExceeded, ModelLoadError, RequestError
 from rkllmd.runtime.llamacpp._lib import route_mtmd_logs
+from rkllmd.vision import history
 
 log = logface.get_logger("llamacpp")
 
@@ -82,17 +83,15 @@ class LlamaVision:
     def ctx(self) -> Any:
         return self.handler.mtmd_ctx
 
-    def place(self, text: str, n_images: int) -> str:
-        """The user turn's text with one media marker per image where the user wrote ``<image>``,
-        else in front of the text (as the RKLLM runtime places them)."""
+    def check_count(self, n_images: int) -> None:
         if n_images > self.max_images:
             raise RequestError(f"{n_images} images, model {self.name!r} takes at most {self.max_images}")
-        written = text.count("<image>")
-        if written == n_images:
-            return str(text.replace("<image>", self.marker))
-        if written:
-            raise RequestError(f"the text has {written} <image> placeholders for {n_images} images")
-        return str(self.marker * n_images + text)
+
+    def place(self, text: str, n_images: int, *, strict: bool = True) -> str:
+        """A turn's text with one media marker per image where the user wrote ``<image>``, else in
+        front of the text (rkllmd.vision.history, as the RKLLM runtime places them)."""
+        placed = history.place(text, [True] * n_images, strict=strict)
+        return placed.replace(history.PLACEHOLDER, self.marker)
 
     def prefill(self, llm: Any, prompt: str, images: tuple[bytes, ...]) -> Prefilled:
         """Evaluate ``prompt`` (with its markers) and ``images`` into ``llm``'s context from position 0."""

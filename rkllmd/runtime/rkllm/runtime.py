@@ -190,7 +190,8 @@ class RkllmRuntime(VectorModes, Runtime):
             log.warning("rkllm_cannot_switch_thinking", model=self.name)
         rin.input_type = c.RKLLM_INPUT_PROMPT
         rin.prompt_input = prompt
-        # A run with images is RKLLM_INPUT_MULTIMODAL; ``images`` keeps its buffers to the end.
+        # A run with images is RKLLM_INPUT_MULTIMODAL; ``images`` keeps its buffers to the end
+        # (None when the only images are earlier turns' the runtime keeps itself: keep_history).
         images = self.vision.run_input(spec, inp, self.prompt_text, last_role) if inp.images else None
         rin = images.struct if images is not None else rin
         infer = spec.InferParam()

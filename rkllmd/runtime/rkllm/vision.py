@@ -3,10 +3,12 @@
 A ``[models.X]`` table with ``vision_encoder`` gets a ``VisionEncoder`` (rkllmd.runtime.rknn) after
 ``rkllm_init`` (the vendor demo's order) and loses it at close. A run whose request carries images
 encodes each (decode, preprocessing and the encoder: timed and logged), puts one ``<image>`` per
-image in the last user turn (where the user wrote them, else in front of the text), and sends
+image in its own turn (where the user wrote them, else in front of the text: rkllmd.vision.history;
+the earlier turns are rendered into the prompt text by prompt.py, placeholders and all), and sends
 ``RKLLM_INPUT_MULTIMODAL`` (rkllmd.runtime.rkllm.multimodal). Images on a model without an
-encoder are ``ImagesUnsupported``; images on an earlier turn, or more than ``max_images``, a
-``RequestError``. Pillow and the RKNN binding are imported only when an encoder is configured.
+encoder are ``ImagesUnsupported``; more than ``max_images`` (admission already left the oldest
+earlier ones out) a ``RequestError``. Pillow and the RKNN binding are imported only when an
+encoder is configured.
 
 Inference thread (or the worker process); settings are read as attributes (a Table in the worker).
 """
@@ -21,7 +23,8 @@ from rkllmd import logface
 from rkllmd.errors import ImagesUnsupported, ModelLoadError, RequestError
 from rkllmd.generation import GenerateInput
 from rkllmd.runtime.base import Perf
-from rkllmd.runtime.rkllm.multimodal import ImageTags, MultimodalInput, multimodal_input, place_images
+from rkllmd.runtime.rkllm.multimodal import ImageTags, MultimodalInput, multimodal_input
+from rkllmd.vision import history
 from rkllmd.vision.families import family
 
 if TYPE_CHECKING:
@@ -92,44 +95,60 @@ class ModelVision:
         if encoder is not None:
             encoder.close()
 
+    def sent(self, inp: GenerateInput) -> GenerateInput:
+        """``inp`` with the images a run sends, one ``<image>`` per image in each turn's text.
+
+        With ``keep_history`` the runtime remembers the earlier turns (their images included)
+        and only the last turn is sent (prompt.py), so only the current turn's images go."""
+        current = history.current_turn([m.role for m in inp.messages])
+        msgs = []
+        for i, m in enumerate(inp.messages):
+            if m.images and self.cfg.keep_history and i != current:
+                m = dataclasses.replace(m, images=())
+            elif m.images:
+                content = history.place(m.content, [True] * len(m.images), strict=i == current)
+                m = dataclasses.replace(m, content=content)
+            msgs.append(m)
+        return dataclasses.replace(inp, messages=tuple(msgs))
+
     def timed(self, perf: Perf, inp: GenerateInput) -> Perf:
         """``perf`` with the run's images and their timings (unchanged without images)."""
-        if not inp.images or not self.last_timings:
+        n = len(self.sent(inp).images) if inp.images else 0
+        if not n or not self.last_timings:
             return perf
         t = self.last_timings
         return dataclasses.replace(
             perf,
-            images=len(inp.images),
+            images=n,
             image_decode_ms=t["image_decode_ms"],
             image_encode_ms=t["image_encode_ms"],
         )
 
     def extra_tokens(self, inp: GenerateInput) -> int:
         """The image tokens a run adds to its prompt (for the context-length check)."""
-        return len(inp.images) * self.encoder.n_image_tokens if self.encoder is not None and inp.images else 0
+        if self.encoder is None or not inp.images:
+            return 0
+        return len(self.sent(inp).images) * self.encoder.n_image_tokens
 
     def run_input(
         self, spec: AbiSpec, inp: GenerateInput, prompt_text: Callable[[GenerateInput], str], role: str
-    ) -> MultimodalInput:
-        """The RKLLMInput of a run with ``inp.images``; errors as the module says."""
-        images = inp.images
+    ) -> MultimodalInput | None:
+        """The RKLLMInput of a run with ``inp.images`` (None when none of them is sent: an earlier
+        turn's, with keep_history); errors as the module says."""
         if self.encoder is None:
             raise ImagesUnsupported(
                 f"model {self.name!r} does not take images: it has no vision_encoder (docs/VISION.md)",
                 model=self.name,
             )
-        last = max((i for i, m in enumerate(inp.messages) if m.role == "user"), default=-1)
-        if last < 0 or len(inp.messages[last].images) != len(images):
-            raise RequestError("images are taken on the last user message only")
+        inp = self.sent(inp)
+        images = inp.images
+        if not images:
+            return None
         if len(images) > self.cfg.max_images:
             raise RequestError(
                 f"{len(images)} images, model {self.name!r} takes at most {self.cfg.max_images}"
             )
-        msg = inp.messages[last]
-        placed = dataclasses.replace(msg, content=place_images(msg.content, len(images)))
-        text = prompt_text(
-            dataclasses.replace(inp, messages=(*inp.messages[:last], placed, *inp.messages[last + 1 :]))
-        )
+        text = prompt_text(inp)
         self.last_timings = {}
         embeddings = [self.encoder.encode(img) for img in images]
         log.info(
