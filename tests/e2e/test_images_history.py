@@ -60,7 +60,8 @@ def test_openai_follow_up_question_about_an_earlier_image(served: Served) -> Non
     answer = openai(served, history)
     [seen] = words(answer)
     assert figures(seen) == alone(served, RED)  # the earlier turn's image reached the model
-    assert answer.index("USER:") < answer.index(seen) < answer.index("ASSISTANT: A RED SQUARE")  # its turn
+    # in its turn, after the text as the client wrote it
+    assert answer.index("WHAT IS THIS?") < answer.index(seen) < answer.index("ASSISTANT: A RED SQUARE")
     assert answer.rstrip().endswith("AND WHAT COLOUR IS IT?")
 
 
@@ -88,8 +89,16 @@ def test_history_over_max_images_keeps_the_newest(served: Served) -> None:
     answer = openai(served, history)
     blue, red = words(answer)
     assert figures(blue) == alone(served, BLUE) and figures(red) == alone(served, RED)
-    first = answer.index("FIRST")
-    assert answer.index("[AN IMAGE SHOWN EARLIER]") < first < answer.index(blue) < answer.index("SECOND")
+    assert answer.split()[3:] == [
+        "USER:",
+        "FIRST",
+        "[AN",
+        "IMAGE",
+        "SHOWN",
+        "EARLIER]",
+        "ASSISTANT:",
+        "ONE",
+    ] + ["USER:", "SECOND", blue, "ASSISTANT:", "TWO", "COMPARE", "THEM", red]
     served.proc.wait_log("earlier_images_left_out")
 
 
@@ -122,3 +131,19 @@ def test_mqtt_messages_history_with_images(served: Served, mqtt_probe: Probe) ->
     assert figures(seen) == alone(served, RED)
     text = reply["data"]["text"]
     assert text.index("LOOK") < text.index(seen) < text.index("HERE")  # where the sender put it
+
+
+def test_openai_text_and_image_parts_keep_the_clients_order(served: Served) -> None:
+    content = [
+        {"type": "text", "text": "left"},
+        data_uri(RED),
+        {"type": "text", "text": "right"},
+        data_uri(BLUE),
+        {"type": "text", "text": "which is darker?"},
+    ]
+    answer = openai(served, [{"role": "user", "content": content}])
+    red, blue = words(answer)
+    assert answer.split() == ["LEFT", red, "RIGHT", blue, "WHICH", "IS", "DARKER?"]
+    assert figures(red) == alone(served, RED) and figures(blue) == alone(served, BLUE)
+    # an image alone, with no text part, is a question too
+    assert words(openai(served, [{"role": "user", "content": [data_uri(RED)]}]))

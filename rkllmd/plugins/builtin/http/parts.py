@@ -1,8 +1,10 @@
 """OpenAI's message content parts: text, and images as ``image_url`` data URIs.
 
 Pure functions (the plugin's server thread). An image part's ``url`` is passed on to rkllmd as it
-is, on the message's ``images``: admission decodes and bounds it like any image (docs/VISION.md),
-and a refusal comes back as ``bad_image`` / ``image_too_large`` in OpenAI's error shape.
+is, on the message's ``images``, and an ``<image>`` placeholder takes its place in the text, so the
+model sees it where the client put it; admission decodes and bounds it like any image
+(docs/VISION.md), and a refusal comes back as ``bad_image`` / ``image_too_large`` in OpenAI's
+error shape.
 
 A remote ``http(s)://`` URL is refused here, not fetched: a daemon on the home network that
 fetches any URL a client names can be made to reach hosts the client cannot (the router's admin
@@ -17,22 +19,29 @@ from typing import Any
 
 from rkllmd.plugins.builtin._httpconfig import HttpError
 
+PLACEHOLDER = "<image>"  # where an image goes in a turn's text: part of the request (docs/PROTOCOL.md)
 _IMAGE_TYPES = ("image_url", "input_image")  # input_image: the Responses API's name, same url
 
 
 def content(parts: list[Any], where: str, error: Callable[..., HttpError]) -> tuple[str, list[str]]:
-    """The text parts joined by newlines, and each image part's data URI, in order.
+    """The message's text and each image part's data URI, in order.
 
+    The text keeps the order the client wrote: an ``<image>`` placeholder where each image part
+    was (text, image, text: the image between the two texts), the parts joined by newlines. A
+    client that wrote ``<image>`` in its text itself keeps its own placement.
     ``error(status, message, param=, code=)`` builds the interface's error (wire.ApiError)."""
     texts: list[str] = []
     images: list[str] = []
+    pieces: list[str] = []
     for j, part in enumerate(parts):
         at = f"{where}[{j}]"
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text" and isinstance(part.get("text"), str):
             texts.append(part["text"])
+            pieces.append(part["text"])
         elif kind in _IMAGE_TYPES:
             images.append(_url(part, at, error))
+            pieces.append(PLACEHOLDER)
         else:
             raise error(
                 400,
@@ -40,7 +49,9 @@ def content(parts: list[Any], where: str, error: Callable[..., HttpError]) -> tu
                 param=at,
                 code="invalid_value",
             )
-    return "\n".join(texts), images
+    if any(PLACEHOLDER in t for t in texts):
+        return "\n".join(texts), images
+    return "\n".join(pieces), images
 
 
 def _url(part: dict[str, Any], at: str, error: Callable[..., HttpError]) -> str:
