@@ -89,16 +89,9 @@ def test_history_over_max_images_keeps_the_newest(served: Served) -> None:
     answer = openai(served, history)
     blue, red = words(answer)
     assert figures(blue) == alone(served, BLUE) and figures(red) == alone(served, RED)
-    assert answer.split()[3:] == [
-        "USER:",
-        "FIRST",
-        "[AN",
-        "IMAGE",
-        "SHOWN",
-        "EARLIER]",
-        "ASSISTANT:",
-        "ONE",
-    ] + ["USER:", "SECOND", blue, "ASSISTANT:", "TWO", "COMPARE", "THEM", red]
+    marker = ["[AN", "IMAGE", "SHOWN", "EARLIER]"]
+    expected = ["USER:", "FIRST", *marker, "ASSISTANT:", "ONE", "USER:", "SECOND", blue, "ASSISTANT:", "TWO"]
+    assert answer.split()[3:] == [*expected, "COMPARE", "THEM", red]
     served.proc.wait_log("earlier_images_left_out")
 
 
