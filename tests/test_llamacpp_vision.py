@@ -125,6 +125,8 @@ def test_a_follow_up_question_sees_the_earlier_turns_image(rt: LlamaCppRuntime) 
     blue, _ = follow_up(BLUE)
     assert red and blue and red != blue  # the earlier turn's pixels reached the model
     assert perf.images == 1 and perf.image_encode_ms > 0  # type: ignore[attr-defined]
+    cut, cut_perf = follow_up(RED[: len(RED) // 2])  # cannot be decoded: left out, not refused
+    assert cut and cut_perf.images == 0  # type: ignore[attr-defined]
 
 
 def test_config_and_load_problems(tmp_path: Path) -> None:

@@ -17,9 +17,14 @@ admission imports it); the caller's thread.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from rkllmd.errors import RequestError
+from rkllmd.errors import BadImage, RequestError
+from rkllmd.generation import ChatMessage
+
+T = TypeVar("T")
 
 PLACEHOLDER = "<image>"
 EARLIER = "[an image shown earlier]"
@@ -71,3 +76,32 @@ def place(text: str, kept: Sequence[bool], *, strict: bool) -> str:
         text = text.replace(PLACEHOLDER, "")
     front = "".join(PLACEHOLDER if keep else EARLIER + " " for keep in kept)
     return front + text
+
+
+def take_each(
+    messages: Sequence[ChatMessage], take: Callable[[bytes], T]
+) -> tuple[tuple[ChatMessage, ...], list[T], int]:
+    """Each image of ``messages`` (already placed: one ``<image>`` per image) through ``take`` (a
+    runtime's decoding), in order: the messages without the earlier turns' images ``take``
+    refused (BadImage: a cut file, too many pixels), their placeholders now the marker; what
+    ``take`` returned; how many were left out. The current turn's refusal is raised."""
+    current = current_turn([m.role for m in messages])
+    out: list[ChatMessage] = []
+    taken: list[T] = []
+    left_out = 0
+    for i, m in enumerate(messages):
+        flags: list[bool] = []
+        for data in m.images:
+            try:
+                taken.append(take(data))
+                flags.append(True)
+            except BadImage:
+                if i == current:
+                    raise
+                flags.append(False)
+        if not all(flags):
+            left_out += flags.count(False)
+            kept = tuple(img for img, ok in zip(m.images, flags, strict=True) if ok)
+            m = dataclasses.replace(m, content=place(m.content, flags, strict=False), images=kept)
+        out.append(m)
+    return tuple(out), taken, left_out

@@ -31,7 +31,6 @@ from rkllmd.runtime.llamacpp.grammar import grammar_for, llama_class
 from rkllmd.runtime.llamacpp.sampling import SAMPLING
 from rkllmd.runtime.llamacpp.vectors import LlamaVectors, context_options
 from rkllmd.runtime.llamacpp.vision import LlamaVision, Prefilled
-from rkllmd.vision import history
 
 if TYPE_CHECKING:  # in a worker process ``cfg`` is a Table of the same names (rkllmd.runtime.base)
     from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
@@ -302,16 +301,9 @@ class LlamaCppRuntime(LlamaVectors, Runtime):
                 f"model {self.name!r} does not take images: it has no mmproj (docs/VISION.md)",
                 model=self.name,
             )
-        vision.check_count(len(inp.images))  # admission already left the oldest earlier ones out
-        current = history.current_turn([m.role for m in inp.messages])
-        placed = tuple(
-            dataclasses.replace(m, content=vision.place(m.content, len(m.images), strict=i == current))
-            if m.images
-            else m
-            for i, m in enumerate(inp.messages)
-        )
-        text = self.render(dataclasses.replace(inp, messages=placed))
-        return vision.prefill(self._require(), text, inp.images)
+        messages, pictures, decode_ms = vision.prepare(inp.messages)  # each image in its own turn
+        text = self.render(dataclasses.replace(inp, messages=messages))
+        return vision.prefill(self._require(), text, pictures, decode_ms)
 
     def _abort_requested(self, _data: Any) -> bool:
         # Called by llama.cpp from inside llama_decode (its compute threads) between graph nodes.

@@ -21,14 +21,17 @@ Inference thread (or the worker process), like the runtime.
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import importlib
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rkllmd import logface
 from rkllmd.errors import ContextExceeded, ModelLoadError, RequestError
+from rkllmd.generation import ChatMessage
 from rkllmd.runtime.llamacpp._lib import route_mtmd_logs
 from rkllmd.vision import history
 
@@ -93,24 +96,53 @@ class LlamaVision:
         placed = history.place(text, [True] * n_images, strict=strict)
         return placed.replace(history.PLACEHOLDER, self.marker)
 
-    def prefill(self, llm: Any, prompt: str, images: tuple[bytes, ...]) -> Prefilled:
-        """Evaluate ``prompt`` (with its markers) and ``images`` into ``llm``'s context from position 0."""
+    def prepare(self, messages: Sequence[ChatMessage]) -> tuple[tuple[ChatMessage, ...], list[Any], float]:
+        """Every turn's images decoded with rkllmd's bounds (an earlier turn's that cannot be is
+        left out, the text marker in its place: rkllmd.vision.history), one media marker per
+        image in its turn; the RGB images and the decoding's milliseconds."""
         from rkllmd.vision.images import decode, orient, to_rgb
 
+        self.check_count(sum(len(m.images) for m in messages))
+        current = history.current_turn([m.role for m in messages])
+        placed = [
+            dataclasses.replace(
+                m, content=history.place(m.content, [True] * len(m.images), strict=i == current)
+            )
+            if m.images
+            else m
+            for i, m in enumerate(messages)
+        ]
+        t0 = time.perf_counter()
+        taken, pictures, left_out = history.take_each(
+            placed, lambda data: to_rgb(orient(decode(data)), (0, 0, 0))
+        )
+        decode_ms = (time.perf_counter() - t0) * 1000
+        if left_out:  # an earlier turn's image that admission let through but cannot be decoded
+            log.warning("llamacpp_earlier_images_left_out", model=self.name, count=left_out)
+        marked = tuple(
+            dataclasses.replace(m, content=m.content.replace(history.PLACEHOLDER, self.marker))
+            if m.images
+            else m
+            for m in taken
+        )
+        return marked, pictures, decode_ms
+
+    def prefill(self, llm: Any, prompt: str, images: Sequence[Any], decode_ms: float) -> Prefilled:
+        """Evaluate ``prompt`` (with its markers) and ``images`` (RGB, from ``prepare``) into
+        ``llm``'s context from position 0."""
         mtmd = self.mtmd
-        out = Prefilled(ids=[])
+        out = Prefilled(ids=[], decode_ms=decode_ms)
         t0 = time.perf_counter()
         bitmaps = []
         try:
-            for data in images:
-                img = to_rgb(orient(decode(data)), (0, 0, 0))
+            for img in images:
                 raw = img.tobytes()
                 buf = (ctypes.c_uint8 * len(raw)).from_buffer_copy(raw)
                 bitmap = mtmd.mtmd_bitmap_init(img.width, img.height, buf)
                 if bitmap is None:
                     raise RequestError("llama.cpp could not take the image's pixels")
                 bitmaps.append(bitmap)
-            out.decode_ms = (time.perf_counter() - t0) * 1000
+            out.decode_ms += (time.perf_counter() - t0) * 1000
             chunks = mtmd.mtmd_input_chunks_init()
             try:
                 self._tokenize(chunks, prompt, bitmaps)

@@ -182,6 +182,12 @@ class RkllmRuntime(VectorModes, Runtime):
         if self.cfg.max_new_tokens:
             limit = min(limit, self.cfg.max_new_tokens)
         last_role = input_role(self.cfg, inp, self._native_tools)  # "tool" only for JSON results alone
+        # A run with images is RKLLM_INPUT_MULTIMODAL; ``images`` keeps its buffers to the end
+        # (None when no image goes: an earlier turn's the runtime keeps itself with keep_history,
+        # or none that decodes; ``inp`` then has the text marker where such an image was).
+        images, inp = (
+            self.vision.run_input(spec, inp, self.prompt_text, last_role) if inp.images else (None, inp)
+        )
         prompt = self.prompt_text(inp).encode()
         rin = spec.Input()
         if spec.has_role:  # enable_thinking: ignored under a template of ours (prompt.py then)
@@ -190,9 +196,6 @@ class RkllmRuntime(VectorModes, Runtime):
             log.warning("rkllm_cannot_switch_thinking", model=self.name)
         rin.input_type = c.RKLLM_INPUT_PROMPT
         rin.prompt_input = prompt
-        # A run with images is RKLLM_INPUT_MULTIMODAL; ``images`` keeps its buffers to the end
-        # (None when the only images are earlier turns' the runtime keeps itself: keep_history).
-        images = self.vision.run_input(spec, inp, self.prompt_text, last_role) if inp.images else None
         rin = images.struct if images is not None else rin
         infer = spec.InferParam()
         infer.mode = c.RKLLM_INFER_GENERATE

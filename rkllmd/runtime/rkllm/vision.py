@@ -132,29 +132,31 @@ class ModelVision:
 
     def run_input(
         self, spec: AbiSpec, inp: GenerateInput, prompt_text: Callable[[GenerateInput], str], role: str
-    ) -> MultimodalInput | None:
-        """The RKLLMInput of a run with ``inp.images`` (None when none of them is sent: an earlier
-        turn's, with keep_history); errors as the module says."""
+    ) -> tuple[MultimodalInput | None, GenerateInput]:
+        """The RKLLMInput of a run with ``inp.images``, and the input as sent (earlier turns' images
+        that cannot be decoded now the text marker). None when no image is sent: an earlier turn's
+        with keep_history, or none that can be decoded. Errors as the module says."""
         if self.encoder is None:
             raise ImagesUnsupported(
                 f"model {self.name!r} does not take images: it has no vision_encoder (docs/VISION.md)",
                 model=self.name,
             )
         inp = self.sent(inp)
-        images = inp.images
-        if not images:
-            return None
-        if len(images) > self.cfg.max_images:
+        if len(inp.images) > self.cfg.max_images:
             raise RequestError(
-                f"{len(images)} images, model {self.name!r} takes at most {self.cfg.max_images}"
+                f"{len(inp.images)} images, model {self.name!r} takes at most {self.cfg.max_images}"
             )
-        text = prompt_text(inp)
         self.last_timings = {}
-        embeddings = [self.encoder.encode(img) for img in images]
+        messages, embeddings, left_out = history.take_each(inp.messages, self.encoder.encode)
+        if left_out:  # an earlier turn's image that admission let through but cannot be decoded
+            log.warning("rkllm_earlier_images_left_out", model=self.name, count=left_out)
+            inp = dataclasses.replace(inp, messages=messages)
+        if not embeddings:
+            return None, inp
         log.info(
             "rkllm_images_encoded",
             model=self.name,
-            images=len(images),
+            images=len(embeddings),
             tokens=sum(e.n_tokens for e in embeddings),
             decode_ms=round(sum(e.decode_ms for e in embeddings), 1),
             encode_ms=round(sum(e.encode_ms for e in embeddings), 1),
@@ -163,4 +165,4 @@ class ModelVision:
             "image_decode_ms": sum(e.decode_ms for e in embeddings),
             "image_encode_ms": sum(e.encode_ms for e in embeddings),
         }
-        return multimodal_input(spec, text, embeddings, self.tags, role=role)
+        return multimodal_input(spec, prompt_text(inp), embeddings, self.tags, role=role), inp
