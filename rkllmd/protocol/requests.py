@@ -24,7 +24,6 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from rkllmd.errors import BadImage
 from rkllmd.generation import (
     SAMPLING_OPTIONS,
     ChatMessage,
@@ -35,11 +34,11 @@ from rkllmd.generation import (
     Thinking,
     ToolCall,
 )
+from rkllmd.protocol import imagein
 from rkllmd.protocol.address import ID_RE, check_publish_topic
 from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, as_number, loads
 from rkllmd.toolcalls import check_schema, new_call_id
 from rkllmd.vision import history
-from rkllmd.vision.limits import DEFAULT_LIMITS, ImageLimits, sniff_format
 
 
 class Req(BaseModel):
@@ -308,35 +307,12 @@ class GenerateRequest(_WithOptions):
 
         if self.messages is None:
             assert self.prompt is not None
-            imgs = _images(self.images, "images", image_folder, max_image_bytes)
+            imgs = imagein.read(self.images, "images", image_folder, max_image_bytes)
             content = history.place(self.prompt, [True] * len(imgs), strict=True) if imgs else self.prompt
             msgs.append(ChatMessage("user", content, images=imgs))
         else:
-            current = history.current_turn([m.role for m in self.messages])
-            counts = [len(m.images or ()) for m in self.messages]
-            kept = history.keep_newest(counts, current, max_images)
-            for i, m in enumerate(self.messages):
-                where = f"messages[{i}].images"
-                taken: list[bytes] = []
-                flags: list[bool] = []
-                for j, item in enumerate(m.images or ()):
-                    data = None
-                    if (i, j) not in kept:
-                        _note(dropped, f"{where}[{j}]: over max_images {max_images}, older than the rest")
-                    elif i == current:
-                        data = _images([item], where, image_folder, max_image_bytes, first=j)[0]
-                    else:
-                        try:
-                            data = _images([item], where, image_folder, max_image_bytes, first=j)[0]
-                        except BadImage as exc:  # an earlier turn's: dropped, not the whole request
-                            _note(dropped, exc.message)
-                    if data is not None:
-                        taken.append(data)
-                    flags.append(data is not None)
-                content = m.content or ""
-                if flags:
-                    content = history.place(content, flags, strict=i == current)
-                msgs.append(_chat_message(m, content, tuple(taken)))
+            placed = imagein.conversation(self.messages, image_folder, max_image_bytes, max_images, dropped)
+            msgs.extend(_chat_message(m, *p) for m, p in zip(self.messages, placed, strict=True))
         return GenerateInput(
             messages=tuple(msgs),
             max_tokens=max_tokens,
@@ -355,41 +331,12 @@ class GenerateRequest(_WithOptions):
         return value
 
 
-def _note(dropped: list[str] | None, why: str) -> None:
-    if dropped is not None:
-        dropped.append(why)
-
-
 def _chat_message(m: MessageIn, content: str, images: tuple[bytes, ...]) -> ChatMessage:
     calls = tuple(
         ToolCall(c.id or new_call_id(), c.function.name, dict(c.function.arguments))  # type: ignore[arg-type]
         for c in m.tool_calls or ()
     )
     return ChatMessage(m.role, content, calls, m.tool_call_id, m.name, images)
-
-
-def _images(
-    items: list[ImageIn] | None, where: str, folder: Path | None, max_bytes: int | None, *, first: int = 0
-) -> tuple[bytes, ...]:
-    """Each image's bytes: base64 decoded, or read from ``folder`` (rkllmd.vision.sources)."""
-    if not items:
-        return ()
-    from rkllmd.vision import sources  # no Pillow: the bytes only; the runtime decodes the pixels
-
-    limits = ImageLimits(max_bytes=max_bytes) if max_bytes else DEFAULT_LIMITS
-    out = []
-    for i, item in enumerate(items, start=first):
-        try:
-            if isinstance(item, ImagePathIn):
-                out.append(sources.from_file(item.path, folder, limits))
-            elif item.startswith("data:"):  # OpenAI's image_url, passed on by the http plugin
-                out.append(sources.from_data_uri(item, limits))
-            else:
-                out.append(sources.from_base64(item, limits))
-            sniff_format(out[-1])  # JPEG, PNG or WebP by its magic bytes, before it is queued
-        except BadImage as exc:
-            raise type(exc)(f"{where}[{i}]: {exc.message}", **exc.data) from None
-    return tuple(out)
 
 
 class EmptyPromptValue(ValueError):
