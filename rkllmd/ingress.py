@@ -298,9 +298,10 @@ class Ingress:
 
     def _duplicate(self, ex: Exchange, msg: Incoming) -> bool:
         """A message the broker sent again (DUP) whose request was answered lately or is here now:
-        it must not run twice (docs/FLEET.md, "The exact semantics")."""
+        it must not run twice (docs/FLEET.md, "The exact semantics"). Every queued command is
+        journaled by its id (a generation, an embedding, a load...); one answered at once is not."""
         command = COMMANDS.get(ex.command)
-        if command is None or not command.generates or ex.id is None:
+        if command is None or not command.queued or ex.id is None:
             return False
         seen = self.journal.seen_again(ex.id, msg.receipt)
         if seen == "answered":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from rkllmd.errors import NotFound
 from rkllmd.exchange import Final
 from rkllmd.ingress import Ingress
@@ -147,3 +149,41 @@ def test_recovery_serves_what_comes_again_and_answers_the_rest_interrupted() -> 
     assert [j.id for j, _ in loop.queued] == ["r1"]
     assert [(f.request.id, f.code) for f in finals] == [("r2", "interrupted")]
     assert finals[0].request.run.journal_key == "k2"
+
+
+VECTORS = Settings.model_validate(
+    {
+        "default_model": "chat",
+        "models": {
+            "chat": {"runtime": "rkllm", "path": "/nonexistent/c.rkllm"},
+            "emb": {"runtime": "rkllm", "path": "/nonexistent/e.rkllm", "kind": "embedding"},
+            "rr": {"runtime": "rkllm", "path": "/nonexistent/r.rkllm", "kind": "rerank"},
+        },
+    }
+)
+
+
+@pytest.mark.parametrize(
+    ("command", "body"),
+    [("embed", {"input": ["a", "b"]}), ("rerank", {"query": "q", "documents": ["a", "b"]})],
+)
+def test_a_redelivered_embed_or_rerank_is_recognised_like_a_generation(
+    command: str, body: dict[str, Any]
+) -> None:
+    """Not only a generation: a DUP of an embed or rerank taken and then answered is not run twice."""
+    journal = Journal(None)
+    loop, out, acks = Loop(), Out(), []
+    ing = Ingress(VECTORS, TOPICS, Plugins(), loop, out, ack=acks.append, journal=journal)  # type: ignore[arg-type]
+
+    def msg(mid: int, dup: bool) -> Incoming:
+        payload = json.dumps({"id": "v1", **body}).encode()
+        receipt = Receipt(1, mid, 1, dup)
+        return Incoming(f"B/request/{command}", payload, "c/r", b"k", receipt=receipt, dup=dup)
+
+    ing.handle(msg(5, False))
+    ((job, _),) = loop.queued
+    ing.handle(msg(5, True))  # while it is queued: the original's answer covers it
+    assert len(loop.queued) == 1 and out.events == [] and acks == []
+    journal.answered(job.run.journal_key, "v1")  # its reply delivered
+    ing.handle(msg(6, True))  # after the answer: acknowledged, not run
+    assert len(loop.queued) == 1 and out.events == [] and acks == [Receipt(1, 6, 1, True)]
