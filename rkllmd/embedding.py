@@ -44,6 +44,9 @@ class VectorInput:
     documents: tuple[str, ...] | None = None  # rerank: returned with the results when asked
     top_n: int | None = None  # rerank
     max_tokens: int = 16384  # the job's bound on all its tokens (limits.max_embed_tokens)
+    truncate: bool = False  # embed: cut a text longer than the context to fit, rather than refuse
+    inputs: tuple[str, ...] = ()  # embed with truncate: the texts as given, before the template
+    template: str = "{text}"  # embed with truncate: the model's input_template
 
 
 @dataclass
@@ -95,6 +98,25 @@ def yes_no_score(logit_yes: float, logit_no: float) -> float:
         return 1.0 / (1.0 + math.exp(-d))
     e = math.exp(d)
     return e / (1.0 + e)
+
+
+def cut_to_fit(text: str, template: str, count: Callable[[str], int | None], limit: int) -> str | None:
+    """The longest start of ``text`` that, put in ``template``, is at most ``limit`` tokens by the
+    model's tokenizer ``count`` (Ollama's ``truncate``: the end of an input is cut off); None when
+    the tokenizer cannot count. A binary search over characters, so about log2(len(text))
+    tokenizations; the cut lands where a token-exact cut would, give or take the last token's
+    characters, and never past ``limit``. An empty start when the template alone is too long."""
+    lo, hi = 0, len(text)  # the longest start that fits is in [lo, hi]
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        n = count(template.replace("{text}", text[:mid]))
+        if n is None:
+            return None
+        if n <= limit:
+            lo = mid
+        else:
+            hi = mid - 1
+    return text[:lo]
 
 
 def embed_text(template: str, text: str) -> str:

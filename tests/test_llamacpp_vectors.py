@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rkllmd.embedding import PROGRESS_MARK, rerank_text
+from rkllmd.embedding import PROGRESS_MARK, cut_to_fit, rerank_text
 from rkllmd.errors import ContextExceeded, RuntimeFailure
 from rkllmd.runtime.llamacpp import embedded_model_path
 from rkllmd.runtime.llamacpp import runtime as llamacpp
@@ -109,3 +109,24 @@ def test_rerank_scores_are_probabilities_and_follow_the_yes_no_logits() -> None:
         assert res.prompt_tokens is not None and res.prompt_tokens > 3 * 50
     finally:
         rt.close()
+
+
+def test_cut_to_fit_keeps_the_longest_start_within_the_limit_by_the_models_tokens(
+    embedder: LlamaCppRuntime,
+) -> None:
+    """Ollama's truncate with SmolLM2's BPE tokenizer: the start kept is within the limit in the
+    template, one character more is not, and a text that fits comes back whole."""
+    text = "Embeddings turn text into vectors; similar meanings land close together. " * 20
+    template = "query: {text}"
+
+    def count(s: str) -> int:
+        n = embedder.count_tokens(s)
+        assert n is not None
+        return n
+
+    assert count(template.replace("{text}", text)) > 100
+    cut = cut_to_fit(text, template, count, 100)
+    assert cut is not None and text.startswith(cut) and 90 < count(template.replace("{text}", cut)) <= 100
+    assert count(template.replace("{text}", text[: len(cut) + 1])) > 100
+    assert cut_to_fit("short text", template, count, 100) == "short text"
+    assert cut_to_fit(text, template, lambda _s: None, 100) is None  # a runtime that cannot count

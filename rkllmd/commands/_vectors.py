@@ -4,7 +4,8 @@ bounds on a job's size, and the run under the loop's rules.
 A job's size is bounded twice, so that a long batch cannot hold the one queue for long while a
 voice request waits behind it: at admission (ingress thread) by how many texts it holds
 (``limits.max_embed_inputs``), before the run (inference thread, with the model's tokenizer) by
-each text's tokens against the context and all of them against ``limits.max_embed_tokens``. The
+each text's tokens against the context (or, an embed with ``truncate``, each cut to fit it) and
+all of them against ``limits.max_embed_tokens``. The
 run itself is watched like a generation: each text done is progress (the first-token, stall and
 total deadlines of the watchdog), cancel and the watchdog abort it between texts, and a runtime
 crash follows the loop's crash rules.
@@ -14,10 +15,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
+import structlog
+
 from rkllmd.commands._base import Engine
-from rkllmd.embedding import EmbedResult, Progress, RerankResult
+from rkllmd.embedding import EmbedResult, Progress, RerankResult, VectorInput, cut_to_fit, embed_text
 from rkllmd.errors import (
     ContextExceeded,
     EmptyInput,
@@ -32,6 +36,7 @@ from rkllmd.runtime.base import GenerateResult, Perf, Runtime
 from rkllmd.settings import Settings
 
 R = TypeVar("R", EmbedResult, RerankResult)
+log = structlog.get_logger("rkllmd.commands")
 
 
 def model_for(settings: Settings, asked: str | None, kind: str) -> str:
@@ -92,6 +97,27 @@ def sized(rt: Runtime, texts: Sequence[str], model: str | None, noun: str, max_t
     return total
 
 
+def fitted(rt: Runtime, v: VectorInput, model: str | None) -> VectorInput:
+    """``v`` with each text longer than the context cut at its end to fit (inference thread, before
+    the run); as it is when the runtime cannot count tokens (``sized`` lets the runtime refuse)."""
+    ctx, texts = rt.context_length, list(v.texts)
+    if ctx is None:
+        return v
+    for i, raw in enumerate(v.inputs):
+        n = rt.count_tokens(texts[i])
+        if n is None:
+            return v
+        if n < ctx:
+            continue
+        cut = cut_to_fit(raw, v.template, rt.count_tokens, ctx - 1)
+        if cut is None:
+            return v
+        texts[i] = embed_text(v.template, cut)
+        log.info("input truncated to fit the context", model=model, index=i, tokens=n,
+                 context_length=ctx, chars_kept=len(cut), chars=len(raw))  # fmt: skip
+    return replace(v, texts=tuple(texts))
+
+
 def run_job(
     job: Exchange, loop: Engine, noun: str, call: Callable[[Runtime, Progress], R]
 ) -> tuple[R, int | None, dict[str, Any]] | Final:
@@ -100,6 +126,8 @@ def run_job(
     assert job.vectors is not None
     rt = loop.load(job.model or loop.default_model)
     job.model = loop.loaded_model
+    if job.vectors.truncate:
+        job.vectors = fitted(rt, job.vectors, job.model)
     counted = sized(rt, job.vectors.texts, job.model, noun, job.vectors.max_tokens)
     if job.run.abort_reason is not None:  # cancelled between dequeue and start
         return Final(job, "ok", {"model": job.model, "finish_reason": "cancelled"})

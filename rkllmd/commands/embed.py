@@ -1,7 +1,8 @@
 """``embed``: texts in, one L2-normalised vector each out (docs/EMBEDDINGS.md, docs/PROTOCOL.md).
 
 Admission (ingress thread) picks a model whose ``kind`` is "embedding", bounds the number of
-texts and puts each in the model's ``input_template``; the job (inference thread) checks the
+texts and puts each in the model's ``input_template``; the job (inference thread) cuts a text
+longer than the context to fit when the request says ``truncate`` (Ollama's default), checks the
 tokens, runs ``Runtime.embed`` as a watched, cancellable job on the one queue (commands/_vectors.py)
 and cuts the vectors to ``dimensions`` where the model is a Matryoshka one.
 """
@@ -10,10 +11,11 @@ from __future__ import annotations
 
 from rkllmd.commands._base import CommandSpec, Engine
 from rkllmd.commands._vectors import bounded, model_for, run_job
-from rkllmd.embedding import VectorInput, embed_text, truncated
+from rkllmd.embedding import EmbedResult, Progress, VectorInput, embed_text, truncated
 from rkllmd.errors import EmptyInput, RequestError
 from rkllmd.exchange import Exchange, Final
 from rkllmd.protocol import EmbedRequest, Req, embedding_data
+from rkllmd.runtime.base import Runtime
 from rkllmd.settings import Settings
 
 
@@ -36,14 +38,21 @@ def admit(req: Req, ex: Exchange, settings: Settings) -> None:
         dimensions=req.dimensions,
         encoding=req.encoding,
         max_tokens=settings.limits.max_embed_tokens,
+        truncate=req.truncate,
+        inputs=tuple(texts) if req.truncate else (),
+        template=cfg.input_template,
     )
 
 
 def run(job: Exchange, loop: Engine) -> Final:
     """Embed the texts, in one job (inference thread)."""
     assert job.vectors is not None
-    texts = job.vectors.texts
-    done = run_job(job, loop, "input", lambda rt, progress: rt.embed(texts, progress))
+
+    def call(rt: Runtime, progress: Progress) -> EmbedResult:
+        assert job.vectors is not None  # the texts as run_job fitted them (truncate)
+        return rt.embed(job.vectors.texts, progress)
+
+    done = run_job(job, loop, "input", call)
     if isinstance(done, Final):
         return done
     res, tokens, timings = done

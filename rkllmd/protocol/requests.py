@@ -381,6 +381,7 @@ class EmbedRequest(Req):
     input: Any = None
     dimensions: int | None = Field(None, ge=1)
     encoding: Literal["float", "base64"] = "float"
+    truncate: bool = False  # cut a text longer than the context to fit (Ollama's default), else refuse
 
     @field_validator("input")
     @classmethod

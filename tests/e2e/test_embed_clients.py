@@ -160,7 +160,7 @@ def test_ollama_client_embed_and_the_older_embeddings(double: Served) -> None:
     [
         ({"model": "emb", "input": []}, 400, "input is empty"),
         ({"model": "chat", "input": "x"}, 400, "not embedding"),
-        ({"model": "short", "input": ["a", "a " * 40]}, 400, "input 1 is 40 tokens"),
+        ({"model": "short", "input": ["a", "a " * 40], "truncate": False}, 400, "input 1 is 40 tokens"),
     ],
 )
 def test_ollama_client_bad_input_is_a_clear_error(
@@ -168,6 +168,23 @@ def test_ollama_client_bad_input_is_a_clear_error(
 ) -> None:
     out = call(OLLAMA, double.ollama, kwargs)
     assert out["error"]["status"] == status and needle in out["error"]["message"], out
+
+
+def test_ollama_client_truncates_by_default_as_ollama_does(double: Served) -> None:
+    """Ollama's /api/embed cuts an input longer than the context (truncate defaults to true); the
+    older /api/embeddings and OpenAI's endpoint refuse it, as theirs do."""
+    words = [f"w{i}" for i in range(40)]  # 40 tokens to model short (context 32)
+    out = call(OLLAMA, double.ollama, {"model": "short", "input": " ".join(words)})
+    (vec,) = out["vectors"]
+    assert close(vec, normalized(vectors.hidden_rows(" ".join(words[:31]))[-1]))
+    assert out["usage"]["prompt_tokens"] == 31
+    old = call(OLLAMA, double.ollama, {"model": "short", "prompt": " ".join(words)}, what="embeddings")
+    assert old["error"]["status"] == 400 and "input 0 is 40 tokens" in old["error"]["message"], old
+    oa = call(OPENAI, double.openai, {"model": "short", "input": " ".join(words)})
+    assert oa["error"]["status"] == 400 and oa["error"]["body"]["code"] == "context_length_exceeded", oa
+    bad = {"model": "short", "input": "a", "truncate": "yes"}
+    status, body = _post(double.ollama_port, "/api/embed", bad)
+    assert status == 400 and "truncate must be true or false" in body["error"], body
 
 
 def _post(port: int, path: str, body: Any) -> tuple[int, Any]:

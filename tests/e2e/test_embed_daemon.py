@@ -181,6 +181,24 @@ def test_bad_input_is_refused_in_the_protocols_shape(
     assert ok["status"] == "ok" and ok["id"] == "good"
 
 
+LONG = [f"w{i}" for i in range(40)]  # 40 words: 40 tokens to the tiny tokenizer, 40 rows to the double
+
+
+def test_truncate_cuts_a_long_input_at_its_end_by_the_models_tokens(daemon: Any, mqtt_probe: Probe) -> None:
+    """truncate: true keeps the first context - 1 tokens (31 of model short's 32) of a text longer than
+    the context, its other texts as they are; without it the same request is refused."""
+    base = daemon()
+    body = {"id": "t1", "input": [" ".join(LONG), "hello world"], "model": "short", "truncate": True}
+    out = ask(mqtt_probe, base, "embed", body)
+    assert out["status"] == "ok", out
+    cut, whole = out["data"]["embeddings"]
+    assert close(cut, normalized(vectors.hidden_rows(" ".join(LONG[:31]))[-1]))  # last-token pooling
+    assert close(whole, normalized(vectors.hidden_rows("hello world")[-1]))
+    assert out["data"]["usage"]["prompt_tokens"] == 31 + 2
+    refused = ask(mqtt_probe, base, "embed", {**body, "id": "t2", "truncate": False})
+    assert refused["code"] == "context_exceeded" and "input 0 is 40 tokens" in refused["error"], refused
+
+
 def test_cancel_ends_a_batch_and_the_queue_goes_on(daemon: Any, mqtt_probe: Probe) -> None:
     base = daemon()
     mqtt_probe.subscribe(f"{base}/response/embed", f"{base}/response/cancel", f"{base}/response/generate")

@@ -3,9 +3,10 @@ embed command (docs/EMBEDDINGS.md). Coroutines on the plugin's server thread (``
 
 The request is injected as a :class:`rkllmd.plugins.LocalMessage` on ``<base>/request/embed``:
 the one queue, in arrival order. rkllmd checks the input (types, empty, too many, longer than the
-context, the model's kind) and the refusal is answered as Ollama's ``{"error": ...}``. Ollama cuts
-an input longer than the context by default (``truncate``); rkllmd refuses it instead, whatever
-``truncate`` says, because a vector of half a text silently answers another question.
+context, the model's kind) and the refusal is answered as Ollama's ``{"error": ...}``. As Ollama,
+``/api/embed`` cuts an input longer than the context at its end by default (``truncate``, done by
+the job with the model's tokenizer) and refuses it with ``"truncate": false``; the older
+``/api/embeddings`` has no ``truncate`` and refuses it.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ if TYPE_CHECKING:
 
 
 async def embed(api: Api, h: Handler, body: dict[str, Any]) -> None:
-    """``{"model", "input": str | [str], "dimensions"?}`` -> ``{"model", "embeddings": [[...]],
+    """``{"model", "input": str | [str], "dimensions"?, "truncate"?}`` -> ``{"model", "embeddings": [[...]],
     "total_duration", "load_duration", "prompt_eval_count"}``."""
     t0 = time.monotonic_ns()
-    fields: dict[str, Any] = {"input": body.get("input")}
+    truncate = body.get("truncate", True)  # Ollama's default: cut a text to fit the context
+    if not isinstance(truncate, bool):
+        raise HttpError(400, "truncate must be true or false")
+    fields: dict[str, Any] = {"input": body.get("input"), "truncate": truncate}
     if body.get("dimensions") is not None:
         fields["dimensions"] = body["dimensions"]
     model, data = await _ask(api, h, body, fields)
