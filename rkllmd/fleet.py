@@ -1,7 +1,8 @@
 """Fleet mode: several boards behind one request topic, with the broker as the only coordinator.
 
 Each board subscribes the group's request topics as MQTT 5 shared subscriptions
-(``$share/<group>/<base>/request/+`` and ``.../generate/<model>`` for its own models), so the broker
+(``$share/<group>/<base>/request/+`` and ``.../generate/<model>``, ``embed/<model>``, ``rerank/<model>``
+for its own models: every command whose topic may name a model), so the broker
 gives each request to one board; its own topics live under ``<base>/node/<node>/`` (state, info,
 stats, and requests meant for it alone). What needs every board is passed on over the broker:
 
@@ -29,6 +30,7 @@ import structlog
 
 from rkllmd import protocol
 from rkllmd.bus import Bus
+from rkllmd.commands import MODEL_TOPICS
 from rkllmd.errors import NotFound
 from rkllmd.exchange import Exchange, Final
 from rkllmd.fleetwatch import FleetWatch
@@ -75,7 +77,7 @@ class Fleet:
         self._lock = threading.Lock()
         self._members: dict[str, Member] = {}
         self._pending: dict[str, _PendingCancel] = {}
-        self._model_subs: dict[str, Callable[[], None]] = {}
+        self._model_subs: dict[str, list[Callable[[], None]]] = {}  # a model: its topics' unsubscribes
         self._last_view: bytes | None = None
         self._state_prefix = f"{topics.base}/node/"  # where every board's state and stats live
         # availability, unserved models, a dead board's session (rkllmd/fleetwatch.py)
@@ -113,12 +115,15 @@ class Fleet:
         with self._lock:
             have = set(self._model_subs)
             for name in have - wanted:
-                self._model_subs.pop(name)()
-                log.info("left a model's topic", model=name)
+                for unsubscribe in self._model_subs.pop(name):
+                    unsubscribe()
+                log.info("left a model's topics", model=name)
             for name in sorted(wanted - have):
-                topic = f"$share/{self.group}/{self.topics.group_request('generate')}/{name}"
-                self._model_subs[name] = self.bus.subscribe(topic)
-                log.info("serving a model's topic", model=name, topic=topic)
+                # every command that may name a model, whatever the model's kind: a request of the
+                # wrong kind is answered wrong_model_kind by the board, not unknown_model
+                topics = [f"$share/{self.group}/{self.topics.group_request(c)}/{name}" for c in MODEL_TOPICS]
+                self._model_subs[name] = [self.bus.subscribe(topic) for topic in topics]
+                log.info("serving a model's topics", model=name, topics=topics)
         self.watch.publish_serves(wanted)
 
     # --- ingress thread ------------------------------------------------------------------------

@@ -7,7 +7,8 @@ and a dead board's kept session (docs/FLEET.md, "When a board dies").
   count boards, but only the leader's fires there, and when the last board dies it is the leader.
   A leader that dies while others live leaves ``offline`` for the moment the next one takes to
   say ``online`` again; every leader corrects an ``offline`` it sees while it runs.
-- **Unserved models.** The presence link also subscribes ``generate/+`` in a share group of its
+- **Unserved models.** The presence link also subscribes ``generate/+`` (and every other command
+  topic that may name a model: ``embed/+``, ``rerank/+``) in a share group of its
   own, so one leader gets a copy of every per-model request. One that no board serves (no online
   board has the model, nor a dead board whose kept session still takes its requests) has no other
   subscriber: the broker dropped it, and the leader answers it ``unknown_model``, once.
@@ -38,6 +39,7 @@ import paho.mqtt.client as mqtt
 import structlog
 
 from rkllmd.bus import Bus
+from rkllmd.commands import MODEL_TOPICS
 from rkllmd.errors import Interrupted, RkllmdError, UnknownModel
 from rkllmd.exchange import Exchange, Final
 from rkllmd.journal import address_of
@@ -249,7 +251,8 @@ class FleetWatch:
             on_message=self._unserved,
             on_connect=self._presence_up,
         )
-        link.subscribe(f"$share/{self.group}-unserved/{self.topics.group_request('generate')}/+", 0)
+        for command in MODEL_TOPICS:  # generate/+, embed/+, rerank/+
+            link.subscribe(f"$share/{self.group}-unserved/{self.topics.group_request(command)}/+", 0)
         return link
 
     # --- the leader's view ---------------------------------------------------------------------

@@ -27,6 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from rkllmd import protocol
+from rkllmd.commands import MODEL_TOPICS
 from rkllmd.errors import Interrupted, RkllmdError
 from rkllmd.protocol import Incoming, Receipt, Topics
 from rkllmd.settings import Settings
@@ -74,7 +75,7 @@ class Takeover:
             share = f"$share/{self.group}/"
             t = self.topics
             subs = [share + t.group_request("+"), f"{base}/node/{name}/request/#"]
-            subs += [f"{share}{t.group_request('generate')}/{m}" for m in sorted(models)]
+            subs += [f"{share}{t.group_request(c)}/{m}" for m in sorted(models) for c in MODEL_TOPICS]
             subs += [t.node_topic("+", k) for k in ("state", "stats", "serves", "handed", "open")]
             subs += [t.fleet_state, t.fleet_cancel, t.fleet_cancel_report]
             link.unsubscribe(subs)  # the broker stops giving it new requests; what it holds still comes
@@ -137,7 +138,7 @@ class Takeover:
             return
         model = (
             msg.topic.rsplit("/", 1)[-1]
-            if msg.topic.count("/") > self.topics.group_request("generate").count("/")
+            if msg.topic.count("/") > self.topics.group_request("+").count("/")  # <command>/<model>
             else None
         )
         if not msg.dup or (model is not None and model not in mine):

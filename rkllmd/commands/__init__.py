@@ -19,7 +19,7 @@ import pkgutil
 
 from rkllmd.commands._base import Canceller, CommandSpec, Desk, Engine, Passer
 
-__all__ = ["COMMANDS", "Canceller", "CommandSpec", "Desk", "Engine", "Passer", "spec_of"]
+__all__ = ["COMMANDS", "MODEL_TOPICS", "Canceller", "CommandSpec", "Desk", "Engine", "Passer", "spec_of"]
 
 
 def _discover() -> dict[str, CommandSpec]:
@@ -39,6 +39,12 @@ def _discover() -> dict[str, CommandSpec]:
 
 
 COMMANDS: dict[str, CommandSpec] = _discover()
+
+
+# The commands whose topic may name a model (``<base>/request/<name>/<model>``): in a fleet each
+# board subscribes those topics for the models it serves, and the leader watches them for models
+# no board serves (rkllmd/fleet.py, rkllmd/fleetwatch.py, rkllmd/takeover.py).
+MODEL_TOPICS: tuple[str, ...] = tuple(name for name, spec in COMMANDS.items() if spec.model_topic)
 
 
 def spec_of(name: str) -> CommandSpec | None:

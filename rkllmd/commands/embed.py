@@ -22,7 +22,7 @@ from rkllmd.settings import Settings
 def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     """The model, the texts as it reads them, and what shapes the reply (ingress thread)."""
     assert isinstance(req, EmbedRequest)
-    ex.model = model_for(settings, req.model, "embedding")
+    ex.model = model_for(settings, req.model or ex.topic_model, "embedding")
     if isinstance(req.input, str) and not req.input.strip():
         raise EmptyInput("input is empty: nothing to embed")
     texts = [req.input] if isinstance(req.input, str) else list(req.input or [])
@@ -66,5 +66,12 @@ def run(job: Exchange, loop: Engine) -> Final:
 
 
 COMMAND = CommandSpec(
-    "embed", EmbedRequest, plain_field="input", cancellable=True, queued=True, admit=admit, run=run
+    "embed",
+    EmbedRequest,
+    plain_field="input",
+    cancellable=True,
+    queued=True,
+    model_topic=True,
+    admit=admit,
+    run=run,
 )

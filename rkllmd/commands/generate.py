@@ -89,5 +89,12 @@ def run(job: Exchange, loop: Engine) -> Final:
 
 
 COMMAND = CommandSpec(
-    "generate", GenerateRequest, plain_field="prompt", generates=True, queued=True, admit=admit, run=run
+    "generate",
+    GenerateRequest,
+    plain_field="prompt",
+    generates=True,
+    model_topic=True,
+    queued=True,
+    admit=admit,
+    run=run,
 )

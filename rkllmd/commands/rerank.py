@@ -21,7 +21,7 @@ from rkllmd.settings import Settings
 def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     """The model and one prompt per document (ingress thread)."""
     assert isinstance(req, RerankRequest)
-    ex.model = model_for(settings, req.model, "rerank")
+    ex.model = model_for(settings, req.model or ex.topic_model, "rerank")
     if req.query is None or not req.query.strip():
         raise EmptyInput("the query is empty")
     docs = list(req.documents or [])
@@ -49,4 +49,6 @@ def run(job: Exchange, loop: Engine) -> Final:
     return Final(job, "ok", rerank_data(job.model, res.scores, docs, job.vectors.top_n, tokens, timings))
 
 
-COMMAND = CommandSpec("rerank", RerankRequest, cancellable=True, queued=True, admit=admit, run=run)
+COMMAND = CommandSpec(
+    "rerank", RerankRequest, cancellable=True, queued=True, model_topic=True, admit=admit, run=run
+)

@@ -18,12 +18,13 @@ class Command:
     """One request topic ``<base>/request/<name>`` and what the protocol knows of it.
 
     ``plain_field``: the field a plain-text payload fills (None: plain text is an empty request).
-    ``generates``: the command streams tokens: its topic may name the model
-    (``<base>/request/<name>/<model>``), its plain text is the prompt as written (an empty one is
+    ``generates``: the command streams tokens: its plain text is the prompt as written (an empty one is
     refused ``empty_prompt``), and the rest of rkllmd gives it a stream, the watchdog and cancel.
     ``cancellable``: its queued or running job is cancelled by its id (``cancel``) and its id is
     unique in the queue; a generating command is, whatever this says (embed, rerank set it).
     ``queued``: served through the inference queue; else answered at once by the ingress thread.
+    ``model_topic``: its topic may name the model, ``<base>/request/<name>/<model>`` (generate,
+    embed, rerank); in a fleet that topic reaches only the boards that serve the model.
     ``changes_model``: its reply is followed by the info topic again (the loaded model changed).
     """
 
@@ -34,3 +35,4 @@ class Command:
     queued: bool = True
     cancellable: bool = False
     changes_model: bool = False
+    model_topic: bool = False

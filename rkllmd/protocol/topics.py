@@ -125,7 +125,7 @@ class Topics:
             raise UnknownCommand(f"unknown command {parts[0]!r}; known: {', '.join(commands)}")
         if len(parts) == 1:
             return command, None
-        if command.generates and len(parts) == 2 and parts[1]:  # only a generation names its model here
+        if command.model_topic and len(parts) == 2 and parts[1]:  # a command that may name its model here
             return command, parts[1]
         raise UnknownCommand(f"unknown request topic {topic!r}")
 

@@ -181,6 +181,22 @@ def test_bad_input_is_refused_in_the_protocols_shape(
     assert ok["status"] == "ok" and ok["id"] == "good"
 
 
+def test_the_topic_may_name_the_model_and_the_payload_wins(daemon: Any, mqtt_probe: Probe) -> None:
+    """embed/<model> as generate/<model>: plain text on a model's topic runs on that model."""
+    base = daemon()
+    mqtt_probe.subscribe(f"{base}/response/embed")
+    mqtt_probe.publish(f"{base}/request/embed/mat", "hello there")
+    plain = final_of(mqtt_probe, f"{base}/response/embed", 20)
+    assert plain["status"] == "ok" and plain["data"]["model"] == "mat", plain
+    mqtt_probe.publish(f"{base}/request/embed/mat", {"input": "hello", "model": "emb"})
+    named = final_of(mqtt_probe, f"{base}/response/embed", 20)
+    assert named["data"]["model"] == "emb" and close(named["data"]["embeddings"][0], mean_vector("hello"))
+    mqtt_probe.subscribe(f"{base}/response/rerank")
+    mqtt_probe.publish(f"{base}/request/rerank/emb", {"query": "q", "documents": ["d"]})
+    wrong = final_of(mqtt_probe, f"{base}/response/rerank", 20)
+    assert wrong["code"] == "wrong_model_kind", wrong
+
+
 LONG = [f"w{i}" for i in range(40)]  # 40 words: 40 tokens to the tiny tokenizer, 40 rows to the double
 
 

@@ -301,7 +301,7 @@ def test_with_models_loaded_a_board_serves_a_model_topic_only_while_loaded(
         before = _finals(p, base, 4)
         p.publish(f"{base}/node/b0/request/load", {"model": "other"}, response_topic=f"{base}-test/load")
         assert p.get(f"{base}-test/load", timeout=20).json()["status"] == "ok"
-        b0.wait_log('"serving a model\'s topic"', timeout=10)
+        b0.wait_log('"serving a model\'s topics"', timeout=10)
         time.sleep(0.3)  # the SUBACK
         for i in range(4):
             _send(p, base, f"p{i}", "[[len=2]] other", topic=f"{base}/request/generate/other")
