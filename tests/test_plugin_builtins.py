@@ -375,12 +375,21 @@ def _ctx(h: PluginHarness) -> Any:
     return PluginContext(h.host, h.plugin)
 
 
-def test_ha_birth_resends_discovery_after_a_delay() -> None:
-    """HA's birth message re-sends discovery (after a small random delay) and then the states."""
-    with PluginHarness("homeassistant", {"birth_delay_s": 0.05}) as h:
+def test_ha_birth_resends_discovery_after_a_delay(monkeypatch: pytest.MonkeyPatch) -> None:
+    """HA's birth message re-sends discovery (after a random delay within birth_delay_s, so a
+    fleet's boards do not all answer at once) and then the states."""
+    drawn: list[tuple[float, float]] = []
+
+    def longest(a: float, b: float) -> float:  # the draw's upper end: "not at once" is then certain
+        drawn.append((a, b))
+        return b
+
+    monkeypatch.setattr(homeassistant.random, "uniform", longest)
+    with PluginHarness("homeassistant", {"birth_delay_s": 0.5}) as h:
         h.message("homeassistant/status", "offline")
         h.message("homeassistant/status", "online")
         assert len(h.published("homeassistant/device/+/config")) == 1  # not at once
+        assert drawn == [(0, 0.5)]
         assert h.wait(lambda: len(h.published("homeassistant/device/+/config")) == 2)
         assert h.services.stats_refreshes == 1
 
