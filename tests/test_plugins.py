@@ -167,6 +167,22 @@ def test_entry_point_plugins_are_found_and_checked(tmp_path: Path, monkeypatch: 
     sys.modules.pop("thirdparty_plugin", None)
 
 
+def test_a_plugin_importing_a_renamed_name_is_told_the_new_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plugin written when the request's record was also called Request fails to load with an
+    error that names Exchange, the one name it has now."""
+    folder = tmp_path / "myplugins"
+    folder.mkdir()
+    (folder / "oldstyle.py").write_text(
+        "from rkllmd.plugins import Plugin, Request\n"
+        "PLUGIN = Plugin(name='oldstyle', version='1', setup=lambda ctx, cfg: None)\n"
+    )
+    monkeypatch.setattr(plugins, "_cache", {})
+    with pytest.raises(plugins.PluginLoadError, match="Request is now Exchange"):
+        plugins.load_plugin("oldstyle", [folder])
+
+
 def test_config_model_must_reject_unknown_keys(monkeypatch: pytest.MonkeyPatch) -> None:
     """A plugin whose config model would ignore typos is refused at load time."""
     from pydantic import BaseModel

@@ -92,6 +92,20 @@ _cache: dict[str, Plugin] = {}
 _cache_lock = threading.Lock()
 
 
+# Names the plugin API dropped in favour of one name per concept, and what to import instead.
+RENAMED = {"Request": "Exchange"}
+
+
+def _renamed_hint(exc: Exception) -> str:
+    """How to mend a plugin written against a name the API has since renamed, or nothing."""
+    if not isinstance(exc, ImportError):
+        return ""
+    for old, new in RENAMED.items():
+        if f"cannot import name '{old}' from 'rkllmd.plugins'" in str(exc):
+            return f" (rkllmd.plugins.{old} is now {new}, the same class: import {new} instead)"
+    return ""
+
+
 def load_plugin(name: str, folders: Sequence[Path] = ()) -> Plugin:
     """Import the plugin called ``name`` and check it against the contract."""
     with _cache_lock:
@@ -111,7 +125,9 @@ def load_plugin(name: str, folders: Sequence[Path] = ()) -> Plugin:
     except PluginLoadError:
         raise
     except Exception as exc:
-        raise PluginLoadError(f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}") from exc
+        raise PluginLoadError(
+            f"plugin {name!r} failed to import: {type(exc).__name__}: {exc}{_renamed_hint(exc)}"
+        ) from exc
     plugin = getattr(obj, "PLUGIN", obj)
     if not isinstance(plugin, Plugin):
         raise PluginLoadError(f"plugin {name!r} declares no PLUGIN = rkllmd.plugins.Plugin(...)")
