@@ -107,11 +107,20 @@ def test_stream_writes_interleave_whole_with_publishes_and_finish_when_the_socke
     def payload(name: str, i: int) -> bytes:  # sizes around the 1-, 2- and 3-byte length limits
         return f"{name}:{i}:".encode() + b"z" * (i * 97 % 20000)
 
+    # The streamer's first writes go alone: a stream write takes the one-send() path only while
+    # paho has nothing queued, and a publisher that started at once could keep paho's queue busy
+    # through every check on a loaded machine, so no write would ever meet the full socket.
+    head_start = threading.Event()
+
     def streamer() -> None:
         for i in range(0, per_thread, 2):
             bus.stream([(f"{base}/s", payload("s", i)), (f"{base}/s", payload("s", i + 1))])
+            if queued or i >= 120:  # a write was cut short, or ~20 KB writes into an 8 KB buffer
+                head_start.set()
+        head_start.set()
 
     def publisher() -> None:
+        head_start.wait(10)
         for i in range(per_thread):
             bus.publish(f"{base}/p", payload("p", i), qos=1)
 
