@@ -61,10 +61,13 @@ def test_the_floor_relays_every_token_through_the_broker_and_counts_each_process
     f = floor.measure(broker.host, broker.port, broker.proc.pid, rate=200.0, tokens=40)
     assert f["all_arrived"] and f["tokens"] == 40
     parts = f["cpu_ms_per_token_parts"]
-    assert parts["pacer"] > 0 and parts["relay"] > 0 and parts["broker"] >= 0
+    # CPU comes in clock ticks (10 ms): one process's share of 40 tokens can round to zero.
+    assert min(parts.values()) >= 0 and sum(parts.values()) > 0
     assert abs(f["cpu_ms_per_token"] - sum(parts.values())) < 1e-9
-    woke = f["wakeups_per_token_parts"]  # the pacer sleeps before each token, the relay waits for it
-    assert woke["pacer"] >= 1 and woke["relay"] >= 0.9 and woke["broker"] > 0
+    # The pacer sleeps before each token; the relay waits for them, but on a loaded machine it
+    # may find several waiting at one wake-up.
+    woke = f["wakeups_per_token_parts"]
+    assert woke["pacer"] >= 1 and woke["relay"] > 0 and woke["broker"] > 0
     assert f["wakeups_per_token"] == pytest.approx(sum(woke.values()))
 
 
