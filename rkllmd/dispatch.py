@@ -5,15 +5,17 @@ from any thread (the inference loop's ``emit``, the ingress thread's answers, pl
 refresh) and only enqueues. Every event is a ``Token``, a ``Final`` or loop ``Stats``: tokens
 become stream chunks, each Final becomes the request's one reply (its body laid out by
 rkllmd.protocol), and both go to the plugin routers. ``<base>/stats`` is published on every change
-the loop reports, at most once per ``STATS_MIN_INTERVAL_S`` (``StatsThrottle``: leading and
-trailing, so the last state always goes out); a pending trailing publish is the only thing that
-gives the queue wait a timeout. A request with ``"sentences": true`` has its tokens cut into
-whole sentences here too (rkllmd.sentences, one chunker per request), never on the inference thread.
+the loop reports, at most once per ``STATS_MIN_INTERVAL_S`` (``StatsThrottle``, in
+rkllmd.statsthrottle: leading and trailing, so the last state always goes out); a pending
+trailing publish is the only thing that gives the queue wait a timeout. A request with
+``"sentences": true`` has its tokens cut into whole sentences here too (rkllmd.sentences, one
+chunker per request), never on the inference thread.
 
-Stream chunks (``ChunkJoiner``): the tokens of a request that wait in the queue together leave as
-one chunk with their joined text, so a stream that falls behind catches up instead of queueing
-one message per token; ``[stream] coalesce_ms`` also holds tokens that come within that long of
-the request's last chunk. Each chunk's ``seq`` counts chunks, from 0, with no gaps.
+Stream chunks (``ChunkJoiner``, in rkllmd.streamchunks): the tokens of a request that wait in
+the queue together leave as one chunk with their joined text, so a stream that falls behind
+catches up instead of queueing one message per token; ``[stream] coalesce_ms`` also holds tokens
+that come within that long of the request's last chunk. Each chunk's ``seq`` counts chunks,
+from 0, with no gaps.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ from rkllmd.plugins.host import PluginHost
 from rkllmd.protocol import Topics
 from rkllmd.sentences import Utterances
 from rkllmd.settings import StreamSettings
+from rkllmd.statsthrottle import StatsThrottle
+from rkllmd.streamchunks import ChunkJoiner
 
 log = structlog.get_logger("rkllmd")
 
@@ -333,118 +337,7 @@ class Dispatcher:
         return {**public, "plugins": extra} if extra else public
 
 
-class StatsThrottle:
-    """Leading and trailing rate limit for the stats topic; used on the dispatcher thread only.
-
-    A change after a quiet spell of ``interval_s`` goes out at once (leading). Changes that come
-    sooner are held, the newest replacing older ones, and go out when the interval has passed
-    (trailing), so the last state is never lost. ``wait_s`` is None while nothing is held: the
-    dispatcher then blocks on its queue with no timeout, and nothing wakes up while idle.
-    """
-
-    def __init__(self, interval_s: float) -> None:
-        self.interval_s = interval_s
-        self._last: float | None = None  # monotonic time of the last publish
-        self._held: dict[str, Any] | None = None
-
-    def offer(self, stats: dict[str, Any], now: float) -> dict[str, Any] | None:
-        """A new snapshot: returned if it may be published now, else held for the trailing publish."""
-        if self._last is None or now - self._last >= self.interval_s:
-            self._last, self._held = now, None
-            return stats
-        self._held = stats
-        return None
-
-    def wait_s(self, now: float) -> float | None:
-        """Seconds until the held snapshot is due, or None when nothing is held."""
-        if self._held is None or self._last is None:
-            return None
-        return max(0.0, self._last + self.interval_s - now)
-
-    def due(self, now: float, *, force: bool = False) -> dict[str, Any] | None:
-        """The held snapshot once its time has come (at once with ``force``), else None."""
-        if self._held is None or self._last is None:
-            return None
-        if not force and now - self._last < self.interval_s:
-            return None
-        stats, self._held, self._last = self._held, None, now
-        return stats
-
-
 def _soonest(*waits: float | None) -> float | None:
     """The shortest of the waits given, None (wait for ever) when none is."""
     known = [w for w in waits if w is not None]
     return min(known) if known else None
-
-
-class _Stream:
-    """One request's chunks so far (ChunkJoiner)."""
-
-    __slots__ = ("job", "last", "sent", "texts", "thoughts")
-
-    def __init__(self, job: Exchange) -> None:
-        self.job = job
-        self.texts: list[str] = []  # deltas not yet in a chunk
-        self.thoughts: list[str] = []  # their thought (a thinking model's), joined apart
-        self.sent = 0  # chunks handed on; the next chunk's seq
-        self.last: float | None = None  # monotonic time of the last chunk
-
-
-class ChunkJoiner:
-    """Turns each request's Token events into its stream chunks; used on the dispatcher thread only.
-
-    ``feed`` takes the events the dispatcher took from its queue at once and gives them back in
-    order, each request's tokens joined into one Token with the chunk's ``seq`` (0, 1, 2, ... per
-    request, no gaps), placed after the other events and before the request's Final. With a
-    window (``coalesce_ms``), a request's text that comes within ``window_s`` of its last chunk is
-    held until the window has passed (``wait_s`` says when), then leaves as one chunk; the first
-    chunk of a request never waits. Joining never changes the text, only how it is cut.
-    """
-
-    def __init__(self, window_s: float) -> None:
-        self.window_s = window_s
-        self._streams: dict[int, _Stream] = {}  # id(exchange) -> its chunks; the exchange is kept
-
-    def feed(self, events: list[Any], now: float, *, flush: bool = False) -> list[Any]:
-        """``events`` in order with their tokens joined; ``flush`` hands on every held text too."""
-        out: list[Any] = []
-        for ev in events:
-            if isinstance(ev, Token):
-                st = self._streams.get(id(ev.request))
-                if st is None:
-                    st = self._streams[id(ev.request)] = _Stream(ev.request)
-                st.texts.append(ev.delta)
-                if ev.thinking:
-                    st.thoughts.append(ev.thinking)
-                continue
-            if isinstance(ev, Final):  # the request's last text goes before its reply
-                st = self._streams.get(id(ev.request))
-                if st is not None and st.texts:
-                    out.append(self._chunk(st, now))
-            out.append(ev)
-        out.extend(self._chunk(st, now) for st in list(self._streams.values()) if self._ready(st, now, flush))
-        return out
-
-    def wait_s(self, now: float) -> float | None:
-        """Seconds until a held text is due, None while nothing is held."""
-        due = [st.last + self.window_s for st in self._streams.values() if st.texts and st.last is not None]
-        return max(0.0, min(due) - now) if due else None
-
-    def sent(self, job: Exchange) -> int:
-        """Chunks handed on for ``job`` so far: its end message's ``seq``."""
-        st = self._streams.get(id(job))
-        return st.sent if st is not None else 0
-
-    def forget(self, job: Exchange) -> None:
-        """The request has ended (after its Final is dispatched)."""
-        self._streams.pop(id(job), None)
-
-    def _ready(self, st: _Stream, now: float, flush: bool) -> bool:
-        if not st.texts:
-            return False
-        return flush or st.last is None or now - st.last >= self.window_s
-
-    def _chunk(self, st: _Stream, now: float) -> Token:
-        tok = Token(st.job, st.sent, "".join(st.texts), "".join(st.thoughts))
-        st.texts, st.thoughts, st.sent, st.last = [], [], st.sent + 1, now
-        return tok

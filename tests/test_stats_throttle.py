@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from rkllmd.dispatch import StatsThrottle
+from rkllmd.statsthrottle import StatsThrottle
 
 
 def test_first_change_goes_out_at_once_and_idle_has_no_deadline() -> None:

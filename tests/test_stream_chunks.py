@@ -5,12 +5,13 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from rkllmd.dispatch import ChunkJoiner, Dispatcher
+from rkllmd.dispatch import Dispatcher
 from rkllmd.exchange import Exchange, Final, Token
 from rkllmd.loop import Stats
 from rkllmd.plugins import PluginHost
 from rkllmd.protocol import Address, Topics
 from rkllmd.settings import Settings, StreamSettings
+from rkllmd.streamchunks import ChunkJoiner
 from rkllmd.testing import FakeServices
 
 
