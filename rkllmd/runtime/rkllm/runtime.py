@@ -5,18 +5,16 @@ rkllm_run blocks that thread and the runtime delivers its result callback on it 
 sink is called there. abort() may come from any thread.
 
 What it is handed lives beside it: the chat template and prompt text (``prompt.py``), the
-native parameter structs (``param.py``), the prompt cache it holds (``cacheslot.py``); its
-embeddings, rerank scores and tokenizer (``vectors.py``).
+native parameter structs (``param.py``), the prompt cache it holds (``cacheslot.py``), a run's
+result callback (``textrun.py``); its embeddings, rerank scores and tokenizer (``vectors.py``).
 """
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import json
 import os
 from ctypes import pointer
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +39,7 @@ from rkllmd.runtime.rkllm.prompt import (
     wanted_template,
 )
 from rkllmd.runtime.rkllm.promptcache import Prefix
+from rkllmd.runtime.rkllm.textrun import TextCallback, TextRun
 from rkllmd.runtime.rkllm.vectors import VectorModes
 from rkllmd.runtime.rkllm.vision import ModelVision
 
@@ -50,26 +49,10 @@ if TYPE_CHECKING:  # in a worker process the settings are Tables of the same nam
 log = logface.get_logger(__name__)
 
 
-@dataclass
-class _Run:
-    """State of one generate(), written by the callback (run thread), read after rkllm_run returns."""
+class RkllmRuntime(TextCallback, VectorModes, Runtime):
+    """One model behind librkllmrt.so. The library is found and loaded in open(), not before.
 
-    sink: TokenSink
-    limit: int
-    decoder: codecs.IncrementalDecoder = field(
-        default_factory=lambda: codecs.getincrementaldecoder("utf-8")("replace")
-    )
-    tokens: int = 0  # tokens accepted (NORMAL + WAITING callbacks up to the limit)
-    stopped: bool = False  # no more text goes to the sink (limit, abort or sink failure)
-    hit_limit: bool = False
-    finished: bool = False
-    error: bool = False
-    sink_error: BaseException | None = None
-    perf: tuple[float, int, float, int, float] | None = None
-
-
-class RkllmRuntime(VectorModes, Runtime):
-    """One model behind librkllmrt.so. The library is found and loaded in open(), not before."""
+    ``TextCallback`` comes before ``VectorModes``, which only declares ``_on_result``."""
 
     kind = "rkllm"
 
@@ -92,7 +75,7 @@ class RkllmRuntime(VectorModes, Runtime):
         self.lib: RkllmLibrary | None = None
         self.handle: RkllmHandle | None = None
         self._captured = False
-        self._run: _Run | None = None
+        self._run: TextRun | None = None
         self._abort_requested = False
         self._generating = False
         self._last_template: tuple[str, str, str] | None = None
@@ -205,7 +188,7 @@ class RkllmRuntime(VectorModes, Runtime):
             infer.max_new_tokens = limit
             sampling = sampling_param(spec.SamplingParam, self.cfg, inp)
             infer.sampling_params = pointer(sampling)
-        run = _Run(sink=sink, limit=limit)
+        run = TextRun(sink=sink, limit=limit)
         self._run = run
         try:
             rc = handle.run(rin, infer)
@@ -227,63 +210,13 @@ class RkllmRuntime(VectorModes, Runtime):
             reason = "stop"
         return GenerateResult(finish_reason=reason, perf=self._perf(run, inp))
 
-    def _perf(self, run: _Run, inp: GenerateInput) -> Perf:
+    def _perf(self, run: TextRun, inp: GenerateInput) -> Perf:
         if run.perf is None:
             perf = Perf(prompt_tokens=self.prompt_tokens(inp), completion_tokens=run.tokens)
         else:
             prefill_ms, prefill_tokens, gen_ms, _gen_tokens, mem = run.perf
             perf = Perf(prefill_tokens, run.tokens, prefill_ms, gen_ms, mem)
         return self.vision.timed(perf, inp)  # with the images' decode and encode times
-
-    def _on_result(self, state: int, result: Any) -> None:
-        """The result callback's body; runs on the thread blocked in rkllm_run. Only copies data."""
-        run = self._run
-        if run is None:
-            return
-        if state in (c.RKLLM_RUN_NORMAL, c.RKLLM_RUN_WAITING):
-            if run.stopped:
-                return  # past the limit or aborted: the runtime may emit a few more before it stops
-            run.tokens += 1
-            raw = result.text if result is not None else None
-            text = run.decoder.decode(raw or b"")
-            if text:
-                self._to_sink(run, text, int(result.token_id) if result is not None else None)
-            if run.tokens >= run.limit and not run.stopped:
-                run.stopped = run.hit_limit = True
-                if self.lib is not None and not self.lib.spec.per_run_limits:
-                    self._native_abort()  # before 1.3 max_new_tokens is fixed at init
-            if self._abort_requested and not run.stopped:
-                run.stopped = True
-                self._native_abort()  # abort() may have raced with the start of rkllm_run
-        elif state == c.RKLLM_RUN_FINISH:
-            run.finished = True
-            tail = run.decoder.decode(b"", final=True)
-            if tail and not run.stopped:
-                self._to_sink(run, tail, None)
-            if result is not None and self.lib is not None and self.lib.spec.has_perf:
-                pf = result.perf
-                run.perf = (
-                    float(pf.prefill_time_ms),
-                    int(pf.prefill_tokens),
-                    float(pf.generate_time_ms),
-                    int(pf.generate_tokens),
-                    float(pf.memory_usage_mb),
-                )
-        elif state == c.RKLLM_RUN_ERROR:
-            run.error = True
-
-    def _to_sink(self, run: _Run, text: str, token_id: int | None) -> None:
-        try:
-            run.sink(text, token_id)
-        except BaseException as exc:
-            run.sink_error = exc
-            run.stopped = True
-            self._native_abort()
-
-    def _native_abort(self) -> None:
-        handle = self.handle
-        if handle is not None:
-            handle.abort()
 
     def abort(self) -> None:
         """Ask a running generate() to stop soon. Any thread; a no-op when idle.
@@ -324,7 +257,7 @@ class RkllmRuntime(VectorModes, Runtime):
         infer.prompt_cache_params = pointer(pc)
         if spec.per_run_limits:
             infer.max_new_tokens = 1
-        run = _Run(sink=lambda _text, _token: None, limit=1)
+        run = TextRun(sink=lambda _text, _token: None, limit=1)
         self._run = run
         try:
             rc = handle.run(rin, infer)
