@@ -3,9 +3,10 @@
 Threads:
 - the *inference thread* (``InferenceLoop._run``) runs every job in order (generate, load,
   unload, clear_cache: its command's ``run``). It alone calls the runtime, except ``abort``.
-- the *watchdog thread* ends generations that overrun their first-token, total or stall time
-  limit by calling ``abort``, the one runtime call allowed from another thread. It sleeps until
-  the running generation's next deadline, and with nothing running it does not wake at all.
+- the *watchdog thread* (rkllmd/watchdog.py) ends generations that overrun their first-token,
+  total or stall time limit by calling ``abort``, the one runtime call allowed from another
+  thread. It sleeps until the running generation's next deadline, and with nothing running it
+  does not wake at all.
 - any thread may call ``submit`` and ``cancel``.
 
 The loop never publishes: it hands events (``Token``, ``Final``, ``Stats``) to ``emit``, which
@@ -43,13 +44,14 @@ from rkllmd.errors import (
     RuntimeFailure,
     ShuttingDown,
 )
-from rkllmd.exchange import AbortReason, Exchange, Final, Token
+from rkllmd.exchange import Exchange, Final, Token
 from rkllmd.jobs import DirectStream, timeout_error
 from rkllmd.outcome import final_data, partial
 from rkllmd.protocol import owned_by
 from rkllmd.restarts import RestartBudget
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime
 from rkllmd.runtime.models import ModelRegistry
+from rkllmd.watchdog import Watchdog
 
 log = structlog.get_logger("rkllmd.loop")
 
@@ -78,7 +80,7 @@ class Limits:
     hold: int = 0
 
 
-class InferenceLoop:
+class InferenceLoop(Watchdog):
     """Runs jobs one at a time on its own thread; see the module docstring for the thread rules."""
 
     def __init__(
@@ -380,58 +382,6 @@ class InferenceLoop:
     def snapshot(self) -> dict[str, Any]:
         with self._cond:
             return self.snapshot_locked()
-
-    # --- watchdog thread -----------------------------------------------------------------------
-
-    def _wake_watchdog(self) -> None:
-        """A generation started or was asked to abort: the watchdog's next deadline changed (any thread)."""
-        with self._watch_cond:
-            self._watch_cond.notify()
-
-    def _watch(self) -> None:
-        """Sleep until the running generation's next deadline; with none running, without a
-        timeout, so an idle daemon has no wake-ups. A token moves the stall deadline later
-        without waking it: it wakes at the old one, finds it moved, and sleeps again."""
-        with self._watch_cond:
-            while not self._stop.is_set():
-                self._watch_cond.wait(self._check_deadlines(time.monotonic()))
-
-    def _check_deadlines(self, now: float) -> float | None:
-        """Abort (or kill) the running generation if a limit is past; seconds to its next deadline,
-        or None when nothing is to be watched until the next generation starts (watchdog thread)."""
-        lim = self.limits
-        job = self._current
-        if job is None or job.run.started_at is None:  # only a generation's run is started (begin)
-            return None
-        run, started = job.run, job.run.started_at
-        if run.abort_reason is not None:
-            # Abort asked for but the run goes on: a wedged native runtime. Only a worker
-            # process can be ended from outside; a thread-mode runtime has to be waited for.
-            if run.aborted_at is None:
-                return None  # killed already: its end, then the next start, is what comes next
-            due = run.aborted_at + lim.abort_grace_s
-            if now < due:
-                return due - now
-            kill = getattr(self._runtime, "kill", None)
-            if kill is not None:
-                log.error("runtime ignores abort; killing its worker", request_id=job.id)
-                kill()
-                run.aborted_at = None
-            return None
-        deadlines: list[tuple[float, AbortReason]] = []
-        if run.first_token_at is None:
-            deadlines.append((started + lim.first_token_timeout_s, "first_token_timeout"))
-        deadlines.append((started + lim.total_timeout_s, "timeout"))
-        if run.last_token_at is not None:
-            deadlines.append((run.last_token_at + lim.stall_timeout_s, "stalled"))
-        due, reason = min(deadlines, key=lambda d: d[0])
-        if now < due:
-            return due - now
-        log.warning("aborting generation", request_id=job.id, reason=reason)
-        run.abort_reason = reason
-        run.aborted_at = now
-        self._abort_runtime()
-        return lim.abort_grace_s
 
 
 def _generates(job: Exchange) -> bool:
