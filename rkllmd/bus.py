@@ -48,8 +48,8 @@ from rkllmd import mqttwire, pahoprivate
 from rkllmd.errors import ConfigError
 from rkllmd.mqttconnect import BrokerUnavailable, make_client, refusal, retry_connect, set_nodelay
 from rkllmd.mqttloop import NetworkLoop
+from rkllmd.mqttsettings import MqttSettings
 from rkllmd.protocol import Incoming, Receipt
-from rkllmd.settings import MqttSettings
 
 log = structlog.get_logger("rkllmd.bus")
 

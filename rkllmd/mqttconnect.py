@@ -31,8 +31,8 @@ from tenacity import (
 
 from rkllmd import pahoprivate
 from rkllmd.errors import ConfigError, RkllmdError
+from rkllmd.mqttsettings import MqttSettings
 from rkllmd.pahoprivate import Client
-from rkllmd.settings import MqttSettings
 
 log = structlog.get_logger("rkllmd.bus")
 

@@ -27,7 +27,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from rkllmd.mqttconnect import make_client, set_nodelay
-from rkllmd.settings import MqttSettings
+from rkllmd.mqttsettings import MqttSettings
 
 log = structlog.get_logger("rkllmd.fleet")
 
