@@ -83,6 +83,8 @@ class Limits:
 class InferenceLoop(Watchdog):
     """Runs jobs one at a time on its own thread; see the module docstring for the thread rules."""
 
+    limits: Limits  # all of them; the watchdog reads its deadlines
+
     def __init__(
         self,
         registry: ModelRegistry,

@@ -10,15 +10,30 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import structlog
 
 from rkllmd.exchange import AbortReason, Exchange
 from rkllmd.runtime.base import Runtime
 
-if TYPE_CHECKING:  # rkllmd.loop imports this module
-    from rkllmd.loop import Limits
+
+class Deadlines(Protocol):
+    """The time limits the watchdog enforces (rkllmd.loop.Limits has them; a protocol, since the
+    loop imports this module)."""
+
+    @property
+    def first_token_timeout_s(self) -> float: ...
+
+    @property
+    def total_timeout_s(self) -> float: ...
+
+    @property
+    def stall_timeout_s(self) -> float: ...
+
+    @property
+    def abort_grace_s(self) -> float: ...
+
 
 log = structlog.get_logger("rkllmd.loop")  # its lines are the loop's, as before it had a module
 
@@ -27,7 +42,7 @@ class Watchdog:
     """The watchdog thread's part of rkllmd.loop.InferenceLoop, which owns the attributes
     declared here."""
 
-    limits: Limits
+    limits: Deadlines
     _current: Exchange | None
     _runtime: Runtime | None
     _stop: threading.Event

@@ -11,7 +11,6 @@ handler; once a stream has begun, it writes the tokens to the client itself (inf
 
 from __future__ import annotations
 
-import json
 import secrets
 import time
 from collections.abc import Callable
@@ -25,6 +24,7 @@ from rkllmd.plugins.builtin._relay import ClientGone, Piece, Thought, Waiter, an
 from rkllmd.plugins.builtin._streamwrite import hole, string, template
 
 from . import vectors
+from .inject import encode
 from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class Api(ApiBase):
         hexid = secrets.token_hex(12)
         rid, nonce = f"http-{hexid}", secrets.token_hex(8)
         payload = {**ask.fields, "id": rid, "model": model, "stream": False, "transaction": nonce}
-        data = _encode(payload, self.ctx.settings.limits.max_payload_bytes)
+        data = encode(payload, self.ctx.settings.limits.max_payload_bytes)
         shape = Shape(kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + hexid, int(time.time()), model)
         with self.relay.track(nonce) as slot:
             self.ctx.inject(
@@ -238,21 +238,3 @@ def _token_event(shape: Shape, usage_null: bool) -> Callable[[Piece], bytes]:
         return head + string(item) + tail
 
     return event
-
-
-def _encode(payload: dict[str, Any], limit: int) -> bytes:
-    """The generate request as rkllmd reads it; within rkllmd's own payload limit (413 otherwise)."""
-    # Never write a number rkllmd would not parse: that is a bug (a 500), never a hang.
-    try:
-        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode()
-    except UnicodeEncodeError:  # "\ud800" in the body: a lone surrogate nothing could echo back
-        raise ApiError(
-            400, "The request contains an unpaired surrogate escape.", code="invalid_value"
-        ) from None
-    if len(data) > limit:
-        raise ApiError(
-            413,
-            f"The request is {len(data)} bytes as rkllmd reads it; the limit is {limit}.",
-            code="payload_too_large",
-        )
-    return data

@@ -13,17 +13,30 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rkllmd.plugins import LocalMessage
-from rkllmd.plugins.builtin._relay import ClientGone, answer_deadline_s, one_answer
+from rkllmd.plugins.builtin._relay import ClientGone, Relay, answer_deadline_s, one_answer
 
+from .inject import encode
 from .wire import ApiError, api_error, decode_body
 
 if TYPE_CHECKING:
+    from rkllmd.plugins import PluginContext
     from rkllmd.plugins.builtin._httpserver import Handler
 
-    from .api import Api
+
+class Api(Protocol):
+    """What these endpoints use of the plugin's endpoint class (``api.Api``, which routes to
+    them: a protocol, so this module does not import it back)."""
+
+    ctx: PluginContext
+    log: Any
+    relay: Relay
+    _max_body: int
+    _retry_after: int
+
+    def _model(self, asked: str | None) -> str: ...
 
 
 async def embeddings(api: Api, h: Handler) -> None:
@@ -93,10 +106,8 @@ async def _ask(
     rid = f"http-{secrets.token_hex(12)}"
     limit = api.ctx.settings.limits.max_payload_bytes
 
-    from .api import _encode  # the completions' encoder; api imports this module
-
     def inject(nonce: str) -> None:
-        data = _encode({**fields, "id": rid, "transaction": nonce}, limit)
+        data = encode({**fields, "id": rid, "transaction": nonce}, limit)
         api.ctx.inject(
             LocalMessage(api.ctx.topics.request(command), data, received_at=time.monotonic(), key=nonce)
         )

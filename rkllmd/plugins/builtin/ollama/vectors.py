@@ -13,17 +13,30 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from rkllmd.plugins.builtin._httpconfig import HttpError
-from rkllmd.plugins.builtin._relay import ClientGone, answer_deadline_s, one_answer
+from rkllmd.plugins.builtin._relay import ClientGone, Relay, answer_deadline_s, one_answer
 
 from . import wire
 
 if TYPE_CHECKING:
+    from rkllmd.plugins import PluginContext
     from rkllmd.plugins.builtin._httpserver import Handler
 
-    from .api import Api
+
+class Api(Protocol):
+    """What these endpoints use of the plugin's endpoint class (``api.Api``, which routes to
+    them: a protocol, so this module does not import it back)."""
+
+    ctx: PluginContext
+    log: Any
+    relay: Relay
+    _retry_after: int
+
+    def _model(self, asked: str | None, verb: str = "") -> str: ...
+
+    def _inject(self, command: str, payload: dict[str, Any], key: str | None = None) -> None: ...
 
 
 async def embed(api: Api, h: Handler, body: dict[str, Any]) -> None:
