@@ -17,14 +17,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from rkllmd.plugins import Final, LocalMessage, load_problems
+from rkllmd.plugins import Final, load_problems
 from rkllmd.plugins.builtin._httpbase import ApiBase, answer
 from rkllmd.plugins.builtin._httpconfig import HttpError, Keys
 from rkllmd.plugins.builtin._relay import ClientGone, Piece, Thought, Waiter, answer_deadline_s
 from rkllmd.plugins.builtin._streamwrite import hole, string, template
 
 from . import vectors
-from .inject import encode
+from .inject import inject
 from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
 
 if TYPE_CHECKING:
@@ -134,14 +134,9 @@ class Api(ApiBase):
         hexid = secrets.token_hex(12)
         rid, nonce = f"http-{hexid}", secrets.token_hex(8)
         payload = {**ask.fields, "id": rid, "model": model, "stream": False, "transaction": nonce}
-        data = encode(payload, self.ctx.settings.limits.max_payload_bytes)
         shape = Shape(kind, ("chatcmpl-" if kind == "chat" else "cmpl-") + hexid, int(time.time()), model)
         with self.relay.track(nonce) as slot:
-            self.ctx.inject(
-                LocalMessage(
-                    self.ctx.topics.request("generate"), data, received_at=time.monotonic(), key=nonce
-                )
-            )
+            inject(self.ctx, "generate", payload, nonce)
             deadline_s = answer_deadline_s(self.ctx.settings)
             waiter = Waiter(slot, lambda: self.ctx.cancel(rid), h.on_gone, deadline_s=deadline_s)
             try:

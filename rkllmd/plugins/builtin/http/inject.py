@@ -1,13 +1,26 @@
 """A request as rkllmd reads it, from what the OpenAI API's endpoints (``api.py`` and
-``vectors.py``) make of a body: JSON within rkllmd's own payload limit. Runs on the plugin's
-server thread."""
+``vectors.py``) make of a body: JSON within rkllmd's own payload limit, handed to rkllmd on its
+command's topic. Runs on the plugin's server thread."""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
+
+from rkllmd.plugins import LocalMessage
 
 from .errors import ApiError
+
+if TYPE_CHECKING:
+    from rkllmd.plugins import PluginContext
+
+
+def inject(ctx: PluginContext, command: str, payload: dict[str, Any], key: str) -> None:
+    """Hand ``payload`` to rkllmd on ``command``'s topic (:func:`encode`d); ``key``: the relay
+    slot's nonce, which routes every event of the request back to it."""
+    data = encode(payload, ctx.settings.limits.max_payload_bytes)
+    ctx.inject(LocalMessage(ctx.topics.request(command), data, received_at=time.monotonic(), key=key))
 
 
 def encode(payload: dict[str, Any], limit: int) -> bytes:

@@ -12,13 +12,11 @@ thread (``http-server``).
 from __future__ import annotations
 
 import secrets
-import time
 from typing import TYPE_CHECKING, Any, Protocol
 
-from rkllmd.plugins import LocalMessage
 from rkllmd.plugins.builtin._relay import ClientGone, Relay, answer_deadline_s, one_answer
 
-from .inject import encode
+from .inject import inject
 from .wire import ApiError, api_error, decode_body
 
 if TYPE_CHECKING:
@@ -104,17 +102,13 @@ async def _ask(
     if asked:  # none named: rkllmd takes the first model of the right kind
         fields = {**fields, "model": api._model(asked)}
     rid = f"http-{secrets.token_hex(12)}"
-    limit = api.ctx.settings.limits.max_payload_bytes
-
-    def inject(nonce: str) -> None:
-        data = encode({**fields, "id": rid, "transaction": nonce}, limit)
-        api.ctx.inject(
-            LocalMessage(api.ctx.topics.request(command), data, received_at=time.monotonic(), key=nonce)
-        )
-
     try:
         final = await one_answer(
-            api.relay, inject, lambda: api.ctx.cancel(rid), h.on_gone, answer_deadline_s(api.ctx.settings)
+            api.relay,
+            lambda nonce: inject(api.ctx, command, {**fields, "id": rid, "transaction": nonce}, nonce),
+            lambda: api.ctx.cancel(rid),
+            h.on_gone,
+            answer_deadline_s(api.ctx.settings),
         )
     except ClientGone:
         api.log.info(f"http client disconnected; {command} cancelled", request_id=rid)
