@@ -249,3 +249,23 @@ def probe(broker: Broker) -> Iterator[Probe]:
         yield p
     finally:
         p.close()
+
+
+def open_smollm2(name: str = "smollm2", **table: Any) -> Any:
+    """The embedded SmolLM2 on llama.cpp, opened, with ``table`` over 2 threads (a
+    ``LlamaCppRuntime``: the caller closes it); the test is skipped where llama.cpp or the model
+    is missing."""
+    import pytest
+
+    pytest.importorskip("llama_cpp")
+    from rkllmd.runtime.llamacpp import embedded_model_path
+    from rkllmd.runtime.llamacpp import runtime as llamacpp
+    from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
+    from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
+
+    if embedded_model_path() is None:
+        pytest.skip(f"embedded model missing: {llamacpp.INSTALL_EMBEDDED}")
+    cfg = LlamaCppModelSettings.model_validate({"runtime": "llamacpp", "n_threads": 2, **table})
+    rt = LlamaCppRuntime(name, cfg)
+    rt.open()
+    return rt

@@ -11,22 +11,13 @@ import pytest
 
 from rkllmd.errors import ImagesUnsupported
 from rkllmd.generation import ChatMessage, GenerateInput
-from rkllmd.runtime.llamacpp import embedded_model_path
-from rkllmd.runtime.llamacpp import runtime as llamacpp
 from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
-from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
+from tests.helpers import open_smollm2
 
 
 @pytest.fixture(scope="module")
 def rt() -> Iterator[LlamaCppRuntime]:
-    pytest.importorskip("llama_cpp")
-    if embedded_model_path() is None:
-        pytest.skip(f"embedded model missing: {llamacpp.INSTALL_EMBEDDED}")
-    cfg = LlamaCppModelSettings.model_validate(
-        {"runtime": "llamacpp", "max_context_len": 512, "n_threads": 2}
-    )
-    runtime = LlamaCppRuntime("smollm2", cfg)
-    runtime.open()
+    runtime = open_smollm2(max_context_len=512)
     yield runtime
     runtime.close()
 

@@ -23,10 +23,10 @@ from rkllmd.runtime.llamacpp import embedded_model_path
 from rkllmd.runtime.llamacpp import runtime as llamacpp
 from rkllmd.runtime.llamacpp.grammar import LazyGrammar, _gbnf, _lazy_sampler
 from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
-from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
 from rkllmd.toolcalls import validate
 from rkllmd.toolcalls.formats.hermes import FORMAT as HERMES
 from rkllmd.toolcalls.formats.hermes import HermesParser
+from tests.helpers import open_smollm2
 
 pytestmark = pytest.mark.model
 
@@ -36,14 +36,7 @@ SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS}
 
 @pytest.fixture(scope="module")
 def rt() -> Iterator[LlamaCppRuntime]:
-    pytest.importorskip("llama_cpp")
-    if embedded_model_path() is None:
-        pytest.skip(f"embedded model missing: {llamacpp.INSTALL_EMBEDDED}")
-    cfg = LlamaCppModelSettings.model_validate(
-        {"runtime": "llamacpp", "max_context_len": 4096, "n_threads": 2}
-    )
-    runtime = LlamaCppRuntime("smollm2", cfg)
-    runtime.open()
+    runtime = open_smollm2(max_context_len=4096)
     yield runtime
     runtime.close()
 

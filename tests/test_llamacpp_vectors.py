@@ -11,23 +11,14 @@ import pytest
 
 from rkllmd.embedding import PROGRESS_MARK, cut_to_fit, rerank_text
 from rkllmd.errors import ContextExceeded, RuntimeFailure
-from rkllmd.runtime.llamacpp import embedded_model_path
-from rkllmd.runtime.llamacpp import runtime as llamacpp
 from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
-from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
+from tests.helpers import open_smollm2
 
 pytestmark = pytest.mark.model
 
 
 def _open(kind: str, **kw: object) -> LlamaCppRuntime:
-    pytest.importorskip("llama_cpp")
-    if embedded_model_path() is None:
-        pytest.skip(f"embedded model missing: {llamacpp.INSTALL_EMBEDDED}")
-    cfg = LlamaCppModelSettings.model_validate(
-        {"runtime": "llamacpp", "max_context_len": 256, "n_threads": 2, "kind": kind, **kw}
-    )
-    rt = LlamaCppRuntime("smollm2", cfg)
-    rt.open()
+    rt: LlamaCppRuntime = open_smollm2(max_context_len=256, kind=kind, **kw)
     return rt
 
 

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from rkllmd.toolcalls import ToolFormat
+from tests.helpers import open_smollm2
 
 FIXTURES = Path(__file__).parent / "fixtures"
 #: a tool with a required and an optional parameter, and one of Home Assistant's
@@ -79,18 +80,7 @@ def allowed_after(llm: Any, fmt: ToolFormat, tools: Any, text: str) -> set[str]:
 
 def smollm2_as(fmt: str) -> Iterator[Any]:
     """The embedded SmolLM2 on llama.cpp, its ``tool_format`` set to ``fmt`` (for a module fixture)."""
-    pytest.importorskip("llama_cpp")
-    from rkllmd.runtime.llamacpp import embedded_model_path
-    from rkllmd.runtime.llamacpp.runtime import LlamaCppRuntime
-    from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
-
-    if embedded_model_path() is None:
-        pytest.skip("embedded model missing")
-    cfg = LlamaCppModelSettings.model_validate(
-        {"runtime": "llamacpp", "max_context_len": 1024, "n_threads": 2, "tool_format": fmt}
-    )
-    rt = LlamaCppRuntime("smollm2", cfg)
-    rt.open()
+    rt = open_smollm2(max_context_len=1024, tool_format=fmt)
     yield rt
     rt.close()
 
