@@ -15,21 +15,13 @@ from typing import Protocol
 import structlog
 
 from rkllmd.exchange import AbortReason, Exchange
+from rkllmd.jobs import Timeouts
 from rkllmd.runtime.base import Runtime
 
 
-class Deadlines(Protocol):
-    """The time limits the watchdog enforces (rkllmd.loop.Limits has them; a protocol, since the
-    loop imports this module)."""
-
-    @property
-    def first_token_timeout_s(self) -> float: ...
-
-    @property
-    def total_timeout_s(self) -> float: ...
-
-    @property
-    def stall_timeout_s(self) -> float: ...
+class Deadlines(Timeouts, Protocol):
+    """The time limits the watchdog enforces: those a timeout error names, and how long an abort
+    may take (rkllmd.loop.Limits has them; a protocol, since the loop imports this module)."""
 
     @property
     def abort_grace_s(self) -> float: ...

@@ -63,6 +63,14 @@ class Req(BaseModel):
         return v
 
 
+def _whole_or_none(v: Any) -> Any:
+    """An optional integer field read as every interface reads numbers (a whole float is one)."""
+    try:
+        return None if v is None else as_number(v, "integer")
+    except NotANumber as exc:
+        raise PydanticCustomError("number_type", str(exc)) from None
+
+
 def _no_nul(v: Any) -> Any:
     """Text for the runtime must not hold NUL: C reads a string only up to the first one."""
     texts = [v] if isinstance(v, str) else v if isinstance(v, list) else []
@@ -388,13 +396,7 @@ class EmbedRequest(Req):
     def _input_ok(cls, v: Any) -> Any:
         return None if v is None else _texts(v)
 
-    @field_validator("dimensions", mode="before")
-    @classmethod
-    def _whole(cls, v: Any) -> Any:
-        try:
-            return None if v is None else as_number(v, "integer")
-        except NotANumber as exc:
-            raise PydanticCustomError("number_type", str(exc)) from None
+    _whole = field_validator("dimensions", mode="before")(_whole_or_none)
 
 
 class RerankRequest(Req):
@@ -418,10 +420,4 @@ class RerankRequest(Req):
             raise PydanticCustomError("input_type", "must be a list of strings")
         return _texts(v, objects=True)
 
-    @field_validator("top_n", mode="before")
-    @classmethod
-    def _whole(cls, v: Any) -> Any:
-        try:
-            return None if v is None else as_number(v, "integer")
-        except NotANumber as exc:
-            raise PydanticCustomError("number_type", str(exc)) from None
+    _whole = field_validator("top_n", mode="before")(_whole_or_none)
