@@ -218,13 +218,21 @@ def test_ha_discovery_topics_are_real(
     mqtt_probe.drain()
     # text entity: a plain-text prompt
     mqtt_probe.publish(cmps["prompt"]["cmd_t"], "Say yes.")
-    # The previous answer is retained there and may arrive after the drain: skip retained copies.
-    live = mqtt_probe.collect_until(cmps["last_answer"]["stat_t"], lambda m: not m.retain, timeout=60)
+    # The previous test's answer is retained there, and the plugin may publish it live after that
+    # test's reply (its output route runs after the final): wait for this prompt's own answer.
+    live = mqtt_probe.collect_until(
+        cmps["last_answer"]["stat_t"],
+        lambda m: not m.retain and m.json().get("prompt") == "Say yes.",
+        timeout=60,
+    )
     answer_msg = live[-1]
-    event_msg = mqtt_probe.get(cmps["answer"]["stat_t"], timeout=5)
-    answer, event = answer_msg.json(), event_msg.json()
-    assert answer["text"] and answer["prompt"] == "Say yes."
-    assert event["event_type"] == "answer" and event["text"] == answer["text"]
+    answer = answer_msg.json()
+    assert answer["text"]
+    events = mqtt_probe.collect_until(
+        cmps["answer"]["stat_t"], lambda m: m.json().get("text") == answer["text"], timeout=5
+    )
+    event_msg = events[-1]
+    assert event_msg.json()["event_type"] == "answer"
     seen = {answer_msg.topic, event_msg.topic}
     # select: load the other model
     mqtt_probe.publish(cmps["model"]["cmd_t"], "smol2")
