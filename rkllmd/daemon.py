@@ -116,6 +116,7 @@ class Daemon:
                 lim.restart_budget,
                 lim.restart_window_s,
                 hold=lim.backlog_max,
+                overtakes=lim.background_overtakes,
             ),
             self.dispatcher.put,
             direct=self.dispatcher,

@@ -36,6 +36,7 @@ class Run:
     pieces: list[str] = field(default_factory=list)
     thoughts: list[str] = field(default_factory=list)  # a thinking model's thought, apart from the text
     seq: int = 0
+    overtaken: int = 0  # generations that ran before this background job while it waited (jobqueue.py)
     tool_calls: list[dict[str, Any]] = field(default_factory=list)  # in the reply's shape
     bad_calls: list[str] = field(default_factory=list)  # why each malformed call was withheld
     journal_key: str | None = None  # open in the request journal (rkllmd/journal.py) until answered

@@ -9,6 +9,9 @@ Threads:
   does not wake at all.
 - any thread may call ``submit`` and ``cancel``.
 
+The queue's places and the order its jobs run in are rkllmd/jobqueue.py's (a generation runs
+before the ``background`` jobs queued ahead of it, within ``Limits.overtakes``).
+
 The loop never publishes: it hands events (``Token``, ``Final``, ``Stats``) to ``emit``, which
 only enqueues them for the dispatcher thread (rkllmd/dispatch.py), so MQTT and plugin code never
 runs on the inference thread. A job is the request's own record, an ``Exchange``; the loop
@@ -16,7 +19,8 @@ writes only its ``run`` state and its ``model``. What a job does is its command'
 (``CommandSpec.run`` in rkllmd/commands/, called with the loop as its ``Engine``); the loop keeps the
 queue, cancel, the watchdog, the timeouts, loading and the crash budget, and reads of a command
 only whether it ``generates`` (a streamed run) or is ``cancellable`` (by id, unique by id in the
-queue; a generating command always is); a job is watched once its run calls ``begin``.
+queue; a generating command always is), its queue also whether it is ``background``; a job is
+watched once its run calls ``begin``.
 A ``Stats`` event follows every change of the queue or of the running job (queued, refused busy,
 started, finished, cancelled, dropped at shutdown), from whichever thread made the change; the
 dispatcher rate-limits what it publishes.
@@ -24,8 +28,6 @@ dispatcher rate-limits what it publishes.
 
 from __future__ import annotations
 
-import collections
-import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +47,7 @@ from rkllmd.errors import (
     ShuttingDown,
 )
 from rkllmd.exchange import Exchange, Final, Token
+from rkllmd.jobqueue import JobQueue
 from rkllmd.jobs import DirectStream, timeout_error
 from rkllmd.outcome import final_data, partial
 from rkllmd.protocol import owned_by
@@ -78,6 +81,8 @@ class Limits:
     # Requests that find the queue full but may not be refused busy (submit's may_hold: a fleet's
     # requests, a broker's backlog or redelivery) wait behind it, up to this many (limits.backlog_max).
     hold: int = 0
+    # Generations that may run before a queued background job before it runs (limits.background_overtakes).
+    overtakes: int = 4
 
 
 class InferenceLoop(Watchdog):
@@ -101,8 +106,7 @@ class InferenceLoop(Watchdog):
         self.emit = emit
         self.direct = direct
         self._cond = threading.Condition()
-        self._pending: collections.deque[Exchange] = collections.deque()
-        self._held: collections.deque[Exchange] = collections.deque()  # behind a full queue (Limits.hold)
+        self._queue = JobQueue(limits.queue_size, limits.hold, limits.overtakes)
         self._current: Exchange | None = None
         self._waiting = False  # the inference thread sleeps on _cond with nothing to do
         self._runtime: Runtime | None = None
@@ -132,12 +136,13 @@ class InferenceLoop(Watchdog):
 
     def queue_depth(self) -> int:
         with self._cond:
-            return len(self._pending) + len(self._held)
+            return self._queue.depth()
 
     def submit(self, job: Exchange, *, may_hold: bool = False) -> None:
         """Queue a job or raise Busy / ShuttingDown / RequestError (an id in use) at once; never blocks.
 
-        ``may_hold``: a full queue holds the job behind it (up to ``Limits.hold``) instead of Busy."""
+        ``may_hold``: a full queue holds the job behind it (up to ``Limits.hold``) instead of Busy.
+        Background jobs have places of their own (rkllmd/jobqueue.py)."""
         with self._cond:
             if not self._accepting:
                 raise ShuttingDown("rkllmd is shutting down; request not accepted")
@@ -145,30 +150,21 @@ class InferenceLoop(Watchdog):
                 raise RequestError(f"a request with id {job.id!r} is already queued or running")
             # Control jobs (load/unload/clear) may wait too but count against the same bound,
             # so a flood of anything cannot grow memory without limit.
-            full = len(self._pending) >= self.limits.queue_size
-            if full and may_hold and len(self._held) < self.limits.hold:
-                job.run.enqueued_at = time.monotonic()
-                self._held.append(job)
-                self._emit_stats_locked()
-                return
-            if len(self._pending) >= self.limits.queue_size:
+            try:
+                held = self._queue.add(job, may_hold=may_hold)
+            except Busy:
                 self._emit_stats_locked()  # a refusal re-states the full queue for late readers
-                raise Busy(
-                    f"queue full ({self.limits.queue_size} waiting); try again later",
-                    queue_depth=len(self._pending),
-                )
+                raise
             job.run.enqueued_at = time.monotonic()
-            self._pending.append(job)
             # An idle inference thread takes the job at once and says so (busy, running it): the
             # state of it queued would last microseconds and cost a stats publish per request.
-            if not self._waiting:
+            if held or not self._waiting:
                 self._emit_stats_locked()
             self._cond.notify_all()
 
     def _queued_locked(self, request_id: str | None) -> Exchange | None:
         """The queued (or held) cancellable job with this id, or None (holding ``_cond``)."""
-        waiting = itertools.chain(self._pending, self._held)
-        return next((j for j in waiting if j.id == request_id and _by_id(j)), None)
+        return next((j for j in self._queue.waiting() if j.id == request_id and _by_id(j)), None)
 
     def _running_locked(self, request_id: str | None) -> Exchange | None:
         """The running job if it is the cancellable job with this id, else None (holding ``_cond``)."""
@@ -188,7 +184,7 @@ class InferenceLoop(Watchdog):
                     log.info("cancel refused: another reply folder's request", request_id=request_id)
                     raise NotFound(f"no queued or running request with id {request_id!r}")
             if job is not None:
-                (self._pending if job in self._pending else self._held).remove(job)
+                self._queue.remove(job)
                 job.run.abort_reason = "cancelled"
                 self.emit(Final(job, "ok", final_data(job, "cancelled")))
                 self._emit_stats_locked()
@@ -206,9 +202,7 @@ class InferenceLoop(Watchdog):
         """Stop taking jobs, answer the queued ones, give the running one ``grace_s``, then abort."""
         with self._cond:
             self._accepting = False
-            dropped = [*self._pending, *self._held]
-            self._pending.clear()
-            self._held.clear()
+            dropped = self._queue.drain()
             if dropped:
                 self._emit_stats_locked()
             self._cond.notify_all()
@@ -243,15 +237,13 @@ class InferenceLoop(Watchdog):
     def _run(self) -> None:
         while True:
             with self._cond:
-                while not self._pending and not self._stop.is_set():
+                while not self._queue and not self._stop.is_set():
                     self._waiting = True
                     self._cond.wait()
                 self._waiting = False
-                if not self._pending:  # stopping and nothing left
+                job = self._queue.take()  # a held job takes the place it frees
+                if job is None:  # stopping and nothing left
                     break
-                job = self._pending.popleft()
-                if self._held:  # a place in the queue came free
-                    self._pending.append(self._held.popleft())
                 self._current = job
                 self._emit_stats_locked()  # busy, running = job.id, one fewer queued
             # Every log line written on this thread while the job runs (runtime included)
@@ -375,7 +367,7 @@ class InferenceLoop(Watchdog):
         cur = self._current
         return {
             **self._stats,
-            "queue_depth": len(self._pending) + len(self._held),
+            "queue_depth": self._queue.depth(),
             "busy": cur is not None,
             "running": cur.id if cur is not None else None,
             "loaded_model": self._loaded,

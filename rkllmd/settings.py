@@ -40,7 +40,20 @@ EMBEDDED_MODEL_NAME = "smollm2"
 
 
 class LimitSettings(Strict):
-    queue_size: int = Field(8, ge=1, le=10_000, description="requests waiting behind the running one")
+    queue_size: int = Field(
+        8,
+        ge=1,
+        le=10_000,
+        description="requests waiting behind the running one; embed and rerank jobs have as many "
+        "places again of their own",
+    )
+    background_overtakes: int = Field(
+        4,
+        ge=0,
+        le=1000,
+        description="generations that may run before a queued embed or rerank job before it runs "
+        "(0: arrival order); docs/EMBEDDINGS.md",
+    )
     backlog_max: int = Field(
         1000,
         ge=1,

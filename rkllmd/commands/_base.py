@@ -127,3 +127,5 @@ class CommandSpec(Command):
     def __post_init__(self) -> None:
         if (self.run is None) == self.queued or (self.answer is None) != self.queued:
             raise TypeError(f"command {self.name!r}: a queued command has run, any other answer")
+        if self.background and (self.generates or not self.queued):
+            raise TypeError(f"command {self.name!r}: only a queued job that does not generate gives way")

@@ -72,6 +72,7 @@ COMMAND = CommandSpec(
     cancellable=True,
     queued=True,
     model_topic=True,
+    background=True,  # a batch gives way to a voice request queued behind it (docs/EMBEDDINGS.md)
     admit=admit,
     run=run,
 )

@@ -50,5 +50,12 @@ def run(job: Exchange, loop: Engine) -> Final:
 
 
 COMMAND = CommandSpec(
-    "rerank", RerankRequest, cancellable=True, queued=True, model_topic=True, admit=admit, run=run
+    "rerank",
+    RerankRequest,
+    cancellable=True,
+    queued=True,
+    model_topic=True,
+    background=True,  # gives way to a voice request queued behind it (docs/EMBEDDINGS.md)
+    admit=admit,
+    run=run,
 )

@@ -26,6 +26,9 @@ class Command:
     ``model_topic``: its topic may name the model, ``<base>/request/<name>/<model>`` (generate,
     embed, rerank); in a fleet that topic reaches only the boards that serve the model.
     ``changes_model``: its reply is followed by the info topic again (the loaded model changed).
+    ``background``: its queued job gives way (embed, rerank): a generation queued behind it runs
+    first, at most ``limits.background_overtakes`` times, and such jobs have queue places of their
+    own, so they never fill the queue against a generation (rkllmd/jobqueue.py).
     """
 
     name: str
@@ -36,3 +39,4 @@ class Command:
     cancellable: bool = False
     changes_model: bool = False
     model_topic: bool = False
+    background: bool = False
