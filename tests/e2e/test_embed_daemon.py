@@ -254,3 +254,58 @@ def test_a_runtime_crash_costs_the_batch_only(daemon: Any, mqtt_probe: Probe) ->
     assert reply["status"] == "error" and reply["code"] == "runtime_crashed", reply
     again = ask(mqtt_probe, base, "embed", {"id": "after", "input": "fine"}, timeout=30)
     assert again["status"] == "ok" and close(again["data"]["embeddings"][0], mean_vector("fine"))
+
+
+def _queue_behind_a_long_batch(probe: Probe, base: str, queued: list[tuple[str, dict[str, Any]]]) -> None:
+    """A 9-s embed batch ("e0") runs; ``queued`` is published behind it; the stats show them all
+    queued (the order of replies is then the queue's, whatever the machine's speed)."""
+    probe.subscribe(f"{base}/stats", f"{base}/response/+")
+    batch = [f"text {i} [[delay_ms=300]]" for i in range(30)]
+    probe.publish(f"{base}/request/embed", {"id": "e0", "model": "emb", "input": batch})
+    probe.collect_until(f"{base}/stats", lambda m: m.json()["busy"] and m.json()["queue_depth"] == 0)
+    for command, payload in queued:
+        probe.publish(f"{base}/request/{command}", payload)
+
+
+def _replies(probe: Probe, base: str, n: int) -> list[dict[str, Any]]:
+    """The next ``n`` final replies (cancel's included), in the order they arrived."""
+    return [probe.get(f"{base}/response/+", timeout=30).json() for _ in range(n)]
+
+
+def test_a_voice_request_runs_before_the_embed_batches_queued_ahead_of_it(
+    daemon: Any, mqtt_probe: Probe
+) -> None:
+    """Open WebUI sends a document's batches at once: a generation published after them is answered
+    before them, and they are all answered, in their own order (docs/EMBEDDINGS.md)."""
+    base = daemon()
+    queued = [("embed", {"id": f"e{i}", "model": "emb", "input": [f"chunk {i}"]}) for i in (1, 2, 3)]
+    voice = ("generate", {"id": "voice", "prompt": "lights on"})
+    _queue_behind_a_long_batch(mqtt_probe, base, [*queued, voice])
+    mqtt_probe.collect_until(f"{base}/stats", lambda m: m.json()["queue_depth"] == 4)
+    mqtt_probe.publish(f"{base}/request/cancel", {"id": "e0"})  # the queue is built: let it run
+    replies = [r for r in _replies(mqtt_probe, base, 6) if "was" not in r["data"]]  # cancel's: "was"
+    assert [(r["id"], r["status"]) for r in replies] == [
+        ("e0", "ok"), ("voice", "ok"), ("e1", "ok"), ("e2", "ok"), ("e3", "ok")
+    ], replies  # fmt: skip
+    assert replies[0]["data"]["finish_reason"] == "cancelled" and replies[1]["data"]["text"] == "LIGHTS ON"
+    for i, reply in enumerate(replies[2:], 1):
+        assert close(reply["data"]["embeddings"][0], mean_vector(f"chunk {i}"))
+
+
+def test_a_queue_full_of_embed_batches_still_takes_a_voice_request(daemon: Any, mqtt_probe: Probe) -> None:
+    """queue_size embed batches wait: one more batch is refused busy, a generation is not."""
+    base = daemon()
+    queued = [("embed", {"id": f"e{i}", "model": "emb", "input": [f"chunk {i}"]}) for i in (1, 2, 3, 4)]
+    _queue_behind_a_long_batch(mqtt_probe, base, queued)
+    mqtt_probe.collect_until(f"{base}/stats", lambda m: m.json()["queue_depth"] == 4)
+    mqtt_probe.publish(f"{base}/request/embed", {"id": "e5", "model": "emb", "input": ["one too many"]})
+    refused = mqtt_probe.get(f"{base}/response/embed", timeout=20).json()
+    assert refused["id"] == "e5" and refused["code"] == "busy", refused
+    mqtt_probe.publish(f"{base}/request/generate", {"id": "voice", "prompt": "lights on"})
+    mqtt_probe.collect_until(f"{base}/stats", lambda m: m.json()["queue_depth"] == 5)
+    mqtt_probe.publish(f"{base}/request/cancel", {"id": "e0"})
+    replies = [r for r in _replies(mqtt_probe, base, 7) if "was" not in r["data"]]
+    assert [(r["id"], r["status"]) for r in replies] == [
+        ("e0", "ok"), ("voice", "ok"), ("e1", "ok"), ("e2", "ok"), ("e3", "ok"), ("e4", "ok")
+    ], replies  # fmt: skip
+    assert replies[1]["data"]["text"] == "LIGHTS ON"
