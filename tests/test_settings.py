@@ -39,6 +39,18 @@ def test_unknown_key_is_an_error_naming_it(tmp_path: Path) -> None:
     assert "limits.queue_size" in ei.value.message
 
 
+def test_background_overtakes_is_bounded_and_zero_means_arrival_order(tmp_path: Path) -> None:
+    """limits.background_overtakes: 0 is allowed (strict arrival order), a negative count is named."""
+    p = tmp_path / "c.toml"
+    p.write_text("[limits]\nbackground_overtakes = 0\n")
+    assert load_settings(p).limits.background_overtakes == 0
+    assert load_settings(None, env={}).limits.background_overtakes == 4
+    p.write_text("[limits]\nbackground_overtakes = -1\n")
+    with pytest.raises(ConfigError) as ei:
+        load_settings(p)
+    assert "limits.background_overtakes" in ei.value.message
+
+
 def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """RKLLMD_SECTION__KEY beats the TOML file."""
     p = tmp_path / "c.toml"

@@ -56,11 +56,13 @@ class ClientGone(Exception):
 
 def answer_deadline_s(settings: Settings) -> float:
     """The longest an injected request can wait for its final reply when nothing is wrong: every
-    job ahead of it in a full queue, and its own, each at its limits (a model load, the whole
-    generation, the abort grace, the watchdog's margin). A Waiter gives up after this."""
+    job ahead of it in a full queue (generations' and embed/rerank jobs' places both, and the
+    generations that may overtake an embed or rerank job, rkllmd/jobqueue.py), and its own, each
+    at its limits (a model load, the whole generation, the abort grace, the watchdog's margin).
+    A Waiter gives up after this."""
     lim = settings.limits
     job_s = _LOAD_S + lim.total_timeout_s + lim.abort_grace_s + max(5.0, lim.shutdown_grace_s)
-    return (lim.queue_size + 1) * job_s
+    return (2 * lim.queue_size + lim.background_overtakes + 1) * job_s
 
 
 def no_answer(deadline_s: float) -> Final:
