@@ -260,9 +260,10 @@ def _queue_behind_a_long_batch(probe: Probe, base: str, queued: list[tuple[str, 
     """A 9-s embed batch ("e0") runs; ``queued`` is published behind it; the stats show them all
     queued (the order of replies is then the queue's, whatever the machine's speed)."""
     probe.subscribe(f"{base}/stats", f"{base}/response/+")
+    probe.collect_until(f"{base}/stats", lambda m: not m.json()["busy"])  # the startup load is over
     batch = [f"text {i} [[delay_ms=300]]" for i in range(30)]
     probe.publish(f"{base}/request/embed", {"id": "e0", "model": "emb", "input": batch})
-    probe.collect_until(f"{base}/stats", lambda m: m.json()["busy"] and m.json()["queue_depth"] == 0)
+    probe.collect_until(f"{base}/stats", lambda m: m.json()["busy"])  # e0 runs: nothing else was sent
     for command, payload in queued:
         probe.publish(f"{base}/request/{command}", payload)
 
