@@ -1,7 +1,7 @@
 """The inference loop: one thread owns the runtime; a bounded queue in front of it.
 
 Threads:
-- the *inference thread* (``InferenceLoop._run``) runs every job in order (generate, load,
+- the *inference thread* (``InferenceLoop._run``) runs every job in the queue's order (generate, load,
   unload, clear_cache: its command's ``run``). It alone calls the runtime, except ``abort``.
 - the *watchdog thread* (rkllmd/watchdog.py) ends generations that overrun their first-token,
   total or stall time limit by calling ``abort``, the one runtime call allowed from another
@@ -148,8 +148,9 @@ class InferenceLoop(Watchdog):
                 raise ShuttingDown("rkllmd is shutting down; request not accepted")
             if _by_id(job) and (self._queued_locked(job.id) or self._running_locked(job.id)):
                 raise RequestError(f"a request with id {job.id!r} is already queued or running")
-            # Control jobs (load/unload/clear) may wait too but count against the same bound,
-            # so a flood of anything cannot grow memory without limit.
+            # Control jobs (load/unload/clear) may wait too but count against the generations'
+            # bound, background jobs against their own: a flood of anything cannot grow memory
+            # without limit.
             try:
                 held = self._queue.add(job, may_hold=may_hold)
             except Busy:
