@@ -153,3 +153,16 @@ def test_unknown_role_is_bad_request_naming_field_and_allowed_values() -> None:
 def test_wrong_json_types_stay_wrong_type(obj: dict[str, Any]) -> None:
     """A field of the wrong JSON type is still wrong_type, a role of 5 included."""
     assert refusal("generate", obj).code == "wrong_type"
+
+
+def test_a_think_value_outside_the_levels_is_one_clear_bad_request() -> None:
+    """``"think": "max"`` is a wrong value (bad_request, as PROTOCOL.md's codes table says), told in
+    one sentence naming what is allowed, not as two union members' errors; a number is a wrong type."""
+    exc = refusal("generate", {"prompt": "hi", "think": "max"})
+    assert exc.code == "bad_request" and not isinstance(exc, WrongType)
+    assert exc.message == "invalid request: think: must be true, false, 'low', 'medium' or 'high' (got 'max')"
+    exc = refusal("generate", {"prompt": "hi", "think": 1})
+    assert isinstance(exc, WrongType)
+    assert exc.message == "invalid request: think: must be true, false, 'low', 'medium' or 'high' (got 1)"
+    for ok in (True, False, "low", "medium", "high"):
+        assert protocol.validate(COMMANDS["generate"], {"prompt": "hi", "think": ok}).think == ok  # type: ignore[attr-defined]

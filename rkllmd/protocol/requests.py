@@ -84,6 +84,20 @@ def _located(message: str) -> PydanticCustomError:
     return PydanticCustomError("located", message)
 
 
+_THINK_LEVELS = ("low", "medium", "high")
+
+
+def _check_think(v: Any) -> Any:
+    """One message for a bad ``think``, not the union's two (a bool's and a level's): a string
+    outside the levels is a wrong value (bad_request), any other JSON type a wrong type."""
+    if isinstance(v, bool) or v in _THINK_LEVELS:
+        return v
+    text = f"must be true, false, 'low', 'medium' or 'high' (got {v!r:.40})"
+    if isinstance(v, str):
+        raise _located(f"think: {text}")
+    raise PydanticCustomError("think_type", text)  # payload.validate puts the field in front
+
+
 class FunctionCallIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
@@ -240,6 +254,7 @@ class GenerateRequest(_WithOptions):
     max_thinking_tokens: int | None = Field(None, ge=1)
 
     _text_ok = field_validator("prompt", "system", *_STRINGS)(_no_nul)
+    _think_ok = field_validator("think", mode="before")(_check_think)
     _tools_ok = field_validator("tools")(_check_tools)
     _tool_choice_ok = field_validator("tool_choice")(_check_tool_choice)
     _format_ok = field_validator("format")(_check_format)

@@ -132,8 +132,8 @@ def test_mqtt_thinking_is_off_unless_asked(served: Served, mqtt_probe: Probe) ->
     assert not any("thinking" in c for c in got["chunks"])
     assert not [m for m in mqtt_probe.drain() if m.topic.endswith("/thinking")]
     refused = generate(mqtt_probe, {"id": "off2", "prompt": "hi", "think": "very", "stream": False})
-    assert refused["reply"]["code"] == "wrong_type", refused["reply"]
-    assert "think" in refused["reply"]["error"] and "high" in refused["reply"]["error"]
+    assert refused["reply"]["code"] == "bad_request", refused["reply"]  # a wrong value, not type
+    assert "think: must be true, false, 'low', 'medium' or 'high'" in refused["reply"]["error"]
 
 
 def test_r1_output_starts_inside_the_thought(served: Served, mqtt_probe: Probe) -> None:
