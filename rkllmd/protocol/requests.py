@@ -149,6 +149,9 @@ class MessageIn(BaseModel):
     tool_call_id: str | None = None
     name: str | None = None
     images: list[ImageIn] | None = Field(None, max_length=16)
+    # An earlier reply's data.thinking sent back with its turn, as Home Assistant sends Ollama's:
+    # accepted and dropped, never prefilled again (docs/THINKING.md, "Thought in the history").
+    thinking: str | None = None
 
     _content_ok = field_validator("content")(_no_nul)
 
@@ -159,6 +162,8 @@ class MessageIn(BaseModel):
             raise ValueError("content is required")
         if self.images and self.role != "user":
             raise ValueError("images go on a user message")
+        if self.thinking is not None and self.role != "assistant":
+            raise ValueError("thinking goes on an assistant message")
         return self
 
 

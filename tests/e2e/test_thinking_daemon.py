@@ -190,6 +190,23 @@ def test_thought_in_history_is_not_prefilled(served: Served, mqtt_probe: Probe) 
     assert "SURE THING." in text and "AGAIN PLEASE" in text and "SECRET" not in text
 
 
+def test_a_replies_thinking_sent_back_in_the_history_is_dropped(served: Served, mqtt_probe: Probe) -> None:
+    """A client that keeps the chat as rkllmd's replies gave it sends ``data.thinking`` back on the
+    assistant turn: taken (it used to be bad_request, unknown field) and never prefilled."""
+    messages = [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "Sure thing.", "thinking": "secret plan"},
+        {"role": "user", "content": "again please"},
+    ]
+    got = generate(mqtt_probe, {"id": "h2", "messages": messages, "stream": False, "think": True})
+    assert got["reply"]["status"] == "ok", got["reply"]
+    text = got["data"]["text"]
+    assert "SURE THING." in text and "AGAIN PLEASE" in text and "SECRET" not in text
+    on_user = [{"role": "user", "content": "hi", "thinking": "x"}]
+    refused = generate(mqtt_probe, {"id": "h3", "messages": on_user, "stream": False})
+    assert refused["reply"]["code"] == "bad_request" and "assistant" in refused["reply"]["error"]
+
+
 # --- OpenAI, with the openai client Home Assistant pins --------------------------------------------
 
 
