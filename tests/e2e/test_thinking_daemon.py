@@ -242,6 +242,18 @@ def test_openai_reasoning_content(served: Served, stream: bool) -> None:
     assert "reasoning_content" not in body and THOUGHT not in body
 
 
+@pytest.mark.parametrize("effort", ["xhigh", "max"])
+def test_openai_every_effort_its_client_types_turns_thinking_on(served: Served, effort: str) -> None:
+    """openai 3.26.0 types reasoning_effort as none … high, xhigh, max: the two highest were 400
+    (invalid_value) though the client offers them; they mean on, as every level but none and
+    minimal does."""
+    messages = [{"role": "user", "content": thinks()}]
+    out = replay("openai", "3.26.0", served.openai, model="fake", messages=messages, reasoning_effort=effort)
+    assert out["sent"][0]["reasoning_effort"] == effort and "error" not in out, out.get("error")
+    message = out["completion"]["choices"][0]["message"]
+    assert (message["content"], message["reasoning_content"]) == (ANSWER, THOUGHT)
+
+
 def test_openai_thinking_limit_is_length(served: Served) -> None:
     """A model configured with max_thinking_tokens: a longer thought ends the run; OpenAI's
     clients know ``length`` for a run that ran out of tokens."""

@@ -126,7 +126,9 @@ def _tools(body: dict[str, Any], fields: dict[str, Any]) -> None:
     )
 
 
-_EFFORT = {"none": False, "minimal": False, "low": True, "medium": True, "high": True}
+# OpenAI's levels as its client types them (openai 3.26.0: none … high, xhigh, max); every one
+# but none and minimal means on, as no runtime here has degrees of thinking.
+_EFFORT = {"none": False, "minimal": False} | dict.fromkeys(("low", "medium", "high", "xhigh", "max"), True)
 
 
 def _think(body: dict[str, Any]) -> bool | None:
@@ -155,7 +157,8 @@ def _think(body: dict[str, Any]) -> bool | None:
     if effort not in _EFFORT:
         raise ApiError(
             400,
-            f"Invalid value for 'reasoning_effort': {effort!r}; use none, minimal, low, medium or high.",
+            f"Invalid value for 'reasoning_effort': {effort!r}; "
+            "use none, minimal, low, medium, high, xhigh or max.",
             param="reasoning_effort",
             code="invalid_value",
         )
