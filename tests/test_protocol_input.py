@@ -166,3 +166,22 @@ def test_a_think_value_outside_the_levels_is_one_clear_bad_request() -> None:
     assert exc.message == "invalid request: think: must be true, false, 'low', 'medium' or 'high' (got 1)"
     for ok in (True, False, "low", "medium", "high"):
         assert protocol.validate(COMMANDS["generate"], {"prompt": "hi", "think": ok}).think == ok  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("image", [5, None, ["abc"], {"url": "https://x/a.jpg"}, {"path": 3}])
+def test_an_image_of_the_wrong_shape_is_one_clear_wrong_type(image: Any) -> None:
+    """``"images": [5]`` was told as both union members' errors (``images[0].str: …;
+    images[0].ImagePathIn: …``); now one sentence naming the item and the shapes it may take."""
+    for obj, where in (
+        ({"prompt": "hi", "images": [image]}, "images[0]"),
+        (
+            {"messages": [{"role": "user", "content": "hi", "images": ["aGk=", image]}]},
+            "messages[0].images[1]",
+        ),
+    ):
+        exc = refusal("generate", obj)
+        assert isinstance(exc, WrongType)
+        assert exc.message.startswith(
+            f'invalid request: {where}: must be a base64 string, a data: URI or {{"path": '
+        )
+        assert ";" not in exc.message and "ImagePathIn" not in exc.message

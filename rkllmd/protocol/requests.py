@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -137,7 +138,7 @@ class ImagePathIn(BaseModel):
 
 # An image: its bytes base64-encoded or as a data: URI (a string), or {"path": …} (docs/PROTOCOL.md,
 # docs/VISION.md).
-ImageIn = str | ImagePathIn
+ImageIn = Annotated[str | ImagePathIn, BeforeValidator(imagein.check_item)]
 
 
 class MessageIn(BaseModel):
