@@ -34,7 +34,13 @@ def test_base64_round_trip_with_line_breaks() -> None:
 
 @pytest.mark.parametrize(
     ("text", "words"),
-    [("", "empty"), ("not base64!", "not valid base64"), ("data:image/png;base64,AAAA", "data: URI goes in")],
+    [
+        ("", "empty"),
+        ("not base64!", "not valid base64"),
+        ("data:image/png;base64,AAAA", "data: URI goes in"),
+        # MQTT's and Ollama's images: a URL is told it is not fetched, not only that it is bad base64
+        ("https://cam.lan/snapshot.jpg", "fetches no image URLs"),
+    ],
 )
 def test_bad_base64(text: str, words: str) -> None:
     with pytest.raises(BadImage, match=words):

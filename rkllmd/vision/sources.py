@@ -47,6 +47,8 @@ def from_base64(text: str | bytes, limits: ImageLimits = DEFAULT_LIMITS) -> byte
     try:
         data = base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError) as exc:
+        if raw.startswith((b"http://", b"https://")):  # a camera's or a web page's URL
+            raise BadImage("rkllmd fetches no image URLs; send the image's bytes base64-encoded") from exc
         hint = " (a data: URI goes in image_url, not here)" if raw.startswith(b"data:") else ""
         raise BadImage(f"the image is not valid base64 ({exc}){hint}; send its bytes base64-encoded") from exc
     if len(data) > limits.max_bytes:
