@@ -185,3 +185,29 @@ def test_an_image_of_the_wrong_shape_is_one_clear_wrong_type(image: Any) -> None
             f'invalid request: {where}: must be a base64 string, a data: URI or {{"path": '
         )
         assert ";" not in exc.message and "ImagePathIn" not in exc.message
+
+
+@pytest.mark.parametrize(
+    ("obj", "message"),
+    [
+        (
+            {"prompt": "x", "messages": [{"role": "user", "content": "y"}]},
+            "request: give either prompt or messages",
+        ),
+        ({"messages": [{"role": "user"}]}, "messages[0]: content is required"),
+        (
+            {
+                "messages": [
+                    {"role": "assistant", "content": "x", "images": ["aGk="]},
+                    {"role": "user", "content": "y"},
+                ]
+            },
+            "messages[0]: images go on a user message",
+        ),
+    ],
+)
+def test_a_rule_of_the_request_is_told_in_its_own_words(obj: dict[str, Any], message: str) -> None:
+    """The message is rkllmd's sentence after the field, without pydantic's "Value error, " (which
+    also reached OpenAI clients through the http plugin)."""
+    exc = refusal("generate", obj)
+    assert exc.code == "bad_request" and exc.message.startswith(f"invalid request: {message}")

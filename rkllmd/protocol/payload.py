@@ -95,6 +95,8 @@ def validate(command: Command, obj: dict[str, Any]) -> Req:
                 raise EmptyPrompt(str(ctx_err)) from None
             loc = _loc(err["loc"])
             msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            if err["type"] == "value_error" and ctx_err is not None:
+                msg = str(ctx_err)  # our own words, without pydantic's "Value error, " in front
             if err["type"] == "located":  # the message names its own field
                 problems.append(msg)
                 continue
