@@ -18,6 +18,7 @@ is changed.
 from __future__ import annotations
 
 import io
+import re
 import time
 from array import array
 from collections.abc import Sequence
@@ -62,8 +63,11 @@ def decode(data: bytes, limits: ImageLimits = DEFAULT_LIMITS, *, draft: int | No
     except (ImageTooLarge, BadImage):
         raise
     except Image.DecompressionBombError as exc:  # raised inside open(), before the header check
+        # Its text names Pillow's own bound (179 M), not ours: only the size found is passed on.
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"has {found.group(1)} pixels, " if found else "is "
         raise ImageTooLarge(
-            f"the image is over the limit of {limits.max_pixels} pixels ({exc}); scale it down before sending"
+            f"the image {size}over the limit of {limits.max_pixels} pixels; scale it down before sending"
         ) from exc
     except UnidentifiedImageError as exc:
         raise BadImage(f"the {fmt} image cannot be read: its header is damaged") from exc
