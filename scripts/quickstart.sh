@@ -57,7 +57,10 @@ then
     conf="$(mktemp -t rkllmd-mosquitto.XXXXXX.conf)"
     printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n' "$PORT" > "$conf"
     echo "[quickstart] no broker on $HOST:$PORT; starting mosquitto on 127.0.0.1:$PORT" >&2
-    "$MOSQ" -c "$conf" &
+    # In a session of its own: Ctrl-C (SIGINT to the terminal's foreground group) and `timeout`
+    # (SIGTERM to its group) would stop mosquitto at once, before rkllmd could publish "stopped"
+    # (subscribers saw the Will "offline"); cleanup below stops it after rkllmd.
+    setsid "$MOSQ" -c "$conf" &
     broker_pid=$!
     HOST=127.0.0.1; export RKLLMD_MQTT__HOST=127.0.0.1
 fi

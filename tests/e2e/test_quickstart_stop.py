@@ -57,12 +57,14 @@ def wait_for(port: int, topic: str, needle: str, timeout: float = 60.0) -> None:
 
 
 @pytest.mark.skipif(not (VENV / "bin" / "rkllmd").exists(), reason="needs a virtualenv with rkllmd")
-@pytest.mark.parametrize("how", ["timeout", "term-twice"])
+@pytest.mark.parametrize("how", ["timeout", "term-twice", "ctrl-c"])
 def test_sigterm_stops_daemon_and_broker_before_the_script_ends(
     tmp_path: Path, fake_libs: dict[str, Path], how: str
 ) -> None:
     """SIGTERM mid-answer, as `timeout` sends it (the script, then its group) or twice to the
-    script alone: when the script has ended, the rkllmd and the mosquitto it started are gone."""
+    script alone, or Ctrl-C in the terminal (SIGINT to the whole foreground group): when the
+    script has ended, the rkllmd and the mosquitto it started are gone, and rkllmd stopped first,
+    so a subscriber saw its `stopped` state, not the broker's Will `offline`."""
     port = free_port()
     model = tmp_path / "fake.rkllm"
     model.write_bytes(b"RKLLM fake model for tests\n")
@@ -112,19 +114,37 @@ def test_sigterm_stops_daemon_and_broker_before_the_script_ends(
         time.sleep(1.0)  # the loop is idle: it runs at once, for 30 s
         procs = descendants(script.pid)
         assert len(procs) >= 2, procs  # mosquitto, rkllmd (and its runtime worker)
-        script.send_signal(signal.SIGTERM)
-        time.sleep(0.3)
-        with contextlib.suppress(ProcessLookupError):
-            if how == "timeout":
-                os.killpg(script.pid, signal.SIGTERM)
-            else:
-                script.send_signal(signal.SIGTERM)
+        watcher = subprocess.Popen(
+            ["mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-t", "rkllmd/state"],
+            stdout=subprocess.PIPE,
+            text=True,
+            preexec_fn=die_with_parent(),
+        )
+        time.sleep(0.5)  # subscribed: the retained online arrives first
+        if how == "ctrl-c":
+            os.killpg(script.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
+        else:
+            script.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            with contextlib.suppress(ProcessLookupError):
+                if how == "timeout":
+                    os.killpg(script.pid, signal.SIGTERM)
+                else:
+                    script.send_signal(signal.SIGTERM)
         script.wait(timeout=60)
         time.sleep(0.5)  # time for whoever inherited an exited child to reap it
         left = [p for p in procs if alive(p)]
         assert not left, f"left after the script ended: {left}\n{(tmp_path / 'quickstart.log').read_text()}"
+        watcher.terminate()  # it would wait for the broker to come back
+        seen, _ = watcher.communicate(timeout=10)
+        assert '"stopped"' in seen, f"rkllmd did not stop before its broker: {seen!r}"
     finally:
-        # Nothing outlives the test: the script's group holds it and everything it started.
+        # Nothing outlives the test: the script's group holds it and rkllmd, the broker has a
+        # session of its own.
         with contextlib.suppress(ProcessLookupError):
             os.killpg(script.pid, signal.SIGKILL)
+        for pid in procs:
+            with contextlib.suppress(OSError):
+                if alive(pid) and b"mosquitto" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
         script.wait(timeout=10)
