@@ -319,7 +319,11 @@ class FleetWatch:
             received_at=msg.received_at,
         )
         admitted = self.admit(orig)
-        if isinstance(admitted, Final):  # refused for its own reasons first: that answer it is
+        if isinstance(admitted, Final) and msg.error is not None and admitted.code == UnknownModel.code:
+            # The leader's own "unknown model; configured: <its models>" would hide the models
+            # other boards serve: the fleet's answer says what is wrong.
+            self._answer(Final.failed(admitted.request, msg.error))
+        elif isinstance(admitted, Final):  # refused for its own reasons first: that answer it is
             self._answer(admitted)
         elif admitted is not None and msg.error is not None:
             self._answer(Final.failed(admitted, msg.error))

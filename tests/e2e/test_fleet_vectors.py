@@ -63,5 +63,7 @@ def test_an_embedding_model_one_board_serves_is_reached_through_the_fleet(
         assert close(f["data"]["embeddings"][0], mean_vector(text))
     for rid in ("gone-e", "gone-r"):
         assert by_id[rid]["code"] == "unknown_model" and "nowhere" in by_id[rid]["error"], by_id[rid]
+        # the fleet's answer, not the leader's own list of models, which lacks b1's "emb"
+        assert "no board of fleet" in by_id[rid]["error"], by_id[rid]
     # a request of the wrong kind on a served model's topic: the board that has it says so
     assert by_id["kind"]["code"] == "wrong_model_kind" and by_id["kind"]["node"] == "b1", by_id["kind"]
