@@ -170,6 +170,22 @@ def test_ollama_client_bad_input_is_a_clear_error(
     assert out["error"]["status"] == status and needle in out["error"]["message"], out
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [
+        ({"model": "emb"}, "prompt is required"),  # no prompt: ollama 0.6.2 sends none
+        ({"model": "emb", "prompt": "  "}, "prompt is empty"),
+    ],
+)
+def test_ollama_client_older_embeddings_names_its_prompt(
+    double: Served, kwargs: dict[str, Any], needle: str
+) -> None:
+    """/api/embeddings takes `prompt`, not /api/embed's `input`: its refusal names the field the
+    client sent, not an `input` it never had (ollama client 0.6.2)."""
+    out = call(OLLAMA, double.ollama, kwargs, what="embeddings")
+    assert out["error"]["status"] == 400 and needle in out["error"]["message"], out
+
+
 def test_ollama_client_truncates_by_default_as_ollama_does(double: Served) -> None:
     """Ollama's /api/embed cuts an input longer than the context (truncate defaults to true); the
     older /api/embeddings and OpenAI's endpoint refuse it, as theirs do."""
@@ -208,7 +224,7 @@ def test_wrong_types_the_clients_would_not_send(double: Served) -> None:
     )
     assert status == 400 and body["error"]["param"] == "encoding_format", body
     status, body = _post(double.ollama_port, "/api/embeddings", {"model": "emb", "prompt": ""})
-    assert status == 400 and "input is empty" in body["error"], body
+    assert status == 400 and "prompt is empty" in body["error"], body
 
 
 def test_rerank_endpoint_in_the_jina_cohere_shape(double: Served) -> None:

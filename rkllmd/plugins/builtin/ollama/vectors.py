@@ -66,9 +66,15 @@ async def embeddings(api: Api, h: Handler, body: dict[str, Any]) -> None:
     """The older endpoint: ``{"model", "prompt": str}`` -> ``{"embedding": [...]}`` (one text; an
     empty prompt is refused, not answered with an empty vector)."""
     prompt = body.get("prompt")
-    if prompt is not None and not isinstance(prompt, str):
+    # Named here, not by the embed command, whose refusal would name an `input` this endpoint
+    # does not take (a client that sent /api/embed's `input` here learns what to send instead).
+    if prompt is None:
+        raise HttpError(400, "prompt is required: /api/embeddings embeds one prompt (/api/embed takes input)")
+    if not isinstance(prompt, str):
         raise HttpError(400, "prompt must be a string")
-    _model, data = await _ask(api, h, body, {"input": prompt if prompt is not None else []})
+    if not prompt.strip():
+        raise HttpError(400, "prompt is empty: nothing to embed")
+    _model, data = await _ask(api, h, body, {"input": prompt})
     (vector,) = data.get("embeddings") or [[]]
     await h.send_json(200, {"embedding": vector})
 
