@@ -187,7 +187,11 @@ class InferenceLoop(Watchdog):
             if job is not None:
                 self._queue.remove(job)
                 job.run.abort_reason = "cancelled"
-                self.emit(Final(job, "ok", final_data(job, "cancelled")))
+                spec = spec_of(job.command)
+                if spec is not None and spec.background:  # embed, rerank: as when cancelled running
+                    self.emit(Final(job, "ok", {"model": job.model, "finish_reason": "cancelled"}))
+                else:
+                    self.emit(Final(job, "ok", final_data(job, "cancelled")))
                 self._emit_stats_locked()
                 return "queued"
             if cur is not None:

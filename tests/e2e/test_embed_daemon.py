@@ -233,6 +233,26 @@ def test_cancel_ends_a_batch_and_the_queue_goes_on(daemon: Any, mqtt_probe: Prob
     assert time.monotonic() - t0 < 5.0  # within an input or two of the cancel, not the batch's 9 s
 
 
+def test_a_queued_embed_or_rerank_cancelled_ends_without_a_generations_fields(
+    daemon: Any, mqtt_probe: Probe
+) -> None:
+    """Cancelled while queued, an embed or rerank ends as one cancelled while running does
+    (docs/PROTOCOL.md): model and finish_reason, no text or completion tokens of a generation."""
+    base = daemon()
+    queued = [
+        ("embed", {"id": "q-emb", "model": "emb", "input": ["later"]}),
+        ("rerank", {"id": "q-rr", "model": "rr", "query": "q", "documents": ["d"]}),
+    ]
+    _queue_behind_a_long_batch(mqtt_probe, base, queued)
+    mqtt_probe.collect_until(f"{base}/stats", lambda m: m.json()["queue_depth"] == 2)
+    for rid in ("q-emb", "q-rr", "e0"):
+        mqtt_probe.publish(f"{base}/request/cancel", {"id": rid})
+    got = {r["id"]: r for r in _replies(mqtt_probe, base, 6) if "was" not in r["data"]}
+    assert got["q-emb"]["data"] == {"model": "emb", "finish_reason": "cancelled"}, got["q-emb"]
+    assert got["q-rr"]["data"] == {"model": "rr", "finish_reason": "cancelled"}, got["q-rr"]
+    assert got["e0"]["data"] == {"model": "emb", "finish_reason": "cancelled"}, got["e0"]
+
+
 def test_the_watchdog_ends_a_batch_that_makes_no_progress(daemon: Any, mqtt_probe: Probe) -> None:
     base = daemon(first_token_timeout_s=1.0)
     t0 = time.monotonic()
