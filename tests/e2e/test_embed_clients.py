@@ -23,7 +23,13 @@ from typing import Any
 import pytest
 
 from rkllmd.bench.broker import free_port
-from rkllmd.embedding import normalized
+from rkllmd.embedding import (
+    QWEN3_RERANK_INSTRUCTION,
+    QWEN3_RERANK_TEMPLATE,
+    normalized,
+    rerank_text,
+    yes_no_score,
+)
 from tests.e2e.test_embed_daemon import close, mean_vector
 from tests.e2e.test_ha_replay import pinned
 from tests.fake_rkllm import vectors
@@ -249,6 +255,23 @@ def test_rerank_endpoint_in_the_jina_cohere_shape(double: Served) -> None:
     assert status == 400 and body["error"]["code"] == "empty_input", body
     status, body = _post(double.openai_port, "/v1/rerank", {"model": "emb", "query": "q", "documents": ["d"]})
     assert status == 400 and body["error"]["code"] == "wrong_model_kind", body
+
+
+def test_rerank_endpoint_passes_the_requests_instruction(double: Served) -> None:
+    """`instruction` replaces the model's rerank_instruction (docs/EMBEDDINGS.md) here as over MQTT:
+    the score is the yes/no logits of the prompt with that instruction in it."""
+    asked = {"model": "rr", "query": "paris", "documents": ["paris is in france"]}
+    for instruction in (None, "Find documents about fruit"):
+        body = asked if instruction is None else {**asked, "instruction": instruction}
+        status, out = _post(double.openai_port, "/v1/rerank", body)
+        assert status == 200, out
+        prompt = rerank_text(
+            QWEN3_RERANK_TEMPLATE, instruction or QWEN3_RERANK_INSTRUCTION, "paris", "paris is in france"
+        )
+        logits = vectors.last_logits(prompt)
+        assert math.isclose(
+            out["results"][0]["relevance_score"], yes_no_score(logits[7], logits[3]), rel_tol=1e-9
+        )
 
 
 # --- the real SmolLM2 through llama.cpp ---------------------------------------------------------------

@@ -71,11 +71,14 @@ async def embeddings(api: Api, h: Handler) -> None:
 
 
 async def rerank(api: Api, h: Handler) -> None:
-    """``{"query", "documents": [str | {"text"}], "top_n", "return_documents", "model"}`` ->
-    ``{"id", "model", "results": [{"index", "relevance_score", "document"?}], "usage"}``."""
+    """``{"query", "documents": [str | {"text"}], "top_n", "return_documents", "instruction",
+    "model"}`` -> ``{"id", "model", "results": [{"index", "relevance_score", "document"?}], "usage"}``.
+    Other fields (Cohere's ``rank_fields``, ``max_chunks_per_doc``) are ignored, as clients send them."""
     body = decode_body(await h.read_body(api._max_body))
     fields = {
-        k: body[k] for k in ("query", "documents", "top_n", "return_documents") if body.get(k) is not None
+        k: body[k]
+        for k in ("query", "documents", "top_n", "return_documents", "instruction")
+        if body.get(k) is not None
     }
     asked, data = await _ask(api, h, "rerank", body, fields, param="documents")
     tokens = int((data.get("usage") or {}).get("prompt_tokens") or 0)
