@@ -72,12 +72,13 @@ class Dispatcher:
         journal: Journal | None = None,
         stream: StreamSettings | None = None,
     ):
-        """``info`` builds the retained info topic, re-published after a load or an unload;
+        """``info`` builds the retained info topic, re-published whenever the loaded model changed;
         ``journal`` learns which requests were answered (rkllmd/journal.py); ``stream`` is the
         ``[stream]`` table (QoS, the text topic, the coalescing window)."""
         self.bus, self.topics, self.plugins, self._info = bus, topics, plugins, info
         self.journal = journal if journal is not None else Journal(None)
         self.on_model_change: Callable[[], None] = lambda: None  # after a load or unload (dispatcher thread)
+        self._info_loaded: str | None = None  # the loaded model the last info named
         self._events: queue.Queue[Event | Delivered | object] = queue.Queue()
         self._gate = StatsThrottle(STATS_MIN_INTERVAL_S)  # dispatcher thread only
         self.stream = stream if stream is not None else StreamSettings()
@@ -108,7 +109,9 @@ class Dispatcher:
         self.bus.publish_json(self.topics.stats, self._stats(stats), retain=True)
 
     def publish_info(self) -> None:
-        self.bus.publish_json(self.topics.info, self._info(), retain=True)
+        info = self._info()
+        self._info_loaded = info.get("loaded_model")
+        self.bus.publish_json(self.topics.info, info, retain=True)
 
     # --- dispatcher thread -----------------------------------------------------------------
 
@@ -227,7 +230,12 @@ class Dispatcher:
                 if body is not None:
                     self.bus.publish_json(self.topics.stats, body, retain=True)
         command = spec_of(job.command)
-        if ended and command is not None and command.changes_model:
+        # A generate, embed or rerank for another model loads it first (a swap): the info and a
+        # fleet's per-model topics follow that as they follow a load.
+        swapped = (
+            stats is not None and stats.stats.get("loaded_model", self._info_loaded) != self._info_loaded
+        )
+        if ended and (swapped or (command is not None and command.changes_model)):
             self.publish_info()
             self.on_model_change()
         if self.plugins.has_routers and job.address is not None:

@@ -253,6 +253,31 @@ def test_a_queued_embed_or_rerank_cancelled_ends_without_a_generations_fields(
     assert got["e0"]["data"] == {"model": "emb", "finish_reason": "cancelled"}, got["e0"]
 
 
+def test_the_info_topic_follows_the_model_an_embed_or_generate_loaded(
+    daemon: Any, mqtt_probe: Probe, broker: Broker
+) -> None:
+    """An embed on the chat default swaps the models; the retained info then names the model
+    loaded (docs/PROTOCOL.md, "State, info, stats"), as after a load, and again after the
+    generation that loads the chat model back."""
+
+    def info_loaded() -> Any:
+        out = subprocess.run(
+            ["mosquitto_sub", "-h", broker.host, "-p", str(broker.port), "-t", f"{base}/info", "-C", "1",
+             "-W", "5"],
+            capture_output=True, text=True, timeout=10,
+        )  # fmt: skip
+        return json.loads(out.stdout)["loaded_model"]
+
+    base = daemon()
+    assert info_loaded() == "chat"
+    assert ask(mqtt_probe, base, "embed", {"model": "emb", "input": "x"})["status"] == "ok"
+    time.sleep(0.5)  # the info goes out after the reply
+    assert info_loaded() == "emb"
+    assert ask(mqtt_probe, base, "generate", {"prompt": "hi"})["status"] == "ok"
+    time.sleep(0.5)
+    assert info_loaded() == "chat"
+
+
 def test_the_watchdog_ends_a_batch_that_makes_no_progress(daemon: Any, mqtt_probe: Probe) -> None:
     base = daemon(first_token_timeout_s=1.0)
     t0 = time.monotonic()
