@@ -287,10 +287,12 @@ def test_rkllmd_ask_works_unchanged_against_a_fleet(fleet: tuple[str, Board], br
     assert reply["data"]["text"].strip()
 
 
+@pytest.mark.parametrize("how", ["load", "generate"])
 def test_with_models_loaded_a_board_serves_a_model_topic_only_while_loaded(
-    fleet: tuple[str, Board], broker: Broker
+    fleet: tuple[str, Board], broker: Broker, how: str
 ) -> None:
-    """fleet.models = "loaded": a board joins a model's topic when it loads the model and leaves on unload."""
+    """fleet.models = "loaded": a board joins a model's topic when it loads the model and leaves on
+    unload; a generation for another model that loads it (a swap) counts as a load."""
     base, board = fleet
     b0 = board("b0", sections={"fleet": {"group": "home", "node_id": "b0", "models": "loaded"}})
     board("b1")  # has "fake" and "other" configured: serves both topics all along
@@ -299,7 +301,11 @@ def test_with_models_loaded_a_board_serves_a_model_topic_only_while_loaded(
         for i in range(4):
             _send(p, base, f"o{i}", "[[len=2]] other", topic=f"{base}/request/generate/other")
         before = _finals(p, base, 4)
-        p.publish(f"{base}/node/b0/request/load", {"model": "other"}, response_topic=f"{base}-test/load")
+        if how == "load":
+            p.publish(f"{base}/node/b0/request/load", {"model": "other"}, response_topic=f"{base}-test/load")
+        else:
+            swap = {"prompt": "[[len=2]] swap", "model": "other"}
+            p.publish(f"{base}/node/b0/request/generate", swap, response_topic=f"{base}-test/load")
         assert p.get(f"{base}-test/load", timeout=20).json()["status"] == "ok"
         b0.wait_log('"serving a model\'s topics"', timeout=10)
         time.sleep(0.3)  # the SUBACK
