@@ -60,7 +60,7 @@ class JobQueue:
         if may_hold and len(self._held) < self.hold:
             self._held.append(job)
             return True
-        kind = " background jobs" if _background(job) else ""
+        kind = " embed and rerank jobs" if _background(job) else ""  # the words of the docs
         raise Busy(f"queue full ({self.size}{kind} waiting); try again later", queue_depth=len(self._pending))
 
     def remove(self, job: Exchange) -> None:

@@ -90,7 +90,7 @@ def test_a_vector_job_is_overtaken_at_most_the_configured_number_of_times() -> N
 def test_vector_jobs_fill_only_their_own_places() -> None:
     """A queue full of embeddings still takes a generation (and the reverse); each kind has ``size``."""
     q = filled(JobQueue(2, 0, 4), emb("e1"), emb("e2"))
-    with pytest.raises(Busy, match=r"queue full \(2 background jobs waiting\)"):
+    with pytest.raises(Busy, match=r"queue full \(2 embed and rerank jobs waiting\)"):
         q.add(emb("e3"), may_hold=False)
     filled(q, gen("g1"), load("l1"))
     with pytest.raises(Busy, match=r"queue full \(2 waiting\)"):
