@@ -52,6 +52,11 @@ class ModelCommon(Strict):
     max_thinking_tokens: int | None = Field(
         None, ge=1, description="thought deltas a run may have before it is stopped; default no cap"
     )
+    thinks: bool | None = Field(
+        None,
+        description="the model can think (Ollama's /api/show lists it); default: from its settings "
+        "and its family's name (docs/THINKING.md)",
+    )
     max_images: int = Field(4, ge=1, le=16, description="images one request may carry (a vision model)")
     runtime: str
     # What the model serves (docs/EMBEDDINGS.md): a request of another kind is refused.

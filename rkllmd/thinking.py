@@ -16,6 +16,7 @@ docs/THINKING.md describes the whole feature.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from enum import Enum
@@ -140,6 +141,25 @@ def without_thought(messages: Iterable[ChatMessage], spec: Thinking) -> tuple[Ch
                 m = replace(m, content=text)
         out.append(m)
     return tuple(out)
+
+
+# Families that think, as their names say (the model's or its file's, lower-cased; docs/THINKING.md):
+# QwQ, DeepSeek-R1 and its distills, every "-Thinking" model, and Qwen3's hybrid models, but not
+# Qwen3's "Instruct" releases (2507, VL) nor Qwen3-Coder, which have no thinking mode.
+_THINKERS = re.compile(r"qwq|deepseek-r1|thinking|qwen3(?!.*(instruct|coder))")
+
+
+def can_think(name: str, cfg: ModelCommon) -> bool:
+    """Whether the model ``name`` can think (Ollama's ``thinking`` capability): a chat model's
+    ``thinks`` when set; else a chat model whose settings describe its thought (``thinking_starts_open``,
+    ``max_thinking_tokens``, an RKLLM template's ``no_thinking``) or whose family thinks."""
+    if cfg.kind != "chat" or cfg.thinks is not None:
+        return cfg.kind == "chat" and bool(cfg.thinks)
+    template: Any = getattr(cfg, "chat_template", None)  # RKLLM's own template, if configured
+    if cfg.thinking_starts_open or cfg.max_thinking_tokens or (template and template.no_thinking):
+        return True
+    path = getattr(cfg, "path", None)
+    return bool(_THINKERS.search(f"{name} {path.name if path else ''}".lower()))
 
 
 def opened_by_prompt(spec: Thinking, facts: Mapping[str, Any]) -> Thinking:

@@ -9,7 +9,7 @@ import pytest
 
 from rkllmd.generation import ChatMessage, GenerateInput, Thinking
 from rkllmd.runtime.llamacpp.settings import LlamaCppModelSettings
-from rkllmd.thinking import ThoughtSplitter, strip_thought, with_model_thinking, without_thought
+from rkllmd.thinking import ThoughtSplitter, can_think, strip_thought, with_model_thinking, without_thought
 
 QWEN3 = Thinking()
 R1 = Thinking(starts_open=True)
@@ -133,3 +133,26 @@ def test_admission_gives_the_model_format_and_the_caps() -> None:
     assert with_model_thinking(inp, cfg).messages[0].content == "ok"
     asked = replace(inp, thinking=Thinking(on=False, max_tokens=7))
     assert with_model_thinking(asked, cfg).thinking.max_tokens == 7  # the request's cap first
+
+
+@pytest.mark.parametrize(
+    ("file", "thinks"),
+    [
+        ("Qwen3-1.7B-Q8_0.gguf", True),
+        ("Qwen3-VL-2B-Thinking-Q4_K_M.gguf", True),
+        ("DeepSeek-R1-Distill-Qwen-1.5B-Q4_K_M.gguf", True),
+        ("QwQ-32B-Q4_K_M.gguf", True),
+        ("Qwen3-4B-Instruct-2507-Q4_K_M.gguf", False),
+        ("Qwen3-VL-2B-Instruct-Q4_K_M.gguf", False),
+        ("Qwen3-Coder-30B-A3B-Instruct-Q4_K_M.gguf", False),
+        ("Qwen2.5-1.5B-Instruct-Q4_K_M.gguf", False),
+        ("SmolLM2-135M-Instruct-Q8_0.gguf", False),
+    ],
+)
+def test_a_model_can_think_by_its_family(file: str, thinks: bool) -> None:
+    """What Ollama's /api/show lists as ``thinking``: a family's name says it (docs/THINKING.md)."""
+    cfg = LlamaCppModelSettings(runtime="llamacpp", path=f"/models/{file}")
+    assert can_think("m", cfg) is thinks
+    assert can_think("m", cfg.model_copy(update={"thinks": not thinks})) is not thinks
+    assert can_think("m", cfg.model_copy(update={"thinking_starts_open": True})) is True
+    assert can_think("m", cfg.model_copy(update={"kind": "embedding"})) is False

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rkllmd import thinking
 from rkllmd.protocol.address import Address
 
 # json's own escaper for ensure_ascii=False (its C version where built, as dumps() uses)
@@ -156,6 +157,7 @@ class ModelFacts:
     default: bool
     path: str | None = None  # the model's file, if it has one: only Ollama's list reads it (size, date)
     vision: bool = False  # it takes images (an image encoder is configured: docs/VISION.md)
+    thinking: bool = False  # it can think (docs/THINKING.md, "Which models think")
 
     def brief(self) -> dict[str, Any]:
         """The model in the retained info topic: name, runtime, description."""
@@ -174,6 +176,7 @@ def model_facts(models: Mapping[str, Any], loaded: str | None, default: str) -> 
             default=name == default,
             path=str(cfg.path) if getattr(cfg, "path", None) else None,
             vision=bool(getattr(cfg, "takes_images", False)),
+            thinking=thinking.can_think(name, cfg) if hasattr(cfg, "thinks") else False,
         )
         for name, cfg in models.items()
     ]

@@ -11,11 +11,13 @@ leaves the block open), so a thought in the reply also proves the switch reached
 from __future__ import annotations
 
 import base64
+import importlib.metadata
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import ollama
 import pytest
 
 from rkllmd.bench.broker import free_port
@@ -63,7 +65,14 @@ def served(
     lib = fake_libs["1.3.1"]
     r1 = {"runtime": "rkllm", "path": str(tmp / "fake-model.rkllm"), "library": str(lib)}
     r1["thinking_starts_open"] = True
-    models = {"r1": r1, "r1capped": {**r1, "max_thinking_tokens": 5}}
+    plain = {k: v for k, v in r1.items() if k != "thinking_starts_open"}
+    models = {
+        "r1": r1,
+        "r1capped": {**r1, "max_thinking_tokens": 5},
+        "qwen3-1.7b": plain,  # thinks by its family's name
+        "qwen3-4b-instruct-2507": plain,  # Qwen3's Instruct release has no thinking mode
+        "mine": {**plain, "thinks": True},
+    }
     openai_port, ollama_port = free_port(), free_port()
     cfg = rkllm_config(tmp, broker, lib, BASE, limits={"max_payload_bytes": 65536}, extra_models=models)
     with cfg.open("a") as f:
@@ -268,6 +277,18 @@ def test_openai_thinking_limit_is_length(served: Served) -> None:
     choice = out["completion"]["choices"][0]
     assert choice["finish_reason"] == "length" and choice["message"]["content"] == ""
     assert choice["message"]["reasoning_content"].startswith("hmm hmm")
+
+
+def test_ollama_show_lists_thinking_for_the_models_that_think(served: Served) -> None:
+    """The capability clients read to offer a think toggle (Open WebUI, Home Assistant), through
+    the official ollama client this project pins (0.6.3): listed for a model whose settings say
+    it thinks, whose family thinks, or that is set to; for no other."""
+    assert importlib.metadata.version("ollama") == "0.6.3"
+    client = ollama.Client(served.ollama)
+    shown = {name: client.show(name).capabilities for name in ("r1", "r1capped", "qwen3-1.7b", "mine")}
+    assert all(caps is not None and "thinking" in caps for caps in shown.values()), shown
+    assert client.show("fake:latest").capabilities == ["completion", "tools"]
+    assert client.show("qwen3-4b-instruct-2507").capabilities == ["completion", "tools"]
 
 
 # --- Ollama, with the ollama client Home Assistant 2026.11 pins --------------------------------

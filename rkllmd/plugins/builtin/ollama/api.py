@@ -336,12 +336,14 @@ def _named(body: dict[str, Any]) -> str:
 
 
 def _capabilities(facts: ModelFacts, kind: str) -> list[str]:
-    """What ``/api/show`` reports: every chat model takes tools (docs/PROTOCOL.md), and images
-    when it has an image encoder (``vision_encoder``, ``mmproj``); an embedding model embeds
-    (/api/embed); a reranker does neither in Ollama's terms."""
+    """What ``/api/show`` reports: every chat model takes tools (docs/PROTOCOL.md), images
+    when it has an image encoder (``vision_encoder``, ``mmproj``), and ``think`` when it can think
+    (docs/THINKING.md), as Ollama 0.9 and later list it; an embedding model embeds (/api/embed);
+    a reranker does neither in Ollama's terms."""
     if kind != "chat":
         return ["embedding"] if kind == "embedding" else []
-    return ["completion", "tools", *(["vision"] if facts.vision else [])]
+    seen = ["vision"] if facts.vision else []
+    return ["completion", "tools", *seen, *(["thinking"] if facts.thinking else [])]
 
 
 def _part_line(shape: Shape) -> Callable[[Piece], bytes]:
