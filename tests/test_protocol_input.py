@@ -211,3 +211,25 @@ def test_a_rule_of_the_request_is_told_in_its_own_words(obj: dict[str, Any], mes
     also reached OpenAI clients through the http plugin)."""
     exc = refusal("generate", obj)
     assert exc.code == "bad_request" and exc.message.startswith(f"invalid request: {message}")
+
+
+# --- null is an absent field -------------------------------------------------------------------
+
+
+def test_null_takes_each_commands_defaults() -> None:
+    """A field with a default sent as null is not given (docs/PROTOCOL.md, "Null is absent")."""
+    gen: Any = protocol.validate(
+        COMMANDS["generate"], {"prompt": "hi", "think": None, "stream": None, "sentences": None}
+    )
+    assert (gen.think, gen.stream, gen.sentences) == (False, True, False)
+    emb: Any = protocol.validate(COMMANDS["embed"], {"input": "x", "encoding": None, "truncate": None})
+    assert (emb.encoding, emb.truncate) == ("float", False)
+    rr: Any = protocol.validate(
+        COMMANDS["rerank"], {"query": "q", "documents": ["d"], "return_documents": None}
+    )
+    assert rr.return_documents is False
+
+
+def test_null_inside_a_field_is_still_the_wrong_type() -> None:
+    err = refusal("generate", {"messages": [{"role": None, "content": "hi"}]})
+    assert isinstance(err, WrongType) and "messages[0].role" in err.message

@@ -85,7 +85,7 @@ def decode_payload(payload: bytes, command: Command, max_bytes: int) -> dict[str
 def validate(command: Command, obj: dict[str, Any]) -> Req:
     """Validate a request dict into the command's typed model, mapping problems to error codes."""
     try:
-        return command.request.model_validate(obj)
+        return command.request.model_validate(_nulls_absent(command.request, obj))
     except ValidationError as exc:
         problems = []
         wrong_type = False
@@ -110,6 +110,21 @@ def validate(command: Command, obj: dict[str, Any]) -> Req:
             problems.append(f"{loc}: {msg}")
         cls = WrongType if wrong_type else RequestError
         raise cls("invalid request: " + "; ".join(problems), problems=problems) from None
+
+
+def _nulls_absent(model: type[Req], obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` without the nulls of fields that have a default: JSON null means "not given", as
+    the OpenAI and Ollama APIs read it and as Node-RED flows and Home Assistant templates write
+    an unset field (docs/PROTOCOL.md, "Null is absent"). A field a request needs (``prompt`` or
+    ``messages``, ``input``, ``query``) defaults to None, so its null reaches the model's own
+    check, which refuses it naming the field."""
+    fields = model.model_fields
+
+    def defaulted(k: str) -> bool:
+        f = fields.get(k)
+        return f is not None and not f.is_required() and f.get_default(call_default_factory=True) is not None
+
+    return {k: v for k, v in obj.items() if v is not None or not defaulted(k)}
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

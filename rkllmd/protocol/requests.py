@@ -282,7 +282,9 @@ class GenerateRequest(_WithOptions):
         if self.prompt is not None and self.messages is not None:
             raise ValueError("give either prompt or messages, not both")
         if self.prompt is None and self.messages is None:
-            raise EmptyPromptValue("a generate request needs a prompt or messages")
+            nulls = " and ".join(f for f in ("prompt", "messages") if f in self.model_fields_set)
+            said = f" ({nulls} {'are' if ' and ' in nulls else 'is'} null)" if nulls else ""
+            raise EmptyPromptValue(f"a generate request needs a prompt or messages{said}")
         if self.prompt is not None and not self.prompt.strip():
             raise EmptyPromptValue("the prompt is empty")
         if self.images and self.messages is not None:

@@ -171,3 +171,34 @@ def test_empty_prompt_from_the_ha_text_entity_is_an_ha_error_event(base: str, mq
             break
     assert event["event_type"] == "error" and event["status"] == "error", event
     assert event["error"] and event["text"] == ""
+
+
+def test_null_is_an_absent_field_with_its_default(base: str, mqtt_probe: Probe) -> None:
+    """JSON null, as a Node-RED flow or an HA template writes an unset field, is the field left
+    out: the request runs with each default (stream true: its chunks are published)."""
+    rt = reply_topic()
+    mqtt_probe.subscribe(rt, f"{base}/stream/null1")
+    nulls = dict.fromkeys(("think", "stream", "sentences", "max_tokens", "images", "temperature", "stop"))
+    mqtt_probe.publish(
+        f"{base}/request/generate", {"id": "null1", "reply_to": rt, "prompt": "alpha beta", **nulls}
+    )
+    body = mqtt_probe.get(rt, timeout=20).json()
+    assert body["status"] == "ok" and body["id"] == "null1", body
+    assert body["data"]["text"].startswith("ALPHA BETA")
+    assert mqtt_probe.get(f"{base}/stream/null1", timeout=10).json()["seq"] == 0
+
+
+@pytest.mark.parametrize(
+    "request_body", [{"prompt": None}, {"messages": None}, {"prompt": None, "messages": None}]
+)
+def test_a_needed_field_null_is_refused_naming_it(
+    base: str, mqtt_probe: Probe, request_body: dict[str, Any]
+) -> None:
+    """prompt or messages null is not "absent, so the default": a request needs one of them."""
+    rt = reply_topic()
+    mqtt_probe.subscribe(rt)
+    mqtt_probe.publish(f"{base}/request/generate", {**request_body, "id": "null2", "reply_to": rt})
+    body = mqtt_probe.get(rt, timeout=10).json()
+    assert body["code"] == "empty_prompt" and body["id"] == "null2", body
+    said = " and ".join(request_body) + (" are" if len(request_body) > 1 else " is")
+    assert body["error"] == f"a generate request needs a prompt or messages ({said} null)"
