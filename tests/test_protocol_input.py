@@ -233,3 +233,20 @@ def test_null_takes_each_commands_defaults() -> None:
 def test_null_inside_a_field_is_still_the_wrong_type() -> None:
     err = refusal("generate", {"messages": [{"role": None, "content": "hi"}]})
     assert isinstance(err, WrongType) and "messages[0].role" in err.message
+
+
+@pytest.mark.parametrize(
+    ("obj", "said"),
+    [
+        ({"prompt": "x", "stop": 5}, "stop: must be a string or a list of strings (got 5)"),
+        ({"prompt": "x", "stop": ["a", 5]}, "stop: must be a string or a list of strings (got ['a', 5])"),
+        ({"prompt": "x", "think": 5}, "think: must be true, false, 'low', 'medium' or 'high' (got 5)"),
+        (
+            {"prompt": "x", "images": [5]},
+            'images[0]: must be a base64 string, a data: URI or {"path": "<file>"} (got 5)',
+        ),
+    ],
+)
+def test_a_union_field_of_no_shape_is_one_sentence(obj: dict[str, Any], said: str) -> None:
+    err = refusal("generate", obj)
+    assert isinstance(err, WrongType) and err.message == f"invalid request: {said}"

@@ -15,23 +15,23 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic_core import PydanticCustomError
 
 from rkllmd.errors import BadImage
+from rkllmd.protocol import shapes
 from rkllmd.vision import history
 from rkllmd.vision.limits import DEFAULT_LIMITS, ImageLimits, sniff_format
 
 
-def check_item(v: Any) -> Any:
-    """One image of a request, before pydantic's union sees it: a wrong one is told in one sentence,
-    not as the union members' two (``images[0].str: …; images[0].ImagePathIn: …``)."""
-    if isinstance(v, str | BaseModel) or (
+def _is_item(v: Any) -> bool:
+    """One image of a request as its union takes it: a string, or ``{"path": <string>}``."""
+    return isinstance(v, str | BaseModel) or (
         isinstance(v, dict) and v.keys() == {"path"} and isinstance(v["path"], str)
-    ):
-        return v
-    raise PydanticCustomError(
-        "image_type", f'must be a base64 string, a data: URI or {{"path": "<file>"}} (got {v!r:.40})'
     )
+
+
+#: One image of a request, before pydantic's union sees it: a wrong one is told in one sentence,
+#: not as the union members' two (``images[0].str: …; images[0].ImagePathIn: …``).
+CHECK_ITEM = shapes.one_of('a base64 string, a data: URI or {"path": "<file>"}', _is_item)
 
 
 def read(

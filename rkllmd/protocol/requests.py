@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -35,7 +34,7 @@ from rkllmd.generation import (
     Thinking,
     ToolCall,
 )
-from rkllmd.protocol import imagein
+from rkllmd.protocol import imagein, shapes
 from rkllmd.protocol.address import ID_RE, check_publish_topic
 from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, as_number, loads
 from rkllmd.toolcalls import check_schema, new_call_id
@@ -93,10 +92,10 @@ def _check_think(v: Any) -> Any:
     outside the levels is a wrong value (bad_request), any other JSON type a wrong type."""
     if isinstance(v, bool) or v in _THINK_LEVELS:
         return v
-    text = f"must be true, false, 'low', 'medium' or 'high' (got {v!r:.40})"
+    what = "true, false, 'low', 'medium' or 'high'"
     if isinstance(v, str):
-        raise _located(f"think: {text}")
-    raise PydanticCustomError("think_type", text)  # payload.validate puts the field in front
+        raise _located(f"think: must be {what} (got {v!r:.40})")
+    raise shapes.wrong_shape(what, v)
 
 
 class FunctionCallIn(BaseModel):
@@ -104,7 +103,7 @@ class FunctionCallIn(BaseModel):
 
     name: str = Field(min_length=1)
     # OpenAI sends a JSON string, Ollama an object; both become an object.
-    arguments: dict[str, Any] | str = Field(default_factory=dict)
+    arguments: Annotated[dict[str, Any] | str, shapes.ARGUMENTS] = Field(default_factory=dict)
 
     @field_validator("arguments")
     @classmethod
@@ -138,7 +137,7 @@ class ImagePathIn(BaseModel):
 
 # An image: its bytes base64-encoded or as a data: URI (a string), or {"path": …} (docs/PROTOCOL.md,
 # docs/VISION.md).
-ImageIn = Annotated[str | ImagePathIn, BeforeValidator(imagein.check_item)]
+ImageIn = Annotated[str | ImagePathIn, imagein.CHECK_ITEM]
 
 
 class MessageIn(BaseModel):
@@ -228,7 +227,11 @@ def _check_format(v: Any) -> Any:
 
 
 _STRINGS = tuple(o.name for o in SAMPLING_OPTIONS if o.kind == "strings")
-_OPTION_TYPES: dict[OptionKind, Any] = {"integer": int, "number": float, "strings": str | list[str]}
+_OPTION_TYPES: dict[OptionKind, Any] = {
+    "integer": int,
+    "number": float,
+    "strings": Annotated[str | list[str], shapes.STRINGS],
+}
 
 # The sampling options' fields, one per rkllmd.generation.SAMPLING_OPTIONS entry (None: the model's
 # value), with their bounds. mypy sees the plain base; the options are read by name (to_input).

@@ -12,6 +12,7 @@ which the ollama plugin turns into a sentence for Home Assistant's client.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,6 +60,7 @@ def no_markup(text: str) -> bool:
 class Served:
     def __init__(self, proc: DaemonProc, ollama_port: int, http_port: int) -> None:
         self.proc = proc
+        self.ollama_host = f"127.0.0.1:{ollama_port}"
         self.ollama = ollama.Client(
             host=f"http://127.0.0.1:{ollama_port}", headers={"Authorization": f"Bearer {KEY}"}, timeout=30
         )
@@ -158,3 +160,76 @@ def test_openai_client_gets_an_error_not_markup(served: Served, stream: bool) ->
             served.openai.chat.completions.create(model="fake", messages=messages, tools=[TURN_ON])
     assert "not well formed" in json.dumps(err.value.body) + str(err.value)
     assert no_markup("".join(content))
+
+
+# --- a field of several shapes given none of them ------------------------------------------------
+
+CALLED = {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]}
+
+
+def test_a_union_field_of_no_shape_is_one_sentence_over_mqtt(served: Served, mqtt_probe: Probe) -> None:
+    """``stop`` and a tool call's ``arguments`` each take two shapes: a value of neither is one
+    sentence naming the field and both, not pydantic's error per member of the union."""
+    mqtt_probe.subscribe("reply/u1", "reply/u2")
+    mqtt_probe.publish(
+        f"{BASE}/request/generate", {"id": "u1", "prompt": "x", "stop": 5}, response_topic="reply/u1"
+    )
+    body = final_of(mqtt_probe, "reply/u1")
+    assert body["code"] == "wrong_type", body
+    assert body["error"] == "invalid request: stop: must be a string or a list of strings (got 5)"
+    call = {**CALLED, "tool_calls": [{"function": {"name": "HassTurnOn", "arguments": 5}}]}
+    messages = [{"role": "user", "content": "on"}, call, {"role": "tool", "content": "ok"}]
+    mqtt_probe.publish(
+        f"{BASE}/request/generate", {"id": "u2", "messages": messages}, response_topic="reply/u2"
+    )
+    body = final_of(mqtt_probe, "reply/u2")
+    assert body["code"] == "wrong_type", body
+    assert body["error"] == (
+        "invalid request: messages[1].tool_calls[0].function.arguments: "
+        "must be a JSON object or a string holding one (got 5)"
+    )
+
+
+def test_a_union_field_of_no_shape_is_one_sentence_over_http(served: Served) -> None:
+    """The same through both HTTP APIs: OpenAI's ``stop`` and a history's tool call ``arguments``
+    (the official client), Ollama's ``options.stop`` (raw: the ollama client drops a stop that is
+    not a list before sending)."""
+    with pytest.raises(openai.BadRequestError) as err:
+        stop: Any = 5
+        served.openai.chat.completions.create(
+            model="fake", messages=[{"role": "user", "content": "x"}], stop=stop
+        )
+    assert err.value.body == {
+        "message": "Invalid type for 'stop': expected a string or an array of strings, "
+        "but got an integer instead.",
+        "type": "invalid_request_error",
+        "param": "stop",
+        "code": "invalid_type",
+    }
+    fn = {"name": "HassTurnOn", "arguments": 5}
+    history: Any = [
+        {"role": "user", "content": "on"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"id": "c1", "type": "function", "function": fn}],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "ok"},
+    ]
+    with pytest.raises(openai.BadRequestError) as err:
+        served.openai.chat.completions.create(model="fake", messages=history)
+    message = err.value.body["message"]  # type: ignore[index]
+    assert message.endswith(
+        "messages[1].tool_calls[0].function.arguments: must be a JSON object or a string holding one (got 5)"
+    ), message
+    assert ".dict[" not in message and ".str:" not in message
+    body = json.dumps(
+        {"model": "fake", "messages": [{"role": "user", "content": "x"}], "options": {"stop": 5}}
+    )
+    conn = http.client.HTTPConnection(served.ollama_host, timeout=30)
+    conn.request("POST", "/api/chat", body, {"Authorization": f"Bearer {KEY}"})
+    resp = conn.getresponse()
+    assert resp.status == 400
+    assert json.loads(resp.read()) == {
+        "error": "invalid type for options.stop: expected a string or an array of strings (got 5)"
+    }

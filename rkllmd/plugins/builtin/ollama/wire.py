@@ -252,7 +252,9 @@ def _strings(value: Any, where: str) -> list[str]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
-        raise HttpError(400, f"invalid type for {where}: expected an array of strings")
+        raise HttpError(
+            400, f"invalid type for {where}: expected a string or an array of strings (got {value!r:.40})"
+        )
     return value
 
 
