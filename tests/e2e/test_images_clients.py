@@ -196,6 +196,24 @@ def test_openai_bad_images_are_refused_in_openais_shape(
         assert says in err["message"], err
 
 
+@pytest.mark.parametrize(
+    ("parts", "where"),
+    [
+        ([data_uri(GIF)], "messages[0].content[1]"),
+        ([data_uri(RED), {"type": "text", "text": "and"}, data_uri(BIG)], "messages[0].content[3]"),
+    ],
+    ids=["not-an-image", "too-large-after-text"],
+)
+def test_openai_image_refusal_names_the_part_the_client_sent(
+    served: Served, parts: list[dict[str, Any]], where: str
+) -> None:
+    """Not rkllmd's own ``messages[0].images[k]``: the content part, and ``param`` its URL, as
+    OpenAI's error object names the parameter at fault."""
+    err = openai_chat(served, parts)["error"]
+    assert err["message"].startswith(f"{where}: "), err
+    assert err["param"] == f"{where}.image_url.url" and "images[" not in err["message"], err
+
+
 def test_openai_text_only_model_refuses_images_before_loading_it(served: Served) -> None:
     out = openai_chat(served, [data_uri(RED)], model="other")
     err = out["error"]

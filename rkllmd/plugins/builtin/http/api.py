@@ -24,8 +24,9 @@ from rkllmd.plugins.builtin._relay import ClientGone, Piece, Thought, Waiter, an
 from rkllmd.plugins.builtin._streamwrite import hole, string, template
 
 from . import vectors
+from .errors import api_error
 from .inject import inject
-from .wire import ApiError, Ask, Kind, Shape, api_error, decode_body, finish_reason, model, models, parse
+from .wire import ApiError, Ask, Kind, Shape, decode_body, finish_reason, model, models, parse
 
 if TYPE_CHECKING:
     from rkllmd.plugins.builtin._httpserver import Handler
@@ -207,7 +208,7 @@ class Api(ApiBase):
             raise ClientGone from None
 
     def _error(self, outcome: Final, ask: Ask) -> ApiError:
-        return api_error(outcome, retry_after_s=self._retry_after, param=ask.param)
+        return api_error(outcome, retry_after_s=self._retry_after, param=ask.param, places=ask.places)
 
 
 def _no_model(name: str) -> ApiError:

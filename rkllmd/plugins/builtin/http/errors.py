@@ -1,12 +1,16 @@
-"""OpenAI's error envelope ``{"error": {message, type, param, code}}``, and the errors the HTTP
-plumbing answers by itself, worded as OpenAI's. Pure data (no threads, no sockets).
+"""OpenAI's error envelope ``{"error": {message, type, param, code}}``, the errors the HTTP
+plumbing answers by itself, worded as OpenAI's, and an rkllmd error reply as OpenAI's error
+(``api_error``). Pure data (no threads, no sockets).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from rkllmd.plugins import Final
 from rkllmd.plugins.builtin._httpconfig import ErrorBody, Errors, HttpError
+
+from . import parts
 
 
 class ApiError(HttpError):
@@ -60,3 +64,39 @@ class OpenAIErrors(Errors):
     @staticmethod
     def _length_required() -> HttpError:
         return ApiError(411, "A Content-Length header is required.", code="length_required")
+
+
+# rkllmd error code -> (HTTP status, OpenAI error type, OpenAI error code)
+_ERRORS: dict[str, tuple[int, str, str]] = {
+    "bad_json": (400, "invalid_request_error", "bad_json"),
+    "wrong_type": (400, "invalid_request_error", "invalid_type"),
+    "bad_request": (400, "invalid_request_error", "invalid_value"),
+    "empty_prompt": (400, "invalid_request_error", "empty_prompt"),
+    "payload_too_large": (413, "invalid_request_error", "payload_too_large"),
+    "unknown_model": (404, "invalid_request_error", "model_not_found"),
+    "context_exceeded": (400, "invalid_request_error", "context_length_exceeded"),
+    "bad_image": (400, "invalid_request_error", "invalid_image"),
+    "images_unsupported": (400, "invalid_request_error", "images_unsupported"),
+    "image_too_large": (413, "invalid_request_error", "image_too_large"),
+    "empty_input": (400, "invalid_request_error", "empty_input"),
+    "too_many_inputs": (400, "invalid_request_error", "too_many_inputs"),
+    "wrong_model_kind": (400, "invalid_request_error", "wrong_model_kind"),
+    "busy": (503, "server_error", "busy"),
+    "shutdown": (503, "server_error", "shutdown"),
+    "model_load_failed": (503, "server_error", "model_load_failed"),
+    "runtime_not_installed": (503, "server_error", "runtime_not_installed"),
+    "runtime_version": (503, "server_error", "runtime_version"),
+}
+
+
+def api_error(
+    outcome: Final, *, retry_after_s: int, param: str, places: dict[str, str] | None = None
+) -> ApiError:
+    """The HTTP answer to an rkllmd error reply; anything unlisted is a 500 ``server_error``; an
+    image named as the client sent it (``places``: parts.as_sent), ``param`` too."""
+    code = outcome.code or "internal_error"
+    status, type_, oa_code = _ERRORS.get(code, (500, "server_error", code))
+    headers = {"Retry-After": str(retry_after_s)} if status == 503 and code in ("busy", "shutdown") else {}
+    message, where = parts.as_sent(outcome.error or code, places or {})
+    where = where or {"unknown_model": "model", "context_exceeded": param}.get(code)
+    return ApiError(status, message, type=type_, param=where, code=oa_code, headers=headers)

@@ -14,6 +14,7 @@ page, the NAS), waits on slow servers while its one queue waits, and the clients
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,7 @@ from rkllmd.plugins.builtin._httpconfig import HttpError
 
 PLACEHOLDER = "<image>"  # where an image goes in a turn's text: part of the request (docs/PROTOCOL.md)
 _IMAGE_TYPES = ("image_url", "input_image")  # input_image: the Responses API's name, same url
+_NAMED = re.compile(r"messages\[\d+\]\.images\[\d+\]")  # an image as rkllmd's refusals name it
 
 
 def content(parts: list[Any], where: str, error: Callable[..., HttpError]) -> tuple[str, list[str]]:
@@ -75,3 +77,24 @@ def _url(part: dict[str, Any], at: str, error: Callable[..., HttpError]) -> str:
             code="invalid_image",
         )
     return url
+
+
+def places(messages: Any) -> dict[str, str]:
+    """Where each image rkllmd names (``messages[i].images[k]``, its own request's shape) was in
+    the client's request: its content part, ``messages[i].content[j]``."""
+    out: dict[str, str] = {}
+    for i, m in enumerate(messages if isinstance(messages, list) else ()):
+        content = m.get("content") if isinstance(m, dict) else None
+        at = [j for j, p in enumerate(content or ()) if isinstance(p, dict) and p.get("type") in _IMAGE_TYPES]
+        out.update({f"messages[{i}].images[{k}]": f"messages[{i}].content[{j}]" for k, j in enumerate(at)})
+    return out
+
+
+def as_sent(message: str, placed: dict[str, str]) -> tuple[str, str | None]:
+    """An rkllmd refusal's ``message`` naming the image part the client sent, and that part's
+    URL as OpenAI's ``param`` (as the refusals here set it); None when it names no image."""
+    named = _NAMED.search(message)
+    at = placed.get(named.group()) if named else None
+    if named is None or at is None:
+        return message, None
+    return message.replace(named.group(), at, 1), f"{at}.image_url.url"

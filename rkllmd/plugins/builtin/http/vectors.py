@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from rkllmd.plugins.builtin._relay import ClientGone, Relay, answer_deadline_s, one_answer
 
+from .errors import api_error
 from .inject import inject
-from .wire import ApiError, api_error, decode_body
+from .wire import ApiError, decode_body
 
 if TYPE_CHECKING:
     from rkllmd.plugins import PluginContext

@@ -8,11 +8,10 @@ follow the official ``openai`` Python client's types (``ChatCompletion``, ``Chat
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rkllmd import protocol
-from rkllmd.plugins import Final
 
 from .errors import ApiError, OpenAIErrors, error_body
 
@@ -43,6 +42,7 @@ class Ask:
     include_usage: bool = False
     echo: str = ""  # /v1/completions with echo: the prompt, sent before the completion
     param: str = "messages"  # the field a context error is about
+    places: dict[str, str] = field(default_factory=dict)  # rkllmd's image paths -> the parts sent
 
 
 # --- parsing ------------------------------------------------------------------------------------
@@ -65,7 +65,7 @@ def parse(kind: Kind, body: dict[str, Any]) -> Ask:
     """Check the fields rkllmd uses; wrong types are 400 ``invalid_type`` naming the field."""
     model = _opt(body, "model", str, "a string")
     if kind == "chat":
-        ask = Ask(kind, model, {"messages": _messages(body)})
+        ask = Ask(kind, model, {"messages": _messages(body)}, places=parts.places(body["messages"]))
     else:
         prompt = _prompt(body)
         ask = Ask(kind, model, {"prompt": prompt}, param="prompt")
@@ -281,37 +281,6 @@ def _wrong_type(param: str, expected: str, got: Any) -> ApiError:
 
 
 # --- rkllmd outcomes as OpenAI answers ------------------------------------------------------------
-
-# rkllmd error code -> (HTTP status, OpenAI error type, OpenAI error code)
-_ERRORS: dict[str, tuple[int, str, str]] = {
-    "bad_json": (400, "invalid_request_error", "bad_json"),
-    "wrong_type": (400, "invalid_request_error", "invalid_type"),
-    "bad_request": (400, "invalid_request_error", "invalid_value"),
-    "empty_prompt": (400, "invalid_request_error", "empty_prompt"),
-    "payload_too_large": (413, "invalid_request_error", "payload_too_large"),
-    "unknown_model": (404, "invalid_request_error", "model_not_found"),
-    "context_exceeded": (400, "invalid_request_error", "context_length_exceeded"),
-    "bad_image": (400, "invalid_request_error", "invalid_image"),
-    "images_unsupported": (400, "invalid_request_error", "images_unsupported"),
-    "image_too_large": (413, "invalid_request_error", "image_too_large"),
-    "empty_input": (400, "invalid_request_error", "empty_input"),
-    "too_many_inputs": (400, "invalid_request_error", "too_many_inputs"),
-    "wrong_model_kind": (400, "invalid_request_error", "wrong_model_kind"),
-    "busy": (503, "server_error", "busy"),
-    "shutdown": (503, "server_error", "shutdown"),
-    "model_load_failed": (503, "server_error", "model_load_failed"),
-    "runtime_not_installed": (503, "server_error", "runtime_not_installed"),
-    "runtime_version": (503, "server_error", "runtime_version"),
-}
-
-
-def api_error(outcome: Final, *, retry_after_s: int, param: str) -> ApiError:
-    """The HTTP answer to an rkllmd error reply; anything unlisted is a 500 ``server_error``."""
-    code = outcome.code or "internal_error"
-    status, type_, oa_code = _ERRORS.get(code, (500, "server_error", code))
-    headers = {"Retry-After": str(retry_after_s)} if status == 503 and code in ("busy", "shutdown") else {}
-    where = {"unknown_model": "model", "context_exceeded": param}.get(code)
-    return ApiError(status, outcome.error or code, type=type_, param=where, code=oa_code, headers=headers)
 
 
 def finish_reason(data: dict[str, Any]) -> str:
