@@ -73,6 +73,12 @@ class ImageTooLarge(BadImage):
     code = "image_too_large"
 
 
+class TooManyImages(RequestError):
+    """More images in the current turn than the model's ``max_images``."""
+
+    code = "too_many_images"
+
+
 class ImagesUnsupported(RequestError):
     """Images sent to a model that cannot see them (no vision encoder configured)."""
 

@@ -105,7 +105,11 @@ def test_refusals_name_the_field_and_the_code() -> None:
         ),
         ({"prompt": "x", "images": "abc"}, "wrong_type", "images"),
         ({"prompt": "x", "images": [b64(png())] * 17}, "bad_request", "images"),
-        ({"prompt": "x", "images": [b64(png())] * 4}, "bad_request", "4 images, model 'vlm' takes at most 3"),
+        (
+            {"prompt": "x", "images": [b64(png())] * 4},
+            "too_many_images",
+            "4 images, model 'vlm' takes at most 3",
+        ),
         (
             {"model": "text", "prompt": "x", "images": [b64(png())]},
             "images_unsupported",

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from rkllmd.errors import BadImage, ImagesUnsupported, ModelLoadError, RequestError
+from rkllmd.errors import BadImage, ImagesUnsupported, ModelLoadError, RequestError, TooManyImages
 from rkllmd.generation import ChatMessage, GenerateInput
 from rkllmd.runtime.rkllm.runtime import RkllmRuntime
 from rkllmd.runtime.rkllm.settings import RkllmSettings
@@ -124,7 +124,7 @@ def test_a_text_only_model_refuses_images(make: Any) -> None:
 def test_requests_it_cannot_serve_are_refused(make: Any) -> None:
     rt = make(max_images=2)
     img = png((9, 9, 9))
-    with pytest.raises(RequestError, match="3 images, model 'vlm' takes at most 2"):
+    with pytest.raises(TooManyImages, match="3 images, model 'vlm' takes at most 2"):
         run(rt, ask("three", img, img, img))
     with pytest.raises(BadImage, match="a GIF, not JPEG, PNG or WebP"):
         run(rt, ask("gif", b"GIF89a\x01\x00"))

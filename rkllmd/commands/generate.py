@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from rkllmd import logface
 from rkllmd.commands._base import CommandSpec, Engine
-from rkllmd.errors import ImagesUnsupported, RequestError, WrongModelKind
+from rkllmd.errors import ImagesUnsupported, RequestError, TooManyImages, WrongModelKind
 from rkllmd.exchange import Exchange, Final, resolve
 from rkllmd.jobs import final_of, run_generation
 from rkllmd.outcome import check_output, final_data
@@ -70,7 +70,7 @@ def _admit_images(req: GenerateRequest, model: str, settings: Settings) -> int:
             f"model {model!r} does not take images: it has no {key} (docs/VISION.md)", model=model
         )
     if count > cfg.max_images:
-        raise RequestError(f"{count} images, model {model!r} takes at most {cfg.max_images}")
+        raise TooManyImages(f"{count} images, model {model!r} takes at most {cfg.max_images}")
     return budget
 
 

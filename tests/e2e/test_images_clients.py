@@ -182,7 +182,7 @@ def test_openai_two_images_streamed_arrive_apart_and_in_order(served: Served) ->
             "does not fetch",
         ),
         ([data_uri(BIG)], 413, "image_too_large", "4096"),
-        ([data_uri(RED), data_uri(BLUE), data_uri(GREEN)], 400, "invalid_value", "at most 2"),
+        ([data_uri(RED), data_uri(BLUE), data_uri(GREEN)], 400, "too_many_images", "at most 2"),
     ],
     ids=["gif-type", "gif-bytes", "not-base64", "remote-url", "too-large", "too-many"],
 )
@@ -275,7 +275,7 @@ def test_ollama_generate_with_images(served: Served) -> None:
         ([GIF], "fake:latest", "could not read that image", "bad_image"),
         ([BIG], "fake:latest", "too large", "image_too_large"),
         ([RED], "other:latest", "cannot see images", "images_unsupported"),
-        ([RED, BLUE, GREEN], "fake:latest", "refused the request", "bad_request"),
+        ([RED, BLUE, GREEN], "fake:latest", "more pictures than I can look at", "too_many_images"),
     ],
     ids=["gif", "too-large", "text-only", "too-many"],
 )

@@ -73,7 +73,7 @@ def test_images_over_mqtt(start_daemon: Start, mqtt_probe: Probe, tmp_path: Path
     assert models["data"]["loaded"] == "fake"  # refused at admission: "other" was never loaded
 
     reply = ask({"id": "i6", "prompt": "[[embed_dim=6]] x", "images": [red] * 5})
-    assert (reply["status"], reply["code"]) == ("error", "bad_request"), reply
+    assert (reply["status"], reply["code"]) == ("error", "too_many_images"), reply
     assert "takes at most 4" in reply["error"]
 
     reply = ask({"id": "i5", "prompt": "[[embed_dim=6]] still there?", "images": [red]})

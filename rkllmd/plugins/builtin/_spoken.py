@@ -40,6 +40,7 @@ _SENTENCES: dict[str, str] = {
     "bad_image": "I could not read that image. Please send a JPEG, PNG or WebP picture.",
     "image_too_large": "That image is too large for me. Please send a smaller picture.",
     "images_unsupported": "This model cannot see images. Choose a vision model in rkllmd for pictures.",
+    "too_many_images": "That is more pictures than I can look at at once. Please send fewer.",
     # not an error: the model's thought reached max_thinking_tokens before any answer
     "thinking_limit": "I thought about that for too long to answer. Please ask again, or turn thinking off.",
 }

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from rkllmd import logface
-from rkllmd.errors import ContextExceeded, ModelLoadError, RequestError
+from rkllmd.errors import ContextExceeded, ModelLoadError, RequestError, TooManyImages
 from rkllmd.generation import ChatMessage
 from rkllmd.runtime.llamacpp._lib import route_mtmd_logs
 from rkllmd.vision import history
@@ -88,7 +88,7 @@ class LlamaVision:
 
     def check_count(self, n_images: int) -> None:
         if n_images > self.max_images:
-            raise RequestError(f"{n_images} images, model {self.name!r} takes at most {self.max_images}")
+            raise TooManyImages(f"{n_images} images, model {self.name!r} takes at most {self.max_images}")
 
     def place(self, text: str, n_images: int, *, strict: bool = True) -> str:
         """A turn's text with one media marker per image where the user wrote ``<image>``, else in

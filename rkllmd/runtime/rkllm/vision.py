@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from rkllmd import logface
-from rkllmd.errors import ImagesUnsupported, ModelLoadError, RequestError
+from rkllmd.errors import ImagesUnsupported, ModelLoadError, TooManyImages
 from rkllmd.generation import GenerateInput
 from rkllmd.runtime.base import Perf
 from rkllmd.runtime.rkllm.multimodal import ImageTags, MultimodalInput, multimodal_input
@@ -143,7 +143,7 @@ class ModelVision:
             )
         inp = self.sent(inp)
         if len(inp.images) > self.cfg.max_images:
-            raise RequestError(
+            raise TooManyImages(
                 f"{len(inp.images)} images, model {self.name!r} takes at most {self.cfg.max_images}"
             )
         self.last_timings = {}

@@ -80,6 +80,7 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
     "image_too_large": (413, "invalid_request_error", "image_too_large"),
     "empty_input": (400, "invalid_request_error", "empty_input"),
     "too_many_inputs": (400, "invalid_request_error", "too_many_inputs"),
+    "too_many_images": (400, "invalid_request_error", "too_many_images"),
     "wrong_model_kind": (400, "invalid_request_error", "wrong_model_kind"),
     "busy": (503, "server_error", "busy"),
     "shutdown": (503, "server_error", "shutdown"),

@@ -294,6 +294,7 @@ _STATUS: dict[str, int] = {
     "images_unsupported": 400,
     "empty_input": 400,
     "too_many_inputs": 400,
+    "too_many_images": 400,
     "wrong_model_kind": 400,
     "payload_too_large": 413,
     "image_too_large": 413,
