@@ -233,3 +233,14 @@ def test_a_union_field_of_no_shape_is_one_sentence_over_http(served: Served) -> 
     assert json.loads(resp.read()) == {
         "error": "invalid type for options.stop: expected a string or an array of strings (got 5)"
     }
+
+
+def test_a_call_to_a_tool_not_offered_comes_back_as_a_call(served: Served, mqtt_probe: Probe) -> None:
+    """RKLLM has no grammar (the double neither): a well-formed call to a name outside ``tools``
+    is a tool call like any other, left to the client to answer (docs/TOOLS.md, "A call to a tool
+    that was not offered"; Home Assistant answers it with a "not found" tool result)."""
+    other = '<tool_call>\n{"name": "HassTurnOff", "arguments": {"name": "Kitchen Light"}}\n</tool_call>'
+    _, _, reply = over_mqtt(mqtt_probe, "n1", BEFORE + other)
+    assert reply["status"] == "ok" and reply["data"]["finish_reason"] == "tool_calls", reply
+    [call] = reply["data"]["tool_calls"]
+    assert call["function"] == {"name": "HassTurnOff", "arguments": {"name": "Kitchen Light"}}
