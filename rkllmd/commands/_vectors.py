@@ -32,6 +32,7 @@ from rkllmd.errors import (
     WrongModelKind,
 )
 from rkllmd.exchange import Exchange, Final, require_model
+from rkllmd.protocol import use_for
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime
 from rkllmd.settings import Settings
 
@@ -53,7 +54,7 @@ def model_for(settings: Settings, asked: str | None, kind: str) -> str:
     has = settings.models[asked].kind
     if has != kind:
         others = f"{kind} models: {', '.join(serving)}" if serving else f"no {kind} model is configured"
-        raise WrongModelKind(f"model {asked!r} serves {has} requests, not {kind} ({others})")
+        raise WrongModelKind(f"model {asked!r} serves {has} requests, not {kind}: {use_for(has)} ({others})")
     return asked
 
 

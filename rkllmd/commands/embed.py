@@ -23,15 +23,17 @@ def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     """The model, the texts as it reads them, and what shapes the reply (ingress thread)."""
     assert isinstance(req, EmbedRequest)
     ex.model = model_for(settings, req.model or ex.topic_model, "embedding")
+    if req.input is None:
+        raise EmptyInput("input is required: the text or texts to embed")
     if isinstance(req.input, str) and not req.input.strip():
         raise EmptyInput("input is empty: nothing to embed")
-    texts = [req.input] if isinstance(req.input, str) else list(req.input or [])
+    texts = [req.input] if isinstance(req.input, str) else list(req.input)
     bounded(texts, settings, "input")
     cfg = settings.models[ex.model]
     if req.dimensions is not None and not cfg.matryoshka:
         raise RequestError(
-            f"model {ex.model!r} does not take dimensions: its vectors are not trained to be cut "
-            "short (matryoshka = true in its [models] table says they are)"
+            f"dimensions {req.dimensions} is refused: model {ex.model!r} does not take dimensions, its "
+            "vectors are not trained to be cut short (matryoshka = true in its [models] table says they are)"
         )
     ex.vectors = VectorInput(
         tuple(embed_text(cfg.input_template, t) for t in texts),

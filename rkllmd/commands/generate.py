@@ -14,7 +14,7 @@ from rkllmd.errors import ImagesUnsupported, RequestError, TooManyImages, WrongM
 from rkllmd.exchange import Exchange, Final, resolve
 from rkllmd.jobs import final_of, run_generation
 from rkllmd.outcome import check_output, final_data
-from rkllmd.protocol import GenerateRequest, Req
+from rkllmd.protocol import GenerateRequest, Req, use_for
 from rkllmd.settings import Settings
 from rkllmd.thinking import with_model_thinking
 from rkllmd.vision import history
@@ -28,8 +28,7 @@ def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     target = resolve(settings, req.model, ex.topic_model, req.max_tokens)
     kind = settings.models[target.model].kind
     if kind != "chat":
-        command = "embed" if kind == "embedding" else kind
-        raise WrongModelKind(f"model {target.model!r} serves {kind} requests, not chat: use {command}")
+        raise WrongModelKind(f"model {target.model!r} serves {kind} requests, not chat: {use_for(kind)}")
     cap = settings.limits.max_tokens_cap
     if target.max_tokens > cap:
         raise RequestError(f"max_tokens {target.max_tokens} is over the limit of {cap}")
@@ -58,10 +57,11 @@ def _admit_images(req: GenerateRequest, model: str, settings: Settings) -> int:
     cfg = settings.models[model]
     budget = cfg.max_images if cfg.takes_images else 0
     if req.messages is None:
-        count = len(req.images or ())
+        count, field = len(req.images or ()), "images"
     else:
         current = history.current_turn([m.role for m in req.messages])
         count = len(req.messages[current].images or ()) if current >= 0 else 0
+        field = f"messages[{current}].images"
     if not count:
         return budget
     if not cfg.takes_images:
@@ -70,7 +70,11 @@ def _admit_images(req: GenerateRequest, model: str, settings: Settings) -> int:
             f"model {model!r} does not take images: it has no {key} (docs/VISION.md)", model=model
         )
     if count > cfg.max_images:
-        raise TooManyImages(f"{count} images, model {model!r} takes at most {cfg.max_images}")
+        # the first image over the bound named, as a bad image is: an interface maps it to its own
+        raise TooManyImages(
+            f"{count} images, model {model!r} takes at most {cfg.max_images} "
+            f"({field}[{cfg.max_images}] is one too many)"
+        )
     return budget
 
 

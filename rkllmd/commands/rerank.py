@@ -22,9 +22,14 @@ def admit(req: Req, ex: Exchange, settings: Settings) -> None:
     """The model and one prompt per document (ingress thread)."""
     assert isinstance(req, RerankRequest)
     ex.model = model_for(settings, req.model or ex.topic_model, "rerank")
-    if req.query is None or not req.query.strip():
-        raise EmptyInput("the query is empty")
-    docs = list(req.documents or [])
+    # missing and empty are told apart: a client that named the field wrong learns which one
+    if req.query is None:
+        raise EmptyInput("query is required: the text the documents are scored against")
+    if not req.query.strip():
+        raise EmptyInput("query is empty")
+    if req.documents is None:
+        raise EmptyInput("documents is required: the texts to score")
+    docs = list(req.documents)
     bounded(docs, settings, "documents")
     cfg = settings.models[ex.model]
     instruction = req.instruction if req.instruction is not None else cfg.rerank_instruction

@@ -37,7 +37,7 @@ from rkllmd.protocol.address import (
     read_address,
     reply_folder,
 )
-from rkllmd.protocol.commands import Command
+from rkllmd.protocol.commands import SERVES, Command, use_for, use_named
 from rkllmd.protocol.numbers import GENERATE_NUMBERS, NotANumber, NumberKind, as_number, describe, loads, what
 from rkllmd.protocol.payload import MAX_JSON_DEPTH, decode_payload, validate
 from rkllmd.protocol.replies import (
@@ -79,6 +79,7 @@ __all__ = [
     "ID_RE",
     "MAX_JSON_DEPTH",
     "SAMPLING_OPTIONS",
+    "SERVES",
     "UTF8_BOM",
     "Address",
     "CancelRequest",
@@ -126,6 +127,8 @@ __all__ = [
     "stream_chunk",
     "stream_end",
     "to_json",
+    "use_for",
+    "use_named",
     "validate",
     "what",
 ]

@@ -8,6 +8,8 @@ the command, or the table, and read these facts only.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from rkllmd.protocol.requests import Req
@@ -40,3 +42,22 @@ class Command:
     changes_model: bool = False
     model_topic: bool = False
     background: bool = False
+
+
+# The command that serves each kind of model (its ``kind``): a request sent to a model of another
+# kind is told which to use ("use embed"), in the one wording below; an interface that is not
+# MQTT names its own endpoint there instead (``use_named``), as its clients know no commands.
+SERVES = {"chat": "generate", "embedding": "embed", "rerank": "rerank"}
+_USE = re.compile(r"\buse (generate|embed|rerank)\b")
+
+
+def use_for(kind: str) -> str:
+    """What a ``wrong_model_kind`` refusal tells the client to use instead: ``use embed``."""
+    return f"use {SERVES.get(kind, kind)}"
+
+
+def use_named(message: str, endpoints: Mapping[str, str]) -> str:
+    """A ``wrong_model_kind`` message with its ``use <command>`` naming the interface's endpoint
+    for that command (``endpoints``: command -> endpoint). The reply's text is all an interface
+    has of it (in a fleet it comes over MQTT from another board), so the swap is made on it."""
+    return _USE.sub(lambda m: f"use {endpoints.get(m.group(1), m.group(1))}", message, count=1)

@@ -7,7 +7,8 @@ Standalone: imports nothing of rkllmd.
     python embed_driver.py '<spec as JSON>'
 
 spec: ``{"client": "openai" | "ollama", "url", "call": "embed" | "embeddings", "kwargs": {...}}``.
-Prints ``{"version", "vectors", "usage"}``, or ``{"version", "error": {"status", "message", "body"}}``
+Prints ``{"version", "vectors", "usage"}``, or
+``{"version", "error": {"status", "message", "body", "param"}}``
 when the client raised the API's error.
 """
 
@@ -37,7 +38,8 @@ def _openai(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         resp = client.embeddings.create(**spec["kwargs"])
     except openai.APIStatusError as exc:
-        out["error"] = {"status": exc.status_code, "message": exc.message, "body": exc.body}
+        param = getattr(exc, "param", None)  # BadRequestError and NotFoundError carry it
+        out["error"] = {"status": exc.status_code, "message": exc.message, "body": exc.body, "param": param}
         return out
     out["vectors"] = [_floats(d.embedding) for d in sorted(resp.data, key=lambda d: d.index)]
     out["usage"] = {"prompt_tokens": resp.usage.prompt_tokens, "total_tokens": resp.usage.total_tokens}

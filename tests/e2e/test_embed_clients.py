@@ -130,23 +130,31 @@ def test_openai_client_one_string_and_matryoshka_dimensions(double: Served) -> N
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "status", "needle"),
+    ("kwargs", "status", "needle", "param"),
     [
-        ({"model": "emb", "input": []}, 400, "input is empty"),
-        ({"model": "emb", "input": ["ok", ""]}, 400, "input[1] is empty"),
-        ({"model": "emb", "input": ["x"] * 65}, 400, "one request may hold 64"),
-        ({"model": "emb", "input": [[1, 2, 3]]}, 400, "Token arrays are not supported"),
-        ({"model": "emb", "input": "x", "dimensions": 8}, 400, "does not take dimensions"),
-        ({"model": "chat", "input": "x"}, 400, "serves chat requests, not embedding"),
-        ({"model": "nope", "input": "x"}, 404, "does not exist"),
+        ({"model": "emb", "input": []}, 400, "input is empty", "input"),
+        ({"model": "emb", "input": ["ok", ""]}, 400, "input[1] is empty", "input[1]"),
+        ({"model": "emb", "input": ["x"] * 65}, 400, "one request may hold 64", "input"),
+        ({"model": "emb", "input": [[1, 2, 3]]}, 400, "Token arrays are not supported", "input"),
+        ({"model": "emb", "input": "x", "dimensions": 8}, 400, "does not take dimensions", "dimensions"),
+        (
+            {"model": "chat", "input": "x"},
+            400,
+            "serves chat requests, not embedding: use /v1/chat/completions (embedding models:",
+            "model",
+        ),
+        ({"model": "nope", "input": "x"}, 404, "does not exist", "model"),
     ],
 )
 def test_openai_client_bad_input_is_a_clear_error(
-    double: Served, kwargs: dict[str, Any], status: int, needle: str
+    double: Served, kwargs: dict[str, Any], status: int, needle: str, param: str
 ) -> None:
+    """Each refusal as the official client (openai 3.26.0) raises it: the status, the message, and
+    the ``param`` its error object names (``BadRequestError.param``), as OpenAI's own sets it."""
     out = call(OPENAI, double.openai, {**kwargs, "encoding_format": "float"})
     assert out["error"]["status"] == status, out
     assert needle in out["error"]["message"]
+    assert out["error"]["param"] == param == out["error"]["body"]["param"], out
     ok = call(OPENAI, double.openai, {"model": "emb", "input": "fine"})  # nothing else refused
     assert close(ok["vectors"][0], mean_vector("fine"))
 
@@ -165,7 +173,8 @@ def test_ollama_client_embed_and_the_older_embeddings(double: Served) -> None:
     ("kwargs", "status", "needle"),
     [
         ({"model": "emb", "input": []}, 400, "input is empty"),
-        ({"model": "chat", "input": "x"}, 400, "not embedding"),
+        ({"model": "chat", "input": "x"}, 400, "not embedding: use /api/chat ("),
+        ({"model": "rr", "input": "x"}, 400, "not embedding: use /v1/rerank ("),
         ({"model": "short", "input": ["a", "a " * 40], "truncate": False}, 400, "input 1 is 40 tokens"),
     ],
 )
@@ -251,10 +260,55 @@ def test_rerank_endpoint_in_the_jina_cohere_shape(double: Served) -> None:
     scores = [r["relevance_score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True) and all(0 < s < 1 for s in scores)
     assert all(r["document"] == {"text": docs[r["index"]]} for r in body["results"])
-    status, body = _post(double.openai_port, "/v1/rerank", {"model": "rr", "query": "paris", "documents": []})
-    assert status == 400 and body["error"]["code"] == "empty_input", body
-    status, body = _post(double.openai_port, "/v1/rerank", {"model": "emb", "query": "q", "documents": ["d"]})
-    assert status == 400 and body["error"]["code"] == "wrong_model_kind", body
+
+
+@pytest.mark.parametrize(
+    ("body", "code", "says", "param"),
+    [
+        ({"query": "paris", "documents": []}, "empty_input", "documents is empty", "documents"),
+        ({"query": "paris"}, "empty_input", "documents is required", "documents"),
+        ({"query": "paris", "documents": ["a", " "]}, "empty_input", "documents[1] is empty", "documents[1]"),
+        ({"query": " ", "documents": ["a"]}, "empty_input", "query is empty", "query"),
+        ({"documents": ["a"]}, "empty_input", "query is required", "query"),
+        ({"query": "q", "documents": ["d"] * 65}, "too_many_inputs", "may hold 64", "documents"),
+        (
+            {"model": "emb", "query": "q", "documents": ["d"]},
+            "wrong_model_kind",
+            "serves embedding requests, not rerank: use /v1/embeddings (rerank models: rr)",
+            "model",
+        ),
+    ],
+)
+def test_rerank_endpoint_refusals_name_the_field(
+    double: Served, body: dict[str, Any], code: str, says: str, param: str
+) -> None:
+    """A missing field is told from an empty one, and OpenAI's error object names it in ``param``."""
+    status, out = _post(double.openai_port, "/v1/rerank", {"model": "rr", **body})
+    assert status == 400, out
+    err = out["error"]
+    assert (err["code"], err["param"]) == (code, param) and says in err["message"], err
+
+
+@pytest.mark.parametrize(
+    ("port", "path", "body", "says"),
+    [
+        ("openai", "/v1/chat/completions", {"model": "emb"}, "not chat: use /v1/embeddings"),
+        ("openai", "/v1/chat/completions", {"model": "rr"}, "not chat: use /v1/rerank"),
+        ("ollama", "/api/chat", {"model": "emb", "stream": False}, "not chat: use /api/embed"),
+        ("ollama", "/api/chat", {"model": "rr", "stream": False}, "not chat: use /v1/rerank"),
+    ],
+)
+def test_a_chat_to_a_model_of_another_kind_names_this_apis_endpoint(
+    double: Served, port: str, path: str, body: dict[str, Any], says: str
+) -> None:
+    """Over HTTP the refusal names the endpoint to use, not the MQTT command ("use embed")."""
+    messages = [{"role": "user", "content": "hi"}]
+    status, out = _post(getattr(double, f"{port}_port"), path, {**body, "messages": messages})
+    err = out["error"]
+    message = err["message"] if isinstance(err, dict) else err
+    assert status == 400 and says in message, out
+    if isinstance(err, dict):
+        assert (err["code"], err["param"]) == ("wrong_model_kind", "model"), err
 
 
 def test_rerank_endpoint_passes_the_requests_instruction(double: Served) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from rkllmd import protocol
 from rkllmd.embedding import (
     QWEN3_RERANK_INSTRUCTION,
     QWEN3_RERANK_TEMPLATE,
@@ -153,7 +154,13 @@ def test_rerank_orders_by_the_yes_no_logits(daemon: Any, mqtt_probe: Probe) -> N
         ("embed", {"input": ["a", 3]}, "wrong_type", "[1] must be a string"),
         ("embed", {"input": {"text": "a"}}, "wrong_type", "a string or a list"),
         ("embed", {"input": ["a"] * 5}, "too_many_inputs", "holds 5 texts; one request may hold 4"),
-        ("embed", {"input": "a", "model": "chat"}, "wrong_model_kind", "serves chat requests, not embedding"),
+        ("embed", {}, "empty_input", "input is required"),
+        (
+            "embed",
+            {"input": "a", "model": "chat"},
+            "wrong_model_kind",
+            "serves chat requests, not embedding: use generate (embedding models:",
+        ),
         ("embed", {"input": "a", "model": "emb", "dimensions": 4}, "bad_request", "does not take dimensions"),
         (
             "embed",
@@ -164,9 +171,13 @@ def test_rerank_orders_by_the_yes_no_logits(daemon: Any, mqtt_probe: Probe) -> N
         ("embed", {"input": "a " * 40, "model": "short"}, "context_exceeded", "input 0 is 40 tokens"),
         ("embed", {"input": ["a b"] * 4, "model": "short"}, "too_many_inputs", "max_embed_tokens"),
         ("rerank", {"query": "", "documents": ["x"]}, "empty_input", "query is empty"),
+        ("rerank", {"documents": ["x"]}, "empty_input", "query is required"),
+        ("rerank", {"query": "q", "documents": []}, "empty_input", "documents is empty"),
+        ("rerank", {"query": "q"}, "empty_input", "documents is required"),
         ("rerank", {"query": "q", "documents": "x"}, "wrong_type", "must be a list"),
         ("rerank", {"query": "q", "documents": ["x"], "model": "emb"}, "wrong_model_kind", "not rerank"),
-        ("generate", {"prompt": "hi", "model": "emb"}, "wrong_model_kind", "use embed"),
+        ("generate", {"prompt": "hi", "model": "emb"}, "wrong_model_kind", "not chat: use embed"),
+        ("generate", {"prompt": "hi", "model": "rr"}, "wrong_model_kind", "not chat: use rerank"),
     ],
 )
 def test_bad_input_is_refused_in_the_protocols_shape(
@@ -179,6 +190,20 @@ def test_bad_input_is_refused_in_the_protocols_shape(
     # nothing else is refused with it
     ok = ask(mqtt_probe, base, "embed", {"id": "good", "input": "still fine"})
     assert ok["status"] == "ok" and ok["id"] == "good"
+
+
+def test_a_refusal_before_acceptance_has_no_id_when_the_request_gave_none(
+    daemon: Any, mqtt_probe: Probe
+) -> None:
+    """rkllmd makes an id only for a request it accepts (docs/PROTOCOL.md, "Errors"): a refusal at
+    admission has the request's own id or none, and the client matches it by its transaction."""
+    base = daemon()
+    refused = ask(mqtt_probe, base, "rerank", {"query": "q", "transaction": 7})
+    assert (refused["code"], refused["transaction"]) == ("empty_input", 7) and "id" not in refused, refused
+    named = ask(mqtt_probe, base, "rerank", {"query": "q", "id": "mine", "transaction": 8})
+    assert (named["code"], named["id"], named["transaction"]) == ("empty_input", "mine", 8), named
+    accepted = ask(mqtt_probe, base, "embed", {"input": "fine", "transaction": 9})
+    assert accepted["status"] == "ok" and protocol.ID_RE.match(accepted["id"]), accepted
 
 
 def test_the_topic_may_name_the_model_and_the_payload_wins(daemon: Any, mqtt_probe: Probe) -> None:

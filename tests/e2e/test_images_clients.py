@@ -214,6 +214,14 @@ def test_openai_image_refusal_names_the_part_the_client_sent(
     assert err["param"] == f"{where}.image_url.url" and "images[" not in err["message"], err
 
 
+def test_openai_too_many_images_names_the_first_part_over_the_bound(served: Served) -> None:
+    """``param`` is the content part (not its URL: nothing is wrong with that image itself), the
+    first one over the model's ``max_images`` (2 here: the third image, after the text part)."""
+    err = openai_chat(served, [data_uri(RED), data_uri(BLUE), data_uri(GREEN)])["error"]
+    assert (err["code"], err["param"]) == ("too_many_images", "messages[0].content[3]"), err
+    assert "(messages[0].content[3] is one too many)" in err["message"], err
+
+
 def test_openai_text_only_model_refuses_images_before_loading_it(served: Served) -> None:
     out = openai_chat(served, [data_uri(RED)], model="other")
     err = out["error"]

@@ -5,8 +5,10 @@ plumbing answers by itself, worded as OpenAI's, and an rkllmd error reply as Ope
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
+from rkllmd import protocol
 from rkllmd.plugins import Final
 from rkllmd.plugins.builtin._httpconfig import ErrorBody, Errors, HttpError
 
@@ -90,14 +92,41 @@ _ERRORS: dict[str, tuple[int, str, str]] = {
 }
 
 
+# the endpoint here for each rkllmd command, which a wrong_model_kind refusal names ("use embed")
+_ENDPOINTS = {"generate": "/v1/chat/completions", "embed": "/v1/embeddings", "rerank": "/v1/rerank"}
+# request fields named alike in rkllmd's requests and OpenAI's (and the Jina/Cohere rerank's): a
+# refusal whose message begins with one names it ("input[1] is empty", "dimensions 8 is refused",
+# "documents is required"), and that is OpenAI's ``param``
+_FIELDS = "input|documents|query|dimensions|top_n|instruction|return_documents"
+_FIELD = re.compile(rf"(?:{_FIELDS})(?:\[\d+\])?(?!\w)")
+
+
 def api_error(
     outcome: Final, *, retry_after_s: int, param: str, places: dict[str, str] | None = None
 ) -> ApiError:
     """The HTTP answer to an rkllmd error reply; anything unlisted is a 500 ``server_error``; an
-    image named as the client sent it (``places``: parts.as_sent), ``param`` too."""
+    image named as the client sent it (``places``: parts.as_sent). ``param`` is the field the
+    endpoint's prompt or texts are in, the ``param`` of a refusal about all of them."""
     code = outcome.code or "internal_error"
     status, type_, oa_code = _ERRORS.get(code, (500, "server_error", code))
     headers = {"Retry-After": str(retry_after_s)} if status == 503 and code in ("busy", "shutdown") else {}
-    message, where = parts.as_sent(outcome.error or code, places or {})
-    where = where or {"unknown_model": "model", "context_exceeded": param}.get(code)
+    message, part = parts.as_sent(outcome.error or code, places or {})
+    if code == "wrong_model_kind":
+        message = protocol.use_named(message, _ENDPOINTS)
+    where = _param(code, message, param, part)
     return ApiError(status, message, type=type_, param=where, code=oa_code, headers=headers)
+
+
+def _param(code: str, message: str, texts: str, part: str | None) -> str | None:
+    """OpenAI's ``param`` of a refusal: the request field at fault, as the client named it. The
+    reply's code and message are all there is to go by (in a fleet it comes over MQTT from
+    another board), and rkllmd's messages name the field first, as the error table says."""
+    if part is not None:  # an image content part: too many of them is the part, a bad one its URL
+        return part if code == "too_many_images" else f"{part}.image_url.url"
+    if code in ("unknown_model", "wrong_model_kind"):
+        return "model"
+    field = _FIELD.match(message)
+    if field is not None:
+        return field.group()
+    about_all = ("context_exceeded", "too_many_inputs", "empty_input", "empty_prompt", "too_many_images")
+    return texts if code in about_all else None

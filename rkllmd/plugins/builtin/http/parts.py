@@ -91,10 +91,10 @@ def places(messages: Any) -> dict[str, str]:
 
 
 def as_sent(message: str, placed: dict[str, str]) -> tuple[str, str | None]:
-    """An rkllmd refusal's ``message`` naming the image part the client sent, and that part's
-    URL as OpenAI's ``param`` (as the refusals here set it); None when it names no image."""
+    """An rkllmd refusal's ``message`` naming the image part the client sent, and that part
+    (``messages[i].content[j]``); None when it names no image."""
     named = _NAMED.search(message)
     at = placed.get(named.group()) if named else None
     if named is None or at is None:
         return message, None
-    return message.replace(named.group(), at, 1), f"{at}.image_url.url"
+    return message.replace(named.group(), at, 1), at

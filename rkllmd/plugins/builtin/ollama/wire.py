@@ -307,6 +307,11 @@ _STATUS: dict[str, int] = {
 }
 
 
+# the endpoint for each rkllmd command a wrong_model_kind refusal names; Ollama has no rerank, so
+# that one is the OpenAI-compatible plugin's (docs/EMBEDDINGS.md)
+_ENDPOINTS = {"generate": "/api/chat", "embed": "/api/embed", "rerank": "/v1/rerank"}
+
+
 class Failed(HttpError):
     """An rkllmd error reply as an HTTP error, keeping rkllmd's code for a spoken answer (_spoken)."""
 
@@ -316,11 +321,15 @@ class Failed(HttpError):
 
 
 def outcome_error(outcome: Final, retry_after_s: int) -> Failed:
-    """The HTTP answer to an rkllmd error reply (anything unlisted is a 500), its message whole."""
+    """The HTTP answer to an rkllmd error reply (anything unlisted is a 500), its message whole
+    but for the command a wrong_model_kind names, which is the endpoint here."""
     code = outcome.code or "internal_error"
     status = _STATUS.get(code, 500)
     headers = {"Retry-After": str(retry_after_s)} if code in ("busy", "shutdown") else {}
-    return Failed(status, outcome.error or code, headers, code)
+    message = outcome.error or code
+    if code == "wrong_model_kind":
+        message = protocol.use_named(message, _ENDPOINTS)
+    return Failed(status, message, headers, code)
 
 
 def now_iso() -> str:
