@@ -8,7 +8,8 @@ The modules import one way only, each from those above it:
     numbers.py    JSON text refusing non-finite numbers; the generate request's numeric fields
     address.py    the reply Address, id and reply-topic checks, reading a refused payload's address
     requests.py   the request models; tools, tool_choice, format and tool-turn checks
-    commands.py   what a command is to the protocol (Command); rkllmd/commands/ declares each one
+    commands.py   what a command is to the protocol (Command); rkllmd/commands/ declares each one;
+                  the command each model kind takes, as a wrong_model_kind refusal names it
     topics.py     Topics and the messages that arrive on them (Incoming, LocalMessage)
     payload.py    bytes to a request dict (decode_payload), then to its model (validate)
     replies.py    every reply body and stream chunk

@@ -1,9 +1,10 @@
 """What a command is, as the protocol sees it: its request topic, payload model and plain-text field.
 
-Pure data only: no network, no threads, no table. Each command declares itself in its own module
-of ``rkllmd/commands/`` (which adds how rkllmd serves it, ``rkllmd.commands.CommandSpec``, a
-subclass); topic parsing (topics.py) and payload decoding and validation (payload.py) are given
-the command, or the table, and read these facts only.
+Pure data only: no network, no threads, no table of commands (the one table here is of model
+kinds). Each command declares itself in its own module of ``rkllmd/commands/`` (which adds how
+rkllmd serves it, ``rkllmd.commands.CommandSpec``, a subclass); topic parsing (topics.py) and
+payload decoding and validation (payload.py) are given the command, or the table, and read these
+facts only.
 """
 
 from __future__ import annotations
