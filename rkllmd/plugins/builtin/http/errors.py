@@ -113,14 +113,14 @@ def api_error(
     message, part = parts.as_sent(outcome.error or code, places or {})
     if code == "wrong_model_kind":
         message = protocol.use_named(message, _ENDPOINTS)
-    where = _param(code, message, param, part)
+    where = _param(code, message, param, part) if type_ == "invalid_request_error" else None
     return ApiError(status, message, type=type_, param=where, code=oa_code, headers=headers)
 
 
 def _param(code: str, message: str, texts: str, part: str | None) -> str | None:
     """OpenAI's ``param`` of a refusal: the request field at fault, as the client named it. The
     reply's code and message are all there is to go by (in a fleet it comes over MQTT from
-    another board), and rkllmd's messages name the field first, as the error table says."""
+    another board), and rkllmd's messages name the field first (docs/EMBEDDINGS.md, "Bad input")."""
     if part is not None:  # an image content part: too many of them is the part, a bad one its URL
         return part if code == "too_many_images" else f"{part}.image_url.url"
     if code in ("unknown_model", "wrong_model_kind"):
