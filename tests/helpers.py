@@ -218,6 +218,41 @@ class DaemonProc:
             time.sleep(0.05)
         raise TimeoutError(f"{needle!r} not in rkllmd log after {timeout} s:\n{self.log_text()[-4000:]}")
 
+    def events(self, event: str, **fields: Any) -> list[dict[str, Any]]:
+        """The JSON log records whose event starts with ``event`` and whose ``fields`` are equal,
+        in order (a log in another format has none)."""
+        out = []
+        for line in self.log_text().splitlines():
+            if event not in line:
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if (
+                isinstance(rec, dict)
+                and str(rec.get("event", "")).startswith(event)
+                and all(rec.get(k) == v for k, v in fields.items())
+            ):
+                out.append(rec)
+        return out
+
+    def wait_event(self, event: str, timeout: float = 30.0, **fields: Any) -> dict[str, Any]:
+        """The first log record as ``events`` finds it, once written; TimeoutError with the log's
+        tail after ``timeout`` seconds, RuntimeError at once if rkllmd exited."""
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.events(event, **fields)
+            if found:
+                return found[0]
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"rkllmd exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"no {event!r} {fields} in rkllmd log after {timeout} s:\n{self.log_text()[-4000:]}"
+                )
+            time.sleep(0.05)
+
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Until the default model is loaded and rkllmd is subscribed, in either order.
 
@@ -249,6 +284,31 @@ def probe(broker: Broker) -> Iterator[Probe]:
         yield p
     finally:
         p.close()
+
+
+def retained(probe: Probe, topic: str, timeout: float = 3.0) -> Any:
+    """The retained JSON on ``topic`` as a client subscribing now reads it (a fresh subscription
+    gets it at once), or None when there is none."""
+    probe.drain()  # live updates left over from an earlier look would read as stale values
+    probe.subscribe(topic)
+    try:
+        msg = probe.get(topic, timeout=timeout)
+    except TimeoutError:
+        return None
+    finally:
+        probe.client.unsubscribe(topic)
+    return json.loads(msg.payload) if msg.payload else None
+
+
+def wait_retained(probe: Probe, topic: str, pred: Any, timeout: float = 10.0) -> Any:
+    """The retained JSON on ``topic`` once ``pred`` holds for it, or the last one read after
+    ``timeout`` seconds (for the caller's assertion to show)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = retained(probe, topic, 0.5)
+        if pred(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.1)
 
 
 def open_smollm2(name: str = "smollm2", **table: Any) -> Any:

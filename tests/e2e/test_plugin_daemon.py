@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from rkllmd.testing import wait_until
-from tests.helpers import Broker, DaemonProc, Probe
+from tests.helpers import Broker, DaemonProc, Probe, retained, wait_retained
 
 BASE = "plg"
 CLIENT = "plgd"
@@ -29,28 +29,6 @@ def config(
         '[log]\nformat = "json"\n' + body
     )
     return path
-
-
-def retained(probe: Probe, topic: str, timeout: float = 3.0) -> Any:
-    """The retained JSON on ``topic`` (a fresh subscription gets it at once), or None."""
-    probe.drain()  # live updates left over from an earlier look would read as stale values
-    probe.subscribe(topic)
-    try:
-        msg = probe.get(topic, timeout=timeout)
-    except TimeoutError:
-        return None
-    finally:
-        probe.client.unsubscribe(topic)
-    return json.loads(msg.payload) if msg.payload else None
-
-
-def wait_retained(probe: Probe, topic: str, pred: Any, timeout: float = 10.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = retained(probe, topic, 0.5)
-        if pred(value) or time.monotonic() > deadline:
-            return value
-        time.sleep(0.1)
 
 
 # --- without a model: lifecycle over the broker -------------------------------------------------
