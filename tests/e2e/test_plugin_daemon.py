@@ -170,7 +170,11 @@ def test_republish_and_stats(smol: tuple[DaemonProc, Path], mqtt_probe: Probe) -
     mqtt_probe.subscribe("tts/say")
     reply = ask(mqtt_probe, {"prompt": "Say hello.", "speak": True, "max_tokens": 8}, "sp")
     assert mqtt_probe.get("tts/say").payload.decode() == reply["data"]["text"]
-    stats = retained(mqtt_probe, f"{BASE}/stats")
+    # The stats published with a reply count the answers routed before it: this answer's count
+    # comes with a later publish, so wait for it rather than read whatever is retained now.
+    stats = wait_retained(
+        mqtt_probe, f"{BASE}/stats", lambda v: v and v["plugins"]["example"]["answers"] >= 1
+    )
     assert stats["plugins"]["npu"] == {"load_percent": 15.0, "cores": [30, 10, 5]}
     assert stats["plugins"]["example"]["answers"] >= 1 and "sessions" in stats["plugins"]
 
