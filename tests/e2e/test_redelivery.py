@@ -58,7 +58,8 @@ def test_a_kept_session_gets_the_killed_requests_again(
         p.subscribe(f"{base}-t/r")
         for rid in ("a", "b", "c"):  # one runs, two wait in the queue
             _ask(p, base, rid)
-        time.sleep(0.8)
+        for rid in ("a", "b", "c"):  # taken from the broker (unacknowledged until answered)
+            d.wait_event("request queued", request_id=rid)
         os.kill(d.proc.pid, signal.SIGKILL)
         d.proc.wait(10)
         d2 = _daemon(tmp_path, broker, fake_libs["1.3"], base, clean=False, journal=False)
@@ -109,7 +110,10 @@ def test_a_clean_session_with_a_journal_answers_interrupted(
         p.subscribe(f"{base}-t/r")
         for rid in ("a", "b"):
             _ask(p, base, rid)
-        time.sleep(0.8)
+        # Journaled before queued: killed any sooner, a request the daemon had not taken yet is
+        # simply lost with the clean session, and nobody could answer it.
+        for rid in ("a", "b"):
+            d.wait_event("request queued", request_id=rid)
         os.kill(d.proc.pid, signal.SIGKILL)
         d.proc.wait(10)
         d2 = _daemon(tmp_path, broker, fake_libs["1.3"], base, clean=True, journal=True)
