@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.conftest import rkllm_config
-from tests.helpers import Broker, DaemonProc, Probe, probe, write_config
+from tests.helpers import Broker, DaemonProc, Msg, Probe, probe, write_config
 
 Board = Callable[..., DaemonProc]
 
@@ -142,10 +142,19 @@ def test_cancel_reaches_the_board_that_runs_the_request(fleet: tuple[str, Board]
     for n in ("b0", "b1", "b2"):
         board(n)
     with probe(broker) as p:
-        p.subscribe(f"{base}-test/reply", f"{base}-test/cancel")
+        p.subscribe(f"{base}-test/reply", f"{base}-test/cancel", f"{base}/node/+/stats")
         for i in range(3):  # one long request per board
             _send(p, base, f"long{i}", _prompt(f"long {i}", delay_ms=100, tokens=100))
-        time.sleep(1.0)
+        # Every board runs one: each says busy in a live stats message (a fixed wait could end
+        # before a board had even received its request on a busy machine).
+        busy: set[str] = set()
+
+        def all_busy(m: Msg) -> bool:
+            if not m.retain and m.json()["busy"]:
+                busy.add(m.topic.split("/")[-2])
+            return busy == {"b0", "b1", "b2"}
+
+        p.collect_until(f"{base}/node/+/stats", all_busy, timeout=30)
         cancels = []
         for i in reversed(range(3)):  # the broker's next pick is rarely the board that runs it
             p.publish(
@@ -206,7 +215,10 @@ def test_a_kill_with_a_clean_session_is_answered_interrupted(
         p.subscribe(f"{base}-test/reply")
         for i in range(3):
             _send(p, base, f"c{i}", _prompt(f"clean {i}", delay_ms=100, tokens=50))
-        time.sleep(0.8)
+        # Journaled before queued: killed any sooner, a request the board had not taken yet is
+        # simply lost with the clean session, and nobody could answer it.
+        for i in range(3):
+            victim.wait_event("request queued", request_id=f"c{i}")
         os.kill(victim.proc.pid, signal.SIGKILL)
         victim.proc.wait(10)
         board("b0", mqtt={"clean_start": True})
@@ -294,10 +306,10 @@ def test_with_models_loaded_a_board_serves_a_model_topic_only_while_loaded(
     """fleet.models = "loaded": a board joins a model's topic when it loads the model and leaves on
     unload; a generation for another model that loads it (a swap) counts as a load."""
     base, board = fleet
-    b0 = board("b0", sections={"fleet": {"group": "home", "node_id": "b0", "models": "loaded"}})
+    board("b0", sections={"fleet": {"group": "home", "node_id": "b0", "models": "loaded"}})
     board("b1")  # has "fake" and "other" configured: serves both topics all along
     with probe(broker) as p:
-        p.subscribe(f"{base}-test/reply", f"{base}-test/load")
+        p.subscribe(f"{base}-test/reply", f"{base}-test/load", f"{base}/node/b0/serves")
         for i in range(4):
             _send(p, base, f"o{i}", "[[len=2]] other", topic=f"{base}/request/generate/other")
         before = _finals(p, base, 4)
@@ -307,8 +319,9 @@ def test_with_models_loaded_a_board_serves_a_model_topic_only_while_loaded(
             swap = {"prompt": "[[len=2]] swap", "model": "other"}
             p.publish(f"{base}/node/b0/request/generate", swap, response_topic=f"{base}-test/load")
         assert p.get(f"{base}-test/load", timeout=20).json()["status"] == "ok"
-        b0.wait_log('"serving a model\'s topics"', timeout=10)
-        time.sleep(0.3)  # the SUBACK
+        # b0 says what it serves after it subscribed the model's topics, on the same connection:
+        # once the broker passes that on, it has read the subscription too.
+        p.collect_until(f"{base}/node/b0/serves", lambda m: "other" in m.json()["models"], timeout=20)
         for i in range(4):
             _send(p, base, f"p{i}", "[[len=2]] other", topic=f"{base}/request/generate/other")
         after = _finals(p, base, 4)
