@@ -6,7 +6,7 @@ import os
 import time
 
 from tests.e2e.conftest import Start, final_of
-from tests.helpers import Probe
+from tests.helpers import Msg, Probe
 
 
 def _pid_alive(pid: int) -> bool:
@@ -73,8 +73,15 @@ def test_cancel_of_a_hung_run_is_answered_cancelled(start_daemon: Start, mqtt_pr
     _d, base = start_daemon(limits={"abort_grace_s": 0.5})
     mqtt_probe.subscribe(f"{base}/response/#", f"{base}/stream/hung")
     mqtt_probe.publish(f"{base}/request/generate", {"id": "hung", "prompt": "[[hang_at=3]] a b c d e"})
-    mqtt_probe.get(f"{base}/stream/hung", timeout=20)  # it runs; two tokens, then it hangs
-    time.sleep(0.3)
+    # It runs: two tokens, then it hangs. The cancel must come after the second (a cancel before
+    # it would be obeyed, as the double hangs only at the third), so wait to see both.
+    said: list[str] = []
+
+    def two_tokens(m: Msg) -> bool:
+        said.append(m.json().get("delta", ""))
+        return "".join(said) == "A B"
+
+    mqtt_probe.collect_until(f"{base}/stream/hung", two_tokens, timeout=20)
     mqtt_probe.publish(f"{base}/request/cancel", "hung")
     assert final_of(mqtt_probe, f"{base}/response/cancel")["data"]["was"] == "running"
     r = final_of(mqtt_probe, f"{base}/response/generate", timeout=30)
