@@ -233,7 +233,9 @@ def test_runtime_error_at_token_n(start_daemon: Start, mqtt_probe: Probe) -> Non
 
 def test_first_token_and_total_timeouts(start_daemon: Start, mqtt_probe: Probe) -> None:
     """A generation over its first-token or total time limit is aborted with a timeout error."""
-    _d, base = start_daemon(limits={"first_token_timeout_s": 0.5, "total_timeout_s": 2.0})
+    # slow1's first token is 1.5 s away, over the limit by 0.5 s however busy the machine (a slower
+    # one is further over); slow2's comes after 0.2 s, with 0.8 s to spare for the worker's hop.
+    _d, base = start_daemon(limits={"first_token_timeout_s": 1.0, "total_timeout_s": 2.0})
     mqtt_probe.subscribe(f"{base}/response/generate")
     mqtt_probe.publish(f"{base}/request/generate", {"id": "slow1", "prompt": "[[delay_ms=1500]] a b"})
     r = final_of(mqtt_probe, f"{base}/response/generate")
