@@ -292,14 +292,21 @@ def test_models_list_load_unload(start_daemon: Start, mqtt_probe: Probe) -> None
     assert r["code"] == "unknown_model"
 
 
-def test_state_info_and_stats_are_retained(start_daemon: Start, mqtt_probe: Probe) -> None:
+def test_state_info_and_stats_are_retained(start_daemon: Start, mqtt_probe: Probe, broker: Broker) -> None:
     """online, info (runtime and its detected version) and stats are retained for late subscribers."""
     _d, base = start_daemon()
-    mqtt_probe.subscribe(f"{base}/response/generate")
-    mqtt_probe.publish(f"{base}/request/generate", "warm up")
-    final_of(mqtt_probe, f"{base}/response/generate")
-    time.sleep(0.3)
-    mqtt_probe.subscribe(f"{base}/state", f"{base}/info", f"{base}/stats")
+    watcher = Probe(broker)
+    try:
+        watcher.subscribe(f"{base}/stats")
+        mqtt_probe.subscribe(f"{base}/response/generate")
+        mqtt_probe.publish(f"{base}/request/generate", "warm up")
+        final_of(mqtt_probe, f"{base}/response/generate")
+        # The stats after the reply may be held for the throttle's trailing publish: wait until
+        # they went out rather than guess how long that takes.
+        watcher.collect_until(f"{base}/stats", lambda m: m.json()["requests"] >= 1 and not m.json()["busy"])
+    finally:
+        watcher.close()
+    mqtt_probe.subscribe(f"{base}/state", f"{base}/info", f"{base}/stats")  # a late subscriber
     got = {}
     for _ in range(3):
         m = mqtt_probe.get(f"{base}/#")
