@@ -127,12 +127,14 @@ def test_requests_answered_while_the_broker_was_away_do_not_run_again(
         b.stop()
 
 
-def test_a_restarted_broker_without_persistence_hears_rkllmd_again_within_a_second(
+def test_a_restarted_broker_without_persistence_hears_rkllmd_again_at_once(
     fake_libs: dict[str, Path], tmp_path: Path
 ) -> None:
-    """Without broker persistence a request is dropped unless rkllmd has subscribed again; after a
-    4 s outage, requests sent from 1 s after the broker is back are all answered. (The figure itself,
-    the time to the subscription, is measured by benchmarks/broker_restart.py.)"""
+    """Without broker persistence a request is dropped unless rkllmd has subscribed again: after a
+    4 s outage rkllmd is back within seconds, not the half minute a refused connection waits, and
+    from the moment its retained ``online`` is there again (sent after its subscriptions) every
+    request is answered. (The figure itself, the time to the subscription, is measured by
+    benchmarks/broker_restart.py: on a busy machine it is no test's business.)"""
     base = f"bg{uuid.uuid4().hex[:6]}"
     b: Broker = start_broker(tmp_path)
     d = DaemonProc(rkllm_config(tmp_path, b, fake_libs["1.3"], base), tmp_path)
@@ -140,12 +142,14 @@ def test_a_restarted_broker_without_persistence_hears_rkllmd_again_within_a_seco
     try:
         d.wait_log('"rkllmd ready"')
         b.stop()
-        time.sleep(4)
+        time.sleep(4)  # the outage, long enough for the reconnect waits to reach their cap
         b = start_broker(tmp_path, port=b.port)  # returns once the port accepts connections
         back = time.monotonic()
         p = Probe(b)
-        p.subscribe(f"{base}-reply/x")
-        time.sleep(max(0.0, back + 1.0 - time.monotonic()))
+        p.subscribe(f"{base}/state", f"{base}-reply/x")  # the new broker has no retained state
+        assert p.get(f"{base}/state", timeout=30).json() == {"state": "online"}
+        heard = time.monotonic() - back
+        assert heard < 5.0, f"rkllmd came back {heard:.1f} s after the broker (its waits are <= 0.5 s)"
         ids = {f"m{i}" for i in range(10)}
         for rid in sorted(ids):
             p.publish(f"{base}/request/models", {"id": rid, "reply_to": f"{base}-reply/x"})
