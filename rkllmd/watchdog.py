@@ -52,7 +52,9 @@ class Watchdog:
     def _watch(self) -> None:
         """Sleep until the running generation's next deadline; with none running, without a
         timeout, so an idle daemon has no wake-ups. A token moves the stall deadline later
-        without waking it: it wakes at the old one, finds it moved, and sleeps again."""
+        without waking it: it wakes at the old one, finds it moved, and sleeps again. The first
+        token does not wake it either, though its stall deadline may come before the first-token
+        one: until a token came, it looks again at least every ``stall_timeout_s``."""
         with self._watch_cond:
             while not self._stop.is_set():
                 self._watch_cond.wait(self._check_deadlines(time.monotonic()))
@@ -87,6 +89,11 @@ class Watchdog:
             deadlines.append((run.last_token_at + lim.stall_timeout_s, "stalled"))
         due, reason = min(deadlines, key=lambda d: d[0])
         if now < due:
+            if run.last_token_at is None:
+                # A first token that comes now makes the run stalled at now + stall_timeout_s,
+                # which is sooner than `due` where stall_timeout_s < first_token_timeout_s; waking
+                # only at `due` caught a run wedged after its first token that much too late.
+                return min(due - now, lim.stall_timeout_s)
             return due - now
         log.warning("aborting generation", request_id=job.id, reason=reason)
         run.abort_reason = reason

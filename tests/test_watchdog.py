@@ -57,14 +57,31 @@ def test_idle_means_no_timeout_at_all(loop: tuple[InferenceLoop, _Runtime]) -> N
 def test_wakes_at_the_first_token_deadline_then_at_the_stall_one(
     loop: tuple[InferenceLoop, _Runtime],
 ) -> None:
-    """Before the first token the next deadline is the first-token limit; after it, the stall limit."""
+    """Before the first token the next deadline is the first-token limit, looked at again within a
+    stall limit (a token does not wake the watchdog); after it, the stall limit."""
     lp, rt = loop
     job = running(lp, started=100.0)
-    assert lp._check_deadlines(101.0) == pytest.approx(4.0)
+    assert lp._check_deadlines(101.0) == pytest.approx(2.0)  # stall 2 s, before first-token's 4 s
+    assert lp._check_deadlines(104.0) == pytest.approx(1.0)  # the first-token deadline is nearer
     job.run.first_token_at = job.run.last_token_at = 101.5
     assert lp._check_deadlines(102.0) == pytest.approx(1.5)
     job.run.last_token_at = 103.0  # a token moved it: the early wake finds it later
     assert lp._check_deadlines(103.5) == pytest.approx(1.5) and rt.calls == []
+
+
+def test_a_run_wedged_after_its_first_token_is_stalled_at_the_stall_limit(
+    loop: tuple[InferenceLoop, _Runtime],
+) -> None:
+    """A run whose first token came just after the watchdog went to sleep, then nothing: it is
+    aborted as stalled stall_timeout_s after that token, not at the (later) first-token deadline."""
+    lp, rt = loop
+    job = running(lp, started=100.0)
+    wait = lp._check_deadlines(100.0)
+    assert wait == pytest.approx(2.0)  # asleep until 102, not 105
+    job.run.first_token_at = job.run.last_token_at = 100.1  # no wake-up for it
+    assert lp._check_deadlines(100.0 + wait) == pytest.approx(0.1)
+    assert lp._check_deadlines(102.1) == pytest.approx(3.0)  # the abort's grace
+    assert job.run.abort_reason == "stalled" and rt.calls == ["abort"]
 
 
 def test_a_missed_deadline_aborts_and_a_wedged_runtime_is_killed_after_the_grace(
