@@ -124,13 +124,22 @@ def test_queue_full_is_said_and_logged(served: Served, broker: Broker) -> None:
     # is met by earlier tests' lines and HA's turn can overtake them into the queue.
     before = served.proc.log_text().count('"request queued"')
     try:
+        probe.subscribe("hold/reply")
         for rid in ("hold1", "hold2"):
-            probe.publish(f"{BASE}/request/generate", {"id": rid, "prompt": "[[delay_ms=100]] [[len=200]] x"})
+            probe.publish(
+                f"{BASE}/request/generate",
+                {"id": rid, "prompt": "[[delay_ms=100]] [[len=200]] x"},
+                response_topic="hold/reply",
+            )
         assert wait_until(lambda: served.proc.log_text().count('"request queued"') >= before + 2, 10)
         said, reason = ha_turn(served.url, "turn on the kitchen light")
     finally:
-        for rid in ("hold1", "hold2"):
-            probe.publish(f"{BASE}/request/cancel", rid)
+        for rid in ("hold1", "hold2"):  # as their owner, from their reply folder
+            probe.publish(f"{BASE}/request/cancel", rid, response_topic="hold/cancel")
+        # Both answered before the next test: a cancel still on its way would leave the queue
+        # full for that test's turn, which would be told to try again.
+        ended: set[str] = set()
+        probe.collect_until("hold/reply", lambda m: ended.add(m.json()["id"]) or len(ended) == 2, timeout=30)
         probe.close()
     assert said == "I'm busy with other requests right now. Please try again in a moment."
     assert reason == "error"
