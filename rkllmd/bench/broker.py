@@ -80,8 +80,14 @@ def _ephemeral_range() -> tuple[int, int]:
         return 32768, 60999
 
 
+# Ports free_port handed out in this process: two drawn before either listener binds (an OpenAI
+# and an Ollama port for one daemon) are both free when drawn, and may be the same one.
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    """A loopback TCP port nothing is bound to, for a listener started next.
+    """A loopback TCP port nothing is bound to, for a listener started next, and one this process
+    was not given before.
 
     Drawn outside the ephemeral range: a port from ``bind(0)`` is an ephemeral one, and any
     outgoing connection made before the listener binds (the daemon's own MQTT connection, started
@@ -91,11 +97,14 @@ def free_port() -> int:
     first, last = (10000, lo - 1) if lo - 1 - 10000 >= 5000 else (hi + 1, 65535)
     for _ in range(100):
         port = random.randint(first, last)
+        if port in _handed_out:
+            continue
         with socket.socket() as s:
             try:
                 s.bind((LOOPBACK, port))
             except OSError:
                 continue
+            _handed_out.add(port)
             return port
     with socket.socket() as s:  # a crowded range: an ephemeral port is still better than none
         s.bind((LOOPBACK, 0))
