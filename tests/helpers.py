@@ -117,15 +117,18 @@ class Probe:
         self.q.put(Msg(m.topic, bytes(m.payload), bool(m.retain), corr))
 
     def subscribe(self, *topics: str) -> None:
+        """Subscribe to each topic and wait for its SUBACK: from then on the broker sends it what
+        is published there. A missing SUBACK is an error, not a subscription assumed."""
         for t in topics:
             _, mid = self.client.subscribe(t, qos=1)
-            deadline = time.monotonic() + 5
-            while time.monotonic() < deadline:
+            deadline = time.monotonic() + 30
+            while True:
                 try:
                     if self._subacks.get(timeout=0.1) == mid:
                         break
                 except queue.Empty:
-                    pass
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"no SUBACK for {t} within 30 s") from None
 
     def publish(
         self,
