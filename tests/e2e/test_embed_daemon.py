@@ -307,14 +307,19 @@ def test_the_info_topic_follows_the_model_an_embed_or_generate_loaded(
         )  # fmt: skip
         return json.loads(out.stdout)["loaded_model"]
 
+    def info_comes_to(name: str) -> Any:
+        """The info goes out after the reply: what it names once it names ``name``, or after 10 s."""
+        deadline = time.monotonic() + 10
+        while (loaded := info_loaded()) != name and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return loaded
+
     base = daemon()
     assert info_loaded() == "chat"
     assert ask(mqtt_probe, base, "embed", {"model": "emb", "input": "x"})["status"] == "ok"
-    time.sleep(0.5)  # the info goes out after the reply
-    assert info_loaded() == "emb"
+    assert info_comes_to("emb") == "emb"
     assert ask(mqtt_probe, base, "generate", {"prompt": "hi"})["status"] == "ok"
-    time.sleep(0.5)
-    assert info_loaded() == "chat"
+    assert info_comes_to("chat") == "chat"
 
 
 def test_the_watchdog_ends_a_batch_that_makes_no_progress(daemon: Daemons, mqtt_probe: Probe) -> None:
