@@ -120,7 +120,9 @@ def test_sigterm_stops_daemon_and_broker_before_the_script_ends(
             text=True,
             preexec_fn=die_with_parent(),
         )
-        time.sleep(0.5)  # subscribed: the retained online arrives first
+        # Subscribed once the retained online arrives (a fixed wait could end before, and the
+        # watcher might then only connect after the broker had gone)
+        assert watcher.stdout is not None and "online" in watcher.stdout.readline()
         if how == "ctrl-c":
             os.killpg(script.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
         else:
