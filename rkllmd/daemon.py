@@ -196,7 +196,7 @@ class Daemon:
         self.ingress.answer_unrecovered(wait)
         self.bus.publish_json(self.topics.state, {"state": "online"}, retain=True)
         self.dispatcher.publish_info()
-        self.dispatcher.publish_stats_now(self.loop.snapshot())
+        self.loop.restate_stats()  # in order with the loop's own stats (the startup load's)
         log.info(
             "rkllmd ready",
             version=__version__,

@@ -104,10 +104,6 @@ class Dispatcher:
         self._events.put(_END)
         self._thread.join(timeout=10)
 
-    def publish_stats_now(self, stats: dict[str, Any]) -> None:
-        """The first stats message at startup (main thread, before any request)."""
-        self.bus.publish_json(self.topics.stats, self._stats(stats), retain=True)
-
     def publish_info(self) -> None:
         info = self._info()
         self._info_loaded = info.get("loaded_model")

@@ -382,6 +382,13 @@ class InferenceLoop(Watchdog):
         with self._cond:
             return self.snapshot_locked()
 
+    def restate_stats(self) -> None:
+        """Queue the current stats for the dispatcher (any thread; main at startup). Through the
+        loop's own events, so a change made meanwhile (the startup load ending) is never published
+        before this older snapshot."""
+        with self._cond:
+            self._emit_stats_locked()
+
 
 def _generates(job: Exchange) -> bool:
     """Whether ``job`` is a generation: its error reply carries the text it made (outcome.partial)."""
