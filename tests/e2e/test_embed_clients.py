@@ -10,13 +10,16 @@ Cohere's clients send.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import math
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +34,17 @@ from rkllmd.embedding import (
     yes_no_score,
 )
 from tests.e2e.test_embed_daemon import close, mean_vector
-from tests.e2e.test_ha_replay import pinned
+from tests.e2e.test_ha_replay import pinned, replay, text_of
 from tests.fake_rkllm import vectors
-from tests.helpers import Broker, DaemonProc, write_config
+from tests.helpers import Broker, DaemonProc, Probe, write_config
 
 DRIVER = Path(__file__).with_name("embed_driver.py")
 OPENAI, OLLAMA = ("openai", "3.26.0"), ("ollama", "0.6.2")
 
 
 class Served:
-    def __init__(self, proc: DaemonProc, openai_port: int, ollama_port: int) -> None:
-        self.proc = proc
+    def __init__(self, proc: DaemonProc, base: str, openai_port: int, ollama_port: int) -> None:
+        self.proc, self.base = proc, base
         self.openai_port, self.ollama_port = openai_port, ollama_port
         self.openai = f"http://127.0.0.1:{openai_port}/v1"
         self.ollama = f"http://127.0.0.1:{ollama_port}"
@@ -68,7 +71,7 @@ def serve(tmp: Path, broker: Broker, base: str, models: dict[str, Any]) -> Serve
     d.wait_ready(60)
     d.wait_log("OpenAI-compatible API listening")
     d.wait_log("Ollama-compatible API listening")
-    return Served(d, openai_port, ollama_port)
+    return Served(d, base, openai_port, ollama_port)
 
 
 @pytest.fixture(scope="module")
@@ -326,6 +329,65 @@ def test_rerank_endpoint_passes_the_requests_instruction(double: Served) -> None
         assert math.isclose(
             out["results"][0]["relevance_score"], yes_no_score(logits[7], logits[3]), rel_tol=1e-9
         )
+
+
+SAID = "The kitchen light is on."
+
+
+def test_a_voice_chat_is_answered_before_the_embedding_batches_queued_ahead_of_it(
+    double: Served, mqtt_probe: Probe
+) -> None:
+    """Open WebUI indexing a document sends its embedding batches at once to ``/v1/embeddings``
+    (here the openai 3.26.0 client, one thread each); Home Assistant's voice request, a streamed
+    ``/api/chat`` from the ollama 0.6.2 client HA 2026.11 pins (with its own User-Agent,
+    ``ollama-python/0.6.2``, as HA sends it), comes after them and is answered before them, while
+    a batch runs; every batch gets its vectors, none refused busy (docs/EMBEDDINGS.md, "A long
+    batch does not starve a voice request")."""
+    stats = f"{double.base}/stats"
+    mqtt_probe.subscribe(stats)
+    mqtt_probe.collect_until(stats, lambda m: not m.json()["busy"] and m.json()["queue_depth"] == 0)
+    # The batch in progress: 30 texts at 300 ms, 9 s on the double, however long the clients'
+    # start takes on a busy machine; each queued batch takes 300 ms, so that its answer cannot
+    # reach its client in the same instant as the one answered before it.
+    running = [f"page {i} [[delay_ms=300]]" for i in range(30)]
+    queued = {f"e{i}": [f"chunk {i} [[delay_ms=300]]", f"more of chunk {i}"] for i in (1, 2, 3)}
+    answers: dict[str, dict[str, Any]] = {}
+    done_at: dict[str, float] = {}  # when each call returned to the test: its client's process ended
+
+    def embed(name: str, texts: list[str]) -> None:  # on a pool thread
+        answers[name] = call(
+            OPENAI, double.openai, {"model": "emb", "input": texts, "encoding_format": "float"}
+        )
+        done_at[name] = time.monotonic()
+
+    def chat() -> None:  # on a pool thread: HA 2026.11's call (tests/e2e/test_ha_replay.py)
+        user = {"role": "user", "content": f"[[say={base64.b64encode(SAID.encode()).decode()}]] lights on"}
+        ha = {"stream": True, "keep_alive": -1, "options": {"num_ctx": 8192.0}, "think": False}
+        answers["voice"] = replay(*OLLAMA, double.ollama, model="chat", messages=[user], **ha)
+        done_at["voice"] = time.monotonic()
+
+    def depth_is(n: int) -> Callable[[Any], bool]:
+        return lambda m: m.json()["busy"] and m.json()["queue_depth"] == n
+
+    with ThreadPoolExecutor(max_workers=5) as pool:
+        jobs = [pool.submit(embed, "running", running)]
+        mqtt_probe.collect_until(stats, depth_is(0))  # it runs: nothing else was sent
+        jobs += [pool.submit(embed, name, texts) for name, texts in queued.items()]
+        mqtt_probe.collect_until(stats, depth_is(3))  # all three wait behind it
+        jobs.append(pool.submit(chat))
+        mqtt_probe.collect_until(stats, depth_is(4))  # the chat too, last
+        for job in jobs:
+            job.result(timeout=60)
+    for name, texts in {"running": running, **queued}.items():
+        out = answers[name]
+        assert "error" not in out, (name, out["error"])
+        assert all(close(v, mean_vector(t)) for t, v in zip(texts, out["vectors"], strict=True)), name
+    voice = answers["voice"]
+    assert "error" not in voice and text_of(voice["parts"]) == SAID, voice
+    # The batch in progress ends first, then the chat; the queued batches keep their arrival order
+    # among themselves, which concurrent clients do not fix.
+    order = sorted(done_at, key=done_at.__getitem__)
+    assert order[:2] == ["running", "voice"], {n: round(done_at[n], 3) for n in order}
 
 
 # --- the real SmolLM2 through llama.cpp ---------------------------------------------------------------
