@@ -346,10 +346,10 @@ def test_a_voice_chat_is_answered_before_the_embedding_batches_queued_ahead_of_i
     stats = f"{double.base}/stats"
     mqtt_probe.subscribe(stats)
     mqtt_probe.collect_until(stats, lambda m: not m.json()["busy"] and m.json()["queue_depth"] == 0)
-    # The batch in progress: 30 texts at 300 ms, 9 s on the double, however long the clients'
+    # The batch in progress: 50 texts at 300 ms, 15 s on the double, however long the clients'
     # start takes on a busy machine; each queued batch takes 300 ms, so that its answer cannot
     # reach its client in the same instant as the one answered before it.
-    running = [f"page {i} [[delay_ms=300]]" for i in range(30)]
+    running = [f"page {i} [[delay_ms=300]]" for i in range(50)]
     queued = {f"e{i}": [f"chunk {i} [[delay_ms=300]]", f"more of chunk {i}"] for i in (1, 2, 3)}
     answers: dict[str, dict[str, Any]] = {}
     done_at: dict[str, float] = {}  # when each call returned to the test: its client's process ended
