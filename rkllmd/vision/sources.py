@@ -79,6 +79,8 @@ def from_file(path: str | Path, folder: Path | None, limits: ImageLimits = DEFAU
         raise BadImage(
             "image file paths are not allowed here: no image folder is configured; send the image as base64"
         )
+    if "\0" in str(path):  # no file name holds one; the OS calls would raise ValueError, not OSError
+        raise BadImage(f"the image file {str(path)!r} is not a valid path: it holds a NUL character")
     given = Path(path)
     if not given.is_absolute():
         given = folder / given
