@@ -318,3 +318,44 @@ def test_acl_users_cannot_speak_for_rkllmd_and_anonymous_is_refused(
         ClientProbe(acl_broker.broker)
     with pytest.raises(Refused):
         ClientProbe(acl_broker.broker, username="alice", password="not-her-password", protocol=mqtt.MQTTv311)
+
+
+FLEET_RECORDS = [
+    "rkllmd/fleet/cancel",  # a cancel passed on between boards, which carries the owner's folder
+    "rkllmd/fleet/cancel/report",
+    "rkllmd/fleet/state",
+    "rkllmd/fleet/stats",
+    "rkllmd/node/b1/open",  # what the takeover answers for a dead board
+    "rkllmd/node/b1/handed",  # what a returning board does not answer again
+    "rkllmd/node/b1/serves",
+    "rkllmd/node/b1/state",
+    "rkllmd/node/b1/plugins/homeassistant/cancel",  # stops whatever runs, whoever sent it
+]
+
+
+@pytest.mark.parametrize("topic", FLEET_RECORDS)
+def test_acl_users_cannot_publish_fleet_and_takeover_records(acl_broker: AclBroker, topic: str) -> None:
+    """The records boards trust from each other (passed-on cancels, open requests, takeovers) and
+    the cancel button's topic reach no one when an ordinary user publishes them, retained or not:
+    a later message of his on a topic he may write arrives alone, and nothing is retained."""
+    fake = json.dumps({"key": "k", "origin": "b9", "id": "story", "owner": None, "ids": ["story"]})
+    watcher = ClientProbe(acl_broker.broker, username="rkllmd", password=SECRET)
+    bob = user_probe(acl_broker, "bob")
+    try:
+        watcher.subscribe_checked("rkllmd/#")
+        bob.client.publish(topic, fake, qos=1, retain=True).wait_for_publish(5)
+        bob.client.publish(topic, fake, qos=1).wait_for_publish(5)
+        bob.client.publish("rkllmd/node/b1/request/models", b"", qos=1).wait_for_publish(5)
+        first = watcher.get("rkllmd/node/b1/#", timeout=10)
+        assert first.topic == "rkllmd/node/b1/request/models", first.topic
+        assert [m.topic for m in watcher.drain() if m.topic == topic] == []
+    finally:
+        bob.close()
+        watcher.close()
+    fresh = ClientProbe(acl_broker.broker, username="rkllmd", password=SECRET)
+    try:
+        fresh.subscribe_checked(topic)
+        with pytest.raises(TimeoutError):
+            fresh.get(topic, timeout=0.5)
+    finally:
+        fresh.close()
