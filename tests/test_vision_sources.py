@@ -7,6 +7,9 @@ import base64
 import contextlib
 import io
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,40 @@ def test_any_bytes_give_an_image_or_a_clear_refusal(magic: bytes, rest: bytes) -
     """Whatever arrives, decoding ends in an image or BadImage/ImageTooLarge, never another error."""
     with contextlib.suppress(BadImage, ImageTooLarge):
         images.prepare(magic + rest, (16, 16), (0, 0, 0))
+
+
+FLIP = """
+import os, sys
+folder, outside = sys.argv[1:]
+real, moved = os.path.join(folder, "in"), os.path.join(folder, "in.real")
+while True:
+    os.rename(real, moved)
+    os.symlink(outside, real)
+    os.unlink(real)
+    os.rename(moved, real)
+"""
+
+
+def test_a_folder_swapped_for_a_link_while_checked_reads_nothing_outside(tmp_path: Path) -> None:
+    """A writer in the image folder flips a sub-folder between a folder of its own and a link out
+    of it, as fast as it can, while paths through it are read: the check and the read may see
+    different trees, and the read must still never return the outside file's bytes."""
+    folder, outside = tmp_path / "snaps", tmp_path / "outside"
+    (folder / "in").mkdir(parents=True)
+    outside.mkdir()
+    (folder / "in" / "cam.png").write_bytes(b"\x89PNG\r\n\x1a\n inside")
+    (outside / "cam.png").write_bytes(b"\x89PNG\r\n\x1a\n SECRET")
+    flipper = subprocess.Popen(  # the writer: another process, as a camera's upload would be
+        [sys.executable, "-c", FLIP, str(folder), str(outside)]
+    )
+    seen = set()
+    try:
+        deadline = time.monotonic() + 1.0
+        while time.monotonic() < deadline:
+            with contextlib.suppress(BadImage):
+                seen.add(sources.from_file("in/cam.png", folder))
+    finally:
+        flipper.kill()
+        flipper.wait()
+    assert b"\x89PNG\r\n\x1a\n SECRET" not in seen
+    assert seen == {b"\x89PNG\r\n\x1a\n inside"}  # the race was run: reads through the link went in

@@ -92,7 +92,7 @@ def from_file(path: str | Path, folder: Path | None, limits: ImageLimits = DEFAU
     if not real.is_relative_to(root):
         raise BadImage(f"the image file {str(path)!r} is outside the image folder {root}")
     try:
-        fd = os.open(real, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+        fd = _open_below(root, real.relative_to(root).parts)
     except OSError as exc:
         raise BadImage(f"the image file {str(path)!r} cannot be read ({exc.strerror})") from exc
     try:
@@ -108,3 +108,23 @@ def from_file(path: str | Path, folder: Path | None, limits: ImageLimits = DEFAU
     if len(data) > limits.max_bytes:  # it grew while being read
         raise _too_large(len(data), limits, "")
     return data
+
+
+def _open_below(root: Path, parts: tuple[str, ...]) -> int:
+    """Open ``root/parts...`` one level at a time, following no link on the way: whoever may write
+    in the folder could otherwise swap a folder on the checked path for a link out of it between
+    the check (``resolve``) and the open, and have an outside file read (ELOOP then, an OSError).
+    Non-blocking, so a FIFO swapped in opens at once and is refused by the caller."""
+    nofollow = os.O_NOFOLLOW | os.O_CLOEXEC
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            flags = os.O_RDONLY | nofollow | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            nxt = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
