@@ -10,6 +10,8 @@ Deterministic by default (``derandomize``, no example database). For a deeper lo
 
 from __future__ import annotations
 
+import base64
+import io
 import itertools
 import json
 import os
@@ -22,6 +24,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from tests.e2e.conftest import rkllm_config
 from tests.helpers import REPO, DaemonProc, Msg, Probe, start_broker
@@ -29,7 +32,8 @@ from tests.helpers import REPO, DaemonProc, Msg, Probe, start_broker
 BASE = "fz"
 MAX_PAYLOAD = 4096
 TOKENS_CAP = 16
-COMMANDS = ["generate", "cancel", "models", "load", "unload", "clear_cache"]
+COMMANDS = ["generate", "embed", "rerank", "cancel", "models", "load", "unload", "clear_cache"]
+MODEL_TOPICS = ("generate", "embed", "rerank")  # commands whose topic may name a model
 
 FUZZ = settings(
     max_examples=int(os.environ.get("RKLLMD_FUZZ_EXAMPLES", "400")),
@@ -130,6 +134,10 @@ def fuzz_daemon(fake_libs: dict[str, Path], tmp_path_factory: pytest.TempPathFac
     broker whose per-client queue holds a whole burst (mosquitto drops beyond 1,000 by default)."""
     tmp = tmp_path_factory.mktemp("fuzz")
     broker = start_broker(tmp, extra_conf="max_queued_messages 20000\n")
+    snaps = tmp / "snaps"  # an image folder: {"path": ...} is read only in it
+    snaps.mkdir()
+    (snaps / "snap.png").write_bytes(base64.b64decode(TINY_PNG))
+    common = {"runtime": "rkllm", "path": str(tmp / "fake-model.rkllm"), "library": str(fake_libs["1.3"])}
     cfg = rkllm_config(
         tmp,
         broker,
@@ -141,6 +149,11 @@ def fuzz_daemon(fake_libs: dict[str, Path], tmp_path_factory: pytest.TempPathFac
             "max_tokens": 4,
             "max_tokens_cap": TOKENS_CAP,
         },
+        extra_models={  # the vector commands' own checks run only on a model of their kind
+            "emb": {**common, "kind": "embedding", "matryoshka": True},
+            "rr": {**common, "kind": "rerank", "rerank_token_ids": [7, 3]},
+        },
+        top={"images": {"folder": str(snaps)}},
     )
     d = DaemonProc(cfg, tmp)
     p = Probe(broker)
@@ -253,12 +266,54 @@ FIELDS = [
     "path",
     "plugin",
     "runtime",
+    # embed, rerank, images, thinking, tools (the newer surface)
+    "input",
+    "query",
+    "documents",
+    "dimensions",
+    "top_n",
+    "truncate",
+    "encoding",
+    "instruction",
+    "images",
+    "think",
+    "max_thinking_tokens",
+    "tools",
 ]
 MESSAGES = st.lists(
     st.fixed_dictionaries(
         {"role": st.sampled_from(["system", "user", "assistant", "tool", "root", ""]), "content": ODD_TEXT}
     ),
     max_size=4,
+)
+
+
+def tiny_png() -> str:
+    buf = io.BytesIO()
+    Image.new("RGB", (2, 2)).save(buf, "PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+TINY_PNG = tiny_png()
+IMAGE = st.one_of(
+    st.sampled_from(
+        [
+            TINY_PNG,
+            "data:image/png;base64," + TINY_PNG,
+            "data:image/gif;base64," + TINY_PNG,
+            TINY_PNG[:-2],
+            "/9j/",
+            "http://camera/snap.jpg",
+            {"path": "snap.png"},
+            {"path": "../fake-model.rkllm"},
+            {"path": "/proc/self/environ"},
+            {"path": "/dev/zero"},
+            {"path": "snap.png\x00"},
+            {"path": ""},
+        ]
+    ),
+    st.fixed_dictionaries({"path": ODD_TEXT}),
+    JSON_VALUE,
 )
 FIELD_VALUE = {
     "prompt": st.one_of(ODD_TEXT, JSON_VALUE),
@@ -268,8 +323,18 @@ FIELD_VALUE = {
     "top_p": BOUNDARY_NUMBERS,
     "top_k": BOUNDARY_NUMBERS,
     "seed": BOUNDARY_NUMBERS,
-    "model": st.one_of(st.sampled_from(["fake", "other", "/tmp/fake-model.rkllm", "../fake"]), ODD_TEXT),
+    "model": st.one_of(
+        st.sampled_from(["fake", "other", "emb", "rr", "/tmp/fake-model.rkllm", "../fake"]), ODD_TEXT
+    ),
     "stream": st.one_of(st.booleans(), JSON_VALUE),
+    "input": st.one_of(ODD_TEXT, st.lists(ODD_TEXT, max_size=80), JSON_VALUE),
+    "documents": st.one_of(st.lists(ODD_TEXT, max_size=80), JSON_VALUE),
+    "dimensions": st.one_of(BOUNDARY_NUMBERS, JSON_VALUE),
+    "top_n": st.one_of(BOUNDARY_NUMBERS, JSON_VALUE),
+    "max_thinking_tokens": st.one_of(BOUNDARY_NUMBERS, JSON_VALUE),
+    "truncate": st.one_of(st.booleans(), BOUNDARY_NUMBERS, JSON_VALUE),
+    "think": st.one_of(st.sampled_from([True, False, "low", "high", "max", ""]), JSON_VALUE),
+    "images": st.one_of(st.lists(IMAGE, max_size=20), JSON_VALUE),
 }
 
 
@@ -362,7 +427,7 @@ def test_fuzz_every_request_is_answered_with_a_documented_code(
     for sent, body in zip(batch, fuzz_daemon.send(batch), strict=True):
         check_envelope(body, sent)
         if sent[0] not in {f"{BASE}/request/{c}" for c in COMMANDS} and not sent[0].startswith(
-            f"{BASE}/request/generate/"
+            tuple(f"{BASE}/request/{c}/" for c in MODEL_TOPICS)
         ):
             assert body["code"] == "unknown_command", (sent, body)
         if len(sent[1]) > MAX_PAYLOAD and body["status"] == "error":
