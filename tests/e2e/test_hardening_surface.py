@@ -335,3 +335,33 @@ def test_every_connection_is_given_back(surface: Surface) -> None:
         )
     status, answer = surface.post(surface.openai, "/v1/embeddings", {"model": "emb", "input": "x"})
     assert status == 200 and answer["data"][0]["embedding"], answer
+
+
+SMUGGLED_PATHS: list[tuple[str, Any]] = [
+    ("openai", {"type": "image_url", "image_url": {"url": {"path": "ok.png"}}}),
+    ("openai", {"type": "image_url", "image_url": {"path": "ok.png"}}),
+    ("openai", {"type": "image_url", "image_url": {"url": "ok.png"}}),
+    ("openai", {"type": "image_url", "image_url": {"url": "file:///etc/passwd"}}),
+    ("openai", {"type": "image", "path": "ok.png"}),
+    ("ollama", {"path": "ok.png"}),
+    ("ollama", "ok.png"),
+    ("ollama", "/etc/passwd"),
+]
+
+
+@pytest.mark.parametrize(("api", "image"), SMUGGLED_PATHS)
+def test_http_apis_take_no_image_file_paths(surface: Surface, api: str, image: Any) -> None:
+    """File paths are an MQTT automation's alone: an HTTP client's image naming a file, in any
+    shape, is a 400 at once and no file is read (the fake encoder would answer IMAGE1 for one)."""
+    text = "[[embed_dim=6]] <image>"
+    if api == "openai":
+        msgs = [{"role": "user", "content": [{"type": "text", "text": text}, image]}]
+        status, answer = surface.post(
+            surface.openai, "/v1/chat/completions", {"model": "fake", "messages": msgs}
+        )
+        assert status == 400 and answer["error"]["message"], answer
+    else:
+        msgs = [{"role": "user", "content": text, "images": [image]}]
+        body = {"model": "fake", "stream": False, "messages": msgs}
+        status, answer = surface.post(surface.ollama, "/api/chat", body)
+        assert status == 400 and set(answer) == {"error"}, answer
