@@ -6,6 +6,7 @@ run ends without stopping it (pytest killed, a crash), instead of staying behind
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import queue
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -332,3 +334,18 @@ def open_smollm2(name: str = "smollm2", **table: Any) -> Any:
     rt = LlamaCppRuntime(name, cfg)
     rt.open()
     return rt
+
+
+def post_json(port: int, path: str, body: bytes | dict[str, Any], timeout_s: float) -> tuple[int, Any]:
+    """POST ``body`` (bytes as they are, else JSON) to 127.0.0.1:``port``; its status and JSON
+    answer, or a failed test when none comes within ``timeout_s`` (a hang, not a slow answer)."""
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout_s)
+    try:
+        conn.request("POST", path, raw, {"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, json.loads(resp.read())
+    except TimeoutError:
+        pytest.fail(f"POST {path} {raw[:120]!r}: no answer within {timeout_s} s")
+    finally:
+        conn.close()

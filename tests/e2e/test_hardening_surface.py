@@ -7,7 +7,6 @@ seconds, no connection slot stays taken, and no file outside the image folder is
 from __future__ import annotations
 
 import base64
-import http.client
 import io
 import json
 import os
@@ -21,7 +20,7 @@ from PIL import Image
 
 from tests.e2e.conftest import rkllm_config
 from tests.fake_rknn.build import build_fake_rknn, write_model
-from tests.helpers import Broker, DaemonProc, Probe, free_port
+from tests.helpers import Broker, DaemonProc, Probe, free_port, post_json
 
 BASE = "surf"
 TIMEOUT_S = 5.0  # a refusal takes milliseconds; longer is a hang
@@ -40,16 +39,7 @@ class Surface:
         self.proc, self.broker, self.openai, self.ollama, self.folder = proc, broker, openai, ollama, folder
 
     def post(self, port: int, path: str, body: bytes | dict[str, Any]) -> tuple[int, Any]:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
-        try:
-            conn.request("POST", path, raw, {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
-        except TimeoutError:
-            pytest.fail(f"POST {path} {raw[:120]!r}: no answer within {TIMEOUT_S} s")
-        finally:
-            conn.close()
+        return post_json(port, path, body, TIMEOUT_S)
 
     def mqtt(self, command: str, body: bytes | dict[str, Any]) -> dict[str, Any]:
         reply = f"surf-client/{uuid.uuid4().hex[:8]}"

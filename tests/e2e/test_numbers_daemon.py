@@ -10,7 +10,6 @@ request left unanswered fails its test within seconds instead of hanging the sui
 
 from __future__ import annotations
 
-import http.client
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +19,7 @@ import pytest
 
 from rkllmd.testing import wait_until
 from tests.e2e.conftest import start_with_both_apis
-from tests.helpers import Broker, DaemonProc, Probe
+from tests.helpers import Broker, DaemonProc, Probe, post_json
 
 BASE = "numf"
 NON_FINITE = ["1e999", "-1e999", "NaN", "Infinity", "-Infinity"]
@@ -81,15 +80,7 @@ class Served:
 
     def post(self, port: int, path: str, body: bytes) -> tuple[int, Any]:
         """POST ``body``; its status and JSON answer, or a failed test when none comes in time."""
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT_S)
-        try:
-            conn.request("POST", path, body, {"Content-Type": "application/json"})
-            resp = conn.getresponse()
-            return resp.status, json.loads(resp.read())
-        except TimeoutError:
-            pytest.fail(f"POST {path} {body[:120]!r}: no answer within {TIMEOUT_S} s")
-        finally:
-            conn.close()
+        return post_json(port, path, body, TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
