@@ -143,12 +143,18 @@ def final_of(job: Exchange, result: GenerateResult, lim: Timeouts, stats: dict[s
     return Final(job, "ok", data)
 
 
-def timeout_error(lim: Timeouts, why: str, extra: str = "") -> GenerationTimeout:
+#: How a generation's limits are said: no first result within, no next one for, the whole run
+#: exceeded; each followed by the limit in seconds. A job of other results passes its own words.
+TOKEN_WORDS = ("no first token within", "no new token for", "generation exceeded")
+
+
+def timeout_error(
+    lim: Timeouts, why: str, extra: str = "", words: tuple[str, str, str] = TOKEN_WORDS
+) -> GenerationTimeout:
     """The error of a run the watchdog ended, naming its limit (``extra``: what else happened)."""
+    first, stall, total = words
     if why == "first_token_timeout":
-        return GenerationTimeout(
-            f"no first token within {lim.first_token_timeout_s:g} s{extra}", limit="first_token"
-        )
+        return GenerationTimeout(f"{first} {lim.first_token_timeout_s:g} s{extra}", limit="first_token")
     if why == "stalled":
-        return GenerationTimeout(f"no new token for {lim.stall_timeout_s:g} s{extra}", limit="stall")
-    return GenerationTimeout(f"generation exceeded {lim.total_timeout_s:g} s{extra}", limit="total")
+        return GenerationTimeout(f"{stall} {lim.stall_timeout_s:g} s{extra}", limit="stall")
+    return GenerationTimeout(f"{total} {lim.total_timeout_s:g} s{extra}", limit="total")

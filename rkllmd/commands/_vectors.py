@@ -25,13 +25,13 @@ from rkllmd.embedding import EmbedResult, Progress, RerankResult, VectorInput, c
 from rkllmd.errors import (
     ContextExceeded,
     EmptyInput,
-    GenerationTimeout,
     RkllmdError,
     ShuttingDown,
     TooManyInputs,
     WrongModelKind,
 )
 from rkllmd.exchange import Exchange, Final, require_model
+from rkllmd.jobs import timeout_error
 from rkllmd.protocol import use_for
 from rkllmd.runtime.base import GenerateResult, Perf, Runtime
 from rkllmd.settings import Settings
@@ -169,13 +169,7 @@ def timings(job: Exchange) -> dict[str, Any]:
 
 
 def _cut_short(loop: Engine, why: str, noun: str) -> RkllmdError:
-    lim = loop.limits
     if why == "shutdown":
         return ShuttingDown("interrupted by shutdown")
-    if why == "first_token_timeout":
-        return GenerationTimeout(
-            f"no {noun} done within {lim.first_token_timeout_s:g} s", limit="first_token"
-        )
-    if why == "stalled":
-        return GenerationTimeout(f"no {noun} done for {lim.stall_timeout_s:g} s", limit="stall")
-    return GenerationTimeout(f"the request exceeded {lim.total_timeout_s:g} s", limit="total")
+    words = (f"no {noun} done within", f"no {noun} done for", "the request exceeded")
+    return timeout_error(loop.limits, why, words=words)
