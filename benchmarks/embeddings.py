@@ -56,11 +56,7 @@ def start_daemon(work: Path, host: str, port: int, models: dict[str, Any]) -> An
     path = work / "rkllmd.toml"
     path.write_text(to_toml(cfg))
     d = DaemonProcess(path, work / "rkllmd.log", env={"FAKE_RKLLM_EMBD_SIZE": str(EMBD)})
-    deadline = time.monotonic() + 180
-    while '"model loaded"' not in d.log_tail(200_000):
-        if not d.alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"rkllmd did not load its model:\n{d.log_tail()}")
-        time.sleep(0.2)
+    d.wait_logged("model loaded", "rkllmd did not load its model")
     return d
 
 

@@ -127,11 +127,7 @@ def start_daemon(workdir: Path, host: str, port: int, models: dict[str, Any] | N
     path = workdir / "rkllmd.toml"
     path.write_text(to_toml(cfg))
     d = DaemonProcess(path, workdir / "rkllmd.log")
-    deadline = time.monotonic() + 180
-    while '"model loaded"' not in d.log_tail(200_000):
-        if not d.alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"rkllmd did not load its model:\n{d.log_tail()}")
-        time.sleep(0.2)
+    d.wait_logged("model loaded", "rkllmd did not load its model")
     return d
 
 

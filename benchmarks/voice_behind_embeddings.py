@@ -49,11 +49,7 @@ def start_daemon(work: Path, host: str, port: int, models: dict[str, Any], overt
     path = work / f"rkllmd-{overtakes}.toml"
     path.write_text(to_toml(cfg))
     d = DaemonProcess(path, work / f"rkllmd-{overtakes}.log")
-    deadline = time.monotonic() + 180
-    while '"rkllmd ready"' not in d.log_tail(200_000):
-        if not d.alive() or time.monotonic() > deadline:
-            raise RuntimeError(f"rkllmd did not start:\n{d.log_tail()}")
-        time.sleep(0.2)
+    d.wait_logged("rkllmd ready", "rkllmd did not start")
     return d
 
 

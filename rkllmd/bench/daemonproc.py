@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,15 @@ class DaemonProcess:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+    def wait_logged(self, event: str, failure: str, timeout: float = 180.0) -> None:
+        """Return once the log holds ``event`` (a JSON log event, quoted); raise RuntimeError
+        starting with ``failure`` if rkllmd exits or ``timeout`` passes first."""
+        deadline = time.monotonic() + timeout
+        while f'"{event}"' not in self.log_tail(200_000):
+            if not self.alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"{failure}:\n{self.log_tail()}")
+            time.sleep(0.2)
 
     def stop(self, timeout: float = 30.0) -> int:
         return stop_process(self.proc, timeout)
